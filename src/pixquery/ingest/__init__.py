@@ -1,0 +1,1 @@
+"""The build stage: scan folders -> decode + preprocess -> encode -> store -> index."""
