@@ -59,44 +59,43 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, CMYK, YCbCr, 1, F ...
 
 
-def load_image(path: str | Path, draft_size: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(source, draft_size: int | None = None, max_pixels: int = MAX_PIXELS, name=None) -> Image.Image:
     """Open, guard, (draft-)decode, EXIF-rotate and convert to RGB. Raises BadImage."""
-    path = Path(path)
+    return _load(source, draft_size, max_pixels, name)[0]
+
+
+def _load(source, draft_size: int | None, max_pixels: int, name) -> tuple[Image.Image, int, int]:
+    """load_image plus the photo's own size (EXIF rotation applied, before any draft scaling)."""
+    name = name or source
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(source)
         w, h = img.size
         if w * h > max_pixels:
-            raise BadImage(path, f"image is {w}x{h} pixels, above the {max_pixels:,}-pixel limit (decompression bomb?)")
+            raise BadImage(name, f"image is {w}x{h} pixels, above the {max_pixels:,}-pixel limit (decompression bomb?)")
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+            w, h = h, w
         if draft_size and img.format == "JPEG":
             # JPEG can decode at 1/2, 1/4 or 1/8 scale for free; draft picks the smallest scale
             # that keeps both sides >= draft_size, so the crop still has full resolution.
             img.draft("RGB", (draft_size, draft_size))
         img.load()
         img = ImageOps.exif_transpose(img)
-        return _to_rgb(img)
+        return _to_rgb(img), w, h
     except BadImage:
         raise
     except FileNotFoundError:
-        raise BadImage(path, "file not found") from None
+        raise BadImage(name, "file not found") from None
     except PermissionError:
-        raise BadImage(path, "permission denied") from None
+        raise BadImage(name, "permission denied") from None
     except IsADirectoryError:
-        raise BadImage(path, "is a directory") from None
+        raise BadImage(name, "is a directory") from None
     except UnidentifiedImageError:
-        size = path.stat().st_size if path.exists() else 0
-        raise BadImage(path, "empty file (0 bytes)" if size == 0 else "not an image PIL can read") from None
+        empty = isinstance(source, (str, Path)) and Path(source).exists() and Path(source).stat().st_size == 0
+        raise BadImage(name, "empty file (0 bytes)" if empty else "not an image (unknown or corrupt format)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as e:
-        raise BadImage(path, f"cannot decode: {e}") from None
-
-
-def original_size(path: str | Path) -> tuple[int, int]:
-    """The photo's size as a viewer shows it (EXIF rotation applied), without decoding pixels."""
-    with Image.open(path) as img:
-        w, h = img.size
-        orientation = img.getexif().get(0x0112, 1)
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        raise BadImage(name, f"cannot decode: {e}") from None
 
 
 def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
@@ -139,11 +138,7 @@ def preprocess(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     return normalize(resize_crop(_to_rgb(img), cfg)[None], cfg)[0]
 
 
-def decode_file(path: str | Path, cfg: PreprocessConfig, draft: bool = True) -> Decoded:
-    """The worker's job for one file. Raises BadImage."""
-    img = load_image(path, draft_size=cfg.size if draft else None)
-    try:
-        w, h = original_size(path)
-    except Exception:
-        w, h = img.size
+def decode_file(source, cfg: PreprocessConfig, draft: bool = True, name=None) -> Decoded:
+    """The worker's job for one file (a path or a file object). Raises BadImage."""
+    img, w, h = _load(source, cfg.size if draft else None, MAX_PIXELS, name)
     return Decoded(pixels=resize_crop(img, cfg), width=w, height=h)

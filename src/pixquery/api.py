@@ -1,0 +1,376 @@
+"""The Python API: `Library.open(path)`, `.index(folders)`, `.search("a red sports car")`.
+
+A library is a folder holding `catalog.sqlite` (the catalog) and `indexes/` (derived ANN index
+files). The CLI, the HTTP server and the evaluation all go through this class.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pixquery.catalog import Catalog, ModelRow
+from pixquery.errors import BadImage, LibraryError, PixqueryError
+from pixquery.ingest import scan as scanning
+from pixquery.ingest.pipeline import Embedded, embed_files
+from pixquery.ingest.sync import SyncReport, sync_index
+from pixquery.search import Results, SearchResult, run_query
+
+CATALOG_FILE = "catalog.sqlite"
+DEFAULT_INDEX = "flat"
+
+
+def default_library_path() -> Path:
+    if os.environ.get("PIXQUERY_LIBRARY"):
+        return Path(os.environ["PIXQUERY_LIBRARY"]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "pixquery"
+
+
+class IndexProgress:
+    """Callbacks of an index run; the CLI's subclass draws progress bars. All optional."""
+
+    def scanned(self, found: int, to_embed: int, deleted: int) -> None: ...
+
+    def started_embedding(self, total: int) -> None: ...
+
+    def advance(self, done: int, failed: int) -> None: ...
+
+    def failure(self, path: str, reason: str) -> None: ...
+
+    def stage(self, text: str) -> None: ...
+
+
+@dataclass
+class IndexReport:
+    found: int = 0
+    indexed: int = 0  # embedded in this run (new or changed files)
+    skipped: int = 0  # unchanged files, already embedded for this model
+    removed: int = 0  # files gone from disk, dropped from the library
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    index: SyncReport | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.indexed / self.embed_seconds if self.embed_seconds else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "found": self.found, "indexed": self.indexed, "skipped": self.skipped, "removed": self.removed,
+            "failed": [{"path": p, "reason": r} for p, r in self.failed], "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+            "index": None if self.index is None else {
+                "kind": self.index.kind, "added": self.index.added, "removed": self.index.removed,
+                "total": self.index.total, "rebuilt": self.index.rebuilt, "size_bytes": self.index.size_bytes},
+        }
+
+
+class Library:
+    def __init__(self, path: Path, model: str | None = None, precision: str = "fp32"):
+        self.path = Path(path)
+        self.catalog = Catalog(self.path / CATALOG_FILE)
+        self._model_name = model
+        self.precision = precision
+        self._encoder = None
+        self._loaded: tuple | None = None  # (index_id, path, index)
+
+    @classmethod
+    def open(cls, path: str | Path | None = None, model: str | None = None, precision: str = "fp32") -> "Library":
+        """Open (or create) a library. `model`: a name from `pixquery models`, or a local model folder."""
+        return cls(Path(path).expanduser() if path else default_library_path(), model, precision)
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- model ----------------------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        from pixquery.encoders.registry import DEFAULT_MODEL
+
+        name = self._model_name or self.catalog.get_setting("model") or DEFAULT_MODEL
+        # A local folder is remembered by its absolute path, so the library works from any cwd.
+        return os.path.abspath(name) if os.path.isdir(os.path.expanduser(name)) else name
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from pixquery.encoders.registry import load_encoder
+
+            self._encoder = load_encoder(self.model_name, precision=self.precision)
+        return self._encoder
+
+    def _model_row(self, create: bool) -> ModelRow | None:
+        enc = self.encoder
+        row = self.catalog.model_by_fingerprint(enc.fingerprint)
+        if row is None and create:
+            with self.catalog.transaction():
+                row = self.catalog.ensure_model(enc.name, enc.fingerprint, enc.dim)
+        elif row is not None and row.dim == 0 and create:  # created by set_threshold before any index
+            with self.catalog.transaction():
+                self.catalog.db.execute("UPDATE model SET dim = ?, name = ? WHERE id = ?", (enc.dim, enc.name, row.id))
+            row = self.catalog.model(row.id)
+        return row
+
+    # -- build ----------------------------------------------------------------------------
+
+    def index(
+        self,
+        paths: Sequence[str | Path] | None = None,
+        *,
+        index: str | None = None,
+        index_params: dict | None = None,
+        batch_size: int = 32,
+        workers: int | None = None,
+        draft: bool = True,
+        progress: IndexProgress | None = None,
+    ) -> IndexReport:
+        """Add folders (or files) to the library and bring it up to date with the disk.
+
+        Only new or changed files are embedded; files gone from disk are dropped. With no paths,
+        every folder indexed before is rescanned. Bad files are reported, never fatal.
+        """
+        progress = progress or IndexProgress()
+        t0 = time.perf_counter()
+        report = IndexReport()
+        with self._write_lock():
+            roots = [scanning.normalize_root(p) for p in paths] if paths else self.catalog.folders()
+            if not roots:
+                raise LibraryError("nothing to index: give a folder, e.g. pixquery index ~/Pictures")
+            for root in roots:
+                if not os.path.exists(root):
+                    raise LibraryError(f"{root}: no such file or folder")
+            model = self._model_row(create=True)
+            kind, params, changed_config = self._index_config(index, index_params)
+            with self.catalog.transaction():
+                for root in roots:
+                    if os.path.isdir(root):
+                        self.catalog.add_folder(root)
+                if self._model_name:
+                    self.catalog.set_setting("model", self.model_name)
+
+            progress.stage("scanning")
+            known: dict = {}
+            for root in roots:
+                known.update(self.catalog.images_under(root))
+            scanned = scanning.scan(roots, known)
+            report.found = scanned.found
+            report.failed.extend(scanned.errors)
+            for path, reason in scanned.errors:
+                progress.failure(path, reason)
+            # Unchanged files still need an embedding when the model changed since they were indexed.
+            have = self.catalog.image_ids_with_embedding(model.id)
+            to_embed = list(scanned.to_embed) + [e for image_id, e in scanned.unchanged if image_id not in have]
+            report.skipped = scanned.found - len(to_embed)
+            report.removed = len(scanned.deleted)
+            progress.scanned(scanned.found, len(to_embed), len(scanned.deleted))
+            if scanned.deleted:
+                with self.catalog.transaction():
+                    self.catalog.mark_deleted(scanned.deleted)
+
+            def write(batch: list[Embedded]) -> None:
+                # One transaction per batch: a killed run keeps every finished batch, loses none.
+                with self.catalog.transaction():
+                    ids = []
+                    for e in batch:
+                        ids.append(self.catalog.upsert_image(e.entry.path, e.entry.size, e.entry.mtime_ns, e.sha256, e.width, e.height))
+                        self.catalog.put_image_embedding(model.id, ids[-1], e.vector)
+                    self.catalog.mark_stale(image_ids=ids)
+
+            progress.started_embedding(len(to_embed))
+            stats = embed_files(
+                to_embed, self.encoder, write, batch_size=batch_size, workers=workers, draft=draft,
+                on_progress=progress.advance, on_failure=progress.failure,
+            )
+            report.indexed = stats.embedded
+            report.embed_seconds = stats.seconds
+            report.failed.extend(stats.failed)
+
+            report.index = sync_index(self.catalog, self.path, model, kind, params, rebuild=changed_config, on_stage=progress.stage)
+            with self.catalog.transaction():
+                self.catalog.purge_deleted()
+                self.catalog.set_setting("index", json.dumps({"kind": kind, "params": params}, sort_keys=True))
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def reindex(self, index: str | None = None, index_params: dict | None = None, progress: IndexProgress | None = None) -> SyncReport:
+        """Rebuild the index (another kind or parameters) from stored embeddings: nothing is re-embedded."""
+        progress = progress or IndexProgress()
+        with self._write_lock():
+            model = self._model_row(create=False)
+            if model is None:
+                raise LibraryError(f"nothing embedded with {self.model_name} yet: run pixquery index first")
+            kind, params, _ = self._index_config(index, index_params)
+            report = sync_index(self.catalog, self.path, model, kind, params, rebuild=True, on_stage=progress.stage)
+            with self.catalog.transaction():
+                self.catalog.set_setting("index", json.dumps({"kind": kind, "params": params}, sort_keys=True))
+            return report
+
+    def _index_config(self, kind: str | None, params: dict | None) -> tuple[str, dict, bool]:
+        """The index kind and params to use, and whether they differ from the library's current ones."""
+        from pixquery import indexes
+
+        saved = json.loads(self.catalog.get_setting("index") or "null") or {"kind": DEFAULT_INDEX, "params": {}}
+        if kind is None and not params:
+            return saved["kind"], saved["params"], False
+        kind = kind or saved["kind"]
+        params = dict(params or {})
+        indexes.make_config(kind, **params)  # validate now, before any work
+        return kind, params, (kind, params) != (saved["kind"], saved["params"])
+
+    def _write_lock(self):
+        return _FileLock(self.path / "lock")
+
+    # -- query ----------------------------------------------------------------------------
+
+    def _index(self):
+        """The active index of the current model, loaded once and reloaded when it changes on disk."""
+        model = self._model_row(create=False)
+        row = self.catalog.active_index(model.id) if model else None
+        if row is None or not row.path:
+            raise LibraryError(
+                f"the library at {self.path} has no index for model {self.model_name}: run pixquery index FOLDER"
+            )
+        if self._loaded is None or self._loaded[:2] != (row.id, row.path):
+            from pixquery import indexes
+
+            try:
+                idx = indexes.load_index(row.kind, self.path / row.path, mmap=True)
+            except FileNotFoundError:
+                raise LibraryError(f"index file {self.path / row.path} is missing: run pixquery index to rebuild it") from None
+            self._loaded = (row.id, row.path, idx, row)
+        return self._loaded[2], self._loaded[3]
+
+    def search(
+        self,
+        query: str | None = None,
+        *,
+        image: str | Path | None = None,
+        image_id: int | None = None,
+        vector: np.ndarray | None = None,
+        k: int = 10,
+        threshold: float | str | None = None,
+    ) -> Results:
+        """Search by a sentence, an image file, an image already in the library, or a raw vector.
+
+        threshold: an angular distance (0..1) above which results are dropped, or "auto" for the
+        threshold `pixquery eval` stored for this model.
+        """
+        given = [x is not None for x in (query, image, image_id, vector)]
+        if sum(given) != 1:
+            raise PixqueryError("give exactly one of: a text query, an image, an image id, a vector")
+        index, row = self._index()
+        threshold = self._threshold(threshold)
+        if query is not None:
+            if not query.strip():
+                raise PixqueryError("the query is empty")
+            q = self.encoder.encode_texts([query])[0]
+        elif image is not None:
+            q = self.embed_image(image)
+        elif image_id is not None:
+            q = self.catalog.image_embedding(row.model_id, int(image_id))
+            if q is None:
+                raise PixqueryError(f"no image with id {image_id} in this library")
+        else:
+            q = np.asarray(vector, dtype=np.float32)
+        return run_query(self.catalog, index, row, q, k, threshold, exclude_image=image_id)
+
+    def embed_image(self, image: str | Path) -> np.ndarray:
+        from pixquery.ingest.decode import decode_file, normalize
+
+        decoded = decode_file(str(image), self.encoder.preprocess_cfg, draft=True)
+        return self.encoder.encode_images(normalize(decoded.pixels[None], self.encoder.preprocess_cfg))[0]
+
+    def _threshold(self, threshold: float | str | None) -> float | None:
+        if threshold is None:
+            return None
+        if isinstance(threshold, str):
+            if threshold != "auto":
+                try:
+                    threshold = float(threshold)
+                except ValueError:
+                    raise PixqueryError(f"threshold must be a number between 0 and 1 or 'auto', not {threshold!r}") from None
+            else:
+                enc = self.encoder
+                value = self.catalog.get_threshold(enc.name, enc.fingerprint)
+                if value is None:
+                    raise PixqueryError(
+                        f"no calibrated threshold stored for {enc.name}: run pixquery eval on labelled photos first, "
+                        "or give a number (an angular distance, e.g. --threshold 0.4)"
+                    )
+                return value
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise PixqueryError(f"threshold is an angular distance between 0 and 1, not {threshold}")
+        return float(threshold)
+
+    # -- facts ----------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        db = self.catalog.db
+        catalog_bytes = sum(
+            (self.path / f).stat().st_size for f in (CATALOG_FILE, CATALOG_FILE + "-wal") if (self.path / f).exists()
+        )
+        out = {
+            "library": str(self.path),
+            "model": self.model_name,
+            "folders": self.catalog.folders(),
+            "images": self.catalog.count_images(),
+            "videos": db.execute("SELECT COUNT(*) FROM video WHERE deleted = 0").fetchone()[0],
+            "detections": db.execute("SELECT COUNT(*) FROM detection").fetchone()[0],
+            "catalog_bytes": catalog_bytes,
+            "models": [],
+        }
+        for m in self.catalog.models():
+            n = db.execute("SELECT COUNT(*) FROM embedding WHERE model_id = ?", (m.id,)).fetchone()[0]
+            idx = self.catalog.active_index(m.id)
+            out["models"].append({
+                "name": m.name, "fingerprint": m.fingerprint, "dim": m.dim, "embeddings": n,
+                "threshold": m.threshold,
+                "index": None if idx is None else {
+                    "kind": idx.kind, "params": idx.params, "entries": self.catalog.count_index_entries(idx.id),
+                    "size_bytes": idx.size_bytes, "build_seconds": idx.build_seconds, "built_at": idx.built_at,
+                    "recall": idx.recall, "path": idx.path,
+                },
+            })
+        return out
+
+
+class _FileLock:
+    """One index run per library at a time (flock: released by the OS if the process dies)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise LibraryError(f"another pixquery process is indexing the library at {self.path.parent}; wait for it to finish") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+__all__ = ["Library", "SearchResult", "Results", "IndexReport", "IndexProgress", "default_library_path"]

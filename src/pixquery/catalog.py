@@ -1,0 +1,503 @@
+"""The SQLite catalog: which files exist, their embeddings per model, and which index id is which file.
+
+One class, plain SQL, an explicit schema version (PRAGMA user_version) with ordered migrations.
+The study's tables (index, image, index_image, video, detection) are here as it defined them, plus
+what a real tool needs: file size / mtime / sha256 / pixel size for change detection, a `model`
+table and per-model `embedding` rows so that switching model or index kind never re-embeds an
+unchanged file, and `folder` so that `pixquery index` with no argument rescans what it knows.
+
+The catalog is the source of truth. Index files are derived from `embedding` rows and can always
+be rebuilt from them; `index_image` maps an index's local ids (index_ref_id) to images or
+detections, and is only changed in the same transaction that points the `index` row at a new,
+fully written index file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from pixquery.errors import LibraryError
+
+# Each entry migrates from version i to i+1. Never edit a released entry: append a new one.
+MIGRATIONS: list[str] = [
+    # 0 -> 1: the study's schema (Appendix 1) plus change detection and per-model embeddings.
+    """
+    CREATE TABLE folder (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE,
+        added_at REAL NOT NULL
+    );
+    CREATE TABLE image (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sha256 TEXT,
+        width INTEGER,
+        height INTEGER,
+        indexed_at REAL NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE video (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sha256 TEXT,
+        width INTEGER,
+        height INTEGER,
+        duration REAL,
+        fps REAL,
+        frame_count INTEGER,
+        indexed_at REAL NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0
+    );
+    -- A region of a photo or a (region of a) video frame. Boxes are relative (0..1) x0,y0,x1,y1.
+    CREATE TABLE detection (
+        id INTEGER PRIMARY KEY,
+        image_id INTEGER REFERENCES image(id) ON DELETE CASCADE,
+        video_id INTEGER REFERENCES video(id) ON DELETE CASCADE,
+        timestamp REAL,
+        x0 REAL NOT NULL DEFAULT 0, y0 REAL NOT NULL DEFAULT 0,
+        x1 REAL NOT NULL DEFAULT 1, y1 REAL NOT NULL DEFAULT 1,
+        kind TEXT NOT NULL DEFAULT 'frame',
+        label TEXT,
+        CHECK ((image_id IS NULL) <> (video_id IS NULL))
+    );
+    CREATE INDEX detection_image ON detection(image_id);
+    CREATE INDEX detection_video ON detection(video_id);
+    CREATE TABLE model (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        fingerprint TEXT NOT NULL UNIQUE,
+        dim INTEGER NOT NULL,
+        threshold REAL,            -- best angular-distance threshold from `pixquery eval`
+        threshold_metric TEXT,
+        threshold_source TEXT
+    );
+    CREATE TABLE embedding (
+        model_id INTEGER NOT NULL REFERENCES model(id) ON DELETE CASCADE,
+        image_id INTEGER REFERENCES image(id) ON DELETE CASCADE,
+        detection_id INTEGER REFERENCES detection(id) ON DELETE CASCADE,
+        vector BLOB NOT NULL,      -- float32, L2-normalised
+        CHECK ((image_id IS NULL) <> (detection_id IS NULL))
+    );
+    CREATE UNIQUE INDEX embedding_image ON embedding(model_id, image_id) WHERE image_id IS NOT NULL;
+    CREATE UNIQUE INDEX embedding_detection ON embedding(model_id, detection_id) WHERE detection_id IS NOT NULL;
+    CREATE TABLE "index" (
+        id INTEGER PRIMARY KEY,
+        model_id INTEGER NOT NULL REFERENCES model(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        params TEXT NOT NULL DEFAULT '{}',
+        path TEXT,                 -- relative to the library folder, NULL until first written
+        built_at REAL,
+        build_seconds REAL,
+        size_bytes INTEGER,
+        recall REAL,
+        next_ref_id INTEGER NOT NULL DEFAULT 0,
+        active INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE index_image (
+        index_id INTEGER NOT NULL REFERENCES "index"(id) ON DELETE CASCADE,
+        index_ref_id INTEGER NOT NULL,
+        image_id INTEGER REFERENCES image(id),
+        detection_id INTEGER REFERENCES detection(id),
+        stale INTEGER NOT NULL DEFAULT 0,  -- its embedding changed since it was added: re-add
+        PRIMARY KEY (index_id, index_ref_id),
+        CHECK ((image_id IS NULL) <> (detection_id IS NULL))
+    );
+    CREATE INDEX index_image_image ON index_image(image_id);
+    CREATE INDEX index_image_detection ON index_image(detection_id);
+    CREATE TABLE setting (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass
+class ImageRow:
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    width: int | None
+    height: int | None
+    indexed_at: float
+    deleted: int
+
+
+@dataclass
+class IndexRow:
+    id: int
+    model_id: int
+    kind: str
+    params: dict
+    path: str | None
+    built_at: float | None
+    build_seconds: float | None
+    size_bytes: int | None
+    recall: float | None
+    next_ref_id: int
+    active: int
+
+
+@dataclass
+class ModelRow:
+    id: int
+    name: str
+    fingerprint: str
+    dim: int
+    threshold: float | None
+    threshold_metric: str | None
+    threshold_source: str | None
+
+
+@dataclass
+class Item:
+    """What one index id points at: a whole image, or a detection (region / video frame)."""
+
+    image_id: int | None
+    detection_id: int | None
+
+
+class Catalog:
+    def __init__(self, path: str | Path, readonly: bool = False):
+        self.path = Path(path)
+        if readonly and not self.path.exists():
+            raise LibraryError(f"no catalog at {self.path}: index some photos first (pixquery index FOLDER)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we open transactions ourselves with `with self.transaction()`.
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")  # readers (search, server) never block the indexer
+        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- schema ---------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _migrate(self) -> None:
+        version = self.version
+        if version > SCHEMA_VERSION:
+            raise LibraryError(
+                f"{self.path} has schema version {version}, newer than this pixquery knows "
+                f"({SCHEMA_VERSION}): upgrade pixquery"
+            )
+        for v in range(version, SCHEMA_VERSION):
+            with self.transaction():
+                for statement in _split_sql(MIGRATIONS[v]):
+                    self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {v + 1}")
+
+    class _Tx:
+        def __init__(self, db):
+            self.db = db
+
+        def __enter__(self):
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type, exc, tb):
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def transaction(self):
+        """`with catalog.transaction():` all-or-nothing (BEGIN IMMEDIATE takes the write lock up front)."""
+        return Catalog._Tx(self.db)
+
+    # -- settings -------------------------------------------------------------------------
+
+    def get_setting(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM setting WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_setting(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO setting(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # -- folders --------------------------------------------------------------------------
+
+    def add_folder(self, path: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO folder(path, added_at) VALUES (?, ?)", (path, time.time()))
+
+    def folders(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT path FROM folder ORDER BY path")]
+
+    # -- images ---------------------------------------------------------------------------
+
+    def images_under(self, root: str) -> dict[str, tuple[int, int, int]]:
+        """path -> (id, size, mtime_ns) of live images below `root` (a folder) or equal to it (a file)."""
+        prefix = root.rstrip("/") + "/"
+        rows = self.db.execute(
+            "SELECT path, id, size, mtime_ns FROM image WHERE deleted = 0 AND (path = ? OR substr(path, 1, ?) = ?)",
+            (root, len(prefix), prefix),
+        )
+        return {p: (i, s, m) for p, i, s, m in rows}
+
+    def image(self, image_id: int) -> ImageRow | None:
+        row = self.db.execute("SELECT * FROM image WHERE id = ?", (image_id,)).fetchone()
+        return ImageRow(*row) if row else None
+
+    def image_by_path(self, path: str) -> ImageRow | None:
+        row = self.db.execute("SELECT * FROM image WHERE path = ?", (path,)).fetchone()
+        return ImageRow(*row) if row else None
+
+    def images(self, ids: Sequence[int]) -> dict[int, ImageRow]:
+        out: dict[int, ImageRow] = {}
+        for chunk in _chunks(list(ids), 900):
+            q = f"SELECT * FROM image WHERE id IN ({','.join('?' * len(chunk))})"
+            out.update({r[0]: ImageRow(*r) for r in self.db.execute(q, chunk)})
+        return out
+
+    def upsert_image(self, path: str, size: int, mtime_ns: int, sha256: str | None, width: int | None, height: int | None) -> int:
+        """Insert or refresh one image row (call inside a transaction). Returns its id."""
+        row = self.db.execute(
+            """INSERT INTO image(path, size, mtime_ns, sha256, width, height, indexed_at, deleted)
+               VALUES (?, ?, ?, ?, ?, ?, ?, 0)
+               ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
+                 sha256 = excluded.sha256, width = excluded.width, height = excluded.height,
+                 indexed_at = excluded.indexed_at, deleted = 0
+               RETURNING id""",
+            (path, size, mtime_ns, sha256, width, height, time.time()),
+        ).fetchone()
+        return row[0]
+
+    def mark_deleted(self, image_ids: Iterable[int]) -> None:
+        """Soft delete: the row stays until every index has dropped it (see purge_deleted)."""
+        ids = list(image_ids)
+        for chunk in _chunks(ids, 900):
+            self.db.execute(f"UPDATE image SET deleted = 1 WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+
+    def purge_deleted(self) -> int:
+        """Remove deleted images that no index refers to any more (with their embeddings)."""
+        cur = self.db.execute(
+            """DELETE FROM image WHERE deleted = 1
+               AND id NOT IN (SELECT image_id FROM index_image WHERE image_id IS NOT NULL)
+               AND id NOT IN (SELECT d.image_id FROM detection d JOIN index_image ii ON ii.detection_id = d.id
+                              WHERE d.image_id IS NOT NULL)"""
+        )
+        return cur.rowcount
+
+    def count_images(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM image WHERE deleted = 0").fetchone()[0]
+
+    # -- models and embeddings ------------------------------------------------------------
+
+    def ensure_model(self, name: str, fingerprint: str, dim: int) -> ModelRow:
+        self.db.execute(
+            "INSERT INTO model(name, fingerprint, dim) VALUES (?, ?, ?) ON CONFLICT(fingerprint) DO NOTHING",
+            (name, fingerprint, dim),
+        )
+        return self.model_by_fingerprint(fingerprint)
+
+    def model_by_fingerprint(self, fingerprint: str) -> ModelRow | None:
+        row = self.db.execute("SELECT * FROM model WHERE fingerprint = ?", (fingerprint,)).fetchone()
+        return ModelRow(*row) if row else None
+
+    def model(self, model_id: int) -> ModelRow | None:
+        row = self.db.execute("SELECT * FROM model WHERE id = ?", (model_id,)).fetchone()
+        return ModelRow(*row) if row else None
+
+    def models(self) -> list[ModelRow]:
+        return [ModelRow(*r) for r in self.db.execute("SELECT * FROM model ORDER BY id")]
+
+    def set_threshold(self, model_name: str, fingerprint: str, threshold: float, metric: str = "angular", source: str = "") -> None:
+        """Store the best threshold found by `pixquery eval` (angular distance: arccos(cos)/pi)."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO model(name, fingerprint, dim) VALUES (?, ?, 0) ON CONFLICT(fingerprint) DO NOTHING",
+                (model_name, fingerprint),
+            )
+            self.db.execute(
+                "UPDATE model SET threshold = ?, threshold_metric = ?, threshold_source = ? WHERE fingerprint = ?",
+                (float(threshold), metric, source, fingerprint),
+            )
+
+    def get_threshold(self, model_name: str, fingerprint: str) -> float | None:
+        row = self.db.execute("SELECT threshold FROM model WHERE fingerprint = ?", (fingerprint,)).fetchone()
+        return row[0] if row else None
+
+    def put_image_embedding(self, model_id: int, image_id: int, vector: np.ndarray) -> None:
+        self.db.execute(
+            """INSERT INTO embedding(model_id, image_id, vector) VALUES (?, ?, ?)
+               ON CONFLICT(model_id, image_id) WHERE image_id IS NOT NULL DO UPDATE SET vector = excluded.vector""",
+            (model_id, image_id, np.asarray(vector, dtype=np.float32).tobytes()),
+        )
+
+    def put_detection_embedding(self, model_id: int, detection_id: int, vector: np.ndarray) -> None:
+        self.db.execute(
+            """INSERT INTO embedding(model_id, detection_id, vector) VALUES (?, ?, ?)
+               ON CONFLICT(model_id, detection_id) WHERE detection_id IS NOT NULL DO UPDATE SET vector = excluded.vector""",
+            (model_id, detection_id, np.asarray(vector, dtype=np.float32).tobytes()),
+        )
+
+    def image_ids_with_embedding(self, model_id: int) -> set[int]:
+        return {r[0] for r in self.db.execute("SELECT image_id FROM embedding WHERE model_id = ? AND image_id IS NOT NULL", (model_id,))}
+
+    def image_embedding(self, model_id: int, image_id: int) -> np.ndarray | None:
+        row = self.db.execute("SELECT vector FROM embedding WHERE model_id = ? AND image_id = ?", (model_id, image_id)).fetchone()
+        return np.frombuffer(row[0], dtype=np.float32).copy() if row else None
+
+    def live_items(self, model_id: int) -> list[tuple[int | None, int | None]]:
+        """(image_id, detection_id) of every embedding of this model whose file is not deleted."""
+        return self.db.execute(
+            """SELECT e.image_id, e.detection_id FROM embedding e
+               LEFT JOIN image i ON i.id = e.image_id
+               LEFT JOIN detection d ON d.id = e.detection_id
+               LEFT JOIN image di ON di.id = d.image_id
+               LEFT JOIN video dv ON dv.id = d.video_id
+               WHERE e.model_id = ?
+                 AND (i.deleted = 0 OR di.deleted = 0 OR dv.deleted = 0)""",
+            (model_id,),
+        ).fetchall()
+
+    def vectors_for(self, model_id: int, items: Sequence[tuple[int | None, int | None]], dim: int) -> np.ndarray:
+        """Embeddings of these items, in order, as one (n, dim) float32 array."""
+        out = np.empty((len(items), dim), dtype=np.float32)
+        img_pos = {img: n for n, (img, det) in enumerate(items) if img is not None}
+        det_pos = {det: n for n, (img, det) in enumerate(items) if det is not None}
+        for chunk in _chunks(list(img_pos), 900):
+            q = f"SELECT image_id, vector FROM embedding WHERE model_id = ? AND image_id IN ({','.join('?' * len(chunk))})"
+            for image_id, blob in self.db.execute(q, (model_id, *chunk)):
+                out[img_pos[image_id]] = np.frombuffer(blob, dtype=np.float32)
+        for chunk in _chunks(list(det_pos), 900):
+            q = f"SELECT detection_id, vector FROM embedding WHERE model_id = ? AND detection_id IN ({','.join('?' * len(chunk))})"
+            for det_id, blob in self.db.execute(q, (model_id, *chunk)):
+                out[det_pos[det_id]] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    # -- indexes --------------------------------------------------------------------------
+
+    def active_index(self, model_id: int) -> IndexRow | None:
+        row = self.db.execute('SELECT * FROM "index" WHERE model_id = ? AND active = 1 ORDER BY id DESC', (model_id,)).fetchone()
+        return _index_row(row) if row else None
+
+    def index_row(self, index_id: int) -> IndexRow | None:
+        row = self.db.execute('SELECT * FROM "index" WHERE id = ?', (index_id,)).fetchone()
+        return _index_row(row) if row else None
+
+    def indexes(self) -> list[IndexRow]:
+        return [_index_row(r) for r in self.db.execute('SELECT * FROM "index" ORDER BY id')]
+
+    def create_index(self, model_id: int, kind: str, params: dict) -> IndexRow:
+        """A new, empty index row. It becomes the active one only when `commit_index` points it at
+        a written file, so searches keep using the previous index until then."""
+        with self.transaction():
+            index_id = self.db.execute(
+                'INSERT INTO "index"(model_id, kind, params, active) VALUES (?, ?, ?, 0) RETURNING id',
+                (model_id, kind, json.dumps(params, sort_keys=True)),
+            ).fetchone()[0]
+        return self.index_row(index_id)
+
+    def mark_stale(self, image_ids: Sequence[int] = (), detection_ids: Sequence[int] = ()) -> None:
+        """Their embeddings were replaced: every index must drop and re-add them at its next sync."""
+        for col, ids in (("image_id", list(image_ids)), ("detection_id", list(detection_ids))):
+            for chunk in _chunks(ids, 900):
+                self.db.execute(f"UPDATE index_image SET stale = 1 WHERE {col} IN ({','.join('?' * len(chunk))})", chunk)
+
+    def index_items(self, index_id: int) -> dict[tuple[int | None, int | None], tuple[int, bool]]:
+        """(image_id, detection_id) -> (index_ref_id, stale) for everything in this index."""
+        rows = self.db.execute("SELECT image_id, detection_id, index_ref_id, stale FROM index_image WHERE index_id = ?", (index_id,))
+        return {(i, d): (r, bool(s)) for i, d, r, s in rows}
+
+    def commit_index(
+        self,
+        index_id: int,
+        *,
+        path: str,
+        added: Sequence[tuple[int, tuple[int | None, int | None]]],
+        removed_refs: Sequence[int],
+        clear: bool,
+        params: dict,
+        size_bytes: int,
+        build_seconds: float,
+        next_ref_id: int,
+        recall: float | None = None,
+    ) -> list[str]:
+        """Point the index row at a freshly written file, update its id map and make it the
+        model's active index, atomically. Returns the files of the indexes it replaced."""
+        with self.transaction():
+            row = self.db.execute('SELECT model_id FROM "index" WHERE id = ?', (index_id,)).fetchone()
+            replaced = [
+                r[0]
+                for r in self.db.execute('SELECT path FROM "index" WHERE model_id = ? AND id != ? AND path IS NOT NULL', (row[0], index_id))
+            ]
+            self.db.execute('DELETE FROM "index" WHERE model_id = ? AND id != ?', (row[0], index_id))
+            if clear:
+                self.db.execute("DELETE FROM index_image WHERE index_id = ?", (index_id,))
+            for chunk in _chunks(list(removed_refs), 900):
+                self.db.execute(
+                    f"DELETE FROM index_image WHERE index_id = ? AND index_ref_id IN ({','.join('?' * len(chunk))})",
+                    (index_id, *chunk),
+                )
+            self.db.executemany(
+                "INSERT INTO index_image(index_id, index_ref_id, image_id, detection_id) VALUES (?, ?, ?, ?)",
+                [(index_id, ref, img, det) for ref, (img, det) in added],
+            )
+            self.db.execute(
+                """UPDATE "index" SET path = ?, params = ?, size_bytes = ?, build_seconds = ?, built_at = ?,
+                   next_ref_id = ?, recall = COALESCE(?, recall), active = 1 WHERE id = ?""",
+                (path, json.dumps(params, sort_keys=True), size_bytes, build_seconds, time.time(), next_ref_id, recall, index_id),
+            )
+        return replaced
+
+    def resolve(self, index_id: int, refs: Sequence[int]) -> dict[int, Item]:
+        """index_ref_id -> Item, for live (not deleted) entries only."""
+        out: dict[int, Item] = {}
+        refs = [int(r) for r in refs if r >= 0]
+        for chunk in _chunks(refs, 900):
+            q = f"""SELECT ii.index_ref_id, ii.image_id, ii.detection_id FROM index_image ii
+                    LEFT JOIN image i ON i.id = ii.image_id
+                    WHERE ii.index_id = ? AND ii.index_ref_id IN ({','.join('?' * len(chunk))})
+                      AND (ii.image_id IS NULL OR i.deleted = 0)"""
+            for ref, img, det in self.db.execute(q, (index_id, *chunk)):
+                out[ref] = Item(img, det)
+        return out
+
+    def ref_for_image(self, index_id: int, image_id: int) -> int | None:
+        row = self.db.execute("SELECT index_ref_id FROM index_image WHERE index_id = ? AND image_id = ?", (index_id, image_id)).fetchone()
+        return row[0] if row else None
+
+    def count_index_entries(self, index_id: int) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM index_image WHERE index_id = ?", (index_id,)).fetchone()[0]
+
+
+def _index_row(row) -> IndexRow:
+    r = list(row)
+    r[3] = json.loads(r[3] or "{}")
+    return IndexRow(*r)
+
+
+def _chunks(seq: list, n: int) -> Iterator[list]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a script into statements (executescript would commit our open transaction)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    assert not current.strip(), f"incomplete SQL statement: {current!r}"
+    return statements

@@ -1,0 +1,334 @@
+"""The command line: pixquery index | search | info | models | reindex | demo | export (+ eval, serve).
+
+Errors a user can act on (PixqueryError) are printed as one line, with no traceback, and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from pixquery.errors import PixqueryError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Search your photos with words.")
+console = Console()
+err = Console(stderr=True)
+
+LibraryOpt = typer.Option(None, "--library", "-L", help="Library folder [default: $PIXQUERY_LIBRARY or ~/.local/share/pixquery]", envvar="PIXQUERY_LIBRARY")
+ModelOpt = typer.Option(None, "--model", "-m", help="Model name (see `pixquery models`) or a local model folder")
+
+
+def _open(library: Optional[Path], model: Optional[str] = None, precision: str = "fp32"):
+    from pixquery.api import Library
+
+    return Library.open(library, model=model, precision=precision)
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:5.1f} img/s" if speed else "  ... img/s", style="cyan")
+
+
+class _RichIndexProgress:
+    """Draws the scan summary, a progress bar with images/s and ETA, and each failure."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[failed]}"),
+            console=err, transient=False, disable=quiet,
+        )
+        self.task = None
+
+    def scanned(self, found, to_embed, deleted):
+        if not self.quiet:
+            err.print(f"found {found} images: {to_embed} to embed, {found - to_embed} unchanged, {deleted} removed from disk")
+
+    def started_embedding(self, total):
+        if total:
+            self.progress.start()
+            self.task = self.progress.add_task("embedding", total=total, failed="")
+
+    def advance(self, done, failed):
+        if self.task is not None:
+            self.progress.update(self.task, completed=done, failed=f"[red]{failed} failed" if failed else "")
+
+    def failure(self, path, reason):
+        if not self.quiet:
+            self.progress.console.print(f"[red]failed[/red] {escape(path)}: {escape(reason)}")
+
+    def stage(self, text):
+        if self.task is not None:
+            self.progress.stop()
+            self.task = None
+        if not self.quiet:
+            err.print(f"[dim]{escape(text)}[/dim]")
+
+    def close(self):
+        self.progress.stop()
+
+
+def _index_params(kw: dict, extra: List[str]) -> dict:
+    params = {k: v for k, v in kw.items() if v is not None}
+    for item in extra or []:
+        if "=" not in item:
+            raise PixqueryError(f"--param takes KEY=VALUE, not {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return params
+
+
+@app.command()
+def index(
+    paths: List[Path] = typer.Argument(None, help="Folders or files to add (default: rescan the library's folders)"),
+    library: Optional[Path] = LibraryOpt,
+    model: Optional[str] = ModelOpt,
+    precision: Optional[str] = typer.Option(None, help="fp32 (default) or int8 (quantised copy, faster)"),
+    index_kind: Optional[str] = typer.Option(None, "--index", help="Index kind: flat, hnsw, annoy, ivf, sharded, auto"),
+    M: Optional[int] = typer.Option(None, "--M", help="hnsw: links per node"),
+    ef_construction: Optional[int] = typer.Option(None, help="hnsw: build-time candidate list"),
+    ef_search: Optional[int] = typer.Option(None, help="hnsw: query-time candidate list"),
+    n_trees: Optional[int] = typer.Option(None, help="annoy: number of trees"),
+    search_k: Optional[int] = typer.Option(None, help="annoy: nodes inspected per query"),
+    nlist: Optional[int] = typer.Option(None, help="ivf: number of clusters"),
+    nprobe: Optional[int] = typer.Option(None, help="ivf: clusters visited per query"),
+    storage: Optional[str] = typer.Option(None, help="flat/ivf: vector storage (float32, float16, int8, pq...)"),
+    param: List[str] = typer.Option(None, "--param", help="Any other index parameter, KEY=VALUE"),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML settings file ([model], [index], [ingest])"),
+    batch_size: Optional[int] = typer.Option(None, help="Images per encoder batch"),
+    workers: Optional[int] = typer.Option(None, help="Decoder processes"),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Index photos: embed new and changed files, drop deleted ones, update the search index."""
+    from pixquery.config import Settings
+
+    settings = Settings.load(config)
+    params = dict(settings.index.params)
+    params.update(_index_params(dict(M=M, ef_construction=ef_construction, ef_search=ef_search, n_trees=n_trees,
+                                     search_k=search_k, nlist=nlist, nprobe=nprobe, storage=storage), param))
+    kind = index_kind or settings.index.kind
+    lib = _open(library, model or settings.model.name, precision or settings.model.precision)
+    ui = _RichIndexProgress(quiet or as_json)
+    try:
+        report = lib.index(
+            [str(p) for p in paths] if paths else None, index=kind, index_params=params or None,
+            batch_size=batch_size or settings.ingest.batch_size, workers=workers or settings.ingest.workers,
+            draft=settings.ingest.draft, progress=ui,
+        )
+    finally:
+        ui.close()
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        idx = report.index
+        console.print(
+            f"[bold green]indexed {report.indexed}[/], skipped {report.skipped} unchanged, "
+            f"removed {report.removed}, [bold {'red' if report.failed else 'green'}]failed {len(report.failed)}[/] "
+            f"in {report.seconds:.1f}s ({report.images_per_second:.1f} images/s)"
+        )
+        if idx:
+            console.print(f"index: {idx.kind}, {idx.total} entries, {idx.size_bytes / 1e6:.2f} MB"
+                          + (" (rebuilt)" if idx.rebuilt else f" (+{idx.added} -{idx.removed})" if idx.changed else " (unchanged)"))
+        for path, reason in report.failed[:50]:
+            console.print(f"  [red]✗[/] {escape(path)}: {escape(reason)}")
+        if len(report.failed) > 50:
+            console.print(f"  ... and {len(report.failed) - 50} more (use --json for the full list)")
+    lib.close()
+    raise typer.Exit(1 if report.failed else 0)
+
+
+@app.command()
+def reindex(
+    library: Optional[Path] = LibraryOpt,
+    model: Optional[str] = ModelOpt,
+    index_kind: Optional[str] = typer.Option(None, "--index", help="Index kind: flat, hnsw, annoy, ivf, sharded, auto"),
+    M: Optional[int] = typer.Option(None, "--M"),
+    ef_construction: Optional[int] = typer.Option(None),
+    ef_search: Optional[int] = typer.Option(None),
+    n_trees: Optional[int] = typer.Option(None),
+    search_k: Optional[int] = typer.Option(None),
+    nlist: Optional[int] = typer.Option(None),
+    nprobe: Optional[int] = typer.Option(None),
+    storage: Optional[str] = typer.Option(None),
+    param: List[str] = typer.Option(None, "--param", help="Any other index parameter, KEY=VALUE"),
+):
+    """Rebuild the search index (e.g. another kind) from stored embeddings, without re-embedding."""
+    params = _index_params(dict(M=M, ef_construction=ef_construction, ef_search=ef_search, n_trees=n_trees,
+                                search_k=search_k, nlist=nlist, nprobe=nprobe, storage=storage), param)
+    with _open(library, model) as lib:
+        ui = _RichIndexProgress()
+        rep = lib.reindex(index_kind, params or None, progress=ui)
+        console.print(f"{rep.kind} index rebuilt from stored embeddings: {rep.total} entries, "
+                      f"{rep.size_bytes / 1e6:.2f} MB, {rep.seconds:.2f}s")
+
+
+@app.command()
+def search(
+    query: Optional[str] = typer.Argument(None, help="What to look for, in words"),
+    image: Optional[Path] = typer.Option(None, "--image", "-i", help="Find photos similar to this image"),
+    k: int = typer.Option(10, "-k", "--top", help="Number of results"),
+    threshold: Optional[str] = typer.Option(None, help="Drop results farther than this angular distance (0..1), or 'auto'"),
+    library: Optional[Path] = LibraryOpt,
+    model: Optional[str] = ModelOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON"),
+):
+    """Search the library by text or by image."""
+    if (query is None) == (image is None):
+        raise PixqueryError("give a text query or --image PATH (one of them)")
+    with _open(library, model) as lib:
+        t0 = time.perf_counter()
+        results = lib.search(query, image=image, k=k, threshold=threshold)
+        ms = (time.perf_counter() - t0) * 1000
+    if as_json:
+        print(json.dumps({"query": query, "image": str(image) if image else None, "threshold": results.threshold,
+                          "dropped_by_threshold": results.dropped, "results": [r.to_dict() for r in results]}, indent=2))
+        return
+    table = Table(show_header=True, header_style="bold", box=None)
+    for col, just in (("#", "right"), ("score", "right"), ("distance", "right"), ("path", "left")):
+        table.add_column(col, justify=just)
+    for r in results:
+        where = r.path
+        if r.timestamp is not None:
+            where += f" @ {_hms(r.timestamp)}" + (f"-{_hms(r.time_range[1])}" if r.time_range else "")
+        if r.box is not None:
+            where += " [box " + ", ".join(f"{v:.2f}" for v in r.box) + "]"
+        table.add_row(str(r.rank), f"{r.score:.4f}", f"{r.distance:.4f}", escape(where))
+    console.print(table)
+    note = f"{len(results)} results in {ms:.0f} ms"
+    if results.threshold is not None:
+        note += f"; {results.dropped} dropped by the threshold {results.threshold:.4f}"
+    err.print(f"[dim]{note}[/dim]")
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+@app.command()
+def info(library: Optional[Path] = LibraryOpt, model: Optional[str] = ModelOpt, as_json: bool = typer.Option(False, "--json")):
+    """Show the library: model, index, counts and sizes."""
+    with _open(library, model) as lib:
+        data = lib.info()
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    console.print(f"[bold]library[/]  {escape(data['library'])}")
+    console.print(f"[bold]model[/]    {escape(data['model'])}")
+    console.print(f"[bold]folders[/]  {escape(', '.join(data['folders']) or '(none)')}")
+    console.print(f"[bold]images[/]   {data['images']}    videos {data['videos']}    regions/frames {data['detections']}")
+    console.print(f"[bold]catalog[/]  {data['catalog_bytes'] / 1e6:.2f} MB")
+    for m in data["models"]:
+        console.print(f"\n[bold]{escape(m['name'])}[/] (dim {m['dim']}, {m['embeddings']} embeddings, fingerprint {m['fingerprint']})")
+        if m["threshold"] is not None:
+            console.print(f"  calibrated threshold (angular distance): {m['threshold']:.4f}")
+        idx = m["index"]
+        if idx:
+            recall = f", measured recall {idx['recall']:.3f}" if idx["recall"] is not None else ""
+            console.print(f"  index {idx['kind']} {json.dumps(idx['params'])}: {idx['entries']} entries, "
+                          f"{(idx['size_bytes'] or 0) / 1e6:.2f} MB, built in {idx['build_seconds'] or 0:.2f}s{recall}")
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json")):
+    """List the models pixquery knows by name (any local model folder works too)."""
+    from pixquery.encoders.registry import DEFAULT_MODEL, known_models
+
+    rows = known_models()
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table("name", "source", "dim", "notes", box=None, header_style="bold")
+    for m in rows:
+        m = m if isinstance(m, dict) else vars(m)
+        name = m.get("name", "")
+        table.add_row(name + (" (default)" if name == DEFAULT_MODEL else ""), str(m.get("repo", m.get("source", ""))),
+                      str(m.get("dim", "")), str(m.get("notes", "")))
+    console.print(table)
+
+
+@app.command()
+def export(
+    arch: str = typer.Argument(..., help="open_clip architecture, e.g. ViT-B-32"),
+    out: Path = typer.Argument(..., help="Folder to write the ONNX model to"),
+    pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag, e.g. openai or laion2b_s34b_b79k"),
+    checkpoint: Optional[Path] = typer.Option(None, help="A local checkpoint file instead of --pretrained"),
+):
+    """Write any open_clip model as an ONNX model folder pixquery can use (needs pixquery[torch])."""
+    from pixquery.encoders.export import export_open_clip
+
+    path = export_open_clip(arch, pretrained, out, checkpoint=checkpoint)
+    console.print(f"wrote {escape(str(path or out))}; use it with --model {escape(str(out))}")
+
+
+@app.command()
+def demo(
+    model: Optional[str] = ModelOpt,
+    folder: Optional[Path] = typer.Option(None, help="Photos to use instead of the built-in collection"),
+    library: Optional[Path] = typer.Option(None, "--library", "-L", help="Where to keep the demo library"),
+):
+    """Index a small built-in photo collection and run example queries."""
+    from pixquery import demo as demo_mod
+
+    demo_mod.run(model=model, folder=folder, library=library, console=console, progress=_RichIndexProgress())
+
+
+def _register_plugins() -> None:
+    """Commands that live with their feature (eval, serve): registered when that module exists."""
+    import importlib
+
+    for module in ("pixquery.evaluation.cli", "pixquery.server.cli", "pixquery.ingest.video_cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and module.startswith(e.name):
+                continue  # feature not present in this install
+            raise
+        mod.register(app)
+
+
+_register_plugins()
+
+
+def main() -> None:
+    try:
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
+    except PixqueryError as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}")
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted: what was indexed so far is kept; run the same command to resume[/]")
+        sys.exit(130)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

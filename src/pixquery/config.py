@@ -1,0 +1,71 @@
+"""One typed settings tree (model, index, ingest), read from a TOML file and overridden by flags.
+
+    [model]
+    name = "ViT-B-32"          # or a local model folder
+    precision = "fp32"         # or "int8"
+    [index]
+    kind = "hnsw"
+    M = 32
+    ef_construction = 200
+    [ingest]
+    batch_size = 32
+    workers = 1
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pixquery.errors import PixqueryError
+
+
+@dataclass
+class ModelSettings:
+    name: str | None = None
+    precision: str = "fp32"
+
+
+@dataclass
+class IndexSettings:
+    kind: str | None = None
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class IngestSettings:
+    batch_size: int = 32
+    workers: int | None = None
+    draft: bool = True
+
+
+@dataclass
+class Settings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> "Settings":
+        settings = cls()
+        if path is None:
+            return settings
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise PixqueryError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise PixqueryError(f"{path}: not valid TOML: {e}") from None
+        unknown = set(data) - {"model", "index", "ingest"}
+        if unknown:
+            raise PixqueryError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}; known: model, index, ingest")
+        try:
+            settings.model = ModelSettings(**data.get("model", {}))
+            ingest = dict(data.get("ingest", {}))
+            settings.ingest = IngestSettings(**ingest)
+        except TypeError as e:
+            raise PixqueryError(f"{path}: {e}") from None
+        index = dict(data.get("index", {}))
+        settings.index = IndexSettings(kind=index.pop("kind", None), params=index)
+        return settings

@@ -1,0 +1,131 @@
+"""The query stage: a query vector -> index hits -> catalog rows -> ranked, thresholded results.
+
+Scores are cosine similarities. The study ranked and thresholded by angular distance,
+arccos(cos) / pi in [0, 1] (0 = same direction); both are reported, and a threshold is always an
+angular distance, so a result is kept when its distance is at or below it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from pixquery.catalog import Catalog, IndexRow
+
+
+def angular_distance(cosine: float) -> float:
+    return math.acos(max(-1.0, min(1.0, float(cosine)))) / math.pi
+
+
+@dataclass
+class SearchResult:
+    rank: int
+    score: float  # cosine similarity, higher is closer
+    distance: float  # angular distance, arccos(score)/pi, lower is closer
+    path: str
+    image_id: int | None = None
+    video_id: int | None = None
+    detection_id: int | None = None
+    timestamp: float | None = None  # seconds into the video
+    time_range: tuple[float, float] | None = None  # merged adjacent hits of one video
+    box: tuple[float, float, float, float] | None = None  # relative x0, y0, x1, y1 of a region
+    width: int | None = None
+    height: int | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class Results(list):
+    """A list of SearchResult, plus how many hits the threshold dropped."""
+
+    def __init__(self, items=(), dropped: int = 0, threshold: float | None = None):
+        super().__init__(items)
+        self.dropped = dropped
+        self.threshold = threshold
+
+
+def run_query(
+    catalog: Catalog,
+    index,
+    row: IndexRow,
+    query: np.ndarray,
+    k: int,
+    threshold: float | None = None,
+    exclude_image: int | None = None,
+) -> Results:
+    """Search `index` (described by `row`) and turn hits into results, best first, one per file."""
+    k = max(1, int(k))
+    # Regions and video frames put several hits on one file; deleted files may still be in the
+    # index until the next sync. Over-fetch so that k distinct live files usually remain.
+    fetch = min(len(index), k * 4 + 16)
+    if fetch == 0:
+        return Results([], 0, threshold)
+    scores, refs = index.search(np.atleast_2d(query).astype(np.float32), fetch)
+    scores, refs = scores[0], refs[0]
+    items = catalog.resolve(row.id, [int(r) for r in refs if r >= 0])
+    det_ids = [it.detection_id for it in items.values() if it.detection_id is not None]
+    detections = _detections(catalog, det_ids)
+    best: dict[tuple, SearchResult] = {}
+    order: list[tuple] = []
+    dropped = 0
+    for score, ref in zip(scores.tolist(), refs.tolist()):
+        item = items.get(ref)
+        if item is None:
+            continue
+        dist = angular_distance(score)
+        if item.image_id is not None:
+            key = ("image", item.image_id)
+            hit = dict(image_id=item.image_id)
+        else:
+            d = detections.get(item.detection_id)
+            if d is None:
+                continue
+            image_id, video_id, ts, box = d
+            key = ("image", image_id) if image_id is not None else ("video", video_id, item.detection_id)
+            hit = dict(image_id=image_id, video_id=video_id, detection_id=item.detection_id, timestamp=ts,
+                       box=None if box == (0.0, 0.0, 1.0, 1.0) else box)
+        if exclude_image is not None and hit.get("image_id") == exclude_image:
+            continue
+        if key in best:
+            continue  # hits come best first: the first one of a file is its best
+        if threshold is not None and dist > threshold:
+            dropped += 1
+            continue
+        best[key] = SearchResult(rank=0, score=float(score), distance=dist, path="", **hit)
+        order.append(key)
+    results = [best[key] for key in order][:k]
+    _fill_paths(catalog, results)
+    results = [r for r in results if r.path]
+    for n, r in enumerate(results, 1):
+        r.rank = n
+    return Results(results, dropped, threshold)
+
+
+def _detections(catalog: Catalog, ids: list[int]) -> dict[int, tuple]:
+    out = {}
+    for i in range(0, len(ids), 900):
+        chunk = ids[i : i + 900]
+        q = f"SELECT id, image_id, video_id, timestamp, x0, y0, x1, y1 FROM detection WHERE id IN ({','.join('?' * len(chunk))})"
+        for did, img, vid, ts, x0, y0, x1, y1 in catalog.db.execute(q, chunk):
+            out[did] = (img, vid, ts, (x0, y0, x1, y1))
+    return out
+
+
+def _fill_paths(catalog: Catalog, results: list[SearchResult]) -> None:
+    images = catalog.images([r.image_id for r in results if r.image_id is not None])
+    video_ids = [r.video_id for r in results if r.video_id is not None]
+    videos = {}
+    for i in range(0, len(video_ids), 900):
+        chunk = video_ids[i : i + 900]
+        q = f"SELECT id, path, width, height FROM video WHERE deleted = 0 AND id IN ({','.join('?' * len(chunk))})"
+        videos.update({vid: (p, w, h) for vid, p, w, h in catalog.db.execute(q, chunk)})
+    for r in results:
+        if r.image_id is not None and r.image_id in images:
+            img = images[r.image_id]
+            if not img.deleted:
+                r.path, r.width, r.height = img.path, img.width, img.height
+        elif r.video_id is not None and r.video_id in videos:
+            r.path, r.width, r.height = videos[r.video_id]
