@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pixquery import _failpoints
 from pixquery.catalog import Catalog, ModelRow
 from pixquery.errors import BadImage, LibraryError, PixqueryError
 from pixquery.ingest import scan as scanning
@@ -191,6 +192,7 @@ class Library:
                         ids.append(self.catalog.upsert_image(e.entry.path, e.entry.size, e.entry.mtime_ns, e.sha256, e.width, e.height))
                         self.catalog.put_image_embedding(model.id, ids[-1], e.vector)
                     self.catalog.mark_stale(image_ids=ids)
+                _failpoints.hit("after_batch_commit")
 
             progress.started_embedding(len(to_embed))
             stats = embed_files(

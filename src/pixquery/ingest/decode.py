@@ -70,7 +70,13 @@ def _load(source, draft_size: int | None, max_pixels: int, name) -> tuple[Image.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(source)
+            # PIL's own guard raises inside open() with no size in the message; ours below
+            # names the size. Header parsing allocates nothing, so opening is safe.
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                img = Image.open(source)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
         w, h = img.size
         if w * h > max_pixels:
             raise BadImage(name, f"image is {w}x{h} pixels, above the {max_pixels:,}-pixel limit (decompression bomb?)")

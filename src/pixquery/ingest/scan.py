@@ -109,6 +109,8 @@ def walk(root: str, extensions: frozenset[str], errors: list[tuple[str, str]], u
             except OSError as e:
                 if child.is_symlink():
                     errors.append((child.path, "broken symbolic link" if isinstance(e, FileNotFoundError) else f"cannot read: {e.strerror or e}"))
+                    if unreadable is not None:
+                        unreadable.append(child.path)  # maybe a disk that is not mounted now
                 elif Path(child.name).suffix.lower() in extensions:
                     errors.append((child.path, f"cannot read: {e.strerror or e}"))
                 continue

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from pixquery import indexes
+from pixquery import _failpoints, indexes
 from pixquery.catalog import Catalog, IndexRow, ModelRow
 
 INDEX_DIR = "indexes"
@@ -92,6 +92,7 @@ def sync_index(
     index.save(library_dir / rel)
     size = os.path.getsize(library_dir / rel)
     index_params = index.params()
+    _failpoints.hit("before_index_commit")
     replaced = catalog.commit_index(
         row.id,
         path=rel,
@@ -104,6 +105,7 @@ def sync_index(
         next_ref_id=next_ref,
         recall=index_params.get("measured_recall") if isinstance(index_params, dict) else None,
     )
+    _failpoints.hit("after_index_commit")
     old = row.path
     for path in replaced + ([old] if old and old != rel else []):
         _unlink(library_dir / path)

@@ -1,0 +1,45 @@
+"""Shared fixtures: the tiny random-weight models, photo folders, and ../shared/data when present."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(TESTS))  # test helper modules (photos.py, conftest_models.py)
+
+# Tests never touch the network: a missing model must fail fast, not hang on a download.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data, or skip: a new user's checkout has no ../shared."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"needs {path} (the shared data beside the checkout); absent here")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    """The tiny ViT-B/32-shaped random model, made by scripts/make_tiny_models.py if missing."""
+    from conftest_models import tiny_model_dir
+
+    return Path(tiny_model_dir("vit"))
+
+
+@pytest.fixture(scope="session")
+def tiny_rn50() -> Path:
+    from conftest_models import tiny_model_dir
+
+    return Path(tiny_model_dir("rn50"))
+
+
+@pytest.fixture
+def library_dir(tmp_path) -> Path:
+    return tmp_path / "library"
