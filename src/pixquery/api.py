@@ -25,6 +25,7 @@ from pixquery.ingest.sync import SyncReport, sync_index
 from pixquery.search import Results, SearchResult, run_query
 
 CATALOG_FILE = "catalog.sqlite"
+STATUS_FILE = "indexing.json"  # present while an index run is going on (read by the web page)
 DEFAULT_INDEX = "flat"
 
 
@@ -146,10 +147,10 @@ class Library:
         Only new or changed files are embedded; files gone from disk are dropped. With no paths,
         every folder indexed before is rescanned. Bad files are reported, never fatal.
         """
-        progress = progress or IndexProgress()
+        progress = _StatusFile(self.path / STATUS_FILE, progress or IndexProgress())
         t0 = time.perf_counter()
         report = IndexReport()
-        with self._write_lock():
+        with self._write_lock(), progress:
             roots = [scanning.normalize_root(p) for p in paths] if paths else self.catalog.folders()
             if not roots:
                 raise LibraryError("nothing to index: give a folder, e.g. pixquery index ~/Pictures")
@@ -234,6 +235,18 @@ class Library:
         params = dict(params or {})
         indexes.make_config(kind, **params)  # validate now, before any work
         return kind, params, (kind, params) != (saved["kind"], saved["params"])
+
+    def index_status(self) -> dict | None:
+        """Progress of an index run going on now (in any process), or None."""
+        try:
+            status = json.loads((self.path / STATUS_FILE).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        try:
+            os.kill(int(status.get("pid", -1)), 0)
+        except (OSError, ValueError):
+            return None  # the run that wrote it is gone (killed): stale
+        return status
 
     def _write_lock(self):
         return _FileLock(self.path / "lock")
@@ -350,6 +363,59 @@ class Library:
                 },
             })
         return out
+
+
+class _StatusFile(IndexProgress):
+    """Forwards progress callbacks and mirrors them, at most every half second, into a small
+    JSON file (atomic rename) so another process (the server) can show indexing progress."""
+
+    def __init__(self, path: Path, inner: IndexProgress):
+        self.path, self.inner = path, inner
+        self.state = {"pid": os.getpid(), "stage": "starting", "done": 0, "total": 0, "failed": 0, "started_at": time.time()}
+        self._last = 0.0
+
+    def __enter__(self):
+        self._write(force=True)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def _write(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < 0.5:
+            return
+        self._last = now
+        self.state["updated_at"] = time.time()
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.state))
+        os.replace(tmp, self.path)
+
+    def scanned(self, found, to_embed, deleted):
+        self.state.update(stage="scanned", found=found, total=to_embed)
+        self._write(force=True)
+        self.inner.scanned(found, to_embed, deleted)
+
+    def started_embedding(self, total):
+        self.state.update(stage="embedding", total=total)
+        self._write(force=True)
+        self.inner.started_embedding(total)
+
+    def advance(self, done, failed):
+        self.state.update(done=done, failed=failed)
+        self._write()
+        self.inner.advance(done, failed)
+
+    def failure(self, path, reason):
+        self.inner.failure(path, reason)
+
+    def stage(self, text):
+        self.state.update(stage=text)
+        self._write(force=True)
+        self.inner.stage(text)
 
 
 class _FileLock:
