@@ -1,0 +1,208 @@
+"""Write the immich ONNX layout from any open_clip model or checkpoint (the [torch] extra).
+
+    out_dir/config.json                  open_clip model config (embed_dim, vision_cfg, text_cfg)
+    out_dir/visual/model.onnx            image -> embedding, dynamic batch axis
+    out_dir/visual/preprocess_cfg.json   size, mean, std, interpolation, resize_mode, fill_color
+    out_dir/textual/model.onnx           int32 ids (n, context_length) -> embedding
+    out_dir/textual/tokenizer.json       CLIP BPE for the `tokenizers` library, built offline
+                                         from the vocabulary file open_clip ships
+
+The folder is written beside its destination and renamed into place, so a crash never
+leaves a half-written model that later loads.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import warnings
+from copy import deepcopy
+from pathlib import Path
+
+from pixquery.errors import PixqueryError
+
+LAYOUT = (
+    "config.json",
+    "visual/model.onnx",
+    "visual/preprocess_cfg.json",
+    "textual/model.onnx",
+    "textual/tokenizer.json",
+)
+SOT, EOT = "<start_of_text>", "<end_of_text>"  # open_clip's names for ids 49406 / 49407
+
+
+def require_torch():
+    try:
+        import open_clip
+        import torch
+    except ImportError as e:
+        raise PixqueryError(
+            f"This needs torch and open_clip ({e.name} is not installed): pip install 'pixquery[torch]'"
+        ) from None
+    return torch, open_clip
+
+
+def build_clip_tokenizer():
+    """open_clip's SimpleTokenizer as a `tokenizers` Tokenizer: same vocabulary order, same merges,
+    same pre-tokenisation regex. Text cleaning (ftfy, lower case) runs in pixquery.encoders.tokenizer."""
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]  # as SimpleTokenizer
+    chars = list(bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + [SOT, EOT]
+    vocab = {t: i for i, t in enumerate(tokens)}
+
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>", unk_token=EOT))
+    # Also stands alone (without our Python cleaning) for everyday text, like HF's CLIP tokenizer.json.
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    pattern = rf"{SOT}|{EOT}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+"
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{SOT} $A {EOT}", special_tokens=[(SOT, vocab[SOT]), (EOT, vocab[EOT])]
+    )
+    tok.decoder = decoders.BPEDecoder(suffix="</w>")
+    tok.add_special_tokens([AddedToken(SOT, special=True), AddedToken(EOT, special=True)])
+    return tok
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def _create_model(arch, pretrained, checkpoint, model_cfg, seed):
+    torch, open_clip = require_torch()
+    torch.manual_seed(seed)  # random towers (no weights given) are reproducible
+    if model_cfg is not None:  # an architecture that is not among open_clip's named configs
+        cfg = deepcopy(model_cfg)
+        model = open_clip.CLIP(**cfg)
+        if checkpoint is not None:
+            open_clip.load_checkpoint(model, str(checkpoint))
+        return model, cfg
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        raise PixqueryError(f"open_clip has no model called {arch!r}; see open_clip.list_models()")
+    # OpenAI weights were trained with QuickGELU; open_clip only warns if the config disagrees.
+    tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}
+    quick_gelu = bool(tag_cfg.get("quick_gelu")) and not cfg.get("quick_gelu")
+    if quick_gelu:
+        cfg["quick_gelu"] = True
+    source = pretrained if checkpoint is None else str(checkpoint)
+    model = open_clip.create_model(arch, pretrained=source, force_quick_gelu=quick_gelu)
+    return model, cfg
+
+
+def _tower(model, which: str):
+    """One tower as a module whose forward is what the ONNX graph computes (unit-norm output)."""
+    import torch
+
+    class Tower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            fn = self.model.encode_image if which == "visual" else self.model.encode_text
+            return fn(x, normalize=True)
+
+    return Tower().eval()
+
+
+def export_model(model, model_cfg: dict, out_dir: Path, *, dynamic_batch: bool = True, opset: int = 17, save_torch: bool = False) -> Path:
+    """Export an already-built open_clip CLIP model into `out_dir` (atomically)."""
+    torch, open_clip = require_torch()
+    if "hf_tokenizer_name" in model_cfg.get("text_cfg", {}):
+        raise PixqueryError("export supports models with open_clip's CLIP tokenizer only, not HF tokenizers")
+    out_dir = Path(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "visual").mkdir(parents=True)
+    (tmp / "textual").mkdir()
+
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    # open_clip's defaults (OpenAI mean/std, bicubic, shortest side) under what the model states.
+    from dataclasses import asdict
+
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    preprocess_cfg = merge_preprocess_dict(asdict(PreprocessCfg()), open_clip.get_model_preprocess_cfg(model))
+    size = preprocess_cfg["size"]
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    context_length = model_cfg["text_cfg"].get("context_length", 77)
+
+    image = torch.randn(2 if dynamic_batch else 1, 3, size, size)
+    text = torch.randint(0, 1000, (2 if dynamic_batch else 1, context_length), dtype=torch.int32)
+    text[:, -1] = 49407  # argmax pooling finds the end token
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # The fused attention fast path has no ONNX export; the plain path exports (autograd stays on).
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for which, arg, name in (("visual", image, "image"), ("textual", text, "text")):
+                torch.onnx.export(
+                    _tower(model, which),
+                    (arg,),
+                    str(tmp / which / "model.onnx"),
+                    input_names=[name],  # immich's names
+                    output_names=["embedding"],
+                    dynamic_axes={name: {0: "batch"}, "embedding": {0: "batch"}} if dynamic_batch else None,
+                    opset_version=opset,
+                    dynamo=False,
+                )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+    _write_json(tmp / "config.json", model_cfg)
+    _write_json(tmp / "visual" / "preprocess_cfg.json", preprocess_cfg)
+    build_clip_tokenizer().save(str(tmp / "textual" / "tokenizer.json"))
+    specials = {"bos_token": SOT, "eos_token": EOT, "unk_token": EOT, "pad_token": "!"}  # open_clip pads with id 0 = "!"
+    _write_json(tmp / "textual" / "special_tokens_map.json", specials)
+    _write_json(tmp / "textual" / "tokenizer_config.json", {**specials, "model_max_length": context_length, "do_lower_case": True})
+    if save_torch:  # the same weights for open_clip's `local-dir:` loader (tests compare torch and ONNX)
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "open_clip_model.safetensors"))
+        _write_json(tmp / "open_clip_config.json", {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def export_open_clip(
+    arch: str,
+    pretrained: str | None,
+    out_dir: Path,
+    checkpoint: Path | None = None,
+    *,
+    model_cfg: dict | None = None,
+    seed: int = 0,
+    dynamic_batch: bool = True,
+    opset: int = 17,
+    save_torch: bool = False,
+    force: bool = False,
+) -> Path:
+    """Export open_clip `arch` with `pretrained` weights (a tag such as "openai", or None for random
+    weights) or a `checkpoint` file, into the immich layout at `out_dir`. `model_cfg` replaces the
+    named config (for architectures open_clip does not name, e.g. tiny test models). Skips the
+    work when `out_dir` already holds a complete export, unless `force`."""
+    out_dir = Path(out_dir)
+    if not force and all((out_dir / f).is_file() for f in LAYOUT):
+        return out_dir
+    model, cfg = _create_model(arch, pretrained, checkpoint, model_cfg, seed)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return export_model(model, cfg, out_dir, dynamic_batch=dynamic_batch, opset=opset, save_torch=save_torch)

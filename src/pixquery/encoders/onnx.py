@@ -1,0 +1,218 @@
+"""CLIP on ONNX Runtime, over a model folder in the layout immich publishes on the Hugging Face hub.
+
+    config.json                          open_clip model config: embed_dim, vision_cfg, text_cfg
+    visual/model.onnx                    float image (n, 3, H, W) -> embedding
+    visual/preprocess_cfg.json           size, mean, std, interpolation, resize_mode, fill_color
+    textual/model.onnx                   int32 or int64 ids (n, context_length) -> embedding
+    textual/tokenizer.json               (+ tokenizer_config.json, special_tokens_map.json)
+
+Each tower's session is created on first use, so a text search never loads the image tower and
+indexing never loads the text tower. immich's own exports fix the batch at 1; that is read from
+the session and handled by looping. Outputs are L2-normalised here whatever the graph does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pixquery.encoders.base import PreprocessConfig, l2_normalize
+from pixquery.errors import PixqueryError
+
+REQUIRED = ("config.json", "visual/model.onnx", "visual/preprocess_cfg.json", "textual/model.onnx", "textual/tokenizer.json")
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+
+
+def check_layout(model_dir: Path) -> None:
+    missing = [f for f in REQUIRED if not (model_dir / f).is_file()]
+    if missing:
+        raise PixqueryError(
+            f"{model_dir} is not a complete CLIP model folder: missing {', '.join(missing)}. Expected the "
+            f"immich layout ({', '.join(REQUIRED)}); `pixquery export` writes one from open_clip."
+        )
+
+
+def physical_cores() -> int:
+    """Cores, not hyper-threads: a second ORT thread on a sibling hyper-thread slows matmuls down."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        allowed = os.cpu_count() or 1
+    try:
+        pairs = set()
+        with open("/proc/cpuinfo") as f:
+            phys = core = None
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    phys = value.strip()
+                elif key == "core id":
+                    core = value.strip()
+                    pairs.add((phys, core))
+        cores = len(pairs) or allowed
+    except OSError:
+        cores = (os.cpu_count() or 2) // 2 or 1
+    return max(1, min(allowed, cores))
+
+
+def file_fingerprint(paths: Sequence[Path], extra: str = "") -> str:
+    """Cheap identity of model files: names, sizes and five 64 KiB samples of each (a few ms even for
+    a 1 GB file); two random initialisations of one architecture have equal sizes but not bytes."""
+    h = hashlib.sha256(extra.encode())
+    for p in paths:
+        size = p.stat().st_size
+        h.update(f"{p.name}:{size}".encode())
+        with open(p, "rb") as f:
+            for frac in (0, 0.25, 0.5, 0.75, 1):
+                f.seek(max(0, int(size * frac) - (65536 if frac == 1 else 0)))
+                h.update(f.read(65536))
+    return h.hexdigest()[:16]
+
+
+def _providers() -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
+
+
+class OnnxClipEncoder:
+    """The Encoder protocol over ONNX Runtime. `precision="int8"` uses a dynamically quantised copy
+    of each tower (made once and cached, see pixquery.encoders.quantize)."""
+
+    def __init__(self, model_dir: str | Path, *, name: str | None = None, precision: str = "fp32",
+                 threads: int | None = None, cache_dir: str | Path | None = None, text_cache_size: int = 256):
+        self.model_dir = Path(model_dir).expanduser()
+        if not self.model_dir.is_dir():
+            raise PixqueryError(f"model folder not found: {self.model_dir}")
+        check_layout(self.model_dir)
+        if precision not in ("fp32", "int8"):
+            raise PixqueryError(f"precision must be 'fp32' or 'int8', not {precision!r}")
+        self.precision = precision
+        self.threads = threads or physical_cores()
+        self._cache_dir = cache_dir
+        self.config = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
+        self.name = name or self.model_dir.name
+        self.dim = int(self.config["embed_dim"])
+        self.preprocess_cfg = self._read_preprocess_cfg()
+        self.context_length = int(self.config.get("text_cfg", {}).get("context_length", 77))
+        files = [self.model_dir / f for f in REQUIRED]
+        self.fingerprint = file_fingerprint(files, extra=precision if precision != "fp32" else "")
+        self._sessions: dict[str, object] = {}
+        self._load_lock = threading.Lock()  # slow (session creation, quantisation)
+        self._lock = threading.Lock()  # fast (the query cache)
+        self._tokenizer = None
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._text_cache_size = text_cache_size
+
+    def __repr__(self) -> str:
+        return f"OnnxClipEncoder({self.name!r}, dim={self.dim}, precision={self.precision!r}, dir={str(self.model_dir)!r})"
+
+    def _read_preprocess_cfg(self) -> PreprocessConfig:
+        raw = json.loads((self.model_dir / "visual" / "preprocess_cfg.json").read_text(encoding="utf-8"))
+        default = PreprocessConfig()
+        size = raw.get("size", default.size)
+        return PreprocessConfig(
+            size=int(size[0] if isinstance(size, (list, tuple)) else size),
+            mean=tuple(raw.get("mean", default.mean)),
+            std=tuple(raw.get("std", default.std)),
+            interpolation=raw.get("interpolation", default.interpolation),
+            resize_mode=raw.get("resize_mode", default.resize_mode),
+            fill_color=int(raw.get("fill_color", default.fill_color)),
+        )
+
+    # -- sessions ---------------------------------------------------------------------------------
+    def _session(self, tower: str):
+        session = self._sessions.get(tower)
+        if session is None:
+            with self._load_lock:  # two first requests must not build two sessions
+                session = self._sessions.get(tower) or self._create_session(tower)
+                self._sessions[tower] = session
+        return session
+
+    def _create_session(self, tower: str):
+        import onnxruntime as ort
+
+        path = self.model_dir / tower / "model.onnx"
+        if self.precision == "int8":
+            from pixquery.encoders.quantize import quantized_copy
+
+            path = quantized_copy(path, cache_dir=self._cache_dir)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = _providers()
+        try:
+            return ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as e:
+            if providers != ["CPUExecutionProvider"]:  # a CUDA build without a usable GPU or driver
+                return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            raise PixqueryError(f"ONNX Runtime cannot load {path}: {e}") from None
+
+    def _run(self, tower: str, x: np.ndarray) -> np.ndarray:
+        session = self._session(tower)
+        inp = session.get_inputs()[0]
+        x = x.astype(_ORT_DTYPES.get(inp.type, x.dtype), copy=False)
+        fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None  # immich exports: batch 1
+        if not fixed or fixed == len(x):
+            out = session.run(None, {inp.name: x})[0]
+        else:
+            parts = []
+            for i in range(0, len(x), fixed):
+                chunk = x[i : i + fixed]
+                pad = fixed - len(chunk)
+                if pad:
+                    chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+                parts.append(session.run(None, {inp.name: chunk})[0][: fixed - pad])
+            out = np.concatenate(parts)
+        return l2_normalize(out.reshape(len(x), -1))
+
+    # -- Encoder protocol ---------------------------------------------------------------------------
+    def encode_images(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch)
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return self._run("visual", batch)
+
+    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+        if self._tokenizer is None:
+            from pixquery.encoders.tokenizer import ClipTokenizer, pad_id_for
+
+            textual = self.model_dir / "textual"
+            pad_id = pad_id_for(self.config.get("text_cfg", {}), textual)
+            self._tokenizer = ClipTokenizer(textual / "tokenizer.json", self.context_length, pad_id)
+        return self._tokenizer(texts)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        out = np.zeros((len(texts), self.dim), np.float32)
+        missing = []
+        with self._lock:  # search re-asks the same query (paging, filters): answer from the LRU
+            for i, t in enumerate(texts):
+                hit = self._text_cache.get(t)
+                if hit is None:
+                    missing.append(i)
+                else:
+                    self._text_cache.move_to_end(t)
+                    out[i] = hit
+        if missing:
+            todo = list(dict.fromkeys(texts[i] for i in missing))
+            emb = dict(zip(todo, self._run("textual", self.tokenize(todo))))
+            for i in missing:
+                out[i] = emb[texts[i]]
+            with self._lock:
+                for t, e in emb.items():
+                    self._text_cache[t] = e.copy()
+                    self._text_cache.move_to_end(t)
+                while len(self._text_cache) > self._text_cache_size:
+                    self._text_cache.popitem(last=False)
+        return out

@@ -1,0 +1,91 @@
+"""CLIP text tokenisation with the `tokenizers` library, giving open_clip's token ids.
+
+open_clip's SimpleTokenizer cleans text in Python (ftfy.fix_text, HTML unescaping twice,
+whitespace collapse, lower case) before BPE. A tokenizer.json can only express part of that, so
+the cleaning runs here first and the tokenizer.json (ours or immich's) does the BPE. Truncation
+keeps the end-of-text token last, as open_clip does ([sot] + first n-2 tokens + [eot]), and
+padding uses open_clip's pad id 0, so ids match open_clip exactly.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import unicodedata
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+try:  # open_clip runs ftfy.fix_text; use it when installed for byte-identical ids.
+    from ftfy import fix_text as _fix_text
+except ImportError:  # pragma: no cover - exercised through _light_fix_text in the tests
+    _fix_text = None
+
+
+def _light_tables() -> dict[int, str]:
+    # What ftfy.fix_text changes in ordinary typed text: curly quotes, full-width forms,
+    # Latin ligatures, invisible control characters (ftfy's tables, rebuilt from unicodedata).
+    table: dict[int, str] = {0x3000: " "}
+    for cp in range(0xFF01, 0xFFF0):
+        alt = unicodedata.normalize("NFKC", chr(cp))
+        if alt != chr(cp):
+            table[cp] = alt
+    for cp in [0x132, 0x133, *range(0x1C4, 0x1CD), *range(0x1F1, 0x1F4), *range(0xFB00, 0xFB07)]:
+        table[cp] = unicodedata.normalize("NFKC", chr(cp))
+    table[0xFB05] = "\u017ft"  # ftfy keeps the long s of the "ſt" ligature
+    table[0x149] = "'n"  # ŉ, then ftfy uncurls its apostrophe
+    for cp in (0x02BC, 0x2018, 0x2019, 0x201A, 0x201B):
+        table[cp] = "'"
+    for cp in (0x201C, 0x201D, 0x201E, 0x201F):
+        table[cp] = '"'
+    for cp in [*range(0x00, 0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF, 0xFFF9, 0xFFFA, 0xFFFB, 0xFFFC]:
+        table[cp] = ""
+    return table
+
+
+_LIGHT = _light_tables()
+
+
+def _light_fix_text(text: str) -> str:
+    """Without ftfy: the same result on typed text (ftfy's mojibake repair is not replicated)."""
+    return unicodedata.normalize("NFC", text.translate(_LIGHT))
+
+
+def clean_text(text: str) -> str:
+    """open_clip's default 'lower' cleaning."""
+    text = (_fix_text or _light_fix_text)(text)
+    text = html.unescape(html.unescape(text))
+    return " ".join(text.split()).lower()
+
+
+class ClipTokenizer:
+    """tokenizer.json -> (n, context_length) int64 ids, identical to open_clip's tokenizer."""
+
+    def __init__(self, tokenizer_file: str | Path, context_length: int = 77, pad_id: int = 0):
+        self.context_length = context_length
+        self.pad_id = pad_id
+        self._tok = Tokenizer.from_file(str(tokenizer_file))
+        # Counts the start/end tokens the post-processor adds, so the end token survives.
+        self._tok.enable_truncation(max_length=context_length)
+        self._tok.no_padding()
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        encodings = self._tok.encode_batch([clean_text(t) for t in texts])
+        ids = np.full((len(encodings), self.context_length), self.pad_id, dtype=np.int64)
+        for row, enc in zip(ids, encodings):
+            row[: len(enc.ids)] = enc.ids
+        return ids
+
+
+def pad_id_for(text_cfg: dict, textual_dir: Path) -> int:
+    """open_clip pads its own CLIP tokenizer with 0; models with an HF tokenizer use its pad token."""
+    if "hf_tokenizer_name" not in text_cfg:
+        return int(text_cfg.get("pad_id", 0))
+    cfg_file = textual_dir / "tokenizer_config.json"
+    pad = json.loads(cfg_file.read_text(encoding="utf-8")).get("pad_token") if cfg_file.exists() else None
+    if isinstance(pad, dict):
+        pad = pad.get("content")
+    tok = Tokenizer.from_file(str(textual_dir / "tokenizer.json"))
+    return tok.token_to_id(pad) if pad is not None and tok.token_to_id(pad) is not None else 0
