@@ -264,10 +264,9 @@ class Library:
         if self._loaded is None or self._loaded[:2] != (row.id, row.path):
             from pixquery import indexes
 
-            try:
-                idx = indexes.load_index(row.kind, self.path / row.path, mmap=True)
-            except FileNotFoundError:
-                raise LibraryError(f"index file {self.path / row.path} is missing: run pixquery index to rebuild it") from None
+            if not (self.path / row.path).exists():
+                raise LibraryError(f"index file {self.path / row.path} is missing: run pixquery index to rebuild it")
+            idx = indexes.load_index(row.kind, self.path / row.path, mmap=True)
             self._loaded = (row.id, row.path, idx, row)
         return self._loaded[2], self._loaded[3]
 
