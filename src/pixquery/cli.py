@@ -201,8 +201,9 @@ def search(
                           "dropped_by_threshold": results.dropped, "results": [r.to_dict() for r in results]}, indent=2))
         return
     table = Table(show_header=True, header_style="bold", box=None)
-    for col, just in (("#", "right"), ("score", "right"), ("distance", "right"), ("path", "left")):
-        table.add_column(col, justify=just)
+    for col, just in (("#", "right"), ("score", "right"), ("distance", "right")):
+        table.add_column(col, justify=just, no_wrap=True)
+    table.add_column("path", overflow="fold")  # a path is never cut short: it is the answer
     for r in results:
         where = r.path
         if r.timestamp is not None:

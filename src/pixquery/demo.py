@@ -92,7 +92,7 @@ def run(model: str | None, folder: Path | None, library: Path | None, console: C
         results = lib.search(q, k=3)
         console.print(f"\n[bold cyan]{q}[/]")
         for r in results:
-            console.print(f"  {r.rank}. {r.score:.3f}  {escape(r.path)}")
+            console.print(f"  {r.rank}. {r.score:.3f}  {escape(r.path)}", soft_wrap=True)
     info = lib.info()
     console.print(f"\n{info['images']} images in {escape(info['library'])}; try: "
                   f"pixquery search --library {escape(str(library))} \"a cat\"")
