@@ -167,3 +167,19 @@ def test_nothing_to_index_and_missing_folder(library_dir, tiny_model, tmp_path):
         lib.index()
     with pytest.raises(LibraryError, match="no such file"):
         lib.index([tmp_path / "nope"])
+
+
+def test_default_runtime_never_imports_torch(photos, library_dir, tiny_model):
+    """Index and search with the ONNX backend in a fresh interpreter: torch stays unloaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pixquery.api import Library\n"
+        f"lib = Library.open({str(library_dir)!r}, model={str(tiny_model)!r})\n"
+        f"lib.index([{str(photos)!r}]); assert lib.search('a dog', k=3)\n"
+        "bad = [m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
