@@ -21,7 +21,7 @@ import warnings
 from copy import deepcopy
 from pathlib import Path
 
-from pixquery.errors import PixqueryError
+from pixquery.errors import ModelNotAvailable, PixqueryError
 
 LAYOUT = (
     "config.json",
@@ -98,7 +98,10 @@ def _create_model(arch, pretrained, checkpoint, model_cfg, seed):
     if quick_gelu:
         cfg["quick_gelu"] = True
     source = pretrained if checkpoint is None else str(checkpoint)
-    model = open_clip.create_model(arch, pretrained=source, force_quick_gelu=quick_gelu)
+    try:
+        model = open_clip.create_model(arch, pretrained=source, force_quick_gelu=quick_gelu)
+    except RuntimeError as e:  # download failed, unknown tag, missing file
+        raise ModelNotAvailable(f"open_clip cannot load {arch} weights {source!r}: {e}") from None
     return model, cfg
 
 

@@ -161,7 +161,10 @@ class OnnxClipEncoder:
     def _run(self, tower: str, x: np.ndarray) -> np.ndarray:
         session = self._session(tower)
         inp = session.get_inputs()[0]
-        x = x.astype(_ORT_DTYPES.get(inp.type, x.dtype), copy=False)
+        if inp.type not in _ORT_DTYPES:  # e.g. a graph that takes uint8 pixels and normalises itself
+            raise PixqueryError(f"{self.model_dir / tower / 'model.onnx'}: input {inp.name} is {inp.type}; "
+                                "pixquery feeds float images and integer token ids")
+        x = x.astype(_ORT_DTYPES[inp.type], copy=False)
         fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None  # immich exports: batch 1
         if not fixed or fixed == len(x):
             out = session.run(None, {inp.name: x})[0]
