@@ -24,6 +24,20 @@ class PreprocessConfig:
     resize_mode: str = "shortest"  # open_clip: shortest | longest | squash
     fill_color: int = 0
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> "PreprocessConfig":
+        """From open_clip's preprocess_cfg (preprocess_cfg.json): size may be [h, w]; missing keys default."""
+        d = cls()
+        size = raw.get("size", d.size)
+        return cls(
+            size=int(size[0] if isinstance(size, (list, tuple)) else size),
+            mean=tuple(float(v) for v in raw.get("mean", d.mean)),
+            std=tuple(float(v) for v in raw.get("std", d.std)),
+            interpolation=raw.get("interpolation", d.interpolation),
+            resize_mode=raw.get("resize_mode", d.resize_mode),
+            fill_color=int(raw.get("fill_color", d.fill_color)),
+        )
+
 
 @runtime_checkable
 class Encoder(Protocol):

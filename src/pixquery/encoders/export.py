@@ -19,6 +19,7 @@ import os
 import shutil
 import warnings
 from copy import deepcopy
+from dataclasses import asdict
 from pathlib import Path
 
 from pixquery.errors import ModelNotAvailable, PixqueryError
@@ -76,6 +77,14 @@ def build_clip_tokenizer():
     return tok
 
 
+def preprocess_cfg_of(model) -> dict:
+    """open_clip's defaults (OpenAI mean/std, bicubic, shortest side) under what the model states."""
+    from open_clip import get_model_preprocess_cfg
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    return merge_preprocess_dict(asdict(PreprocessCfg()), get_model_preprocess_cfg(model))
+
+
 def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
@@ -121,26 +130,12 @@ def _tower(model, which: str):
     return Tower().eval()
 
 
-def export_model(model, model_cfg: dict, out_dir: Path, *, dynamic_batch: bool = True, opset: int = 17, save_torch: bool = False) -> Path:
-    """Export an already-built open_clip CLIP model into `out_dir` (atomically)."""
+def _write_layout(model, model_cfg: dict, tmp: Path, dynamic_batch: bool, opset: int, save_torch: bool) -> None:
     torch, open_clip = require_torch()
-    if "hf_tokenizer_name" in model_cfg.get("text_cfg", {}):
-        raise PixqueryError("export supports models with open_clip's CLIP tokenizer only, not HF tokenizers")
-    out_dir = Path(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "visual").mkdir(parents=True)
-    (tmp / "textual").mkdir()
-
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    # open_clip's defaults (OpenAI mean/std, bicubic, shortest side) under what the model states.
-    from dataclasses import asdict
-
-    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
-
-    preprocess_cfg = merge_preprocess_dict(asdict(PreprocessCfg()), open_clip.get_model_preprocess_cfg(model))
+    preprocess_cfg = preprocess_cfg_of(model)
     size = preprocess_cfg["size"]
     size = size[0] if isinstance(size, (list, tuple)) else size
     context_length = model_cfg["text_cfg"].get("context_length", 77)
@@ -180,6 +175,24 @@ def export_model(model, model_cfg: dict, out_dir: Path, *, dynamic_batch: bool =
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "open_clip_model.safetensors"))
         _write_json(tmp / "open_clip_config.json", {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
 
+
+
+def export_model(model, model_cfg: dict, out_dir: Path, *, dynamic_batch: bool = True, opset: int = 17, save_torch: bool = False) -> Path:
+    """Export an already-built open_clip CLIP model into `out_dir` (atomically)."""
+    require_torch()
+    if "hf_tokenizer_name" in model_cfg.get("text_cfg", {}):
+        raise PixqueryError("export supports models with open_clip's CLIP tokenizer only, not HF tokenizers")
+    out_dir = Path(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "visual").mkdir(parents=True)
+    (tmp / "textual").mkdir()
+
+    try:
+        _write_layout(model, model_cfg, tmp, dynamic_batch, opset, save_torch)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-written folder left behind
+        raise
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

@@ -102,7 +102,8 @@ class OnnxClipEncoder:
         self.config = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
         self.name = name or self.model_dir.name
         self.dim = int(self.config["embed_dim"])
-        self.preprocess_cfg = self._read_preprocess_cfg()
+        raw = json.loads((self.model_dir / "visual" / "preprocess_cfg.json").read_text(encoding="utf-8"))
+        self.preprocess_cfg = PreprocessConfig.from_dict(raw)
         self.context_length = int(self.config.get("text_cfg", {}).get("context_length", 77))
         files = [self.model_dir / f for f in REQUIRED]
         self.fingerprint = file_fingerprint(files, extra=precision if precision != "fp32" else "")
@@ -115,19 +116,6 @@ class OnnxClipEncoder:
 
     def __repr__(self) -> str:
         return f"OnnxClipEncoder({self.name!r}, dim={self.dim}, precision={self.precision!r}, dir={str(self.model_dir)!r})"
-
-    def _read_preprocess_cfg(self) -> PreprocessConfig:
-        raw = json.loads((self.model_dir / "visual" / "preprocess_cfg.json").read_text(encoding="utf-8"))
-        default = PreprocessConfig()
-        size = raw.get("size", default.size)
-        return PreprocessConfig(
-            size=int(size[0] if isinstance(size, (list, tuple)) else size),
-            mean=tuple(raw.get("mean", default.mean)),
-            std=tuple(raw.get("std", default.std)),
-            interpolation=raw.get("interpolation", default.interpolation),
-            resize_mode=raw.get("resize_mode", default.resize_mode),
-            fill_color=int(raw.get("fill_color", default.fill_color)),
-        )
 
     # -- sessions ---------------------------------------------------------------------------------
     def _session(self, tower: str):

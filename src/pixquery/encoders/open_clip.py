@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from pixquery.encoders.base import PreprocessConfig
-from pixquery.encoders.export import require_torch
+from pixquery.encoders.export import preprocess_cfg_of, require_torch
 from pixquery.errors import ModelNotAvailable, PixqueryError
 
 
@@ -25,10 +25,6 @@ def _weights_fingerprint(model) -> str:
 class OpenClipEncoder:
     def __init__(self, arch: str, pretrained: str | None = None, *, cache_dir=None, device: str = "cpu"):
         torch, open_clip = require_torch()
-        from dataclasses import asdict
-
-        from open_clip.transform import PreprocessCfg, merge_preprocess_dict
-
         arch = arch if arch.startswith(("local-dir:", "hf-hub:")) else arch.replace("/", "-")
         tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}
         cfg = open_clip.get_model_config(arch) or {}
@@ -46,12 +42,7 @@ class OpenClipEncoder:
         self.name = f"open_clip:{arch}" + (f"/{pretrained}" if pretrained else "")
         self.dim = int(model.visual.output_dim)
         self.fingerprint = _weights_fingerprint(model)
-        p = merge_preprocess_dict(asdict(PreprocessCfg()), open_clip.get_model_preprocess_cfg(model))
-        size = p["size"][0] if isinstance(p["size"], (list, tuple)) else p["size"]
-        self.preprocess_cfg = PreprocessConfig(
-            size=int(size), mean=tuple(p["mean"]), std=tuple(p["std"]), interpolation=p["interpolation"],
-            resize_mode=p["resize_mode"], fill_color=int(p["fill_color"]),
-        )
+        self.preprocess_cfg = PreprocessConfig.from_dict(preprocess_cfg_of(model))
         if self.preprocess_cfg.interpolation not in ("bicubic", "bilinear", "nearest", "lanczos"):
             raise PixqueryError(f"unsupported interpolation {self.preprocess_cfg.interpolation!r} for {arch}")
 
