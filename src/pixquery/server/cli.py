@@ -1,0 +1,62 @@
+"""`pixquery serve`: registered into the main CLI by `pixquery.cli._register_plugins`."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+from pathlib import Path
+from typing import Optional
+from urllib.parse import quote
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="serve")(serve)
+
+
+def serve(
+    library: Optional[Path] = typer.Option(None, "--library", "-L", envvar="PIXQUERY_LIBRARY",
+                                           help="Library folder [default: $PIXQUERY_LIBRARY or ~/.local/share/pixquery]"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or local model folder [default: the library's]"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but loopback needs --token (or --allow-public)"),
+    port: int = typer.Option(8765, "--port", "-p", min=0, max=65535),
+    token: Optional[str] = typer.Option(None, "--token", envvar="PIXQUERY_TOKEN", show_envvar=True,
+                                        help="Require this token on every request ('auto': make a random one and print it)"),
+    allow_public: bool = typer.Option(False, "--allow-public", help="Listen on a public address without a token (anyone reaching it sees your photos)"),
+    pool: int = typer.Option(1, "--pool", min=1, max=32, help="Catalog connections serving requests in parallel"),
+    open_browser: bool = typer.Option(False, "--open", help="Open the page in a web browser"),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request"),
+):
+    """Serve a search page and a JSON API (OpenAPI at /api/docs) over a library."""
+    import uvicorn
+
+    from pixquery.api import default_library_path
+    from pixquery.server.app import ServerConfig, check_bind, create_app, is_loopback
+
+    if token == "auto":
+        token = secrets.token_urlsafe(24)
+    if token is not None and not token.strip():
+        token = None
+    check_bind(host, token, allow_public)
+    lib = Path(library).expanduser() if library else default_library_path()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    logging.getLogger("pixquery").setLevel(logging.INFO)
+    config = ServerConfig(library=lib, model=model, token=token, host=host, port=port, pool_size=pool)
+    app = create_app(config)
+    shown_host = f"[{host}]" if ":" in host else host
+    if host in ("0.0.0.0", "::"):
+        shown_host = "127.0.0.1"
+    url = f"http://{shown_host}:{port}/" + (f"?token={quote(token, safe='')}" if token else "")
+    print(f"pixquery: serving {lib} on {url}", file=sys.stderr, flush=True)
+    if not token and not is_loopback(host):
+        print("pixquery: WARNING: no token and a public address: anyone who can reach this machine can browse your photos",
+              file=sys.stderr, flush=True)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    uvicorn.run(app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log,
+                server_header=False, proxy_headers=False, timeout_keep_alive=5, limit_concurrency=256,
+                timeout_graceful_shutdown=5)

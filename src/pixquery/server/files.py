@@ -1,0 +1,90 @@
+"""Opening a library's files for the server: by catalog id only, never by a path from a request.
+
+A request names an image by its integer id. The path comes from the catalog, and the file is
+served only when all of these hold:
+
+- the row exists and is not marked deleted;
+- the path, with every symbolic link resolved, lies inside one of the library's indexed folders
+  (`catalog.folders()`), or, for a file indexed on its own, the path is the real file itself (no
+  symbolic link anywhere in it). So a photo later replaced by a link to ~/.ssh/id_rsa, or a link
+  to a folder outside the library, is refused;
+- the resolved file is a regular file (not a FIFO, device or folder), opened without following a
+  last-moment symbolic link (O_NOFOLLOW) and checked with fstat on the open descriptor.
+
+Any refusal is `NotServable`, which the server turns into a plain 404 (it does not say which rule
+failed: a client learns nothing about the disk).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from pixquery.catalog import Catalog, ImageRow
+
+
+class NotServable(Exception):
+    """This id does not name a file the server may send (the reason is for logs only)."""
+
+
+@dataclass
+class OpenedImage:
+    row: ImageRow
+    real_path: str
+    file: BinaryIO
+    stat: os.stat_result
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _within(path: str, root: str) -> bool:
+    if path == root:
+        return True
+    return path.startswith(root if root.endswith(os.sep) else root + os.sep)
+
+
+def image_row(catalog: Catalog, image_id: int) -> ImageRow:
+    row = catalog.image(int(image_id))
+    if row is None or row.deleted:
+        raise NotServable(f"image {image_id}: no such live catalog row")
+    return row
+
+
+def check_path(catalog: Catalog, path: str) -> str:
+    """The real path to open for a catalog path, or NotServable (see the module doc)."""
+    if not path or not os.path.isabs(path) or "\x00" in path:
+        raise NotServable(f"{path!r}: not an absolute path")
+    real = os.path.realpath(path)
+    roots = [os.path.realpath(f) for f in catalog.folders()]
+    if any(_within(real, root) for root in roots):
+        return real
+    if real == os.path.normpath(path):
+        return real  # a file indexed on its own, with no symbolic link anywhere in its path
+    raise NotServable(f"{path}: resolves to {real}, outside the library's folders")
+
+
+def open_image(catalog: Catalog, image_id: int) -> OpenedImage:
+    row = image_row(catalog, image_id)
+    real = check_path(catalog, row.path)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(real, flags)
+    except OSError as e:
+        raise NotServable(f"{real}: cannot open: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotServable(f"{real}: not a regular file")
+        return OpenedImage(row, real, os.fdopen(fd, "rb", closefd=True), st)
+    except BaseException:
+        os.close(fd)
+        raise

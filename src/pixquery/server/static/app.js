@@ -1,0 +1,437 @@
+// pixquery search page: plain JavaScript, no build step, no dependencies.
+// Talks to the JSON API of the same server (/api/...); the token, when one is set, is a cookie.
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const els = {
+    form: $("search"), q: $("q"), file: $("file"), threshold: $("threshold"), thresholdValue: $("threshold-value"),
+    limit: $("limit"), grid: $("grid"), sentinel: $("sentinel"), message: $("message"), drop: $("drop"),
+    queryImage: $("query-image"), queryThumb: $("query-thumb"), queryCaption: $("query-caption"),
+    libModel: $("lib-model"), libIndex: $("lib-index"), libImages: $("lib-images"),
+    indexing: $("indexing"), indexingText: $("indexing-text"), indexingBar: $("indexing-bar"),
+    viewer: $("viewer"), vImg: $("v-img"), vName: $("v-name"), vPath: $("v-path"), vSize: $("v-size"),
+    vDate: $("v-date"), vScore: $("v-score"), vSimilar: $("v-similar"), vOriginal: $("v-original"),
+    vClose: $("v-close"), vPrev: $("v-prev"), vNext: $("v-next"),
+  };
+
+  let info = null;        // GET /api/info
+  let calibrated = null;  // the threshold `pixquery eval` stored, if any
+  let search = null;      // {kind: "text"|"image"|"upload", value, label, nextOffset, results[], seq}
+  let seq = 0;            // drops answers of superseded searches
+  let loading = false;
+  let viewerIndex = -1;
+  let pollTimer = null;
+  let queryBlobUrl = null;
+  const PAGE = 30;
+
+  // -- helpers --------------------------------------------------------------------------------
+  function setMessage(text, isError) {
+    els.message.textContent = text || "";
+    els.message.classList.toggle("error", !!isError);
+  }
+
+  async function api(url, options) {
+    const res = await fetch(url, Object.assign({ credentials: "same-origin", headers: { Accept: "application/json" } }, options || {}));
+    let body = null;
+    try { body = await res.json(); } catch (e) { body = null; }
+    if (!res.ok) {
+      if (res.status === 401) throw new Error("This server needs a token: open the URL printed by `pixquery serve`.");
+      throw new Error((body && body.error) || `${res.status} ${res.statusText}`);
+    }
+    return body;
+  }
+
+  function fmtBytes(n) {
+    if (n == null) return "";
+    const units = ["bytes", "KB", "MB", "GB"];
+    let i = 0;
+    while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+    return (i ? n.toFixed(n < 10 ? 1 : 0) : n) + " " + units[i];
+  }
+
+  function fmtDate(iso) {
+    if (!iso) return "";
+    const d = new Date(iso);
+    return isNaN(d) ? iso : d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  }
+
+  function thresholdParam() {
+    const v = parseFloat(els.threshold.value);
+    return v >= parseFloat(els.threshold.max) ? null : v.toFixed(3);
+  }
+
+  function showThreshold() {
+    const p = thresholdParam();
+    els.thresholdValue.textContent = p === null ? "off" : Number(p).toFixed(2);
+    els.thresholdValue.classList.toggle("calibrated", calibrated !== null && p !== null && Math.abs(p - calibrated) < 0.0051);
+    els.threshold.title = calibrated !== null ? `calibrated threshold: ${calibrated.toFixed(3)}` : "no calibrated threshold stored";
+  }
+
+  // -- library facts and indexing progress ---------------------------------------------------
+  async function loadInfo() {
+    try {
+      info = await api("/api/info");
+    } catch (e) {
+      setMessage(e.message, true);
+      return;
+    }
+    els.libModel.innerHTML = "";
+    els.libModel.append("model ", bold(info.model));
+    els.libIndex.innerHTML = "";
+    if (info.index) els.libIndex.append("index ", bold(info.index.kind), ` (${info.index.entries.toLocaleString()} entries)`);
+    else els.libIndex.append("no index yet: run ", bold("pixquery index FOLDER"));
+    els.libImages.innerHTML = "";
+    els.libImages.append(bold(info.images.toLocaleString()), " images");
+    if (info.calibrated_threshold != null && calibrated === null) {
+      calibrated = info.calibrated_threshold;
+      const min = parseFloat(els.threshold.min), max = parseFloat(els.threshold.max);
+      if (calibrated < min) els.threshold.min = Math.max(0, calibrated - 0.05).toFixed(2);
+      if (calibrated >= max) els.threshold.max = Math.min(1, calibrated + 0.05).toFixed(2);
+      if (!location.hash.includes("t=")) els.threshold.value = calibrated;
+    }
+    showThreshold();
+    showIndexing(info.indexing);
+  }
+
+  function bold(text) {
+    const b = document.createElement("b");
+    b.textContent = text;
+    return b;
+  }
+
+  function showIndexing(st) {
+    clearTimeout(pollTimer);
+    if (st) {
+      els.indexing.hidden = false;
+      const total = st.total || 0, done = st.done || 0;
+      els.indexingText.textContent = st.stage === "embedding" && total
+        ? `indexing: ${done.toLocaleString()} / ${total.toLocaleString()} photos${st.failed ? `, ${st.failed} failed` : ""}`
+        : `indexing: ${st.stage || "running"}`;
+      els.indexingBar.max = total || 1;
+      els.indexingBar.value = total ? done : 0;
+      pollTimer = setTimeout(pollStatus, 1500);
+    } else {
+      const wasIndexing = !els.indexing.hidden;
+      els.indexing.hidden = true;
+      if (wasIndexing) loadInfo(); // the run finished: new counts, maybe a new index
+      pollTimer = setTimeout(pollStatus, 15000);
+    }
+  }
+
+  async function pollStatus() {
+    try {
+      const st = await api("/api/status");
+      if (info && st.images !== info.images) {
+        info.images = st.images;
+        els.libImages.innerHTML = "";
+        els.libImages.append(bold(st.images.toLocaleString()), " images");
+      }
+      showIndexing(st.indexing);
+    } catch (e) {
+      pollTimer = setTimeout(pollStatus, 15000);
+    }
+  }
+
+  // -- searching ------------------------------------------------------------------------------
+  function searchUrl(offset) {
+    const p = new URLSearchParams();
+    if (search.kind === "text") p.set("q", search.value);
+    else if (search.kind === "image") p.set("image_id", search.value);
+    else p.set("upload_id", search.value);
+    p.set("k", Math.min(PAGE, limit() - offset));
+    p.set("offset", offset);
+    const t = thresholdParam();
+    if (t !== null) p.set("threshold", t);
+    return "/api/search?" + p.toString();
+  }
+
+  function limit() { return parseInt(els.limit.value, 10) || 60; }
+
+  function startSearch(kind, value, label) {
+    search = { kind, value, label, nextOffset: 0, results: [], seq: ++seq };
+    els.grid.innerHTML = "";
+    if (kind !== "upload") {
+      els.queryImage.hidden = kind !== "image";
+      if (kind === "image") {
+        els.queryThumb.src = `/api/images/${value}/thumbnail`;
+        els.queryCaption.textContent = `more like ${label || "this photo"}`;
+      }
+    }
+    writeHash();
+    loadMore();
+  }
+
+  async function loadMore() {
+    if (!search || loading || search.nextOffset === null || search.nextOffset >= limit()) return;
+    const mine = search;
+    loading = true;
+    if (!mine.results.length) setMessage("searching…");
+    try {
+      const page = await api(searchUrl(mine.nextOffset));
+      if (mine.seq !== seq) return;
+      appendResults(page);
+      mine.nextOffset = page.next_offset;
+      describe(page);
+    } catch (e) {
+      if (mine.seq === seq) setMessage(e.message, true);
+      mine.nextOffset = null;
+    } finally {
+      loading = false;
+    }
+    if (mine.seq === seq && sentinelVisible()) loadMore();
+  }
+
+  function describe(page) {
+    const n = search.results.length;
+    let text = n ? `${n} result${n === 1 ? "" : "s"}` : "no results";
+    if (search.kind === "text") text += ` for “${search.value}”`;
+    if (page.threshold != null) text += ` within distance ${page.threshold.toFixed(2)}`;
+    if (!n && page.threshold != null) text += ": raise the distance slider to see more";
+    setMessage(text + (n ? ". Hover for scores, Enter or click to open." : "."));
+  }
+
+  function appendResults(page) {
+    const frag = document.createDocumentFragment();
+    for (const r of page.results) {
+      const i = search.results.length;
+      search.results.push(r);
+      const tile = document.createElement("button");
+      tile.type = "button";
+      tile.className = "tile";
+      tile.setAttribute("role", "listitem");
+      tile.dataset.index = i;
+      tile.title = `${r.name}\nscore ${r.score.toFixed(3)} · distance ${r.distance.toFixed(3)}`;
+      const img = document.createElement("img");
+      img.loading = "lazy";
+      img.decoding = "async";
+      img.alt = r.name;
+      if (r.thumbnail) img.src = r.thumbnail;
+      img.addEventListener("error", () => tile.classList.add("broken"));
+      const score = document.createElement("span");
+      score.className = "score";
+      score.textContent = r.score.toFixed(3);
+      const rank = document.createElement("span");
+      rank.className = "rank";
+      rank.textContent = "#" + r.rank;
+      tile.append(img, score, rank);
+      frag.append(tile);
+    }
+    els.grid.append(frag);
+  }
+
+  function sentinelVisible() {
+    const r = els.sentinel.getBoundingClientRect();
+    return r.top < window.innerHeight + 600;
+  }
+
+  new IntersectionObserver((entries) => {
+    if (entries.some((e) => e.isIntersecting)) loadMore();
+  }, { rootMargin: "600px 0px" }).observe(els.sentinel);
+
+  async function uploadSearch(file) {
+    if (!file) return;
+    if (!file.type.startsWith("image/") && file.type !== "") {
+      setMessage(`${file.name} is not an image`, true);
+      return;
+    }
+    const max = info && info.limits ? info.limits.max_upload_bytes : null;
+    if (max && file.size > max) {
+      setMessage(`${file.name} is larger than the ${fmtBytes(max)} upload limit`, true);
+      return;
+    }
+    const mySeq = ++seq;
+    search = null;
+    els.grid.innerHTML = "";
+    setMessage(`searching with ${file.name}…`);
+    if (queryBlobUrl) URL.revokeObjectURL(queryBlobUrl);
+    queryBlobUrl = URL.createObjectURL(file);
+    els.queryThumb.src = queryBlobUrl;
+    els.queryCaption.textContent = `photos like ${file.name}`;
+    els.queryImage.hidden = false;
+    const body = new FormData();
+    body.append("file", file, file.name);
+    const p = new URLSearchParams({ k: Math.min(PAGE, limit()) });
+    const t = thresholdParam();
+    if (t !== null) p.set("threshold", t);
+    try {
+      const page = await api("/api/search/image?" + p.toString(), { method: "POST", body });
+      if (mySeq !== seq) return;
+      search = { kind: "upload", value: page.upload_id, label: file.name, nextOffset: page.next_offset, results: [], seq: mySeq };
+      appendResults(page);
+      describe(page);
+      writeHash();
+      if (sentinelVisible()) loadMore();
+    } catch (e) {
+      if (mySeq === seq) setMessage(e.message, true);
+    } finally {
+      els.file.value = "";
+    }
+  }
+
+  // -- the URL fragment remembers the search (reload, back / forward) -------------------------
+  let writingHash = false;
+  function writeHash() {
+    if (!search) return;
+    const p = new URLSearchParams();
+    if (search.kind === "text") p.set("q", search.value);
+    else if (search.kind === "image") p.set("image", search.value);
+    else return; // an upload cannot be restored from a URL
+    const t = thresholdParam();
+    if (t !== null) p.set("t", t);
+    if (limit() !== 60) p.set("n", limit());
+    const h = "#" + p.toString();
+    if (location.hash !== h) {
+      writingHash = true;
+      location.hash = h;
+    }
+  }
+
+  function readHash() {
+    const p = new URLSearchParams(location.hash.slice(1));
+    if (p.has("t")) els.threshold.value = p.get("t");
+    if (p.has("n")) els.limit.value = p.get("n");
+    showThreshold();
+    if (p.get("q")) {
+      els.q.value = p.get("q");
+      startSearch("text", p.get("q"));
+    } else if (p.get("image") && /^\d+$/.test(p.get("image"))) {
+      startSearch("image", p.get("image"));
+    }
+  }
+
+  window.addEventListener("hashchange", () => {
+    if (writingHash) { writingHash = false; return; }
+    readHash();
+  });
+
+  // -- the viewer -----------------------------------------------------------------------------
+  async function openViewer(i) {
+    if (!search || i < 0 || i >= search.results.length) return;
+    viewerIndex = i;
+    const r = search.results[i];
+    els.vName.textContent = r.name;
+    els.vPath.textContent = r.path;
+    els.vSize.textContent = [r.width && r.height ? `${r.width} × ${r.height} px` : "", fmtBytes(r.size)].filter(Boolean).join(" · ");
+    els.vDate.textContent = fmtDate(r.modified);
+    els.vScore.textContent = `${r.score.toFixed(4)} (distance ${r.distance.toFixed(4)}, rank ${r.rank})`;
+    els.vImg.alt = r.name;
+    els.vImg.src = r.thumbnail || "";
+    els.vOriginal.href = r.original || "#";
+    els.vPrev.disabled = i === 0;
+    els.vNext.disabled = i === search.results.length - 1;
+    if (!els.viewer.open) els.viewer.showModal();
+    if (r.image_id == null) return;
+    try {
+      const meta = await api(`/api/images/${r.image_id}`);
+      if (viewerIndex !== i) return;
+      els.vImg.src = meta.preview;
+      els.vSize.textContent = [meta.width && meta.height ? `${meta.width} × ${meta.height} px` : "", fmtBytes(meta.size)].filter(Boolean).join(" · ");
+      els.vDate.textContent = meta.taken ? `${fmtDate(meta.taken)} (taken)` : `${fmtDate(meta.modified)} (modified)`;
+      els.vPath.textContent = meta.path;
+    } catch (e) {
+      els.vDate.textContent = e.message;
+    }
+    if (i >= search.results.length - 3) loadMore();
+  }
+
+  function moreLikeThis() {
+    if (viewerIndex < 0 || !search) return;
+    const r = search.results[viewerIndex];
+    if (r.image_id == null) return;
+    els.viewer.close();
+    els.q.value = "";
+    startSearch("image", String(r.image_id), r.name);
+  }
+
+  els.vSimilar.addEventListener("click", moreLikeThis);
+  els.vClose.addEventListener("click", () => els.viewer.close());
+  els.vPrev.addEventListener("click", () => openViewer(viewerIndex - 1));
+  els.vNext.addEventListener("click", () => openViewer(viewerIndex + 1));
+  els.viewer.addEventListener("click", (e) => { if (e.target === els.viewer) els.viewer.close(); });
+  els.viewer.addEventListener("close", () => {
+    const tile = els.grid.querySelector(`.tile[data-index="${viewerIndex}"]`);
+    if (tile) tile.focus();
+  });
+  els.viewer.addEventListener("keydown", (e) => {
+    if (e.key === "ArrowLeft") { e.preventDefault(); openViewer(viewerIndex - 1); }
+    else if (e.key === "ArrowRight") { e.preventDefault(); openViewer(viewerIndex + 1); }
+    else if (e.key === "m" || e.key === "M") { e.preventDefault(); moreLikeThis(); }
+  });
+
+  // -- grid keyboard navigation ---------------------------------------------------------------
+  function columns() {
+    return getComputedStyle(els.grid).gridTemplateColumns.split(" ").filter(Boolean).length || 1;
+  }
+
+  els.grid.addEventListener("click", (e) => {
+    const tile = e.target.closest(".tile");
+    if (tile) openViewer(parseInt(tile.dataset.index, 10));
+  });
+  els.grid.addEventListener("keydown", (e) => {
+    const tile = e.target.closest(".tile");
+    if (!tile) return;
+    const i = parseInt(tile.dataset.index, 10);
+    const step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns(), ArrowUp: -columns() }[e.key];
+    if (step === undefined) return;
+    e.preventDefault();
+    const next = els.grid.querySelector(`.tile[data-index="${i + step}"]`);
+    if (next) { next.focus(); next.scrollIntoView({ block: "nearest" }); }
+    else if (step > 0) loadMore();
+  });
+
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "/" && document.activeElement !== els.q && !els.viewer.open) {
+      e.preventDefault();
+      els.q.focus();
+      els.q.select();
+    } else if (e.key === "ArrowDown" && document.activeElement === els.q) {
+      const first = els.grid.querySelector(".tile");
+      if (first) { e.preventDefault(); first.focus(); }
+    }
+  });
+
+  // -- inputs ---------------------------------------------------------------------------------
+  els.form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const q = els.q.value.trim();
+    if (!q) { setMessage("type what you are looking for, e.g. “a dog on a beach”"); return; }
+    els.queryImage.hidden = true;
+    startSearch("text", q);
+  });
+  els.file.addEventListener("change", () => uploadSearch(els.file.files[0]));
+  els.threshold.addEventListener("input", showThreshold);
+  els.threshold.addEventListener("change", rerun);
+  els.limit.addEventListener("change", rerun);
+
+  function rerun() {
+    if (!search) return;
+    if (search.kind === "upload") {
+      search = Object.assign({}, search, { nextOffset: 0, results: [], seq: ++seq });
+      els.grid.innerHTML = "";
+      loadMore();
+    } else {
+      startSearch(search.kind, search.value, search.label);
+    }
+  }
+
+  // Drag and drop a photo anywhere on the page.
+  let dragDepth = 0;
+  const hasFiles = (e) => e.dataTransfer && Array.from(e.dataTransfer.types || []).includes("Files");
+  document.addEventListener("dragenter", (e) => { if (hasFiles(e)) { dragDepth++; els.drop.hidden = false; } });
+  document.addEventListener("dragleave", () => { if (--dragDepth <= 0) { dragDepth = 0; els.drop.hidden = true; } });
+  document.addEventListener("dragover", (e) => { if (hasFiles(e)) e.preventDefault(); });
+  document.addEventListener("drop", (e) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    dragDepth = 0;
+    els.drop.hidden = true;
+    uploadSearch(e.dataTransfer.files[0]);
+  });
+
+  // -- start ----------------------------------------------------------------------------------
+  loadInfo().then(() => {
+    if (location.hash.length > 1) readHash();
+    else showThreshold();
+  });
+})();
