@@ -61,6 +61,7 @@ STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; ch
                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
             "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+MAX_ID = 2**63 - 1  # SQLite INTEGER
 FILE_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
 
 
@@ -622,7 +623,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.get("/api/search", response_model=SearchPage, tags=["search"], responses=ERRORS)
     def search(
         q: Optional[str] = Query(None, max_length=max_q, description=f"a text query (at most {max_q} characters)"),
-        image_id: Optional[int] = Query(None, ge=0, description="search with an image of the library ('more like this')"),
+        image_id: Optional[int] = Query(None, ge=0, le=MAX_ID, description="search with an image of the library ('more like this')"),
         upload_id: Optional[str] = Query(None, max_length=64, pattern=r"^[0-9a-f]{1,64}$",
                                          description="a previous image upload (from POST /api/search/image)"),
         k: int = Query(config.page_size, ge=1, description=f"results per page (capped at {config.max_k})"),
@@ -665,7 +666,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         return page
 
     @app.get("/api/images/{image_id}", response_model=ImageInfo, tags=["images"], responses=ERRORS)
-    def image(image_id: int = PathParam(..., ge=0)):
+    def image(image_id: int = PathParam(..., ge=0, le=MAX_ID)):
         """Metadata of one image: path, size, pixel size, dates, and the URLs of its files."""
         return server.image_info(image_id)
 
@@ -673,7 +674,7 @@ def create_app(config: ServerConfig) -> FastAPI:
              responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "a JPEG thumbnail"}})
     def thumbnail(
         request: Request,
-        image_id: int = PathParam(..., ge=0),
+        image_id: int = PathParam(..., ge=0, le=MAX_ID),
         size: int = Query(thumbnails.DEFAULT_SIZE, description=f"one of {list(thumbnails.SIZES)}"),
         v: Optional[str] = Query(None, max_length=64, description="version from a search result; makes the answer cacheable for a year"),
     ):
@@ -695,7 +696,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.get("/api/images/{image_id}/original", tags=["images"], response_class=Response,
              responses={**ERRORS, 200: {"content": {"image/*": {}}, "description": "the file as it is on disk"}})
-    def original(request: Request, image_id: int = PathParam(..., ge=0)):
+    def original(request: Request, image_id: int = PathParam(..., ge=0, le=MAX_ID)):
         """The original file, as it is on disk."""
         opened = server.open_image(image_id)
         st = opened.stat
@@ -756,7 +757,7 @@ async def _read_upload(request: Request, limit: int) -> bytes:
     if declared is not None:
         try:
             if int(declared) > limit + overhead:
-                raise ApiError(413, f"upload too large: the limit is {limit // (1024 * 1024)} MiB")
+                raise ApiError(413, f"upload too large: the limit is {limit / 1048576:g} MiB")
         except ValueError:
             raise ApiError(400, "bad Content-Length") from None
     ctype = request.headers.get("content-type", "")
@@ -767,7 +768,7 @@ async def _read_upload(request: Request, limit: int) -> bytes:
         async for chunk in request.stream():
             received += len(chunk)
             if received > limit + overhead:
-                raise ApiError(413, f"upload too large: the limit is {limit // (1024 * 1024)} MiB")
+                raise ApiError(413, f"upload too large: the limit is {limit / 1048576:g} MiB")
             yield chunk
 
     if ctype.startswith("multipart/form-data"):
@@ -791,7 +792,7 @@ async def _read_upload(request: Request, limit: int) -> bytes:
     else:
         raise ApiError(415, "send the image as multipart/form-data (field 'file') or as an image/* body")
     if len(data) > limit:
-        raise ApiError(413, f"upload too large: the limit is {limit // (1024 * 1024)} MiB")
+        raise ApiError(413, f"upload too large: the limit is {limit / 1048576:g} MiB")
     if not data:
         raise ApiError(400, "the upload is empty")
     return data

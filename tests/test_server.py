@@ -1,0 +1,392 @@
+"""The HTTP API, against a real `pixquery serve` process on 127.0.0.1 with the tiny test model.
+
+Plus unit tests of the pieces that need no server (bind rules, Host check, thumbnail cache).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from photos import make_photos, photo
+from test_server_support import TOKEN, build_library, index_again, running_server
+
+N_PHOTOS = 24
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("server")
+    lib_path, photos = build_library(root, tiny_model, N_PHOTOS)
+    with running_server(lib_path, tiny_model, root / "server.log") as server:
+        server.lib_path, server.photos, server.model = lib_path, photos, tiny_model
+        yield server
+
+
+@pytest.fixture(scope="module")
+def api(served):
+    with served.client() as client:
+        yield client
+
+
+def _photo_id(served, name: str) -> int:
+    from pixquery.catalog import Catalog
+
+    cat = Catalog(served.lib_path / "catalog.sqlite")
+    try:
+        return cat.image_by_path(str(served.photos / name)).id
+    finally:
+        cat.close()
+
+
+# -- library facts ------------------------------------------------------------------------------
+
+
+def test_health_and_info(api, tiny_model):
+    assert api.get("/api/health").json() == {"status": "ok", "version": "0.1.0"}
+    info = api.get("/api/info").json()
+    assert info["model"] == tiny_model.name
+    assert info["images"] == N_PHOTOS
+    assert info["index"]["kind"] == "flat" and info["index"]["entries"] == N_PHOTOS
+    assert info["calibrated_threshold"] is None
+    assert info["indexing"] is None
+    assert info["limits"]["max_k"] == 200 and info["limits"]["max_results"] == 1000
+    status = api.get("/api/status").json()
+    assert status == {"images": N_PHOTOS, "index_entries": N_PHOTOS, "indexing": None}
+
+
+def test_openapi_schema_lists_every_endpoint(api):
+    schema = api.get("/api/openapi.json").json()
+    paths = schema["paths"]
+    for path in ("/api/health", "/api/info", "/api/status", "/api/search", "/api/search/image",
+                 "/api/images/{image_id}", "/api/images/{image_id}/thumbnail", "/api/images/{image_id}/original"):
+        assert path in paths, path
+    assert "multipart/form-data" in paths["/api/search/image"]["post"]["requestBody"]["content"]
+    assert {p["name"] for p in paths["/api/search"]["get"]["parameters"]} >= {"q", "image_id", "upload_id", "k", "offset", "threshold"}
+
+
+# -- search -------------------------------------------------------------------------------------
+
+
+def test_text_search(api, served):
+    r = api.get("/api/search", params={"q": "a dog on a beach", "k": 5})
+    assert r.status_code == 200
+    page = r.json()
+    assert page["query"] == {"text": "a dog on a beach"}
+    assert page["k"] == 5 and page["offset"] == 0 and page["next_offset"] == 5
+    hits = page["results"]
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    for h in hits:
+        assert h["path"].startswith(str(served.photos))
+        assert h["name"] == os.path.basename(h["path"])
+        assert h["thumbnail"].startswith(f"/api/images/{h['image_id']}/thumbnail?v=")
+        assert h["original"] == f"/api/images/{h['image_id']}/original"
+        assert h["width"] == 320 and h["height"] == 240 and h["size"] > 0
+        assert abs(h["distance"] - np.arccos(np.clip(h["score"], -1, 1)) / np.pi) < 1e-5
+
+
+def test_search_matches_the_library_api(api, served):
+    from pixquery.api import Library
+
+    with Library.open(served.lib_path, model=str(served.model)) as lib:
+        expected = [(r.image_id, round(r.score, 4)) for r in lib.search("a red sports car", k=8)]
+    hits = api.get("/api/search", params={"q": "a red sports car", "k": 8}).json()["results"]
+    assert [(h["image_id"], round(h["score"], 4)) for h in hits] == expected
+
+
+def test_pagination_is_consistent_and_k_is_capped(api):
+    full = api.get("/api/search", params={"q": "mountains", "k": N_PHOTOS}).json()
+    assert len(full["results"]) == N_PHOTOS and full["next_offset"] is None
+    pages, offset = [], 0
+    while offset is not None:
+        page = api.get("/api/search", params={"q": "mountains", "k": 7, "offset": offset}).json()
+        pages += page["results"]
+        offset = page["next_offset"]
+    assert [h["image_id"] for h in pages] == [h["image_id"] for h in full["results"]]
+    assert [h["rank"] for h in pages] == list(range(1, N_PHOTOS + 1))
+    capped = api.get("/api/search", params={"q": "mountains", "k": 100000}).json()
+    assert capped["k"] == 200 and len(capped["results"]) == N_PHOTOS
+    beyond = api.get("/api/search", params={"q": "mountains", "k": 10, "offset": 50}).json()
+    assert beyond["results"] == [] and beyond["next_offset"] is None
+    assert api.get("/api/search", params={"q": "mountains", "offset": 1001}).status_code == 422
+
+
+def test_threshold(api, served):
+    everything = api.get("/api/search", params={"q": "a cat", "k": N_PHOTOS}).json()
+    assert everything["threshold"] is None and everything["dropped"] == 0
+    median = sorted(h["distance"] for h in everything["results"])[N_PHOTOS // 2]
+    cut = api.get("/api/search", params={"q": "a cat", "k": N_PHOTOS, "threshold": median}).json()
+    assert cut["threshold"] == pytest.approx(median)
+    assert all(h["distance"] <= median + 1e-9 for h in cut["results"])
+    assert 0 < len(cut["results"]) < N_PHOTOS and cut["dropped"] > 0
+    none = api.get("/api/search", params={"q": "a cat", "threshold": "0"}).json()
+    assert none["results"] == []
+    # 'auto' needs a calibrated threshold; once `pixquery eval` stored one, info shows it and auto uses it.
+    r = api.get("/api/search", params={"q": "a cat", "threshold": "auto"})
+    assert r.status_code == 400 and "calibrated" in r.json()["error"]
+    from pixquery.catalog import Catalog
+    from pixquery.encoders.registry import load_encoder
+
+    enc = load_encoder(str(served.model))
+    cat = Catalog(served.lib_path / "catalog.sqlite")
+    try:
+        cat.set_threshold(enc.name, enc.fingerprint, median, source="test")
+        assert api.get("/api/info").json()["calibrated_threshold"] == pytest.approx(median)
+        auto = api.get("/api/search", params={"q": "a cat", "k": N_PHOTOS, "threshold": "auto"}).json()
+        assert auto["threshold"] == pytest.approx(median)
+        assert [h["image_id"] for h in auto["results"]] == [h["image_id"] for h in cut["results"]]
+    finally:
+        with cat.transaction():
+            cat.db.execute("UPDATE model SET threshold = NULL WHERE fingerprint = ?", (enc.fingerprint,))
+        cat.close()
+
+
+def test_search_by_image_id_excludes_itself(api, served):
+    target = _photo_id(served, "photo_0003.jpg")
+    page = api.get("/api/search", params={"image_id": target, "k": 5}).json()
+    assert page["query"] == {"image_id": target}
+    ids = [h["image_id"] for h in page["results"]]
+    assert len(ids) == 5 and target not in ids
+    r = api.get("/api/search", params={"image_id": 987654})
+    assert r.status_code == 404 and r.json() == {"error": "no image with id 987654", "status": 404}
+
+
+def test_search_by_uploaded_image(api, served):
+    data = (served.photos / "photo_0005.jpg").read_bytes()
+    target = _photo_id(served, "photo_0005.jpg")
+    r = api.post("/api/search/image", params={"k": 4}, files={"file": ("mine.jpg", data, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    page = r.json()
+    assert page["results"][0]["image_id"] == target
+    assert page["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    upload_id = page["upload_id"]
+    assert page["query"] == {"upload_id": upload_id} and page["next_offset"] == 4
+    # The same bytes as a raw body give the same answer; later pages need no second upload.
+    raw = api.post("/api/search/image", params={"k": 4}, content=data, headers={"Content-Type": "image/jpeg"}).json()
+    assert raw["upload_id"] == upload_id and raw["results"] == page["results"]
+    more = api.get("/api/search", params={"upload_id": upload_id, "k": 4, "offset": 4}).json()
+    assert [h["rank"] for h in more["results"]] == [5, 6, 7, 8]
+    assert not {h["image_id"] for h in more["results"]} & {h["image_id"] for h in page["results"]}
+    assert api.get("/api/search", params={"upload_id": "0" * 32}).status_code == 404
+
+
+def test_query_cache_makes_repeats_cheap(api):
+    q = {"q": "a lighthouse at dusk seen from the sea", "k": 3}
+    first = api.get("/api/search", params=q).json()
+    again = [api.get("/api/search", params=q).json() for _ in range(3)]
+    assert all(a["results"] == first["results"] for a in again)
+
+
+# -- images -------------------------------------------------------------------------------------
+
+
+def test_image_metadata(api, served):
+    image_id = _photo_id(served, "photo_0002.jpg")
+    meta = api.get(f"/api/images/{image_id}").json()
+    path = served.photos / "photo_0002.jpg"
+    assert meta["path"] == str(path) and meta["name"] == "photo_0002.jpg" and meta["folder"] == str(served.photos)
+    assert meta["size"] == path.stat().st_size and (meta["width"], meta["height"]) == (320, 240)
+    assert meta["content_type"] == "image/jpeg"
+    assert meta["preview"] == meta["original"] == f"/api/images/{image_id}/original"
+    assert meta["similar"] == f"/api/search?image_id={image_id}"
+    assert meta["modified"].endswith("+00:00")
+
+
+def test_exif_date_taken(api, served, tmp_path):
+    img = photo(seed=77)
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9003] = "2019:07:14 18:30:05"
+    img.save(served.photos / "dated.jpg", exif=exif.tobytes())
+    index_again(served.lib_path, served.model)
+    meta = api.get(f"/api/images/{_photo_id(served, 'dated.jpg')}").json()
+    assert meta["taken"] == "2019-07-14T18:30:05"
+
+
+def test_thumbnail_is_cached_with_caching_headers(api, served):
+    image_id = _photo_id(served, "photo_0007.jpg")
+    hit = next(h for h in api.get("/api/search", params={"image_id": _photo_id(served, "photo_0006.jpg"), "k": N_PHOTOS}).json()["results"]
+               if h["image_id"] == image_id)
+    r = api.get(hit["thumbnail"])
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert r.headers["cache-control"] == "private, max-age=31536000, immutable"
+    thumb = Image.open(io.BytesIO(r.content))
+    assert thumb.format == "JPEG" and max(thumb.size) == 256 and thumb.size == (256, 192)
+    cached = list((served.lib_path / "thumbnails").rglob(f"{image_id}-*-256.jpg"))
+    assert len(cached) == 1 and cached[0].read_bytes() == r.content
+    mtime = cached[0].stat().st_mtime_ns
+    etag = r.headers["etag"]
+    assert api.get(hit["thumbnail"], headers={"If-None-Match": etag}).status_code == 304
+    again = api.get(f"/api/images/{image_id}/thumbnail")  # no version: still served, revalidated
+    assert again.content == r.content and again.headers["cache-control"] == "private, no-cache"
+    assert cached[0].stat().st_mtime_ns == mtime  # made once
+    big = api.get(f"/api/images/{image_id}/thumbnail", params={"size": 1024})
+    assert big.status_code == 200 and Image.open(io.BytesIO(big.content)).size == (320, 240)  # never upscaled
+    assert api.get(f"/api/images/{image_id}/thumbnail", params={"size": 100}).status_code == 422
+
+
+def test_changed_photo_gets_a_new_thumbnail(api, served):
+    path = served.photos / "photo_0008.jpg"
+    image_id = _photo_id(served, "photo_0008.jpg")
+    first = api.get(f"/api/images/{image_id}/thumbnail")
+    photo(seed=1234).save(path)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    second = api.get(f"/api/images/{image_id}/thumbnail")
+    assert second.status_code == 200 and second.content != first.content
+    assert second.headers["etag"] != first.headers["etag"]
+    cached = list((served.lib_path / "thumbnails").rglob(f"{image_id}-*-256.jpg"))
+    assert len(cached) == 1  # the old version was removed
+
+
+def test_original(api, served):
+    image_id = _photo_id(served, "photo_0004.jpg")
+    r = api.get(f"/api/images/{image_id}/original")
+    assert r.status_code == 200
+    assert r.content == (served.photos / "photo_0004.jpg").read_bytes()
+    assert r.headers["content-type"] == "image/jpeg"
+    assert r.headers["content-length"] == str(len(r.content))
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in r.headers["content-security-policy"]
+    assert api.get(f"/api/images/{image_id}/original", headers={"If-None-Match": r.headers["etag"]}).status_code == 304
+
+
+# -- errors are JSON, never a 500 ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params, status", [
+    ({}, 400),
+    ({"q": ""}, 400),
+    ({"q": "   "}, 400),
+    ({"q": "x" * 501}, 422),
+    ({"q": "dog", "image_id": 1}, 400),
+    ({"q": "dog", "k": 0}, 422),
+    ({"q": "dog", "k": "ten"}, 422),
+    ({"q": "dog", "offset": -1}, 422),
+    ({"q": "dog", "threshold": "1.5"}, 422),
+    ({"q": "dog", "threshold": "-0.1"}, 422),
+    ({"q": "dog", "threshold": "nan"}, 422),
+    ({"q": "dog", "threshold": "much"}, 422),
+    ({"image_id": "abc"}, 422),
+    ({"image_id": -3}, 422),
+    ({"image_id": 2 ** 70}, 422),
+    ({"upload_id": "../../etc/passwd"}, 422),
+])
+def test_bad_parameters_give_a_json_4xx(api, params, status):
+    r = api.get("/api/search", params=params)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["status"] == status and isinstance(body["error"], str) and body["error"]
+    assert "Traceback" not in r.text
+
+
+def test_unknown_routes_and_methods_are_json(api):
+    r = api.get("/api/nothing-here")
+    assert r.status_code == 404 and r.json() == {"error": "not found", "status": 404}
+    r = api.delete("/api/search")
+    assert r.status_code == 405 and r.json()["status"] == 405
+    assert api.get("/api/images/999999").status_code == 404
+
+
+def test_long_query_within_the_cap_works(api):
+    r = api.get("/api/search", params={"q": "a very long description of a photo " * 14, "k": 2})  # 490 chars
+    assert r.status_code == 200 and len(r.json()["results"]) == 2
+
+
+# -- the page -----------------------------------------------------------------------------------
+
+
+def test_page_and_static_files(api):
+    r = api.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert '<script src="/static/app.js"' in r.text
+    for name, ctype in (("app.js", "text/javascript"), ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")):
+        s = api.get(f"/static/{name}")
+        assert s.status_code == 200 and s.headers["content-type"].startswith(ctype)
+        assert api.get(f"/static/{name}", headers={"If-None-Match": s.headers["etag"]}).status_code == 304
+    assert api.get("/static/nothing.js").status_code == 404
+
+
+# -- the library changes while the server runs --------------------------------------------------
+
+
+def test_new_index_is_picked_up_without_restart(api, served):
+    before = api.get("/api/info").json()
+    new = make_photos(served.photos, 3, start_seed=500)
+    index_again(served.lib_path, served.model)
+    info = api.get("/api/info").json()
+    assert info["images"] == before["images"] + 3
+    assert info["index"]["entries"] == before["index"]["entries"] + 3
+    ids = {_photo_id(served, p.name) for p in new}
+    hits = api.get("/api/search", params={"q": "anything", "k": 1000}).json()["results"]
+    assert ids <= {h["image_id"] for h in hits}
+    for p in new:  # and the new photos can be found by themselves
+        r = api.post("/api/search/image", params={"k": 1}, files={"file": (p.name, p.read_bytes(), "image/jpeg")})
+        assert r.json()["results"][0]["image_id"] == _photo_id(served, p.name)
+
+
+def test_indexing_progress_is_reported(api, served):
+    from pixquery.api import STATUS_FILE
+
+    status = {"pid": os.getpid(), "stage": "embedding", "done": 40, "total": 100, "failed": 1, "started_at": time.time()}
+    path = served.lib_path / STATUS_FILE
+    path.write_text(json.dumps(status))
+    try:
+        got = api.get("/api/status").json()["indexing"]
+        assert got["stage"] == "embedding" and got["done"] == 40 and got["total"] == 100 and "pid" not in got
+        assert api.get("/api/info").json()["indexing"]["done"] == 40
+    finally:
+        path.unlink()
+    assert api.get("/api/status").json()["indexing"] is None
+
+
+# -- pieces, no server --------------------------------------------------------------------------
+
+
+def test_bind_rules():
+    from pixquery.errors import PixqueryError
+    from pixquery.server.app import check_bind, is_loopback
+
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert is_loopback(host)
+        check_bind(host, None, False)
+    for host in ("0.0.0.0", "::", "192.168.1.10", "example.com"):
+        assert not is_loopback(host)
+        with pytest.raises(PixqueryError, match="--token"):
+            check_bind(host, None, False)
+        check_bind(host, "secret", False)
+        check_bind(host, None, True)
+
+
+def test_host_header_check():
+    from pixquery.server.app import _loopback_host_header
+
+    for ok in ("127.0.0.1:8765", "localhost:8765", "localhost", "[::1]:8765", "127.0.0.1", "LOCALHOST:1"):
+        assert _loopback_host_header(ok), ok
+    for bad in ("evil.example:8765", "evil.example", "127.0.0.1.evil.example", "", "localhost.evil.example:80", "[::2]:80"):
+        assert not _loopback_host_header(bad), bad
+
+
+def test_thumbnail_cache_writes_atomically(tmp_path):
+    from pixquery.server.thumbnails import Thumbnails
+
+    src = tmp_path / "p.jpg"
+    photo((640, 480), seed=5).save(src)
+    thumbs = Thumbnails(tmp_path / "thumbs")
+    with open(src, "rb") as f:
+        data, key = thumbs.get(7, f, os.stat(src), 256)
+    assert Image.open(io.BytesIO(data)).size == (256, 192)
+    files = [p for p in (tmp_path / "thumbs").rglob("*") if p.is_file()]
+    assert [p.name for p in files] == [f"{key}.jpg"]  # no temporary file left behind
+    with open(src, "rb") as f:
+        assert thumbs.get(7, f, os.stat(src), 256) == (data, key)
+    assert thumbs.made == 1
