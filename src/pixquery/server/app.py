@@ -665,12 +665,12 @@ def create_app(config: ServerConfig) -> FastAPI:
         page["upload_id"] = upload_id
         return page
 
-    @app.get("/api/images/{image_id}", response_model=ImageInfo, tags=["images"], responses=ERRORS)
+    @app.get("/api/images/{image_id:int}", response_model=ImageInfo, tags=["images"], responses=ERRORS)
     def image(image_id: int = PathParam(..., ge=0, le=MAX_ID)):
         """Metadata of one image: path, size, pixel size, dates, and the URLs of its files."""
         return server.image_info(image_id)
 
-    @app.get("/api/images/{image_id}/thumbnail", tags=["images"], response_class=Response,
+    @app.get("/api/images/{image_id:int}/thumbnail", tags=["images"], response_class=Response,
              responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "a JPEG thumbnail"}})
     def thumbnail(
         request: Request,
@@ -694,7 +694,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 raise ApiError(422, f"cannot make a thumbnail: {e.reason}") from None
         return Response(data, media_type="image/jpeg", headers=headers)
 
-    @app.get("/api/images/{image_id}/original", tags=["images"], response_class=Response,
+    @app.get("/api/images/{image_id:int}/original", tags=["images"], response_class=Response,
              responses={**ERRORS, 200: {"content": {"image/*": {}}, "description": "the file as it is on disk"}})
     def original(request: Request, image_id: int = PathParam(..., ge=0, le=MAX_ID)):
         """The original file, as it is on disk."""

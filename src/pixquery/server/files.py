@@ -8,6 +8,8 @@ served only when all of these hold:
   (`catalog.folders()`), or, for a file indexed on its own, the path is the real file itself (no
   symbolic link anywhere in it). So a photo later replaced by a link to ~/.ssh/id_rsa, or a link
   to a folder outside the library, is refused;
+- both the catalog path and the resolved file have an image extension the indexer accepts (a
+  tampered catalog row or a link cannot make the server send a text file);
 - the resolved file is a regular file (not a FIFO, device or folder), opened without following a
   last-moment symbolic link (O_NOFOLLOW) and checked with fstat on the open descriptor.
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from pixquery.catalog import Catalog, ImageRow
+from pixquery.ingest.scan import IMAGE_EXTENSIONS
 
 
 class NotServable(Exception):
@@ -64,6 +67,9 @@ def check_path(catalog: Catalog, path: str) -> str:
     if not path or not os.path.isabs(path) or "\x00" in path:
         raise NotServable(f"{path!r}: not an absolute path")
     real = os.path.realpath(path)
+    for p in (path, real):
+        if os.path.splitext(p)[1].lower() not in IMAGE_EXTENSIONS:
+            raise NotServable(f"{p}: not an image file name")
     roots = [os.path.realpath(f) for f in catalog.folders()]
     if any(_within(real, root) for root in roots):
         return real
