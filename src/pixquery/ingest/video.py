@@ -1,0 +1,781 @@
+"""Video ingestion: sample frames with PyAV, embed them, store each as a timestamped detection.
+
+    file -> demux + decode (PyAV, frame threads) -> sampler -> frames (+ their regions)
+         -> encoder (batches) -> ONE catalog transaction per video -> index sync (as photos)
+
+The sampler keeps a frame every `every_seconds` and one at each scene change. Scene changes are
+found by a cheap measure: every 1/`analysis_fps` seconds the decoded frame is shrunk (by swscale)
+to a 64-pixel-wide RGB thumbnail and compared with the previous thumbnail; a mean absolute
+difference above `scene_threshold` (0..1) is a cut, so a cut is found within 1/analysis_fps of
+where it is. Frames in between are decoded (a P-frame needs its predecessors) but never converted,
+and non-reference frames are not decoded at all (`skip_nonref`). A periodic sample that is almost
+the same picture as the last embedded one, in every part of it (a static camera at night), is
+skipped (`static_threshold`), at most for `max_static_seconds`. `keyframes_only` decodes only key frames:
+much faster on long footage, but samples and cuts are then found at key frames only.
+
+Each sampled frame is a `detection` row (video_id, timestamp, full-frame box, kind 'frame'), plus
+'tile' / 'detector' rows for its regions when regions are on; each has an `embedding` row per model.
+A video is written in one transaction (video row, detections, embeddings): a run killed half way
+through a video leaves the catalog as it was, and the next run redoes that video. Broken videos
+index what decodes and report the rest; a file that yields no frame at all is reported and not
+written, so the next run tries it again (as with photos).
+
+Timestamps are seconds from the start of the video stream (its start_time), as players show them.
+PyAV (`pip install av`, the [video] extra) is imported only when a video is met.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from pixquery.catalog import Catalog
+from pixquery.encoders.base import Encoder
+from pixquery.errors import PixqueryError
+from pixquery.ingest import scan as scanning
+from pixquery.ingest.decode import resize_crop
+from pixquery.ingest.regions import (
+    FULL_BOX,
+    Region,
+    RegionConfig,
+    encode_pixels,
+    make_detector,
+    region_pixels,
+    regions_of,
+    store_detections,
+)
+
+VIDEO_KINDS = ("frame", "tile", "detector")
+SETTING_VIDEO = "video"  # JSON of the SamplingConfig + RegionConfig the videos were indexed with
+THUMB_WIDTH = 64
+
+
+class VideoError(PixqueryError):
+    """A video that yields no frame at all; the message names the file and the reason."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def have_av() -> bool:
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _av():
+    try:
+        import av
+    except ImportError:
+        raise PixqueryError("indexing videos needs PyAV: pip install 'pixquery[video]' (or pip install av)") from None
+    # PyAV's log level stays None (its default: ffmpeg's messages are dropped in C). Any other
+    # level installs a Python log callback that frame-threaded decoders call while the GIL is
+    # held by the thread closing them: a deadlock (seen with h264 here). Broken files are
+    # reported by us, once per file, instead.
+    return av
+
+
+def is_video_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in scanning.VIDEO_EXTENSIONS
+
+
+# -- facts about a video ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    duration: float | None  # seconds, from the container (None when it does not say)
+    fps: float | None
+    width: int
+    height: int
+    frame_count: int | None  # from the container, else duration x fps
+    codec: str
+    start_time: float  # seconds of the stream's first frame (timestamps are relative to it)
+
+
+def _info(container, stream) -> VideoInfo:
+    tb = stream.time_base
+    duration = None
+    if stream.duration is not None and tb is not None:
+        duration = float(stream.duration * tb)
+    elif container.duration is not None:
+        duration = container.duration / 1_000_000
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = float(rate) if rate else None
+    frames = stream.frames or (int(round(duration * fps)) if duration and fps else None)
+    start = float(stream.start_time * tb) if stream.start_time is not None and tb is not None else 0.0
+    cc = stream.codec_context
+    return VideoInfo(duration, fps, cc.width, cc.height, frames, cc.name, start)
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Duration, frame rate, size and codec of a video, from its headers (nothing is decoded).
+    Raises VideoError."""
+    av = _av()
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            if not container.streams.video:
+                raise VideoError(path, "no video stream in the file")
+            return _info(container, container.streams.video[0])
+    except av.error.FFmpegError as e:
+        raise VideoError(path, _open_reason(e)) from None
+    except OSError as e:
+        raise VideoError(path, f"cannot read: {e.strerror or e}") from None
+
+
+def _open_reason(e: Exception) -> str:
+    msg = getattr(e, "strerror", None) or str(e)
+    if "moov atom not found" in str(e) or "Invalid data" in msg:
+        return f"not a readable video (corrupt, truncated or unknown format): {msg}"
+    return f"cannot open: {msg}"
+
+
+# -- sampling -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    every_seconds: float = 2.0  # a frame at least this often (0: scene changes only)
+    scene_threshold: float = 0.10  # mean abs difference (0..1) of thumbnails that is a cut; 0: off
+    analysis_fps: float = 4.0  # how often frames are compared for cuts
+    min_scene_seconds: float = 0.5  # cuts closer than this to the last one are ignored (flashes)
+    static_threshold: float = 0.02  # skip a periodic sample whose every part is this close to the last embedded one; 0: off
+    max_static_seconds: float = 60.0  # ... but never for longer than this
+    skip_nonref: bool = True  # do not decode frames no other frame needs (B-frames)
+    keyframes_only: bool = False  # decode key frames only (fast; coarse cuts)
+
+    def __post_init__(self):
+        if self.every_seconds < 0 or (self.every_seconds == 0 and self.scene_threshold <= 0):
+            raise ValueError("every_seconds must be > 0 (or 0 with scene detection on)")
+        if self.analysis_fps <= 0:
+            raise ValueError("analysis_fps must be > 0")
+
+
+@dataclass
+class Frame:
+    timestamp: float  # seconds from the start of the video
+    image: Image.Image  # RGB, full resolution
+    scene_change: bool  # sampled because a cut was found here (not because of the clock)
+    difference: float | None  # thumbnail difference to the previously analysed frame
+
+
+@dataclass
+class DecodeStats:
+    """What sampling one video did; filled while `sample_frames` runs."""
+
+    info: VideoInfo | None = None
+    decoded: int = 0  # frames the decoder produced (non-reference ones are not decoded)
+    analysed: int = 0  # thumbnails compared for cuts
+    sampled: int = 0  # frames yielded
+    scene_changes: int = 0
+    static_skipped: int = 0
+    decode_errors: int = 0  # packets the decoder rejected
+    first_error: str | None = None
+    stopped_early: str | None = None  # why decoding ended before the end of the file
+    last_timestamp: float | None = None
+    seconds: float = 0.0  # wall time inside the decoder and sampler
+
+    @property
+    def decoded_seconds(self) -> float:
+        if self.last_timestamp is None:
+            return 0.0
+        fps = self.info.fps if self.info and self.info.fps else 25.0
+        return self.last_timestamp + 1.0 / fps
+
+    def problem(self) -> str | None:
+        """A sentence for the report when part of the video could not be used, else None."""
+        parts = []
+        dur = self.info.duration if self.info else None
+        fps = self.info.fps if self.info and self.info.fps else 25.0
+        cut = dur is not None and self.last_timestamp is not None and self.decoded_seconds < dur - max(1.0, 2.0 / fps)
+        if self.stopped_early or cut:
+            span = f"{_clock(self.decoded_seconds)} of {_clock(dur)}" if dur else _clock(self.decoded_seconds)
+            parts.append(f"indexed {span} only; the rest is unreadable (truncated or corrupt)"
+                         + (f": {self.stopped_early}" if self.stopped_early else ""))
+        if self.decode_errors:
+            parts.append(f"{self.decode_errors} damaged packet(s) skipped ({self.first_error})")
+        return "; ".join(parts) or None
+
+
+def _clock(seconds: float | None) -> str:
+    return "?" if seconds is None else format_timestamp(seconds)
+
+
+def _thumb(frame, width: int, height: int) -> np.ndarray:
+    return frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray().astype(np.float32) * (1.0 / 255.0)
+
+
+def _diff(a: np.ndarray | None, b: np.ndarray) -> float | None:
+    """Mean absolute difference of two thumbnails (0..1): large at a cut, whatever moves."""
+    return None if a is None else float(np.abs(a - b).mean())
+
+
+def _local_diff(a: np.ndarray | None, b: np.ndarray, cell: int = 4) -> float | None:
+    """The largest mean absolute difference over cells of cell x cell thumbnail pixels (1/144 of a
+    16:9 frame at 4 px): a person walking into a static shot changes one cell a lot and the whole
+    picture very little, so this, not the global mean, decides whether a frame is 'the same'."""
+    if a is None:
+        return None
+    d = np.abs(a - b).mean(axis=2)
+    h, w = (d.shape[0] // cell) * cell, (d.shape[1] // cell) * cell
+    if h == 0 or w == 0:
+        return float(d.mean())
+    return float(d[:h, :w].reshape(h // cell, cell, w // cell, cell).mean(axis=(1, 3)).max())
+
+
+def sample_frames(
+    path: str | os.PathLike,
+    config: SamplingConfig | None = None,
+    stats: DecodeStats | None = None,
+    **overrides,
+) -> Iterator[Frame]:
+    """Decode a video and yield the sampled frames, in time order.
+
+    Keyword overrides change single fields of `config` (e.g. every_seconds=1). Raises VideoError
+    when the file cannot be opened or has no video stream; damage later in the file ends or thins
+    the frames instead, and `stats` (filled as the iterator runs) says what happened.
+    """
+    config = replace(config or SamplingConfig(), **overrides)
+    stats = stats if stats is not None else DecodeStats()
+    av = _av()
+    t_start = time.perf_counter()
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except av.error.FFmpegError as e:
+        raise VideoError(path, _open_reason(e)) from None
+    except OSError as e:
+        raise VideoError(path, f"cannot read: {e.strerror or e}") from None
+    try:
+        if not container.streams.video:
+            raise VideoError(path, "no video stream in the file")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if config.keyframes_only:
+            stream.codec_context.skip_frame = "NONKEY"
+        elif config.skip_nonref:
+            stream.codec_context.skip_frame = "NONREF"
+        info = stats.info = _info(container, stream)
+        if not info.width or not info.height:
+            raise VideoError(path, "the video stream has no picture size (unsupported or corrupt)")
+        tw = THUMB_WIDTH
+        th = max(4, int(round(THUMB_WIDTH * info.height / info.width)))
+        step = 1.0 / config.analysis_fps
+        eps = 1e-6
+        t0 = info.start_time
+        frame_dur = 1.0 / info.fps if info.fps else 0.04
+        last_t: float | None = None
+        next_analysis = 0.0
+        prev_thumb = None  # last analysed thumbnail
+        kept_thumb = None  # thumbnail of the last yielded frame
+        last_sample = last_kept = last_cut = -1e18
+        consecutive_errors = 0
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except (av.error.FFmpegError, OSError) as e:
+                stats.stopped_early = _short(e)
+                break
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as e:
+                stats.decode_errors += 1
+                stats.first_error = stats.first_error or _short(e)
+                consecutive_errors += 1
+                if consecutive_errors >= 200:
+                    stats.stopped_early = f"too many damaged packets in a row ({_short(e)})"
+                    break
+                continue
+            consecutive_errors = 0
+            for frame in frames:
+                stats.decoded += 1
+                t = frame.time
+                t = (last_t + frame_dur if last_t is not None else 0.0) if t is None else t - t0
+                if last_t is not None and t < last_t - eps:
+                    # Time went back (damaged timestamps): trust the frame's own time and restart
+                    # the clocks there, so sampling goes on from it.
+                    last_sample = min(last_sample, t - config.every_seconds) if last_sample > -1e17 else last_sample
+                    last_cut = min(last_cut, t - config.min_scene_seconds)
+                    next_analysis = t
+                last_t = t
+                if t < -eps:
+                    continue  # pre-roll before the stream's start
+                due_clock = config.every_seconds > 0 and t >= last_sample + config.every_seconds - eps
+                due_analysis = config.scene_threshold > 0 and t >= next_analysis - eps
+                if not (due_clock or due_analysis or last_sample < -1e17):
+                    continue
+                thumb = _thumb(frame, tw, th)
+                diff = None
+                cut = False
+                if due_analysis:
+                    stats.analysed += 1
+                    diff = _diff(prev_thumb, thumb)
+                    prev_thumb = thumb
+                    next_analysis = (int(t / step + eps) + 1) * step
+                    cut = diff is not None and diff >= config.scene_threshold and t - last_cut >= config.min_scene_seconds
+                first = last_sample < -1e17
+                if not (cut or due_clock or first):
+                    continue
+                last_sample = t
+                if not (cut or first) and config.static_threshold > 0 and t - last_kept < config.max_static_seconds:
+                    same = _local_diff(kept_thumb, thumb)
+                    if same is not None and same < config.static_threshold:
+                        stats.static_skipped += 1
+                        continue
+                if cut:
+                    last_cut = t
+                    stats.scene_changes += 1
+                kept_thumb, last_kept = thumb, t
+                stats.sampled += 1
+                stats.last_timestamp = t
+                image = frame.to_image()
+                stats.seconds += time.perf_counter() - t_start
+                yield Frame(t, image, cut, diff)
+                t_start = time.perf_counter()
+            if last_t is not None:
+                stats.last_timestamp = last_t
+    finally:
+        container.close()
+        stats.seconds += time.perf_counter() - t_start
+
+
+def _short(e: BaseException) -> str:
+    text = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return text.splitlines()[0][:200]
+
+
+def extract_frame(path: str | os.PathLike, timestamp: float) -> Image.Image:
+    """The frame shown at `timestamp` seconds (as stored in a detection): for thumbnails of hits.
+    Raises VideoError."""
+    av = _av()
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            if not container.streams.video:
+                raise VideoError(path, "no video stream in the file")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            info = _info(container, stream)
+            target = info.start_time + max(0.0, float(timestamp))
+            if stream.time_base is not None and timestamp > 0:
+                container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
+            best = None
+            for frame in container.decode(stream):
+                t = frame.time if frame.time is not None else target
+                if best is not None and t > target + 1e-3:
+                    break
+                best = frame
+                if abs(t - target) < 1e-3:
+                    break
+            if best is None:
+                raise VideoError(path, f"no frame at {format_timestamp(timestamp)}")
+            return best.to_image()
+    except av.error.FFmpegError as e:
+        raise VideoError(path, _open_reason(e)) from None
+    except OSError as e:
+        raise VideoError(path, f"cannot read: {e.strerror or e}") from None
+
+
+# -- catalog ------------------------------------------------------------------------------
+
+
+def videos_under(catalog: Catalog, root: str) -> dict[str, tuple[int, int, int]]:
+    """path -> (id, size, mtime_ns) of live videos below `root` (a folder) or equal to it (a file)."""
+    prefix = root.rstrip("/") + "/"
+    rows = catalog.db.execute(
+        "SELECT path, id, size, mtime_ns FROM video WHERE deleted = 0 AND (path = ? OR substr(path, 1, ?) = ?)",
+        (root, len(prefix), prefix),
+    )
+    return {p: (i, s, m) for p, i, s, m in rows}
+
+
+def upsert_video(catalog: Catalog, entry, info: VideoInfo, duration: float | None) -> int:
+    """Insert or refresh one video row (inside a transaction). Returns its id."""
+    return catalog.db.execute(
+        """INSERT INTO video(path, size, mtime_ns, sha256, width, height, duration, fps, frame_count, indexed_at, deleted)
+           VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, 0)
+           ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = NULL,
+             width = excluded.width, height = excluded.height, duration = excluded.duration, fps = excluded.fps,
+             frame_count = excluded.frame_count, indexed_at = excluded.indexed_at, deleted = 0
+           RETURNING id""",
+        (entry.path, entry.size, entry.mtime_ns, info.width, info.height, duration, info.fps, info.frame_count, time.time()),
+    ).fetchone()[0]
+
+
+def mark_videos_deleted(catalog: Catalog, video_ids: Iterable[int]) -> None:
+    """Soft delete (inside a transaction): every index drops their frames at its next sync (live_items
+    skips deleted videos); `purge_deleted_videos` removes the rows after that."""
+    ids = list(video_ids)
+    for i in range(0, len(ids), 900):
+        chunk = ids[i : i + 900]
+        catalog.db.execute(f"UPDATE video SET deleted = 1 WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+
+
+def purge_deleted_videos(catalog: Catalog) -> int:
+    """Delete deleted videos that no index refers to any more (their detections and embeddings go
+    with them), and retired detections (see regions.purge_orphans). Call after the index sync."""
+    from pixquery.ingest.regions import purge_orphans
+
+    cur = catalog.db.execute(
+        """DELETE FROM video WHERE deleted = 1 AND NOT EXISTS (
+             SELECT 1 FROM detection d JOIN index_image ii ON ii.detection_id = d.id WHERE d.video_id = video.id)"""
+    )
+    n = cur.rowcount
+    purge_orphans(catalog)
+    return n
+
+
+def video_ids_with_embedding(catalog: Catalog, model_id: int) -> set[int]:
+    """Videos that have at least one frame embedded with this model."""
+    return {
+        r[0]
+        for r in catalog.db.execute(
+            """SELECT DISTINCT d.video_id FROM detection d JOIN embedding e ON e.detection_id = d.id
+               WHERE e.model_id = ? AND d.video_id IS NOT NULL AND d.kind = 'frame'""",
+            (model_id,),
+        )
+    }
+
+
+def config_json(sampling: SamplingConfig, regions: RegionConfig | None) -> str:
+    return json.dumps({"sampling": asdict(sampling), "regions": asdict(regions) if regions else None}, sort_keys=True)
+
+
+# -- indexing -----------------------------------------------------------------------------
+
+
+@dataclass
+class VideoIndexReport:
+    videos: int = 0  # videos written (whole or in part)
+    frames: int = 0  # sampled frames embedded
+    regions: int = 0  # region embeddings (tiles, detector boxes) of those frames
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): nothing or part indexed
+    decoded_frames: int = 0  # frames decoded
+    total_frames: int = 0  # frames the videos have (from their headers)
+    video_seconds: float = 0.0  # length of the video indexed
+    decode_seconds: float = 0.0  # in the decoder and sampler (in a thread beside the encoder)
+    encode_seconds: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def embedded(self) -> int:
+        return self.frames + self.regions
+
+
+def _background(it: Iterator, maxsize: int = 8) -> Iterator:
+    """Run an iterator in a thread (decoding beside encoding); exceptions come out in order."""
+    q: queue.Queue = queue.Queue(maxsize=maxsize)
+    done = object()
+    stop = threading.Event()
+
+    def run():
+        try:
+            for item in it:
+                if stop.is_set():
+                    return
+                q.put((True, item))
+            q.put((True, done))
+        except BaseException as e:
+            q.put((False, e))
+
+    thread = threading.Thread(target=run, name="pixquery-video-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(0.05)
+
+
+def index_videos(
+    catalog: Catalog,
+    encoder: Encoder,
+    model_id: int,
+    entries: Sequence,
+    *,
+    sampling: SamplingConfig | None = None,
+    regions: RegionConfig | None = None,
+    reuse: Callable[[object], bool] | None = None,
+    detector=None,
+    batch_size: int = 32,
+    progress=None,
+) -> VideoIndexReport:
+    """Sample, embed and store each video of `entries` (scan.FileEntry: path, size, mtime_ns).
+
+    Per video, ONE transaction: upsert the `video` row, make its detections exactly the sampled
+    frames (and their regions), put this model's embeddings, retire the old ones. Index entries
+    of replaced frames leave the ANN index at the next sync (their embeddings are gone); frames
+    whose id is reused get `stale` so the sync re-adds them. `reuse(entry)` -> True when the file
+    is unchanged and was indexed with the same settings (a second model): frames that match keep
+    their detection ids and other models' embeddings. `progress`: optional .stage(text) and
+    .failure(path, reason) (pixquery.api.IndexProgress).
+    """
+    t0 = time.perf_counter()
+    sampling = sampling or SamplingConfig()
+    report = VideoIndexReport()
+    stage = getattr(progress, "stage", None) or (lambda text: None)
+    on_failure = getattr(progress, "failure", None) or (lambda path, reason: None)
+    if not entries:
+        return report
+    detector = detector if detector is not None else make_detector(regions)
+    cfg = encoder.preprocess_cfg
+    last_stage = 0.0
+
+    def produce(path: str, stats: DecodeStats):
+        for frame in sample_frames(path, sampling, stats):
+            img = frame.image
+            found = [Region("frame", FULL_BOX, frame.timestamp)] + regions_of(img, regions, detector, frame.timestamp)
+            pixels = [resize_crop(img, cfg)] + [region_pixels(img, r, cfg) for r in found[1:]]
+            yield frame, found, pixels
+
+    for n, entry in enumerate(entries, 1):
+        stats = DecodeStats()
+        found: list[Region] = []
+        vectors: list[np.ndarray] = []
+        pixels: list[np.ndarray] = []
+        name = os.path.basename(entry.path)
+
+        def encode_pending():
+            if pixels:
+                te = time.perf_counter()
+                vectors.append(encode_pixels(encoder, pixels, batch_size))
+                report.encode_seconds += time.perf_counter() - te
+                pixels.clear()
+
+        try:
+            for frame, regs, pix in _background(produce(entry.path, stats)):
+                found.extend(regs)
+                pixels.extend(pix)
+                if len(pixels) >= batch_size:
+                    encode_pending()
+                if time.monotonic() - last_stage > 1.0:
+                    last_stage = time.monotonic()
+                    dur = stats.info.duration if stats.info else None
+                    stage(f"video {n}/{len(entries)} {name}: {_clock(frame.timestamp)} of {_clock(dur)}")
+            encode_pending()
+        except VideoError as e:
+            report.failed.append((entry.path, e.reason))
+            on_failure(entry.path, e.reason)
+            continue
+        except Exception as e:  # a codec or detector bug must not stop a run over many files
+            reason = f"unexpected {type(e).__name__}: {e}"
+            if not found:
+                report.failed.append((entry.path, reason))
+                on_failure(entry.path, reason)
+                continue
+            stats.stopped_early = reason
+            pixels.clear()
+            found = found[: sum(len(v) for v in vectors)]
+        report.decode_seconds += stats.seconds
+        report.decoded_frames += stats.decoded
+        if not found:
+            reason = stats.problem() or "no frame could be decoded"
+            if stats.decoded == 0 and not stats.problem():
+                reason = "no frame could be decoded (empty or unsupported video)"
+            report.failed.append((entry.path, reason))
+            on_failure(entry.path, reason)
+            continue
+        vecs = np.concatenate(vectors)
+        problem = stats.problem()
+        info = stats.info
+        duration = stats.decoded_seconds if problem and stats.stopped_early else (info.duration or stats.decoded_seconds)
+        with catalog.transaction():
+            video_id = upsert_video(catalog, entry, info, duration)
+            store_detections(catalog, model_id, video_id=video_id, regions=found, vectors=vecs,
+                             kinds=VIDEO_KINDS, reuse=bool(reuse and reuse(entry)))
+        report.videos += 1
+        report.frames += sum(1 for r in found if r.kind == "frame")
+        report.regions += sum(1 for r in found if r.kind != "frame")
+        report.total_frames += info.frame_count or stats.decoded
+        report.video_seconds += duration or 0.0
+        if problem:
+            report.failed.append((entry.path, problem))
+            on_failure(entry.path, problem)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+@dataclass
+class VideoReport(VideoIndexReport):
+    """`update_videos`: the scan's figures plus those of `index_videos`."""
+
+    found: int = 0  # video files found under the roots
+    indexed: int = 0  # videos (re)indexed in this run
+    skipped: int = 0  # unchanged, already embedded for this model
+    removed: int = 0  # gone from disk, dropped
+
+
+def scan_videos(catalog: Catalog, roots: Sequence[str]) -> scanning.ScanResult:
+    """The video files under `roots` compared with the catalog's videos (new/changed, unchanged,
+    deleted), like scan.scan for photos. A root that is a photo file is ignored; folder errors
+    are left to the photo scan (which reports them) and only video files' errors are kept."""
+    roots = [r for r in roots if not (os.path.isfile(r) and not is_video_path(r))]
+    known: dict = {}
+    for root in roots:
+        known.update(videos_under(catalog, root))
+    result = scanning.scan(roots, known, scanning.VIDEO_EXTENSIONS)
+    result.errors = [(p, r) for p, r in result.errors if is_video_path(p)]
+    return result
+
+
+def update_videos(
+    catalog: Catalog,
+    encoder: Encoder,
+    model_id: int,
+    roots: Sequence[str],
+    *,
+    sampling: SamplingConfig | None = None,
+    regions: RegionConfig | None = None,
+    batch_size: int = 32,
+    progress=None,
+) -> VideoReport:
+    """Bring the videos under `roots` up to date: new and changed ones indexed, unchanged ones
+    indexed for this model when they lack it (or when the sampling / region settings changed),
+    deleted ones soft-deleted. Call between embedding photos and `sync_index`; after the sync,
+    `purge_deleted_videos` in the purge transaction. Without PyAV installed, every video found
+    is reported as a failure (photos are unaffected)."""
+    t0 = time.perf_counter()
+    sampling = sampling or SamplingConfig()
+    regions = regions.resolved() if regions else None
+    stage = getattr(progress, "stage", None) or (lambda text: None)
+    on_failure = getattr(progress, "failure", None) or (lambda path, reason: None)
+    scanned = scan_videos(catalog, roots)
+    report = VideoReport(found=scanned.found, removed=len(scanned.deleted))
+    report.failed.extend(scanned.errors)
+    for path, reason in scanned.errors:
+        on_failure(path, reason)
+    if scanned.deleted:
+        with catalog.transaction():
+            mark_videos_deleted(catalog, scanned.deleted)
+    wanted = config_json(sampling, regions)
+    previous = catalog.get_setting(SETTING_VIDEO)
+    changed_config = previous is not None and previous != wanted
+    have = video_ids_with_embedding(catalog, model_id)
+    todo = list(scanned.to_embed) + [e for vid, e in scanned.unchanged if changed_config or vid not in have]
+    report.skipped = scanned.found - len(todo)
+    if todo and not have_av():
+        reason = "PyAV is not installed: pip install 'pixquery[video]' to index videos"
+        for e in todo:
+            report.failed.append((e.path, reason))
+            on_failure(e.path, reason)
+        report.seconds = time.perf_counter() - t0
+        return report
+    unchanged = {e.path for _, e in scanned.unchanged}
+    if todo:
+        stage(f"indexing {len(todo)} video(s)")
+        sub = index_videos(
+            catalog, encoder, model_id, todo, sampling=sampling, regions=regions,
+            reuse=lambda e: e.path in unchanged and not changed_config, batch_size=batch_size, progress=progress,
+        )
+        for f in ("videos", "frames", "regions", "decoded_frames", "total_frames", "video_seconds",
+                  "decode_seconds", "encode_seconds"):
+            setattr(report, f, getattr(sub, f))
+        report.failed.extend(sub.failed)
+        report.indexed = sub.videos
+    if previous != wanted:
+        with catalog.transaction():
+            catalog.set_setting(SETTING_VIDEO, wanted)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+# -- search results -----------------------------------------------------------------------
+
+DEFAULT_MERGE_GAP = 1.5 * SamplingConfig.every_seconds  # adjacent samples are <= every_seconds apart
+
+
+def merge_video_hits(results: Sequence, gap_seconds: float = DEFAULT_MERGE_GAP) -> list:
+    """Merge hits of one video that are close in time into one result with `time_range`.
+
+    `results`: SearchResult-like objects (video_id, timestamp, score, rank, time_range), best
+    first. Hits of one video are sorted by time and split where two consecutive hits are more
+    than `gap_seconds` apart; each group becomes its best hit (score, timestamp, box, detection)
+    with time_range = (first, last timestamp) of the group, in the place of that best hit.
+    Photo results pass through. Ranks are renumbered from 1. Returns a new list of copies (the
+    same Results type, with its `dropped` and `threshold`, when given one).
+    """
+    groups: dict[int, list[tuple[int, object]]] = {}
+    for pos, r in enumerate(results):
+        if getattr(r, "video_id", None) is not None and getattr(r, "timestamp", None) is not None:
+            groups.setdefault(r.video_id, []).append((pos, r))
+    keep: dict[int, tuple[float, float]] = {}  # position of a group's best hit -> its time range
+    for hits in groups.values():
+        hits.sort(key=lambda ph: ph[1].timestamp)
+        group = [hits[0]]
+        for ph in hits[1:] + [None]:
+            if ph is not None and ph[1].timestamp - group[-1][1].timestamp <= gap_seconds:
+                group.append(ph)
+                continue
+            best_pos = min(p for p, _ in group)  # results come best first
+            start = min(r.time_range[0] if r.time_range else r.timestamp for _, r in group)
+            end = max(r.time_range[1] if r.time_range else r.timestamp for _, r in group)
+            keep[best_pos] = (start, end)
+            if ph is not None:
+                group = [ph]
+    out = []
+    for pos, r in enumerate(results):
+        if getattr(r, "video_id", None) is not None and getattr(r, "timestamp", None) is not None:
+            if pos not in keep:
+                continue
+            r = replace(r, time_range=keep[pos])
+        else:
+            r = replace(r)
+        out.append(r)
+    for n, r in enumerate(out, 1):
+        r.rank = n
+    if hasattr(results, "dropped"):
+        return type(results)(out, results.dropped, getattr(results, "threshold", None))
+    return out
+
+
+def format_timestamp(seconds: float) -> str:
+    """751.9 -> '00:12:31': whole seconds, rounded down as players show time, hours always shown."""
+    s = max(0, int(seconds + 1e-6)) if seconds is not None else 0
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def describe_location(result) -> str:
+    """The CLI's text for where a hit is: 'path @ 00:12:31 (00:12:25-00:12:40) [box 0.10,0.20,0.45,0.60]'."""
+    text = result.path
+    if getattr(result, "timestamp", None) is not None and getattr(result, "video_id", None) is not None:
+        text += f" @ {format_timestamp(result.timestamp)}"
+        tr = getattr(result, "time_range", None)
+        if tr and format_timestamp(tr[0]) != format_timestamp(tr[1]):
+            text += f" ({format_timestamp(tr[0])}-{format_timestamp(tr[1])})"
+    box = getattr(result, "box", None)
+    if box:
+        text += " [box " + ",".join(f"{v:.2f}" for v in box) + "]"
+    return text
+
+
+__all__ = [
+    "VideoError", "VideoInfo", "SamplingConfig", "Frame", "DecodeStats", "VideoIndexReport", "VideoReport",
+    "have_av", "is_video_path", "probe", "sample_frames", "extract_frame", "videos_under", "upsert_video",
+    "mark_videos_deleted", "purge_deleted_videos", "video_ids_with_embedding", "scan_videos", "index_videos",
+    "update_videos", "merge_video_hits", "format_timestamp", "describe_location", "DEFAULT_MERGE_GAP",
+]
