@@ -19,7 +19,6 @@
   let calibrated = null;  // the threshold `pixquery eval` stored, if any
   let search = null;      // {kind: "text"|"image"|"upload", value, label, nextOffset, results[], seq}
   let seq = 0;            // drops answers of superseded searches
-  let loading = false;
   let viewerIndex = -1;
   let pollTimer = null;
   let queryBlobUrl = null;
@@ -163,9 +162,10 @@
   }
 
   async function loadMore() {
-    if (!search || loading || search.nextOffset === null || search.nextOffset >= limit()) return;
+    // One request at a time per search; a new search starts its own (the old answer is dropped).
+    if (!search || search.loading || search.nextOffset === null || search.nextOffset >= limit()) return;
     const mine = search;
-    loading = true;
+    mine.loading = true;
     if (!mine.results.length) setMessage("searching…");
     try {
       const page = await api(searchUrl(mine.nextOffset));
@@ -177,7 +177,7 @@
       if (mine.seq === seq) setMessage(e.message, true);
       mine.nextOffset = null;
     } finally {
-      loading = false;
+      mine.loading = false;
     }
     if (mine.seq === seq && sentinelVisible()) loadMore();
   }
@@ -407,7 +407,7 @@
   function rerun() {
     if (!search) return;
     if (search.kind === "upload") {
-      search = Object.assign({}, search, { nextOffset: 0, results: [], seq: ++seq });
+      search = Object.assign({}, search, { nextOffset: 0, results: [], seq: ++seq, loading: false });
       els.grid.innerHTML = "";
       loadMore();
     } else {
@@ -431,7 +431,7 @@
 
   // -- start ----------------------------------------------------------------------------------
   loadInfo().then(() => {
-    if (location.hash.length > 1) readHash();
+    if (location.hash.length > 1 && !search) readHash();
     else showThreshold();
   });
 })();
