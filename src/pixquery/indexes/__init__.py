@@ -1,5 +1,15 @@
-"""Index kinds by name. Each kind is one module with a typed config dataclass and a class that
-implements `VectorIndex`; `make_index("flat", dim, storage="float16")` builds one from a name.
+"""Index kinds by name. Each kind is one module with a typed config dataclass `Config` (its fields
+are the kind's parameters) and a class `Index` that implements `VectorIndex`:
+
+    make_index("hnsw", 512, M=32, ef_construction=200)   # empty index
+    build_index("ivf", 512, ids, vectors, nprobe=64)     # created and filled
+    build_index("auto", 512, ids, vectors, queries=q)    # measured choice (see auto.py)
+    index.save(path); load_index("hnsw", path, mmap=True); open_index(path)
+    index_size(path); index_files(path); delete_index(path)
+
+Kinds: flat (exact, or quantised scans), hnsw (hnswlib graph), annoy (static forest), ivf (faiss
+inverted file, for 1M+), sharded (N sub-indexes of any kind), auto (measured choice; the default).
+See docs/indexes.md for what each costs and when to use it.
 """
 
 from __future__ import annotations
@@ -14,13 +24,29 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pixquery.errors import PixqueryError
-from pixquery.indexes.base import VectorIndex, atomic_path
+from pixquery.indexes.base import (
+    VectorIndex,
+    atomic_path,
+    delete_index,
+    index_files,
+    index_size,
+    read_bundle,
+)
+
+DEFAULT_KIND = "auto"
 
 # kind -> module that defines it. Modules are imported on first use so that a user without
 # annoy or hnswlib installed can still use the faiss kinds.
 _MODULES = {
     "flat": "pixquery.indexes.flat",
+    "hnsw": "pixquery.indexes.hnsw",
+    "annoy": "pixquery.indexes.annoy",
+    "ivf": "pixquery.indexes.ivf",
+    "sharded": "pixquery.indexes.sharded",
+    "auto": "pixquery.indexes.auto",
 }
 
 
@@ -54,7 +80,10 @@ def make_config(kind: str, **params: Any):
             f"index kind {kind!r} has no parameter(s) {', '.join(sorted(unknown))}; "
             f"it takes: {', '.join(sorted(names)) or 'none'}"
         )
-    return cls(**params)
+    try:
+        return cls(**params)
+    except (ValueError, TypeError) as e:
+        raise PixqueryError(f"index kind {kind!r}: {e}") from e
 
 
 def make_index(kind: str, dim: int, **params: Any) -> VectorIndex:
@@ -62,8 +91,54 @@ def make_index(kind: str, dim: int, **params: Any) -> VectorIndex:
     return mod.Index(dim, make_config(kind, **params))
 
 
-def load_index(kind: str, path: Path, mmap: bool = False) -> VectorIndex:
-    return _module(kind).Index.load(Path(path), mmap=mmap)
+def build_index(kind: str, dim: int, ids, vectors, queries=None, **params: Any) -> VectorIndex:
+    """Create an index and add all vectors in one go (quantised kinds train on them).
+
+    `queries` (optional, (m, dim) text query vectors) calibrate `auto`; other kinds ignore them.
+    """
+    index = make_index(kind, dim, **params)
+    if kind == "auto":
+        index.fit(ids, vectors, queries=queries)
+    else:
+        index.add(ids, vectors)
+    return index
 
 
-__all__ = ["VectorIndex", "atomic_path", "kinds", "make_index", "load_index", "make_config", "config_class"]
+def load_index(kind: str | None, path: Path, mmap: bool = False) -> VectorIndex:
+    """Load an index saved by `save`. `kind` None reads it from the file."""
+    path = Path(path)
+    if kind is None:
+        return open_index(path, mmap=mmap)
+    return _module(kind).Index.load(path, mmap=mmap)
+
+
+def open_index(path: Path, mmap: bool = False) -> VectorIndex:
+    """Load an index of whatever kind the file says."""
+    path = Path(path)
+    return _module(index_kind(path)).Index.load(path, mmap=mmap)
+
+
+def index_kind(path: Path) -> str:
+    """The kind recorded in a saved index."""
+    path = Path(path)
+    if path.is_file():
+        return "flat"  # pixquery 0.1 saved flat indexes as a bare faiss file
+    return read_bundle(path).kind
+
+
+__all__ = [
+    "DEFAULT_KIND",
+    "VectorIndex",
+    "atomic_path",
+    "build_index",
+    "config_class",
+    "delete_index",
+    "index_files",
+    "index_kind",
+    "index_size",
+    "kinds",
+    "load_index",
+    "make_config",
+    "make_index",
+    "open_index",
+]
