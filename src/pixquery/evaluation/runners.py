@@ -186,8 +186,9 @@ def _dir_size(path: Path) -> int:
 
 def measure_index(kind: str, params: dict, vectors: np.ndarray, queries: np.ndarray, k: int) -> dict:
     """Build one index on `vectors`, save, load, query one at a time; recall@k against exact."""
-    from pixquery.indexes import load_index, make_index
+    from pixquery.indexes import config_class, load_index, make_index
 
+    config_class(kind)  # import the kind's module (and its library) before the clock starts
     n, dim = vectors.shape
     k = min(k, n)
     exact_scores, exact_ids = M.exact_neighbours(vectors, queries, k)
@@ -250,22 +251,24 @@ def measure_indexes(vectors: np.ndarray, config: EvalConfig, progress: ProgressF
 
 
 def model_size_bytes(encoder: Encoder, spec: str) -> int | None:
-    """Bytes on disk of the model's files, when they can be found (else None)."""
-    for attr in ("size_bytes", "model_size_bytes"):
-        v = getattr(encoder, attr, None)
-        if isinstance(v, int):
-            return v
-    for attr in ("paths", "files"):
-        v = getattr(encoder, attr, None)
-        if v:
-            try:
-                return sum(_dir_size(Path(p)) for p in v)
-            except OSError:
-                pass
-    for attr in ("model_dir", "path", "root"):
-        v = getattr(encoder, attr, None)
-        if v and Path(v).exists():
-            return _dir_size(Path(v))
+    """Bytes on disk of the weights the encoder runs (the two ONNX towers, or the int8 copies it
+    uses), when they can be found; else the size of the model folder or file; else None."""
+    v = getattr(encoder, "size_bytes", None)
+    if isinstance(v, int):
+        return v
+    model_dir = getattr(encoder, "model_dir", None)
+    if model_dir is not None:
+        towers = [Path(model_dir) / t / "model.onnx" for t in ("visual", "textual")]
+        if all(t.is_file() for t in towers):
+            if getattr(encoder, "precision", "fp32") == "int8":
+                try:
+                    from pixquery.encoders.quantize import quantized_copy
+
+                    towers = [quantized_copy(t, getattr(encoder, "_cache_dir", None)) for t in towers]
+                except Exception:  # size is informative only: never fail the run for it
+                    return None
+            extra = [p for t in towers for p in t.parent.glob(t.name + ".data")]  # external weights
+            return sum(p.stat().st_size for p in towers + extra)
     p = Path(spec).expanduser()
     if p.exists():
         return _dir_size(p)
