@@ -241,6 +241,7 @@ class Index:
     def params(self) -> dict:
         p = asdict(self.config)
         p["chosen"] = dict(self._report)
+        p["measured_recall"] = self._report.get("recall")  # recall@k on the calibration queries
         return p
 
     def add(self, ids, vectors) -> None:

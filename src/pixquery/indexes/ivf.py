@@ -1,7 +1,7 @@
 """Inverted-file index (faiss IVF): k-means cells, a query scans the `nprobe` nearest cells.
 
-Parameters: `nlist` cells (0 = chosen at training: 4 * sqrt(n) rounded to a power of two, at most
-n / 39), `nprobe` cells scanned per query, `storage` of the vectors in the cells:
+Parameters: `nlist` cells (0 = chosen at training: 4 * sqrt(n) rounded to a power of two; never
+more than n / 39 for the n vectors it is trained on), `nprobe` cells scanned per query, `storage` of the vectors in the cells:
 
 * `float32` (alias `flat`): exact scores within the scanned cells; 2 KiB per 512-d vector.
 * `float16` (alias `fp16`): half the memory, scores within ~1e-3. The default: at 1M vectors
@@ -136,7 +136,8 @@ class Index:
 
     def _train(self, vectors: np.ndarray):
         t0 = time.perf_counter()
-        nlist = self.config.nlist or auto_nlist(len(vectors))
+        # k-means needs ~39 points per cell: fewer vectors than that get fewer cells (recorded)
+        nlist = min(self.config.nlist or auto_nlist(len(vectors)), max(1, len(vectors) // 39))
         self.config.nlist = nlist
         index = self._new_index(nlist)
         n_train = self.config.train_size or max(32 * nlist, 10_000)
