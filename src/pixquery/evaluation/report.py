@@ -118,7 +118,8 @@ def markdown(report: dict, plots: dict[str, str] | None = None) -> str:
     idx_rows = []
     for m in models:
         for x in m.get("indexes", []):
-            params = ", ".join(f"{k}={v}" for k, v in (x.get("params") or {}).items()) or "defaults"
+            shown = x.get("shown_params", x.get("params")) or {}
+            params = ", ".join(f"{k}={v}" for k, v in shown.items()) or "defaults"
             idx_rows.append([model_label(m), x["kind"], params, _f(x["recall"]), _g(x["build_s"]),
                              _g(x["load_s"]), _g(x["query_ms"]), _mb(x["size_bytes"])])
     if idx_rows:

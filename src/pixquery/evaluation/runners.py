@@ -184,9 +184,34 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def measure_index(kind: str, params: dict, vectors: np.ndarray, queries: np.ndarray, k: int) -> dict:
-    """Build one index on `vectors`, save, load, query one at a time; recall@k against exact."""
-    from pixquery.indexes import config_class, load_index, make_index
+def compact_params(kind: str, full: dict, requested: dict) -> dict:
+    """The parameters worth a table column: the requested ones, those that differ from the kind's
+    defaults (e.g. a derived ``nlist``), and for a nested choice (``auto``) the chosen kind."""
+    import dataclasses
+
+    from pixquery.indexes import config_class
+
+    defaults = {f.name: f.default for f in dataclasses.fields(config_class(kind))
+                if f.default is not dataclasses.MISSING}
+    out = {}
+    for k, v in full.items():
+        if isinstance(v, dict):
+            if "kind" in v:
+                out[k] = v["kind"]
+            continue
+        if k in requested or (k in defaults and defaults[k] is not None and v != defaults[k]):
+            out[k] = v
+    return out
+
+
+def measure_index(kind: str, params: dict, vectors: np.ndarray, queries: np.ndarray, k: int,
+                  calibration_queries: np.ndarray | None = None) -> dict:
+    """Build one index on `vectors`, save, load, query one at a time; recall@k against exact.
+
+    Build time covers adding every vector and any lazy build step (an index's optional
+    ``build()``, e.g. Annoy's forest); ``calibration_queries`` (text vectors) tune ``auto``.
+    """
+    from pixquery.indexes import build_index, config_class, load_index
 
     config_class(kind)  # import the kind's module (and its library) before the clock starts
     n, dim = vectors.shape
@@ -194,8 +219,10 @@ def measure_index(kind: str, params: dict, vectors: np.ndarray, queries: np.ndar
     exact_scores, exact_ids = M.exact_neighbours(vectors, queries, k)
     ids = np.arange(n, dtype=np.int64)
     t0 = time.perf_counter()
-    index = make_index(kind, dim, **params)
-    index.add(ids, vectors)
+    index = build_index(kind, dim, ids, vectors, queries=calibration_queries, **params)
+    build = getattr(index, "build", None)
+    if callable(build):
+        build()
     build_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="pixquery-eval-") as tmp:
         path = Path(tmp) / f"{kind}.index"
@@ -216,13 +243,15 @@ def measure_index(kind: str, params: dict, vectors: np.ndarray, queries: np.ndar
         t0 = time.perf_counter()
         loaded.search(queries, k)
         batch_s = time.perf_counter() - t0
-        full_params = loaded.params() if hasattr(loaded, "params") else params
+        full_params = loaded.params() if hasattr(loaded, "params") else dict(params)
     valid = found >= 0
     true_scores = np.full(found.shape, np.nan, dtype=np.float32)
     true_scores[valid] = np.einsum("qd,qkd->qk", queries, vectors[np.where(valid, found, 0)])[valid]
     recall = M.index_recall(found, exact_ids, exact_scores, true_scores)
     return {
-        "kind": kind, "params": full_params, "k": k, "vectors": n, "queries": len(queries),
+        "kind": kind, "params": full_params, "requested": dict(params),
+        "shown_params": compact_params(kind, full_params, params),
+        "k": k, "vectors": n, "queries": len(queries),
         "recall": recall, "build_s": build_s, "save_s": save_s, "load_s": load_s,
         "query_ms": 1000.0 * query_s / max(len(queries), 1),
         "batch_query_ms": 1000.0 * batch_s / max(len(queries), 1),
@@ -230,7 +259,8 @@ def measure_index(kind: str, params: dict, vectors: np.ndarray, queries: np.ndar
     }
 
 
-def measure_indexes(vectors: np.ndarray, config: EvalConfig, progress: ProgressFactory | None = None) -> list[dict]:
+def measure_indexes(vectors: np.ndarray, config: EvalConfig, progress: ProgressFactory | None = None,
+                    calibration_queries: np.ndarray | None = None) -> list[dict]:
     progress = progress or _no_progress
     rng = np.random.default_rng(config.seed)
     n = len(vectors)
@@ -241,7 +271,7 @@ def measure_indexes(vectors: np.ndarray, config: EvalConfig, progress: ProgressF
     update = progress("indexes", len(jobs))
     out = []
     for j, (kind, params) in enumerate(jobs):
-        out.append(measure_index(kind, params, vectors, q, config.index_k))
+        out.append(measure_index(kind, params, vectors, q, config.index_k, calibration_queries))
         update(j + 1)
     return out
 
@@ -297,9 +327,12 @@ def evaluate_model(dataset: Dataset, encoder: Encoder, config: EvalConfig, *, sp
         raise PixqueryError(f"{dataset.root}: no image could be embedded (first failure: {reason})")
     labels = dataset.label_matrix()[emb.ok]
     runs = []
+    calibration = None
     for tpl in config.templates:
         txt = embed_class_prompts(encoder, dataset.class_names, tpl, batch_size=config.text_batch_size,
                                   progress=progress)
+        if calibration is None:  # the first template set's class prompts: text queries for `auto`
+            calibration = txt.vectors
         run = score_run(emb.vectors, txt.vectors, labels, retrieval_ks=config.retrieval_ks,
                         curve_points=config.curve_points)
         run.update({
@@ -307,7 +340,7 @@ def evaluate_model(dataset: Dataset, encoder: Encoder, config: EvalConfig, *, sp
             "text_seconds": txt.seconds, "texts_per_s": txt.n_texts / txt.seconds if txt.seconds > 0 else None,
         })
         runs.append(run)
-    indexes = measure_indexes(emb.vectors, config, progress) if config.indexes else []
+    indexes = measure_indexes(emb.vectors, config, progress, calibration) if config.indexes else []
     return {
         "spec": spec or encoder.name,
         "name": encoder.name,
