@@ -101,21 +101,27 @@ def plot_index(report: dict, path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     k = None
-    for m in report["models"]:
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
+    styles = ["-", "--", ":", "-."]
+    all_kinds = sorted({x["kind"] for m in report["models"] for x in m.get("indexes", [])})
+    many = len(report["models"]) > 1
+    for mi, m in enumerate(report["models"]):
         by_kind: dict[str, list[dict]] = {}
-        for x in m.get("indexes", []):
+        for x in m.get("indexes", []):  # sweep points stay in the order they were given
             by_kind.setdefault(x["kind"], []).append(x)
             k = x["k"]
         for kind, xs in by_kind.items():
-            xs = sorted(xs, key=lambda x: x["query_ms"])
-            ax.plot([x["query_ms"] for x in xs], [x["recall"] for x in xs], "o-", ms=6,
-                    label=f"{model_label(m)} {kind}" if len(report["models"]) > 1 else kind)
+            ax.plot([x["query_ms"] for x in xs], [x["recall"] for x in xs],
+                    color=colors[all_kinds.index(kind) % len(colors)], marker=markers[mi % len(markers)],
+                    ls=styles[mi % len(styles)], ms=6, alpha=0.85,
+                    label=f"{model_label(m)} {kind}" if many else kind)
     ax.set_xscale("log")
     ax.set_xlabel("time per single query (ms, log scale)")
     ax.set_ylabel(f"recall@{k} against exact search")
     ax.set_ylim(0, 1.02)
     ax.set_title(f"Index recall against query time\n{report['dataset']['name']}")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2 if many else 1)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path)
