@@ -352,3 +352,58 @@ def test_without_pyav_videos_are_reported_not_fatal(tmp_path, encoder, monkeypat
     lib = Lib(tmp_path / "lib", encoder)
     report = lib.update([tmp_path / "videos"])
     assert report.indexed == 0 and "PyAV" in report.failed[0][1]
+
+
+# -- results and settings -----------------------------------------------------------------
+
+
+def _hit(rank, score, video_id=None, ts=None, image_id=None, path="x"):
+    from pixquery.search import SearchResult
+
+    return SearchResult(rank=rank, score=score, distance=0.0, path=path, image_id=image_id, video_id=video_id,
+                        detection_id=rank, timestamp=ts)
+
+
+def test_merge_video_hits():
+    from pixquery.ingest.video import describe_location, merge_video_hits
+    from pixquery.search import Results
+
+    hits = Results([
+        _hit(1, 0.9, video_id=1, ts=12.0), _hit(2, 0.8, image_id=5), _hit(3, 0.7, video_id=1, ts=10.0),
+        _hit(4, 0.6, video_id=1, ts=14.0), _hit(5, 0.5, video_id=2, ts=12.0), _hit(6, 0.4, video_id=1, ts=60.0),
+        _hit(7, 0.3, video_id=1, ts=16.5), _hit(8, 0.2, video_id=1, ts=63.0),
+    ], dropped=3, threshold=0.4)
+    merged = merge_video_hits(hits, gap_seconds=3.0)
+    assert isinstance(merged, Results) and (merged.dropped, merged.threshold) == (3, 0.4)
+    got = [(r.rank, r.score, r.video_id, r.timestamp, r.time_range) for r in merged]
+    assert got == [
+        (1, 0.9, 1, 12.0, (10.0, 16.5)),  # 10, 12, 14, 16.5: one run, its best hit's time and score
+        (2, 0.8, None, None, None),  # photos pass through
+        (3, 0.5, 2, 12.0, (12.0, 12.0)),  # another video is another result
+        (4, 0.4, 1, 60.0, (60.0, 63.0)),  # the same video 44 s later is another result
+    ]
+    assert hits[0].time_range is None and hits[0].rank == 1  # the input is not changed
+    assert len(merge_video_hits(hits, gap_seconds=100.0)) == 3
+    assert merge_video_hits([], 3.0) == []
+    r = merged[0]
+    r.path = "/v/cam.mp4"
+    assert describe_location(r) == "/v/cam.mp4 @ 00:00:12 (00:00:10-00:00:16)"
+    r.box = (0.1, 0.2, 0.5, 0.6)
+    assert describe_location(r).endswith("[box 0.10,0.20,0.50,0.60]")
+
+
+def test_settings_are_kept_between_runs(tmp_path, encoder):
+    from pixquery.ingest.regions import choose_config
+    from pixquery.ingest.video import choose_sampling, merge_gap_for, saved_sampling
+
+    lib = Lib(tmp_path / "lib", encoder)
+    assert saved_sampling(lib.catalog) is None and merge_gap_for(lib.catalog) == 3.0
+    assert choose_sampling(lib.catalog) == SamplingConfig()
+    make_video(tmp_path / "v" / "a.mp4", SCENES[:2])
+    lib.update([tmp_path / "v"], sampling=choose_sampling(lib.catalog, every_seconds=4.0, scene_threshold=None))
+    assert saved_sampling(lib.catalog).every_seconds == 4.0 and merge_gap_for(lib.catalog) == 6.0
+    assert choose_sampling(lib.catalog).every_seconds == 4.0  # a plain run keeps the library's
+    # regions: None keeps what the library has (off here), True turns them on, False off
+    assert choose_config(lib.catalog) is None and choose_config(lib.catalog, True).grids == (2, 3)
+    assert choose_config(lib.catalog, False, detector="d.onnx") is None
+    assert choose_config(lib.catalog, detector="d.onnx").detector == "d.onnx"

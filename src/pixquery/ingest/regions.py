@@ -87,6 +87,26 @@ class RegionConfig:
                                "detector_fingerprint": f"{st.st_size}:{st.st_mtime_ns}"})
 
 
+def saved_config(catalog: Catalog) -> RegionConfig | None:
+    """The region settings this library's photo regions were last made with (None: regions off)."""
+    return RegionConfig.from_json(catalog.get_setting(SETTING_IMAGE_REGIONS))
+
+
+def choose_config(catalog: Catalog, enabled: bool | None = None, detector: str | None = None) -> RegionConfig | None:
+    """The region settings for an index run, from the user's flags: `enabled` None keeps the
+    library's (so a plain `pixquery index` never turns regions off), False turns them off, True
+    turns them on (the saved settings, else the defaults). A detector path turns them on with it."""
+    saved = saved_config(catalog)
+    if enabled is False:
+        return None
+    if enabled is None and detector is None:
+        return saved
+    cfg = saved or RegionConfig()
+    if detector is not None:
+        cfg = RegionConfig(**{**asdict(cfg), "detector": detector or None, "detector_fingerprint": None})
+    return cfg
+
+
 # -- geometry -----------------------------------------------------------------------------
 
 
@@ -443,7 +463,7 @@ def index_image_regions(
 
 
 __all__ = [
-    "Box", "FULL_BOX", "REGION_KINDS", "RegionConfig", "Region", "RegionReport", "tiles", "square_box", "crop",
+    "Box", "FULL_BOX", "REGION_KINDS", "RegionConfig", "saved_config", "choose_config", "Region", "RegionReport", "tiles", "square_box", "crop",
     "regions_of", "region_pixels", "encode_pixels", "make_detector", "store_detections", "retire", "purge_orphans",
     "drop_regions_of_changed", "drop_image_regions", "images_needing_regions", "index_image_regions",
 ]

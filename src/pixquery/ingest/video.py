@@ -451,6 +451,28 @@ def video_ids_with_embedding(catalog: Catalog, model_id: int) -> set[int]:
     }
 
 
+def saved_sampling(catalog: Catalog) -> SamplingConfig | None:
+    """The sampling settings the library's videos were last indexed with, or None."""
+    text = catalog.get_setting(SETTING_VIDEO)
+    if not text:
+        return None
+    known = {f for f in SamplingConfig.__dataclass_fields__}
+    return SamplingConfig(**{k: v for k, v in json.loads(text).get("sampling", {}).items() if k in known})
+
+
+def choose_sampling(catalog: Catalog, **overrides) -> SamplingConfig:
+    """The sampling settings for an index run: the library's saved ones (else the defaults), with
+    the fields the user gave (None values are ignored), e.g. choose_sampling(cat, every_seconds=args.every)."""
+    base = saved_sampling(catalog) or SamplingConfig()
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def merge_gap_for(catalog: Catalog) -> float:
+    """The gap (seconds) under which two hits of a video are 'adjacent': 1.5 sampling steps."""
+    s = saved_sampling(catalog)
+    return 1.5 * s.every_seconds if s and s.every_seconds > 0 else DEFAULT_MERGE_GAP
+
+
 def config_json(sampling: SamplingConfig, regions: RegionConfig | None) -> str:
     return json.dumps({"sampling": asdict(sampling), "regions": asdict(regions) if regions else None}, sort_keys=True)
 
@@ -778,4 +800,5 @@ __all__ = [
     "have_av", "is_video_path", "probe", "sample_frames", "extract_frame", "videos_under", "upsert_video",
     "mark_videos_deleted", "purge_deleted_videos", "video_ids_with_embedding", "scan_videos", "index_videos",
     "update_videos", "merge_video_hits", "format_timestamp", "describe_location", "DEFAULT_MERGE_GAP",
+    "saved_sampling", "choose_sampling", "merge_gap_for",
 ]
