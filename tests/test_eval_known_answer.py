@@ -56,8 +56,12 @@ class ClassColourEncoder:
         return l2_normalize(v)
 
     def encode_texts(self, texts) -> np.ndarray:
-        cls = [int(re.search(r"class (\d+)", t).group(1)) for t in texts]
-        return self.class_vectors[cls].copy()
+        out = np.full((len(texts), self.dim), 1 / math.sqrt(self.dim), dtype=np.float32)  # any other text
+        for i, t in enumerate(texts):
+            m = re.search(r"class (\d+)", t)
+            if m:
+                out[i] = self.class_vectors[int(m.group(1))]
+        return out
 
 
 def make_dataset(root: Path, n_classes: int, per_class: int) -> Path:

@@ -6,6 +6,7 @@ The main CLI calls `register(app)`; `python -m pixquery.evaluation.cli` runs the
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,13 @@ class RateColumn(ProgressColumn):
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
         return Text("    -/s" if speed is None else f"{speed:7.1f}/s", style="progress.data.speed")
+
+
+def _console() -> Console:
+    console = Console(stderr=True, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = max(console.width, 120)  # logs: room for the progress columns
+    return console
 
 
 def parse_index_params(specs: list[str] | None) -> dict[str, list[dict]]:
@@ -100,7 +108,7 @@ def run_eval(
     from pixquery.evaluation.report import model_label, write_report
     from pixquery.evaluation.runners import EvalConfig, evaluate, store_threshold
 
-    console = console or Console(stderr=True)
+    console = console or _console()
     t_start = time.perf_counter()
     ds = load_dataset(dataset, kind=dataset_kind).subset(limit, seed=seed)
     tpls = resolve_templates(templates)
@@ -112,12 +120,12 @@ def run_eval(
                         index_k=index_k, index_queries=index_queries, batch_size=batch_size,
                         workers=workers, seed=seed)
     s = ds.summary()
-    console.print(f"[bold]{s['name']}[/]: {s['items']} images, {s['classes']} classes ({s['kind']}); "
+    console.print(f"[bold]{escape(s['name'])}[/]: {s['items']} images, {s['classes']} classes ({s['kind']}); "
                   f"models: {', '.join(model_specs)}; prompts: {', '.join(t.name for t in tpls)}")
     for n in ds.notes:
         console.print(f"[yellow]note:[/] {n}")
 
-    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+    with Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), RateColumn(),
                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
                   transient=False) as progress:
         current = {"model": ""}
@@ -145,7 +153,7 @@ def run_eval(
             src = f"pixquery eval {ds.name} prompts={run['templates']} F1={run['best_threshold']['f1']:.3f}"
             cat = store_threshold(target, m["name"], m["fingerprint"], thr, source=src)
             m["stored_threshold"] = {"threshold": thr, "catalog": str(cat), "templates": run["templates"]}
-            console.print(f"stored threshold {thr:.4f} (angular) for {m['name']} in {cat}")
+            console.print(f"stored threshold {thr:.4f} (angular) for {m['name']} in {cat}", soft_wrap=True)
 
     report["command"] = " ".join(sys.argv)
     report["wall_seconds"] = time.perf_counter() - t_start
@@ -217,7 +225,7 @@ def register(app: typer.Typer) -> None:
         plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
     ) -> None:
         """Evaluate models on labelled photos: zero-shot accuracy, speed, ROC/F1 thresholds, indexes."""
-        console = Console(stderr=True)
+        console = _console()
         try:
             run_eval(dataset, models=models, templates=templates, out=out, limit=limit, indexes=indexes,
                      index_param=index_param, index_k=index_k, index_queries=index_queries, library=library,

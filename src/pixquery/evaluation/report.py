@@ -36,13 +36,15 @@ def _f(x, digits: int = 3) -> str:
 
 
 def _g(x) -> str:
-    """Times, rates and sizes: 3 significant digits below 1, 2 decimals below 100, else whole."""
+    """Times, rates and sizes with about 3 significant digits."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     if x == 0:
         return "0"
     if abs(x) >= 100:
         return f"{x:.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
     if abs(x) >= 1:
         return f"{x:.2f}"
     return f"{x:.3g}"
