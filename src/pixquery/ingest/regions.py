@@ -410,7 +410,8 @@ def index_image_regions(
     cfg = encoder.preprocess_cfg
     pending: list[tuple[int, list[Region], list[np.ndarray]]] = []
     n_pixels = 0
-    last_stage = 0.0
+    stage(f"regions of {len(todo)} photo(s)")
+    last_stage = time.monotonic()
 
     def flush():
         nonlocal n_pixels
@@ -454,7 +455,7 @@ def index_image_regions(
         n_pixels += len(pixels)
         if n_pixels >= batch_size * 4:
             flush()
-        if time.monotonic() - last_stage > 1.0:
+        if time.monotonic() - last_stage > 15.0:
             last_stage = time.monotonic()
             stage(f"regions of photos: {n}/{len(todo)}")
     flush()

@@ -57,6 +57,7 @@ from pixquery.ingest.regions import (
 VIDEO_KINDS = ("frame", "tile", "detector")
 SETTING_VIDEO = "video"  # JSON of the SamplingConfig + RegionConfig the videos were indexed with
 THUMB_WIDTH = 64
+PROGRESS_SECONDS = 15.0  # a progress line (IndexProgress.stage) at most this often within one video
 
 
 class VideoError(PixqueryError):
@@ -566,7 +567,6 @@ def index_videos(
         return report
     detector = detector if detector is not None else make_detector(regions)
     cfg = encoder.preprocess_cfg
-    last_stage = 0.0
 
     def produce(path: str, stats: DecodeStats):
         for frame in sample_frames(path, sampling, stats):
@@ -581,6 +581,8 @@ def index_videos(
         vectors: list[np.ndarray] = []
         pixels: list[np.ndarray] = []
         name = os.path.basename(entry.path)
+        stage(f"video {n}/{len(entries)}: {name}")
+        last_stage = time.monotonic()
 
         def encode_pending():
             if pixels:
@@ -595,7 +597,7 @@ def index_videos(
                 pixels.extend(pix)
                 if len(pixels) >= batch_size:
                     encode_pending()
-                if time.monotonic() - last_stage > 1.0:
+                if time.monotonic() - last_stage > PROGRESS_SECONDS:
                     last_stage = time.monotonic()
                     dur = stats.info.duration if stats.info else None
                     stage(f"video {n}/{len(entries)} {name}: {_clock(frame.timestamp)} of {_clock(dur)}")
@@ -709,7 +711,7 @@ def update_videos(
         return report
     unchanged = {e.path for _, e in scanned.unchanged}
     if todo:
-        stage(f"indexing {len(todo)} video(s)")
+        stage(f"videos: {len(todo)} to index, {report.skipped} unchanged, {report.removed} removed from disk")
         sub = index_videos(
             catalog, encoder, model_id, todo, sampling=sampling, regions=regions,
             reuse=lambda e: e.path in unchanged and not changed_config, batch_size=batch_size, progress=progress,
