@@ -75,21 +75,32 @@ def plot_f1(report: dict, path: Path) -> Path:
 
 
 def plot_accuracy_speed(report: dict, path: Path) -> Path:
+    """Colour = model, marker = prompt set; filled = top-1, hollow = top-5."""
     plt = _plt()
+    from matplotlib.lines import Line2D
+
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (m, r, label) in enumerate(_runs(report)):
-        x = m["images"]["images_per_s"] or 0.0
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
+    templates = [t["name"] for t in report["config"]["templates"]]
+    handles = []
+    for i, m in enumerate(report["models"]):
         col = colors[i % len(colors)]
-        ax.plot([x], [r["top1"]], "o", color=col, ms=8, label=f"{label} top-1")
-        ax.plot([x], [r["top5"]], "o", mfc="none", color=col, ms=8, label=f"{label} top-5")
-        ax.annotate(label, (x, r["top1"]), textcoords="offset points", xytext=(6, -12), fontsize=7)
+        x = m["images"]["images_per_s"] or 0.0
+        for r in m["runs"]:
+            mk = markers[templates.index(r["templates"]) % len(markers)] if r["templates"] in templates else "o"
+            ax.plot([x], [r["top1"]], mk, color=col, ms=8)
+            ax.plot([x], [r["top5"]], mk, mfc="none", color=col, ms=8)
+        handles.append(Line2D([], [], color=col, marker="o", ls="", label=model_label(m)))
+    if len(templates) > 1:
+        handles += [Line2D([], [], color="grey", marker=markers[k % len(markers)], ls="", label=f"prompts {t}")
+                    for k, t in enumerate(templates)]
     ax.set_xlabel("images/s (image encoder, this machine)")
-    ax.set_ylabel("zero-shot accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlim(left=0)
+    ax.set_ylabel("zero-shot accuracy (filled: top-1, hollow: top-5)")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlim(left=0, right=max([m["images"]["images_per_s"] or 0 for m in report["models"]] + [1]) * 1.15)
     ax.set_title(f"Accuracy against speed\n{report['dataset']['name']}")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(handles=handles, fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
