@@ -1,12 +1,26 @@
-"""The embedding pipeline: decode in worker processes -> encode in batches -> write in a thread.
+"""The embedding pipeline: three stages that run side by side, so the encoder never waits.
 
-    reader (worker pool, sliding window)  ->  mapper (this thread: normalise + encode a batch)
-                                          ->  writer (a thread: one catalog transaction per batch)
+    decoders (worker processes)  --pixels-->  feeder thread (in order; batches; normalises)
+        --float batches-->  calling thread (encodes)  --vectors-->  writer thread (catalog)
 
-The encoder is the bottleneck (about 50 ms an image for ViT-B/32 on 2 cores against 3-25 ms to
-decode), so everything else runs beside it: decoding in processes (PIL holds the GIL for part of
-its work), catalog writes in a thread (sqlite3 and ONNX Runtime both release the GIL). The window
-of decodes in flight is bounded, so memory stays flat for any number of files.
+- decoders: each job reads a file once, hashes it, decodes it (JPEG draft mode: a 12 MP photo is
+  decoded at 1/8 scale), applies EXIF rotation and returns the model-size uint8 crop. They run at a
+  lower CPU priority (nice) than the encoder: on a 2-core machine the encoder's threads keep the
+  cores and decoding fills their idle moments, instead of the two fighting over time slices.
+- feeder: keeps a bounded window of decodes in flight, takes results back in input order, turns
+  `batch_size` of them into one normalised float32 batch, and reports failures per file.
+- calling thread: encodes one batch after another (ONNX Runtime releases the GIL), then hands the
+  vectors to the writer; progress and failure callbacks are made here, never on another thread.
+- writer: one catalog transaction per batch (sqlite3 releases the GIL too). An exception in it
+  stops the run and is raised by embed_files.
+
+Memory is bounded: a semaphore of `window` slots is taken before a file is submitted for decoding
+and given back only once its pixels have been encoded, so no more than `window` decoded images
+exist at any moment, whatever the number of files.
+
+A worker that dies (a codec crashing on a malicious file, the OOM killer) breaks the process pool;
+the files that were in flight are then decoded again one at a time in a fresh pool, so only the
+file that kills its decoder is reported (as failed), and the run goes on.
 """
 
 from __future__ import annotations
@@ -19,15 +33,21 @@ import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from pixquery import _failpoints
 from pixquery.encoders.base import Encoder, PreprocessConfig
 from pixquery.errors import BadImage
 from pixquery.ingest.decode import Decoded, decode_file, normalize
 from pixquery.ingest.scan import FileEntry
+
+DECODERS = ("process", "thread")
+DEFAULT_NICE = 10  # decoders' niceness relative to the encoder (0 = same priority)
 
 
 @dataclass
@@ -46,20 +66,27 @@ class PipelineStats:
     embedded: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
-    encode_seconds: float = 0.0
+    encode_seconds: float = 0.0  # inside encoder.encode_images
+    wait_decode_seconds: float = 0.0  # the encoder idle, waiting for a batch of pixels
+    wait_write_seconds: float = 0.0  # the encoder idle, waiting for the writer to take a batch
+    peak_held: int = 0  # most decoded images alive at once (never above `window`)
+    window: int = 0
+    batches: int = 0
+    decoder_restarts: int = 0  # process pools replaced after a worker died
 
 
 def decode_job(path: str, cfg: PreprocessConfig, draft: bool = True):
     """Runs in a worker: read the bytes once (hash + decode), return pixels or the reason."""
     try:
+        _failpoints.hit("decode_worker/" + os.path.basename(path))  # crash tests: kill this worker
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
             raise BadImage(path, f"cannot read: {e.strerror or e}") from None
-        digest = hashlib.sha256(data).hexdigest()
         if not data:
             raise BadImage(path, "empty file (0 bytes)")
+        digest = hashlib.sha256(data).hexdigest()
         decoded = decode_file(io.BytesIO(data), cfg, draft=draft, name=path)
         return True, decoded, digest
     except BadImage as e:
@@ -69,8 +96,107 @@ def decode_job(path: str, cfg: PreprocessConfig, draft: bool = True):
 
 
 def default_workers() -> int:
-    # One decoder per core beyond the first: the encoder's threads use the rest.
+    # One decoder per core beyond the first: the encoder's threads use the rest. On 2 cores one
+    # decoder at 5-25 ms an image (draft mode) keeps far ahead of ~50 ms an image for ViT-B/32.
     return max(1, (os.cpu_count() or 2) - 1)
+
+
+def default_window(batch_size: int, workers: int) -> int:
+    # Room for the batch being encoded, one complete batch queued behind it and the decodes that
+    # fill the next one; more only costs memory (150 KB an image at 224 px).
+    return max(3 * batch_size, batch_size + 8 * workers)
+
+
+def _lower_priority(nice: int) -> None:
+    """Lower the calling worker's CPU priority. On Linux niceness is per thread, so this works
+    for a decode thread too (os.nice would change the whole process)."""
+    if nice <= 0:
+        return
+    try:
+        if threading.current_thread() is threading.main_thread():
+            os.nice(nice)
+        else:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except (OSError, AttributeError):
+        pass
+
+
+def _die_with(owner: int) -> None:
+    """A decode process must not outlive the run. If the indexing process is killed (kill -9), a
+    worker blocked on its task queue would wait forever, and so would the forkserver (every worker
+    holds its "parent alive" pipe), holding the caller's stdout/stderr pipes open. Their parent is
+    the forkserver, not the indexing process, so a thread watches the indexing process's pid."""
+
+    def alive() -> bool:
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True
+        try:  # killed but not yet reaped (its parent may be waiting for our pipes to close)
+            with open(f"/proc/{owner}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+        except (OSError, IndexError):
+            return True
+
+    def watch():
+        while alive():
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="pixquery-owner-watch", daemon=True).start()
+
+
+def _init_decode_process(nice: int, owner: int) -> None:
+    _die_with(owner)
+    _lower_priority(nice)
+
+
+class _Decoders:
+    """A pool of decode workers (processes or threads) that survives a worker's death."""
+
+    def __init__(self, kind: str, workers: int, nice: int):
+        if kind not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, not {kind!r}")
+        self.kind, self.workers, self.nice = kind, workers, nice
+        self.restarts = 0
+        self.pool = self._new_pool()
+
+    def _new_pool(self):
+        if self.kind == "thread":
+            return ThreadPoolExecutor(self.workers, thread_name_prefix="pixquery-decode",
+                                      initializer=_lower_priority, initargs=(self.nice,))
+        # forkserver: workers start from a clean process, never from a fork of one that already
+        # runs ONNX Runtime threads (or holds the catalog's locks).
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["pixquery.ingest.decode", "pixquery.ingest.pipeline"])
+        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_decode_process,
+                                   initargs=(self.nice, os.getpid()))
+
+    def submit(self, path: str, cfg: PreprocessConfig, draft: bool) -> Future:
+        return self.pool.submit(decode_job, path, cfg, draft)
+
+    def restart(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.restarts += 1
+        self.pool = self._new_pool()
+
+    def isolate(self, path: str, cfg: PreprocessConfig, draft: bool):
+        """Decode one file alone; a worker that dies on it is that file's failure."""
+        try:
+            return self.submit(path, cfg, draft).result()
+        except BrokenProcessPool:
+            self.restart()
+            return False, "the decoder process died on this file (crash in an image codec, or out of memory)", None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Stop(Exception):
+    pass
 
 
 def embed_files(
@@ -83,22 +209,120 @@ def embed_files(
     draft: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
     on_failure: Callable[[str, str], None] | None = None,
+    decoder: str = "process",
+    nice: int = DEFAULT_NICE,
+    window: int | None = None,
 ) -> PipelineStats:
-    """Embed `entries` and pass each finished batch to `write` (called on the writer thread).
+    """Embed `entries` and pass each finished batch, in input order, to `write` (called on the
+    writer thread). Files that cannot be decoded are reported, never fatal; an exception from the
+    encoder or from `write` stops the run and is raised here.
 
-    on_progress(done, failed) is called on this thread after every file; on_failure(path, reason)
-    once per file that could not be used.
+    on_progress(done, failed) and on_failure(path, reason) are called on this thread: progress
+    after each batch and each failure, on_failure once per file that could not be used.
+    decoder: "process" (default: a crashing codec cannot take the run down) or "thread" (Pillow
+    releases the GIL while decoding and resizing). nice: how much lower the decoders' CPU priority
+    is than the encoder's. window: most decoded images alive at once (default: 3 batches).
     """
     stats = PipelineStats()
     t0 = time.perf_counter()
     if not entries:
         return stats
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
     cfg = encoder.preprocess_cfg
     workers = workers or default_workers()
-    window = max(batch_size * 2, workers * 8)
+    window = max(window or default_window(batch_size, workers), batch_size + 1)
+    stats.window = window
 
-    writes: queue.Queue = queue.Queue(maxsize=3)
+    slots = threading.Semaphore(window)
+    held = [0]  # decoded images alive (submitted and not yet encoded)
+    held_lock = threading.Lock()
+    stop = threading.Event()
+    ready: queue.Queue = queue.Queue()  # feeder -> this thread: ("batch", ...), ("failed", ...), ("error", e), None
+    writes: queue.Queue = queue.Queue(maxsize=2)
     writer_error: list[BaseException] = []
+
+    def take_slot(block: bool) -> bool:
+        """One decoded image more may exist. Blocking waits (checking `stop`) for the encoder to free one."""
+        if block:
+            while not slots.acquire(timeout=0.1):
+                if stop.is_set():
+                    return False
+        elif not slots.acquire(blocking=False):
+            return False
+        with held_lock:
+            held[0] += 1
+            stats.peak_held = max(stats.peak_held, held[0])
+        return True
+
+    def give_slots(n: int) -> None:
+        with held_lock:
+            held[0] -= n
+        for _ in range(n):
+            slots.release()
+
+    decoders = _Decoders(decoder, workers, nice)
+
+    def feeder():
+        batch: list[tuple[FileEntry, Decoded, str]] = []
+
+        def flush():
+            if batch:
+                pixels = normalize(np.stack([d.pixels for _, d, _ in batch]), cfg)
+                ready.put(("batch", list(batch), pixels))
+                batch.clear()
+
+        def take(entry, result):
+            ok, payload, digest = result
+            if ok:
+                batch.append((entry, payload, digest))
+                if len(batch) >= batch_size:
+                    flush()
+            else:
+                give_slots(1)
+                ready.put(("failed", entry, payload))
+
+        try:
+            pending: deque = deque()
+            it = iter(entries)
+            exhausted = False
+            while not stop.is_set():
+                # Keep the window full. Block for a slot only when no result waits to be taken
+                # (results taken make batches, and encoded batches free slots).
+                while not exhausted and take_slot(block=not pending):
+                    entry = next(it, None)
+                    if entry is None:
+                        exhausted = True
+                        give_slots(1)
+                        break
+                    pending.append((entry, decoders.submit(entry.path, cfg, draft)))
+                if stop.is_set():
+                    break
+                if not pending:
+                    break
+                entry, future = pending.popleft()
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    # A worker died. Decode what was in flight again, one file at a time, in a fresh
+                    # pool: the file that kills its decoder again is the culprit.
+                    decoders.restart()
+                    redo = [entry] + [e for e, _ in pending]
+                    pending.clear()
+                    for e in redo:
+                        if stop.is_set():
+                            raise _Stop
+                        take(e, decoders.isolate(e.path, cfg, draft))
+                    continue
+                take(entry, result)
+            if not stop.is_set():
+                flush()
+        except _Stop:
+            pass
+        except BaseException as e:  # a bug here must surface on the calling thread, not hang it
+            ready.put(("error", e))
+        finally:
+            ready.put(None)
 
     def writer_loop():
         while True:
@@ -106,72 +330,65 @@ def embed_files(
             if item is None:
                 return
             if writer_error:
-                continue  # drain so the producer never blocks
+                continue  # drain so the encoder never blocks
             try:
                 write(item)
-            except BaseException as e:  # re-raised on the main thread
+            except BaseException as e:  # re-raised on the calling thread
                 writer_error.append(e)
+                stop.set()
 
+    feed = threading.Thread(target=feeder, name="pixquery-feeder", daemon=True)
     writer = threading.Thread(target=writer_loop, name="pixquery-writer", daemon=True)
-    # forkserver: workers start from a clean process, never from a fork of one that already runs
-    # ONNX Runtime threads.
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["pixquery.ingest.decode", "pixquery.ingest.pipeline"])
-    pool = ctx.Pool(workers)
+    feed.start()
     writer.start()
     done = failed = 0
-    batch_entries: list[FileEntry] = []
-    batch_decoded: list[tuple[Decoded, str]] = []
-
-    def flush():
-        if not batch_entries:
-            return
-        pixels = normalize(np.stack([d.pixels for d, _ in batch_decoded]), cfg)
-        te = time.perf_counter()
-        vectors = encoder.encode_images(pixels)
-        stats.encode_seconds += time.perf_counter() - te
-        out = [Embedded(e, h, d.width, d.height, v) for e, (d, h), v in zip(batch_entries, batch_decoded, vectors)]
-        stats.embedded += len(out)
-        writes.put(out)
-        batch_entries.clear()
-        batch_decoded.clear()
-
     try:
-        pending: deque = deque()
-        it = iter(entries)
-        exhausted = False
         while True:
-            while not exhausted and len(pending) < window:
-                entry = next(it, None)
-                if entry is None:
-                    exhausted = True
-                    break
-                pending.append((entry, pool.apply_async(decode_job, (entry.path, cfg, draft))))
-            if not pending:
+            tw = time.perf_counter()
+            item = ready.get()
+            stats.wait_decode_seconds += time.perf_counter() - tw
+            if item is None:
                 break
-            entry, result = pending.popleft()
-            ok, payload, digest = result.get()
-            if ok:
-                batch_entries.append(entry)
-                batch_decoded.append((payload, digest))
-                if len(batch_entries) >= batch_size:
-                    flush()
-            else:
-                failed += 1
-                stats.failed.append((entry.path, payload))
-                if on_failure:
-                    on_failure(entry.path, payload)
-            done += 1
-            if on_progress:
-                on_progress(done, failed)
             if writer_error:
                 break
-        flush()
+            kind = item[0]
+            if kind == "error":
+                raise item[1]
+            if kind == "failed":
+                _, entry, reason = item
+                failed += 1
+                done += 1
+                stats.failed.append((entry.path, reason))
+                if on_failure:
+                    on_failure(entry.path, reason)
+                if on_progress:
+                    on_progress(done, failed)
+                continue
+            _, batch, pixels = item
+            te = time.perf_counter()
+            try:
+                vectors = encoder.encode_images(pixels)
+            finally:
+                give_slots(len(batch))
+            stats.encode_seconds += time.perf_counter() - te
+            stats.batches += 1
+            out = [Embedded(e, h, d.width, d.height, v) for (e, d, h), v in zip(batch, vectors)]
+            tw = time.perf_counter()
+            writes.put(out)
+            stats.wait_write_seconds += time.perf_counter() - tw
+            stats.embedded += len(out)
+            done += len(out)
+            if on_progress:
+                on_progress(done, failed)
     finally:
-        pool.terminate()
+        stop.set()
+        if feed.is_alive():  # stopped early: cancel what is queued; a decode running ends soon
+            decoders.pool.shutdown(wait=False, cancel_futures=True)
+        feed.join()
         writes.put(None)
         writer.join()
-        pool.join()
+        decoders.close()
+        stats.decoder_restarts = decoders.restarts
     if writer_error:
         raise writer_error[0]
     stats.seconds = time.perf_counter() - t0
