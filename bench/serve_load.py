@@ -3,7 +3,7 @@
     python bench/serve_load.py                                  # the full run written to bench/results/
     python bench/serve_load.py --model models/tiny-vit-b-32 --photos 24 --queries 200 --no-write
 
-For each catalog-pool size (`--pools`, `pixquery serve --pool N`) and each query mix, a fresh
+For each server setting (`--configs POOL:TEXT_BATCH`: `pixquery serve --pool P --text-batch B`) and each query mix, a fresh
 server is started (a subprocess, exactly as `pixquery serve` runs, with a token), warmed with one
 query, then `--clients` concurrent clients (asyncio, one keep-alive HTTP/1.1 connection each) send
 `--queries` GET /api/search?q=...&k=30 requests between them. Every answer is checked: status 200,
@@ -81,7 +81,7 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, library: Path, model: str, pool: int, log_path: Path):
+    def __init__(self, library: Path, model: str, pool: int, log_path: Path, text_batch: int = 1):
         import httpx
 
         self.port = free_port()
@@ -91,7 +91,7 @@ class Server:
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pixquery.server", "--library", str(library), "--model", model, "--host", "127.0.0.1",
-             "--port", str(self.port), "--token", TOKEN, "--pool", str(pool)],
+             "--port", str(self.port), "--token", TOKEN, "--pool", str(pool), "--text-batch", str(text_batch)],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -303,7 +303,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--k", type=int, default=30)
-    ap.add_argument("--pools", default="1,4", help="catalog-pool sizes to compare (pixquery serve --pool)")
+    ap.add_argument("--configs", default="1:1,1:16,4:16",
+                    help="server settings to compare, POOL:TEXT_BATCH (pixquery serve --pool P --text-batch B)")
     ap.add_argument("--mixes", default="unique,repeated")
     ap.add_argument("--time-limit", type=float, default=300.0, help="seconds per run")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve-load.md")
@@ -324,18 +325,20 @@ def main() -> None:
             raise SystemExit(f"the library at {lib_path} has no images")
         expect = min(args.k, n_images)
         rows = []
-        for pool in [int(p) for p in args.pools.split(",")]:
+        for config in args.configs.split(","):
+            pool, batch = (int(x) for x in config.split(":"))
             for mix in args.mixes.split(","):
-                server = Server(lib_path, args.model, pool, Path(tmp) / f"server-{pool}-{mix}.log")
+                server = Server(lib_path, args.model, pool, Path(tmp) / f"server-{pool}-{batch}-{mix}.log", text_batch=batch)
                 try:
                     run_load(server.url, server.headers, ["warm up"], clients=1, k=args.k, expect=expect)
-                    cpu0 = server.cpu_seconds()
+                    cpu0, load0 = server.cpu_seconds(), os.getloadavg()[0]
                     result = run_load(server.url, server.headers, query_mix(mix, args.queries), clients=args.clients,
                                       k=args.k, expect=expect, time_limit=args.time_limit)
                     result["server_cpu_ms_per_query"] = round((server.cpu_seconds() - cpu0) / max(1, result["ok"]) * 1000, 2)
+                    result["load_avg"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
                 finally:
                     server.stop()
-                result.update(pool=pool, mix=mix)
+                result.update(pool=pool, text_batch=batch, mix=mix)
                 rows.append(result)
                 print(json.dumps(result), file=sys.stderr, flush=True)
         report = {"machine": machine(), "model": args.model, "images": n_images, "k": args.k,
@@ -359,14 +362,17 @@ def markdown(r: dict) -> str:
         f"Run {m['date']}. The clients (one asyncio process, a minimal HTTP/1.1 keep-alive client) share the cores with the server.", "",
         f"Library: {r['images']} photos ({r['photo_source']}), flat index; model `{Path(r['model']).name}`; "
         f"every query asks for k={r['k']} results (one page of the search page).", "",
-        "| pool | query mix | clients | queries | errors | wall (s) | queries/s | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | server CPU ms/query |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| pool | text batch | query mix | clients | queries | errors | wall (s) | queries/s | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | server CPU ms/query | load avg (start, end) |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for x in r["runs"]:
-        lines.append(f"| {x['pool']} | {x['mix']} | {x['clients']} | {x['queries']} | {x['errors']} | {x['wall_s']} | {x['qps']} | "
-                     f"{x['p50_ms']} | {x['p90_ms']} | {x['p99_ms']} | {x['max_ms']} | {x['server_cpu_ms_per_query']} |")
+        lines.append(f"| {x['pool']} | {x['text_batch']} | {x['mix']} | {x['clients']} | {x['queries']} | {x['errors']} | {x['wall_s']} | "
+                     f"{x['qps']} | {x['p50_ms']} | {x['p90_ms']} | {x['p99_ms']} | {x['max_ms']} | {x['server_cpu_ms_per_query']} | "
+                     f"{x['load_avg'][0]}, {x['load_avg'][1]} |")
     lines += ["", "pool: `pixquery serve --pool N`, Library objects (SQLite connections + loaded index) serving requests; "
               "1 is a single lock. Text encoding runs outside the pool in every case.",
+              "text batch: `--text-batch B`, text queries waiting at the same moment encoded in one model call (1: one call each).",
+              "load avg: the machine's 1-minute load average when the run started and ended (other work shares these cores).",
               "unique: 2,000 different sentences (every query runs the text tower). repeated: drawn from 50 sentences "
               "(answered from the encoder's query cache after the first time).", ""]
     for x in r["runs"]:

@@ -390,3 +390,48 @@ def test_thumbnail_cache_writes_atomically(tmp_path):
     with open(src, "rb") as f:
         assert thumbs.get(7, f, os.stat(src), 256) == (data, key)
     assert thumbs.made == 1
+
+
+class _FakeEncoder:
+    def __init__(self, fail_on: str | None = None, delay: float = 0.0):
+        self.calls: list[list[str]] = []
+        self.fail_on, self.delay = fail_on, delay
+
+    def encode_texts(self, texts):
+        self.calls.append(list(texts))
+        time.sleep(self.delay)
+        if self.fail_on in texts:
+            raise RuntimeError("boom")
+        return np.array([[float(len(t)), float(sum(map(ord, t)))] for t in texts], np.float32)
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_text_encoder_cache_and_batching(batch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pixquery.server.app import TextEncoder
+
+    fake = _FakeEncoder(delay=0.05)
+    texts = TextEncoder(fake, cache_size=100, batch=batch)
+    queries = [f"query {i}" for i in range(12)]
+    with ThreadPoolExecutor(12) as pool:
+        got = list(pool.map(texts.encode, queries))
+    for q, v in zip(queries, got):
+        assert v.tolist() == [float(len(q)), float(sum(map(ord, q)))]
+    n_calls = len(fake.calls)
+    assert sorted(t for call in fake.calls for t in call) == sorted(queries)
+    if batch == 1:
+        assert n_calls == 12
+    else:
+        assert n_calls < 12 and max(len(c) for c in fake.calls) <= batch  # concurrent queries shared calls
+    assert texts.encode("query 3").tolist() == got[3].tolist()
+    assert len(fake.calls) == n_calls  # answered from the cache
+
+
+def test_text_encoder_error_reaches_the_caller_and_the_worker_survives():
+    from pixquery.server.app import TextEncoder
+
+    texts = TextEncoder(_FakeEncoder(fail_on="bad"), batch=4)
+    with pytest.raises(RuntimeError, match="boom"):
+        texts.encode("bad")
+    assert texts.encode("good").tolist() == [4.0, float(sum(map(ord, "good")))]

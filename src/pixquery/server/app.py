@@ -3,8 +3,9 @@
     config = ServerConfig(library=Path("~/.local/share/pixquery").expanduser(), token="s3cret")
     app = create_app(config)      # loads the model and the index now, not on the first request
 
-Concurrency. FastAPI runs the (synchronous) endpoints in a thread pool. The encoder (ONNX
-Runtime, with its own LRU of recent text queries) is thread-safe and is called outside any lock.
+Concurrency. FastAPI runs the (synchronous) endpoints in a thread pool. Text queries are
+answered from an LRU of recent queries, or encoded by one worker thread that batches the queries
+waiting at that moment (`TextEncoder`); the encoder is called outside any catalog lock.
 Catalog and index reads go through a `LibraryPool`: `pool_size` Library objects, each with its
 own SQLite connection and loaded index, handed to one thread at a time (a pool of one is a plain
 lock). Each Library reloads its index when the catalog points at a new index file, so an index
@@ -28,6 +29,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -81,6 +83,8 @@ class ServerConfig:
     max_upload_pixels: int = 80_000_000  # decompression-bomb guard for uploads (indexing: 179 MP)
     upload_concurrency: int = 2  # uploads decoded at once (memory bound)
     upload_cache: int = 128  # recent upload embeddings kept for paging (by id)
+    text_cache: int = 1024  # recent text-query embeddings kept by the server
+    text_batch: int = 1  # >1: concurrent text queries encoded together (no gain measured on 2 busy cores)
     thumbnail_dir: Optional[Path] = None  # default <library>/thumbnails
     thumbnail_concurrency: int = 2
     warm: bool = True  # load both model towers and the index at start-up
@@ -130,6 +134,67 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers
+
+
+class TextEncoder:
+    """Text queries -> embeddings, with an LRU of recent queries in front of the encoder.
+
+    A cached query (paging, a query asked again) is answered at once. With `batch` > 1 the others
+    go to one worker thread that takes every query waiting at that moment (up to `batch`) and
+    encodes them in one call; when idle a query waits for nobody (no timer). Batching uses less
+    CPU per query in a sequential micro-benchmark, but showed no gain in the loopback load test
+    on a busy 2-core machine (bench/results/serve-load.md), so the default is 1: each request
+    thread calls the (thread-safe) encoder itself.
+    """
+
+    def __init__(self, encoder, cache_size: int = 1024, batch: int = 16):
+        self.encoder = encoder
+        self.batch = max(1, int(batch))
+        self.cache = UploadCache(cache_size)  # an LRU keyed by the query text
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.calls = 0  # encoder calls made (for tests and the load test)
+
+    def encode(self, text: str) -> np.ndarray:
+        hit = self.cache.get(text)
+        if hit is not None:
+            return hit
+        if self.batch == 1:
+            vector = self.encoder.encode_texts([text])[0]
+            self.calls += 1
+        else:
+            future: Future = Future()
+            self._ensure_worker()
+            self._queue.put((text, future))
+            vector = future.result()
+        self.cache.put(text, vector)
+        return vector
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None:
+            with self._start_lock:
+                if self._worker is None:
+                    self._worker = threading.Thread(target=self._run, name="pixquery-text-encoder", daemon=True)
+                    self._worker.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                vectors = self.encoder.encode_texts([t for t, _ in batch])
+                self.calls += 1
+                for (_, future), v in zip(batch, vectors):
+                    future.set_result(v)
+            except BaseException as e:  # the waiting requests get the error; the worker lives on
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
 
 
 class UploadCache:
@@ -333,6 +398,7 @@ class Server:
         self.thumbs = thumbnails.Thumbnails(config.thumbnail_dir or lib_path / "thumbnails",
                                             concurrency=config.thumbnail_concurrency)
         self.uploads = UploadCache(config.upload_cache)
+        self.texts = TextEncoder(self.encoder, config.text_cache, config.text_batch)
         self._upload_slots = threading.BoundedSemaphore(max(1, config.upload_concurrency))
         self.static = _static_files(config.static_dir)
         self.started_at = time.time()
@@ -376,7 +442,7 @@ class Server:
                 raise ApiError(400, "the query is empty")
             if len(text) > cfg.max_query_chars:
                 raise ApiError(422, f"the query is longer than {cfg.max_query_chars} characters")
-            vector = self.encoder.encode_texts([text])[0]  # cached: paging re-asks the same text
+            vector = self.texts.encode(text)  # cached: paging re-asks the same text
             query = {"text": text}
         elif upload_id is not None:
             vector = self.uploads.get(upload_id)

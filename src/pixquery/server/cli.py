@@ -26,6 +26,7 @@ def serve(
                                         help="Require this token on every request ('auto': make a random one and print it)"),
     allow_public: bool = typer.Option(False, "--allow-public", help="Listen on a public address without a token (anyone reaching it sees your photos)"),
     pool: int = typer.Option(1, "--pool", min=1, max=32, help="Catalog connections serving requests in parallel"),
+    text_batch: int = typer.Option(1, "--text-batch", min=1, max=256, help="Encode up to this many concurrent text queries in one model call (1: one call each)"),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.01, help="Largest photo accepted for search-by-photo"),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in a web browser"),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request"),
@@ -44,7 +45,7 @@ def serve(
     lib = Path(library).expanduser() if library else default_library_path()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     logging.getLogger("pixquery").setLevel(logging.INFO)
-    config = ServerConfig(library=lib, model=model, token=token, host=host, port=port, pool_size=pool,
+    config = ServerConfig(library=lib, model=model, token=token, host=host, port=port, pool_size=pool, text_batch=text_batch,
                           max_upload_bytes=int(max_upload_mb * 1024 * 1024))
     app = create_app(config)
     shown_host = f"[{host}]" if ":" in host else host
