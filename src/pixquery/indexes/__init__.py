@@ -101,6 +101,8 @@ def build_index(kind: str, dim: int, ids, vectors, queries=None, **params: Any) 
         index.fit(ids, vectors, queries=queries)
     else:
         index.add(ids, vectors)
+        if hasattr(index, "build"):  # static kinds (annoy) build now, not on the first search
+            index.build()
     return index
 
 

@@ -104,6 +104,8 @@ class Index:
         """Build the forest now (otherwise done on the next search or save)."""
         import time
 
+        if self._ann is not None or not len(self._ids):
+            return
         t0 = time.perf_counter()
         ann = AnnoyIndex(self.dim, "angular")
         ann.set_seed(self.config.seed)

@@ -43,7 +43,7 @@ from pixquery.indexes.base import (
 class Config:
     M: int = 32
     ef_construction: int = 200
-    ef_search: int = 128
+    ef_search: int = 256
     ef_k_factor: float = 1.5  # the beam is at least ef_k_factor * k
     threads: int = 0  # build threads; 0 = all cores
 

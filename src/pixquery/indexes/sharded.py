@@ -118,6 +118,12 @@ class Index:
                 self._shards[s].remove(held[hit])
                 self._ids[s] = held[~hit]
 
+    def build(self) -> None:
+        """Build static shards (annoy) now rather than on the first search."""
+        for s in self._shards:
+            if hasattr(s, "build"):
+                s.build()
+
     # ------------------------------------------------------------------ searching
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = as_vectors(queries, self.dim)
