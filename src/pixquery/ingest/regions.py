@@ -255,8 +255,7 @@ def store_detections(
     assert len(regions) == len(vectors)
     col, owner = ("image_id", image_id) if image_id is not None else ("video_id", video_id)
     q = f"""SELECT id, kind, timestamp, x0, y0, x1, y1, label FROM detection d
-            WHERE {col} = ? AND kind IN ({','.join('?' * len(kinds))})
-              AND EXISTS (SELECT 1 FROM embedding e WHERE e.detection_id = d.id)"""
+            WHERE {col} = ? AND kind IN ({','.join('?' * len(kinds))}) AND {_HAS_EMBEDDING.format(d="d.id")}"""
     existing: dict[tuple, int] = {}
     for did, kind, ts, x0, y0, x1, y1, label in catalog.db.execute(q, (owner, *kinds)):
         existing.setdefault(Region(kind, (x0, y0, x1, y1), ts, label).key(), did)
@@ -282,6 +281,11 @@ def store_detections(
     return ids
 
 
+# "some model embedded this detection", as seeks on the (model_id, detection_id) index: the schema
+# has no index on embedding(detection_id) alone, and a plain `e.detection_id = d.id` scans the table.
+_HAS_EMBEDDING = "EXISTS (SELECT 1 FROM embedding e WHERE e.model_id IN (SELECT id FROM model) AND e.detection_id = {d})"
+
+
 def _ids_with_embedding(catalog: Catalog, model_id: int, ids: list[int]) -> set[int]:
     out: set[int] = set()
     for i in range(0, len(ids), 900):
@@ -299,7 +303,7 @@ def retire(catalog: Catalog, detection_ids: Sequence[int]) -> None:
     for i in range(0, len(ids), 900):
         chunk = ids[i : i + 900]
         marks = ",".join("?" * len(chunk))
-        catalog.db.execute(f"DELETE FROM embedding WHERE detection_id IN ({marks})", chunk)
+        catalog.db.execute(f"DELETE FROM embedding WHERE model_id IN (SELECT id FROM model) AND detection_id IN ({marks})", chunk)
         catalog.db.execute(
             f"""DELETE FROM detection WHERE id IN ({marks})
                 AND id NOT IN (SELECT detection_id FROM index_image WHERE detection_id IS NOT NULL)""",
@@ -311,8 +315,8 @@ def purge_orphans(catalog: Catalog) -> int:
     """Delete retired detections (no embedding left) that no index refers to any more. Call after
     the index sync, in the purge transaction. Returns how many rows went."""
     cur = catalog.db.execute(
-        """DELETE FROM detection WHERE NOT EXISTS (SELECT 1 FROM embedding e WHERE e.detection_id = detection.id)
-           AND NOT EXISTS (SELECT 1 FROM index_image ii WHERE ii.detection_id = detection.id)"""
+        f"""DELETE FROM detection WHERE NOT {_HAS_EMBEDDING.format(d="detection.id")}
+            AND NOT EXISTS (SELECT 1 FROM index_image ii WHERE ii.detection_id = detection.id)"""
     )
     return cur.rowcount
 
@@ -360,13 +364,16 @@ class RegionReport:
 
 def images_needing_regions(catalog: Catalog, model_id: int) -> list[tuple[int, str]]:
     """(image id, path) of live photos with no region embedded for this model."""
-    return catalog.db.execute(
-        f"""SELECT i.id, i.path FROM image i WHERE i.deleted = 0 AND NOT EXISTS (
-              SELECT 1 FROM detection d JOIN embedding e ON e.detection_id = d.id
-              WHERE d.image_id = i.id AND e.model_id = ? AND d.kind IN ({','.join('?' * len(REGION_KINDS))}))
-            ORDER BY i.path""",
-        (model_id, *REGION_KINDS),
-    ).fetchall()
+    done = {
+        r[0]
+        for r in catalog.db.execute(
+            f"""SELECT DISTINCT d.image_id FROM embedding e JOIN detection d ON d.id = e.detection_id
+                WHERE e.model_id = ? AND d.image_id IS NOT NULL AND d.kind IN ({','.join('?' * len(REGION_KINDS))})""",
+            (model_id, *REGION_KINDS),
+        )
+    }
+    rows = catalog.db.execute("SELECT id, path FROM image WHERE deleted = 0 ORDER BY path")
+    return [(i, p) for i, p in rows if i not in done]
 
 
 def index_image_regions(
