@@ -514,6 +514,10 @@ def _background(it: Iterator, maxsize: int = 8) -> Iterator:
             q.put((True, done))
         except BaseException as e:
             q.put((False, e))
+        finally:
+            close = getattr(it, "close", None)
+            if close:
+                close()  # the decoder and file are released here, in this thread, now
 
     thread = threading.Thread(target=run, name="pixquery-video-decode", daemon=True)
     thread.start()
