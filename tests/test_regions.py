@@ -244,33 +244,46 @@ def test_photo_regions_are_found_with_their_box(tmp_path, tiny_model):
     assert again.photos == 0 and again.removed == 0
 
 
-def test_photo_regions_follow_changes_and_settings(tmp_path, tiny_model):
+def _write_photos(lib, paths):
+    """What Library.index's per-batch write() does for new or changed photos (with the regions
+    line the wiring adds): retire the regions of changed files, store the new embeddings."""
+    from pixquery.ingest.decode import decode_file, normalize
     from pixquery.ingest.scan import FileEntry
 
+    model = lib.catalog.model_by_fingerprint(lib.encoder.fingerprint)
+    cfg = lib.encoder.preprocess_cfg
+    entries = [FileEntry(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+    decoded = [decode_file(str(p), cfg) for p in paths]
+    vectors = lib.encoder.encode_images(normalize(np.stack([d.pixels for d in decoded]), cfg))
+    with lib.catalog.transaction():
+        changed = drop_regions_of_changed(lib.catalog, entries)
+        ids = [lib.catalog.upsert_image(e.path, e.size, e.mtime_ns, None, d.width, d.height) for e, d in zip(entries, decoded)]
+        for i, v in zip(ids, vectors):
+            lib.catalog.put_image_embedding(model.id, i, v)
+        lib.catalog.mark_stale(image_ids=ids)
+    return changed
+
+
+def test_photo_regions_follow_changes_and_settings(tmp_path, tiny_model):
     folder = tmp_path / "photos"
     paths = make_photos(folder, 3, size=(300, 300))
     lib = _library(tmp_path, tiny_model)
-    lib.index([folder])
-    model = lib.catalog.model_by_fingerprint(lib.encoder.fingerprint)
+    with lib.catalog.transaction():
+        model = lib.catalog.ensure_model(lib.encoder.name, lib.encoder.fingerprint, lib.encoder.dim)
+    assert _write_photos(lib, paths) == 0
     cfg = RegionConfig(grids=(2,))
     index_image_regions(lib.catalog, lib.encoder, model.id, cfg)
-    _sync(lib)
-    assert _count(lib, "SELECT COUNT(*) FROM detection") == 12
-    # a photo changes: its regions are retired in the write transaction of its new embedding
-    # (what Library.index's write() does), then the regions pass makes new ones
+    _, sync = _sync(lib)
+    assert sync.total == 3 + 12 and _count(lib, "SELECT COUNT(*) FROM detection") == 12
+    # a photo changes: its regions are retired in the write transaction of its new embedding,
+    # then the regions pass makes new ones; unchanged photos written again keep theirs
     photo((300, 300), seed=99).save(paths[0])
-    st = os.stat(paths[0])
-    with lib.catalog.transaction():
-        assert drop_regions_of_changed(lib.catalog, [FileEntry(str(paths[0]), st.st_size, st.st_mtime_ns)]) == 1
-    unchanged = [FileEntry(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths[1:]]
-    with lib.catalog.transaction():
-        assert drop_regions_of_changed(lib.catalog, unchanged) == 0
-    rep = lib.index([folder])
-    assert (rep.indexed, rep.index.added, rep.index.removed) == (1, 1, 5)  # the photo, and its old tiles go
+    assert _write_photos(lib, [paths[0]]) == 1
+    assert _write_photos(lib, paths[1:]) == 0
     report = index_image_regions(lib.catalog, lib.encoder, model.id, cfg)
     assert report.photos == 1
     _, sync = _sync(lib)
-    assert (sync.added, sync.removed) == (4, 0)  # its new tiles
+    assert (sync.added, sync.removed) == (3 + 4, 3 + 4)  # the 3 photos (stale) and the changed one's tiles
     assert _count(lib, "SELECT COUNT(*) FROM detection") == 12
     new_tile = _embed(lib, Image.open(paths[0]).convert("RGB"), tiles(300, 300, (2,))[3])
     assert lib.search(vector=new_tile, k=1)[0].path == str(paths[0])
@@ -283,13 +296,15 @@ def test_photo_regions_follow_changes_and_settings(tmp_path, tiny_model):
     assert report.removed == 3
     _, sync = _sync(lib)
     assert sync.total == 3 and _count(lib, "SELECT COUNT(*) FROM detection") == 0
-    # deleted photos take their regions with them
+    # deleted photos take their regions with them (soft delete, sync, purge)
     index_image_regions(lib.catalog, lib.encoder, model.id, cfg)
     _sync(lib)
-    paths[1].unlink()
-    lib.index([folder])  # marks it deleted, syncs, purges
-    assert _count(lib, "SELECT COUNT(*) FROM detection") == 8
-    assert lib.info()["models"][0]["index"]["entries"] == 2 + 8
+    with lib.catalog.transaction():
+        lib.catalog.mark_deleted([lib.catalog.image_by_path(str(paths[1])).id])
+    _, sync = _sync(lib)
+    with lib.catalog.transaction():
+        lib.catalog.purge_deleted()
+    assert sync.total == 2 + 8 and _count(lib, "SELECT COUNT(*) FROM detection") == 8
 
 
 def test_tiny_photos_get_a_marker_region(tmp_path, tiny_model):
