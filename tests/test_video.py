@@ -114,6 +114,22 @@ def test_probe_and_extract_frame(tmp_path):
         assert np.abs(got - np.asarray(frames[t], dtype=np.int16)).mean() < 1.0
 
 
+def test_phone_portrait_video_is_seen_as_shown(tmp_path):
+    from videos import rotated_copy, scene_frame
+
+    stored = make_video(tmp_path / "stored.mp4", [Scene(2.0, 4, motion=False)], size=(96, 64))
+    phone = rotated_copy(stored, tmp_path / "phone.mp4")
+    info = probe(phone)
+    assert (info.width, info.height, info.rotation) == (64, 96, -90)
+    frames = list(sample_frames(phone, stats=(stats := DecodeStats())))
+    assert stats.info.width == 64 and frames[0].image.size == (64, 96)
+    # turned clockwise: the stored picture's left column is the shown picture's top row
+    want = np.rot90(scene_frame(4, (96, 64), motion=False), k=-1).astype(np.int16)
+    got = np.asarray(frames[0].image, dtype=np.int16)
+    assert np.abs(got - want).mean() < 6
+    assert extract_frame(phone, 1.0).size == (64, 96)
+
+
 @pytest.mark.parametrize("content", [b"", b"this is not a video\n" * 20])
 def test_unreadable_files_raise_video_error(tmp_path, content):
     path = tmp_path / "bad.mp4"

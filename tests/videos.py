@@ -120,3 +120,20 @@ def corrupted_copy(src: str | Path, dst: str | Path, start: float = 0.4, length:
     dst = Path(dst)
     dst.write_bytes(bytes(data))
     return dst
+
+
+def rotated_copy(src: str | Path, dst: str | Path) -> Path:
+    """An MP4 copy of `src` whose track matrix says "turn 90 degrees clockwise to show", as phones
+    write portrait video (the pixels stay stored landscape). `src` must be an MP4 or MOV."""
+    import struct
+
+    data = bytearray(Path(src).read_bytes())
+    i = data.find(b"tkhd")
+    assert i > 0, "no tkhd box: not an MP4/MOV"
+    version = data[i + 4]
+    # version, flags | times, track id, reserved, duration | reserved (8) | layer, group, volume, reserved
+    off = i + 4 + 4 + (8 + 8 + 4 + 4 + 8 if version == 1 else 4 * 5) + 8 + 8
+    data[off : off + 36] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
+    dst = Path(dst)
+    dst.write_bytes(bytes(data))
+    return dst

@@ -105,6 +105,8 @@ class VideoInfo:
     frame_count: int | None  # from the container, else duration x fps
     codec: str
     start_time: float  # seconds of the stream's first frame (timestamps are relative to it)
+    rotation: int = 0  # degrees counterclockwise the player turns the picture (phones: -90); width
+    # and height are of the picture as shown, after that turn
 
 
 def _info(container, stream) -> VideoInfo:
@@ -122,15 +124,37 @@ def _info(container, stream) -> VideoInfo:
     return VideoInfo(duration, fps, cc.width, cc.height, frames, cc.name, start)
 
 
+def _rotated(info: VideoInfo, rotation: int) -> VideoInfo:
+    rotation = int(rotation or 0)
+    if rotation % 180 == 0:
+        return replace(info, rotation=rotation % 360 and rotation)
+    return replace(info, width=info.height, height=info.width, rotation=rotation)
+
+
+def _display_image(frame) -> Image.Image:
+    """The frame as a player shows it: phones store portrait video sideways plus a rotation."""
+    image = frame.to_image()
+    rotation = getattr(frame, "rotation", 0) or 0
+    if rotation % 360:
+        image = image.rotate(rotation, expand=True)  # PIL turns counterclockwise, as the matrix says
+    return image
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
-    """Duration, frame rate, size and codec of a video, from its headers (nothing is decoded).
-    Raises VideoError."""
+    """Duration, frame rate, size (as shown) and codec of a video, from its headers and its first
+    frame. Raises VideoError."""
     av = _av()
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             if not container.streams.video:
                 raise VideoError(path, "no video stream in the file")
-            return _info(container, container.streams.video[0])
+            stream = container.streams.video[0]
+            info = _info(container, stream)
+            try:
+                first = next(container.decode(stream), None)
+            except av.error.FFmpegError:
+                first = None
+            return _rotated(info, getattr(first, "rotation", 0)) if first is not None else info
     except av.error.FFmpegError as e:
         raise VideoError(path, _open_reason(e)) from None
     except OSError as e:
@@ -305,6 +329,8 @@ def sample_frames(
             consecutive_errors = 0
             for frame in frames:
                 stats.decoded += 1
+                if stats.decoded == 1 and getattr(frame, "rotation", 0):
+                    info = stats.info = _rotated(info, frame.rotation)
                 t = frame.time
                 t = (last_t + frame_dur if last_t is not None else 0.0) if t is None else t - t0
                 if last_t is not None and t < last_t - eps:
@@ -344,7 +370,7 @@ def sample_frames(
                 kept_thumb, last_kept = thumb, t
                 stats.sampled += 1
                 stats.last_timestamp = t
-                image = frame.to_image()
+                image = _display_image(frame)
                 stats.seconds += time.perf_counter() - t_start
                 yield Frame(t, image, cut, diff)
                 t_start = time.perf_counter()
@@ -384,7 +410,7 @@ def extract_frame(path: str | os.PathLike, timestamp: float) -> Image.Image:
                     break
             if best is None:
                 raise VideoError(path, f"no frame at {format_timestamp(timestamp)}")
-            return best.to_image()
+            return _display_image(best)
     except av.error.FFmpegError as e:
         raise VideoError(path, _open_reason(e)) from None
     except OSError as e:
