@@ -37,9 +37,12 @@ def setup(tmp_path_factory, tiny_model):
     (outside / "linked_folder").mkdir()
     photo(seed=901).save(outside / "linked_folder" / "far.jpg")
     photo(seed=902).save(outside / "single.jpg")
+    (outside / "real_dir").mkdir()
+    photo(seed=903).save(outside / "real_dir" / "solo.jpg")
+    os.symlink(outside / "real_dir", outside / "link_dir")  # like /tmp -> /private/tmp on macOS
     lib_path, photos = build_library(root, tiny_model, 12)
     os.symlink(outside / "linked_folder", photos / "linked_folder")
-    index_again(lib_path, tiny_model, [photos, outside / "single.jpg"])
+    index_again(lib_path, tiny_model, [photos, outside / "single.jpg", outside / "link_dir" / "solo.jpg"])
     from pixquery.catalog import Catalog
 
     cat = Catalog(lib_path / "catalog.sqlite")
@@ -259,6 +262,11 @@ def test_file_indexed_on_its_own_is_served_until_it_becomes_a_link(setup, api):
     finally:
         single.unlink()
         moved.rename(single)
+
+
+def test_file_indexed_on_its_own_through_a_linked_folder_is_served(setup, api):
+    r = api.get(f"/api/images/{setup.ids['solo.jpg']}/original")
+    assert r.status_code == 200 and r.content == (setup.outside / "real_dir" / "solo.jpg").read_bytes()
 
 
 def test_file_removed_from_disk(setup, api):

@@ -435,3 +435,51 @@ def test_text_encoder_error_reaches_the_caller_and_the_worker_survives():
     with pytest.raises(RuntimeError, match="boom"):
         texts.encode("bad")
     assert texts.encode("good").tolist() == [4.0, float(sum(map(ord, "good")))]
+
+
+def test_preview_of_a_format_browsers_cannot_show(api, served):
+    photo((400, 300), seed=31).save(served.photos / "scan.tif")
+    index_again(served.lib_path, served.model)
+    image_id = _photo_id(served, "scan.tif")
+    meta = api.get(f"/api/images/{image_id}").json()
+    assert meta["content_type"] == "image/tiff"
+    assert meta["preview"].startswith(f"/api/images/{image_id}/thumbnail?size=1024&v=")
+    preview = api.get(meta["preview"])
+    assert preview.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(preview.content)).size == (400, 300)
+    original = api.get(meta["original"])
+    assert original.headers["content-type"] == "image/tiff" and original.content == (served.photos / "scan.tif").read_bytes()
+
+
+def test_library_without_an_index_answers_503(tmp_path, tiny_model):
+    from pixquery.api import Library
+
+    Library.open(tmp_path / "empty", model=str(tiny_model)).close()  # a catalog, nothing indexed
+    with running_server(tmp_path / "empty", tiny_model, tmp_path / "server.log") as server, server.client() as c:
+        info = c.get("/api/info").json()
+        assert info["images"] == 0 and info["index"] is None
+        r = c.get("/api/search", params={"q": "a dog"})
+        assert r.status_code == 503 and "no index" in r.json()["error"] and "pixquery index" in r.json()["error"]
+        assert c.get("/").status_code == 200  # the page still loads (and says: no index yet)
+
+
+def test_serve_refuses_a_missing_library(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "pixquery.server", "--library", str(tmp_path / "nowhere")],
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="300"))
+    assert r.returncode == 2
+    assert f"no library at {tmp_path / 'nowhere'}" in r.stderr
+    assert not (tmp_path / "nowhere").exists()  # and nothing was created there
+
+
+def test_serve_is_a_pixquery_command():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "pixquery.cli", "serve", "--help"], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, COLUMNS="200", NO_COLOR="1"))
+    assert r.returncode == 0
+    for option in ("--library", "--model", "--host", "--port", "--token", "--allow-public", "PIXQUERY_TOKEN"):
+        assert option in r.stdout

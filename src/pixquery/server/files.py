@@ -5,9 +5,9 @@ served only when all of these hold:
 
 - the row exists and is not marked deleted;
 - the path, with every symbolic link resolved, lies inside one of the library's indexed folders
-  (`catalog.folders()`), or, for a file indexed on its own, the path is the real file itself (no
-  symbolic link anywhere in it). So a photo later replaced by a link to ~/.ssh/id_rsa, or a link
-  to a folder outside the library, is refused;
+  (`catalog.folders()`), or, for a file indexed on its own (no folder recorded), the file itself
+  is not a symbolic link. So a photo later replaced by a link to ~/.ssh/id_rsa, or a link to a
+  folder outside the library, is refused;
 - both the catalog path and the resolved file have an image extension the indexer accepts (a
   tampered catalog row or a link cannot make the server send a text file);
 - the resolved file is a regular file (not a FIFO, device or folder), opened without following a
@@ -70,11 +70,16 @@ def check_path(catalog: Catalog, path: str) -> str:
     for p in (path, real):
         if os.path.splitext(p)[1].lower() not in IMAGE_EXTENSIONS:
             raise NotServable(f"{p}: not an image file name")
-    roots = [os.path.realpath(f) for f in catalog.folders()]
-    if any(_within(real, root) for root in roots):
+    folders = catalog.folders()
+    if any(_within(real, os.path.realpath(f)) for f in folders):
         return real
-    if real == os.path.normpath(path):
-        return real  # a file indexed on its own, with no symbolic link anywhere in its path
+    if any(_within(os.path.normpath(path), f) for f in folders):
+        raise NotServable(f"{path}: inside the library's folder, but resolves to {real}, outside every folder")
+    # A file indexed on its own (`pixquery index photo.jpg`, the demo): the catalog records no
+    # folder for it. Served while the file itself is not a symbolic link (its folders may be links,
+    # as /tmp is on macOS: they were when it was indexed).
+    if os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path)) == real:
+        return real
     raise NotServable(f"{path}: resolves to {real}, outside the library's folders")
 
 
