@@ -306,6 +306,8 @@ def main() -> None:
     ap.add_argument("--configs", default="1:1,1:16,4:16",
                     help="server settings to compare, POOL:TEXT_BATCH (pixquery serve --pool P --text-batch B)")
     ap.add_argument("--mixes", default="unique,repeated")
+    ap.add_argument("--single", type=int, default=200,
+                    help="also send this many unique queries from one client (one person typing), first setting only; 0: skip")
     ap.add_argument("--time-limit", type=float, default=300.0, help="seconds per run")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve-load.md")
     ap.add_argument("--no-write", action="store_true")
@@ -325,22 +327,24 @@ def main() -> None:
             raise SystemExit(f"the library at {lib_path} has no images")
         expect = min(args.k, n_images)
         rows = []
-        for config in args.configs.split(","):
+        runs = [(config, mix, args.clients, args.queries) for config in args.configs.split(",") for mix in args.mixes.split(",")]
+        if args.single:
+            runs.insert(0, (args.configs.split(",")[0], "unique", 1, args.single))
+        for config, mix, clients, n_queries in runs:
             pool, batch = (int(x) for x in config.split(":"))
-            for mix in args.mixes.split(","):
-                server = Server(lib_path, args.model, pool, Path(tmp) / f"server-{pool}-{batch}-{mix}.log", text_batch=batch)
-                try:
-                    run_load(server.url, server.headers, ["warm up"], clients=1, k=args.k, expect=expect)
-                    cpu0, load0 = server.cpu_seconds(), os.getloadavg()[0]
-                    result = run_load(server.url, server.headers, query_mix(mix, args.queries), clients=args.clients,
-                                      k=args.k, expect=expect, time_limit=args.time_limit)
-                    result["server_cpu_ms_per_query"] = round((server.cpu_seconds() - cpu0) / max(1, result["ok"]) * 1000, 2)
-                    result["load_avg"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
-                finally:
-                    server.stop()
-                result.update(pool=pool, text_batch=batch, mix=mix)
-                rows.append(result)
-                print(json.dumps(result), file=sys.stderr, flush=True)
+            server = Server(lib_path, args.model, pool, Path(tmp) / f"server-{pool}-{batch}-{mix}.log", text_batch=batch)
+            try:
+                run_load(server.url, server.headers, ["warm up"], clients=1, k=args.k, expect=expect)
+                cpu0, load0 = server.cpu_seconds(), os.getloadavg()[0]
+                result = run_load(server.url, server.headers, query_mix(mix, n_queries, seed=clients), clients=clients,
+                                  k=args.k, expect=expect, time_limit=args.time_limit)
+                result["server_cpu_ms_per_query"] = round((server.cpu_seconds() - cpu0) / max(1, result["ok"]) * 1000, 2)
+                result["load_avg"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
+            finally:
+                server.stop()
+            result.update(pool=pool, text_batch=batch, mix=mix)
+            rows.append(result)
+            print(json.dumps(result), file=sys.stderr, flush=True)
         report = {"machine": machine(), "model": args.model, "images": n_images, "k": args.k,
                   "photo_source": str(source) if source else "synthetic (tests/photos.py)", "runs": rows,
                   "command": "python bench/serve_load.py " + " ".join(sys.argv[1:])}
@@ -373,7 +377,7 @@ def markdown(r: dict) -> str:
               "1 is a single lock. Text encoding runs outside the pool in every case.",
               "text batch: `--text-batch B`, text queries waiting at the same moment encoded in one model call (1: one call each).",
               "load avg: the machine's 1-minute load average when the run started and ended (other work shares these cores).",
-              "unique: 2,000 different sentences (every query runs the text tower). repeated: drawn from 50 sentences "
+              "unique: every query a different sentence (every query runs the text tower). repeated: drawn from 50 sentences "
               "(answered from the encoder's query cache after the first time).", ""]
     for x in r["runs"]:
         if x["error_samples"]:
