@@ -117,6 +117,13 @@ MIGRATIONS: list[str] = [
     CREATE INDEX index_image_detection ON index_image(detection_id);
     CREATE TABLE setting (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 1 -> 2: look embeddings up by their item alone. SQLite's ON DELETE CASCADE finds child rows
+    # by the child column only, so without these, deleting one detection or photo scanned the
+    # whole embedding table (500 detections x 200,000 embeddings: 18 s; with them 0.01 s).
+    """
+    CREATE INDEX embedding_by_image ON embedding(image_id) WHERE image_id IS NOT NULL;
+    CREATE INDEX embedding_by_detection ON embedding(detection_id) WHERE detection_id IS NOT NULL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
