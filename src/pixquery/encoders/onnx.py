@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -27,6 +28,7 @@ from pixquery.encoders.base import PreprocessConfig, l2_normalize
 from pixquery.errors import PixqueryError
 
 REQUIRED = ("config.json", "visual/model.onnx", "visual/preprocess_cfg.json", "textual/model.onnx", "textual/tokenizer.json")
+log = logging.getLogger("pixquery")
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
 
@@ -77,11 +79,29 @@ def file_fingerprint(paths: Sequence[Path], extra: str = "") -> str:
     return h.hexdigest()[:16]
 
 
-def _providers() -> list[str]:
+PROVIDER_CHOICES = ("auto", "cpu", "cuda")
+
+
+def _providers(preference: str = "auto") -> list:
+    """Execution providers to try, best first: CUDA where this onnxruntime build has it (the
+    onnxruntime-gpu package) unless the CPU is asked for, then the CPU."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
+    out: list = []
+    if preference in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        # HEURISTIC: no cuDNN benchmarking of every convolution at start-up (RN50 has many).
+        out.append(("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}))
+    return out + ["CPUExecutionProvider"]
+
+
+def _env_flag(name: str) -> bool | None:
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return None
 
 
 class OnnxClipEncoder:
@@ -89,7 +109,14 @@ class OnnxClipEncoder:
     of each tower (made once and cached, see pixquery.encoders.quantize)."""
 
     def __init__(self, model_dir: str | Path, *, name: str | None = None, precision: str = "fp32",
-                 threads: int | None = None, cache_dir: str | Path | None = None, text_cache_size: int = 256):
+                 threads: int | None = None, cache_dir: str | Path | None = None, text_cache_size: int = 256,
+                 text_threads: int | None = None, spin: bool | None = None, provider: str | None = None):
+        """threads: ONNX Runtime intra-op threads for images (default: physical cores, or
+        $PIXQUERY_THREADS); text_threads: the same for the text tower (default: threads).
+        spin: let idle ORT threads busy-wait between operators (default off, or $PIXQUERY_ORT_SPIN):
+        spinning buys little and takes the CPU from the decoders beside the encoder.
+        provider: "auto" (CUDA when onnxruntime-gpu sees a GPU, else CPU), "cpu" or "cuda"
+        (default auto, or $PIXQUERY_PROVIDER)."""
         self.model_dir = Path(model_dir).expanduser()
         if not self.model_dir.is_dir():
             raise PixqueryError(f"model folder not found: {self.model_dir}")
@@ -97,7 +124,14 @@ class OnnxClipEncoder:
         if precision not in ("fp32", "int8"):
             raise PixqueryError(f"precision must be 'fp32' or 'int8', not {precision!r}")
         self.precision = precision
-        self.threads = threads or physical_cores()
+        env_threads = os.environ.get("PIXQUERY_THREADS", "").strip()
+        self.threads = threads or (int(env_threads) if env_threads.isdigit() and int(env_threads) > 0 else physical_cores())
+        self.text_threads = text_threads or self.threads
+        self.spin = spin if spin is not None else bool(_env_flag("PIXQUERY_ORT_SPIN"))
+        self.provider_preference = (provider or os.environ.get("PIXQUERY_PROVIDER") or "auto").lower()
+        if self.provider_preference not in PROVIDER_CHOICES:
+            raise PixqueryError(f"provider must be one of {', '.join(PROVIDER_CHOICES)}, not {self.provider_preference!r}")
+        self.providers: dict[str, str] = {}  # tower -> the execution provider its session runs on
         self._cache_dir = cache_dir
         self.config = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
         self.name = name or self.model_dir.name
@@ -135,16 +169,49 @@ class OnnxClipEncoder:
 
             path = quantized_copy(path, cache_dir=self._cache_dir)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
+        # One inference at a time per session; its operators use intra-op threads (one per
+        # physical core: a second thread on a hyper-thread sibling slows matmuls down).
+        opts.intra_op_num_threads = self.text_threads if tower == "textual" else self.threads
         opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = _providers()
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
+        providers = _providers(self.provider_preference)
         try:
-            return ort.InferenceSession(str(path), opts, providers=providers)
+            session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:
-            if providers != ["CPUExecutionProvider"]:  # a CUDA build without a usable GPU or driver
-                return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            raise PixqueryError(f"ONNX Runtime cannot load {path}: {e}") from None
+            if providers == ["CPUExecutionProvider"]:
+                raise PixqueryError(f"ONNX Runtime cannot load {path}: {e}") from None
+            # A CUDA build without a usable GPU or driver: run on the CPU, and say so once.
+            log.warning("pixquery: the GPU execution provider failed (%s); using the CPU", str(e).splitlines()[0][:200])
+            try:
+                session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            except Exception as e2:
+                raise PixqueryError(f"ONNX Runtime cannot load {path}: {e2}") from None
+        self.providers[tower] = session.get_providers()[0]
+        return session
+
+    @property
+    def device(self) -> str:
+        """Where the image tower runs: "cuda" or "cpu" (creates the image session if needed)."""
+        self._session("visual")
+        return "cuda" if self.providers.get("visual") == "CUDAExecutionProvider" else "cpu"
+
+    @property
+    def preferred_batch_size(self) -> int:
+        """Images per encoder call, chosen by measurement (docs/performance.md): 32 on the CPU
+        (16..64 are within noise of each other; memory grows with the batch), 256 on a GPU."""
+        return 256 if self.device == "cuda" else 32
+
+    def warm_up(self, towers: Sequence[str] = ("textual",)) -> None:
+        """Create the sessions now and run each tower once, so the first real call is fast
+        (the server and an interactive session call this at start-up)."""
+        for tower in towers:
+            if tower == "textual":
+                self._run("textual", self.tokenize(["a photo"]))
+            else:
+                size = self.preprocess_cfg.size
+                self._run("visual", np.zeros((1, 3, size, size), np.float32))
 
     def _run(self, tower: str, x: np.ndarray) -> np.ndarray:
         session = self._session(tower)

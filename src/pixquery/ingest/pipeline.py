@@ -47,7 +47,9 @@ from pixquery.ingest.decode import Decoded, decode_file, normalize
 from pixquery.ingest.scan import FileEntry
 
 DECODERS = ("process", "thread")
-DEFAULT_NICE = 10  # decoders' niceness relative to the encoder (0 = same priority)
+# Defaults, read at each call (benchmarks change them to compare variants through Library.index):
+DEFAULT_DECODER = "process"
+DEFAULT_NICE = 10  # decoders' niceness above the encoder's (0 = same priority)
 
 
 @dataclass
@@ -204,13 +206,13 @@ def embed_files(
     encoder: Encoder,
     write: Callable[[list[Embedded]], None],
     *,
-    batch_size: int = 32,
+    batch_size: int | None = 32,
     workers: int | None = None,
     draft: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
     on_failure: Callable[[str, str], None] | None = None,
-    decoder: str = "process",
-    nice: int = DEFAULT_NICE,
+    decoder: str | None = None,
+    nice: int | None = None,
     window: int | None = None,
 ) -> PipelineStats:
     """Embed `entries` and pass each finished batch, in input order, to `write` (called on the
@@ -219,17 +221,22 @@ def embed_files(
 
     on_progress(done, failed) and on_failure(path, reason) are called on this thread: progress
     after each batch and each failure, on_failure once per file that could not be used.
-    decoder: "process" (default: a crashing codec cannot take the run down) or "thread" (Pillow
-    releases the GIL while decoding and resizing). nice: how much lower the decoders' CPU priority
-    is than the encoder's. window: most decoded images alive at once (default: 3 batches).
+    decoder: "process" (the default: a crashing codec cannot take the run down) or "thread"
+    (Pillow releases the GIL while decoding and resizing). nice: how much lower the decoders' CPU
+    priority is than the encoder's (default 10). window: most decoded images alive at once
+    (default: 3 batches). batch_size None: the encoder's `preferred_batch_size` if it has one.
     """
     stats = PipelineStats()
     t0 = time.perf_counter()
     if not entries:
         return stats
+    if batch_size is None:
+        batch_size = int(getattr(encoder, "preferred_batch_size", 32))
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     cfg = encoder.preprocess_cfg
+    decoder = decoder or DEFAULT_DECODER
+    nice = DEFAULT_NICE if nice is None else nice
     workers = workers or default_workers()
     window = max(window or default_window(batch_size, workers), batch_size + 1)
     stats.window = window
