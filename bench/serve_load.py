@@ -377,6 +377,11 @@ def markdown(r: dict) -> str:
               "1 is a single lock. Text encoding runs outside the pool in every case.",
               "text batch: `--text-batch B`, text queries waiting at the same moment encoded in one model call (1: one call each).",
               "load avg: the machine's 1-minute load average when the run started and ended (other work shares these cores).",
+              "",
+              "How to read it: in the unique mix the server CPU per query is one run of the text tower plus a few ms for HTTP, "
+              "index and catalog; the one-client row is what a person typing sees. With 20 clients the latency is mostly "
+              "queueing (clients / queries per second). In the repeated mix the p99 and max are the first asks of the 50 "
+              "sentences, queued behind each other at the start; the other queries are cache hits.",
               "unique: every query a different sentence (every query runs the text tower). repeated: drawn from 50 sentences "
               "(answered from the encoder's query cache after the first time).", ""]
     for x in r["runs"]:
@@ -386,4 +391,8 @@ def markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--rewrite-markdown"]:  # regenerate the .md from the .json of a run
+        out = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "bench" / "results" / "serve-load.md"
+        out.write_text(markdown(json.loads(out.with_suffix(".json").read_text())))
+    else:
+        main()
