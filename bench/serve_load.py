@@ -373,17 +373,17 @@ def markdown(r: dict) -> str:
         lines.append(f"| {x['pool']} | {x['text_batch']} | {x['mix']} | {x['clients']} | {x['queries']} | {x['errors']} | {x['wall_s']} | "
                      f"{x['qps']} | {x['p50_ms']} | {x['p90_ms']} | {x['p99_ms']} | {x['max_ms']} | {x['server_cpu_ms_per_query']} | "
                      f"{x['load_avg'][0]}, {x['load_avg'][1]} |")
-    lines += ["", "pool: `pixquery serve --pool N`, Library objects (SQLite connections + loaded index) serving requests; "
+    lines += ["", "- pool: `pixquery serve --pool N`, Library objects (SQLite connections + loaded index) serving requests; "
               "1 is a single lock. Text encoding runs outside the pool in every case.",
-              "text batch: `--text-batch B`, text queries waiting at the same moment encoded in one model call (1: one call each).",
-              "load avg: the machine's 1-minute load average when the run started and ended (other work shares these cores).",
+              "- text batch: `--text-batch B`, text queries waiting at the same moment encoded in one model call (1: one call each).",
+              "- load avg: the machine's 1-minute load average when the run started and ended (other work shares these cores).",
+              "- unique: every query a different sentence (every query runs the text tower). repeated: drawn from 50 sentences "
+              "(answered from the encoder's query cache after the first time).",
               "",
               "How to read it: in the unique mix the server CPU per query is one run of the text tower plus a few ms for HTTP, "
               "index and catalog; the one-client row is what a person typing sees. With 20 clients the latency is mostly "
               "queueing (clients / queries per second). In the repeated mix the p99 and max are the first asks of the 50 "
-              "sentences, queued behind each other at the start; the other queries are cache hits.",
-              "unique: every query a different sentence (every query runs the text tower). repeated: drawn from 50 sentences "
-              "(answered from the encoder's query cache after the first time).", ""]
+              "sentences, queued behind each other at the start; the other queries are cache hits.", ""]
     for x in r["runs"]:
         if x["error_samples"]:
             lines.append(f"Errors (pool {x['pool']}, {x['mix']}): " + "; ".join(x["error_samples"]))
