@@ -261,6 +261,18 @@ def build_library(folder: Path, model: str, photos: int, source: Path | None) ->
     return lib_path
 
 
+def code_version() -> str:
+    """The commit, and the source files that differ from it (this tree is shared while it runs)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True,
+                               timeout=10).stdout.split("\n")
+        changed = [line[3:] for line in dirty if line.strip()]
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
 def machine() -> dict:
     cpu = "unknown"
     try:
@@ -317,6 +329,7 @@ def main() -> None:
     if args.photo_source is None and args.library is None:
         shared = ROOT.parent / "shared" / "data" / "imagenet-sample-images"
         source = shared if shared.is_dir() else None
+    code_start = code_version()
     with tempfile.TemporaryDirectory(prefix="pixquery-serve-load-") as tmp:
         lib_path = args.library or build_library(Path(tmp), args.model, args.photos, source)
         from pixquery.api import Library
@@ -345,7 +358,9 @@ def main() -> None:
             result.update(pool=pool, text_batch=batch, mix=mix)
             rows.append(result)
             print(json.dumps(result), file=sys.stderr, flush=True)
-        report = {"machine": machine(), "model": args.model, "images": n_images, "k": args.k,
+        code_end = code_version()
+        code = code_start if code_end == code_start else f"{code_start} at the start, {code_end} at the end"
+        report = {"machine": machine(), "code": code, "model": args.model, "images": n_images, "k": args.k,
                   "photo_source": str(source) if source else "synthetic (tests/photos.py)", "runs": rows,
                   "command": "python bench/serve_load.py " + " ".join(sys.argv[1:])}
     print(json.dumps(report, indent=2))
@@ -363,7 +378,7 @@ def markdown(r: dict) -> str:
         "# `pixquery serve` under load (loopback)", "",
         f"Command: `{r['command'].strip()}`", "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, Python {m['python']}, {m['os']}; {vers}. "
-        f"Run {m['date']}. The clients (one asyncio process, a minimal HTTP/1.1 keep-alive client) share the cores with the server.", "",
+        f"Run {m['date']}, code {r.get('code', 'unknown')}. The clients (one asyncio process, a minimal HTTP/1.1 keep-alive client) share the cores with the server.", "",
         f"Library: {r['images']} photos ({r['photo_source']}), flat index; model `{Path(r['model']).name}`; "
         f"every query asks for k={r['k']} results (one page of the search page).", "",
         "| pool | text batch | query mix | clients | queries | errors | wall (s) | queries/s | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | server CPU ms/query | load avg (start, end) |",
