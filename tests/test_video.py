@@ -428,9 +428,6 @@ def test_settings_are_kept_between_runs(tmp_path, encoder):
     assert choose_config(lib.catalog, detector="d.onnx").detector == "d.onnx"
 
 
-@pytest.mark.xfail(reason="catalog.py has no index on embedding(detection_id) / embedding(image_id) yet: every deleted "
-                          "detection, photo or video scans the embedding table (proposed migration in docs/video.md)",
-                   strict=False)
 def test_deleting_frames_does_not_scan_every_embedding(tmp_path):
     cat = Catalog(tmp_path / "c.sqlite")
     for table, col in (("detection", "detection_id"), ("image", "image_id")):

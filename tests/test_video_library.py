@@ -7,7 +7,6 @@ Skipped until Library.index calls pixquery.ingest.video (the wiring the lead add
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 
@@ -20,11 +19,6 @@ import pixquery.api as api_module  # noqa: E402
 from clirun import pixquery  # noqa: E402
 from photos import make_photos  # noqa: E402
 from videos import make_video  # noqa: E402
-
-pytestmark = pytest.mark.skipif(
-    "update_videos" not in inspect.getsource(api_module),
-    reason="Library.index does not index videos yet (api.py wiring from docs/video.md pending)",
-)
 
 SCENES = [(3.0, 0), (2.5, 1), (3.5, 2)]
 

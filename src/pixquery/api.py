@@ -19,7 +19,9 @@ import numpy as np
 from pixquery import _failpoints
 from pixquery.catalog import Catalog, ModelRow
 from pixquery.errors import BadImage, LibraryError, PixqueryError
+from pixquery.ingest import regions as region_mod
 from pixquery.ingest import scan as scanning
+from pixquery.ingest import video as video_mod
 from pixquery.ingest.pipeline import Embedded, embed_files
 from pixquery.ingest.sync import SyncReport, sync_index
 from pixquery.search import Results, SearchResult, run_query
@@ -56,6 +58,9 @@ class IndexReport:
     indexed: int = 0  # embedded in this run (new or changed files)
     skipped: int = 0  # unchanged files, already embedded for this model
     removed: int = 0  # files gone from disk, dropped from the library
+    videos: int = 0  # videos (re)indexed in this run (also counted in indexed)
+    frames: int = 0  # video frames embedded in this run
+    regions: int = 0  # region embeddings (tiles, detector boxes) of photos and frames made in this run
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
     embed_seconds: float = 0.0
@@ -68,6 +73,7 @@ class IndexReport:
     def to_dict(self) -> dict:
         return {
             "found": self.found, "indexed": self.indexed, "skipped": self.skipped, "removed": self.removed,
+            "videos": self.videos, "frames": self.frames, "regions": self.regions,
             "failed": [{"path": p, "reason": r} for p, r in self.failed], "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "index": None if self.index is None else {
@@ -141,11 +147,20 @@ class Library:
         workers: int | None = None,
         draft: bool = True,
         progress: IndexProgress | None = None,
+        regions: bool | None = None,
+        detector: str | None = None,
+        videos: bool = True,
+        every_seconds: float | None = None,
     ) -> IndexReport:
         """Add folders (or files) to the library and bring it up to date with the disk.
 
         Only new or changed files are embedded; files gone from disk are dropped. With no paths,
         every folder indexed before is rescanned. Bad files are reported, never fatal.
+
+        regions: True embeds tiles of photos and video frames (small things become findable, results
+        carry a box), False stops, None keeps the library's setting. detector: an ONNX object detector
+        whose boxes are embedded too (turns regions on). videos: index video files as well (frames
+        every `every_seconds`, default: the library's setting, else 2, plus one at each cut).
         """
         progress = _StatusFile(self.path / STATUS_FILE, progress or IndexProgress())
         t0 = time.perf_counter()
@@ -159,6 +174,8 @@ class Library:
                     raise LibraryError(f"{root}: no such file or folder")
             model = self._model_row(create=True)
             kind, params, changed_config = self._index_config(index, index_params)
+            region_cfg = region_mod.choose_config(self.catalog, regions, detector)
+            sampling = video_mod.choose_sampling(self.catalog, every_seconds=every_seconds)
             with self.catalog.transaction():
                 for root in roots:
                     if os.path.isdir(root):
@@ -168,9 +185,10 @@ class Library:
 
             progress.stage("scanning")
             known: dict = {}
-            for root in roots:
+            photo_roots = [r for r in roots if os.path.isdir(r) or not video_mod.is_video_path(r)]
+            for root in photo_roots:
                 known.update(self.catalog.images_under(root))
-            scanned = scanning.scan(roots, known)
+            scanned = scanning.scan(photo_roots, known)
             report.found = scanned.found
             report.failed.extend(scanned.errors)
             for path, reason in scanned.errors:
@@ -188,6 +206,7 @@ class Library:
             def write(batch: list[Embedded]) -> None:
                 # One transaction per batch: a killed run keeps every finished batch, loses none.
                 with self.catalog.transaction():
+                    region_mod.drop_regions_of_changed(self.catalog, [e.entry for e in batch])
                     ids = []
                     for e in batch:
                         ids.append(self.catalog.upsert_image(e.entry.path, e.entry.size, e.entry.mtime_ns, e.sha256, e.width, e.height))
@@ -204,9 +223,25 @@ class Library:
             report.embed_seconds = stats.seconds
             report.failed.extend(stats.failed)
 
+            rr = region_mod.index_image_regions(self.catalog, self.encoder, model.id, region_cfg,
+                                                batch_size=batch_size, progress=progress)
+            report.regions += rr.regions
+            report.failed.extend(rr.failed)
+            if videos:
+                vr = video_mod.update_videos(self.catalog, self.encoder, model.id, roots, sampling=sampling,
+                                             regions=region_cfg, batch_size=batch_size, progress=progress)
+                report.found += vr.found
+                report.indexed += vr.indexed
+                report.skipped += vr.skipped
+                report.removed += vr.removed
+                report.videos, report.frames = vr.indexed, vr.frames
+                report.regions += vr.regions
+                report.failed.extend(vr.failed)
+
             report.index = sync_index(self.catalog, self.path, model, kind, params, rebuild=changed_config, on_stage=progress.stage)
             with self.catalog.transaction():
                 self.catalog.purge_deleted()
+                video_mod.purge_deleted_videos(self.catalog)  # and retired regions/frames (purge_orphans)
                 self.catalog.set_setting("index", json.dumps({"kind": kind, "params": params}, sort_keys=True))
         report.seconds = time.perf_counter() - t0
         return report
@@ -302,7 +337,8 @@ class Library:
                 raise PixqueryError(f"no image with id {image_id} in this library")
         else:
             q = np.asarray(vector, dtype=np.float32)
-        return run_query(self.catalog, index, row, q, k, threshold, exclude_image=image_id)
+        return run_query(self.catalog, index, row, q, k, threshold, exclude_image=image_id,
+                         merge_gap=video_mod.merge_gap_for(self.catalog))
 
     def embed_image(self, image: str | Path) -> np.ndarray:
         from pixquery.ingest.decode import decode_file, normalize

@@ -113,6 +113,10 @@ def index(
     config: Optional[Path] = typer.Option(None, "--config", help="TOML settings file ([model], [index], [ingest])"),
     batch_size: Optional[int] = typer.Option(None, help="Images per encoder batch"),
     workers: Optional[int] = typer.Option(None, help="Decoder processes"),
+    regions: Optional[bool] = typer.Option(None, "--regions/--no-regions", help="Also embed tiles of photos and video frames (find small things; results show a box). Kept for later runs"),
+    detector: Optional[str] = typer.Option(None, "--detector", help="An ONNX object detector whose boxes are embedded too (see docs/video.md)"),
+    videos: bool = typer.Option(True, "--videos/--no-videos", help="Index video files too"),
+    every: Optional[float] = typer.Option(None, "--every", help="Videos: a frame at least every N seconds (default 2, kept for later runs)"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -130,7 +134,8 @@ def index(
         report = lib.index(
             [str(p) for p in paths] if paths else None, index=kind, index_params=params or None,
             batch_size=batch_size or settings.ingest.batch_size, workers=workers or settings.ingest.workers,
-            draft=settings.ingest.draft, progress=ui,
+            draft=settings.ingest.draft, progress=ui, regions=regions, detector=detector, videos=videos,
+            every_seconds=every,
         )
     finally:
         ui.close()
@@ -204,23 +209,16 @@ def search(
     for col, just in (("#", "right"), ("score", "right"), ("distance", "right")):
         table.add_column(col, justify=just, no_wrap=True)
     table.add_column("path", overflow="fold")  # a path is never cut short: it is the answer
+    from pixquery.ingest.video import describe_location
+
     for r in results:
-        where = r.path
-        if r.timestamp is not None:
-            where += f" @ {_hms(r.timestamp)}" + (f"-{_hms(r.time_range[1])}" if r.time_range else "")
-        if r.box is not None:
-            where += " [box " + ", ".join(f"{v:.2f}" for v in r.box) + "]"
+        where = describe_location(r)  # path @ 00:12:31 (00:12:25-00:12:40) [box x0,y0,x1,y1]
         table.add_row(str(r.rank), f"{r.score:.4f}", f"{r.distance:.4f}", escape(where))
     console.print(table)
     note = f"{len(results)} results in {ms:.0f} ms"
     if results.threshold is not None:
         note += f"; {results.dropped} dropped by the threshold {results.threshold:.4f}"
     err.print(f"[dim]{note}[/dim]")
-
-
-def _hms(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 @app.command()

@@ -55,8 +55,13 @@ def run_query(
     k: int,
     threshold: float | None = None,
     exclude_image: int | None = None,
+    merge_gap: float | None = None,
 ) -> Results:
-    """Search `index` (described by `row`) and turn hits into results, best first, one per file."""
+    """Search `index` (described by `row`) and turn hits into results, best first, one per photo;
+    hits of one video closer than `merge_gap` seconds become one result with a time range."""
+    from pixquery.ingest.video import DEFAULT_MERGE_GAP, merge_video_hits
+
+    merge_gap = DEFAULT_MERGE_GAP if merge_gap is None else merge_gap
     k = max(1, int(k))
     # Regions and video frames put several hits on one file; deleted files may still be in the
     # index until the next sync. Over-fetch so that k distinct live files usually remain.
@@ -96,7 +101,7 @@ def run_query(
             continue
         best[key] = SearchResult(rank=0, score=float(score), distance=dist, path="", **hit)
         order.append(key)
-    results = [best[key] for key in order][:k]
+    results = merge_video_hits([best[key] for key in order], merge_gap)[:k]
     _fill_paths(catalog, results)
     results = [r for r in results if r.path]
     for n, r in enumerate(results, 1):
