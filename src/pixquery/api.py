@@ -28,7 +28,6 @@ from pixquery.search import Results, SearchResult, run_query
 
 CATALOG_FILE = "catalog.sqlite"
 STATUS_FILE = "indexing.json"  # present while an index run is going on (read by the web page)
-DEFAULT_INDEX = "flat"
 
 
 def default_library_path() -> Path:
@@ -263,7 +262,7 @@ class Library:
         """The index kind and params to use, and whether they differ from the library's current ones."""
         from pixquery import indexes
 
-        saved = json.loads(self.catalog.get_setting("index") or "null") or {"kind": DEFAULT_INDEX, "params": {}}
+        saved = json.loads(self.catalog.get_setting("index") or "null") or {"kind": indexes.DEFAULT_KIND, "params": {}}
         if kind is None and not params:
             return saved["kind"], saved["params"], False
         kind = kind or saved["kind"]

@@ -11,7 +11,6 @@ not match the catalog, the index is rebuilt from the stored embeddings: nothing 
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +59,8 @@ def sync_index(
     index = None
     if row is not None and not rebuild:
         index = _load_matching(catalog, library_dir, row)
+        if index is not None and getattr(index, "needs_rebuild", False):
+            index = None  # `auto` chose for a collection a quarter of today's size: choose again
     wanted = catalog.live_items(model.id)
 
     if index is None:
@@ -68,7 +69,7 @@ def sync_index(
         if row is None or rebuild or row.kind != kind:
             row = catalog.create_index(model.id, kind, params)
         vectors = catalog.vectors_for(model.id, wanted, model.dim)
-        index = _build(kind, model.dim, vectors, params)
+        index = indexes.build_index(kind, model.dim, np.arange(len(wanted), dtype=np.int64), vectors, **params)
         added = list(enumerate(wanted))
         removed_refs: list[int] = []
         clear, next_ref, rebuilt = True, len(wanted), True
@@ -90,7 +91,7 @@ def sync_index(
     stage("saving index")
     rel = _index_file_name(row.id, row.kind)
     index.save(library_dir / rel)
-    size = os.path.getsize(library_dir / rel)
+    size = indexes.index_size(library_dir / rel)
     index_params = index.params()
     _failpoints.hit("before_index_commit")
     replaced = catalog.commit_index(
@@ -111,12 +112,6 @@ def sync_index(
         _unlink(library_dir / path)
     _sweep(catalog, library_dir)
     return SyncReport(row.kind, len(added), len(removed_refs), len(index), rebuilt, time.perf_counter() - t0, size, True)
-
-
-def _build(kind: str, dim: int, vectors: np.ndarray, params: dict):
-    index = indexes.make_index(kind, dim, **params)
-    index.add(np.arange(len(vectors), dtype=np.int64), vectors)
-    return index
 
 
 def _load_matching(catalog: Catalog, library_dir: Path, row: IndexRow):
@@ -145,12 +140,4 @@ def _sweep(catalog: Catalog, library_dir: Path) -> None:
 
 
 def _unlink(path: Path) -> None:
-    try:
-        if path.is_dir():
-            import shutil
-
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    except FileNotFoundError:
-        pass
+    indexes.delete_index(path)
