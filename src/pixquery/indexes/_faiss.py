@@ -76,8 +76,3 @@ def search(index, queries: np.ndarray, k: int, params=None):
         if params is None:
             return index.search(queries, k)
         return index.search(queries, k, params=params)
-
-
-def compute_bytes(index) -> int:
-    """Bytes faiss would write for this index (~ its memory footprint)."""
-    return int(faiss.serialize_index(index).nbytes)

@@ -1,7 +1,8 @@
 """Inverted-file index (faiss IVF): k-means cells, a query scans the `nprobe` nearest cells.
 
-Parameters: `nlist` cells (0 = chosen at training: 4 * sqrt(n) rounded to a power of two; never
-more than n / 39 for the n vectors it is trained on), `nprobe` cells scanned per query, `storage` of the vectors in the cells:
+Parameters: `nlist` cells (0 = chosen at training: 8 * sqrt(n) rounded to a power of two; never
+more than n / 39 for the n vectors it is trained on), `nprobe` cells scanned per query,
+`quantizer` the precision the centroids are kept in (float16 default), `storage` of the vectors in the cells:
 
 * `float32` (alias `flat`): exact scores within the scanned cells; 2 KiB per 512-d vector.
 * `float16` (alias `fp16`): half the memory, scores within ~1e-3. The default: at 1M vectors
@@ -62,6 +63,7 @@ class Config:
     rerank_storage: str = "float32"  # float32 | float16
     train_size: int = 0  # 0: 32 per cell, at least 10,000
     niter: int = 10
+    quantizer: str = "float16"  # the centroids: float32 | float16 (half the per-query scan of them)
 
     def __post_init__(self):
         self.storage = ALIASES.get(self.storage, self.storage)
@@ -70,6 +72,9 @@ class Config:
             raise ValueError(f"ivf storage must be one of {', '.join(STORAGES)}, not {self.storage!r}")
         if self.rerank_storage not in ("float32", "float16"):
             raise ValueError("ivf rerank_storage must be float32 or float16")
+        self.quantizer = ALIASES.get(self.quantizer, self.quantizer)
+        if self.quantizer not in ("float32", "float16"):
+            raise ValueError("ivf quantizer must be float32 or float16")
         if self.rerank is None:
             self.rerank = 2.0 if self.storage in ("pq", "pq4") else 0.0
         self.rerank = float(self.rerank)
@@ -78,9 +83,12 @@ class Config:
 
 
 def auto_nlist(n: int) -> int:
+    """8 sqrt(n) cells, a power of two: 8192 at 1M. Text queries land far from the image vectors,
+    and finer cells need far fewer probes for them: at 1M, recall@10 at 1.6% of the collection
+    scanned was 0.77 / 0.93 / 0.98 with 2048 / 4096 / 8192 cells (docs/indexes.md)."""
     if n < 78:
         return 1
-    nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
+    nlist = 2 ** round(math.log2(8 * math.sqrt(n)))
     return int(max(1, min(nlist, n // 39)))
 
 
@@ -145,8 +153,23 @@ class Index:
         sample = _faiss.training_sample(vectors, n_train, n_min=min_train)
         with _faiss.faiss_threads_for(len(sample)):
             index.train(sample)
+        if self.config.quantizer == "float16":
+            self._half_quantizer(faiss.extract_index_ivf(index))
         self.train_seconds = time.perf_counter() - t0
         return index
+
+    @staticmethod
+    def _half_quantizer(ivf) -> None:
+        """Keep the trained centroids in float16: every query scans them all (16 MB for 8192 cells
+        in float32, ~0.8 ms of memory traffic), and halving that is free in recall."""
+        old = ivf.quantizer
+        centroids = old.reconstruct_n(0, old.ntotal)
+        half = faiss.IndexScalarQuantizer(ivf.d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        half.add(centroids)
+        half.this.disown()  # the IVF owns it (own_fields)
+        ivf.quantizer = half
+        old.this.acquire()  # and Python frees the float32 one
+        del old
 
     def _parts(self, index):
         """(ivf, refine store or None)"""
