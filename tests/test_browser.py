@@ -90,7 +90,7 @@ def test_search_page_end_to_end(page, served):
         assert response.ok and page.url == served.url + "/"
         page.wait_for_function("() => document.getElementById('lib-images').textContent.includes('40')")
         assert "tiny-vit-b-32" in page.inner_text("#lib-model")
-        assert "flat" in page.inner_text("#lib-index") and "40 entries" in page.inner_text("#lib-index")
+        assert "auto" in page.inner_text("#lib-index") and "40 entries" in page.inner_text("#lib-index")
         page.wait_for_selector("#indexing:not([hidden])")
         assert "12 / 50" in page.inner_text("#indexing-text")
     finally:

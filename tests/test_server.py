@@ -54,7 +54,7 @@ def test_health_and_info(api, tiny_model):
     info = api.get("/api/info").json()
     assert info["model"] == tiny_model.name
     assert info["images"] == N_PHOTOS
-    assert info["index"]["kind"] == "flat" and info["index"]["entries"] == N_PHOTOS
+    assert info["index"]["kind"] == "auto" and info["index"]["entries"] == N_PHOTOS
     assert info["calibrated_threshold"] is None
     assert info["indexing"] is None
     assert info["limits"]["max_k"] == 200 and info["limits"]["max_results"] == 1000
