@@ -112,10 +112,11 @@ def entries(files):
     return out
 
 
-def e2e(encoder, files, batch_size, workers=None) -> tuple[float, dict]:
+def e2e(encoder, files, batch_size, workers=None, decoder=None) -> tuple[float, dict]:
     got = [0]
     t0 = time.perf_counter()
-    stats = embed_files(entries(files), encoder, lambda b: got.__setitem__(0, got[0] + len(b)), batch_size=batch_size, workers=workers)
+    stats = embed_files(entries(files), encoder, lambda b: got.__setitem__(0, got[0] + len(b)), batch_size=batch_size,
+                        workers=workers, decoder=decoder)
     seconds = time.perf_counter() - t0
     assert got[0] == len(files), (got[0], stats.failed[:3])
     return len(files) / seconds, {"wait_decode_s": round(stats.wait_decode_seconds, 2), "encode_s": round(stats.encode_seconds, 2),
@@ -220,6 +221,7 @@ def main() -> int:
     ap.add_argument("--large-dir", type=Path, default=Path("/tmp/pixquery-12mp"))
     ap.add_argument("--repeat", type=int, default=10, help="index the photo list this many times over (GPU runs are short)")
     ap.add_argument("--batch-sizes", default="64,128,256,512")
+    ap.add_argument("--e2e-configs", default="process:,thread:", help="decoder:workers,... (workers empty: default)")
     ap.add_argument("--cpu-study", default=None)
     ap.add_argument("--cpu-child", default=None)
     ap.add_argument("--limit", type=int, default=160)
@@ -269,12 +271,14 @@ def main() -> int:
     results["best"] = best
     results["end_to_end"] = {}
     small_list, large_list = photos * args.repeat, large * args.repeat
+    configs = [c.split(":") for c in args.e2e_configs.split(",")]
     for rep in range(args.reps):
         for label, fs in (("photos", small_list), ("12 MP photos", large_list)):
-            for b in sorted({bs, 256}):
-                v, info = e2e(encs[dt], fs, b)
-                results["end_to_end"].setdefault(f"{label} {dt} b{b}", []).append(v)
-                print(f"end to end {label} ({len(fs)}) {dt} batch {b}: {v:.0f} img/s {info}", flush=True)
+            for decoder, workers in configs:
+                workers = int(workers) if workers else None
+                v, info = e2e(encs[dt], fs, bs, workers, decoder)
+                results["end_to_end"].setdefault(f"{label} {dt} b{bs} {decoder} x{workers or 'default'}", []).append(v)
+                print(f"end to end {label} ({len(fs)}) {dt} batch {bs} {decoder} x{workers or 'default'}: {v:.0f} img/s {info}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ingest_gpu.json").write_text(json.dumps(results, indent=2))
     if args.cpu_study:
