@@ -233,3 +233,37 @@ def _image_id(served, path: Path) -> int:
         return cat.image_by_path(str(path)).id
     finally:
         cat.close()
+
+
+def test_video_hit_plays_at_the_matching_moment(page, served, tiny_model):
+    pytest.importorskip("av", reason="video support needs PyAV (the [video] extra)")
+    from test_server_support import index_again
+    from videos import make_video
+
+    make_video(served.photos / "clip.webm", [(2.0, 31), (2.0, 32)], fps=10, size=(160, 96))
+    index_again(served.lib_path, tiny_model)
+    page.goto(f"{served.url}/?token={TOKEN}")
+    page.select_option("#limit", "120")
+    page.fill("#q", "a short film")
+    page.press("#q", "Enter")
+    page.wait_for_function("() => document.getElementById('message').textContent.includes('results for')")
+    page.locator("#sentinel").scroll_into_view_if_needed()
+    page.wait_for_function("() => document.querySelector('#grid .tile .badge') !== null")
+    tile = page.locator("#grid .tile", has=page.locator(".badge")).first
+    badge = tile.locator(".badge").inner_text()
+    assert badge.startswith("▶ 0:0")
+    _wait_loaded(page, "#grid .tile:has(.badge) img")
+    tile.click()
+    page.wait_for_selector("#viewer[open]")
+    assert page.inner_text("#v-name") == "clip.webm"
+    assert page.inner_text("#v-when").startswith(badge.removeprefix("▶ "))
+    assert page.is_hidden("#v-similar")
+    page.wait_for_selector("#v-video:not([hidden])")  # the player replaced the frame once it could play
+    t = page.eval_on_selector("#v-video", "v => v.currentTime")
+    start = float(page.eval_on_selector("#v-video", "v => v.src.split('#t=')[1]"))
+    assert abs(t - start) < 0.6
+    page.screenshot(path=str(OUT / "browser-video.png"))
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#viewer", state="hidden")
+    assert page.eval_on_selector("#v-video", "v => v.paused && !v.getAttribute('src')")
+    assert page.problems == [], page.problems

@@ -390,3 +390,42 @@ def test_huge_request_line_is_refused(setup, api):
     except ConnectionError:
         pass  # the HTTP server dropped the connection (uvicorn's header size limit): refused too
     assert api.get("/api/health").status_code == 200
+
+
+def test_videos_follow_the_same_rules(setup, api):
+    pytest.importorskip("av", reason="video support needs PyAV (the [video] extra)")
+    from pixquery.catalog import Catalog
+    from videos import make_video
+
+    clip = make_video(setup.photos / "clip.mp4", [(2.0, 21)], fps=10, size=(160, 96))
+    make_video(setup.outside / "private.mp4", [(2.0, 22)], fps=10, size=(160, 96))
+    index_again(setup.lib_path, setup.model, [setup.photos])
+    cat = Catalog(setup.lib_path / "catalog.sqlite")
+    try:
+        video_id = cat.db.execute("SELECT id FROM video WHERE path = ?", (str(clip),)).fetchone()[0]
+    finally:
+        cat.close()
+    urls = [f"/api/videos/{video_id}/original", f"/api/videos/{video_id}/frame?t=0.5"]
+    assert [api.get(u).status_code for u in urls] == [200, 200]
+    for path in ("/api/videos/../../etc/passwd", "/api/videos/-1/original", "/api/videos/1.0/frame",
+                 "/api/videos/%2e%2e%2fetc%2fpasswd/original", f"/api/videos/{video_id}/frame?t=nan"):
+        status, body = _raw_get(setup, path)
+        assert status in (404, 422) and _is_json_error(body, status), path
+    saved = setup.outside / "clip-saved.mp4"
+    clip.rename(saved)
+    os.symlink(setup.outside / "private.mp4", clip)  # the video replaced by a link out of the library
+    try:
+        for u in urls:
+            r = api.get(u)
+            assert r.status_code == 404 and r.json() == {"error": f"no video with id {video_id}", "status": 404}
+    finally:
+        clip.unlink()
+        saved.rename(clip)
+    assert api.get(urls[0]).status_code == 200
+    cat = Catalog(setup.lib_path / "catalog.sqlite")
+    try:
+        with cat.transaction():
+            cat.db.execute("UPDATE video SET deleted = 1 WHERE id = ?", (video_id,))
+    finally:
+        cat.close()
+    assert [api.get(u).status_code for u in urls] == [404, 404]

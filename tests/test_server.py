@@ -483,3 +483,51 @@ def test_serve_is_a_pixquery_command():
     assert r.returncode == 0
     for option in ("--library", "--model", "--host", "--port", "--token", "--allow-public", "PIXQUERY_TOKEN"):
         assert option in r.stdout
+
+
+# -- videos -------------------------------------------------------------------------------------
+
+
+def test_video_hits_have_frame_thumbnails_and_a_seekable_original(api, served):
+    pytest.importorskip("av", reason="video support needs PyAV (the [video] extra)")
+    from videos import make_video
+
+    path = make_video(served.photos / "clip.mp4", [(3.0, 11), (3.0, 12)], fps=10, size=(160, 96))
+    index_again(served.lib_path, served.model)
+    hits = api.get("/api/search", params={"q": "a clip", "k": 200}).json()["results"]
+    videos = [h for h in hits if h["kind"] == "video"]
+    assert videos, "the video's frames should be in the index"
+    h = videos[0]
+    assert h["path"] == str(path) and h["image_id"] is None and h["timestamp"] is not None
+    assert h["original"] == f"/api/videos/{h['video_id']}/original"
+    assert h["thumbnail"].startswith(f"/api/videos/{h['video_id']}/frame?t=")
+    frame = api.get(h["thumbnail"])
+    assert frame.status_code == 200 and frame.headers["content-type"] == "image/jpeg"
+    assert frame.headers["cache-control"] == "private, max-age=31536000, immutable"
+    assert Image.open(io.BytesIO(frame.content)).size == (160, 96)
+    assert api.get(h["thumbnail"], headers={"If-None-Match": frame.headers["etag"]}).status_code == 304
+    assert list((served.lib_path / "thumbnails" / "videos").rglob(f"v{h['video_id']}-*.jpg"))
+
+    data = path.read_bytes()
+    full = api.get(h["original"])
+    assert full.status_code == 200 and full.content == data and full.headers["content-type"] == "video/mp4"
+    assert full.headers["accept-ranges"] == "bytes"
+    part = api.get(h["original"], headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == data[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
+    tail = api.get(h["original"], headers={"Range": "bytes=-10"})
+    assert tail.status_code == 206 and tail.content == data[-10:]
+    assert api.get(h["original"], headers={"Range": f"bytes={len(data)}-"}).status_code == 416
+    assert api.get(h["original"], headers={"Range": "bytes=0-1,5-6"}).status_code == 416
+
+    assert api.get(f"/api/videos/{h['video_id']}/frame", params={"t": 1, "size": 100}).status_code == 422
+    assert api.get("/api/videos/987654/frame").status_code == 404
+    assert api.get("/api/videos/987654/original").json() == {"error": "no video with id 987654", "status": 404}
+    assert api.get(f"/api/videos/{h['video_id']}/frame", params={"t": -1}).status_code == 422
+
+
+def test_byte_ranges_on_photos_too(api, served):
+    image_id = _photo_id(served, "photo_0010.jpg")
+    data = (served.photos / "photo_0010.jpg").read_bytes()
+    r = api.get(f"/api/images/{image_id}/original", headers={"Range": "bytes=10-"})
+    assert r.status_code == 206 and r.content == data[10:]

@@ -61,10 +61,10 @@ LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 BROWSER_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/avif", "image/x-ms-bmp"}
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
-PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; media-src 'self'; "
             "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 MAX_ID = 2**63 - 1  # SQLite INTEGER
-FILE_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
+FILE_CSP = "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox"
 
 
 @dataclass
@@ -301,15 +301,17 @@ class Hit(BaseModel):
     distance: float = Field(description="angular distance arccos(score)/pi, lower is closer")
     path: str
     name: str
+    kind: str = Field("photo", description="photo or video")
     image_id: Optional[int] = None
     video_id: Optional[int] = None
-    timestamp: Optional[float] = None
-    box: Optional[list[float]] = None
+    timestamp: Optional[float] = Field(None, description="video: seconds into the video of the best frame")
+    time_range: Optional[list[float]] = Field(None, description="video: first and last second of the matching stretch")
+    box: Optional[list[float]] = Field(None, description="the matching region, relative x0, y0, x1, y1 (null: the whole picture)")
     width: Optional[int] = None
     height: Optional[int] = None
     size: Optional[int] = Field(None, description="file size in bytes (as indexed)")
     modified: Optional[str] = Field(None, description="file modification time (as indexed), ISO 8601 UTC")
-    thumbnail: Optional[str] = Field(None, description="URL of a 256 px JPEG thumbnail")
+    thumbnail: Optional[str] = Field(None, description="URL of a 256 px JPEG thumbnail (of the frame, for a video)")
     original: Optional[str] = Field(None, description="URL of the original file")
 
 
@@ -468,9 +470,10 @@ class Server:
             except PixqueryError as e:
                 raise ApiError(404 if image_id is not None else 400, str(e)) from None
             page = list(res)[offset: want]
-            rows = lib.catalog.images([r.image_id for r in page if r.image_id is not None])
+            rows = lib.catalog.images([r.image_id for r in page if r.image_id is not None and r.video_id is None])
+            videos = _video_versions(lib.catalog, [r.video_id for r in page if r.video_id is not None])
         more = len(res) > want and want < cfg.max_results
-        hits = [self._hit(r, rows.get(r.image_id)) for r in page]
+        hits = [self._hit(r, rows.get(r.image_id), videos.get(r.video_id)) for r in page]
         return {
             "query": query, "k": k, "offset": offset, "results": hits,
             "next_offset": want if more else None, "threshold": res.threshold, "dropped": res.dropped,
@@ -478,13 +481,22 @@ class Server:
         }
 
     @staticmethod
-    def _hit(r, row) -> dict:
+    def _hit(r, row, video: tuple[int, int] | None = None) -> dict:
         d = {
             "rank": r.rank, "score": round(r.score, 6), "distance": round(r.distance, 6), "path": r.path,
-            "name": os.path.basename(r.path), "image_id": r.image_id, "video_id": r.video_id,
-            "timestamp": r.timestamp, "box": list(r.box) if r.box else None, "width": r.width, "height": r.height,
+            "name": os.path.basename(r.path), "kind": "video" if r.video_id is not None else "photo",
+            "image_id": r.image_id, "video_id": r.video_id, "timestamp": r.timestamp,
+            "time_range": list(r.time_range) if getattr(r, "time_range", None) else None,
+            "box": list(r.box) if r.box else None, "width": r.width, "height": r.height,
         }
-        if r.image_id is not None and r.video_id is None:
+        if r.video_id is not None:
+            version = f"{video[0]}-{video[1]}" if video else "0"
+            d["thumbnail"] = f"/api/videos/{r.video_id}/frame?t={float(r.timestamp or 0):.3f}&v={version}"
+            d["original"] = f"/api/videos/{r.video_id}/original"
+            if video:
+                d["size"] = video[0]
+                d["modified"] = _iso(video[1] / 1e9)
+        elif r.image_id is not None:
             version = f"{row.size}-{row.mtime_ns}" if row else "0"
             d["thumbnail"] = f"/api/images/{r.image_id}/thumbnail?v={version}"
             d["original"] = f"/api/images/{r.image_id}/original"
@@ -537,6 +549,14 @@ class Server:
             except files.NotServable as e:
                 log.info("refused image %s: %s", image_id, e)
                 raise ApiError(404, f"no image with id {image_id}") from None
+
+    def open_video(self, video_id: int) -> files.OpenedImage:
+        with self.pool.get() as lib:
+            try:
+                return files.open_video(lib.catalog, video_id)
+            except files.NotServable as e:
+                log.info("refused video %s: %s", video_id, e)
+                raise ApiError(404, f"no video with id {video_id}") from None
 
     def image_info(self, image_id: int) -> dict:
         with self.open_image(image_id) as opened:
@@ -592,6 +612,16 @@ class Server:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _video_versions(catalog, ids: list[int]) -> dict[int, tuple[int, int]]:
+    """video id -> (size, mtime_ns) as indexed."""
+    out = {}
+    for i in range(0, len(ids), 900):
+        chunk = ids[i: i + 900]
+        q = f"SELECT id, size, mtime_ns FROM video WHERE id IN ({','.join('?' * len(chunk))})"
+        out.update({vid: (size, mtime) for vid, size, mtime in catalog.db.execute(q, chunk)})
+    return out
 
 
 def _claims_too_many_pixels(data: bytes, limit: int) -> bool:
@@ -763,20 +793,42 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.get("/api/images/{image_id:int}/original", tags=["images"], response_class=Response,
              responses={**ERRORS, 200: {"content": {"image/*": {}}, "description": "the file as it is on disk"}})
     def original(request: Request, image_id: int = PathParam(..., ge=0, le=MAX_ID)):
-        """The original file, as it is on disk."""
-        opened = server.open_image(image_id)
-        st = opened.stat
-        etag = f'"{st.st_size}-{st.st_mtime_ns}"'
-        ctype = mimetypes.guess_type(opened.real_path)[0] or "application/octet-stream"
-        headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Content-Security-Policy": FILE_CSP,
-                   "Last-Modified": datetime.fromtimestamp(st.st_mtime, timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT")}
-        if _etag_matches(request, etag):
-            opened.close()
-            return Response(status_code=304, headers=headers)
-        disposition = "inline" if ctype.startswith("image/") else "attachment"
-        headers["Content-Disposition"] = f"{disposition}; filename*=UTF-8''{quote(os.path.basename(opened.row.path))}"
-        headers["Content-Length"] = str(st.st_size)
-        return StreamingResponse(_chunks(opened), media_type=ctype, headers=headers, background=BackgroundTask(opened.close))
+        """The original file, as it is on disk (single byte ranges supported)."""
+        return _file_response(request, server.open_image(image_id))
+
+    @app.get("/api/videos/{video_id:int}/frame", tags=["videos"], response_class=Response,
+             responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "a JPEG of the frame"}})
+    def video_frame(
+        request: Request,
+        video_id: int = PathParam(..., ge=0, le=MAX_ID),
+        t: float = Query(0.0, ge=0, le=1e7, description="seconds into the video (a search result's timestamp)"),
+        size: int = Query(thumbnails.DEFAULT_SIZE, description=f"one of {list(thumbnails.SIZES)}"),
+        v: Optional[str] = Query(None, max_length=64, description="version from a search result; makes the answer cacheable for a year"),
+    ):
+        """The frame shown `t` seconds into a video, as a JPEG thumbnail (made once, cached on disk)."""
+        from pixquery.ingest.video import VideoError
+
+        if size not in thumbnails.SIZES:
+            raise ApiError(422, f"size must be one of {list(thumbnails.SIZES)}")
+        with server.open_video(video_id) as opened:
+            etag = f'"{thumbnails.Thumbnails.frame_key(video_id, opened.stat, t, size)}"'
+            current = v == f"{opened.stat.st_size}-{opened.stat.st_mtime_ns}"
+            headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable" if current else "private, no-cache"}
+            if _etag_matches(request, etag):
+                return Response(status_code=304, headers=headers)
+            # Decode through the descriptor already checked (no second lookup of the path).
+            source = f"/dev/fd/{opened.file.fileno()}" if os.path.exists("/dev/fd") else opened.real_path
+            try:
+                data, _ = server.thumbs.get_frame(video_id, source, opened.stat, t, size)
+            except VideoError as e:
+                raise ApiError(422, f"cannot show that frame: {e}") from None
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+    @app.get("/api/videos/{video_id:int}/original", tags=["videos"], response_class=Response,
+             responses={**ERRORS, 200: {"content": {"video/*": {}}, "description": "the video file (byte ranges supported)"}})
+    def video_original(request: Request, video_id: int = PathParam(..., ge=0, le=MAX_ID)):
+        """The video file, as it is on disk (single byte ranges supported, so that players can seek)."""
+        return _file_response(request, server.open_video(video_id))
 
     # -- the page ---------------------------------------------------------------------------
 
@@ -804,12 +856,65 @@ def create_app(config: ServerConfig) -> FastAPI:
     return app
 
 
-def _chunks(opened: files.OpenedImage, size: int = 256 * 1024) -> Iterator[bytes]:
+def _file_response(request: Request, opened: files.OpenedImage) -> Response:
+    """Stream an opened, checked file: ETag / 304, and one byte range (206) for players."""
+    st = opened.stat
+    etag = f'"{st.st_size}-{st.st_mtime_ns}"'
+    ctype = mimetypes.guess_type(opened.real_path)[0] or "application/octet-stream"
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Content-Security-Policy": FILE_CSP,
+               "Accept-Ranges": "bytes",
+               "Last-Modified": datetime.fromtimestamp(st.st_mtime, timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT")}
+    if _etag_matches(request, etag):
+        opened.close()
+        return Response(status_code=304, headers=headers)
+    disposition = "inline" if ctype.startswith(("image/", "video/")) else "attachment"
+    headers["Content-Disposition"] = f"{disposition}; filename*=UTF-8''{quote(os.path.basename(opened.row.path))}"
+    start, end, status = 0, st.st_size - 1, 200
+    wanted = request.headers.get("range")
+    if wanted and request.headers.get("if-range", etag) == etag:
+        span = _byte_range(wanted, st.st_size)
+        if span is None:
+            opened.close()
+            return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{st.st_size}"})
+        start, end = span
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{st.st_size}"
+    headers["Content-Length"] = str(max(0, end - start + 1))
+    return StreamingResponse(_chunks(opened, start, end - start + 1), status_code=status, media_type=ctype, headers=headers,
+                             background=BackgroundTask(opened.close))
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """(first, last) byte of a single 'bytes=a-b' / 'bytes=a-' / 'bytes=-n' range; None when unsatisfiable
+    or not understood (several ranges are answered as unsatisfiable too: players ask for one)."""
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec or size == 0:
+        return None
+    first, _, last = spec.strip().partition("-")
     try:
-        while True:
-            block = opened.file.read(size)
+        if not first:
+            n = int(last)
+            if n <= 0:
+                return None
+            return max(0, size - n), size - 1
+        a = int(first)
+        b = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if a < 0 or a >= size or b < a:
+        return None
+    return a, min(b, size - 1)
+
+
+def _chunks(opened: files.OpenedImage, start: int = 0, length: int | None = None, size: int = 256 * 1024) -> Iterator[bytes]:
+    try:
+        opened.file.seek(start)
+        left = opened.stat.st_size - start if length is None else length
+        while left > 0:
+            block = opened.file.read(min(size, left))
             if not block:
                 break
+            left -= len(block)
             yield block
     finally:
         opened.close()

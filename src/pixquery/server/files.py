@@ -1,6 +1,6 @@
 """Opening a library's files for the server: by catalog id only, never by a path from a request.
 
-A request names an image by its integer id. The path comes from the catalog, and the file is
+A request names a photo (or a video) by its integer catalog id. The path comes from the catalog, and the file is
 served only when all of these hold:
 
 - the row exists and is not marked deleted;
@@ -8,8 +8,8 @@ served only when all of these hold:
   (`catalog.folders()`), or, for a file indexed on its own (no folder recorded), the file itself
   is not a symbolic link. So a photo later replaced by a link to ~/.ssh/id_rsa, or a link to a
   folder outside the library, is refused;
-- both the catalog path and the resolved file have an image extension the indexer accepts (a
-  tampered catalog row or a link cannot make the server send a text file);
+- both the catalog path and the resolved file have an extension the indexer accepts for that
+  kind (a tampered catalog row or a link cannot make the server send a text file);
 - the resolved file is a regular file (not a FIFO, device or folder), opened without following a
   last-moment symbolic link (O_NOFOLLOW) and checked with fstat on the open descriptor.
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from pixquery.catalog import Catalog, ImageRow
-from pixquery.ingest.scan import IMAGE_EXTENSIONS
+from pixquery.ingest.scan import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 
 class NotServable(Exception):
@@ -33,8 +33,22 @@ class NotServable(Exception):
 
 
 @dataclass
+class VideoRow:
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    width: int | None
+    height: int | None
+    duration: float | None
+    deleted: int
+
+
+@dataclass
 class OpenedImage:
-    row: ImageRow
+    """An open, checked file: a photo (row: ImageRow) or a video (row: VideoRow)."""
+
+    row: ImageRow | VideoRow
     real_path: str
     file: BinaryIO
     stat: os.stat_result
@@ -62,14 +76,23 @@ def image_row(catalog: Catalog, image_id: int) -> ImageRow:
     return row
 
 
-def check_path(catalog: Catalog, path: str) -> str:
+def video_row(catalog: Catalog, video_id: int) -> VideoRow:
+    row = catalog.db.execute(
+        "SELECT id, path, size, mtime_ns, width, height, duration, deleted FROM video WHERE id = ?", (int(video_id),)
+    ).fetchone()
+    if row is None or row[-1]:
+        raise NotServable(f"video {video_id}: no such live catalog row")
+    return VideoRow(*row)
+
+
+def check_path(catalog: Catalog, path: str, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> str:
     """The real path to open for a catalog path, or NotServable (see the module doc)."""
     if not path or not os.path.isabs(path) or "\x00" in path:
         raise NotServable(f"{path!r}: not an absolute path")
     real = os.path.realpath(path)
     for p in (path, real):
-        if os.path.splitext(p)[1].lower() not in IMAGE_EXTENSIONS:
-            raise NotServable(f"{p}: not an image file name")
+        if os.path.splitext(p)[1].lower() not in extensions:
+            raise NotServable(f"{p}: not a file name of that kind")
     folders = catalog.folders()
     if any(_within(real, os.path.realpath(f)) for f in folders):
         return real
@@ -85,7 +108,15 @@ def check_path(catalog: Catalog, path: str) -> str:
 
 def open_image(catalog: Catalog, image_id: int) -> OpenedImage:
     row = image_row(catalog, image_id)
-    real = check_path(catalog, row.path)
+    return _open(row, check_path(catalog, row.path, IMAGE_EXTENSIONS))
+
+
+def open_video(catalog: Catalog, video_id: int) -> OpenedImage:
+    row = video_row(catalog, video_id)
+    return _open(row, check_path(catalog, row.path, VIDEO_EXTENSIONS))
+
+
+def _open(row, real: str) -> OpenedImage:
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(real, flags)

@@ -2,6 +2,7 @@
 
 A thumbnail's file name is its key: image id, the source file's size and mtime (nanoseconds) at the
 time it was made, and the thumbnail size, e.g. `thumbnails/2a/42-183211-1718000000000000000-256.jpg`.
+A video hit's frame adds the time in milliseconds: `thumbnails/videos/07/v7-5512000-1718...-12000-256.jpg`.
 A changed photo therefore gets a new thumbnail on its next request, and the old one is removed
 then. Writes are atomic (a temporary file in the same folder, fsync, rename), so a reader never
 sees half a JPEG and a crash leaves at worst a stray `.tmp` file, which is ignored and cleaned up.
@@ -54,27 +55,58 @@ class Thumbnails:
             raise ValueError(f"thumbnail size must be one of {SIZES}")
         key = self.key(image_id, st, size)
         path = self.path_for(image_id, key)
+        return self._cached(path, key, lambda: self._make(source, size), (f"{int(image_id)}-", f"-{size}.jpg")), key
+
+    @staticmethod
+    def frame_key(video_id: int, st: os.stat_result, timestamp: float, size: int) -> str:
+        return f"v{int(video_id)}-{st.st_size}-{st.st_mtime_ns}-{round(float(timestamp) * 1000)}-{int(size)}"
+
+    def get_frame(self, video_id: int, source_path: str, st: os.stat_result, timestamp: float,
+                  size: int = DEFAULT_SIZE) -> tuple[bytes, str]:
+        """(JPEG bytes, key) of the frame shown `timestamp` seconds into a video (the frame of a hit).
+
+        Raises pixquery.ingest.video.VideoError when the video cannot be decoded there."""
+        if size not in SIZES:
+            raise ValueError(f"thumbnail size must be one of {SIZES}")
+        key = self.frame_key(video_id, st, timestamp, size)
+        path = self.root / "videos" / f"{int(video_id) % 256:02x}" / f"{key}.jpg"
+
+        def make() -> bytes:
+            from pixquery.ingest.video import extract_frame
+
+            img = extract_frame(source_path, timestamp)
+            return self._encode(img, size)
+
+        # Old versions: the same video and size, another file version (any timestamp of it).
+        version = f"v{int(video_id)}-{st.st_size}-{st.st_mtime_ns}-"
+        return self._cached(path, key, make, (f"v{int(video_id)}-", f"-{size}.jpg"), keep_prefix=version), key
+
+    def _cached(self, path: Path, key: str, make, family: tuple[str, str], keep_prefix: str | None = None) -> bytes:
         data = _read(path)
         if data is not None:
-            return data, key
+            return data
         with self._lock_for(key):
             data = _read(path)  # made by the request we waited for
             if data is None:
                 with self._slots:
-                    data = self._make(source, size)
+                    data = make()
                 self._write(path, data)
-                self._remove_old_versions(image_id, key, size)
+                self._remove_old_versions(path, family, keep_prefix or f"{key}.jpg")
                 self.made += 1
         with self._locks_guard:
             self._locks.pop(key, None)
-        return data, key
+        return data
 
     def _lock_for(self, key: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
 
     def _make(self, source: BinaryIO, size: int) -> bytes:
-        img = load_image(source, draft_size=size, max_pixels=self.max_pixels, name="image")
+        return self._encode(load_image(source, draft_size=size, max_pixels=self.max_pixels, name="image"), size)
+
+    def _encode(self, img: Image.Image, size: int) -> bytes:
+        if img.mode != "RGB":
+            img = img.convert("RGB")
         if img.width > size or img.height > size:
             img.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
         buf = io.BytesIO()
@@ -97,16 +129,18 @@ class Thumbnails:
             except OSError:
                 pass
 
-    def _remove_old_versions(self, image_id: int, key: str, size: int) -> None:
-        folder = self.path_for(image_id, key).parent
+    def _remove_old_versions(self, path: Path, family: tuple[str, str], keep_prefix: str) -> None:
+        """Delete the other versions of this thumbnail (names starting and ending like `family`,
+        not starting with `keep_prefix`) and stray temporary files in its folder."""
         now = time.time()
         try:
-            entries = list(os.scandir(folder))
+            entries = list(os.scandir(path.parent))
         except OSError:
             return
+        start, end = family
         for entry in entries:
             name = entry.name
-            stale_version = name.startswith(f"{int(image_id)}-") and name.endswith(f"-{size}.jpg") and name != f"{key}.jpg"
+            stale_version = name.startswith(start) and name.endswith(end) and not name.startswith(keep_prefix)
             # A .tmp older than a minute is what a killed writer left behind.
             stray_tmp = name.startswith(".") and name.endswith(".tmp") and _older_than(entry, now, 60)
             if stale_version or stray_tmp:

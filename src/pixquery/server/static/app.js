@@ -11,7 +11,8 @@
     libModel: $("lib-model"), libIndex: $("lib-index"), libImages: $("lib-images"),
     indexing: $("indexing"), indexingText: $("indexing-text"), indexingBar: $("indexing-bar"),
     viewer: $("viewer"), vImg: $("v-img"), vName: $("v-name"), vPath: $("v-path"), vSize: $("v-size"),
-    vDate: $("v-date"), vScore: $("v-score"), vSimilar: $("v-similar"), vOriginal: $("v-original"),
+    vDate: $("v-date"), vScore: $("v-score"), vVideo: $("v-video"), vBox: $("v-box"),
+    vWhen: $("v-when"), vWhenLabel: $("v-when-label"), vSimilar: $("v-similar"), vOriginal: $("v-original"),
     vClose: $("v-close"), vPrev: $("v-prev"), vNext: $("v-next"),
   };
 
@@ -53,6 +54,13 @@
     if (!iso) return "";
     const d = new Date(iso);
     return isNaN(d) ? iso : d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  }
+
+  function clock(seconds) {
+    const s = Math.max(0, Math.floor((seconds || 0) + 1e-6));
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+    const two = (n) => String(n).padStart(2, "0");
+    return h ? `${h}:${two(m)}:${two(sec)}` : `${m}:${two(sec)}`;
   }
 
   function thresholdParam() {
@@ -215,6 +223,13 @@
       rank.className = "rank";
       rank.textContent = "#" + r.rank;
       tile.append(img, score, rank);
+      if (r.kind === "video") {
+        const badge = document.createElement("span");
+        badge.className = "badge";
+        badge.textContent = "▶ " + clock(r.timestamp);
+        tile.append(badge);
+        tile.title = `${r.name} at ${clock(r.timestamp)}\nscore ${r.score.toFixed(3)} · distance ${r.distance.toFixed(3)}`;
+      }
       frag.append(tile);
     }
     els.grid.append(frag);
@@ -306,21 +321,61 @@
   });
 
   // -- the viewer -----------------------------------------------------------------------------
+  function showBox(box) {
+    els.vBox.hidden = !box;
+    if (!box) return;
+    const [x0, y0, x1, y1] = box;
+    els.vBox.style.left = `${x0 * 100}%`;
+    els.vBox.style.top = `${y0 * 100}%`;
+    els.vBox.style.width = `${(x1 - x0) * 100}%`;
+    els.vBox.style.height = `${(y1 - y0) * 100}%`;
+  }
+
+  function stopVideo() {
+    els.vVideo.pause();
+    els.vVideo.removeAttribute("src");
+    els.vVideo.load();
+    els.vVideo.hidden = true;
+  }
+
   async function openViewer(i) {
     if (!search || i < 0 || i >= search.results.length) return;
     viewerIndex = i;
     const r = search.results[i];
+    const video = r.kind === "video";
     els.vName.textContent = r.name;
     els.vPath.textContent = r.path;
     els.vSize.textContent = [r.width && r.height ? `${r.width} × ${r.height} px` : "", fmtBytes(r.size)].filter(Boolean).join(" · ");
     els.vDate.textContent = fmtDate(r.modified);
     els.vScore.textContent = `${r.score.toFixed(4)} (distance ${r.distance.toFixed(4)}, rank ${r.rank})`;
+    els.vWhen.hidden = els.vWhenLabel.hidden = !video;
+    if (video) {
+      const tr = r.time_range;
+      els.vWhen.textContent = clock(r.timestamp) + (tr && clock(tr[0]) !== clock(tr[1]) ? ` (matches ${clock(tr[0])}–${clock(tr[1])})` : "");
+    }
     els.vImg.alt = r.name;
     els.vImg.src = r.thumbnail || "";
-    els.vOriginal.href = r.original || "#";
+    showBox(r.box);
+    const at = video ? `#t=${(r.time_range ? r.time_range[0] : r.timestamp || 0).toFixed(1)}` : "";
+    els.vOriginal.href = (r.original || "#") + at;
+    els.vSimilar.hidden = r.image_id == null || video;
+    stopVideo();
+    els.vImg.hidden = false;
     els.vPrev.disabled = i === 0;
     els.vNext.disabled = i === search.results.length - 1;
     if (!els.viewer.open) els.viewer.showModal();
+    if (video) {
+      // The frame first (instant), then the player, starting at the matching moment.
+      els.vImg.src = r.thumbnail.replace(/([?&])size=\d+&?/, "$1") + "&size=1024";
+      els.vVideo.src = r.original + `#t=${(r.timestamp || 0).toFixed(3)}`;
+      els.vVideo.addEventListener("loadeddata", () => {
+        if (viewerIndex !== i) return;
+        els.vImg.hidden = true;
+        els.vVideo.hidden = false;
+      }, { once: true });
+      if (i >= search.results.length - 3) loadMore();
+      return;
+    }
     if (r.image_id == null) return;
     try {
       const meta = await api(`/api/images/${r.image_id}`);
@@ -338,7 +393,7 @@
   function moreLikeThis() {
     if (viewerIndex < 0 || !search) return;
     const r = search.results[viewerIndex];
-    if (r.image_id == null) return;
+    if (r.image_id == null || r.kind === "video") return;
     els.viewer.close();
     els.q.value = "";
     startSearch("image", String(r.image_id), r.name);
@@ -350,6 +405,7 @@
   els.vNext.addEventListener("click", () => openViewer(viewerIndex + 1));
   els.viewer.addEventListener("click", (e) => { if (e.target === els.viewer) els.viewer.close(); });
   els.viewer.addEventListener("close", () => {
+    stopVideo();
     const tile = els.grid.querySelector(`.tile[data-index="${viewerIndex}"]`);
     if (tile) tile.focus();
   });
