@@ -335,7 +335,9 @@ def main() -> None:
         from pixquery.api import Library
 
         with Library.open(lib_path, model=args.model) as lib:
-            n_images = lib.info()["images"]
+            info = lib.info()
+        n_images = info["images"]
+        index_kind = next((m["index"]["kind"] for m in info["models"] if m.get("index")), "none")
         if not n_images:
             raise SystemExit(f"the library at {lib_path} has no images")
         expect = min(args.k, n_images)
@@ -360,7 +362,7 @@ def main() -> None:
             print(json.dumps(result), file=sys.stderr, flush=True)
         code_end = code_version()
         code = code_start if code_end == code_start else f"{code_start} at the start, {code_end} at the end"
-        report = {"machine": machine(), "code": code, "model": args.model, "images": n_images, "k": args.k,
+        report = {"machine": machine(), "code": code, "model": args.model, "images": n_images, "index_kind": index_kind, "k": args.k,
                   "photo_source": str(source) if source else "synthetic (tests/photos.py)", "runs": rows,
                   "command": "python bench/serve_load.py " + " ".join(sys.argv[1:])}
     print(json.dumps(report, indent=2))
@@ -379,7 +381,7 @@ def markdown(r: dict) -> str:
         f"Command: `{r['command'].strip()}`", "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, Python {m['python']}, {m['os']}; {vers}. "
         f"Run {m['date']}, code {r.get('code', 'unknown')}. The clients (one asyncio process, a minimal HTTP/1.1 keep-alive client) share the cores with the server.", "",
-        f"Library: {r['images']} photos ({r['photo_source']}), flat index; model `{Path(r['model']).name}`; "
+        f"Library: {r['images']} photos ({r['photo_source']}), {r.get('index_kind', 'flat')} index; model `{Path(r['model']).name}`; "
         f"every query asks for k={r['k']} results (one page of the search page).", "",
         "| pool | text batch | query mix | clients | queries | errors | wall (s) | queries/s | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | server CPU ms/query | load avg (start, end) |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
