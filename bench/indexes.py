@@ -560,47 +560,79 @@ def write_report(out: Path, res: dict):
 
 
 def plot(rows: list[dict], path: Path, n: int):
+    """recall vs single-query queries/s, ann-benchmarks style; recall on a "nines" axis
+    (-log10(1 - recall)) so that 0.9, 0.99 and 0.999 are evenly spaced."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.scale import FuncScale
 
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5))
+    def fwd(r):
+        return -np.log10(np.clip(1 - np.asarray(r, float), 1e-4, 1))
+
+    def inv(v):
+        return 1 - 10 ** (-np.asarray(v, float))
+
+    fig, axes = plt.subplots(1, 2, figsize=(15, 7))
     fams: dict[str, list[dict]] = {}
     for r in rows:
-        fams.setdefault(r["family"] if r["family"] != "study" else r["label"], []).append(r)
-    cmap = plt.get_cmap("tab20")
+        fams.setdefault(r["family"] if r["family"] not in ("study", "auto", "flat") else r["label"], []).append(r)
+    palette = {"flat": "#2ca02c", "hnsw": "#9467bd", "faiss": "#c5b0d5", "ivf": "#ff7f0e", "annoy": "#1f77b4",
+               "sharded": "#7f7f7f", "auto": "#d62728"}
+    shades: dict[str, int] = {}
+
+    def colour(fam: str):
+        base = next((c for key, c in palette.items() if fam.startswith(key)), "#17becf")
+        j = shades[base] = shades.get(base, -1) + 1
+        return matplotlib.colors.to_rgba(base, alpha=1.0 - 0.25 * (j % 3))
+
+    study_marker = {"Flat": "*", "HNSW": "P", "Annoy": "X"}
+    ticks = [0.1, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999]
+    colours = {fam: colour(fam) for fam in sorted(fams)}
     for ax, rkey, pkey, k in ((axes[0], "recall10", "p50_ms", 10), (axes[1], "recall1000", "p50_ms_1000", 1000)):
         for i, (fam, rs) in enumerate(sorted(fams.items())):
             rs = [r for r in rs if rkey in r]
             if not rs:
                 continue
-            xs = [r[rkey] for r in rs]
-            ys = [1e3 / r[pkey] for r in rs]
-            study = rs[0]["family"] == "study"
-            if study:
-                ax.scatter(xs, ys, marker="*", s=260, color="black" if "Flat" in fam else cmap(i), edgecolor="k",
-                           zorder=5, label=fam)
+            xs = np.array([r[rkey] for r in rs])
+            ys = np.array([1e3 / r[pkey] for r in rs])
+            kind = rs[0]["family"]
+            c = colours[fam]
+            if kind == "study":
+                m = next((v for key, v in study_marker.items() if key in fam), "*")
+                ax.scatter(xs, ys, marker=m, s=260, color="black", edgecolor="white", zorder=6, label=fam)
+            elif kind == "auto":
+                ax.scatter(xs, ys, marker="D", s=110, color=c, edgecolor="k", zorder=7, label=fam + " (default)")
+            elif len(rs) == 1:
+                ax.scatter(xs, ys, marker="s", s=45, color=c, edgecolor="k", zorder=5, label=fam)
             else:
-                order = np.argsort(xs)
-                ax.plot(np.array(xs)[order], np.array(ys)[order], "o-", ms=4, lw=1.3, color=cmap(i), label=fam)
+                order = np.argsort(xs, kind="stable")
+                ax.plot(xs[order], ys[order], "o-", ms=4, lw=1.4, color=c, label=fam)
+        ax.set_xscale(FuncScale(ax, (fwd, inv)))
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(t) for t in ticks[:-1]] + ["1.0"], fontsize=8)
+        ax.set_xlim(0.1, 1 - 10 ** -4.25)  # recall 1.0 is drawn at 0.9999
         ax.set_yscale("log")
-        ax.set_xlabel(f"recall@{k} (text queries vs exact)")
-        ax.set_ylabel(f"queries/s, one query at a time, k={k}")
+        ax.set_xlabel(f"recall@{k} of text queries against exact search (axis in 'nines')")
+        ax.set_ylabel(f"queries/s, one query at a time, one thread, k={k}")
         ax.set_title(f"N = {n:,}, k = {k}")
         ax.grid(True, which="both", alpha=0.3)
-        lo = min([r[rkey] for r in rows if rkey in r] + [0.5])
-        ax.set_xlim(max(0.0, lo - 0.02), 1.005)
-    axes[0].axhline(1e3 / 0.3, color="grey", ls=":", lw=1)
-    handles, labels = axes[0].get_legend_handles_labels()
-    h2, l2 = axes[1].get_legend_handles_labels()
-    for h, l in zip(h2, l2):
-        if l not in labels:
-            handles.append(h)
-            labels.append(l)
-    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
-    fig.suptitle("pixquery indexes: recall vs speed (up and right is better)")
-    fig.tight_layout(rect=(0, 0.12, 1, 0.96))
+    if n < 100_000:
+        axes[0].axhline(1e3 / 0.3, color="grey", ls=":", lw=1)
+        axes[0].text(0.105, 1e3 / 0.3 * 1.08, "0.3 ms", color="grey", fontsize=8)
+    else:
+        axes[0].axhline(1e3 / 2.0, color="grey", ls=":", lw=1)
+        axes[0].text(0.105, 1e3 / 2.0 * 1.08, "2 ms", color="grey", fontsize=8)
+    handles, labels = [], []
+    for ax in axes:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            if l not in labels:
+                handles.append(h)
+                labels.append(l)
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle("pixquery indexes: recall vs speed (up and to the right is better)")
+    fig.tight_layout(rect=(0, 0.15, 1, 0.96))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -617,8 +649,15 @@ def main(argv=None):
     ap.add_argument("--auto-1m", action="store_true", help="also run auto at 1M (one more IVF build)")
     ap.add_argument("--hnsw-1m", action="store_true", help="also build hnsw at 1M (~6 min)")
     ap.add_argument("--nlist-1m", type=int, default=0, help="IVF cells at 1M (0: the kind's default, 8192)")
+    ap.add_argument("--replot", action="store_true", help="rewrite the .md and .png from the .json only")
     args = ap.parse_args(argv)
     n = args.n
+    if args.replot:
+        stem = args.out / f"indexes-{n}"
+        res = json.loads(Path(f"{stem}.json").read_text())
+        write_report(Path(f"{stem}.md"), res)
+        plot(res["rows"], Path(f"{stem}-frontier.png"), n)
+        return
     res = {"n": n, "command": " ".join(["bench/indexes.py"] + (argv if argv is not None else sys.argv[1:])),
            "machine": machine_info()}
     log("machine:", res["machine"]["cpu"], res["machine"]["cores"], "cores")

@@ -24,7 +24,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from pixquery.errors import PixqueryError
 from pixquery.indexes.base import (
