@@ -38,10 +38,11 @@ def main() -> int:
     args = ap.parse_args()
     configs = {}
     for p in args.precisions.split(","):
-        for t in (int(x) for x in args.threads.split(",")):
-            enc = OnnxClipEncoder(args.model, precision=p, text_threads=t)
+        threads = [int(x) for x in args.threads.split(",")]
+        for t, short in [(t, True) for t in threads] + [(max(threads), False)]:
+            enc = OnnxClipEncoder(args.model, precision=p, text_threads=t, short_context=short)
             enc.warm_up(("textual",))
-            configs[f"{p} {t} thread{'s' if t > 1 else ''}"] = enc
+            configs[f"{p}, {t} thread{'s' if t > 1 else ''}, {'query length' if short else 'full 77-token context'}"] = enc
     rng = np.random.default_rng(0)
     times: dict[str, list[float]] = {k: [] for k in configs}
     hits: dict[str, list[float]] = {k: [] for k in configs}
@@ -62,7 +63,7 @@ def main() -> int:
     lines = ["# Text-query latency (warm encoder, tokenisation included)", "",
              f"Command: `flock /tmp/pixquery-bench.lock python bench/query_latency.py --model {args.model} --queries {args.queries}`", "",
              markdown(machine), f"Load average before: {load_before}; after: {load_after}.", "",
-             "| precision, text threads | p50 (ms) | p90 (ms) | repeated query, from the cache: p50 (ms) |", "|---|---:|---:|---:|"]
+             "| precision, text threads, length | p50 (ms) | p90 (ms) | repeated query, from the cache: p50 (ms) |", "|---|---:|---:|---:|"]
     lines += [f"| {r['config']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['cached_p50_ms']:.3f} |" for r in rows]
     text = "\n".join(lines) + "\n"
     print(text)

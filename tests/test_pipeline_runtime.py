@@ -81,3 +81,34 @@ def test_pipeline_takes_the_encoders_preferred_batch_size(tiny_model, tmp_path):
     entries = [FileEntry(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     stats = embed_files(entries, enc, lambda b: None, batch_size=None, decoder="thread")
     assert stats.embedded == 3 and stats.window >= 3 * 32
+
+
+def _fresh_copy(model, dest):
+    import shutil
+
+    return shutil.copytree(model, dest, ignore=shutil.ignore_patterns("*.int8.*", "*.ctx.*", "*.none", "*.safetensors"))
+
+
+def test_short_context_text_tower_gives_the_same_embeddings(tiny_model, tmp_path):
+    model = _fresh_copy(tiny_model, tmp_path / "m")
+    queries = ["a dog", "a photo of a red sports car parked near the beach at sunset, seen from above", "x", "a dog"]
+    full = OnnxClipEncoder(model, short_context=False).encode_texts(queries)
+    enc = OnnxClipEncoder(model)
+    short = enc.encode_texts(queries)
+    np.testing.assert_allclose(short, full, atol=1e-5)
+    assert enc._sessions["textual"].get_inputs()[0].shape[1] == "context"  # any length now
+    copy = next((model / "textual").glob("model.ctx.*.onnx"))
+    mtime = copy.stat().st_mtime_ns
+    OnnxClipEncoder(model).encode_texts(["again"])
+    assert copy.stat().st_mtime_ns == mtime  # made once, then reused
+
+
+def test_short_context_falls_back_to_the_full_tower(tiny_model, tmp_path, monkeypatch):
+    from pixquery.encoders import onnx as onnx_encoder
+
+    model = _fresh_copy(tiny_model, tmp_path / "m")
+    monkeypatch.setattr(onnx_encoder, "_short_context_graph", lambda src, context: None)  # a graph it cannot change
+    enc = OnnxClipEncoder(model)
+    assert enc.encode_texts(["a dog"]).shape == (1, enc.dim)
+    assert enc._sessions["textual"].get_inputs()[0].shape[1] == 77
+    assert list((model / "textual").glob("*.none"))  # remembered: the check is not redone at each start

@@ -104,19 +104,140 @@ def _env_flag(name: str) -> bool | None:
     return None
 
 
+def _short_context_graph(src: Path, context: int):
+    """The text tower made to accept any sequence length up to `context` (an onnx ModelProto), or
+    None when the graph is not the causal CLIP text transformer this knows how to change.
+
+    A CLIP text tower reads its output at the end-of-text token through a causal mask, so tokens
+    after it never change the result: a query of 6 tokens needs 7 positions, not 77 (10x less work).
+    open_clip's export fixes the length in four places, each changed to the input's length L:
+    the input's shape, the positional-embedding initializer ([context, width] -> first L rows), the
+    attention masks (constants [..., context, context] -> [..., L, L]) and the reshape targets
+    (int64 constants [context] -> [L])."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    g = model.graph
+    if len(g.input) != 1 or len(g.input[0].type.tensor_type.shape.dim) != 2:
+        return None
+    dim = g.input[0].type.tensor_type.shape.dim[1]
+    if dim.dim_value != context:
+        return None
+    if max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0) < 15:
+        return None  # Shape(start, end) needs opset 15
+    dim.ClearField("dim_value")
+    dim.dim_param = "context"
+    inp = g.input[0].name
+    new = [helper.make_node("Shape", [inp], ["pq_len"], start=1, end=2, name="pq_len"),
+           helper.make_node("Concat", ["pq_len", "pq_len"], ["pq_len2"], axis=0, name="pq_len2")]
+    g.initializer.extend([numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+                          (("pq_zero1", [0]), ("pq_zero2", [0, 0]), ("pq_axis0", [0]), ("pq_axes2", [-2, -1]))])
+    rename: dict[str, str] = {}
+    for init in g.initializer:
+        if len(init.dims) == 2 and init.dims[0] == context and init.data_type == TensorProto.FLOAT:
+            new.append(helper.make_node("Slice", [init.name, "pq_zero1", "pq_len", "pq_axis0"], [init.name + "/pq"]))
+            rename[init.name] = init.name + "/pq"
+    masks = reshapes = 0
+    dead = set()
+    for node in g.node:
+        if node.op_type != "Constant" or not node.attribute or node.attribute[0].name != "value":
+            continue
+        t = node.attribute[0].t
+        if list(t.dims)[-2:] == [context, context]:
+            new.append(helper.make_node("Slice", [node.output[0], "pq_zero2", "pq_len2", "pq_axes2"], [node.output[0] + "/pq"]))
+            rename[node.output[0]] = node.output[0] + "/pq"
+            masks += 1
+        elif t.data_type == TensorProto.INT64 and list(t.dims) == [1] and numpy_helper.to_array(t).tolist() == [context]:
+            rename[node.output[0]] = "pq_len"
+            dead.add(node.output[0])
+            reshapes += 1
+    if len([k for k in rename if k not in dead]) - masks != 1 or masks == 0:
+        return None  # not exactly one positional embedding, or no causal mask: leave the model alone
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    nodes = [n for n in g.node if not (n.op_type == "Constant" and n.output[0] in dead)]
+    del g.node[:]
+    g.node.extend([n for n in nodes if n.op_type == "Constant"] + new + [n for n in nodes if n.op_type != "Constant"])
+    del g.value_info[:]  # shapes inferred with the fixed length
+    return model
+
+
+def short_context_copy(text_model: Path, context: int, cache_dir: str | Path | None = None) -> Path | None:
+    """A copy of the text tower that takes sequences shorter than `context` (see
+    _short_context_graph), checked to give the same embeddings as the original, made once and
+    cached like the int8 copies (beside the model, else in the cache folder). None when it does
+    not apply (then a marker file remembers that, so the check runs once)."""
+    import onnxruntime as ort
+
+    from pixquery.encoders.quantize import default_cache_dir
+
+    fp = file_fingerprint([text_model])
+    beside = text_model.with_name(f"{text_model.stem}.ctx.{fp}.onnx")
+    cached = Path(cache_dir or default_cache_dir()) / f"{text_model.parent.name}-{fp}.ctx.onnx"
+    for candidate in (beside, cached):
+        if candidate.is_file():
+            return candidate
+        if candidate.with_suffix(".none").is_file():
+            return None
+    try:
+        import onnx
+    except ImportError:
+        return None  # the onnx package is optional: queries just run at full length
+    try:
+        model = _short_context_graph(text_model, context)
+    except Exception as e:  # an unusual graph: never worse than the original
+        log.info("pixquery: no short-context text model for %s: %s", text_model, e)
+        model = None
+    ok = False
+    if model is not None:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        try:
+            full = ort.InferenceSession(str(text_model), opts, providers=["CPUExecutionProvider"])
+            short = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            inp = full.get_inputs()[0]
+            ids = np.zeros((2, context), _ORT_DTYPES.get(inp.type, np.int64))
+            ids[0, :5] = [49406, 320, 1929, 530, 49407]  # <start> a dog on <end> (CLIP's ids; any ids with the max last work)
+            ids[1, :3] = [49406, 1125, 49407]
+            n = int(ids.argmax(1).max()) + 1
+            a, b = full.run(None, {inp.name: ids})[0], short.run(None, {inp.name: ids[:, :n]})[0]
+            ok = bool(np.allclose(a, b, rtol=1e-4, atol=1e-5))
+        except Exception as e:
+            log.info("pixquery: short-context text model for %s failed its check: %s", text_model, e)
+    for target in (beside, cached):
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not ok:
+                target.with_suffix(".none").write_text("the text tower cannot be shortened; queries run at full length\n")
+                return None
+            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+            onnx.save(model, str(tmp))
+            os.replace(tmp, target)
+            return target
+        except OSError:
+            continue
+    return None
+
+
 class OnnxClipEncoder:
     """The Encoder protocol over ONNX Runtime. `precision="int8"` uses a dynamically quantised copy
     of each tower (made once and cached, see pixquery.encoders.quantize)."""
 
     def __init__(self, model_dir: str | Path, *, name: str | None = None, precision: str = "fp32",
                  threads: int | None = None, cache_dir: str | Path | None = None, text_cache_size: int = 256,
-                 text_threads: int | None = None, spin: bool | None = None, provider: str | None = None):
+                 text_threads: int | None = None, spin: bool | None = None, provider: str | None = None,
+                 short_context: bool = True):
         """threads: ONNX Runtime intra-op threads for images (default: physical cores, or
         $PIXQUERY_THREADS); text_threads: the same for the text tower (default: threads).
         spin: let idle ORT threads busy-wait between operators (default off, or $PIXQUERY_ORT_SPIN):
         spinning buys little and takes the CPU from the decoders beside the encoder.
         provider: "auto" (CUDA when onnxruntime-gpu sees a GPU, else CPU), "cpu" or "cuda"
-        (default auto, or $PIXQUERY_PROVIDER)."""
+        (default auto, or $PIXQUERY_PROVIDER). short_context: run text queries at their own length
+        (up to the end-of-text token) instead of the full context, with a checked copy of the text
+        tower (see short_context_copy): same embeddings, about 10x less work for a short query."""
         self.model_dir = Path(model_dir).expanduser()
         if not self.model_dir.is_dir():
             raise PixqueryError(f"model folder not found: {self.model_dir}")
@@ -131,6 +252,7 @@ class OnnxClipEncoder:
         self.provider_preference = (provider or os.environ.get("PIXQUERY_PROVIDER") or "auto").lower()
         if self.provider_preference not in PROVIDER_CHOICES:
             raise PixqueryError(f"provider must be one of {', '.join(PROVIDER_CHOICES)}, not {self.provider_preference!r}")
+        self.short_context = short_context
         self.providers: dict[str, str] = {}  # tower -> the execution provider its session runs on
         self._cache_dir = cache_dir
         self.config = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
@@ -164,10 +286,12 @@ class OnnxClipEncoder:
         import onnxruntime as ort
 
         path = self.model_dir / tower / "model.onnx"
+        if tower == "textual" and self.short_context:
+            path = short_context_copy(path, self.context_length, self._cache_dir) or path
         if self.precision == "int8":
             from pixquery.encoders.quantize import quantized_copy
 
-            path = quantized_copy(path, cache_dir=self._cache_dir)
+            path = quantized_copy(path, cache_dir=self._cache_dir, stem="model")
         opts = ort.SessionOptions()
         # One inference at a time per session; its operators use intra-op threads (one per
         # physical core: a second thread on a hyper-thread sibling slows matmuls down).
@@ -176,6 +300,7 @@ class OnnxClipEncoder:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
+        opts.log_severity_level = 3  # errors only: ORT's notes on unused initializers are noise here
         providers = _providers(self.provider_preference)
         try:
             session = ort.InferenceSession(str(path), opts, providers=providers)
@@ -220,6 +345,10 @@ class OnnxClipEncoder:
             raise PixqueryError(f"{self.model_dir / tower / 'model.onnx'}: input {inp.name} is {inp.type}; "
                                 "pixquery feeds float images and integer token ids")
         x = x.astype(_ORT_DTYPES[inp.type], copy=False)
+        if tower == "textual" and len(inp.shape) == 2 and not isinstance(inp.shape[1], int) and len(x):
+            # A short-context text tower: positions after the last end-of-text token (the highest id,
+            # where CLIP reads its output) change nothing through the causal mask.
+            x = np.ascontiguousarray(x[:, : int(x.argmax(axis=1).max()) + 1])
         fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None  # immich exports: batch 1
         if not fixed or fixed == len(x):
             out = session.run(None, {inp.name: x})[0]
