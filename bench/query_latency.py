@@ -2,10 +2,13 @@
 
     flock /tmp/pixquery-bench.lock python bench/query_latency.py --model models/random-vit-b-32
 
-Each configuration (precision x text-tower threads) gets its own encoder, warmed up (session made,
-one query run); then the configurations answer distinct queries in turn (interleaved, so load
-falls on all alike) and the p50/p90 of `encode_texts([q])` is reported, plus a repeated query
-(answered from the cache of recent query embeddings). The speed issue's target: p50 <= 40 ms fp32.
+Each configuration (precision x text-tower threads x length) gets its own encoder, warmed up
+(session made, one query run); then the configurations answer distinct queries in turn
+(interleaved, so load falls on all alike) and the p50/p90 of `encode_texts([q])` is reported, plus
+a repeated query (answered from the cache of recent query embeddings). "query length": the text
+tower runs only up to the query's end-of-text token (the checked short-context copy of the tower,
+same embeddings, the default); "full context": all 77 positions, as exported.
+The speed issue's target: p50 <= 40 ms fp32.
 """
 
 from __future__ import annotations
