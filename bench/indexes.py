@@ -588,7 +588,7 @@ def plot(rows: list[dict], path: Path, n: int):
         return matplotlib.colors.to_rgba(base, alpha=1.0 - 0.25 * (j % 3))
 
     study_marker = {"Flat": "*", "HNSW": "P", "Annoy": "X"}
-    ticks = [0.1, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999]
+    ticks = [0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999]
     colours = {fam: colour(fam) for fam in sorted(fams)}
     for ax, rkey, pkey, k in ((axes[0], "recall10", "p50_ms", 10), (axes[1], "recall1000", "p50_ms_1000", 1000)):
         for i, (fam, rs) in enumerate(sorted(fams.items())):
@@ -612,7 +612,7 @@ def plot(rows: list[dict], path: Path, n: int):
         ax.set_xscale(FuncScale(ax, (fwd, inv)))
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(t) for t in ticks[:-1]] + ["1.0"], fontsize=8)
-        ax.set_xlim(0.1, 1 - 10 ** -4.25)  # recall 1.0 is drawn at 0.9999
+        ax.set_xlim(-0.05, 1 - 10 ** -4.25)  # recall 1.0 is drawn at 0.9999
         ax.set_yscale("log")
         ax.set_xlabel(f"recall@{k} of text queries against exact search (axis in 'nines')")
         ax.set_ylabel(f"queries/s, one query at a time, one thread, k={k}")
@@ -620,10 +620,10 @@ def plot(rows: list[dict], path: Path, n: int):
         ax.grid(True, which="both", alpha=0.3)
     if n < 100_000:
         axes[0].axhline(1e3 / 0.3, color="grey", ls=":", lw=1)
-        axes[0].text(0.105, 1e3 / 0.3 * 1.08, "0.3 ms", color="grey", fontsize=8)
+        axes[0].text(0.0, 1e3 / 0.3 * 1.08, "0.3 ms", color="grey", fontsize=8)
     else:
         axes[0].axhline(1e3 / 2.0, color="grey", ls=":", lw=1)
-        axes[0].text(0.105, 1e3 / 2.0 * 1.08, "2 ms", color="grey", fontsize=8)
+        axes[0].text(0.0, 1e3 / 2.0 * 1.08, "2 ms", color="grey", fontsize=8)
     handles, labels = [], []
     for ax in axes:
         for h, l in zip(*ax.get_legend_handles_labels()):
