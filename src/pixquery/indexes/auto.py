@@ -20,8 +20,8 @@ turns True and the caller should rebuild (`pixquery reindex`).
 
 Calibration queries
 -------------------
-Text-to-image queries behave unlike image vectors (the modality gap): on CLIP-like data HNSW
-loses far more recall on text queries than on held-out images. Pass real text query vectors
+Text-to-image queries behave unlike image vectors (the modality gap), and each kind reacts to
+that differently (docs/indexes.md). Pass real text query vectors
 (e.g. the text tower's embeddings of a few hundred generic prompts) as `queries`. Without them,
 auto uses random unit directions: harder than text queries for hnsw and ivf, but easier for the
 pq4 scan, so it then takes one more step of its knob than the random directions needed
