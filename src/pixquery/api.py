@@ -142,7 +142,7 @@ class Library:
         *,
         index: str | None = None,
         index_params: dict | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         workers: int | None = None,
         draft: bool = True,
         progress: IndexProgress | None = None,
@@ -223,12 +223,12 @@ class Library:
             report.failed.extend(stats.failed)
 
             rr = region_mod.index_image_regions(self.catalog, self.encoder, model.id, region_cfg,
-                                                batch_size=batch_size, progress=progress)
+                                                batch_size=batch_size or 32, progress=progress)
             report.regions += rr.regions
             report.failed.extend(rr.failed)
             if videos:
                 vr = video_mod.update_videos(self.catalog, self.encoder, model.id, roots, sampling=sampling,
-                                             regions=region_cfg, batch_size=batch_size, progress=progress)
+                                             regions=region_cfg, batch_size=batch_size or 32, progress=progress)
                 report.found += vr.found
                 report.indexed += vr.indexed
                 report.skipped += vr.skipped

@@ -35,7 +35,7 @@ class IndexSettings:
 
 @dataclass
 class IngestSettings:
-    batch_size: int = 32
+    batch_size: int | None = None  # None: the encoder's preferred size (32 on CPU, 256 on CUDA)
     workers: int | None = None
     draft: bool = True
 
