@@ -33,7 +33,7 @@ def describe(packages=("numpy", "pillow", "onnxruntime", "faiss-cpu", "torch")) 
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu,
-        "cores": os.cpu_count(),
+        "cores": len(os.sched_getaffinity(0)),  # the cores this process may use
         "memory_gib": mem_gib,
         "python": platform.python_version(),
         "os": platform.platform(),

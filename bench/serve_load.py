@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import signal
 import socket
@@ -34,8 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/machine.py
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-" + os.urandom(8).hex()
@@ -274,33 +274,11 @@ def code_version() -> str:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = 0.0
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                mem = int(line.split()[1]) / 1024 / 1024
-    except OSError:
-        pass
-    versions = {}
-    for pkg in ("fastapi", "uvicorn", "starlette", "httpx", "onnxruntime", "numpy"):
-        try:
-            from importlib.metadata import version
+    from machine import describe  # bench/machine.py: one description for every benchmark
 
-            versions[pkg] = version(pkg)
-        except Exception:  # noqa: BLE001
-            pass
-    return {
-        "cpu": cpu, "cores": len(os.sched_getaffinity(0)), "ram_gib": round(mem, 1), "python": platform.python_version(),
-        "os": platform.platform(), "versions": versions, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
+    desc = describe(("fastapi", "uvicorn", "starlette", "httpx", "onnxruntime", "numpy"))
+    desc["ram_gib"] = desc.pop("memory_gib")
+    return desc
 
 
 def main() -> None:
