@@ -643,6 +643,13 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
+def _derived_image_headers(etag: str, version: str | None, st) -> dict:
+    """Headers of a thumbnail or video frame: cacheable for a year when the URL names the file's
+    current version (size-mtime, as search results give it), else revalidated every time."""
+    current = version == f"{st.st_size}-{st.st_mtime_ns}"
+    return {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable" if current else "private, no-cache"}
+
+
 def _etag_matches(request: Request, etag: str) -> bool:
     inm = request.headers.get("if-none-match")
     return bool(inm) and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")])
@@ -779,9 +786,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise ApiError(422, f"size must be one of {list(thumbnails.SIZES)}")
         with server.open_image(image_id) as opened:
             etag = f'"{thumbnails.Thumbnails.key(image_id, opened.stat, size)}"'
-            current = v == f"{opened.stat.st_size}-{opened.stat.st_mtime_ns}"
-            cache = "private, max-age=31536000, immutable" if current else "private, no-cache"
-            headers = {"ETag": etag, "Cache-Control": cache}
+            headers = _derived_image_headers(etag, v, opened.stat)
             if _etag_matches(request, etag):
                 return Response(status_code=304, headers=headers)
             try:
@@ -812,8 +817,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise ApiError(422, f"size must be one of {list(thumbnails.SIZES)}")
         with server.open_video(video_id) as opened:
             etag = f'"{thumbnails.Thumbnails.frame_key(video_id, opened.stat, t, size)}"'
-            current = v == f"{opened.stat.st_size}-{opened.stat.st_mtime_ns}"
-            headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable" if current else "private, no-cache"}
+            headers = _derived_image_headers(etag, v, opened.stat)
             if _etag_matches(request, etag):
                 return Response(status_code=304, headers=headers)
             # Decode through the descriptor already checked (no second lookup of the path).
