@@ -264,6 +264,7 @@ class OnnxClipEncoder:
         files = [self.model_dir / f for f in REQUIRED]
         self.fingerprint = file_fingerprint(files, extra=precision if precision != "fp32" else "")
         self._sessions: dict[str, object] = {}
+        self._warm: set[str] = set()  # towers warm_up has run
         self._load_lock = threading.Lock()  # slow (session creation, quantisation)
         self._lock = threading.Lock()  # fast (the query cache)
         self._tokenizer = None
@@ -330,8 +331,12 @@ class OnnxClipEncoder:
 
     def warm_up(self, towers: Sequence[str] = ("textual",)) -> None:
         """Create the sessions now and run each tower once, so the first real call is fast
-        (the server and an interactive session call this at start-up)."""
+        (the server and an interactive session call this at start-up; the ingest pipeline calls it
+        for the image tower while the decoders fill the first batch). A tower runs once only."""
         for tower in towers:
+            if tower in self._warm:
+                continue
+            self._warm.add(tower)
             if tower == "textual":
                 self._run("textual", self.tokenize(["a photo"]))
             else:

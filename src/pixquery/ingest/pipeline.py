@@ -102,9 +102,15 @@ def decode_job(path: str, cfg: PreprocessConfig, draft: bool = True):
 
 
 def default_workers() -> int:
-    # One decoder per core beyond the first: the encoder's threads use the rest. On 2 cores one
-    # decoder at 5-25 ms an image (draft mode) keeps far ahead of ~50 ms an image for ViT-B/32.
-    return max(1, (os.cpu_count() or 2) - 1)
+    """One decoder per core the process may use. The decoders run niced, so while the encoder
+    computes they barely take its cores (its speed inside the pipeline equals its speed alone), and
+    whenever it waits for pixels every core decodes. With one decoder fewer than cores, that wait
+    ran on one core while the other idled: 12 MP photos on 2 cores went from 0.74 to 0.82 of the
+    encoder's speed with 2 decoders (docs/performance.md)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
 
 
 def default_window(batch_size: int, workers: int) -> int:
@@ -355,6 +361,11 @@ def embed_files(
     writer.start()
     done = failed = 0
     try:
+        # Create the encoder's session (and run it once) while the decoders fill the first batch:
+        # ONNX Runtime's start-up (~0.8 s for ViT-B/32) then costs the run nothing.
+        warm_up = getattr(encoder, "warm_up", None)
+        if warm_up is not None:
+            warm_up(("visual",))
         while True:
             tw = time.perf_counter()
             item = ready.get()
