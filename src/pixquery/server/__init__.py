@@ -6,6 +6,14 @@
 See docs/server.md for the endpoints and the security model.
 """
 
-from pixquery.server.app import ServerConfig, create_app
-
 __all__ = ["ServerConfig", "create_app"]
+
+
+def __getattr__(name: str):
+    # Imported on first use: FastAPI takes ~0.3 s to import, and every `pixquery` command loads
+    # this package to register `serve`.
+    if name in __all__:
+        from pixquery.server import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
