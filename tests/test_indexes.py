@@ -256,7 +256,7 @@ def test_auto_measures_and_records_its_choice(tmp_path):
     assert chosen["kind"] in ("flat", "hnsw") and chosen["recall"] >= 0.95
     assert p["measured_recall"] == chosen["recall"]
     assert {c["kind"] for c in chosen["candidates"]} >= {"flat"}
-    assert chosen["queries"] == "given"
+    assert chosen["queries"] == "text queries"
     _, found = auto.search(q, 10)
     _, truth = exact(x, ids, q, 10)
     assert recall(found, truth) >= 0.9
@@ -264,10 +264,22 @@ def test_auto_measures_and_records_its_choice(tmp_path):
     back = load_index("auto", tmp_path / "auto", mmap=True)
     assert back.params() == p and (back.search(q, 10)[1] == found).all()
     # small collections are exact; growing past exact_max by adds triggers the measurement
-    small = build_index("auto", DIM, ids[:100], x[:100], exact_max=500)
+    # and the query source (a function, as the library passes) is called only when it measures
+    calls = []
+
+    def source():
+        calls.append(1)
+        return q
+
+    small = build_index("auto", DIM, ids[:100], x[:100], queries=source, exact_max=500)
     assert small.params()["chosen"]["kind"] == "flat" and small.params()["measured_recall"] == 1.0
+    assert calls == []
     small.add(ids[100:1200], x[100:1200])
     assert small.params()["chosen"]["n"] == 1200 and len(small) == 1200
+    assert calls == [1] and small.params()["chosen"]["queries"] == "text queries"
+    # without queries it says that it used random directions
+    proxy = build_index("auto", DIM, ids[:1200], x[:1200], exact_max=500, sample=32)
+    assert proxy.params()["chosen"]["queries"].startswith("random directions")
 
 
 def test_registry_and_configs():

@@ -183,3 +183,17 @@ def test_default_runtime_never_imports_torch(photos, library_dir, tiny_model):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def test_auto_calibrates_on_the_models_text_queries(photos, library_dir, tiny_model):
+    """Beyond exact_max, `auto` measures recall on this model's embeddings of everyday text
+    queries (pixquery.query_sample), not on random directions."""
+    from pixquery.query_sample import QUERIES
+
+    lib = _lib(library_dir, tiny_model)
+    lib.index([photos], index="auto", index_params={"exact_max": 8, "sample": 50, "k": 5})
+    chosen = lib.info()["models"][0]["index"]["params"]["chosen"]
+    assert chosen["queries"] == "text queries" and chosen["n_queries"] == 50 and chosen["n"] == 16
+    assert 0 < chosen["recall"] <= 1
+    assert len(QUERIES) >= 200 and len(set(QUERIES)) == len(QUERIES)
+    assert len(lib.search("a dog", k=5)) == 5

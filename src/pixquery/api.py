@@ -237,7 +237,8 @@ class Library:
                 report.regions += vr.regions
                 report.failed.extend(vr.failed)
 
-            report.index = sync_index(self.catalog, self.path, model, kind, params, rebuild=changed_config, on_stage=progress.stage)
+            report.index = sync_index(self.catalog, self.path, model, kind, params, rebuild=changed_config,
+                                      on_stage=progress.stage, calibration_queries=self._calibration_queries)
             with self.catalog.transaction():
                 self.catalog.purge_deleted()
                 video_mod.purge_deleted_videos(self.catalog)  # and retired regions/frames (purge_orphans)
@@ -253,10 +254,18 @@ class Library:
             if model is None:
                 raise LibraryError(f"nothing embedded with {self.model_name} yet: run pixquery index first")
             kind, params, _ = self._index_config(index, index_params)
-            report = sync_index(self.catalog, self.path, model, kind, params, rebuild=True, on_stage=progress.stage)
+            report = sync_index(self.catalog, self.path, model, kind, params, rebuild=True, on_stage=progress.stage,
+                                calibration_queries=self._calibration_queries)
             with self.catalog.transaction():
                 self.catalog.set_setting("index", json.dumps({"kind": kind, "params": params}, sort_keys=True))
             return report
+
+    def _calibration_queries(self) -> np.ndarray:
+        """What `auto` measures recall on: this model's embeddings of everyday text queries (called
+        only when `auto` measures, i.e. beyond a few thousand vectors)."""
+        from pixquery.query_sample import QUERIES
+
+        return self.encoder.encode_texts(QUERIES)
 
     def _index_config(self, kind: str | None, params: dict | None) -> tuple[str, dict, bool]:
         """The index kind and params to use, and whether they differ from the library's current ones."""

@@ -93,11 +93,13 @@ def make_index(kind: str, dim: int, **params: Any) -> VectorIndex:
 def build_index(kind: str, dim: int, ids, vectors, queries=None, **params: Any) -> VectorIndex:
     """Create an index and add all vectors in one go (quantised kinds train on them).
 
-    `queries` (optional, (m, dim) text query vectors) calibrate `auto`; other kinds ignore them.
+    `queries` (optional: (m, dim) text query vectors, or a function returning them, called only if
+    a measurement happens) calibrate `auto`, now and when it measures again; other kinds ignore them.
     """
     index = make_index(kind, dim, **params)
     if kind == "auto":
-        index.fit(ids, vectors, queries=queries)
+        index.calibration_queries = queries
+        index.fit(ids, vectors)
     else:
         index.add(ids, vectors)
         if hasattr(index, "build"):  # static kinds (annoy) build now, not on the first search

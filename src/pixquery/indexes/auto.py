@@ -21,11 +21,12 @@ turns True and the caller should rebuild (`pixquery reindex`).
 Calibration queries
 -------------------
 Text-to-image queries behave unlike image vectors (the modality gap), and each kind reacts to
-that differently (docs/indexes.md). Pass real text query vectors
-(e.g. the text tower's embeddings of a few hundred generic prompts) as `queries`. Without them,
-auto uses random unit directions: harder than text queries for hnsw and ivf, but easier for the
-pq4 scan, so it then takes one more step of its knob than the random directions needed
-(docs/indexes.md shows both variants against real text queries).
+that differently (docs/indexes.md). Pass real text query vectors as `queries`, or set
+`calibration_queries` on the index (an array, or a function returning one, called only when a
+measurement happens: the library gives its text tower's embeddings of `pixquery.query_sample`).
+Without them, auto uses random unit directions: harder than text queries for hnsw and ivf, but
+easier for the pq4 scan, so it then takes one more step of its knob than the random directions
+needed (docs/indexes.md shows both variants against real text queries).
 
 Candidates (see docs/indexes.md for the measurements behind these rules)
 ------------------------------------------------------------------------
@@ -131,6 +132,9 @@ class Index:
         self._inner = None
         self._report: dict = {}
         self._n_decided = 0
+        # Text query vectors for the next measurement, or a function that makes them (lazy: the
+        # text tower runs only if a measurement happens). Not saved with the index.
+        self.calibration_queries = None
 
     # ------------------------------------------------------------------ the decision
     def fit(self, ids, vectors, queries=None) -> None:
@@ -149,12 +153,14 @@ class Index:
             self._n_decided = n
             return
         budget = c.memory_mb or _ram_mb() / 2
-        proxy = queries is None
+        if queries is None:
+            queries = self.calibration_queries() if callable(self.calibration_queries) else self.calibration_queries
+        proxy = queries is None or len(queries) == 0
         if proxy:
             source = "random directions, one knob step of margin (pass text query vectors for a better estimate)"
             queries = random_queries(c.sample, self.dim, c.seed)
         else:
-            source = "given"
+            source = "text queries"
             queries = as_vectors(queries, self.dim)
             if len(queries) > c.sample:
                 pick = np.random.default_rng(c.seed).choice(len(queries), c.sample, replace=False)

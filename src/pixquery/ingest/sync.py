@@ -49,6 +49,7 @@ def sync_index(
     *,
     rebuild: bool = False,  # True when the caller asks for other parameters than the index has
     on_stage: Callable[[str], None] | None = None,
+    calibration_queries: Callable[[], np.ndarray] | None = None,  # text query vectors for `auto`
 ) -> SyncReport:
     t0 = time.perf_counter()
     library_dir = Path(library_dir)
@@ -61,6 +62,8 @@ def sync_index(
         index = _load_matching(catalog, library_dir, row)
         if index is not None and getattr(index, "needs_rebuild", False):
             index = None  # `auto` chose for a collection a quarter of today's size: choose again
+        if index is not None and hasattr(index, "calibration_queries"):
+            index.calibration_queries = calibration_queries  # `auto` may measure again on add
     wanted = catalog.live_items(model.id)
 
     if index is None:
@@ -69,7 +72,8 @@ def sync_index(
         if row is None or rebuild or row.kind != kind:
             row = catalog.create_index(model.id, kind, params)
         vectors = catalog.vectors_for(model.id, wanted, model.dim)
-        index = indexes.build_index(kind, model.dim, np.arange(len(wanted), dtype=np.int64), vectors, **params)
+        index = indexes.build_index(kind, model.dim, np.arange(len(wanted), dtype=np.int64), vectors,
+                                    queries=calibration_queries, **params)
         added = list(enumerate(wanted))
         removed_refs: list[int] = []
         clear, next_ref, rebuilt = True, len(wanted), True
