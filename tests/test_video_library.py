@@ -1,8 +1,6 @@
 """Issue #7's "done when": `pixquery index` on a folder of photos and videos, then a text query,
 returns both kinds, videos with timestamps (adjacent hits merged into a time range), regions with
 boxes. Through the real Library and the real CLI, with the tiny random-weight model.
-
-Skipped until Library.index calls pixquery.ingest.video (the wiring the lead adds to api.py).
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import pytest
 
 pytest.importorskip("av", reason="video tests need PyAV (the [video] extra)")
 
-import pixquery.api as api_module  # noqa: E402
 from clirun import pixquery  # noqa: E402
 from photos import make_photos  # noqa: E402
 from videos import make_video  # noqa: E402
@@ -88,3 +85,33 @@ def test_cli_index_and_search_print_timestamps(media, tmp_path, tiny_model):
     hits = [h for h in json.loads(r.stdout)["results"] if "video_id" in h]
     assert hits and all("timestamp" in h and len(h["time_range"]) == 2 for h in hits)
     assert np.all([h["time_range"][0] <= h["timestamp"] <= h["time_range"][1] for h in hits])
+
+
+def test_a_long_video_does_not_crowd_out_other_results(tmp_path, tiny_model):
+    """The 60 frames of one scene are the 60 best hits for a query made from one of them, and with a
+    wide merge gap they all merge into one result: the search must fetch further than its first
+    over-fetch (4k + 16 hits) so that k results still come back."""
+    from pixquery.api import Library
+    from pixquery.search import run_query
+
+    folder = tmp_path / "media"
+    make_photos(folder, 6)
+    make_video(folder / "long.mp4", [(60.0, 3)], fps=2, size=(96, 64))
+    lib = Library.open(tmp_path / "lib", model=str(tiny_model))
+    report = lib.index([folder], every_seconds=1.0)
+    assert report.failed == [] and report.frames >= 50
+    blob = lib.catalog.db.execute(
+        "SELECT e.vector FROM embedding e JOIN detection d ON d.id = e.detection_id WHERE d.video_id IS NOT NULL "
+        "ORDER BY d.timestamp LIMIT 1 OFFSET 30").fetchone()[0]
+    q = np.frombuffer(blob, dtype=np.float32)
+    index, row = lib._index()
+    _, refs = index.search(q[None], 4 * 5 + 16)
+    first = lib.catalog.resolve(row.id, [int(r) for r in refs[0]])
+    assert all(it.detection_id is not None for it in first.values())  # the first fetch: frames only
+    results = run_query(lib.catalog, index, row, q, 5, merge_gap=1000.0)
+    assert len(results) == 5 and [r.rank for r in results] == [1, 2, 3, 4, 5]
+    videos = [r for r in results if r.video_id]
+    assert len(videos) == 1 and videos[0].rank == 1
+    assert videos[0].time_range[1] - videos[0].time_range[0] >= 50
+    assert len({r.path for r in results}) == 5
+    lib.close()

@@ -59,16 +59,36 @@ def run_query(
 ) -> Results:
     """Search `index` (described by `row`) and turn hits into results, best first, one per photo;
     hits of one video closer than `merge_gap` seconds become one result with a time range."""
-    from pixquery.ingest.video import DEFAULT_MERGE_GAP, merge_video_hits
+    from pixquery.ingest.video import DEFAULT_MERGE_GAP
 
     merge_gap = DEFAULT_MERGE_GAP if merge_gap is None else merge_gap
     k = max(1, int(k))
-    # Regions and video frames put several hits on one file; deleted files may still be in the
-    # index until the next sync. Over-fetch so that k distinct live files usually remain.
+    # Regions and video frames put several hits on one file (a long video can fill the whole first
+    # page with its frames), and deleted files may still be in the index until the next sync.
+    # Over-fetch, and fetch 4x more while fewer than k distinct live results remain and the index
+    # has more to give (below the threshold, when there is one).
     fetch = min(len(index), k * 4 + 16)
     if fetch == 0:
         return Results([], 0, threshold)
-    scores, refs = index.search(np.atleast_2d(query).astype(np.float32), fetch)
+    query = np.atleast_2d(query).astype(np.float32)
+    while True:
+        results, dropped, past_threshold = _collect(catalog, index, row, query, fetch, threshold, exclude_image, merge_gap)
+        if len(results) >= k or fetch >= len(index) or past_threshold:
+            break
+        fetch = min(len(index), fetch * 4)
+    results = results[:k]
+    for n, r in enumerate(results, 1):
+        r.rank = n
+    return Results(results, dropped, threshold)
+
+
+def _collect(catalog: Catalog, index, row: IndexRow, query: np.ndarray, fetch: int, threshold: float | None,
+             exclude_image: int | None, merge_gap: float) -> tuple[list[SearchResult], int, bool]:
+    """The best `fetch` hits as results (one per photo, video hits merged, live files only, best
+    first), how many the threshold dropped, and whether the hits went past the threshold."""
+    from pixquery.ingest.video import merge_video_hits
+
+    scores, refs = index.search(query, fetch)
     scores, refs = scores[0], refs[0]
     items = catalog.resolve(row.id, [int(r) for r in refs if r >= 0])
     det_ids = [it.detection_id for it in items.values() if it.detection_id is not None]
@@ -101,12 +121,10 @@ def run_query(
             continue
         best[key] = SearchResult(rank=0, score=float(score), distance=dist, path="", **hit)
         order.append(key)
-    results = merge_video_hits([best[key] for key in order], merge_gap)[:k]
+    results = merge_video_hits([best[key] for key in order], merge_gap)
     _fill_paths(catalog, results)
-    results = [r for r in results if r.path]
-    for n, r in enumerate(results, 1):
-        r.rank = n
-    return Results(results, dropped, threshold)
+    past = threshold is not None and len(scores) > 0 and angular_distance(scores[-1]) > threshold
+    return [r for r in results if r.path], dropped, past
 
 
 def _detections(catalog: Catalog, ids: list[int]) -> dict[int, tuple]:
