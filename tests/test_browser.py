@@ -225,6 +225,28 @@ def test_page_without_token_asks_for_it(page, served):
     page.wait_for_function("() => document.getElementById('lib-images').textContent.includes('40')")
 
 
+def test_api_docs_render_without_the_internet(page, served):
+    """/api/docs is Swagger UI served by pixquery itself: with every request to another host
+    refused, the page still renders the operations from /api/openapi.json."""
+    outside = []
+
+    def only_this_server(route):
+        if route.request.url.startswith(served.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_this_server)
+    page.goto(f"{served.url}/?token={TOKEN}")
+    page.goto(f"{served.url}/api/docs")
+    page.wait_for_selector(".swagger-ui .opblock")
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert any("/api/search" in p for p in paths), paths
+    assert outside == []
+    assert page.problems == [], page.problems
+
+
 def _image_id(served, path: Path) -> int:
     from pixquery.catalog import Catalog
 

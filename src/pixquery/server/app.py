@@ -42,6 +42,7 @@ import numpy as np
 from fastapi import FastAPI, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -664,10 +665,13 @@ def create_app(config: ServerConfig) -> FastAPI:
         yield
         server.close()
 
-    app = FastAPI(
+    # FastAPIOffline: FastAPI whose /api/docs page loads Swagger UI from this server, not from a CDN
+    # (a photo server often runs where the internet is not, and the page is behind the token).
+    app = FastAPIOffline(
         title="pixquery", version=__version__,
         description="Search a photo library with words or with a photo. All errors are JSON: {error, status}.",
-        docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json", lifespan=lifespan,
+        docs_url="/api/docs", redoc_url=None, static_url="/api/docs-static", openapi_url="/api/openapi.json",
+        lifespan=lifespan,
     )
     app.state.server = server
     app.add_middleware(Guard, token=config.token, loopback_only_hosts=is_loopback(config.host))
