@@ -112,7 +112,7 @@ def index(
     param: List[str] = typer.Option(None, "--param", help="Any other index parameter, KEY=VALUE"),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML settings file ([model], [index], [ingest])"),
     batch_size: Optional[int] = typer.Option(None, help="Images per encoder batch"),
-    workers: Optional[int] = typer.Option(None, help="Decoder processes"),
+    workers: Optional[int] = typer.Option(None, help="Decoder processes [default: one per core]"),
     regions: Optional[bool] = typer.Option(None, "--regions/--no-regions", help="Also embed tiles of photos and video frames (find small things; results show a box). Kept for later runs"),
     detector: Optional[str] = typer.Option(None, "--detector", help="An ONNX object detector whose boxes are embedded too (see docs/video.md)"),
     videos: bool = typer.Option(True, "--videos/--no-videos", help="Index video files too"),

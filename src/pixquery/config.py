@@ -9,7 +9,7 @@
     ef_construction = 200
     [ingest]
     batch_size = 32
-    workers = 1
+    workers = 2                # decoder processes (default: one per core)
 """
 
 from __future__ import annotations
