@@ -287,5 +287,6 @@ def test_video_hit_plays_at_the_matching_moment(page, served, tiny_model):
     page.screenshot(path=str(OUT / "browser-video.png"))
     page.keyboard.press("Escape")
     page.wait_for_selector("#viewer", state="hidden")
-    assert page.eval_on_selector("#v-video", "v => v.paused && !v.getAttribute('src')")
+    # the dialog hides at once; its "close" event (which stops the player) comes a task later
+    page.wait_for_function("() => { const v = document.getElementById('v-video'); return v.paused && !v.getAttribute('src'); }")
     assert page.problems == [], page.problems
