@@ -165,6 +165,18 @@ def _short_context_graph(src: Path, context: int):
     return model
 
 
+def derived_copy_paths(model: Path, tag: str, cache_dir: str | Path | None = None, stem: str | None = None) -> tuple[Path, Path]:
+    """Where a copy made from `model` (tag "int8", "ctx") lives: beside it, or in the cache folder
+    when the model's folder is read-only. The source's fingerprint in both names keeps a re-exported
+    model from meeting a stale copy."""
+    from pixquery.encoders.quantize import default_cache_dir
+
+    fp = file_fingerprint([model])
+    beside = model.with_name(f"{stem or model.stem}.{tag}.{fp}.onnx")
+    cached = Path(cache_dir or default_cache_dir()) / f"{model.parent.name}-{fp}.{tag}.onnx"
+    return beside, cached
+
+
 def short_context_copy(text_model: Path, context: int, cache_dir: str | Path | None = None) -> Path | None:
     """A copy of the text tower that takes sequences shorter than `context` (see
     _short_context_graph), checked to give the same embeddings as the original, made once and
@@ -172,11 +184,7 @@ def short_context_copy(text_model: Path, context: int, cache_dir: str | Path | N
     not apply (then a marker file remembers that, so the check runs once)."""
     import onnxruntime as ort
 
-    from pixquery.encoders.quantize import default_cache_dir
-
-    fp = file_fingerprint([text_model])
-    beside = text_model.with_name(f"{text_model.stem}.ctx.{fp}.onnx")
-    cached = Path(cache_dir or default_cache_dir()) / f"{text_model.parent.name}-{fp}.ctx.onnx"
+    beside, cached = derived_copy_paths(text_model, "ctx", cache_dir)
     for candidate in (beside, cached):
         if candidate.is_file():
             return candidate

@@ -30,11 +30,9 @@ def default_cache_dir() -> Path:
 def quantized_copy(model_path: Path, cache_dir: str | Path | None = None, stem: str | None = None) -> Path:
     """stem: the copy's name before `.int8.` (default: the source's); the short-context text
     tower (model.ctx.<fp>.onnx) keeps the tower's name, model.int8.<fp of its source>.onnx."""
-    from pixquery.encoders.onnx import file_fingerprint
+    from pixquery.encoders.onnx import derived_copy_paths
 
-    fp = file_fingerprint([model_path])
-    beside = model_path.with_name(f"{stem or model_path.stem}.int8.{fp}.onnx")
-    cached = Path(cache_dir or default_cache_dir()) / f"{model_path.parent.name}-{fp}.int8.onnx"
+    beside, cached = derived_copy_paths(model_path, "int8", cache_dir, stem)
     for candidate in (beside, cached):
         if candidate.is_file():
             return candidate
