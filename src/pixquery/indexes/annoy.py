@@ -27,12 +27,12 @@ from annoy import AnnoyIndex
 from pixquery.indexes.base import (
     as_ids,
     as_vectors,
-    dedupe_last,
     empty_results,
     load_npy,
     pad_results,
     read_bundle,
     save_npy,
+    upsert_batch,
     write_bundle,
 )
 
@@ -77,11 +77,9 @@ class Index:
         return self._vectors
 
     def add(self, ids, vectors) -> None:
-        ids = as_ids(ids)
-        vectors = as_vectors(vectors, self.dim, len(ids))
+        ids, vectors = upsert_batch(ids, vectors, self.dim)
         if not len(ids):
             return
-        ids, vectors = dedupe_last(ids, vectors)
         current = self._materialise()
         keep = ~np.isin(self._ids, ids) if len(self._ids) else np.ones(0, bool)
         self._vectors = np.concatenate([current[keep], vectors]) if not keep.all() else np.concatenate([current, vectors])

@@ -141,6 +141,14 @@ def dedupe_last(ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.nd
     return ids[keep], vectors[keep]
 
 
+def upsert_batch(ids, vectors, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """What every kind's `add` starts with: checked int64 ids and float32 (n, dim) vectors, an id
+    given twice keeping its last vector (the batch is an upsert). May be empty."""
+    ids = as_ids(ids)
+    vectors = as_vectors(vectors, dim, len(ids))
+    return dedupe_last(ids, vectors)
+
+
 def empty_results(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
 

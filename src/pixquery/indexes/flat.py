@@ -34,12 +34,12 @@ from pixquery.indexes import _faiss
 from pixquery.indexes.base import (
     as_ids,
     as_vectors,
-    dedupe_last,
     empty_results,
     load_npy,
     pad_results,
     read_bundle,
     save_npy,
+    upsert_batch,
     write_bundle,
 )
 
@@ -128,11 +128,9 @@ class Index:
         return p
 
     def add(self, ids, vectors) -> None:
-        ids = as_ids(ids)
-        vectors = as_vectors(vectors, self.dim, len(ids))
+        ids, vectors = upsert_batch(ids, vectors, self.dim)
         if not len(ids):
             return
-        ids, vectors = dedupe_last(ids, vectors)
         if len(self._ids) and ids.min() <= self._max_id:
             present = np.isin(ids, self._ids)
             if present.any():

@@ -31,10 +31,10 @@ import numpy as np
 from pixquery.indexes.base import (
     as_ids,
     as_vectors,
-    dedupe_last,
     empty_results,
     pad_results,
     read_bundle,
+    upsert_batch,
     write_bundle,
 )
 
@@ -88,11 +88,9 @@ class Index:
 
     # ------------------------------------------------------------------ changes
     def add(self, ids, vectors) -> None:
-        ids = as_ids(ids)
-        vectors = as_vectors(vectors, self.dim, len(ids))
+        ids, vectors = upsert_batch(ids, vectors, self.dim)
         if not len(ids):
             return
-        ids, vectors = dedupe_last(ids, vectors)
         new = np.ones(len(ids), bool)
         if ids.min() <= self._max_label:
             new = ~np.isin(ids, np.asarray(self._g.get_ids_list(), dtype=np.int64))

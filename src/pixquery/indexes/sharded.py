@@ -21,12 +21,12 @@ import numpy as np
 from pixquery.indexes.base import (
     as_ids,
     as_vectors,
-    dedupe_last,
     empty_results,
     load_npy,
     merge_results,
     read_bundle,
     save_npy,
+    upsert_batch,
     write_bundle,
 )
 
@@ -79,11 +79,9 @@ class Index:
 
     # ------------------------------------------------------------------ changes
     def add(self, ids, vectors) -> None:
-        ids = as_ids(ids)
-        vectors = as_vectors(vectors, self.dim, len(ids))
+        ids, vectors = upsert_batch(ids, vectors, self.dim)
         if not len(ids):
             return
-        ids, vectors = dedupe_last(ids, vectors)
         if self.config.shards:
             while len(self._shards) < self.config.shards:
                 self._shards.append(self._new_shard())
