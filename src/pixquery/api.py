@@ -27,6 +27,7 @@ from pixquery.ingest.sync import SyncReport, sync_index
 from pixquery.search import Results, SearchResult, run_query
 
 CATALOG_FILE = "catalog.sqlite"
+PRECISIONS = ("fp32", "int8")
 STATUS_FILE = "indexing.json"  # present while an index run is going on (read by the web page)
 
 
@@ -61,6 +62,8 @@ class IndexReport:
     frames: int = 0  # video frames embedded in this run
     regions: int = 0  # region embeddings (tiles, detector boxes) of photos and frames made in this run
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    # The failures that are new: not the same file failing for the same reason in an earlier run.
+    new_failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     embed_seconds: float = 0.0
     index: SyncReport | None = None
@@ -70,10 +73,12 @@ class IndexReport:
         return self.indexed / self.embed_seconds if self.embed_seconds else 0.0
 
     def to_dict(self) -> dict:
+        new = set(self.new_failures)
         return {
             "found": self.found, "indexed": self.indexed, "skipped": self.skipped, "removed": self.removed,
             "videos": self.videos, "frames": self.frames, "regions": self.regions,
-            "failed": [{"path": p, "reason": r} for p, r in self.failed], "seconds": round(self.seconds, 3),
+            "failed": [{"path": p, "reason": r, "new": (p, r) in new} for p, r in self.failed],
+            "new_failures": len(self.new_failures), "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "index": None if self.index is None else {
                 "kind": self.index.kind, "added": self.index.added, "removed": self.index.removed,
@@ -82,17 +87,22 @@ class IndexReport:
 
 
 class Library:
-    def __init__(self, path: Path, model: str | None = None, precision: str = "fp32"):
+    def __init__(self, path: Path, model: str | None = None, precision: str | None = None):
         self.path = Path(path)
         self.catalog = Catalog(self.path / CATALOG_FILE)
         self._model_name = model
-        self.precision = precision
+        if precision is not None and precision not in PRECISIONS:
+            raise PixqueryError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        self._precision = precision
         self._encoder = None
         self._loaded: tuple | None = None  # (index_id, path, index)
 
     @classmethod
-    def open(cls, path: str | Path | None = None, model: str | None = None, precision: str = "fp32") -> "Library":
-        """Open (or create) a library. `model`: a name from `pixquery models`, or a local model folder."""
+    def open(cls, path: str | Path | None = None, model: str | None = None, precision: str | None = None) -> "Library":
+        """Open (or create) a library. `model`: a name from `pixquery models`, or a local model folder.
+        `precision`: "fp32" or "int8"; None uses the library's (what its last `index` with a
+        precision chose; fp32 for a new library). Model and precision given here are remembered
+        by `index`, so every later command (search, serve, a plain rescan) uses the same."""
         return cls(Path(path).expanduser() if path else default_library_path(), model, precision)
 
     def close(self) -> None:
@@ -113,6 +123,10 @@ class Library:
         name = self._model_name or self.catalog.get_setting("model") or DEFAULT_MODEL
         # A local folder is remembered by its absolute path, so the library works from any cwd.
         return os.path.abspath(name) if os.path.isdir(os.path.expanduser(name)) else name
+
+    @property
+    def precision(self) -> str:
+        return self._precision or self.catalog.get_setting("precision") or "fp32"
 
     @property
     def encoder(self):
@@ -181,6 +195,8 @@ class Library:
                         self.catalog.add_folder(root)
                 if self._model_name:
                     self.catalog.set_setting("model", self.model_name)
+                if self._precision:
+                    self.catalog.set_setting("precision", self._precision)
 
             progress.stage("scanning")
             known: dict = {}
@@ -192,8 +208,9 @@ class Library:
             report.failed.extend(scanned.errors)
             for path, reason in scanned.errors:
                 progress.failure(path, reason)
-            # Unchanged files still need an embedding when the model changed since they were indexed.
-            have = self.catalog.image_ids_with_embedding(model.id)
+            # An unchanged file still needs this model's embedding when it has none, or one made
+            # from an older version of the file (another model indexed the change since).
+            have = self.catalog.image_ids_with_current_embedding(model.id)
             to_embed = list(scanned.to_embed) + [e for image_id, e in scanned.unchanged if image_id not in have]
             report.skipped = scanned.found - len(to_embed)
             report.removed = len(scanned.deleted)
@@ -209,7 +226,8 @@ class Library:
                     ids = []
                     for e in batch:
                         ids.append(self.catalog.upsert_image(e.entry.path, e.entry.size, e.entry.mtime_ns, e.sha256, e.width, e.height))
-                        self.catalog.put_image_embedding(model.id, ids[-1], e.vector)
+                        self.catalog.put_image_embedding(model.id, ids[-1], e.vector,
+                                                         source=(e.entry.size, e.entry.mtime_ns, e.sha256))
                     self.catalog.mark_stale(image_ids=ids)
                 _failpoints.hit("after_batch_commit")
 
@@ -243,6 +261,7 @@ class Library:
                 self.catalog.purge_deleted()
                 video_mod.purge_deleted_videos(self.catalog)  # and retired regions/frames (purge_orphans)
                 self.catalog.set_setting("index", json.dumps({"kind": kind, "params": params}, sort_keys=True))
+                report.new_failures = self.catalog.record_failures(roots, report.failed)
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -386,6 +405,7 @@ class Library:
         out = {
             "library": str(self.path),
             "model": self.model_name,
+            "precision": self.precision,
             "folders": self.catalog.folders(),
             "images": self.catalog.count_images(),
             "videos": db.execute("SELECT COUNT(*) FROM video WHERE deleted = 0").fetchone()[0],

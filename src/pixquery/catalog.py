@@ -15,6 +15,7 @@ fully written index file.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -123,6 +124,35 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX embedding_by_image ON embedding(image_id) WHERE image_id IS NOT NULL;
     CREATE INDEX embedding_by_detection ON embedding(detection_id) WHERE detection_id IS NOT NULL;
+    """,
+    # 2 -> 3: each photo embedding records the file version (size, mtime, sha256) it was made from.
+    # Change detection compared the disk with the `image` row only, which the *last* model to index
+    # a file updates: a file changed and re-indexed with model B looked unchanged to model A, which
+    # kept the old photo's vector. Now a model re-embeds every photo whose embedding is not of the
+    # file's current version. Rows from before: a library with one model wrote each embedding
+    # together with its image row, so they are of that version; where several models share a
+    # library that cannot be known, so they stay NULL (unknown) and are re-embedded once.
+    """
+    ALTER TABLE embedding ADD COLUMN source_size INTEGER;
+    ALTER TABLE embedding ADD COLUMN source_mtime_ns INTEGER;
+    ALTER TABLE embedding ADD COLUMN source_sha256 TEXT;
+    UPDATE embedding SET
+        source_size = (SELECT size FROM image WHERE image.id = embedding.image_id),
+        source_mtime_ns = (SELECT mtime_ns FROM image WHERE image.id = embedding.image_id),
+        source_sha256 = (SELECT sha256 FROM image WHERE image.id = embedding.image_id)
+    WHERE image_id IS NOT NULL
+      AND (SELECT COUNT(DISTINCT model_id) FROM embedding WHERE image_id IS NOT NULL) = 1;
+    """,
+    # 3 -> 4: files that failed, as they were when they failed, so that a file that stays broken is
+    # reported on every run but only a new failure makes `pixquery index` exit 1 (cron stays quiet).
+    """
+    CREATE TABLE failure (
+        path TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,      -- -1 when the path could not be stat()ed
+        mtime_ns INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        first_seen REAL NOT NULL
+    );
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -306,6 +336,42 @@ class Catalog:
     def count_images(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM image WHERE deleted = 0").fetchone()[0]
 
+    # -- failures -------------------------------------------------------------------------
+
+    def record_failures(self, roots: Sequence[str], failed: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Remember this run's failures under `roots` (forgetting those that no longer fail) and
+        return the new ones: failed now but not before with the same file version and reason.
+        Call inside a transaction."""
+        now = time.time()
+        current: dict[str, tuple[int, int, str]] = {}
+        for path, reason in failed:
+            try:
+                st = os.stat(path)
+                current[path] = (st.st_size, st.st_mtime_ns, reason)
+            except OSError:
+                current[path] = (-1, -1, reason)
+        new = []
+        for path, (size, mtime_ns, reason) in current.items():
+            row = self.db.execute("SELECT size, mtime_ns, reason FROM failure WHERE path = ?", (path,)).fetchone()
+            if row != (size, mtime_ns, reason):
+                new.append((path, reason))
+                self.db.execute(
+                    """INSERT INTO failure(path, size, mtime_ns, reason, first_seen) VALUES (?, ?, ?, ?, ?)
+                       ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
+                         reason = excluded.reason, first_seen = excluded.first_seen""",
+                    (path, size, mtime_ns, reason, now),
+                )
+        for root in roots:
+            prefix = root.rstrip("/") + "/"
+            gone = [
+                p for (p,) in self.db.execute(
+                    "SELECT path FROM failure WHERE path = ? OR substr(path, 1, ?) = ?", (root, len(prefix), prefix))
+                if p not in current
+            ]
+            for chunk in _chunks(gone, 900):
+                self.db.execute(f"DELETE FROM failure WHERE path IN ({','.join('?' * len(chunk))})", chunk)
+        return new
+
     # -- models and embeddings ------------------------------------------------------------
 
     def ensure_model(self, name: str, fingerprint: str, dim: int) -> ModelRow:
@@ -342,11 +408,19 @@ class Catalog:
         row = self.db.execute("SELECT threshold FROM model WHERE fingerprint = ?", (fingerprint,)).fetchone()
         return row[0] if row else None
 
-    def put_image_embedding(self, model_id: int, image_id: int, vector: np.ndarray) -> None:
+    def put_image_embedding(self, model_id: int, image_id: int, vector: np.ndarray,
+                            source: tuple[int, int, str | None] | None = None) -> None:
+        """Store this model's embedding of a photo, made from the file version `source` = (size,
+        mtime_ns, sha256); None: the version the image row records now (call after upsert_image)."""
+        if source is None:
+            source = self.db.execute("SELECT size, mtime_ns, sha256 FROM image WHERE id = ?", (image_id,)).fetchone()
         self.db.execute(
-            """INSERT INTO embedding(model_id, image_id, vector) VALUES (?, ?, ?)
-               ON CONFLICT(model_id, image_id) WHERE image_id IS NOT NULL DO UPDATE SET vector = excluded.vector""",
-            (model_id, image_id, np.asarray(vector, dtype=np.float32).tobytes()),
+            """INSERT INTO embedding(model_id, image_id, vector, source_size, source_mtime_ns, source_sha256)
+               VALUES (?, ?, ?, ?, ?, ?)
+               ON CONFLICT(model_id, image_id) WHERE image_id IS NOT NULL DO UPDATE SET vector = excluded.vector,
+                 source_size = excluded.source_size, source_mtime_ns = excluded.source_mtime_ns,
+                 source_sha256 = excluded.source_sha256""",
+            (model_id, image_id, np.asarray(vector, dtype=np.float32).tobytes(), *source),
         )
 
     def put_detection_embedding(self, model_id: int, detection_id: int, vector: np.ndarray) -> None:
@@ -356,8 +430,18 @@ class Catalog:
             (model_id, detection_id, np.asarray(vector, dtype=np.float32).tobytes()),
         )
 
-    def image_ids_with_embedding(self, model_id: int) -> set[int]:
-        return {r[0] for r in self.db.execute("SELECT image_id FROM embedding WHERE model_id = ? AND image_id IS NOT NULL", (model_id,))}
+    def image_ids_with_current_embedding(self, model_id: int) -> set[int]:
+        """Photos whose embedding by this model was made from the file version the image row
+        records now (size, mtime and hash): the others must be (re-)embedded by this model."""
+        return {
+            r[0]
+            for r in self.db.execute(
+                """SELECT e.image_id FROM embedding e JOIN image i ON i.id = e.image_id
+                   WHERE e.model_id = ? AND e.source_size = i.size AND e.source_mtime_ns = i.mtime_ns
+                     AND e.source_sha256 IS i.sha256""",
+                (model_id,),
+            )
+        }
 
     def image_embedding(self, model_id: int, image_id: int) -> np.ndarray | None:
         row = self.db.execute("SELECT vector FROM embedding WHERE model_id = ? AND image_id = ?", (model_id, image_id)).fetchone()

@@ -2,7 +2,7 @@
 
     [model]
     name = "ViT-B-32"          # or a local model folder
-    precision = "fp32"         # or "int8"
+    precision = "int8"         # or "fp32"; unset: the library's (fp32 for a new one)
     [index]
     kind = "hnsw"
     M = 32
@@ -24,7 +24,7 @@ from pixquery.errors import PixqueryError
 @dataclass
 class ModelSettings:
     name: str | None = None
-    precision: str = "fp32"
+    precision: str | None = None  # None: the library's remembered precision (fp32 for a new one)
 
 
 @dataclass
