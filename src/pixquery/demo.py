@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from pathlib import Path
 
 from rich.console import Console
@@ -64,25 +65,35 @@ def _resolve(base: Path, value: str) -> Path:
     return base / p
 
 
+DEMO_SETTING = "demo_model"  # marks a library the demo made, and the model it was made with
+
+
 def run(model: str | None, folder: Path | None, library: Path | None, console: Console, progress) -> None:
     from pixquery.api import Library, default_library_path
+    from pixquery.encoders.registry import DEFAULT_MODEL
 
     paths, source = collection(folder)
+    ours = library is None  # the demo's own folder (older demos left no marker in it)
     library = library or default_library_path() / "demo"
     console.print(f"[bold]demo collection:[/] {escape(source)}")
-    lib = Library.open(library, model=model)
+    # Ask for the real model on every run (never the model the library remembers): a fallback
+    # taken offline must not stick once the real weights can be had.
+    lib = Library.open(library, model=model or DEFAULT_MODEL)
     try:
         lib.encoder  # load now: an offline first run fails here with the fix
     except ModelNotAvailable as e:
         if model is not None or not TINY_MODEL.is_dir():
             raise
         console.print(f"[yellow]{escape(str(e))}[/yellow]")
-        console.print(
-            f"[yellow bold]Running the demo with the random-weight test model {escape(str(TINY_MODEL))} instead. "
-            "Its rankings are meaningless: it shows the whole pipeline working, not search quality.[/]"
-        )
         lib.close()
         lib = Library.open(library, model=str(TINY_MODEL))
+    if getattr(lib.encoder, "random_weights", False) or Path(lib.model_name) == TINY_MODEL:
+        console.print(
+            f"[yellow bold]This demo runs the random-weight test model {escape(lib.model_name)}: its rankings are "
+            "meaningless; it shows the pipeline working, not search quality. The next run uses the real model "
+            "as soon as it can be downloaded.[/]"
+        )
+    lib = _tied_to_model(lib, library, console, ours)
     console.print(f"[bold]model:[/] {escape(lib.model_name)}   [bold]library:[/] {escape(str(library))}")
     report = lib.index(paths, progress=progress)
     progress.close()
@@ -97,3 +108,27 @@ def run(model: str | None, folder: Path | None, library: Path | None, console: C
     console.print(f"\n{info['images']} images in {escape(info['library'])}; try: "
                   f"pixquery search --library {escape(str(library))} \"a cat\"")
     lib.close()
+
+
+def _tied_to_model(lib, library: Path, console: Console, ours: bool):
+    """The demo library holds one model's embeddings: the one it was made with. Made with another
+    (the random fallback, and the real model is here now), it is rebuilt from scratch. A library
+    the demo did not make is never deleted: the model's embeddings are added beside the others."""
+    from pixquery.api import CATALOG_FILE, Library
+
+    made_with = lib.catalog.get_setting(DEMO_SETTING) or (lib.catalog.get_setting("model") if ours else None)
+    fresh = lib.catalog.count_images() == 0 and not lib.catalog.models()
+    if made_with is not None and made_with != lib.model_name:
+        console.print(f"[yellow]the demo library was made with {escape(made_with)}; rebuilding it with "
+                      f"{escape(lib.model_name)}[/]")
+        model = lib.model_name
+        lib.close()
+        for name in (CATALOG_FILE, CATALOG_FILE + "-wal", CATALOG_FILE + "-shm"):
+            (library / name).unlink(missing_ok=True)
+        shutil.rmtree(library / "indexes", ignore_errors=True)
+        lib = Library.open(library, model=model)
+        fresh = True
+    if fresh:
+        with lib.catalog.transaction():
+            lib.catalog.set_setting(DEMO_SETTING, lib.model_name)
+    return lib

@@ -265,6 +265,9 @@ class OnnxClipEncoder:
         self._cache_dir = cache_dir
         self.config = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
         self.name = name or self.model_dir.name
+        # Test models (scripts/make_tiny_models.py, `pixquery export --random`) say so in their
+        # config: every command that uses one warns that its rankings mean nothing.
+        self.random_weights = bool(self.config.get("random_weights", False))
         self.dim = int(self.config["embed_dim"])
         raw = json.loads((self.model_dir / "visual" / "preprocess_cfg.json").read_text(encoding="utf-8"))
         self.preprocess_cfg = PreprocessConfig.from_dict(raw)
