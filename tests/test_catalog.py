@@ -78,3 +78,24 @@ def test_threshold_roundtrip(cat):
     assert cat.get_threshold("m", "fp") is None
     cat.set_threshold("m", "fp", 0.27, source="eval")
     assert cat.get_threshold("m", "fp") == pytest.approx(0.27)
+
+
+def test_no_sql_outside_the_catalog_package():
+    """The catalog owns every SQL statement: a string literal holding SQL, or an .execute() call,
+    anywhere else in the package fails this test (the issue's grep, done with the parser)."""
+    import ast
+    import re
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parent.parent / "src" / "pixquery"
+    sql = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\S+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|INDEX))\b", re.S | re.I)
+    offenders = []
+    for path in src.rglob("*.py"):
+        if "catalog" in path.relative_to(src).parts[:1]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and sql.search(node.value):
+                offenders.append(f"{path.relative_to(src)}:{node.lineno}: {node.value[:60]!r}")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("execute", "executemany"):
+                offenders.append(f"{path.relative_to(src)}:{node.lineno}: .{node.func.attr}(...)")
+    assert offenders == []

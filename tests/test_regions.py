@@ -20,7 +20,6 @@ from pixquery.ingest.regions import (
     crop,
     drop_regions_of_changed,
     index_image_regions,
-    purge_orphans,
     regions_of,
     square_box,
     tiles,
@@ -196,7 +195,7 @@ def _sync(lib):
     model = lib.catalog.model_by_fingerprint(lib.encoder.fingerprint)
     report = sync_index(lib.catalog, lib.path, model, "flat", {})
     with lib.catalog.transaction():
-        purge_orphans(lib.catalog)
+        lib.catalog.purge_orphan_detections()
     return model, report
 
 
@@ -325,7 +324,7 @@ def test_video_frame_tiles_and_detections(tmp_path, tiny_model):
     pytest.importorskip("av")
     from videos import make_video
 
-    from pixquery.ingest.video import extract_frame, merge_video_hits, purge_deleted_videos, update_videos
+    from pixquery.ingest.video import extract_frame, merge_video_hits, update_videos
 
     lib = _library(tmp_path, tiny_model)
     lib.index([make_photos(tmp_path / "photos", 1)[0]])
@@ -350,6 +349,6 @@ def test_video_frame_tiles_and_detections(tmp_path, tiny_model):
     update_videos(lib.catalog, lib.encoder, model.id, [str(tmp_path / "videos")], regions=cfg)
     _, sync = _sync(lib)
     with lib.catalog.transaction():
-        purge_deleted_videos(lib.catalog)
+        lib.catalog.purge_deleted_videos()
     assert sync.total == 1 and _count(lib, "SELECT COUNT(*) FROM detection") == 0
     assert _count(lib, "SELECT COUNT(*) FROM video") == 0

@@ -30,7 +30,6 @@ from pixquery.ingest.video import (  # noqa: E402
     format_timestamp,
     index_videos,
     probe,
-    purge_deleted_videos,
     sample_frames,
     update_videos,
 )
@@ -191,7 +190,7 @@ class Lib:
         report = update_videos(self.catalog, self.encoder, self.model.id, [str(r) for r in roots], **kw)
         self.sync = sync_index(self.catalog, self.folder, self.model, "flat", {})
         with self.catalog.transaction():
-            purge_deleted_videos(self.catalog)
+            self.catalog.purge_deleted_videos()
         return report
 
     def search(self, vector, k=10):

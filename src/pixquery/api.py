@@ -144,7 +144,7 @@ class Library:
                 row = self.catalog.ensure_model(enc.name, enc.fingerprint, enc.dim)
         elif row is not None and row.dim == 0 and create:  # created by set_threshold before any index
             with self.catalog.transaction():
-                self.catalog.db.execute("UPDATE model SET dim = ?, name = ? WHERE id = ?", (enc.dim, enc.name, row.id))
+                self.catalog.set_model_shape(row.id, enc.name, enc.dim)
             row = self.catalog.model(row.id)
         return row
 
@@ -259,7 +259,7 @@ class Library:
                                       on_stage=progress.stage, calibration_queries=self._calibration_queries)
             with self.catalog.transaction():
                 self.catalog.purge_deleted()
-                video_mod.purge_deleted_videos(self.catalog)  # and retired regions/frames (purge_orphans)
+                self.catalog.purge_deleted_videos()  # and retired regions/frames
                 self.catalog.set_setting("index", json.dumps({"kind": kind, "params": params}, sort_keys=True))
                 report.new_failures = self.catalog.record_failures(roots, report.failed)
         report.seconds = time.perf_counter() - t0
@@ -398,7 +398,6 @@ class Library:
     # -- facts ----------------------------------------------------------------------------
 
     def info(self) -> dict:
-        db = self.catalog.db
         catalog_bytes = sum(
             (self.path / f).stat().st_size for f in (CATALOG_FILE, CATALOG_FILE + "-wal") if (self.path / f).exists()
         )
@@ -408,13 +407,13 @@ class Library:
             "precision": self.precision,
             "folders": self.catalog.folders(),
             "images": self.catalog.count_images(),
-            "videos": db.execute("SELECT COUNT(*) FROM video WHERE deleted = 0").fetchone()[0],
-            "detections": db.execute("SELECT COUNT(*) FROM detection").fetchone()[0],
+            "videos": self.catalog.count_videos(),
+            "detections": self.catalog.count_detections(),
             "catalog_bytes": catalog_bytes,
             "models": [],
         }
         for m in self.catalog.models():
-            n = db.execute("SELECT COUNT(*) FROM embedding WHERE model_id = ?", (m.id,)).fetchone()[0]
+            n = self.catalog.count_embeddings(m.id)
             idx = self.catalog.active_index(m.id)
             out["models"].append({
                 "name": m.name, "fingerprint": m.fingerprint, "dim": m.dim, "embeddings": n,

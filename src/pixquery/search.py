@@ -92,7 +92,7 @@ def _collect(catalog: Catalog, index, row: IndexRow, query: np.ndarray, fetch: i
     scores, refs = scores[0], refs[0]
     items = catalog.resolve(row.id, [int(r) for r in refs if r >= 0])
     det_ids = [it.detection_id for it in items.values() if it.detection_id is not None]
-    detections = _detections(catalog, det_ids)
+    detections = catalog.detections(det_ids)
     best: dict[tuple, SearchResult] = {}
     order: list[tuple] = []
     dropped = 0
@@ -108,7 +108,7 @@ def _collect(catalog: Catalog, index, row: IndexRow, query: np.ndarray, fetch: i
             d = detections.get(item.detection_id)
             if d is None:
                 continue
-            image_id, video_id, ts, box = d
+            image_id, video_id, ts, box = d.image_id, d.video_id, d.timestamp, d.box
             key = ("image", image_id) if image_id is not None else ("video", video_id, item.detection_id)
             hit = dict(image_id=image_id, video_id=video_id, detection_id=item.detection_id, timestamp=ts,
                        box=None if box == (0.0, 0.0, 1.0, 1.0) else box)
@@ -127,24 +127,9 @@ def _collect(catalog: Catalog, index, row: IndexRow, query: np.ndarray, fetch: i
     return [r for r in results if r.path], dropped, past
 
 
-def _detections(catalog: Catalog, ids: list[int]) -> dict[int, tuple]:
-    out = {}
-    for i in range(0, len(ids), 900):
-        chunk = ids[i : i + 900]
-        q = f"SELECT id, image_id, video_id, timestamp, x0, y0, x1, y1 FROM detection WHERE id IN ({','.join('?' * len(chunk))})"
-        for did, img, vid, ts, x0, y0, x1, y1 in catalog.db.execute(q, chunk):
-            out[did] = (img, vid, ts, (x0, y0, x1, y1))
-    return out
-
-
 def _fill_paths(catalog: Catalog, results: list[SearchResult]) -> None:
     images = catalog.images([r.image_id for r in results if r.image_id is not None])
-    video_ids = [r.video_id for r in results if r.video_id is not None]
-    videos = {}
-    for i in range(0, len(video_ids), 900):
-        chunk = video_ids[i : i + 900]
-        q = f"SELECT id, path, width, height FROM video WHERE deleted = 0 AND id IN ({','.join('?' * len(chunk))})"
-        videos.update({vid: (p, w, h) for vid, p, w, h in catalog.db.execute(q, chunk)})
+    videos = catalog.live_videos([r.video_id for r in results if r.video_id is not None])
     for r in results:
         if r.image_id is not None and r.image_id in images:
             img = images[r.image_id]

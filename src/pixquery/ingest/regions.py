@@ -14,8 +14,8 @@ as is (tiles then have the photo's aspect and lose their sides to the centre cro
 Detections are shared by all models (a box is a box), embeddings are per model. Rows that an index
 still refers to cannot be deleted (index_image references them), so replacing a file's regions
 "retires" the old rows: their embeddings go (every model's index drops them at its next sync, as
-`live_items` no longer lists them) and the rows themselves are deleted by `purge_orphans` once no
-index refers to them.
+`live_items` no longer lists them) and the rows themselves are deleted by the catalog's
+`purge_orphan_detections` once no index refers to them.
 """
 
 from __future__ import annotations
@@ -253,72 +253,25 @@ def store_detections(
     """
     assert (image_id is None) != (video_id is None)
     assert len(regions) == len(vectors)
-    col, owner = ("image_id", image_id) if image_id is not None else ("video_id", video_id)
-    q = f"""SELECT id, kind, timestamp, x0, y0, x1, y1, label FROM detection d
-            WHERE {col} = ? AND kind IN ({','.join('?' * len(kinds))}) AND {_HAS_EMBEDDING.format(d="d.id")}"""
     existing: dict[tuple, int] = {}
-    for did, kind, ts, x0, y0, x1, y1, label in catalog.db.execute(q, (owner, *kinds)):
-        existing.setdefault(Region(kind, (x0, y0, x1, y1), ts, label).key(), did)
+    for did, kind, ts, box, label in catalog.embedded_detections_of(image_id=image_id, video_id=video_id, kinds=kinds):
+        existing.setdefault(Region(kind, box, ts, label).key(), did)
     ids, restale = [], []
-    had = _ids_with_embedding(catalog, model_id, list(existing.values())) if reuse else set()
+    had = catalog.detection_ids_with_embedding(model_id, list(existing.values())) if reuse else set()
     for region, vector in zip(regions, vectors):
         did = existing.pop(region.key(), None) if reuse else None
         if did is None:
-            x0, y0, x1, y1 = region.box
-            did = catalog.db.execute(
-                f"""INSERT INTO detection({col}, timestamp, x0, y0, x1, y1, kind, label)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
-                (owner, region.timestamp, x0, y0, x1, y1, region.kind, region.label),
-            ).fetchone()[0]
+            did = catalog.add_detection(image_id=image_id, video_id=video_id, kind=region.kind, box=region.box,
+                                        timestamp=region.timestamp, label=region.label)
         elif did in had:
             restale.append(did)
         catalog.put_detection_embedding(model_id, did, vector)
         ids.append(did)
     if not reuse:
-        retire(catalog, list(existing.values()))
+        catalog.retire_detections(list(existing.values()))
     if restale:
         catalog.mark_stale(detection_ids=restale)
     return ids
-
-
-# "some model embedded this detection", as seeks on the (model_id, detection_id) index: the schema
-# has no index on embedding(detection_id) alone, and a plain `e.detection_id = d.id` scans the table.
-_HAS_EMBEDDING = "EXISTS (SELECT 1 FROM embedding e WHERE e.model_id IN (SELECT id FROM model) AND e.detection_id = {d})"
-
-
-def _ids_with_embedding(catalog: Catalog, model_id: int, ids: list[int]) -> set[int]:
-    out: set[int] = set()
-    for i in range(0, len(ids), 900):
-        chunk = ids[i : i + 900]
-        q = f"SELECT detection_id FROM embedding WHERE model_id = ? AND detection_id IN ({','.join('?' * len(chunk))})"
-        out.update(r[0] for r in catalog.db.execute(q, (model_id, *chunk)))
-    return out
-
-
-def retire(catalog: Catalog, detection_ids: Sequence[int]) -> None:
-    """Detections that no longer exist: drop every model's embedding of them (so every index drops
-    them at its next sync) and delete the rows no index refers to; `purge_orphans` deletes the rest
-    after the sync. Call inside a transaction."""
-    ids = list(detection_ids)
-    for i in range(0, len(ids), 900):
-        chunk = ids[i : i + 900]
-        marks = ",".join("?" * len(chunk))
-        catalog.db.execute(f"DELETE FROM embedding WHERE model_id IN (SELECT id FROM model) AND detection_id IN ({marks})", chunk)
-        catalog.db.execute(
-            f"""DELETE FROM detection WHERE id IN ({marks})
-                AND id NOT IN (SELECT detection_id FROM index_image WHERE detection_id IS NOT NULL)""",
-            chunk,
-        )
-
-
-def purge_orphans(catalog: Catalog) -> int:
-    """Delete retired detections (no embedding left) that no index refers to any more. Call after
-    the index sync, in the purge transaction. Returns how many rows went."""
-    cur = catalog.db.execute(
-        f"""DELETE FROM detection WHERE NOT {_HAS_EMBEDDING.format(d="detection.id")}
-            AND NOT EXISTS (SELECT 1 FROM index_image ii WHERE ii.detection_id = detection.id)"""
-    )
-    return cur.rowcount
 
 
 def drop_regions_of_changed(catalog: Catalog, entries: Iterable) -> int:
@@ -329,25 +282,16 @@ def drop_regions_of_changed(catalog: Catalog, entries: Iterable) -> int:
     with .path, .size, .mtime_ns (scan.FileEntry). Returns how many photos lost regions."""
     changed = []
     for e in entries:
-        row = catalog.db.execute("SELECT id, size, mtime_ns FROM image WHERE path = ?", (e.path,)).fetchone()
-        if row and (row[1], row[2]) != (e.size, e.mtime_ns):
-            changed.append(row[0])
+        row = catalog.image_by_path(e.path)
+        if row and (row.size, row.mtime_ns) != (e.size, e.mtime_ns):
+            changed.append(row.id)
     drop_image_regions(catalog, changed)
     return len(changed)
 
 
 def drop_image_regions(catalog: Catalog, image_ids: Sequence[int] | None = None) -> None:
     """Retire the regions of these photos (all photos when None). Inside a transaction."""
-    if image_ids is None:
-        ids = [r[0] for r in catalog.db.execute("SELECT id FROM detection WHERE image_id IS NOT NULL")]
-    else:
-        ids = []
-        image_ids = list(image_ids)
-        for i in range(0, len(image_ids), 900):
-            chunk = image_ids[i : i + 900]
-            q = f"SELECT id FROM detection WHERE image_id IN ({','.join('?' * len(chunk))})"
-            ids += [r[0] for r in catalog.db.execute(q, chunk)]
-    retire(catalog, ids)
+    catalog.retire_detections(catalog.photo_detection_ids(image_ids))
 
 
 # -- the photo regions pass ---------------------------------------------------------------
@@ -364,16 +308,7 @@ class RegionReport:
 
 def images_needing_regions(catalog: Catalog, model_id: int) -> list[tuple[int, str]]:
     """(image id, path) of live photos with no region embedded for this model."""
-    done = {
-        r[0]
-        for r in catalog.db.execute(
-            f"""SELECT DISTINCT d.image_id FROM embedding e JOIN detection d ON d.id = e.detection_id
-                WHERE e.model_id = ? AND d.image_id IS NOT NULL AND d.kind IN ({','.join('?' * len(REGION_KINDS))})""",
-            (model_id, *REGION_KINDS),
-        )
-    }
-    rows = catalog.db.execute("SELECT id, path FROM image WHERE deleted = 0 ORDER BY path")
-    return [(i, p) for i, p in rows if i not in done]
+    return catalog.photos_without_detections(model_id, REGION_KINDS)
 
 
 def index_image_regions(
@@ -401,7 +336,7 @@ def index_image_regions(
     config = config.resolved() if config else None
     if previous != config:
         with catalog.transaction():
-            report.removed = catalog.db.execute("SELECT COUNT(DISTINCT image_id) FROM detection WHERE image_id IS NOT NULL").fetchone()[0]
+            report.removed = catalog.count_photos_with_detections()
             drop_image_regions(catalog)
             catalog.set_setting(SETTING_IMAGE_REGIONS, config.to_json() if config else "null")
     if config is None:
@@ -472,6 +407,6 @@ def index_image_regions(
 
 __all__ = [
     "Box", "FULL_BOX", "REGION_KINDS", "RegionConfig", "saved_config", "choose_config", "Region", "RegionReport", "tiles", "square_box", "crop",
-    "regions_of", "region_pixels", "encode_pixels", "make_detector", "store_detections", "retire", "purge_orphans",
+    "regions_of", "region_pixels", "encode_pixels", "make_detector", "store_detections",
     "drop_regions_of_changed", "drop_image_regions", "images_needing_regions", "index_image_regions",
 ]

@@ -420,64 +420,6 @@ def extract_frame(path: str | os.PathLike, timestamp: float) -> Image.Image:
 # -- catalog ------------------------------------------------------------------------------
 
 
-def videos_under(catalog: Catalog, root: str) -> dict[str, tuple[int, int, int]]:
-    """path -> (id, size, mtime_ns) of live videos below `root` (a folder) or equal to it (a file)."""
-    prefix = root.rstrip("/") + "/"
-    rows = catalog.db.execute(
-        "SELECT path, id, size, mtime_ns FROM video WHERE deleted = 0 AND (path = ? OR substr(path, 1, ?) = ?)",
-        (root, len(prefix), prefix),
-    )
-    return {p: (i, s, m) for p, i, s, m in rows}
-
-
-def upsert_video(catalog: Catalog, entry, info: VideoInfo, duration: float | None) -> int:
-    """Insert or refresh one video row (inside a transaction). Returns its id."""
-    return catalog.db.execute(
-        """INSERT INTO video(path, size, mtime_ns, sha256, width, height, duration, fps, frame_count, indexed_at, deleted)
-           VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, 0)
-           ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = NULL,
-             width = excluded.width, height = excluded.height, duration = excluded.duration, fps = excluded.fps,
-             frame_count = excluded.frame_count, indexed_at = excluded.indexed_at, deleted = 0
-           RETURNING id""",
-        (entry.path, entry.size, entry.mtime_ns, info.width, info.height, duration, info.fps, info.frame_count, time.time()),
-    ).fetchone()[0]
-
-
-def mark_videos_deleted(catalog: Catalog, video_ids: Iterable[int]) -> None:
-    """Soft delete (inside a transaction): every index drops their frames at its next sync (live_items
-    skips deleted videos); `purge_deleted_videos` removes the rows after that."""
-    ids = list(video_ids)
-    for i in range(0, len(ids), 900):
-        chunk = ids[i : i + 900]
-        catalog.db.execute(f"UPDATE video SET deleted = 1 WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-
-
-def purge_deleted_videos(catalog: Catalog) -> int:
-    """Delete deleted videos that no index refers to any more (their detections and embeddings go
-    with them), and retired detections (see regions.purge_orphans). Call after the index sync."""
-    from pixquery.ingest.regions import purge_orphans
-
-    cur = catalog.db.execute(
-        """DELETE FROM video WHERE deleted = 1 AND NOT EXISTS (
-             SELECT 1 FROM detection d JOIN index_image ii ON ii.detection_id = d.id WHERE d.video_id = video.id)"""
-    )
-    n = cur.rowcount
-    purge_orphans(catalog)
-    return n
-
-
-def video_ids_with_embedding(catalog: Catalog, model_id: int) -> set[int]:
-    """Videos that have at least one frame embedded with this model."""
-    return {
-        r[0]
-        for r in catalog.db.execute(
-            """SELECT DISTINCT d.video_id FROM detection d JOIN embedding e ON e.detection_id = d.id
-               WHERE e.model_id = ? AND d.video_id IS NOT NULL AND d.kind = 'frame'""",
-            (model_id,),
-        )
-    }
-
-
 def saved_sampling(catalog: Catalog) -> SamplingConfig | None:
     """The sampling settings the library's videos were last indexed with, or None."""
     text = catalog.get_setting(SETTING_VIDEO)
@@ -659,7 +601,8 @@ def index_videos(
         info = stats.info
         duration = stats.decoded_seconds if problem and stats.stopped_early else (info.duration or stats.decoded_seconds)
         with catalog.transaction():
-            video_id = upsert_video(catalog, entry, info, duration)
+            video_id = catalog.upsert_video(entry.path, entry.size, entry.mtime_ns, width=info.width, height=info.height,
+                                            duration=duration, fps=info.fps, frame_count=info.frame_count)
             store_detections(catalog, model_id, video_id=video_id, regions=found, vectors=vecs,
                              kinds=VIDEO_KINDS, reuse=bool(reuse and reuse(entry)))
         report.videos += 1
@@ -691,7 +634,7 @@ def scan_videos(catalog: Catalog, roots: Sequence[str]) -> scanning.ScanResult:
     roots = [r for r in roots if not (os.path.isfile(r) and not is_video_path(r))]
     known: dict = {}
     for root in roots:
-        known.update(videos_under(catalog, root))
+        known.update(catalog.videos_under(root))
     result = scanning.scan(roots, known, scanning.VIDEO_EXTENSIONS)
     result.errors = [(p, r) for p, r in result.errors if is_video_path(p)]
     return result
@@ -711,7 +654,7 @@ def update_videos(
     """Bring the videos under `roots` up to date: new and changed ones indexed, unchanged ones
     indexed for this model when they lack it (or when the sampling / region settings changed),
     deleted ones soft-deleted. Call between embedding photos and `sync_index`; after the sync,
-    `purge_deleted_videos` in the purge transaction. Without PyAV installed, every video found
+    the catalog's `purge_deleted_videos` in the purge transaction. Without PyAV installed, every video found
     is reported as a failure (photos are unaffected)."""
     t0 = time.perf_counter()
     sampling = sampling or SamplingConfig()
@@ -725,11 +668,11 @@ def update_videos(
         on_failure(path, reason)
     if scanned.deleted:
         with catalog.transaction():
-            mark_videos_deleted(catalog, scanned.deleted)
+            catalog.mark_videos_deleted(scanned.deleted)
     wanted = config_json(sampling, regions)
     previous = catalog.get_setting(SETTING_VIDEO)
     changed_config = previous is not None and previous != wanted
-    have = video_ids_with_embedding(catalog, model_id)
+    have = catalog.video_ids_with_embedding(model_id)
     todo = list(scanned.to_embed) + [e for vid, e in scanned.unchanged if changed_config or vid not in have]
     report.skipped = scanned.found - len(todo)
     if todo and not have_av():
@@ -829,8 +772,7 @@ def describe_location(result) -> str:
 
 __all__ = [
     "VideoError", "VideoInfo", "SamplingConfig", "Frame", "DecodeStats", "VideoIndexReport", "VideoReport",
-    "have_av", "is_video_path", "probe", "sample_frames", "extract_frame", "videos_under", "upsert_video",
-    "mark_videos_deleted", "purge_deleted_videos", "video_ids_with_embedding", "scan_videos", "index_videos",
+    "have_av", "is_video_path", "probe", "sample_frames", "extract_frame", "scan_videos", "index_videos",
     "update_videos", "merge_video_hits", "format_timestamp", "describe_location", "DEFAULT_MERGE_GAP",
     "saved_sampling", "choose_sampling", "merge_gap_for",
 ]

@@ -472,7 +472,7 @@ class Server:
                 raise ApiError(404 if image_id is not None else 400, str(e)) from None
             page = list(res)[offset: want]
             rows = lib.catalog.images([r.image_id for r in page if r.image_id is not None and r.video_id is None])
-            videos = _video_versions(lib.catalog, [r.video_id for r in page if r.video_id is not None])
+            videos = lib.catalog.video_versions([r.video_id for r in page if r.video_id is not None])
         more = len(res) > want and want < cfg.max_results
         hits = [self._hit(r, rows.get(r.image_id), videos.get(r.video_id)) for r in page]
         return {
@@ -613,16 +613,6 @@ class Server:
 
     def close(self) -> None:
         self.pool.close()
-
-
-def _video_versions(catalog, ids: list[int]) -> dict[int, tuple[int, int]]:
-    """video id -> (size, mtime_ns) as indexed."""
-    out = {}
-    for i in range(0, len(ids), 900):
-        chunk = ids[i: i + 900]
-        q = f"SELECT id, size, mtime_ns FROM video WHERE id IN ({','.join('?' * len(chunk))})"
-        out.update({vid: (size, mtime) for vid, size, mtime in catalog.db.execute(q, chunk)})
-    return out
 
 
 def _claims_too_many_pixels(data: bytes, limit: int) -> bool:

@@ -24,24 +24,12 @@ import stat
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from pixquery.catalog import Catalog, ImageRow
+from pixquery.catalog import Catalog, ImageRow, VideoRow
 from pixquery.ingest.scan import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 
 class NotServable(Exception):
     """This id does not name a file the server may send (the reason is for logs only)."""
-
-
-@dataclass
-class VideoRow:
-    id: int
-    path: str
-    size: int
-    mtime_ns: int
-    width: int | None
-    height: int | None
-    duration: float | None
-    deleted: int
 
 
 @dataclass
@@ -77,12 +65,10 @@ def image_row(catalog: Catalog, image_id: int) -> ImageRow:
 
 
 def video_row(catalog: Catalog, video_id: int) -> VideoRow:
-    row = catalog.db.execute(
-        "SELECT id, path, size, mtime_ns, width, height, duration, deleted FROM video WHERE id = ?", (int(video_id),)
-    ).fetchone()
-    if row is None or row[-1]:
+    row = catalog.video(int(video_id))
+    if row is None or row.deleted:
         raise NotServable(f"video {video_id}: no such live catalog row")
-    return VideoRow(*row)
+    return row
 
 
 def check_path(catalog: Catalog, path: str, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> str:

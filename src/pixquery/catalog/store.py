@@ -1,16 +1,4 @@
-"""The SQLite catalog: which files exist, their embeddings per model, and which index id is which file.
-
-One class, plain SQL, an explicit schema version (PRAGMA user_version) with ordered migrations.
-The study's tables (index, image, index_image, video, detection) are here as it defined them, plus
-what a real tool needs: file size / mtime / sha256 / pixel size for change detection, a `model`
-table and per-model `embedding` rows so that switching model or index kind never re-embeds an
-unchanged file, and `folder` so that `pixquery index` with no argument rescans what it knows.
-
-The catalog is the source of truth. Index files are derived from `embedding` rows and can always
-be rebuilt from them; `index_image` maps an index's local ids (index_ref_id) to images or
-detections, and is only changed in the same transaction that points the `index` row at a new,
-fully written index file.
-"""
+"""The Catalog class: one SQLite connection, plain SQL, a method for everything a caller needs."""
 
 from __future__ import annotations
 
@@ -18,194 +6,18 @@ import json
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
+from pixquery.catalog.media import MediaTables
+from pixquery.catalog.rows import ImageRow, IndexRow, Item, ModelRow
+from pixquery.catalog.schema import MIGRATIONS, SCHEMA_VERSION, chunks as _chunks, split_sql
 from pixquery.errors import LibraryError
 
-# Each entry migrates from version i to i+1. Never edit a released entry: append a new one.
-MIGRATIONS: list[str] = [
-    # 0 -> 1: the study's schema (Appendix 1) plus change detection and per-model embeddings.
-    """
-    CREATE TABLE folder (
-        id INTEGER PRIMARY KEY,
-        path TEXT NOT NULL UNIQUE,
-        added_at REAL NOT NULL
-    );
-    CREATE TABLE image (
-        id INTEGER PRIMARY KEY,
-        path TEXT NOT NULL UNIQUE,
-        size INTEGER NOT NULL,
-        mtime_ns INTEGER NOT NULL,
-        sha256 TEXT,
-        width INTEGER,
-        height INTEGER,
-        indexed_at REAL NOT NULL,
-        deleted INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE video (
-        id INTEGER PRIMARY KEY,
-        path TEXT NOT NULL UNIQUE,
-        size INTEGER NOT NULL,
-        mtime_ns INTEGER NOT NULL,
-        sha256 TEXT,
-        width INTEGER,
-        height INTEGER,
-        duration REAL,
-        fps REAL,
-        frame_count INTEGER,
-        indexed_at REAL NOT NULL,
-        deleted INTEGER NOT NULL DEFAULT 0
-    );
-    -- A region of a photo or a (region of a) video frame. Boxes are relative (0..1) x0,y0,x1,y1.
-    CREATE TABLE detection (
-        id INTEGER PRIMARY KEY,
-        image_id INTEGER REFERENCES image(id) ON DELETE CASCADE,
-        video_id INTEGER REFERENCES video(id) ON DELETE CASCADE,
-        timestamp REAL,
-        x0 REAL NOT NULL DEFAULT 0, y0 REAL NOT NULL DEFAULT 0,
-        x1 REAL NOT NULL DEFAULT 1, y1 REAL NOT NULL DEFAULT 1,
-        kind TEXT NOT NULL DEFAULT 'frame',
-        label TEXT,
-        CHECK ((image_id IS NULL) <> (video_id IS NULL))
-    );
-    CREATE INDEX detection_image ON detection(image_id);
-    CREATE INDEX detection_video ON detection(video_id);
-    CREATE TABLE model (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL,
-        fingerprint TEXT NOT NULL UNIQUE,
-        dim INTEGER NOT NULL,
-        threshold REAL,            -- best angular-distance threshold from `pixquery eval`
-        threshold_metric TEXT,
-        threshold_source TEXT
-    );
-    CREATE TABLE embedding (
-        model_id INTEGER NOT NULL REFERENCES model(id) ON DELETE CASCADE,
-        image_id INTEGER REFERENCES image(id) ON DELETE CASCADE,
-        detection_id INTEGER REFERENCES detection(id) ON DELETE CASCADE,
-        vector BLOB NOT NULL,      -- float32, L2-normalised
-        CHECK ((image_id IS NULL) <> (detection_id IS NULL))
-    );
-    CREATE UNIQUE INDEX embedding_image ON embedding(model_id, image_id) WHERE image_id IS NOT NULL;
-    CREATE UNIQUE INDEX embedding_detection ON embedding(model_id, detection_id) WHERE detection_id IS NOT NULL;
-    CREATE TABLE "index" (
-        id INTEGER PRIMARY KEY,
-        model_id INTEGER NOT NULL REFERENCES model(id) ON DELETE CASCADE,
-        kind TEXT NOT NULL,
-        params TEXT NOT NULL DEFAULT '{}',
-        path TEXT,                 -- relative to the library folder, NULL until first written
-        built_at REAL,
-        build_seconds REAL,
-        size_bytes INTEGER,
-        recall REAL,
-        next_ref_id INTEGER NOT NULL DEFAULT 0,
-        active INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE index_image (
-        index_id INTEGER NOT NULL REFERENCES "index"(id) ON DELETE CASCADE,
-        index_ref_id INTEGER NOT NULL,
-        image_id INTEGER REFERENCES image(id),
-        detection_id INTEGER REFERENCES detection(id),
-        stale INTEGER NOT NULL DEFAULT 0,  -- its embedding changed since it was added: re-add
-        PRIMARY KEY (index_id, index_ref_id),
-        CHECK ((image_id IS NULL) <> (detection_id IS NULL))
-    );
-    CREATE INDEX index_image_image ON index_image(image_id);
-    CREATE INDEX index_image_detection ON index_image(detection_id);
-    CREATE TABLE setting (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """,
-    # 1 -> 2: look embeddings up by their item alone. SQLite's ON DELETE CASCADE finds child rows
-    # by the child column only, so without these, deleting one detection or photo scanned the
-    # whole embedding table (500 detections x 200,000 embeddings: 18 s; with them 0.01 s).
-    """
-    CREATE INDEX embedding_by_image ON embedding(image_id) WHERE image_id IS NOT NULL;
-    CREATE INDEX embedding_by_detection ON embedding(detection_id) WHERE detection_id IS NOT NULL;
-    """,
-    # 2 -> 3: each photo embedding records the file version (size, mtime, sha256) it was made from.
-    # Change detection compared the disk with the `image` row only, which the *last* model to index
-    # a file updates: a file changed and re-indexed with model B looked unchanged to model A, which
-    # kept the old photo's vector. Now a model re-embeds every photo whose embedding is not of the
-    # file's current version. Rows from before: a library with one model wrote each embedding
-    # together with its image row, so they are of that version; where several models share a
-    # library that cannot be known, so they stay NULL (unknown) and are re-embedded once.
-    """
-    ALTER TABLE embedding ADD COLUMN source_size INTEGER;
-    ALTER TABLE embedding ADD COLUMN source_mtime_ns INTEGER;
-    ALTER TABLE embedding ADD COLUMN source_sha256 TEXT;
-    UPDATE embedding SET
-        source_size = (SELECT size FROM image WHERE image.id = embedding.image_id),
-        source_mtime_ns = (SELECT mtime_ns FROM image WHERE image.id = embedding.image_id),
-        source_sha256 = (SELECT sha256 FROM image WHERE image.id = embedding.image_id)
-    WHERE image_id IS NOT NULL
-      AND (SELECT COUNT(DISTINCT model_id) FROM embedding WHERE image_id IS NOT NULL) = 1;
-    """,
-    # 3 -> 4: files that failed, as they were when they failed, so that a file that stays broken is
-    # reported on every run but only a new failure makes `pixquery index` exit 1 (cron stays quiet).
-    """
-    CREATE TABLE failure (
-        path TEXT PRIMARY KEY,
-        size INTEGER NOT NULL,      -- -1 when the path could not be stat()ed
-        mtime_ns INTEGER NOT NULL,
-        reason TEXT NOT NULL,
-        first_seen REAL NOT NULL
-    );
-    """,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
 
-
-@dataclass
-class ImageRow:
-    id: int
-    path: str
-    size: int
-    mtime_ns: int
-    sha256: str | None
-    width: int | None
-    height: int | None
-    indexed_at: float
-    deleted: int
-
-
-@dataclass
-class IndexRow:
-    id: int
-    model_id: int
-    kind: str
-    params: dict
-    path: str | None
-    built_at: float | None
-    build_seconds: float | None
-    size_bytes: int | None
-    recall: float | None
-    next_ref_id: int
-    active: int
-
-
-@dataclass
-class ModelRow:
-    id: int
-    name: str
-    fingerprint: str
-    dim: int
-    threshold: float | None
-    threshold_metric: str | None
-    threshold_source: str | None
-
-
-@dataclass
-class Item:
-    """What one index id points at: a whole image, or a detection (region / video frame)."""
-
-    image_id: int | None
-    detection_id: int | None
-
-
-class Catalog:
+class Catalog(MediaTables):
     def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
         if readonly and not self.path.exists():
@@ -242,7 +54,7 @@ class Catalog:
             )
         for v in range(version, SCHEMA_VERSION):
             with self.transaction():
-                for statement in _split_sql(MIGRATIONS[v]):
+                for statement in split_sql(MIGRATIONS[v]):
                     self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version = {v + 1}")
 
@@ -381,6 +193,13 @@ class Catalog:
         )
         return self.model_by_fingerprint(fingerprint)
 
+    def set_model_shape(self, model_id: int, name: str, dim: int) -> None:
+        """Name and width of a model row made by `set_threshold` before anything was embedded."""
+        self.db.execute("UPDATE model SET dim = ?, name = ? WHERE id = ?", (dim, name, model_id))
+
+    def count_embeddings(self, model_id: int) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM embedding WHERE model_id = ?", (model_id,)).fetchone()[0]
+
     def model_by_fingerprint(self, fingerprint: str) -> ModelRow | None:
         row = self.db.execute("SELECT * FROM model WHERE fingerprint = ?", (fingerprint,)).fetchone()
         return ModelRow(*row) if row else None
@@ -421,13 +240,6 @@ class Catalog:
                  source_size = excluded.source_size, source_mtime_ns = excluded.source_mtime_ns,
                  source_sha256 = excluded.source_sha256""",
             (model_id, image_id, np.asarray(vector, dtype=np.float32).tobytes(), *source),
-        )
-
-    def put_detection_embedding(self, model_id: int, detection_id: int, vector: np.ndarray) -> None:
-        self.db.execute(
-            """INSERT INTO embedding(model_id, detection_id, vector) VALUES (?, ?, ?)
-               ON CONFLICT(model_id, detection_id) WHERE detection_id IS NOT NULL DO UPDATE SET vector = excluded.vector""",
-            (model_id, detection_id, np.asarray(vector, dtype=np.float32).tobytes()),
         )
 
     def image_ids_with_current_embedding(self, model_id: int) -> set[int]:
@@ -576,19 +388,3 @@ def _index_row(row) -> IndexRow:
     r[3] = json.loads(r[3] or "{}")
     return IndexRow(*r)
 
-
-def _chunks(seq: list, n: int) -> Iterator[list]:
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]
-
-
-def _split_sql(script: str) -> list[str]:
-    """Split a script into statements (executescript would commit our open transaction)."""
-    statements, current = [], ""
-    for line in script.splitlines(keepends=True):
-        current += line
-        if sqlite3.complete_statement(current):
-            statements.append(current.strip())
-            current = ""
-    assert not current.strip(), f"incomplete SQL statement: {current!r}"
-    return statements
