@@ -101,3 +101,83 @@ def test_demo_runs_on_a_folder(tmp_path, tiny_model, photos):
     r = pixquery("demo", "--folder", photos, "-L", tmp_path / "demo", "-m", tiny_model)
     assert r.returncode == 0, r.stderr
     assert "indexed 8" in r.stdout and "a dog" in r.stdout
+
+
+# -- usage errors, --version, -h, Ctrl-C (issue 11 item 6) ----------------------------------------
+
+
+def _clean(r):
+    """No traceback anywhere: a user error is a few lines, not 40."""
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out, out
+    assert len(out.splitlines()) < 60, out
+    return out
+
+
+def test_bare_pixquery_shows_usage():
+    r = pixquery()
+    out = _clean(r)
+    assert r.returncode == 2 and "Usage: pixquery" in out and "search" in out
+
+
+def test_help_and_h_and_version():
+    from pixquery import __version__
+
+    for flag in ("--help", "-h"):
+        r = pixquery(flag)
+        _clean(r)
+        assert r.returncode == 0 and "Usage: pixquery" in r.stdout and "Exit codes" in r.stdout
+    r = pixquery("search", "-h")
+    assert r.returncode == 0 and "--top" in r.stdout, r.stderr
+    r = pixquery("--version")
+    _clean(r)
+    assert r.returncode == 0 and r.stdout.strip() == f"pixquery {__version__}"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("serch", "x"), "No such command 'serch'"),
+    (("search", "x", "-k", "abc"), "'-k'"),
+    (("index", "--bogus"), "No such option: --bogus"),
+])
+def test_usage_errors_are_short(args, message):
+    r = pixquery(*args)
+    out = _clean(r)
+    assert r.returncode == 2 and message in out and "pixquery" in out
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, tiny_model):
+    import signal
+    import sys
+    import time
+
+    from pixquery.api import STATUS_FILE
+
+    make_photos(tmp_path / "many", 400, size=(640, 480))
+    lib = tmp_path / "lib"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="200", NO_COLOR="1")
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pixquery.cli", "index", str(tmp_path / "many"), "-L", str(lib),
+                                 "-m", str(tiny_model), "--batch-size", "4", "--workers", "1"],
+                                stdout=out, stderr=err, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (lib / STATUS_FILE).exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the status file appears once the run has the library
+        def embedded() -> int:
+            try:
+                return json.loads((lib / STATUS_FILE).read_text()).get("done", 0)
+            except (OSError, ValueError):
+                return 0
+
+        while embedded() < 8 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # interrupt in the middle of embedding, as a user does
+        assert proc.poll() is None, "index finished before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = (tmp_path / "err").read_text()
+    assert "Traceback" not in stderr, stderr
+    assert rc == 130, stderr
+    assert "interrupted" in stderr and "run the same command to resume" in stderr

@@ -21,12 +21,38 @@ from rich.text import Text
 
 from pixquery.errors import PixqueryError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Search your photos with words.")
+EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES = """\b
+Exit codes:
+  0    success
+  1    some files could not be read (index, eval, video info); the rest was done
+  2    usage or user error: bad option or value, no library there, model not available, ...
+  130  interrupted (Ctrl-C); for index, what was embedded is kept: run the same command to resume"""
+
+# Help is plain text (rich_markup_mode=None): Rich markup would eat every [bracket] in help texts,
+# e.g. pixquery[torch], and typer's Rich panels add a <type> column of noise.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, epilog=EXIT_CODES,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 console = Console()
 err = Console(stderr=True)
 
 LibraryOpt = typer.Option(None, "--library", "-L", help="Library folder [default: $PIXQUERY_LIBRARY or ~/.local/share/pixquery]", envvar="PIXQUERY_LIBRARY")
 ModelOpt = typer.Option(None, "--model", "-m", help="Model name (see `pixquery models`) or a local model folder")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from pixquery import __version__
+
+        print(f"pixquery {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit"),
+) -> None:
+    """Search your photos with words."""
 
 
 def _open(library: Optional[Path], model: Optional[str] = None, precision: str = "fp32"):
@@ -122,6 +148,8 @@ def index(
 ):
     """Index photos: embed new and changed files, drop deleted ones, update the search index."""
     from pixquery.config import Settings
+
+    _state["on_interrupt"] = ": what was indexed so far is kept; run the same command to resume"
 
     settings = Settings.load(config)
     params = dict(settings.index.params)
@@ -306,27 +334,63 @@ def _register_plugins() -> None:
 _register_plugins()
 
 
-def main() -> None:
-    try:
-        rc = app(standalone_mode=False)
-        sys.exit(rc if isinstance(rc, int) else 0)
-    except PixqueryError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}")
-        sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted: what was indexed so far is kept; run the same command to resume[/]")
-        sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
+def _is_usage_error(e: BaseException) -> bool:
+    """A click-style usage error (bad option, unknown command, bad value, no arguments).
 
-        if isinstance(e, click.exceptions.ClickException):
+    Matched by behaviour, not by class: typer >= 0.22 raises its own vendored click's classes,
+    older typer raises click's, and both have `exit_code` and `show()`."""
+    return isinstance(getattr(e, "exit_code", None), int) and callable(getattr(e, "show", None))
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _interrupted() -> int:
+    err.print(f"[yellow]interrupted{escape(_state['on_interrupt'])}[/]")
+    return EXIT_INTERRUPTED
+
+
+_state = {"on_interrupt": ""}  # what Ctrl-C leaves behind, said by the command that runs
+
+
+def run(argv: Optional[List[str]] = None) -> int:
+    """Run the command line with our own error handling; returns the exit status (see EXIT_CODES)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:  # bare `pixquery`: the help, and a usage error's status (whichever click typer uses)
+        app(args=["--help"], prog_name="pixquery", standalone_mode=False)
+        return EXIT_USAGE
+    try:
+        rc = app(args=args, prog_name="pixquery", standalone_mode=False)
+    except PixqueryError as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return _interrupted()
+    except BrokenPipeError:  # `pixquery search x | head`: the reader has gone, nothing left to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as e:
+        if _is_usage_error(e):
             e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
+            return e.exit_code
+        if type(e).__name__ == "Abort" or _caused_by_interrupt(e):  # Ctrl-D at a prompt; Ctrl-C inside an import
+            return _interrupted()
         raise
+    if rc == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130) before we see it
+        return _interrupted()
+    return rc if isinstance(rc, int) else EXIT_OK
+
+
+def main() -> None:
+    sys.exit(run())
 
 
 if __name__ == "__main__":
