@@ -181,3 +181,18 @@ def test_ctrl_c_says_how_to_resume(tmp_path, tiny_model):
     assert "Traceback" not in stderr, stderr
     assert rc == 130, stderr
     assert "interrupted" in stderr and "run the same command to resume" in stderr
+
+
+# -- a mistyped library path (issue 11 item 10) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [("search", "a dog"), ("info",), ("reindex",), ("search", "--image", "x.jpg")])
+def test_no_library_there_is_one_line_and_creates_nothing(tmp_path, command):
+    missing = tmp_path / "Librray"
+    # a model that does not exist: the library is looked at before any model is loaded
+    r = pixquery(*command, "-L", missing, "-m", tmp_path / "no-such-model")
+    _clean(r)
+    assert r.returncode == 2, r.stderr
+    assert f"no library at {missing}" in r.stderr
+    assert "model folder not found" not in r.stderr
+    assert not missing.exists()  # no catalog made there

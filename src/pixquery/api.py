@@ -82,8 +82,10 @@ class IndexReport:
 
 
 class Library:
-    def __init__(self, path: Path, model: str | None = None, precision: str = "fp32"):
+    def __init__(self, path: Path, model: str | None = None, precision: str = "fp32", *, create: bool = True):
         self.path = Path(path)
+        if not create and not (self.path / CATALOG_FILE).is_file():
+            raise LibraryError(f"no library at {self.path}: make one with `pixquery index FOLDER --library {self.path}`")
         self.catalog = Catalog(self.path / CATALOG_FILE)
         self._model_name = model
         self.precision = precision
@@ -91,9 +93,11 @@ class Library:
         self._loaded: tuple | None = None  # (index_id, path, index)
 
     @classmethod
-    def open(cls, path: str | Path | None = None, model: str | None = None, precision: str = "fp32") -> "Library":
-        """Open (or create) a library. `model`: a name from `pixquery models`, or a local model folder."""
-        return cls(Path(path).expanduser() if path else default_library_path(), model, precision)
+    def open(cls, path: str | Path | None = None, model: str | None = None, precision: str = "fp32", *,
+             create: bool = True) -> "Library":
+        """Open (or create) a library. `model`: a name from `pixquery models`, or a local model folder.
+        create=False: raise LibraryError("no library at ...") instead of creating a missing one."""
+        return cls(Path(path).expanduser() if path else default_library_path(), model, precision, create=create)
 
     def close(self) -> None:
         self.catalog.close()

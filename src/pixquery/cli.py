@@ -55,10 +55,14 @@ def _root(
     """Search your photos with words."""
 
 
-def _open(library: Optional[Path], model: Optional[str] = None, precision: str = "fp32"):
+def _open(library: Optional[Path], model: Optional[str] = None, precision: Optional[str] = None, *, create: bool = False):
+    """The library at `library` (default: $PIXQUERY_LIBRARY or ~/.local/share/pixquery). Only `index`
+    creates one: elsewhere a mistyped path is "no library at PATH" at once, before the model loads.
+    precision None: the library's own (Library.open's default), not a forced fp32."""
     from pixquery.api import Library
 
-    return Library.open(library, model=model, precision=precision)
+    kw = {} if precision is None else {"precision": precision}
+    return Library.open(library, model=model, create=create, **kw)
 
 
 class _RateColumn(ProgressColumn):
@@ -156,7 +160,7 @@ def index(
     params.update(_index_params(dict(M=M, ef_construction=ef_construction, ef_search=ef_search, n_trees=n_trees,
                                      search_k=search_k, nlist=nlist, nprobe=nprobe, storage=storage), param))
     kind = index_kind or settings.index.kind
-    lib = _open(library, model or settings.model.name, precision or settings.model.precision)
+    lib = _open(library, model or settings.model.name, precision or settings.model.precision, create=True)
     ui = _RichIndexProgress(quiet or as_json)
     try:
         report = lib.index(
@@ -258,7 +262,7 @@ def info(library: Optional[Path] = LibraryOpt, model: Optional[str] = ModelOpt, 
         print(json.dumps(data, indent=2))
         return
     console.print(f"[bold]library[/]  {escape(data['library'])}")
-    console.print(f"[bold]model[/]    {escape(data['model'])}")
+    console.print(f"[bold]model[/]    {escape(data['model'])}" + (f"    precision {escape(str(data['precision']))}" if data.get("precision") else ""))
     console.print(f"[bold]folders[/]  {escape(', '.join(data['folders']) or '(none)')}")
     console.print(f"[bold]images[/]   {data['images']}    videos {data['videos']}    regions/frames {data['detections']}")
     console.print(f"[bold]catalog[/]  {data['catalog_bytes'] / 1e6:.2f} MB")

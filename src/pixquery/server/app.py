@@ -102,7 +102,7 @@ class LibraryPool:
         from pixquery.api import Library
 
         self.timeout = timeout
-        self.libraries = [Library.open(path, model=model) for _ in range(max(1, size))]
+        self.libraries = [Library.open(path, model=model, create=False) for _ in range(max(1, size))]
         self.encoder = self.libraries[0].encoder
         for lib in self.libraries[1:]:
             # Share one encoder (its sessions and text-query cache); Library has no public setter yet.
