@@ -183,6 +183,53 @@ def test_ctrl_c_says_how_to_resume(tmp_path, tiny_model):
     assert "interrupted" in stderr and "run the same command to resume" in stderr
 
 
+# -- piped output (issue 11 item 7) -----------------------------------------------------------------
+
+
+def test_piped_search_and_info_are_plain_lines(tmp_path, tiny_model):
+    folder = tmp_path / ("Holiday photos from the summer " + "with a very long folder name " * 5)
+    paths = make_photos(folder, 6)
+    for i, p in enumerate(paths):  # long names with spaces, as real photo folders have
+        p.rename(p.with_name(f"IMG {i:04d} taken at the beach in the evening light.jpg"))
+    lib = tmp_path / "lib"
+    assert pixquery("index", folder, "-L", lib, "-m", tiny_model).returncode == 0
+    on_disk = {str(p) for p in folder.glob("*.jpg")}
+    assert min(map(len, on_disk)) > 120 and all(" " in p for p in on_disk)
+
+    for columns in ("80", "200"):
+        r = pixquery("search", "a beach", "-L", lib, "-k", "4", env={"COLUMNS": columns})
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        lines = r.stdout.splitlines()
+        assert len(lines) == 4  # one result a line, no header, nothing wrapped
+        for rank, line in enumerate(lines, 1):
+            fields = line.split("\t")
+            assert len(fields) == 4 and fields[0] == str(rank), line
+            float(fields[1]), float(fields[2])
+            assert fields[3] in on_disk  # the whole path, as `cut -f4` gives it
+            assert line == line.strip()  # no padding
+    r = pixquery("search", "a beach", "-L", lib, "--json")  # --json unchanged
+    assert {x["path"] for x in json.loads(r.stdout)["results"]} == on_disk
+
+    r = pixquery("info", "-L", lib, env={"COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    rows = [line.split("\t") for line in r.stdout.splitlines()]
+    assert all(len(row) == 2 for row in rows), r.stdout
+    info = dict(rows)
+    assert info["library"] == str(lib) and info["folder"] == str(folder) and info["images"] == "6"
+    assert info["models.0.index.kind"] == "auto" and info["models.0.index.entries"] == "6"
+
+    # `| head` and `| cut -f4 | xargs` work in a real shell pipeline
+    env = dict(os.environ, HF_HUB_OFFLINE="1", NO_COLOR="1")
+    import sys
+
+    cmd = f"{sys.executable} -m pixquery.cli search 'a beach' -L '{lib}' -k 6"
+    out = subprocess.run(f"{cmd} | cut -f4 | xargs -d '\\n' ls -1d", shell=True, capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and set(out.stdout.splitlines()) == on_disk, out.stderr
+    out = subprocess.run(f"set -o pipefail; {cmd} | head -1", shell=True, capture_output=True, text=True, env=env,
+                         executable="/bin/bash")
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
+
+
 # -- a mistyped library path (issue 11 item 10) ------------------------------------------------------
 
 

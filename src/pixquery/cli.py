@@ -65,6 +65,30 @@ def _open(library: Optional[Path], model: Optional[str] = None, precision: Optio
     return Library.open(library, model=model, create=create, **kw)
 
 
+def _piped() -> bool:
+    """stdout is a pipe or a file, not a terminal: print plain lines for other programs."""
+    try:
+        return not os.isatty(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        return True
+
+
+def _field(value) -> str:
+    """One tab-separated field: never split by a tab or a newline inside it."""
+    return str(value).replace("\t", "\\t").replace("\n", "\\n")
+
+
+def _emit(rows) -> None:
+    """Tab-separated lines on stdout: no wrapping at any width, no padding, no colour."""
+    try:
+        for row in rows:
+            sys.stdout.write("\t".join(_field(v) for v in row) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(EXIT_OK) from None
+
+
 class _RateColumn(ProgressColumn):
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
@@ -237,16 +261,20 @@ def search(
         print(json.dumps({"query": query, "image": str(image) if image else None, "threshold": results.threshold,
                           "dropped_by_threshold": results.dropped, "results": [r.to_dict() for r in results]}, indent=2))
         return
-    table = Table(show_header=True, header_style="bold", box=None)
-    for col, just in (("#", "right"), ("score", "right"), ("distance", "right")):
-        table.add_column(col, justify=just, no_wrap=True)
-    table.add_column("path", overflow="fold")  # a path is never cut short: it is the answer
     from pixquery.ingest.video import describe_location
 
-    for r in results:
-        where = describe_location(r)  # path @ 00:12:31 (00:12:25-00:12:40) [box x0,y0,x1,y1]
-        table.add_row(str(r.rank), f"{r.score:.4f}", f"{r.distance:.4f}", escape(where))
-    console.print(table)
+    # where: path @ 00:12:31 (00:12:25-00:12:40) [box x0,y0,x1,y1]
+    rows = [(r.rank, f"{r.score:.4f}", f"{r.distance:.4f}", describe_location(r)) for r in results]
+    if _piped():  # one result a line: rank, score, distance, location (`| cut -f4`)
+        _emit(rows)
+    else:
+        table = Table(show_header=True, header_style="bold", box=None)
+        for col, just in (("#", "right"), ("score", "right"), ("distance", "right")):
+            table.add_column(col, justify=just, no_wrap=True)
+        table.add_column("path", overflow="fold")  # a path is never cut short: it is the answer
+        for row in rows:
+            table.add_row(*map(str, row[:3]), escape(row[3]))
+        console.print(table)
     note = f"{len(results)} results in {ms:.0f} ms"
     if results.threshold is not None:
         note += f"; {results.dropped} dropped by the threshold {results.threshold:.4f}"
@@ -260,6 +288,9 @@ def info(library: Optional[Path] = LibraryOpt, model: Optional[str] = ModelOpt, 
         data = lib.info()
     if as_json:
         print(json.dumps(data, indent=2))
+        return
+    if _piped():
+        _emit(_info_rows(data))
         return
     console.print(f"[bold]library[/]  {escape(data['library'])}")
     console.print(f"[bold]model[/]    {escape(data['model'])}" + (f"    precision {escape(str(data['precision']))}" if data.get("precision") else ""))
@@ -275,6 +306,30 @@ def info(library: Optional[Path] = LibraryOpt, model: Optional[str] = ModelOpt, 
             recall = f", measured recall {idx['recall']:.3f}" if idx["recall"] is not None else ""
             console.print(f"  index {idx['kind']} {json.dumps(idx['params'])}: {idx['entries']} entries, "
                           f"{(idx['size_bytes'] or 0) / 1e6:.2f} MB, built in {idx['build_seconds'] or 0:.2f}s{recall}")
+
+
+def _info_rows(data: dict) -> list:
+    """`pixquery info | ...`: key<TAB>value lines (keys models.N.* for each model in the catalog)."""
+    rows = [("library", data["library"]), ("model", data["model"])]
+    if data.get("precision"):
+        rows.append(("precision", data["precision"]))
+    rows += [("folder", f) for f in data["folders"]]
+    rows += [("images", data["images"]), ("videos", data["videos"]), ("regions_frames", data["detections"]),
+             ("catalog_bytes", data["catalog_bytes"])]
+    for n, m in enumerate(data["models"]):
+        key = f"models.{n}"
+        rows += [(f"{key}.name", m["name"]), (f"{key}.dim", m["dim"]), (f"{key}.embeddings", m["embeddings"]),
+                 (f"{key}.fingerprint", m["fingerprint"])]
+        if m["threshold"] is not None:
+            rows.append((f"{key}.threshold", f"{m['threshold']:.4f}"))
+        idx = m["index"]
+        if idx:
+            rows += [(f"{key}.index.kind", idx["kind"]), (f"{key}.index.params", json.dumps(idx["params"])),
+                     (f"{key}.index.entries", idx["entries"]), (f"{key}.index.size_bytes", idx["size_bytes"] or 0),
+                     (f"{key}.index.build_seconds", f"{idx['build_seconds'] or 0:.2f}")]
+            if idx["recall"] is not None:
+                rows.append((f"{key}.index.recall", f"{idx['recall']:.3f}"))
+    return rows
 
 
 @app.command()
