@@ -243,3 +243,52 @@ def test_no_library_there_is_one_line_and_creates_nothing(tmp_path, command):
     assert f"no library at {missing}" in r.stderr
     assert "model folder not found" not in r.stderr
     assert not missing.exists()  # no catalog made there
+
+
+# -- export: no silent random weights, fast offline failure (issue 11 item 11) -----------------------
+
+
+def test_export_needs_weights(tmp_path):
+    r = pixquery("export", "ViT-B-32", tmp_path / "out")
+    _clean(r)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--pretrained TAG" in r.stderr and "--checkpoint FILE" in r.stderr and "--random" in r.stderr
+    assert not (tmp_path / "out").exists()
+    r = pixquery("export", "ViT-B-32", tmp_path / "out", "--pretrained", "openai", "--random")
+    assert r.returncode == 2 and "--pretrained and --random" in r.stderr
+
+
+def test_export_random_says_so(tmp_path, tiny_model):
+    out = tmp_path / "out"
+    shutil.copytree(tiny_model, out)  # a complete export is kept as it is: no torch work in this test
+    r = pixquery("export", "ViT-B-32", out, "--random")
+    assert r.returncode == 0, r.stderr
+    assert "RANDOM" in r.stdout and "meaningless" in r.stdout
+
+
+def test_export_offline_fails_fast(tmp_path):
+    import time
+
+    pytest.importorskip("open_clip")
+    t0 = time.monotonic()
+    r = pixquery("export", "ViT-B-32", tmp_path / "out", "--pretrained", "openai",
+                 env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HOME": str(tmp_path)})
+    _clean(r)
+    assert r.returncode == 2, r.stderr
+    assert "not cached" in r.stderr and "HF_HUB_OFFLINE is set" in r.stderr and "--checkpoint FILE" in r.stderr
+    assert time.monotonic() - t0 < 60  # torch's import, not minutes of download retries
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_without_network_fails_fast(tmp_path):
+    import time
+
+    pytest.importorskip("open_clip")
+    t0 = time.monotonic()  # HF_ENDPOINT: a host that never resolves (.invalid), so no real download is tried
+    r = pixquery("export", "ViT-B-32", tmp_path / "out", "--pretrained", "laion2b_s34b_b79k",
+                 env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "https://hub.invalid", "HF_HOME": str(tmp_path / "hf"),
+                      "HOME": str(tmp_path), "HTTPS_PROXY": "", "https_proxy": "", "ALL_PROXY": "", "all_proxy": ""})
+    _clean(r)
+    assert r.returncode == 2, r.stderr
+    assert "cannot reach hub.invalid" in r.stderr and "--checkpoint FILE" in r.stderr
+    assert time.monotonic() - t0 < 45  # was about 65 s of download retries

@@ -356,12 +356,18 @@ def export(
     out: Path = typer.Argument(..., help="Folder to write the ONNX model to"),
     pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag, e.g. openai or laion2b_s34b_b79k"),
     checkpoint: Optional[Path] = typer.Option(None, help="A local checkpoint file instead of --pretrained"),
+    random: bool = typer.Option(False, "--random", help="Untrained random weights (for tests: useless for search)"),
 ):
     """Write any open_clip model as an ONNX model folder pixquery can use (needs pixquery[torch])."""
+    given = [name for name, v in (("--pretrained", pretrained), ("--checkpoint", checkpoint), ("--random", random)) if v]
+    if len(given) != 1:
+        raise PixqueryError("give the weights: --pretrained TAG (e.g. openai) or --checkpoint FILE, "
+                            "or --random for untrained random weights" + (f" (not {' and '.join(given)})" if given else ""))
     from pixquery.encoders.export import export_open_clip
 
     path = export_open_clip(arch, pretrained, out, checkpoint=checkpoint)
-    console.print(f"wrote {escape(str(path or out))}; use it with --model {escape(str(out))}")
+    what = " with RANDOM (untrained) weights: search results will be meaningless" if random else ""
+    console.print(f"wrote {escape(str(path or out))}{what}; use it with --model {escape(str(out))}", soft_wrap=True)
 
 
 @app.command()
@@ -428,7 +434,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     try:
         rc = app(args=args, prog_name="pixquery", standalone_mode=False)
     except PixqueryError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # one line, any width
         return EXIT_USAGE
     except KeyboardInterrupt:
         return _interrupted()
