@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Iterator, Optional
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlencode
 
 import numpy as np
 from fastapi import FastAPI, Path as PathParam, Query, Request
@@ -1016,7 +1016,9 @@ class Guard:
             if path == "/" and "token" in qs:
                 if self._ok(qs["token"][0]):
                     cookie = f"{TOKEN_COOKIE}={quote(qs['token'][0], safe='')}; Path=/; HttpOnly; SameSite=Strict"
-                    return await _send(send, 303, b"", "text/plain", extra=[(b"location", b"/"), (b"set-cookie", cookie.encode())])
+                    rest = urlencode([(k, v) for k, vs in qs.items() if k != "token" for v in vs])  # e.g. q=dog
+                    where = ("/?" + rest if rest else "/").encode("latin-1", "replace")
+                    return await _send(send, 303, b"", "text/plain", extra=[(b"location", where), (b"set-cookie", cookie.encode())])
                 return await self._refuse(send, path, "That token is wrong.")
             supplied = _supplied_token(headers)
             if supplied is None:
