@@ -224,6 +224,8 @@ def test_query_string_q_works_like_the_fragment(page, served):
     _wait_tiles(page, 30)
     assert page.input_value("#q") == "a dog" and page.input_value("#limit") == "30"
     assert "#q=a+dog" in page.url
+    assert page.problems == [], page.problems
+    page.goto("about:blank")  # nothing left loading with the cookie about to go
     page.context.clear_cookies()
     page.goto(f"{served.url}/?token={TOKEN}&q=a+red+car")
     _wait_tiles(page, 30)
