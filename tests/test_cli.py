@@ -292,3 +292,51 @@ def test_export_without_network_fails_fast(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "cannot reach hub.invalid" in r.stderr and "--checkpoint FILE" in r.stderr
     assert time.monotonic() - t0 < 45  # was about 65 s of download retries
+
+
+# -- help texts and exit codes (issue 11 item 13) ------------------------------------------------------
+
+COMMANDS = ["index", "search", "info", "models", "reindex", "demo", "export", "eval", "serve",
+            "video", "video info", "video frames", "video frame"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_help_is_plain_and_complete(command):
+    import re
+
+    r = pixquery(*command.split(), "--help", env={"COLUMNS": "300"})
+    out = _clean(r)
+    assert r.returncode == 0 and f"Usage: pixquery {command} " in r.stdout, out
+    assert "<bool>" not in out  # typer's type column noise
+    assert not re.search(r"\{\w+\}", out), out  # {dataset}: typer's notation for a required argument
+    assert "[OPTIONS]" in out  # square brackets survive (no Rich markup)
+    usage = r.stdout.split("\n\n")[0]
+    assert re.fullmatch(r"Usage: pixquery [a-z ]+\[OPTIONS\]( [A-Z\[\]. ]+)?( COMMAND \[ARGS\]\.\.\.)?", usage.strip()), usage
+    for line in r.stdout.splitlines():  # every option says what it does
+        if re.match(r"^  -", line):
+            name = re.match(r"^\s+(-[^ ]*(?:, -[^ ]*)?(?: / [^ ]+)?(?: [A-Z<][^ ]*)?)", line).group(1)
+            assert len(line.strip()) > len(name) + 2, f"{command}: {line!r} has no help"
+
+
+def test_help_texts_keep_their_brackets():
+    r = pixquery("export", "--help", env={"COLUMNS": "300"})
+    assert "(needs pixquery[torch])" in " ".join(r.stdout.split())  # not 'needs pixquery'
+    r = pixquery("--help", env={"COLUMNS": "300"})
+    for code in ("0 ", "1 ", "2 ", "130 "):
+        assert f"  {code}" in r.stdout.split("Exit codes:")[1]
+    r = pixquery("index", "--help", env={"COLUMNS": "300"})
+    text = " ".join(r.stdout.split())  # help is wrapped at 80 columns
+    assert "([model], [index], [ingest])" in text and "[default: one per core]" in text
+    r = pixquery("search", "--help", env={"COLUMNS": "300"})
+    assert "[default: $PIXQUERY_LIBRARY or ~/.local/share/pixquery]" in " ".join(r.stdout.split())
+    r = pixquery("eval", "--help", env={"COLUMNS": "300"})
+    assert "Usage: pixquery eval [OPTIONS] DATASET" in r.stdout and "[,label...]" in " ".join(r.stdout.split())
+
+
+def test_exit_code_2_for_user_errors_everywhere(tmp_path):
+    r = pixquery("eval", tmp_path / "no-such-dataset")
+    _clean(r)
+    assert r.returncode == 2 and "dataset not found" in r.stderr + r.stdout
+    r = pixquery("video", "frame", tmp_path / "x.mp4", "soon", "-o", tmp_path / "x.png")
+    _clean(r)
+    assert r.returncode == 2 and "not a time" in r.stderr

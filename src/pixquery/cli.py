@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
+from pixquery._cli_usage import Command
 from pixquery.errors import PixqueryError
 
 EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -26,7 +27,7 @@ EXIT_CODES = """\b
 Exit codes:
   0    success
   1    some files could not be read (index, eval, video info); the rest was done
-  2    usage or user error: bad option or value, no library there, model not available, ...
+  2    usage or user error: bad option or value, no library there, model not available, busy port
   130  interrupted (Ctrl-C); for index, what was embedded is kept: run the same command to resume"""
 
 # Help is plain text (rich_markup_mode=None): Rich markup would eat every [bracket] in help texts,
@@ -150,7 +151,7 @@ def _index_params(kw: dict, extra: List[str]) -> dict:
 
 @app.command()
 def index(
-    paths: List[Path] = typer.Argument(None, help="Folders or files to add (default: rescan the library's folders)"),
+    paths: List[Path] = typer.Argument(None, metavar="PATHS", help="Folders or files to add (default: rescan the library's folders)", show_default=False),
     library: Optional[Path] = LibraryOpt,
     model: Optional[str] = ModelOpt,
     precision: Optional[str] = typer.Option(None, help="fp32 (default) or int8 (quantised copy, faster)"),
@@ -163,7 +164,7 @@ def index(
     nlist: Optional[int] = typer.Option(None, help="ivf: number of clusters"),
     nprobe: Optional[int] = typer.Option(None, help="ivf: clusters visited per query"),
     storage: Optional[str] = typer.Option(None, help="flat/ivf: vector storage (float32, float16, int8, pq...)"),
-    param: List[str] = typer.Option(None, "--param", help="Any other index parameter, KEY=VALUE"),
+    param: List[str] = typer.Option(None, "--param", metavar="KEY=VALUE", help="Any other index parameter (repeatable)"),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML settings file ([model], [index], [ingest])"),
     batch_size: Optional[int] = typer.Option(None, help="Images per encoder batch"),
     workers: Optional[int] = typer.Option(None, help="Decoder processes [default: one per core]"),
@@ -172,7 +173,7 @@ def index(
     videos: bool = typer.Option(True, "--videos/--no-videos", help="Index video files too"),
     every: Optional[float] = typer.Option(None, "--every", help="Videos: a frame at least every N seconds (default 2, kept for later runs)"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary and the failures"),
 ):
     """Index photos: embed new and changed files, drop deleted ones, update the search index."""
     from pixquery.config import Settings
@@ -220,15 +221,15 @@ def reindex(
     library: Optional[Path] = LibraryOpt,
     model: Optional[str] = ModelOpt,
     index_kind: Optional[str] = typer.Option(None, "--index", help="Index kind: flat, hnsw, annoy, ivf, sharded, auto"),
-    M: Optional[int] = typer.Option(None, "--M"),
-    ef_construction: Optional[int] = typer.Option(None),
-    ef_search: Optional[int] = typer.Option(None),
-    n_trees: Optional[int] = typer.Option(None),
-    search_k: Optional[int] = typer.Option(None),
-    nlist: Optional[int] = typer.Option(None),
-    nprobe: Optional[int] = typer.Option(None),
-    storage: Optional[str] = typer.Option(None),
-    param: List[str] = typer.Option(None, "--param", help="Any other index parameter, KEY=VALUE"),
+    M: Optional[int] = typer.Option(None, "--M", help="hnsw: links per node"),
+    ef_construction: Optional[int] = typer.Option(None, help="hnsw: build-time candidate list"),
+    ef_search: Optional[int] = typer.Option(None, help="hnsw: query-time candidate list"),
+    n_trees: Optional[int] = typer.Option(None, help="annoy: number of trees"),
+    search_k: Optional[int] = typer.Option(None, help="annoy: nodes inspected per query"),
+    nlist: Optional[int] = typer.Option(None, help="ivf: number of clusters"),
+    nprobe: Optional[int] = typer.Option(None, help="ivf: clusters visited per query"),
+    storage: Optional[str] = typer.Option(None, help="flat/ivf: vector storage (float32, float16, int8, pq...)"),
+    param: List[str] = typer.Option(None, "--param", metavar="KEY=VALUE", help="Any other index parameter (repeatable)"),
 ):
     """Rebuild the search index (e.g. another kind) from stored embeddings, without re-embedding."""
     params = _index_params(dict(M=M, ef_construction=ef_construction, ef_search=ef_search, n_trees=n_trees,
@@ -242,7 +243,7 @@ def reindex(
 
 @app.command()
 def search(
-    query: Optional[str] = typer.Argument(None, help="What to look for, in words"),
+    query: Optional[str] = typer.Argument(None, metavar="QUERY", help="What to look for, in words", show_default=False),
     image: Optional[Path] = typer.Option(None, "--image", "-i", help="Find photos similar to this image"),
     k: int = typer.Option(10, "-k", "--top", help="Number of results"),
     threshold: Optional[str] = typer.Option(None, help="Drop results farther than this angular distance (0..1), or 'auto'"),
@@ -282,7 +283,8 @@ def search(
 
 
 @app.command()
-def info(library: Optional[Path] = LibraryOpt, model: Optional[str] = ModelOpt, as_json: bool = typer.Option(False, "--json")):
+def info(library: Optional[Path] = LibraryOpt, model: Optional[str] = ModelOpt,
+         as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON")):
     """Show the library: model, index, counts and sizes."""
     with _open(library, model) as lib:
         data = lib.info()
@@ -333,7 +335,7 @@ def _info_rows(data: dict) -> list:
 
 
 @app.command()
-def models(as_json: bool = typer.Option(False, "--json")):
+def models(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON")):
     """List the models pixquery knows by name (any local model folder works too)."""
     from pixquery.encoders.registry import DEFAULT_MODEL, known_models
 
@@ -350,10 +352,10 @@ def models(as_json: bool = typer.Option(False, "--json")):
     console.print(table)
 
 
-@app.command()
+@app.command(cls=Command)
 def export(
-    arch: str = typer.Argument(..., help="open_clip architecture, e.g. ViT-B-32"),
-    out: Path = typer.Argument(..., help="Folder to write the ONNX model to"),
+    arch: str = typer.Argument(..., metavar="ARCH", help="open_clip architecture, e.g. ViT-B-32"),
+    out: Path = typer.Argument(..., metavar="OUT", help="Folder to write the ONNX model to"),
     pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag, e.g. openai or laion2b_s34b_b79k"),
     checkpoint: Optional[Path] = typer.Option(None, help="A local checkpoint file instead of --pretrained"),
     random: bool = typer.Option(False, "--random", help="Untrained random weights (for tests: useless for search)"),

@@ -23,7 +23,7 @@ def serve(
                                            help="Library folder [default: $PIXQUERY_LIBRARY or ~/.local/share/pixquery]"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or local model folder [default: the library's]"),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but loopback needs --token (or --allow-public)"),
-    port: int = typer.Option(8765, "--port", "-p", min=0, max=65535),
+    port: int = typer.Option(8765, "--port", "-p", min=0, max=65535, metavar="PORT", help="Port to listen on (0: any free one)"),
     token: Optional[str] = typer.Option(None, "--token", envvar="PIXQUERY_TOKEN", show_envvar=True,
                                         help="Require this token on every request ('auto': make a random one and print it)"),
     allow_public: bool = typer.Option(False, "--allow-public", help="Listen on a public address without a token (anyone reaching it sees your photos)"),
