@@ -216,6 +216,23 @@ def test_reload_restores_the_search_from_the_url(page, served):
     assert page.problems == [], page.problems
 
 
+def test_query_string_q_works_like_the_fragment(page, served):
+    """A typed or shared `/?q=dog` searches, as `/#q=dog` does (issue 11 item 12); so does
+    `/?token=T&q=dog`, the URL `serve` prints with a query added."""
+    page.goto(f"{served.url}/?token={TOKEN}")
+    page.goto(f"{served.url}/?q=a+dog&n=30")
+    _wait_tiles(page, 30)
+    assert page.input_value("#q") == "a dog" and page.input_value("#limit") == "30"
+    assert "#q=a+dog" in page.url
+    assert page.problems == [], page.problems
+    page.goto("about:blank")  # nothing left loading with the cookie about to go
+    page.context.clear_cookies()
+    page.goto(f"{served.url}/?token={TOKEN}&q=a+red+car")
+    _wait_tiles(page, 30)
+    assert page.input_value("#q") == "a red car" and "token" not in page.url
+    assert page.problems == [], page.problems
+
+
 def test_page_without_token_asks_for_it(page, served):
     response = page.goto(served.url + "/")
     assert response.status == 401

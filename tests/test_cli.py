@@ -101,3 +101,242 @@ def test_demo_runs_on_a_folder(tmp_path, tiny_model, photos):
     r = pixquery("demo", "--folder", photos, "-L", tmp_path / "demo", "-m", tiny_model)
     assert r.returncode == 0, r.stderr
     assert "indexed 8" in r.stdout and "a dog" in r.stdout
+
+
+# -- usage errors, --version, -h, Ctrl-C (issue 11 item 6) ----------------------------------------
+
+
+def _clean(r):
+    """No traceback anywhere: a user error is a few lines, not 40."""
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out, out
+    assert len(out.splitlines()) < 60, out
+    return out
+
+
+def test_bare_pixquery_shows_usage():
+    r = pixquery()
+    out = _clean(r)
+    assert r.returncode == 2 and "Usage: pixquery" in out and "search" in out
+
+
+def test_help_and_h_and_version():
+    from pixquery import __version__
+
+    for flag in ("--help", "-h"):
+        r = pixquery(flag)
+        _clean(r)
+        assert r.returncode == 0 and "Usage: pixquery" in r.stdout and "Exit codes" in r.stdout
+    r = pixquery("search", "-h")
+    assert r.returncode == 0 and "--top" in r.stdout, r.stderr
+    r = pixquery("--version")
+    _clean(r)
+    assert r.returncode == 0 and r.stdout.strip() == f"pixquery {__version__}"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("serch", "x"), "No such command 'serch'"),
+    (("search", "x", "-k", "abc"), "'-k'"),
+    (("index", "--bogus"), "No such option: --bogus"),
+])
+def test_usage_errors_are_short(args, message):
+    r = pixquery(*args)
+    out = _clean(r)
+    assert r.returncode == 2 and message in out and "pixquery" in out
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, tiny_model):
+    import signal
+    import sys
+    import time
+
+    from pixquery.api import STATUS_FILE
+
+    make_photos(tmp_path / "many", 400, size=(640, 480))
+    lib = tmp_path / "lib"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="200", NO_COLOR="1")
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pixquery.cli", "index", str(tmp_path / "many"), "-L", str(lib),
+                                 "-m", str(tiny_model), "--batch-size", "4", "--workers", "1"],
+                                stdout=out, stderr=err, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (lib / STATUS_FILE).exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the status file appears once the run has the library
+        def embedded() -> int:
+            try:
+                return json.loads((lib / STATUS_FILE).read_text()).get("done", 0)
+            except (OSError, ValueError):
+                return 0
+
+        while embedded() < 8 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # interrupt in the middle of embedding, as a user does
+        assert proc.poll() is None, "index finished before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = (tmp_path / "err").read_text()
+    assert "Traceback" not in stderr, stderr
+    assert rc == 130, stderr
+    assert "interrupted" in stderr and "run the same command to resume" in stderr
+
+
+# -- piped output (issue 11 item 7) -----------------------------------------------------------------
+
+
+def test_piped_search_and_info_are_plain_lines(tmp_path, tiny_model):
+    folder = tmp_path / ("Holiday photos from the summer " + "with a very long folder name " * 5)
+    paths = make_photos(folder, 6)
+    for i, p in enumerate(paths):  # long names with spaces, as real photo folders have
+        p.rename(p.with_name(f"IMG {i:04d} taken at the beach in the evening light.jpg"))
+    lib = tmp_path / "lib"
+    assert pixquery("index", folder, "-L", lib, "-m", tiny_model).returncode == 0
+    on_disk = {str(p) for p in folder.glob("*.jpg")}
+    assert min(map(len, on_disk)) > 120 and all(" " in p for p in on_disk)
+
+    for columns in ("80", "200"):
+        r = pixquery("search", "a beach", "-L", lib, "-k", "4", env={"COLUMNS": columns})
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        lines = r.stdout.splitlines()
+        assert len(lines) == 4  # one result a line, no header, nothing wrapped
+        for rank, line in enumerate(lines, 1):
+            fields = line.split("\t")
+            assert len(fields) == 4 and fields[0] == str(rank), line
+            float(fields[1]), float(fields[2])
+            assert fields[3] in on_disk  # the whole path, as `cut -f4` gives it
+            assert line == line.strip()  # no padding
+    r = pixquery("search", "a beach", "-L", lib, "--json")  # --json unchanged
+    assert {x["path"] for x in json.loads(r.stdout)["results"]} == on_disk
+
+    r = pixquery("info", "-L", lib, env={"COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    rows = [line.split("\t") for line in r.stdout.splitlines()]
+    assert all(len(row) == 2 for row in rows), r.stdout
+    info = dict(rows)
+    assert info["library"] == str(lib) and info["folder"] == str(folder) and info["images"] == "6"
+    assert info["models.0.index.kind"] == "auto" and info["models.0.index.entries"] == "6"
+
+    # `| head` and `| cut -f4 | xargs` work in a real shell pipeline
+    env = dict(os.environ, HF_HUB_OFFLINE="1", NO_COLOR="1")
+    import sys
+
+    cmd = f"{sys.executable} -m pixquery.cli search 'a beach' -L '{lib}' -k 6"
+    out = subprocess.run(f"{cmd} | cut -f4 | xargs -d '\\n' ls -1d", shell=True, capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and set(out.stdout.splitlines()) == on_disk, out.stderr
+    out = subprocess.run(f"set -o pipefail; {cmd} | head -1", shell=True, capture_output=True, text=True, env=env,
+                         executable="/bin/bash")
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
+
+
+# -- a mistyped library path (issue 11 item 10) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [("search", "a dog"), ("info",), ("reindex",), ("search", "--image", "x.jpg")])
+def test_no_library_there_is_one_line_and_creates_nothing(tmp_path, command):
+    missing = tmp_path / "Librray"
+    # a model that does not exist: the library is looked at before any model is loaded
+    r = pixquery(*command, "-L", missing, "-m", tmp_path / "no-such-model")
+    _clean(r)
+    assert r.returncode == 2, r.stderr
+    assert f"no library at {missing}" in r.stderr
+    assert "model folder not found" not in r.stderr
+    assert not missing.exists()  # no catalog made there
+
+
+# -- export: no silent random weights, fast offline failure (issue 11 item 11) -----------------------
+
+
+def test_export_needs_weights(tmp_path):
+    r = pixquery("export", "ViT-B-32", tmp_path / "out")
+    _clean(r)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--pretrained TAG" in r.stderr and "--checkpoint FILE" in r.stderr and "--random" in r.stderr
+    assert not (tmp_path / "out").exists()
+    r = pixquery("export", "ViT-B-32", tmp_path / "out", "--pretrained", "openai", "--random")
+    assert r.returncode == 2 and "--pretrained and --random" in r.stderr
+
+
+def test_export_random_says_so(tmp_path, tiny_model):
+    out = tmp_path / "out"
+    shutil.copytree(tiny_model, out)  # a complete export is kept as it is: no torch work in this test
+    r = pixquery("export", "ViT-B-32", out, "--random")
+    assert r.returncode == 0, r.stderr
+    assert "RANDOM" in r.stdout and "meaningless" in r.stdout
+
+
+def test_export_offline_fails_fast(tmp_path):
+    import time
+
+    pytest.importorskip("open_clip")
+    t0 = time.monotonic()
+    r = pixquery("export", "ViT-B-32", tmp_path / "out", "--pretrained", "openai",
+                 env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HOME": str(tmp_path)})
+    _clean(r)
+    assert r.returncode == 2, r.stderr
+    assert "not cached" in r.stderr and "HF_HUB_OFFLINE is set" in r.stderr and "--checkpoint FILE" in r.stderr
+    assert time.monotonic() - t0 < 60  # torch's import, not minutes of download retries
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_without_network_fails_fast(tmp_path):
+    import time
+
+    pytest.importorskip("open_clip")
+    t0 = time.monotonic()  # HF_ENDPOINT: a host that never resolves (.invalid), so no real download is tried
+    r = pixquery("export", "ViT-B-32", tmp_path / "out", "--pretrained", "laion2b_s34b_b79k",
+                 env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "https://hub.invalid", "HF_HOME": str(tmp_path / "hf"),
+                      "HOME": str(tmp_path), "HTTPS_PROXY": "", "https_proxy": "", "ALL_PROXY": "", "all_proxy": ""})
+    _clean(r)
+    assert r.returncode == 2, r.stderr
+    assert "cannot reach hub.invalid" in r.stderr and "--checkpoint FILE" in r.stderr
+    assert time.monotonic() - t0 < 45  # was about 65 s of download retries
+
+
+# -- help texts and exit codes (issue 11 item 13) ------------------------------------------------------
+
+COMMANDS = ["index", "search", "info", "models", "reindex", "demo", "export", "eval", "serve",
+            "video", "video info", "video frames", "video frame"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_help_is_plain_and_complete(command):
+    import re
+
+    r = pixquery(*command.split(), "--help", env={"COLUMNS": "300"})
+    out = _clean(r)
+    assert r.returncode == 0 and f"Usage: pixquery {command} " in r.stdout, out
+    assert "<bool>" not in out  # typer's type column noise
+    assert not re.search(r"\{\w+\}", out), out  # {dataset}: typer's notation for a required argument
+    assert "[OPTIONS]" in out  # square brackets survive (no Rich markup)
+    usage = r.stdout.split("\n\n")[0]
+    assert re.fullmatch(r"Usage: pixquery [a-z ]+\[OPTIONS\]( [A-Z\[\]. ]+)?( COMMAND \[ARGS\]\.\.\.)?", usage.strip()), usage
+    for line in r.stdout.splitlines():  # every option says what it does
+        if re.match(r"^  -", line):
+            name = re.match(r"^\s+(-[^ ]*(?:, -[^ ]*)?(?: / [^ ]+)?(?: [A-Z<][^ ]*)?)", line).group(1)
+            assert len(line.strip()) > len(name) + 2, f"{command}: {line!r} has no help"
+
+
+def test_help_texts_keep_their_brackets():
+    r = pixquery("export", "--help", env={"COLUMNS": "300"})
+    assert "(needs pixquery[torch])" in " ".join(r.stdout.split())  # not 'needs pixquery'
+    r = pixquery("--help", env={"COLUMNS": "300"})
+    for code in ("0 ", "1 ", "2 ", "130 "):
+        assert f"  {code}" in r.stdout.split("Exit codes:")[1]
+    r = pixquery("index", "--help", env={"COLUMNS": "300"})
+    text = " ".join(r.stdout.split())  # help is wrapped at 80 columns
+    assert "([model], [index], [ingest])" in text and "[default: one per core]" in text
+    r = pixquery("search", "--help", env={"COLUMNS": "300"})
+    assert "[default: $PIXQUERY_LIBRARY or ~/.local/share/pixquery]" in " ".join(r.stdout.split())
+    r = pixquery("eval", "--help", env={"COLUMNS": "300"})
+    assert "Usage: pixquery eval [OPTIONS] DATASET" in r.stdout and "[,label...]" in " ".join(r.stdout.split())
+
+
+def test_exit_code_2_for_user_errors_everywhere(tmp_path):
+    r = pixquery("eval", tmp_path / "no-such-dataset")
+    _clean(r)
+    assert r.returncode == 2 and "dataset not found" in r.stderr + r.stdout
+    r = pixquery("video", "frame", tmp_path / "x.mp4", "soon", "-o", tmp_path / "x.png")
+    _clean(r)
+    assert r.returncode == 2 and "not a time" in r.stderr

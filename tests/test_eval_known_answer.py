@@ -184,10 +184,10 @@ def test_cli_reports_bad_input_clearly(tmp_path):
 
     (tmp_path / "bad.csv").write_text("nothing.png,cat\n")
     res = CliRunner().invoke(app, ["eval", str(tmp_path / "bad.csv"), "--models", "x"])
-    assert res.exit_code == 1
+    assert res.exit_code == 2  # a user error (1 means: some images could not be read)
     assert "bad.csv: 1 listed image file(s) do not exist" in res.output
     res = CliRunner().invoke(app, ["eval", str(tmp_path / "nope")])
-    assert res.exit_code == 1 and "dataset not found" in res.output
+    assert res.exit_code == 2 and "dataset not found" in res.output
     assert parse_index_params(["hnsw:M=8,16;ef_search=32", "flat:storage=int8"]) == {
         "hnsw": [{"M": 8, "ef_search": 32}, {"M": 16, "ef_search": 32}], "flat": [{"storage": "int8"}]}
     with pytest.raises(Exception, match="KIND:NAME"):

@@ -531,3 +531,26 @@ def test_byte_ranges_on_photos_too(api, served):
     data = (served.photos / "photo_0010.jpg").read_bytes()
     r = api.get(f"/api/images/{image_id}/original", headers={"Range": "bytes=10-"})
     assert r.status_code == 206 and r.content == data[10:]
+
+
+def test_serve_on_a_busy_port_says_so_before_serving(tmp_path, tiny_model):
+    """Bind first: a busy port is one line and exit 2, never "serving on ..." then a traceback (issue 11 item 14)."""
+    import socket
+    import subprocess
+    import sys
+
+    from test_server_support import build_library
+
+    lib_path, _ = build_library(tmp_path, tiny_model, 2)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "pixquery.cli", "serve", "--library", str(lib_path), "--model", str(tiny_model),
+                            "--port", str(port)], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="80"))
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert f"port {port} is in use" in r.stderr and "--port" in r.stderr
+    assert "serving" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -96,7 +96,7 @@ def start_server(lib_path: Path, model: Path, log_path: Path, token: str | None 
         else:
             stop_server(server)
             raise RuntimeError(f"server did not start within {timeout}s:\n{server.log()}")
-        if "address already in use" not in (last_error or "").lower():
+        if not any(s in (last_error or "").lower() for s in ("address already in use", "is in use")):
             break
     raise RuntimeError(last_error)
 

@@ -87,8 +87,10 @@ class IndexReport:
 
 
 class Library:
-    def __init__(self, path: Path, model: str | None = None, precision: str | None = None):
+    def __init__(self, path: Path, model: str | None = None, precision: str | None = None, *, create: bool = True):
         self.path = Path(path)
+        if not create and not (self.path / CATALOG_FILE).is_file():
+            raise LibraryError(f"no library at {self.path}: make one with `pixquery index FOLDER --library {self.path}`")
         self.catalog = Catalog(self.path / CATALOG_FILE)
         self._model_name = model
         if precision is not None and precision not in PRECISIONS:
@@ -98,12 +100,14 @@ class Library:
         self._loaded: tuple | None = None  # (index_id, path, index)
 
     @classmethod
-    def open(cls, path: str | Path | None = None, model: str | None = None, precision: str | None = None) -> "Library":
+    def open(cls, path: str | Path | None = None, model: str | None = None, precision: str | None = None, *,
+             create: bool = True) -> "Library":
         """Open (or create) a library. `model`: a name from `pixquery models`, or a local model folder.
         `precision`: "fp32" or "int8"; None uses the library's (what its last `index` with a
         precision chose; fp32 for a new library). Model and precision given here are remembered
-        by `index`, so every later command (search, serve, a plain rescan) uses the same."""
-        return cls(Path(path).expanduser() if path else default_library_path(), model, precision)
+        by `index`, so every later command (search, serve, a plain rescan) uses the same.
+        create=False: raise LibraryError("no library at ...") instead of creating a missing one."""
+        return cls(Path(path).expanduser() if path else default_library_path(), model, precision, create=create)
 
     def close(self) -> None:
         self.catalog.close()

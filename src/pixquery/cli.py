@@ -19,9 +19,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
+from pixquery._cli_usage import Command
 from pixquery.errors import PixqueryError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Search your photos with words.")
+EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES = """\b
+Exit codes:
+  0    success
+  1    some files could not be read (index, eval, video info); the rest was done.
+       index: only new failures count (a file still broken as before exits 0)
+  2    usage or user error: bad option or value, no library there, model not available, busy port
+  130  interrupted (Ctrl-C); for index, what was embedded is kept: run the same command to resume"""
+
+# Help is plain text (rich_markup_mode=None): Rich markup would eat every [bracket] in help texts,
+# e.g. pixquery[torch], and typer's Rich panels add a <type> column of noise.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, epilog=EXIT_CODES,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 console = Console()
 err = Console(stderr=True)
 
@@ -29,10 +42,53 @@ LibraryOpt = typer.Option(None, "--library", "-L", help="Library folder [default
 ModelOpt = typer.Option(None, "--model", "-m", help="Model name (see `pixquery models`) or a local model folder")
 
 
-def _open(library: Optional[Path], model: Optional[str] = None, precision: str = "fp32"):
+def _version(value: bool) -> None:
+    if value:
+        from pixquery import __version__
+
+        print(f"pixquery {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit"),
+) -> None:
+    """Search your photos with words."""
+
+
+def _open(library: Optional[Path], model: Optional[str] = None, precision: Optional[str] = None, *, create: bool = False):
+    """The library at `library` (default: $PIXQUERY_LIBRARY or ~/.local/share/pixquery). Only `index`
+    creates one: elsewhere a mistyped path is "no library at PATH" at once, before the model loads.
+    precision None: the library's own (Library.open's default), not a forced fp32."""
     from pixquery.api import Library
 
-    return Library.open(library, model=model, precision=precision)
+    kw = {} if precision is None else {"precision": precision}
+    return Library.open(library, model=model, create=create, **kw)
+
+
+def _piped() -> bool:
+    """stdout is a pipe or a file, not a terminal: print plain lines for other programs."""
+    try:
+        return not os.isatty(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        return True
+
+
+def _field(value) -> str:
+    """One tab-separated field: never split by a tab or a newline inside it."""
+    return str(value).replace("\t", "\\t").replace("\n", "\\n")
+
+
+def _emit(rows) -> None:
+    """Tab-separated lines on stdout: no wrapping at any width, no padding, no colour."""
+    try:
+        for row in rows:
+            sys.stdout.write("\t".join(_field(v) for v in row) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(EXIT_OK) from None
 
 
 class _RateColumn(ProgressColumn):
@@ -96,7 +152,7 @@ def _index_params(kw: dict, extra: List[str]) -> dict:
 
 @app.command()
 def index(
-    paths: List[Path] = typer.Argument(None, help="Folders or files to add (default: rescan the library's folders)"),
+    paths: List[Path] = typer.Argument(None, metavar="PATHS", help="Folders or files to add (default: rescan the library's folders)", show_default=False),
     library: Optional[Path] = LibraryOpt,
     model: Optional[str] = ModelOpt,
     precision: Optional[str] = typer.Option(None, help="fp32 (default) or int8 (quantised copy, faster)"),
@@ -109,7 +165,7 @@ def index(
     nlist: Optional[int] = typer.Option(None, help="ivf: number of clusters"),
     nprobe: Optional[int] = typer.Option(None, help="ivf: clusters visited per query"),
     storage: Optional[str] = typer.Option(None, help="flat/ivf: vector storage (float32, float16, int8, pq...)"),
-    param: List[str] = typer.Option(None, "--param", help="Any other index parameter, KEY=VALUE"),
+    param: List[str] = typer.Option(None, "--param", metavar="KEY=VALUE", help="Any other index parameter (repeatable)"),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML settings file ([model], [index], [ingest])"),
     batch_size: Optional[int] = typer.Option(None, help="Images per encoder batch"),
     workers: Optional[int] = typer.Option(None, help="Decoder processes [default: one per core]"),
@@ -118,17 +174,19 @@ def index(
     videos: bool = typer.Option(True, "--videos/--no-videos", help="Index video files too"),
     every: Optional[float] = typer.Option(None, "--every", help="Videos: a frame at least every N seconds (default 2, kept for later runs)"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary and the failures"),
 ):
     """Index photos: embed new and changed files, drop deleted ones, update the search index."""
     from pixquery.config import Settings
+
+    _state["on_interrupt"] = ": what was indexed so far is kept; run the same command to resume"
 
     settings = Settings.load(config)
     params = dict(settings.index.params)
     params.update(_index_params(dict(M=M, ef_construction=ef_construction, ef_search=ef_search, n_trees=n_trees,
                                      search_k=search_k, nlist=nlist, nprobe=nprobe, storage=storage), param))
     kind = index_kind or settings.index.kind
-    lib = _open(library, model or settings.model.name, precision or settings.model.precision)
+    lib = _open(library, model or settings.model.name, precision or settings.model.precision, create=True)
     ui = _RichIndexProgress(quiet or as_json)
     try:
         report = lib.index(
@@ -151,12 +209,16 @@ def index(
         if idx:
             console.print(f"index: {idx.kind}, {idx.total} entries, {idx.size_bytes / 1e6:.2f} MB"
                           + (" (rebuilt)" if idx.rebuilt else f" (+{idx.added} -{idx.removed})" if idx.changed else " (unchanged)"))
+        new = set(report.new_failures)
         for path, reason in report.failed[:50]:
-            console.print(f"  [red]✗[/] {escape(path)}: {escape(reason)}")
+            known = "" if (path, reason) in new else " [dim](failed before, unchanged since)[/]"
+            console.print(f"  [red]✗[/] {escape(path)}: {escape(reason)}{known}")
         if len(report.failed) > 50:
             console.print(f"  ... and {len(report.failed) - 50} more (use --json for the full list)")
     lib.close()
-    raise typer.Exit(1 if report.failed else 0)
+    # Exit 1 only when something failed that had not failed before in the same way: a file that
+    # stays broken is listed on every run, but a nightly cron job does not fail for it each night.
+    raise typer.Exit(EXIT_FAILED_FILES if report.new_failures else EXIT_OK)
 
 
 @app.command()
@@ -164,15 +226,15 @@ def reindex(
     library: Optional[Path] = LibraryOpt,
     model: Optional[str] = ModelOpt,
     index_kind: Optional[str] = typer.Option(None, "--index", help="Index kind: flat, hnsw, annoy, ivf, sharded, auto"),
-    M: Optional[int] = typer.Option(None, "--M"),
-    ef_construction: Optional[int] = typer.Option(None),
-    ef_search: Optional[int] = typer.Option(None),
-    n_trees: Optional[int] = typer.Option(None),
-    search_k: Optional[int] = typer.Option(None),
-    nlist: Optional[int] = typer.Option(None),
-    nprobe: Optional[int] = typer.Option(None),
-    storage: Optional[str] = typer.Option(None),
-    param: List[str] = typer.Option(None, "--param", help="Any other index parameter, KEY=VALUE"),
+    M: Optional[int] = typer.Option(None, "--M", help="hnsw: links per node"),
+    ef_construction: Optional[int] = typer.Option(None, help="hnsw: build-time candidate list"),
+    ef_search: Optional[int] = typer.Option(None, help="hnsw: query-time candidate list"),
+    n_trees: Optional[int] = typer.Option(None, help="annoy: number of trees"),
+    search_k: Optional[int] = typer.Option(None, help="annoy: nodes inspected per query"),
+    nlist: Optional[int] = typer.Option(None, help="ivf: number of clusters"),
+    nprobe: Optional[int] = typer.Option(None, help="ivf: clusters visited per query"),
+    storage: Optional[str] = typer.Option(None, help="flat/ivf: vector storage (float32, float16, int8, pq...)"),
+    param: List[str] = typer.Option(None, "--param", metavar="KEY=VALUE", help="Any other index parameter (repeatable)"),
 ):
     """Rebuild the search index (e.g. another kind) from stored embeddings, without re-embedding."""
     params = _index_params(dict(M=M, ef_construction=ef_construction, ef_search=ef_search, n_trees=n_trees,
@@ -186,7 +248,7 @@ def reindex(
 
 @app.command()
 def search(
-    query: Optional[str] = typer.Argument(None, help="What to look for, in words"),
+    query: Optional[str] = typer.Argument(None, metavar="QUERY", help="What to look for, in words", show_default=False),
     image: Optional[Path] = typer.Option(None, "--image", "-i", help="Find photos similar to this image"),
     k: int = typer.Option(10, "-k", "--top", help="Number of results"),
     threshold: Optional[str] = typer.Option(None, help="Drop results farther than this angular distance (0..1), or 'auto'"),
@@ -205,16 +267,20 @@ def search(
         print(json.dumps({"query": query, "image": str(image) if image else None, "threshold": results.threshold,
                           "dropped_by_threshold": results.dropped, "results": [r.to_dict() for r in results]}, indent=2))
         return
-    table = Table(show_header=True, header_style="bold", box=None)
-    for col, just in (("#", "right"), ("score", "right"), ("distance", "right")):
-        table.add_column(col, justify=just, no_wrap=True)
-    table.add_column("path", overflow="fold")  # a path is never cut short: it is the answer
     from pixquery.ingest.video import describe_location
 
-    for r in results:
-        where = describe_location(r)  # path @ 00:12:31 (00:12:25-00:12:40) [box x0,y0,x1,y1]
-        table.add_row(str(r.rank), f"{r.score:.4f}", f"{r.distance:.4f}", escape(where))
-    console.print(table)
+    # where: path @ 00:12:31 (00:12:25-00:12:40) [box x0,y0,x1,y1]
+    rows = [(r.rank, f"{r.score:.4f}", f"{r.distance:.4f}", describe_location(r)) for r in results]
+    if _piped():  # one result a line: rank, score, distance, location (`| cut -f4`)
+        _emit(rows)
+    else:
+        table = Table(show_header=True, header_style="bold", box=None)
+        for col, just in (("#", "right"), ("score", "right"), ("distance", "right")):
+            table.add_column(col, justify=just, no_wrap=True)
+        table.add_column("path", overflow="fold")  # a path is never cut short: it is the answer
+        for row in rows:
+            table.add_row(*map(str, row[:3]), escape(row[3]))
+        console.print(table)
     note = f"{len(results)} results in {ms:.0f} ms"
     if results.threshold is not None:
         note += f"; {results.dropped} dropped by the threshold {results.threshold:.4f}"
@@ -222,15 +288,19 @@ def search(
 
 
 @app.command()
-def info(library: Optional[Path] = LibraryOpt, model: Optional[str] = ModelOpt, as_json: bool = typer.Option(False, "--json")):
+def info(library: Optional[Path] = LibraryOpt, model: Optional[str] = ModelOpt,
+         as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON")):
     """Show the library: model, index, counts and sizes."""
     with _open(library, model) as lib:
         data = lib.info()
     if as_json:
         print(json.dumps(data, indent=2))
         return
+    if _piped():
+        _emit(_info_rows(data))
+        return
     console.print(f"[bold]library[/]  {escape(data['library'])}")
-    console.print(f"[bold]model[/]    {escape(data['model'])}")
+    console.print(f"[bold]model[/]    {escape(data['model'])}" + (f"    precision {escape(str(data['precision']))}" if data.get("precision") else ""))
     console.print(f"[bold]folders[/]  {escape(', '.join(data['folders']) or '(none)')}")
     console.print(f"[bold]images[/]   {data['images']}    videos {data['videos']}    regions/frames {data['detections']}")
     console.print(f"[bold]catalog[/]  {data['catalog_bytes'] / 1e6:.2f} MB")
@@ -245,8 +315,32 @@ def info(library: Optional[Path] = LibraryOpt, model: Optional[str] = ModelOpt, 
                           f"{(idx['size_bytes'] or 0) / 1e6:.2f} MB, built in {idx['build_seconds'] or 0:.2f}s{recall}")
 
 
+def _info_rows(data: dict) -> list:
+    """`pixquery info | ...`: key<TAB>value lines (keys models.N.* for each model in the catalog)."""
+    rows = [("library", data["library"]), ("model", data["model"])]
+    if data.get("precision"):
+        rows.append(("precision", data["precision"]))
+    rows += [("folder", f) for f in data["folders"]]
+    rows += [("images", data["images"]), ("videos", data["videos"]), ("regions_frames", data["detections"]),
+             ("catalog_bytes", data["catalog_bytes"])]
+    for n, m in enumerate(data["models"]):
+        key = f"models.{n}"
+        rows += [(f"{key}.name", m["name"]), (f"{key}.dim", m["dim"]), (f"{key}.embeddings", m["embeddings"]),
+                 (f"{key}.fingerprint", m["fingerprint"])]
+        if m["threshold"] is not None:
+            rows.append((f"{key}.threshold", f"{m['threshold']:.4f}"))
+        idx = m["index"]
+        if idx:
+            rows += [(f"{key}.index.kind", idx["kind"]), (f"{key}.index.params", json.dumps(idx["params"])),
+                     (f"{key}.index.entries", idx["entries"]), (f"{key}.index.size_bytes", idx["size_bytes"] or 0),
+                     (f"{key}.index.build_seconds", f"{idx['build_seconds'] or 0:.2f}")]
+            if idx["recall"] is not None:
+                rows.append((f"{key}.index.recall", f"{idx['recall']:.3f}"))
+    return rows
+
+
 @app.command()
-def models(as_json: bool = typer.Option(False, "--json")):
+def models(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON")):
     """List the models pixquery knows by name (any local model folder works too)."""
     from pixquery.encoders.registry import DEFAULT_MODEL, known_models
 
@@ -263,18 +357,24 @@ def models(as_json: bool = typer.Option(False, "--json")):
     console.print(table)
 
 
-@app.command()
+@app.command(cls=Command)
 def export(
-    arch: str = typer.Argument(..., help="open_clip architecture, e.g. ViT-B-32"),
-    out: Path = typer.Argument(..., help="Folder to write the ONNX model to"),
+    arch: str = typer.Argument(..., metavar="ARCH", help="open_clip architecture, e.g. ViT-B-32"),
+    out: Path = typer.Argument(..., metavar="OUT", help="Folder to write the ONNX model to"),
     pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag, e.g. openai or laion2b_s34b_b79k"),
     checkpoint: Optional[Path] = typer.Option(None, help="A local checkpoint file instead of --pretrained"),
+    random: bool = typer.Option(False, "--random", help="Untrained random weights (for tests: useless for search)"),
 ):
     """Write any open_clip model as an ONNX model folder pixquery can use (needs pixquery[torch])."""
+    given = [name for name, v in (("--pretrained", pretrained), ("--checkpoint", checkpoint), ("--random", random)) if v]
+    if len(given) != 1:
+        raise PixqueryError("give the weights: --pretrained TAG (e.g. openai) or --checkpoint FILE, "
+                            "or --random for untrained random weights" + (f" (not {' and '.join(given)})" if given else ""))
     from pixquery.encoders.export import export_open_clip
 
     path = export_open_clip(arch, pretrained, out, checkpoint=checkpoint)
-    console.print(f"wrote {escape(str(path or out))}; use it with --model {escape(str(out))}")
+    what = " with RANDOM (untrained) weights: search results will be meaningless" if random else ""
+    console.print(f"wrote {escape(str(path or out))}{what}; use it with --model {escape(str(out))}", soft_wrap=True)
 
 
 @app.command()
@@ -306,27 +406,63 @@ def _register_plugins() -> None:
 _register_plugins()
 
 
-def main() -> None:
-    try:
-        rc = app(standalone_mode=False)
-        sys.exit(rc if isinstance(rc, int) else 0)
-    except PixqueryError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}")
-        sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted: what was indexed so far is kept; run the same command to resume[/]")
-        sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
+def _is_usage_error(e: BaseException) -> bool:
+    """A click-style usage error (bad option, unknown command, bad value, no arguments).
 
-        if isinstance(e, click.exceptions.ClickException):
+    Matched by behaviour, not by class: typer >= 0.22 raises its own vendored click's classes,
+    older typer raises click's, and both have `exit_code` and `show()`."""
+    return isinstance(getattr(e, "exit_code", None), int) and callable(getattr(e, "show", None))
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _interrupted() -> int:
+    err.print(f"[yellow]interrupted{escape(_state['on_interrupt'])}[/]")
+    return EXIT_INTERRUPTED
+
+
+_state = {"on_interrupt": ""}  # what Ctrl-C leaves behind, said by the command that runs
+
+
+def run(argv: Optional[List[str]] = None) -> int:
+    """Run the command line with our own error handling; returns the exit status (see EXIT_CODES)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:  # bare `pixquery`: the help, and a usage error's status (whichever click typer uses)
+        app(args=["--help"], prog_name="pixquery", standalone_mode=False)
+        return EXIT_USAGE
+    try:
+        rc = app(args=args, prog_name="pixquery", standalone_mode=False)
+    except PixqueryError as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # one line, any width
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return _interrupted()
+    except BrokenPipeError:  # `pixquery search x | head`: the reader has gone, nothing left to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as e:
+        if _is_usage_error(e):
             e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
+            return e.exit_code
+        if type(e).__name__ == "Abort" or _caused_by_interrupt(e):  # Ctrl-D at a prompt; Ctrl-C inside an import
+            return _interrupted()
         raise
+    if rc == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130) before we see it
+        return _interrupted()
+    return rc if isinstance(rc, int) else EXIT_OK
+
+
+def main() -> None:
+    sys.exit(run())
 
 
 if __name__ == "__main__":

@@ -89,6 +89,76 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
+def _weights_cached(tag_cfg: dict) -> bool:
+    """Whether open_clip finds these weights without the network: it fetches most tags through
+    huggingface_hub (cache: HF_HUB_CACHE) and some OpenAI ones with urllib (cache: ~/.cache/clip)."""
+    from open_clip.pretrained import has_hf_hub
+
+    if tag_cfg.get("file"):
+        return os.path.isfile(tag_cfg["file"])
+    hub, url = tag_cfg.get("hf_hub", ""), tag_cfg.get("url", "")
+    if hub and has_hf_hub():
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(repo_id=os.path.split(hub)[0], local_files_only=True))
+        except Exception:  # the repo is not in the cache at all
+            return False
+        return any(f.suffix in (".bin", ".safetensors", ".pt", ".pth") for f in folder.iterdir())
+    if url:
+        return os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)))
+    return False
+
+
+def _check_pretrained(open_clip, arch: str, pretrained: str) -> dict:
+    """open_clip's config of a pretrained tag; fails at once (not after minutes of retries) on an
+    unknown tag, or when offline (HF_HUB_OFFLINE) and the weights are not cached."""
+    from pixquery.encoders.hub import _offline
+
+    if os.path.isfile(pretrained):  # open_clip also takes a weights file here
+        return {}
+    tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+    if not tag_cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+        raise PixqueryError(f"open_clip has no pretrained weights {pretrained!r} for {arch}; its tags: {tags}")
+    if _weights_cached(tag_cfg):
+        return tag_cfg
+    reason = "HF_HUB_OFFLINE is set" if _offline() else _unreachable(tag_cfg)
+    if reason:
+        raise ModelNotAvailable(
+            f"open_clip weights {arch} {pretrained!r} are not cached and cannot be downloaded ({reason}). "
+            f"Connect to the internet once (they are then cached), or give --checkpoint FILE."
+        )
+    return tag_cfg
+
+
+def _unreachable(tag_cfg: dict) -> str | None:
+    """Why the download host cannot be reached, or None. Without a network huggingface_hub retries
+    each candidate file for about a minute; one connection attempt answers in seconds. Behind a
+    proxy (which may resolve what we cannot) the download is left to try."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    from open_clip.pretrained import has_hf_hub
+
+    if tag_cfg.get("hf_hub") and has_hf_hub():
+        from huggingface_hub import constants
+
+        url = constants.ENDPOINT
+    else:
+        url = tag_cfg.get("url", "")
+    parsed = urlparse(url)
+    if not parsed.hostname:
+        return None
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)), timeout=5).close()
+    except OSError as e:
+        return f"cannot reach {parsed.hostname}: {e.strerror or e}"
+    return None
+
+
 def _create_model(arch, pretrained, checkpoint, model_cfg, seed):
     torch, open_clip = require_torch()
     torch.manual_seed(seed)  # random towers (no weights given) are reproducible
@@ -102,7 +172,7 @@ def _create_model(arch, pretrained, checkpoint, model_cfg, seed):
     if cfg is None:
         raise PixqueryError(f"open_clip has no model called {arch!r}; see open_clip.list_models()")
     # OpenAI weights were trained with QuickGELU; open_clip only warns if the config disagrees.
-    tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}
+    tag_cfg = _check_pretrained(open_clip, arch, pretrained) if pretrained and checkpoint is None else {}
     quick_gelu = bool(tag_cfg.get("quick_gelu")) and not cfg.get("quick_gelu")
     if quick_gelu:
         cfg["quick_gelu"] = True

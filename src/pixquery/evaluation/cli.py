@@ -192,9 +192,11 @@ def _print_summary(report: dict, console: Console) -> None:
 def register(app: typer.Typer) -> None:
     """Add the `eval` command to the main CLI."""
 
-    @app.command("eval")
+    from pixquery._cli_usage import Command
+
+    @app.command("eval", cls=Command)
     def eval_command(
-        dataset: Path = typer.Argument(..., help="Labelled photos: a folder with labels.csv (+ classes.csv), "
+        dataset: Path = typer.Argument(..., metavar="DATASET", help="Labelled photos: a folder with labels.csv (+ classes.csv), "
                                        "a folder per class, a CSV of path,label[,label...], or an ImageNet DET "
                                        "folder with XML annotations."),
         models: str = typer.Option(DEFAULT_MODELS, "--models", "-m",
@@ -206,7 +208,7 @@ def register(app: typer.Typer) -> None:
         limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use a random sample of N images."),
         indexes: str = typer.Option("all", "--indexes",
                                     help="Index kinds to measure, comma-separated; 'all' or 'none'."),
-        index_param: Optional[list[str]] = typer.Option(None, "--index-param",
+        index_param: Optional[list[str]] = typer.Option(None, "--index-param", metavar="SPEC",
                                                         help="Sweep index parameters: KIND:NAME=V1,V2[;NAME=...] "
                                                         "(repeatable), e.g. hnsw:ef_search=16,64."),
         index_k: int = typer.Option(10, "--index-k", help="k for index recall."),
@@ -227,13 +229,15 @@ def register(app: typer.Typer) -> None:
         """Evaluate models on labelled photos: zero-shot accuracy, speed, ROC/F1 thresholds, indexes."""
         console = _console()
         try:
-            run_eval(dataset, models=models, templates=templates, out=out, limit=limit, indexes=indexes,
+            report = run_eval(dataset, models=models, templates=templates, out=out, limit=limit, indexes=indexes,
                      index_param=index_param, index_k=index_k, index_queries=index_queries, library=library,
                      store=store, precision=precision, batch_size=batch_size, workers=workers, dataset_kind=dataset_kind,
                      seed=seed, plots=plots, console=console)
         except PixqueryError as e:
             console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(2) from None  # a user error, as everywhere in pixquery
+        # 1: some images could not be read (the report covers the rest), as `pixquery index`
+        raise typer.Exit(1 if any(m["images"]["failed_count"] for m in report["models"]) else 0)
 
 
 def main() -> None:

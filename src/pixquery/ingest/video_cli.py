@@ -16,7 +16,9 @@ from typing import List, Optional
 
 import typer
 
-video_app = typer.Typer(no_args_is_help=True, help="Inspect videos: headers, sampled frames, scene changes.")
+from pixquery._cli_usage import Command
+
+video_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Inspect videos: headers, sampled frames, scene changes.")
 
 
 def register(app: typer.Typer) -> None:
@@ -37,8 +39,9 @@ def parse_time(text: str) -> float:
     return seconds
 
 
-@video_app.command("info")
-def info(files: List[Path] = typer.Argument(..., help="Video files"), as_json: bool = typer.Option(False, "--json")):
+@video_app.command("info", cls=Command)
+def info(files: List[Path] = typer.Argument(..., metavar="FILES", help="Video files"),
+         as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON")):
     """Duration, frame rate, size and codec, from the file's headers."""
     from pixquery.ingest.video import VideoError, format_timestamp, probe
 
@@ -61,15 +64,15 @@ def info(files: List[Path] = typer.Argument(..., help="Video files"), as_json: b
     raise typer.Exit(rc)
 
 
-@video_app.command("frames")
+@video_app.command("frames", cls=Command)
 def frames(
-    file: Path = typer.Argument(..., help="A video file"),
+    file: Path = typer.Argument(..., metavar="FILE", help="A video file"),
     every: float = typer.Option(2.0, "--every", help="A frame at least every N seconds (0: cuts only)"),
     scene_threshold: float = typer.Option(0.10, "--scene-threshold", help="Thumbnail difference (0..1) that is a cut; 0: off"),
     static_threshold: float = typer.Option(0.02, "--static-threshold", help="Skip clock samples this close to the last one; 0: off"),
     keyframes_only: bool = typer.Option(False, "--keyframes-only", help="Decode key frames only (fast, coarse)"),
     save: Optional[Path] = typer.Option(None, "--save", help="Write the sampled frames as JPEGs into this folder"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print the frames and a summary as JSON"),
 ):
     """The frames pixquery would embed from a video, and why (clock or cut)."""
     from pixquery.ingest.video import DecodeStats, SamplingConfig, VideoError, format_timestamp, sample_frames
@@ -108,10 +111,10 @@ def frames(
             typer.echo(f"{file}: {stats.problem()}", err=True)
 
 
-@video_app.command("frame")
+@video_app.command("frame", cls=Command)
 def frame(
-    file: Path = typer.Argument(..., help="A video file"),
-    at: str = typer.Argument(..., help="Time: seconds, MM:SS or HH:MM:SS (as search results print it)"),
+    file: Path = typer.Argument(..., metavar="FILE", help="A video file"),
+    at: str = typer.Argument(..., metavar="TIME", help="Time: seconds, MM:SS or HH:MM:SS (as search results print it)"),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the frame (.jpg, .png)"),
 ):
     """Write the frame shown at a given time (e.g. a search hit's) to an image file."""

@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Iterator, Optional
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlencode
 
 import numpy as np
 from fastapi import FastAPI, Path as PathParam, Query, Request
@@ -102,7 +102,7 @@ class LibraryPool:
         from pixquery.api import Library
 
         self.timeout = timeout
-        self.libraries = [Library.open(path, model=model) for _ in range(max(1, size))]
+        self.libraries = [Library.open(path, model=model, create=False) for _ in range(max(1, size))]
         self.encoder = self.libraries[0].encoder
         for lib in self.libraries[1:]:
             # Share one encoder (its sessions and text-query cache); Library has no public setter yet.
@@ -1006,7 +1006,9 @@ class Guard:
             if path == "/" and "token" in qs:
                 if self._ok(qs["token"][0]):
                     cookie = f"{TOKEN_COOKIE}={quote(qs['token'][0], safe='')}; Path=/; HttpOnly; SameSite=Strict"
-                    return await _send(send, 303, b"", "text/plain", extra=[(b"location", b"/"), (b"set-cookie", cookie.encode())])
+                    rest = urlencode([(k, v) for k, vs in qs.items() if k != "token" for v in vs])  # e.g. q=dog
+                    where = ("/?" + rest if rest else "/").encode("latin-1", "replace")
+                    return await _send(send, 303, b"", "text/plain", extra=[(b"location", where), (b"set-cookie", cookie.encode())])
                 return await self._refuse(send, path, "That token is wrong.")
             supplied = _supplied_token(headers)
             if supplied is None:

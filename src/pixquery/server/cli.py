@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import secrets
+import socket
 import sys
 from pathlib import Path
 from typing import Optional
@@ -21,7 +23,7 @@ def serve(
                                            help="Library folder [default: $PIXQUERY_LIBRARY or ~/.local/share/pixquery]"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or local model folder [default: the library's]"),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but loopback needs --token (or --allow-public)"),
-    port: int = typer.Option(8765, "--port", "-p", min=0, max=65535),
+    port: int = typer.Option(8765, "--port", "-p", min=0, max=65535, metavar="PORT", help="Port to listen on (0: any free one)"),
     token: Optional[str] = typer.Option(None, "--token", envvar="PIXQUERY_TOKEN", show_envvar=True,
                                         help="Require this token on every request ('auto': make a random one and print it)"),
     allow_public: bool = typer.Option(False, "--allow-public", help="Listen on a public address without a token (anyone reaching it sees your photos)"),
@@ -45,9 +47,15 @@ def serve(
     lib = Path(library).expanduser() if library else default_library_path()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     logging.getLogger("pixquery").setLevel(logging.INFO)
+    sock = _listen(host, port)  # before the model loads, and before saying "serving"
+    port = sock.getsockname()[1]  # --port 0: the one the system picked
     config = ServerConfig(library=lib, model=model, token=token, host=host, port=port, pool_size=pool, text_batch=text_batch,
                           max_upload_bytes=int(max_upload_mb * 1024 * 1024))
-    app = create_app(config)
+    try:
+        app = create_app(config)
+    except BaseException:
+        sock.close()
+        raise
     shown_host = f"[{host}]" if ":" in host else host
     if host in ("0.0.0.0", "::"):
         shown_host = "127.0.0.1"
@@ -60,6 +68,30 @@ def serve(
         import webbrowser
 
         webbrowser.open(url)
-    uvicorn.run(app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log,
-                server_header=False, proxy_headers=False, timeout_keep_alive=5, limit_concurrency=256,
-                timeout_graceful_shutdown=5)
+    uv_config = uvicorn.Config(app, host=host, port=port, log_level="info" if access_log else "warning",
+                               access_log=access_log, server_header=False, proxy_headers=False, timeout_keep_alive=5,
+                               limit_concurrency=256, timeout_graceful_shutdown=5)
+    uvicorn.Server(uv_config).run(sockets=[sock])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or one line saying why not (a busy port: exit 2)."""
+    from pixquery.errors import PixqueryError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise PixqueryError(f"cannot listen on {host}: {e.strerror}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart need not wait
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise PixqueryError(f"port {port} is in use on {host}: stop what uses it, or pick another with --port") from None
+        raise PixqueryError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock

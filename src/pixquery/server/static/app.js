@@ -486,6 +486,17 @@
   });
 
   // -- start ----------------------------------------------------------------------------------
+  // `/?q=dog` (a typed or shared link) means `/#q=dog`: move it into the fragment, which holds
+  // the page's state; the fragment wins when both are given.
+  function queryToHash() {
+    const given = new URLSearchParams(location.search);
+    const p = new URLSearchParams();
+    for (const key of ["q", "image", "t", "n"]) if (given.get(key)) p.set(key, given.get(key));
+    if (!p.toString() || location.hash.length > 1) return;
+    history.replaceState(null, "", location.pathname + "#" + p.toString());
+  }
+
+  queryToHash();
   loadInfo().then(() => {
     if (location.hash.length > 1 && !search) readHash();
     else showThreshold();
