@@ -48,7 +48,7 @@ def test_exit_code_says_something_failed(photos, tmp_path, tiny_model):
     assert r.returncode == 1
     out = json.loads(r.stdout)
     assert out["indexed"] == 8
-    assert out["failed"] == [{"path": str(photos / "broken.jpg"), "reason": out["failed"][0]["reason"]}]
+    assert out["failed"] == [{"path": str(photos / "broken.jpg"), "reason": out["failed"][0]["reason"], "new": True}]
 
 
 def test_unreadable_file_is_reported(photos, tmp_path, tiny_model):
