@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,15 @@ sys.path.insert(0, str(TESTS))  # test helper modules (photos.py, conftest_model
 
 # Tests never touch the network: a missing model must fail fast, not hang on a download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """`@pytest.mark.torch` tests compare with open_clip: skipped, saying why, where it is not installed."""
+    if item.get_closest_marker("torch"):
+        missing = [m for m in ("torch", "open_clip") if importlib.util.find_spec(m) is None]
+        if missing:
+            pytest.skip(f"needs {' and '.join(missing)} (the [torch] extra: pip install 'pixquery[torch]'), not installed here")
 
 
 def shared_data(name: str) -> Path:
