@@ -3,11 +3,13 @@
 # models. No torch: the runtime is ONNX Runtime, and the test models are written with numpy + onnx.
 # Safe to run again (it only adds what is missing).
 #
-# Options (environment): PYTHON=python3.12  the interpreter for the venv
-#   PIXQUERY_EXTRAS=dev,ann        extras to install (default dev). `ann` (annoy, hnswlib) compiles from
-#                                  source; without it, the tests of those two index kinds skip.
-#   PIXQUERY_EXTRAS=dev,ann,torch  also torch + open_clip: the open_clip comparison tests (marked
-#                                  `torch`), `open_clip:` models and `pixquery export` (several GB).
+# Options (environment): PYTHON=python3.12, the interpreter for the venv; PIXQUERY_EXTRAS, the
+# extras to install (default: dev). Tests that need a missing extra skip and say which:
+#   ann      annoy + hnswlib, compiled from source (~35 s more): tests marked `ann`
+#   browser  playwright (165 MB; also needs a Chromium): tests/test_browser.py
+#   torch    torch + open_clip (several GB): tests marked `torch` (the open_clip comparisons),
+#            `open_clip:` models and `pixquery export`
+# e.g. PIXQUERY_EXTRAS=dev,ann,browser,torch bash scripts/setup.sh   (what .ci/run installs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
