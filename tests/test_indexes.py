@@ -250,7 +250,6 @@ def test_sharded_merges_like_one_index():
     assert (sh.search(QUERIES, 20)[1] == flat.search(QUERIES, 20)[1]).all()
 
 
-@ann
 def test_auto_measures_and_records_its_choice(tmp_path):
     x = clustered(3000, seed=8)
     ids = np.arange(3000)
