@@ -4,8 +4,11 @@
 The tiny models are the real open_clip architectures (VisionTransformer for ViT-B/32, ModifiedResNet
 for RN50) with tiny widths and depths, but with the real vocabulary (49408), context (77) and image
 size (224), so tokenisation, preprocessing and ONNX loading are exercised exactly as with real
-weights. They also carry their torch weights (open_clip_model.safetensors) so tests can compare
-ONNX Runtime with open_clip. Random weights say nothing about ranking quality.
+weights. Random weights say nothing about ranking quality.
+
+No torch: the ONNX graphs are written with numpy and onnx (pixquery.encoders.random_onnx). The same
+weights are saved under open_clip's names (open_clip_model.safetensors), so the torch tests load them
+into open_clip's own model and check that the graphs give the same embeddings.
 
     python scripts/make_tiny_models.py            # models/tiny-vit-b-32, models/tiny-rn50
     python scripts/make_tiny_models.py --full     # + models/random-vit-b-32 (full size, ~600 MB)
@@ -36,24 +39,29 @@ TINY = {
         {"embed_dim": 48, "vision_cfg": {"image_size": 224, "layers": [1, 1, 1, 1], "width": 8}, "text_cfg": _TEXT},
     ),
 }
-FULL = {"vit": ("random-vit-b-32", "ViT-B-32"), "rn50": ("random-rn50", "RN50")}
+# open_clip's own configs for these names (model_configs/ViT-B-32.json, RN50.json).
+_FULL_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
+FULL = {
+    "vit": ("random-vit-b-32", {"embed_dim": 512, "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32}, "text_cfg": _FULL_TEXT}),
+    "rn50": ("random-rn50", {"embed_dim": 1024, "vision_cfg": {"image_size": 224, "layers": [3, 4, 6, 3], "width": 64, "patch_size": None}, "text_cfg": _FULL_TEXT}),
+}
 
 
-def _export():
+def _writer():
     sys.path.insert(0, str(ROOT / "src"))  # runs from a fresh clone without `pip install -e`
-    from pixquery.encoders.export import export_open_clip
+    from pixquery.encoders.random_onnx import write_random_model
 
-    return export_open_clip
+    return write_random_model
 
 
 def make_tiny_model(kind: str = "vit", out: Path = DEFAULT_OUT, force: bool = False) -> Path:
     name, cfg = TINY[kind]
-    return _export()(name, None, Path(out) / name, model_cfg=cfg, seed=0, save_torch=True, force=force)
+    return _writer()(cfg, Path(out) / name, seed=0, save_weights=True, force=force)
 
 
 def make_full_random_model(kind: str = "vit", out: Path = DEFAULT_OUT, force: bool = False) -> Path:
-    name, arch = FULL[kind]
-    return _export()(arch, None, Path(out) / name, seed=0, force=force)
+    name, cfg = FULL[kind]
+    return _writer()(cfg, Path(out) / name, seed=0, save_weights=False, force=force)
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 """Encoders on real (tiny, random-weight) models of the real architectures: no mocks.
 
-Tests that need torch/open_clip skip on a runtime without the [torch] extra; the tiny models
-themselves load with the default runtime only (see conftest_models.py).
+Tests that need torch/open_clip are marked `torch` and skip on a runtime without the [torch] extra;
+the tiny models are written and loaded with the default runtime only (see conftest_models.py).
 """
 
 from __future__ import annotations
@@ -62,8 +62,10 @@ def _copy(model_dir: Path, dest: Path) -> Path:
 
 
 # -- tokenizer -------------------------------------------------------------------------------------
+@pytest.mark.torch
 def test_token_ids_match_open_clip(tiny_vit, monkeypatch):
-    open_clip = pytest.importorskip("open_clip")
+    import open_clip
+
     ref = open_clip.get_tokenizer("ViT-B-32")(SENTENCES).numpy()
     enc = load_encoder(tiny_vit)
     ours = enc.tokenize(SENTENCES)
@@ -79,8 +81,11 @@ def test_token_ids_match_open_clip(tiny_vit, monkeypatch):
 
 
 # -- ONNX vs torch -----------------------------------------------------------------------------------
+@pytest.mark.torch
 def test_onnx_matches_open_clip_torch(tiny_arch):
-    pytest.importorskip("open_clip")
+    """The tiny models' graphs are written with numpy and onnx (pixquery.encoders.random_onnx); their
+    weights, loaded into open_clip's own model of the same config, give the same embeddings: the
+    graphs are open_clip's architectures."""
     onnx_enc = load_encoder(tiny_arch)
     torch_enc = load_encoder(f"open_clip:local-dir:{tiny_arch}")
     assert isinstance(onnx_enc, Encoder) and isinstance(torch_enc, Encoder)
@@ -100,9 +105,9 @@ def test_onnx_matches_open_clip_torch(tiny_arch):
     assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
 
 
+@pytest.mark.torch
 def test_fixed_batch_export_is_looped(tiny_vit, tmp_path):
     """immich's exports fix the batch at 1: the encoder reads that from the session and loops."""
-    pytest.importorskip("open_clip")
     from pixquery.encoders.export import export_open_clip
 
     cfg = json.loads((tiny_vit / "config.json").read_text())
@@ -113,6 +118,88 @@ def test_fixed_batch_export_is_looped(tiny_vit, tmp_path):
         a, b = getattr(one, encode)(batch), getattr(dyn, encode)(batch)
         assert one._session(tower).get_inputs()[0].shape[0] == 1
         assert a.shape == b.shape and np.abs(a - b).max() < 1e-5
+
+
+# -- the torch-free writer (pixquery.encoders.random_onnx) ------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+# Other shapes than the tiny models': QuickGELU, another MLP ratio and depth, several bottlenecks per stage.
+OTHER_CFGS = {
+    "vit-quickgelu": {"embed_dim": 24, "quick_gelu": True,
+                      "vision_cfg": {"image_size": 224, "patch_size": 16, "width": 48, "head_width": 16, "layers": 3, "mlp_ratio": 2.0},
+                      "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 1}},
+    "rn-2121": {"embed_dim": 16, "vision_cfg": {"image_size": 224, "layers": [2, 1, 2, 1], "width": 16, "head_width": 128},
+                "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1, "mlp_ratio": 2.0}},
+}
+
+
+def test_tiny_models_are_written_without_torch_and_deterministically(tmp_path):
+    """scripts/make_tiny_models.py where torch and open_clip cannot be imported: the immich layout with
+    immich's input/output names, a dynamic batch axis and opset 17, byte-identical on a second run."""
+    import onnx
+
+    code = ("import runpy, sys; sys.modules['torch'] = None; sys.modules['open_clip'] = None\n"
+            "script = sys.argv[1]; sys.argv = [script, '--out', sys.argv[2]]\n"
+            "runpy.run_path(script, run_name='__main__')\n")
+    for out in ("a", "b"):
+        run = subprocess.run([sys.executable, "-c", code, str(ROOT / "scripts" / "make_tiny_models.py"), str(tmp_path / out)],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    for name, embed in (("tiny-vit-b-32", 32), ("tiny-rn50", 48)):
+        model = tmp_path / "a" / name
+        for f in ("config.json", "visual/model.onnx", "visual/preprocess_cfg.json", "textual/model.onnx", "textual/tokenizer.json",
+                  "textual/tokenizer_config.json", "textual/special_tokens_map.json", "open_clip_model.safetensors", "open_clip_config.json"):
+            assert (model / f).is_file(), f
+        for tower, inp, elem, shape in (("visual", "image", onnx.TensorProto.FLOAT, ["batch", 3, 224, 224]),
+                                        ("textual", "text", onnx.TensorProto.INT32, ["batch", 77])):
+            m = onnx.load(str(model / tower / "model.onnx"))
+            onnx.checker.check_model(m)
+            assert [o.version for o in m.opset_import] == [17]
+            (i,), (o,) = m.graph.input, m.graph.output
+            assert i.name == inp and i.type.tensor_type.elem_type == elem
+            assert [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] == shape
+            assert o.name == "embedding" and [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] == ["batch", embed]
+        enc = load_encoder(model)
+        assert enc.encode_images(_images(3)).shape == (3, embed) and enc.encode_texts(["a dog", "a cat"]).shape == (2, embed)
+
+
+def test_tokenizer_gives_clips_ids_without_open_clip(tiny_vit):
+    """The tokenizer.json made from the shipped vocabulary: ids as open_clip gives them (written down)."""
+    ids = load_encoder(tiny_vit).tokenize(["a photo of a dog", "Hello, World!"])
+    assert ids[0, :7].tolist() == [49406, 320, 1125, 539, 320, 1929, 49407] and not ids[0, 7:].any()
+    assert ids[1, :6].tolist() == [49406, 3306, 267, 1002, 256, 49407] and not ids[1, 6:].any()
+
+
+@pytest.mark.torch
+def test_tokenizer_json_is_the_one_export_writes(tiny_vit):
+    """The shipped vocabulary is open_clip's file, and the tokenizer.json built from it without
+    open_clip is the one `pixquery export` builds from open_clip's copy."""
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    from tokenizers import Tokenizer
+
+    from pixquery.encoders import clip_bpe
+    from pixquery.encoders.export import build_clip_tokenizer
+
+    assert clip_bpe.BPE_VOCAB.read_bytes() == Path(default_bpe()).read_bytes()
+    assert clip_bpe.bytes_to_unicode() == bytes_to_unicode()
+    assert Tokenizer.from_file(str(tiny_vit / "textual" / "tokenizer.json")).to_str() == build_clip_tokenizer().to_str()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind", sorted(OTHER_CFGS))
+def test_random_onnx_matches_open_clip_for_other_shapes(kind, tmp_path):
+    from pixquery.encoders.random_onnx import write_random_model
+
+    model = write_random_model(OTHER_CFGS[kind], tmp_path / kind, seed=1)
+    onnx_enc, torch_enc = load_encoder(model), load_encoder(f"open_clip:local-dir:{model}")
+    images, texts = _images(3), SENTENCES[:4]
+    img = np.abs(onnx_enc.encode_images(images) - torch_enc.encode_images(images)).max()
+    txt = np.abs(onnx_enc.encode_texts(texts) - torch_enc.encode_texts(texts)).max()
+    print(f"\n{kind}: image max abs diff {img:.2e}, text {txt:.2e}", end="")
+    assert img < 1e-4 and txt < 1e-4
 
 
 # -- int8 -----------------------------------------------------------------------------------------

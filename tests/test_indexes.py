@@ -30,6 +30,7 @@ from pixquery.indexes import (
 )
 
 DIM = 32
+ann = pytest.mark.ann  # hnswlib / annoy (the [ann] extra; skipped where not installed)
 
 
 def clustered(n: int, dim: int = DIM, seed: int = 0, clusters: int = 40) -> np.ndarray:
@@ -63,17 +64,18 @@ CASES = [
     ("flat", {"storage": "float16"}, 0.98),
     ("flat", {"storage": "int8"}, 0.95),
     ("flat", {"storage": "pq4"}, 0.99),
-    ("hnsw", {"M": 16, "ef_construction": 100, "ef_search": 200}, 0.97),
-    ("annoy", {"n_trees": 20, "search_k": 4000}, 0.95),
+    pytest.param("hnsw", {"M": 16, "ef_construction": 100, "ef_search": 200}, 0.97, marks=ann),
+    pytest.param("annoy", {"n_trees": 20, "search_k": 4000}, 0.95, marks=ann),
     ("ivf", {"nlist": 16, "nprobe": 12, "storage": "float32"}, 0.95),
     ("ivf", {"nlist": 16, "nprobe": 12}, 0.95),
     ("ivf", {"nlist": 16, "nprobe": 12, "storage": "int8"}, 0.9),
     ("ivf", {"nlist": 16, "nprobe": 12, "storage": "pq", "pq_m": 8, "rerank": 10}, 0.9),
     ("sharded", {"shard_size": 300}, 1.0),
-    ("sharded", {"shards": 3, "inner": "hnsw", "inner_params": {"M": 16, "ef_search": 200}}, 0.97),
+    pytest.param("sharded", {"shards": 3, "inner": "hnsw", "inner_params": {"M": 16, "ef_search": 200}}, 0.97, marks=ann),
     ("auto", {"exact_max": 4096}, 1.0),
 ]
-CASE_IDS = [f"{k}-{'-'.join(f'{a}={b}' for a, b in p.items()) or 'default'}" for k, p, _ in CASES]
+CASE_IDS = [f"{k}-{'-'.join(f'{a}={b}' for a, b in p.items()) or 'default'}"
+            for k, p, _ in (c.values if hasattr(c, "values") else c for c in CASES)]
 
 
 def check_results(scores, ids, nq, k):
@@ -171,16 +173,16 @@ def test_round_trip(kind, params, min_recall, tmp_path):
 
 EXACT_CASES = [
     ("flat", {"storage": "pq4", "rerank_min": 600}),  # re-ranks every candidate exactly
-    ("hnsw", {"M": 16, "ef_construction": 200, "ef_search": 600}),
-    ("annoy", {"n_trees": 10, "search_k": 10**6}),
+    pytest.param("hnsw", {"M": 16, "ef_construction": 200, "ef_search": 600}, marks=ann),
+    pytest.param("annoy", {"n_trees": 10, "search_k": 10**6}, marks=ann),
     ("ivf", {"nlist": 8, "nprobe": 8, "storage": "float32"}),
     ("sharded", {"shard_size": 64}),
-    ("sharded", {"shards": 4, "inner": "hnsw", "inner_params": {"ef_search": 600}}),
+    pytest.param("sharded", {"shards": 4, "inner": "hnsw", "inner_params": {"ef_search": 600}}, marks=ann),
     ("auto", {}),
 ]
 
 
-@pytest.mark.parametrize("kind,params", EXACT_CASES, ids=[c[0] + str(i) for i, c in enumerate(EXACT_CASES)])
+@pytest.mark.parametrize("kind,params", EXACT_CASES, ids=[getattr(c, "values", c)[0] + str(i) for i, c in enumerate(EXACT_CASES)])
 def test_identical_to_flat_when_recall_is_one(kind, params):
     n = 500
     x, ids = VECTORS[:n], IDS[:n]
@@ -193,6 +195,7 @@ def test_identical_to_flat_when_recall_is_one(kind, params):
         assert np.allclose(os_, fs, atol=1e-4)
 
 
+@ann
 def test_hnsw_raises_ef_for_large_k():
     x = clustered(3000, seed=4)
     ids = np.arange(3000)
@@ -207,6 +210,7 @@ def test_hnsw_raises_ef_for_large_k():
     assert index.ef_for(k) == k
 
 
+@ann
 def test_hnsw_reuses_deleted_slots_and_survives_heavy_deletion(tmp_path):
     x = clustered(600, seed=6)
     index = build_index("hnsw", DIM, np.arange(600), x, M=8)
@@ -222,6 +226,7 @@ def test_hnsw_reuses_deleted_slots_and_survives_heavy_deletion(tmp_path):
     assert back.search(x[:1], 1)[1][0, 0] == 1000
 
 
+@ann
 def test_annoy_ids_are_dense_and_mapped(tmp_path):
     big = np.array([5, 10**12, 77], np.int64)  # the study's max(id)+1 trap: annoy must never see these
     index = build_index("annoy", DIM, big, VECTORS[:3], n_trees=4)
@@ -282,6 +287,7 @@ def test_auto_measures_and_records_its_choice(tmp_path):
     assert proxy.params()["chosen"]["queries"].startswith("random directions")
 
 
+@ann
 def test_registry_and_configs():
     assert set(kinds()) == {"flat", "hnsw", "annoy", "ivf", "sharded", "auto"}
     assert make_config("hnsw", M=8).M == 8
@@ -310,6 +316,7 @@ def test_loads_a_bare_faiss_file_of_pixquery_0_1(tmp_path):
     assert (tmp_path / "old.idx").is_dir() and len(open_index(tmp_path / "old.idx")) == 100
 
 
+@ann
 def test_load_of_missing_or_foreign_paths_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_index("hnsw", tmp_path / "nothing")
@@ -354,7 +361,7 @@ SAVER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("kind,n", [("flat", 150_000), ("hnsw", 20_000), ("annoy", 40_000)])
+@pytest.mark.parametrize("kind,n", [("flat", 150_000), pytest.param("hnsw", 20_000, marks=ann), pytest.param("annoy", 40_000, marks=ann)])
 def test_kill_9_during_save_leaves_a_loadable_index(kind, n, tmp_path):
     script = tmp_path / "saver.py"
     script.write_text(SAVER)

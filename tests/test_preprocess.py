@@ -1,5 +1,6 @@
 """pixquery's preprocessing is open_clip's eval transform, to float precision (no mocks: real PIL
-images of several sizes, aspect ratios, modes and formats, written to disk and read back)."""
+images of several sizes, aspect ratios, modes and formats, written to disk and read back).
+The comparisons need open_clip (marked `torch`: skipped without the [torch] extra)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ from PIL import Image
 
 from pixquery.encoders.base import PreprocessConfig
 from pixquery.ingest.decode import decode_file, normalize, preprocess
-
-open_clip = pytest.importorskip("open_clip", reason="the reference transform is open_clip's (the [torch] extra)")
 
 SIZES = [(640, 480), (480, 640), (224, 224), (225, 224), (1000, 333), (333, 1000), (97, 131), (1024, 768)]
 
@@ -39,12 +38,15 @@ def photo_files(tmp_path_factory):
 
 
 def _reference(cfg: PreprocessConfig):
+    import open_clip
+
     return open_clip.image_transform(
         cfg.size, is_train=False, mean=cfg.mean, std=cfg.std, resize_mode=cfg.resize_mode,
         interpolation=cfg.interpolation, fill_color=cfg.fill_color,
     )
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("resize_mode", ["shortest", "squash", "longest"])
 def test_preprocess_matches_open_clip(photo_files, resize_mode):
     cfg = PreprocessConfig(resize_mode=resize_mode)
@@ -58,6 +60,7 @@ def test_preprocess_matches_open_clip(photo_files, resize_mode):
         assert np.abs(ours - theirs).max() < 1e-5, path.name
 
 
+@pytest.mark.torch
 def test_decode_file_without_draft_matches_open_clip(photo_files):
     """The ingest path (uint8 pixels from a worker, normalised in a batch) gives the same tensor."""
     cfg = PreprocessConfig()
@@ -69,12 +72,26 @@ def test_decode_file_without_draft_matches_open_clip(photo_files):
         assert np.abs(ours - theirs).max() < 1e-5, path.name
 
 
-def test_model_folder_preprocess_cfg_is_open_clips(tiny_vit):
+def test_model_folder_preprocess_cfg_is_the_default(tiny_vit):
     """What the model folder says reaches PreprocessConfig (OpenAI mean/std, bicubic, 224)."""
     from pixquery.encoders import load_encoder
 
+    assert load_encoder(tiny_vit).preprocess_cfg == PreprocessConfig()
+
+
+@pytest.mark.torch
+def test_model_folder_preprocess_cfg_is_open_clips(tiny_vit):
+    """The torch-free writer's preprocess_cfg.json is what open_clip gives for the same model."""
+    import json
+
+    import open_clip
+
+    from pixquery.encoders import load_encoder
+    from pixquery.encoders.export import preprocess_cfg_of
+
     enc = load_encoder(tiny_vit)
-    assert enc.preprocess_cfg == PreprocessConfig()
     model = open_clip.create_model(f"local-dir:{tiny_vit}")
+    written = json.loads((tiny_vit / "visual" / "preprocess_cfg.json").read_text())
+    assert written == json.loads(json.dumps(preprocess_cfg_of(model)))  # as `pixquery export` writes it
     expected = open_clip.get_model_preprocess_cfg(model)
     assert list(enc.preprocess_cfg.mean) == pytest.approx(list(expected["mean"]))

@@ -13,7 +13,6 @@ leaves a half-written model that later loads.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from copy import deepcopy
 from dataclasses import asdict
 from pathlib import Path
 
+from pixquery.encoders.clip_bpe import EOT, SOT  # open_clip's names for ids 49406 / 49407
 from pixquery.errors import ModelNotAvailable, PixqueryError
 
 LAYOUT = (
@@ -31,7 +31,6 @@ LAYOUT = (
     "textual/model.onnx",
     "textual/tokenizer.json",
 )
-SOT, EOT = "<start_of_text>", "<end_of_text>"  # open_clip's names for ids 49406 / 49407
 
 
 def require_torch():
@@ -46,35 +45,13 @@ def require_torch():
 
 
 def build_clip_tokenizer():
-    """open_clip's SimpleTokenizer as a `tokenizers` Tokenizer: same vocabulary order, same merges,
-    same pre-tokenisation regex. Text cleaning (ftfy, lower case) runs in pixquery.encoders.tokenizer."""
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    """open_clip's tokenizer as a `tokenizers` tokenizer.json, from the vocabulary file open_clip ships
+    (the same file as pixquery/data/bpe_simple_vocab_16e6.txt.gz; see pixquery.encoders.clip_bpe)."""
+    from open_clip.tokenizer import default_bpe
 
-    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]  # as SimpleTokenizer
-    chars = list(bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + [SOT, EOT]
-    vocab = {t: i for i, t in enumerate(tokens)}
+    from pixquery.encoders.clip_bpe import build_clip_tokenizer as build
 
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>", unk_token=EOT))
-    # Also stands alone (without our Python cleaning) for everyday text, like HF's CLIP tokenizer.json.
-    tok.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-    )
-    pattern = rf"{SOT}|{EOT}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+"
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{SOT} $A {EOT}", special_tokens=[(SOT, vocab[SOT]), (EOT, vocab[EOT])]
-    )
-    tok.decoder = decoders.BPEDecoder(suffix="</w>")
-    tok.add_special_tokens([AddedToken(SOT, special=True), AddedToken(EOT, special=True)])
-    return tok
+    return build(default_bpe())
 
 
 def preprocess_cfg_of(model) -> dict:

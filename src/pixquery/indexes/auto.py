@@ -38,6 +38,7 @@ Candidates (see docs/indexes.md for the measurements behind these rules)
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -187,6 +188,9 @@ class Index:
         tried = []
         best = None  # (score tuple, kind, params, index, recall, ms)
         for kind, base, knob, values in candidates:
+            if kind == "hnsw" and importlib.util.find_spec("hnswlib") is None:  # the optional [ann] extra
+                tried.append({"kind": kind, "params": base, "skipped": "hnswlib is not installed (pip install 'pixquery[ann]')"})
+                continue
             if estimate_mb(kind, n, self.dim, base) > budget:
                 tried.append({"kind": kind, "params": base, "skipped": "over the memory budget"})
                 continue
