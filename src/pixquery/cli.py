@@ -57,6 +57,14 @@ def _root(
     """Search your photos with words."""
 
 
+def _warn_if_random(lib) -> None:
+    """A random-weight test model (made by scripts/make_tiny_models.py or `export --random`)
+    ranks photos meaninglessly: every command that uses one says so, on stderr."""
+    if getattr(lib.encoder, "random_weights", False):
+        err.print(f"[yellow]warning: {escape(lib.model_name)} is a random-weight test model: "
+                  "its rankings are meaningless[/]")
+
+
 def _open(library: Optional[Path], model: Optional[str] = None, precision: Optional[str] = None, *, create: bool = False):
     """The library at `library` (default: $PIXQUERY_LIBRARY or ~/.local/share/pixquery). Only `index`
     creates one: elsewhere a mistyped path is "no library at PATH" at once, before the model loads.
@@ -187,6 +195,8 @@ def index(
                                      search_k=search_k, nlist=nlist, nprobe=nprobe, storage=storage), param))
     kind = index_kind or settings.index.kind
     lib = _open(library, model or settings.model.name, precision or settings.model.precision, create=True)
+    if not as_json:
+        _warn_if_random(lib)
     ui = _RichIndexProgress(quiet or as_json)
     try:
         report = lib.index(
@@ -260,6 +270,8 @@ def search(
     if (query is None) == (image is None):
         raise PixqueryError("give a text query or --image PATH (one of them)")
     with _open(library, model) as lib:
+        if not as_json:
+            _warn_if_random(lib)
         t0 = time.perf_counter()
         results = lib.search(query, image=image, k=k, threshold=threshold)
         ms = (time.perf_counter() - t0) * 1000

@@ -268,4 +268,8 @@ def export_open_clip(
         return out_dir
     model, cfg = _create_model(arch, pretrained, checkpoint, model_cfg, seed)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return export_model(model, cfg, out_dir, dynamic_batch=dynamic_batch, opset=opset, save_torch=save_torch)
+    path = export_model(model, cfg, out_dir, dynamic_batch=dynamic_batch, opset=opset, save_torch=save_torch)
+    if pretrained is None and checkpoint is None:  # every command that uses it warns (not in open_clip's cfg)
+        config = json.loads((path / "config.json").read_text())
+        _write_json(path / "config.json", {**config, "random_weights": True})
+    return path

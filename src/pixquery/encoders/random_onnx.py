@@ -398,7 +398,8 @@ def write_random_model(cfg: dict, out_dir: str | Path, *, seed: int = 0, save_we
         (tmp / "textual").mkdir()
         onnx.save(visual_graph(cfg, sd), str(tmp / "visual" / "model.onnx"))
         onnx.save(textual_graph(cfg, sd), str(tmp / "textual" / "model.onnx"))
-        _write_json(tmp / "config.json", cfg)
+        # "random_weights": every command that uses this model warns that its rankings mean nothing.
+        _write_json(tmp / "config.json", {**cfg, "random_weights": True})
         _write_json(tmp / "visual" / "preprocess_cfg.json", OPENAI_PREPROCESS)
         write_tokenizer_files(tmp / "textual", text["context_length"])
         if save_weights:

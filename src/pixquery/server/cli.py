@@ -61,6 +61,10 @@ def serve(
         shown_host = "127.0.0.1"
     url = f"http://{shown_host}:{port}/" + (f"?token={quote(token, safe='')}" if token else "")
     print(f"pixquery: serving {lib} on {url}", file=sys.stderr, flush=True)
+    encoder = app.state.server.pool.encoder
+    if getattr(encoder, "random_weights", False):
+        print(f"pixquery: WARNING: {encoder.name} is a random-weight test model: its rankings are meaningless",
+              file=sys.stderr, flush=True)
     if not token and not is_loopback(host):
         print("pixquery: WARNING: no token and a public address: anyone who can reach this machine can browse your photos",
               file=sys.stderr, flush=True)
