@@ -1,4 +1,4 @@
-"""HNSW graph index (hnswlib).
+"""HNSW graph index (hnswlib, or faiss's IndexHNSWFlat with `backend="faiss"`).
 
 Parameters: `M` (links per node), `ef_construction` (build beam width), `ef_search` (query beam
 width; default 256: recall@10 0.974 for text queries at 20k, docs/indexes.md). A query for k
