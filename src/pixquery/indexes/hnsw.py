@@ -79,6 +79,8 @@ class Config:
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"hnsw backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.backend == "hnswlib":
+            _hnswlib()  # not installed: say so now (the library validates its config before any work)
         if self.M < 2 or self.ef_construction < 1 or self.ef_search < 1 or self.ef_k_factor < 1:
             raise ValueError("hnsw needs M >= 2, ef_construction >= 1, ef_search >= 1, ef_k_factor >= 1")
 
