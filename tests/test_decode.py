@@ -71,3 +71,113 @@ def test_gif_uses_first_frame(files):
     img = load_image(files["animated_gif"])
     first = photo((160, 120), seed=5).convert("P").convert("RGB")
     assert np.abs(np.asarray(img, float) - np.asarray(first, float)).mean() < 12
+
+
+# ------------------------------------------------------------------ the bomb guard and threads
+
+
+def test_bomb_guard_is_never_switched_off_while_threads_decode(tmp_path):
+    """PIL's guard is process-wide (Image.MAX_IMAGE_PIXELS). Reading a header's size by switching
+    it off and back on races between threads: one can see it off, or restore None for good."""
+    import io
+    import sys
+    import threading
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from photos import _png_header_bomb
+
+    limit = Image.MAX_IMAGE_PIXELS
+    normal = []
+    for i in range(4):
+        normal.append(tmp_path / f"p{i}.jpg")
+        photo(seed=i).save(normal[-1])
+    bomb = tmp_path / "bomb.png"  # 3.6 G pixels: above PIL's limit and ours
+    bomb.write_bytes(_png_header_bomb(60000, 60000))
+    big = _png_header_bomb(10000, 10000)  # 100 M pixels: above PIL's default, under ours
+    stop = threading.Event()
+    seen = set()
+
+    def watch():
+        while not stop.is_set():
+            value = Image.MAX_IMAGE_PIXELS
+            if value != limit:
+                seen.add(value)
+
+    def work(i):
+        reasons = []
+        for j in range(25):
+            case = (i + j) % 4
+            if case < 2:
+                assert load_image(normal[(i + j) % len(normal)], draft_size=224).size == (320, 240)
+                continue
+            with pytest.raises(BadImage) as e:
+                if case == 2:
+                    load_image(bomb)
+                else:  # an upload below the server's own (lower) limit
+                    load_image(io.BytesIO(big), max_pixels=80_000_000, name="upload")
+            reasons.append(e.value.reason)
+        return reasons
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often: a short window is seen
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with warnings.catch_warnings(record=True) as caught, ThreadPoolExecutor(8) as pool:
+            warnings.simplefilter("always")
+            reasons = [r for rs in pool.map(work, range(8)) for r in rs]
+    finally:
+        stop.set()
+        watcher.join()
+        sys.setswitchinterval(switch)
+    assert seen == set(), f"Image.MAX_IMAGE_PIXELS was seen as {seen} while threads decoded"
+    assert Image.MAX_IMAGE_PIXELS == limit
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    # every bomb was refused by our guard, with its size in the reason
+    assert len(reasons) == 8 * 25 // 2
+    assert all("decompression bomb" in r and ("60000x60000" in r or "10000x10000" in r) for r in reasons)
+    # and PIL's own guard is still on for everyone else
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(bomb)
+
+
+def test_nothing_in_src_assigns_pil_max_image_pixels():
+    """The bomb guard is process state: no code of ours may switch it (not even 'for a moment')."""
+    import ast
+    from pathlib import Path
+
+    import pixquery
+
+    offenders = []
+    for path in Path(pixquery.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            targets = []
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+                targets = [node.target]
+            elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setattr":
+                if any(isinstance(a, ast.Constant) and a.value == "MAX_IMAGE_PIXELS" for a in node.args):
+                    offenders.append(f"{path}:{node.lineno}")
+            for t in targets:
+                for sub in ast.walk(t):
+                    if isinstance(sub, (ast.Attribute, ast.Name)) and "MAX_IMAGE_PIXELS" in (
+                            getattr(sub, "attr", None), getattr(sub, "id", None)):
+                        offenders.append(f"{path}:{node.lineno}")
+    assert offenders == [], "assigns Image.MAX_IMAGE_PIXELS: " + ", ".join(offenders)
+
+
+def test_open_header_reads_the_size_of_a_bomb_without_decoding_it(tmp_path):
+    import io
+
+    from photos import _png_header_bomb
+    from pixquery.ingest.decode import open_header
+
+    with open_header(io.BytesIO(_png_header_bomb(60000, 60000))) as img:
+        assert img.size == (60000, 60000) and img.format == "PNG"
+    (tmp_path / "x.jpg").write_bytes(b"")
+    with pytest.raises(Exception):
+        with open_header(tmp_path / "x.jpg"):
+            pass

@@ -65,6 +65,7 @@ CASES = [
     ("flat", {"storage": "int8"}, 0.95),
     ("flat", {"storage": "pq4"}, 0.99),
     pytest.param("hnsw", {"M": 16, "ef_construction": 100, "ef_search": 200}, 0.97, marks=ann),
+    ("hnsw", {"M": 16, "ef_construction": 100, "ef_search": 200, "backend": "faiss"}, 0.97),
     pytest.param("annoy", {"n_trees": 20, "search_k": 4000}, 0.95, marks=ann),
     ("ivf", {"nlist": 16, "nprobe": 12, "storage": "float32"}, 0.95),
     ("ivf", {"nlist": 16, "nprobe": 12}, 0.95),
@@ -72,6 +73,7 @@ CASES = [
     ("ivf", {"nlist": 16, "nprobe": 12, "storage": "pq", "pq_m": 8, "rerank": 10}, 0.9),
     ("sharded", {"shard_size": 300}, 1.0),
     pytest.param("sharded", {"shards": 3, "inner": "hnsw", "inner_params": {"M": 16, "ef_search": 200}}, 0.97, marks=ann),
+    ("sharded", {"shards": 3, "inner": "hnsw", "inner_params": {"M": 16, "ef_search": 200, "backend": "faiss"}}, 0.97),
     ("auto", {"exact_max": 4096}, 1.0),
 ]
 CASE_IDS = [f"{k}-{'-'.join(f'{a}={b}' for a, b in p.items()) or 'default'}"
@@ -174,6 +176,7 @@ def test_round_trip(kind, params, min_recall, tmp_path):
 EXACT_CASES = [
     ("flat", {"storage": "pq4", "rerank_min": 600}),  # re-ranks every candidate exactly
     pytest.param("hnsw", {"M": 16, "ef_construction": 200, "ef_search": 600}, marks=ann),
+    ("hnsw", {"M": 16, "ef_construction": 200, "ef_search": 600, "backend": "faiss"}),
     pytest.param("annoy", {"n_trees": 10, "search_k": 10**6}, marks=ann),
     ("ivf", {"nlist": 8, "nprobe": 8, "storage": "float32"}),
     ("sharded", {"shard_size": 64}),
@@ -195,12 +198,12 @@ def test_identical_to_flat_when_recall_is_one(kind, params):
         assert np.allclose(os_, fs, atol=1e-4)
 
 
-@ann
-def test_hnsw_raises_ef_for_large_k():
+@pytest.mark.parametrize("backend", [pytest.param("hnswlib", marks=ann), "faiss"])
+def test_hnsw_raises_ef_for_large_k(backend):
     x = clustered(3000, seed=4)
     ids = np.arange(3000)
     q = clustered(20, seed=5)
-    index = build_index("hnsw", DIM, ids, x, M=8, ef_construction=40, ef_search=16)
+    index = build_index("hnsw", DIM, ids, x, M=8, ef_construction=40, ef_search=16, backend=backend)
     k = 500
     assert index.ef_for(k) >= k
     _, found = index.search(q, k)
@@ -384,3 +387,106 @@ def test_kill_9_during_save_leaves_a_loadable_index(kind, n, tmp_path):
         assert n < len(index) <= n + 10_000
         _, i = index.search(np.ones((1, 64), np.float32) / 8, 3)
         assert (i >= 0).all()
+
+
+def test_hnsw_on_faiss_keeps_tombstones_and_survives_heavy_deletion(tmp_path):
+    x = clustered(600, seed=6)
+    index = build_index("hnsw", DIM, np.arange(600), x, M=8, backend="faiss")
+    index.remove(np.arange(0, 590))
+    assert len(index) == 10 and index.params()["deleted"] == 590
+    s, i = index.search(x[:3], 20)  # most of the graph is tombstones: the beam widens to find all 10
+    assert set(i[0][:10]) == set(range(590, 600)) and (i[:, 10:] == -1).all() and np.isneginf(s[:, 10:]).all()
+    index.add(np.arange(1000, 1300), x[:300])  # faiss cannot reuse the slots: they stay tombstones
+    assert len(index) == 310 and index.params()["deleted"] == 590
+    index.save(tmp_path / "h")
+    manifest = json.loads((tmp_path / "h" / "manifest.json").read_text())
+    assert manifest["kind"] == "hnsw" and manifest["params"]["backend"] == "faiss"  # loading picks it
+    back = load_index("hnsw", tmp_path / "h")
+    assert len(back) == 310 and back.params() == index.params()
+    assert back.search(x[:1], 1)[1][0, 0] == 1000
+
+
+# ------------------------------------------------------------------ a plain install (no `ann` extra)
+
+
+def plain_install_env(tmp_path) -> dict:
+    """Environment of a subprocess where `import hnswlib` and `import annoy` fail, as on a plain
+    `pip install pixquery` (they are the optional `ann` extra): stub packages first on the path."""
+    stubs = tmp_path / "plain-install"
+    for name in ("hnswlib", "annoy"):
+        (stubs / name).mkdir(parents=True)
+        (stubs / name / "__init__.py").write_text(
+            f"raise ModuleNotFoundError(\"No module named {name!r} (plain install)\", name={name!r})\n")
+    path = [str(stubs)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+
+
+PLAIN_AUTO = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from test_indexes import DIM, clustered, exact, recall
+    from pixquery.errors import PixqueryError
+    from pixquery.indexes import build_index, open_index
+    for name in ("hnswlib", "annoy"):
+        try:
+            __import__(name)
+            sys.exit(f"{name} is importable: the plain install was not simulated")
+        except ImportError:
+            pass
+    n = 9000  # past auto's hnsw threshold (2 * exact_max = 8192)
+    x, ids, q = clustered(n, seed=11), np.arange(n) * 2 + 1, clustered(64, seed=12)
+    auto = build_index("auto", DIM, ids, x, queries=q, sample=64, target_recall=0.95)
+    chosen = auto.params()["chosen"]
+    hnsw = [c for c in chosen["candidates"] if c["kind"] == "hnsw"]
+    _, found = auto.search(q, 10)
+    _, truth = build_index("flat", DIM, ids, x).search(q, 10)
+    auto.save(sys.argv[1])
+    back = open_index(sys.argv[1])
+    # the hnsw candidate itself, on faiss, saved and loaded without hnswlib
+    graph = build_index("hnsw", DIM, ids, x, backend="faiss")
+    graph.save(sys.argv[2])
+    g_found = open_index(sys.argv[2]).search(q, 10)[1]
+    try:
+        build_index("hnsw", DIM, ids[:10], x[:10])
+        explicit = "built"
+    except PixqueryError as e:
+        explicit = str(e)
+    print(json.dumps({"chosen": chosen["kind"], "hnsw": hnsw, "recall": recall(found, truth),
+                      "loaded_same": bool((back.search(q, 10)[1] == found).all()),
+                      "graph_recall": recall(g_found, truth), "explicit": explicit}))
+    """
+)
+
+
+def test_auto_past_its_hnsw_threshold_on_a_plain_install(tmp_path):
+    script = tmp_path / "plain_auto.py"
+    script.write_text(PLAIN_AUTO)
+    env = plain_install_env(tmp_path)
+    env["PYTHONPATH"] += os.pathsep + os.path.dirname(__file__)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "auto"), str(tmp_path / "graph")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    # auto measured an hnsw it could import (faiss's), and its choice searches like flat
+    assert len(out["hnsw"]) == 1 and out["hnsw"][0]["params"]["backend"] == "faiss", out
+    assert out["hnsw"][0]["recall"] >= 0.9
+    assert out["recall"] >= 0.9 and out["loaded_same"]
+    assert out["graph_recall"] >= 0.95
+    # asking for hnsw by name still needs hnswlib, and says how to get it
+    assert "pip install 'pixquery[ann]'" in out["explicit"] and "hnswlib" in out["explicit"]
+
+
+def test_index_hnsw_command_on_a_plain_install_says_how_to_install(tmp_path, tiny_model):
+    from clirun import pixquery
+    from photos import make_photos
+
+    make_photos(tmp_path / "photos", 2)
+    env = plain_install_env(tmp_path)
+    for kind, library in (("hnsw", "hnswlib"), ("annoy", "annoy")):
+        r = pixquery("index", tmp_path / "photos", "-L", tmp_path / f"lib-{kind}", "-m", tiny_model,
+                     "--index", kind, env={"PYTHONPATH": env["PYTHONPATH"]})
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr  # before any photo is embedded
+        assert library in lines[0] and "pip install 'pixquery[ann]'" in lines[0]

@@ -184,6 +184,48 @@ def test_a_decoder_process_that_dies_fails_only_its_file(photo_files, monkeypatc
     assert stats.decoder_restarts >= 1
 
 
+def test_a_submit_to_a_pool_already_broken_fails_only_the_file_that_died(photo_files, monkeypatch, tmp_path):
+    """The race behind a flaky crash test, forced: a worker has died and concurrent.futures has
+    marked the pool broken (on its own thread) before the feeder's next submit, which then raises
+    BrokenProcessPool itself instead of handing back a broken result. The feeder must treat it
+    like one: rebuild the pool, fail only the file whose worker died, decode the others in order."""
+    import multiprocessing.forkserver as fs
+    from concurrent.futures.process import BrokenProcessPool
+
+    victim = tmp_path / "crasher.jpg"
+    shutil.copy(photo_files[0], victim)
+    files = list(photo_files[:10]) + [victim] + list(photo_files[10:20])
+    real_submit = pipeline._Decoders.submit
+    seen = {"victim": None, "raced": 0}
+
+    def submit(self, path, cfg, draft):
+        if seen["victim"] is not None and not seen["raced"]:
+            # the next submit after the victim's waits until the pool is known broken (the pool
+            # is marked broken before the futures in flight get their BrokenProcessPool)
+            assert isinstance(seen["victim"].exception(timeout=60), BrokenProcessPool)
+            seen["raced"] = 1
+        future = real_submit(self, path, cfg, draft)
+        if path == str(victim) and seen["victim"] is None:
+            seen["victim"] = future
+        return future
+
+    monkeypatch.setattr(pipeline._Decoders, "submit", submit)
+    monkeypatch.setenv("PIXQUERY_FAILPOINT", "decode_worker/crasher.jpg")
+    fs._forkserver._stop()  # the forkserver hands its environment to the workers
+    try:
+        failures = []
+        got, write = _collect()
+        stats = embed_files(entries_for(files), StubEncoder(), write, batch_size=4, workers=2, decoder="process",
+                            window=len(files), on_failure=lambda p, r: failures.append((p, r)))
+    finally:
+        monkeypatch.delenv("PIXQUERY_FAILPOINT")
+        fs._forkserver._stop()
+    assert seen["raced"] == 1  # the race happened: a submit came after the pool was broken
+    assert [p for p, _ in failures] == [str(victim)] and "died" in failures[0][1]
+    assert [e.entry.path for e in got] == [str(p) for p in files if p != victim]
+    assert stats.decoder_restarts >= 1 and stats.peak_held <= stats.window
+
+
 def test_empty_input_and_bad_arguments(photo_files):
     assert embed_files([], StubEncoder(), lambda b: None).embedded == 0
     with pytest.raises(ValueError):

@@ -7,8 +7,9 @@ are the kind's parameters) and a class `Index` that implements `VectorIndex`:
     index.save(path); load_index("hnsw", path, mmap=True); open_index(path)
     index_size(path); index_files(path); delete_index(path)
 
-Kinds: flat (exact, or quantised scans), hnsw (hnswlib graph), annoy (static forest), ivf (faiss
-inverted file, for 1M+), sharded (N sub-indexes of any kind), auto (measured choice; the default).
+Kinds: flat (exact, or quantised scans), hnsw (hnswlib graph, or faiss's with backend="faiss"),
+annoy (static forest), ivf (faiss inverted file, for 1M+), sharded (N sub-indexes of any kind),
+auto (measured choice; the default).
 See docs/indexes.md for what each costs and when to use it.
 """
 
@@ -53,16 +54,21 @@ def kinds() -> list[str]:
     return sorted(_MODULES)
 
 
+def missing_library(kind: str, library: str | None, alternative: str = "") -> PixqueryError:
+    """The one-line error for a kind whose optional library (the `ann` extra) is not installed."""
+    return PixqueryError(
+        f"index kind {kind!r} needs a library that is not installed ({library}); "
+        f"install it with: pip install 'pixquery[ann]'" + (f" ({alternative})" if alternative else "")
+    )
+
+
 def _module(kind: str):
     if kind not in _MODULES:
         raise PixqueryError(f"unknown index kind {kind!r}; known kinds: {', '.join(kinds())}")
     try:
         return importlib.import_module(_MODULES[kind])
     except ImportError as e:  # an optional library is missing
-        raise PixqueryError(
-            f"index kind {kind!r} needs a library that is not installed ({e.name}); "
-            f"install it with: pip install 'pixquery[ann]'"
-        ) from e
+        raise missing_library(kind, e.name) from e
 
 
 def config_class(kind: str):

@@ -32,13 +32,13 @@ Candidates (see docs/indexes.md for the measurements behind these rules)
 ------------------------------------------------------------------------
 * n <= exact_max (4096): flat float32, exact.
 * n <= 500k: flat pq4 + exact re-rank (tuning the number of re-ranked candidates).
-* 8k <= n <= hnsw_max (100k, build time): hnsw M=32 (tuning efSearch).
+* 8k <= n <= hnsw_max (100k, build time): hnsw M=32 (tuning efSearch), on hnswlib where it can be
+  imported (the optional `ann` extra), else on faiss's HNSW (always installed).
 * n >= 50k: ivf with float16 cells if they fit the budget, else int8, else pq (tuning nprobe).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -141,6 +141,7 @@ class Index:
     def fit(self, ids, vectors, queries=None) -> None:
         """Choose and build the index for these vectors (replacing any previous content)."""
         from pixquery.indexes import build_index
+        from pixquery.indexes.hnsw import hnswlib_available
 
         ids = as_ids(ids)
         vectors = as_vectors(vectors, self.dim, len(ids))
@@ -174,7 +175,10 @@ class Index:
         if n <= 500_000:
             candidates.append(("flat", {"storage": "pq4"}, "rerank_min", [50, 100, 200, 400, 800, 1600, 3200]))
         if 2 * c.exact_max <= n <= c.hnsw_max:
-            candidates.append(("hnsw", {"M": 32, "ef_construction": 200}, "ef_search", [32, 64, 128, 256, 512, 1024]))
+            # only libraries that can be imported: hnswlib is optional, faiss always installed
+            backend = "hnswlib" if hnswlib_available() else "faiss"
+            candidates.append(("hnsw", {"M": 32, "ef_construction": 200, "backend": backend}, "ef_search",
+                               [32, 64, 128, 256, 512, 1024]))
         if n >= 50_000:
             for storage in ("float16", "int8", "pq"):
                 p = {"storage": storage}
@@ -188,9 +192,6 @@ class Index:
         tried = []
         best = None  # (score tuple, kind, params, index, recall, ms)
         for kind, base, knob, values in candidates:
-            if kind == "hnsw" and importlib.util.find_spec("hnswlib") is None:  # the optional [ann] extra
-                tried.append({"kind": kind, "params": base, "skipped": "hnswlib is not installed (pip install 'pixquery[ann]')"})
-                continue
             if estimate_mb(kind, n, self.dim, base) > budget:
                 tried.append({"kind": kind, "params": base, "skipped": "over the memory budget"})
                 continue

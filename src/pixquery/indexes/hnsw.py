@@ -1,4 +1,4 @@
-"""HNSW graph index (hnswlib).
+"""HNSW graph index (hnswlib, or faiss's IndexHNSWFlat with `backend="faiss"`).
 
 Parameters: `M` (links per node), `ef_construction` (build beam width), `ef_search` (query beam
 width; default 256: recall@10 0.974 for text queries at 20k, docs/indexes.md). A query for k
@@ -6,15 +6,22 @@ results uses `ef = max(ef_search, ceil(ef_k_factor * k))`: the study's faiss def
 found 13% of the true top-1000 in our benchmark, because a beam narrower than k cannot return k
 good results; with `ef_k_factor` 1.5 asking for 1000 results searches with a beam of 1500.
 
-Why hnswlib and not faiss's IndexHNSWFlat (measured side by side, docs/indexes.md): the same
-algorithm with similar recall and latency (faiss slightly better at k=10 for equal ef, hnswlib
+Backends (`backend`, recorded in the saved index so that loading uses the one that wrote it):
+
+* `hnswlib` (the default; the optional `ann` extra, `pip install 'pixquery[ann]'`).
+* `faiss` (IndexHNSWFlat, always installed; `_faiss_hnsw.py`): what `auto` uses where hnswlib
+  cannot be imported.
+
+Why hnswlib by default and not faiss's IndexHNSWFlat (measured side by side, docs/indexes.md): the
+same algorithm with similar recall and latency (faiss slightly better at k=10 for equal ef, hnswlib
 faster at k=1000 and far less slowed down when the machine is busy), but only hnswlib supports
 removal (`mark_deleted`, with the freed slots reused by later adds), growth (`resize_index`) and
-updates in place; faiss HNSW cannot remove vectors at all. faiss HNSW could memory-map its
-vectors; hnswlib always loads the graph into RAM (`load(mmap=True)` is accepted and reads it).
+updates in place; the faiss backend keeps removed and replaced vectors as tombstones that searches
+skip and that later adds never reuse. hnswlib always loads the graph into RAM (`load(mmap=True)` is
+accepted and reads it).
 
-Ids are hnswlib labels (the caller's ids directly). Removed vectors stay in the graph, marked
-deleted, until a later add reuses their slots; `params()["deleted"]` counts them.
+With hnswlib, ids are hnswlib labels (the caller's ids directly). Removed vectors stay in the graph,
+marked deleted, until a later add reuses their slots; `params()["deleted"]` counts them.
 """
 
 from __future__ import annotations
@@ -25,9 +32,9 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import hnswlib
 import numpy as np
 
+from pixquery.errors import PixqueryError
 from pixquery.indexes.base import (
     as_ids,
     as_vectors,
@@ -39,6 +46,27 @@ from pixquery.indexes.base import (
 )
 
 
+BACKENDS = ("hnswlib", "faiss")
+
+
+def _hnswlib():
+    try:
+        import hnswlib
+    except ImportError as e:
+        from pixquery.indexes import missing_library
+
+        raise missing_library("hnsw", "hnswlib", 'or use the hnsw parameter backend="faiss"') from e
+    return hnswlib
+
+
+def hnswlib_available() -> bool:
+    try:
+        _hnswlib()
+    except PixqueryError:
+        return False
+    return True
+
+
 @dataclass
 class Config:
     M: int = 32
@@ -46,13 +74,42 @@ class Config:
     ef_search: int = 256
     ef_k_factor: float = 1.5  # the beam is at least ef_k_factor * k
     threads: int = 0  # build threads; 0 = all cores
+    backend: str = "hnswlib"  # hnswlib | faiss
 
     def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"hnsw backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.backend == "hnswlib":
+            _hnswlib()  # not installed: say so now (the library validates its config before any work)
         if self.M < 2 or self.ef_construction < 1 or self.ef_search < 1 or self.ef_k_factor < 1:
             raise ValueError("hnsw needs M >= 2, ef_construction >= 1, ef_search >= 1, ef_k_factor >= 1")
 
 
 class Index:
+    """The hnsw kind: makes or loads the index of the config's (or the saved file's) backend."""
+
+    kind = "hnsw"
+
+    def __new__(cls, dim: int, config: Config | None = None):
+        config = config or Config()
+        if config.backend == "faiss":
+            from pixquery.indexes._faiss_hnsw import FaissHnswIndex
+
+            return FaissHnswIndex(dim, config)
+        return HnswlibIndex(dim, config)
+
+    @classmethod
+    def load(cls, path: Path, mmap: bool = False):
+        b = read_bundle(path, cls.kind)
+        config = Config(**b.params)  # files written before backends existed are hnswlib's
+        if config.backend == "faiss":
+            from pixquery.indexes._faiss_hnsw import FaissHnswIndex
+
+            return FaissHnswIndex.from_bundle(b, config)
+        return HnswlibIndex.from_bundle(b, config)
+
+
+class HnswlibIndex:
     kind = "hnsw"
 
     def __init__(self, dim: int, config: Config | None = None, _graph=None, _state: dict | None = None):
@@ -60,7 +117,7 @@ class Index:
         self.config = config or Config()
         self._lock = threading.Lock()  # hnswlib's ef is index-wide state: set it and search atomically
         if _graph is None:
-            _graph = hnswlib.Index(space="ip", dim=self.dim)
+            _graph = _hnswlib().Index(space="ip", dim=self.dim)
             _graph.init_index(
                 max_elements=1024,
                 M=self.config.M,
@@ -171,8 +228,7 @@ class Index:
         write_bundle(path, self.kind, self.dim, asdict(self.config), state, {"index.hnsw": write})
 
     @classmethod
-    def load(cls, path: Path, mmap: bool = False) -> "Index":
-        b = read_bundle(path, cls.kind)
-        g = hnswlib.Index(space="ip", dim=b.dim)
+    def from_bundle(cls, b, config: Config) -> "HnswlibIndex":
+        g = _hnswlib().Index(space="ip", dim=b.dim)
         g.load_index(str(b.part("index.hnsw")), max_elements=0, allow_replace_deleted=True)
-        return cls(b.dim, Config(**b.params), _graph=g, _state=b.state)
+        return cls(b.dim, config, _graph=g, _state=b.state)

@@ -12,9 +12,13 @@ model's float input in one numpy step in the consumer.
 
 from __future__ import annotations
 
-import warnings
+import io
+import os
+import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,6 +29,54 @@ from pixquery.errors import BadImage
 # PIL refuses images above 2x its MAX_IMAGE_PIXELS; we decide ourselves (before decoding) so
 # the reason names the file and its size. 178 MP is far above any camera (a 108 MP phone fits).
 MAX_PIXELS = 178_956_970
+
+
+@contextmanager
+def open_header(source) -> Iterator[Image.Image]:
+    """Open an image (a path or a binary file) reading only its header: nothing is decoded until
+    `load()`. Like `Image.open`, but without PIL's decompression-bomb check, so that the caller
+    decides on the size itself (and names it); the caller must check `img.size` before `load()`.
+
+    PIL's check reads the process-wide `Image.MAX_IMAGE_PIXELS`. Switching it off around
+    `Image.open` (set to None, then restore) is a race between threads: another thread can see it
+    off, or restore None and leave the guard off for the whole process. So this runs PIL's format
+    plugins itself and never writes PIL's (or the warnings module's) state. A path is closed when
+    the block ends; a file object given is left open.
+    """
+    if isinstance(source, (str, bytes, os.PathLike)):
+        filename = os.fsdecode(source)
+        with open(filename, "rb") as fp:
+            yield _identify(fp, filename)
+        return
+    fp = source
+    try:
+        fp.seek(0)
+    except (AttributeError, io.UnsupportedOperation):
+        fp = io.BytesIO(fp.read())
+    yield _identify(fp, "")
+
+
+def _identify(fp, filename: str) -> Image.Image:
+    """The core of `Image.open`: the first registered format plugin that accepts the file."""
+    prefix = fp.read(16)
+    tried = set()
+    for load_plugins in (Image.preinit, Image.init):  # the common formats first, then all
+        load_plugins()
+        for fmt in list(Image.ID):
+            if fmt in tried:
+                continue
+            tried.add(fmt)
+            factory, accept = Image.OPEN[fmt]
+            try:
+                if accept is not None:
+                    verdict = accept(prefix)
+                    if not verdict or isinstance(verdict, str):  # a str: "looks like it, but unsupported"
+                        continue
+                fp.seek(0)
+                return factory(fp, filename)
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue  # not this format after all (as Image.open treats these)
+    raise UnidentifiedImageError(f"cannot identify image file {filename or fp!r}")
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -68,27 +120,21 @@ def _load(source, draft_size: int | None, max_pixels: int, name) -> tuple[Image.
     """load_image plus the photo's own size (EXIF rotation applied, before any draft scaling)."""
     name = name or source
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            # PIL's own guard raises inside open() with no size in the message; ours below
-            # names the size. Header parsing allocates nothing, so opening is safe.
-            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                img = Image.open(source)
-            finally:
-                Image.MAX_IMAGE_PIXELS = limit
-        w, h = img.size
-        if w * h > max_pixels:
-            raise BadImage(name, f"image is {w}x{h} pixels, above the {max_pixels:,}-pixel limit (decompression bomb?)")
-        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-            w, h = h, w
-        if draft_size and img.format == "JPEG":
-            # JPEG can decode at 1/2, 1/4 or 1/8 scale for free; draft picks the smallest scale
-            # that keeps both sides >= draft_size, so the crop still has full resolution.
-            img.draft("RGB", (draft_size, draft_size))
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        return _to_rgb(img), w, h
+        # PIL's own guard raises inside Image.open with no size in the message; ours below names
+        # the size, before anything is decoded (header parsing allocates nothing).
+        with open_header(source) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise BadImage(name, f"image is {w}x{h} pixels, above the {max_pixels:,}-pixel limit (decompression bomb?)")
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                w, h = h, w
+            if draft_size and img.format == "JPEG":
+                # JPEG can decode at 1/2, 1/4 or 1/8 scale for free; draft picks the smallest scale
+                # that keeps both sides >= draft_size, so the crop still has full resolution.
+                img.draft("RGB", (draft_size, draft_size))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img), w, h
     except BadImage:
         raise
     except FileNotFoundError:

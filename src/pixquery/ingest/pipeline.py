@@ -188,7 +188,16 @@ class _Decoders:
                                    initargs=(self.nice, os.getpid()))
 
     def submit(self, path: str, cfg: PreprocessConfig, draft: bool) -> Future:
-        return self.pool.submit(decode_job, path, cfg, draft)
+        """Start decoding a file. concurrent.futures marks a pool broken on its own thread once a
+        worker has died, so a submit can find it broken before any result has said so: the file
+        then gets a future failed with BrokenProcessPool, handled like any other broken result
+        (the pool is rebuilt and the files in flight are decoded again one at a time)."""
+        try:
+            return self.pool.submit(decode_job, path, cfg, draft)
+        except BrokenProcessPool as e:
+            failed: Future = Future()
+            failed.set_exception(e)
+            return failed
 
     def restart(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -197,11 +206,18 @@ class _Decoders:
 
     def isolate(self, path: str, cfg: PreprocessConfig, draft: bool):
         """Decode one file alone; a worker that dies on it is that file's failure."""
-        try:
-            return self.submit(path, cfg, draft).result()
-        except BrokenProcessPool:
-            self.restart()
-            return False, "the decoder process died on this file (crash in an image codec, or out of memory)", None
+        for _ in range(2):
+            try:
+                future = self.pool.submit(decode_job, path, cfg, draft)
+            except BrokenProcessPool:  # broken before this file reached it: not this file's doing
+                self.restart()
+                continue
+            try:
+                return future.result()
+            except BrokenProcessPool:
+                self.restart()
+                return False, "the decoder process died on this file (crash in an image codec, or out of memory)", None
+        return False, "the decoder processes keep dying (out of memory?)", None
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

@@ -263,16 +263,12 @@ def _iso(ts: float | None) -> str | None:
 
 def _exif_date(f) -> str | None:
     """DateTimeOriginal (or DateTime) from the photo's EXIF, as 'YYYY-MM-DDTHH:MM:SS', or None."""
-    from PIL import Image
+    from pixquery.ingest.decode import open_header
 
     try:
-        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # header only: nothing is decoded
-        try:
-            with Image.open(f) as img:
-                exif = img.getexif()
-                value = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
+        with open_header(f) as img:  # header only: nothing is decoded, so no size limit applies
+            exif = img.getexif()
+            value = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
     except Exception:
         return None
     if not isinstance(value, str) or len(value) < 19:
@@ -616,15 +612,11 @@ class Server:
 
 
 def _claims_too_many_pixels(data: bytes, limit: int) -> bool:
-    from PIL import Image
+    from pixquery.ingest.decode import open_header
 
     try:
-        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
+        with open_header(io.BytesIO(data)) as img:  # the header's size; nothing is decoded
+            w, h = img.size
     except Exception:
         return False
     return w * h > limit
