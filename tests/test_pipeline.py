@@ -16,7 +16,7 @@ import pytest
 
 from photos import make_photos
 from pixquery.encoders.base import PreprocessConfig
-from pixquery.ingest import pipeline
+from pixquery.ingest.executors import local
 from pixquery.ingest.pipeline import embed_files
 from pixquery.ingest.scan import FileEntry
 
@@ -87,10 +87,10 @@ def test_never_holds_more_than_its_window_of_decoded_images(photo_files, monkeyp
     encoded = [0]
     worst = [0]
     lock = threading.Lock()
-    real_job = pipeline.decode_job
+    real_job = local.decode_photo
 
-    def counting_job(path, cfg, draft=True):
-        out = real_job(path, cfg, draft)
+    def counting_job(item, settings):
+        out = real_job(item, settings)
         with lock:
             decoded[0] += 1
             worst[0] = max(worst[0], decoded[0] - encoded[0])
@@ -103,7 +103,7 @@ def test_never_holds_more_than_its_window_of_decoded_images(photo_files, monkeyp
                 encoded[0] += len(batch)
             return out
 
-    monkeypatch.setattr(pipeline, "decode_job", counting_job)
+    monkeypatch.setattr(local, "decode_photo", counting_job)
     got, write = _collect()
     stats = embed_files(entries_for(photo_files), Counting(delay=0.03), write, batch_size=4, workers=3,
                         decoder="thread", window=10)
@@ -195,21 +195,21 @@ def test_a_submit_to_a_pool_already_broken_fails_only_the_file_that_died(photo_f
     victim = tmp_path / "crasher.jpg"
     shutil.copy(photo_files[0], victim)
     files = list(photo_files[:10]) + [victim] + list(photo_files[10:20])
-    real_submit = pipeline._Decoders.submit
+    real_submit = local._Decoders.submit
     seen = {"victim": None, "raced": 0}
 
-    def submit(self, path, cfg, draft):
+    def submit(self, item):
         if seen["victim"] is not None and not seen["raced"]:
             # the next submit after the victim's waits until the pool is known broken (the pool
             # is marked broken before the futures in flight get their BrokenProcessPool)
             assert isinstance(seen["victim"].exception(timeout=60), BrokenProcessPool)
             seen["raced"] = 1
-        future = real_submit(self, path, cfg, draft)
-        if path == str(victim) and seen["victim"] is None:
+        future = real_submit(self, item)
+        if item.path == str(victim) and seen["victim"] is None:
             seen["victim"] = future
         return future
 
-    monkeypatch.setattr(pipeline._Decoders, "submit", submit)
+    monkeypatch.setattr(local._Decoders, "submit", submit)
     monkeypatch.setenv("PIXQUERY_FAILPOINT", "decode_worker/crasher.jpg")
     fs._forkserver._stop()  # the forkserver hands its environment to the workers
     try:

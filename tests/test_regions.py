@@ -14,16 +14,7 @@ from PIL import Image
 
 from photos import make_photos, photo
 from pixquery.errors import PixqueryError
-from pixquery.ingest.regions import (
-    FULL_BOX,
-    RegionConfig,
-    crop,
-    drop_regions_of_changed,
-    index_image_regions,
-    regions_of,
-    square_box,
-    tiles,
-)
+from pixquery.ingest.crops import FULL_BOX, RegionConfig, crop, regions_of, square_box, tiles
 
 # -- geometry -----------------------------------------------------------------------------
 
@@ -189,16 +180,6 @@ def _library(tmp_path, tiny_model):
     return Library.open(tmp_path / "lib", model=str(tiny_model))
 
 
-def _sync(lib):
-    from pixquery.ingest.sync import sync_index
-
-    model = lib.catalog.model_by_fingerprint(lib.encoder.fingerprint)
-    report = sync_index(lib.catalog, lib.path, model, "flat", {})
-    with lib.catalog.transaction():
-        lib.catalog.purge_orphan_detections()
-    return model, report
-
-
 def _embed(lib, img, box=FULL_BOX):
     from pixquery.ingest.decode import normalize
 
@@ -218,18 +199,15 @@ def test_photo_regions_are_found_with_their_box(tmp_path, tiny_model):
     big.save(folder / "table.jpg", quality=95)
     lib = _library(tmp_path, tiny_model)
     lib.index([folder])
-    model = lib.catalog.model_by_fingerprint(lib.encoder.fingerprint)
     detector = make_tiny_detector(tmp_path / "det.onnx")
-    cfg = RegionConfig(grids=(2, 3), detector=str(detector), min_score=0.5)
-    report = index_image_regions(lib.catalog, lib.encoder, model.id, cfg)
-    assert (report.photos, report.failed) == (4, [])
+    report = lib.index(regions=RegionConfig(grids=(2, 3), detector=str(detector), min_score=0.5))
+    assert (report.indexed, report.failed) == (0, [])  # the photos are not embedded again, only cut
     # 4:3 photos: 6 + 15 tiles each; the detector sees bright-ish photos as 'dark' or 'bright'
     tiles_per_photo = _count(lib, "SELECT COUNT(*) FROM detection WHERE kind = 'tile'") / 4
     assert tiles_per_photo == 21
     assert _count(lib, "SELECT COUNT(*) FROM detection WHERE kind = 'detector'") >= 4
     assert report.regions == _count(lib, "SELECT COUNT(*) FROM detection")
-    _, sync = _sync(lib)
-    assert sync.total == 4 + report.regions
+    assert report.index.total == 4 + report.regions
     # the tile holding the small thing finds its photo, with that box
     loaded = Image.open(folder / "table.jpg").convert("RGB")
     boxes = tiles(640, 480, grids=(2,))
@@ -239,71 +217,55 @@ def test_photo_regions_are_found_with_their_box(tmp_path, tiny_model):
     assert results[0].score > 0.999 and results[0].detection_id is not None
     assert len({r.path for r in results}) == len(results)  # one result per photo, regions included
     # a second run has nothing to do
-    again = index_image_regions(lib.catalog, lib.encoder, model.id, cfg)
-    assert again.photos == 0 and again.removed == 0
+    again = lib.index()
+    assert (again.indexed, again.regions) == (0, 0) and again.index.total == report.index.total
 
 
-def _write_photos(lib, paths):
-    """What Library.index's per-batch write() does for new or changed photos (with the regions
-    line the wiring adds): retire the regions of changed files, store the new embeddings."""
-    from pixquery.ingest.decode import decode_file, normalize
-    from pixquery.ingest.scan import FileEntry
+def test_a_photo_is_decoded_once_for_itself_and_its_regions(tmp_path, tiny_model, monkeypatch):
+    """New photos with regions on: one decode each gives the whole picture and all its tiles."""
+    from pixquery.ingest import workers
 
-    model = lib.catalog.model_by_fingerprint(lib.encoder.fingerprint)
-    cfg = lib.encoder.preprocess_cfg
-    entries = [FileEntry(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
-    decoded = [decode_file(str(p), cfg) for p in paths]
-    vectors = lib.encoder.encode_images(normalize(np.stack([d.pixels for d in decoded]), cfg))
-    with lib.catalog.transaction():
-        changed = drop_regions_of_changed(lib.catalog, entries)
-        ids = [lib.catalog.upsert_image(e.path, e.size, e.mtime_ns, None, d.width, d.height) for e, d in zip(entries, decoded)]
-        for i, v in zip(ids, vectors):
-            lib.catalog.put_image_embedding(model.id, i, v)
-        lib.catalog.mark_stale(image_ids=ids)
-    return changed
+    folder = tmp_path / "photos"
+    make_photos(folder, 3, size=(400, 300))
+    calls = []
+    real = workers.load
+    monkeypatch.setattr(workers, "load", lambda *a, **kw: calls.append(kw.get("name")) or real(*a, **kw))
+    lib = _library(tmp_path, tiny_model)
+    import pixquery.ingest.executors.local as local
+
+    monkeypatch.setattr(local, "DEFAULT_DECODER", "thread")  # the counting patch lives in this process
+    report = lib.index([folder], regions=RegionConfig(grids=(2,)))
+    assert (report.indexed, report.regions) == (3, 3 * 6)
+    assert sorted(calls) == sorted(str(p) for p in folder.glob("*.jpg"))
 
 
 def test_photo_regions_follow_changes_and_settings(tmp_path, tiny_model):
     folder = tmp_path / "photos"
     paths = make_photos(folder, 3, size=(300, 300))
     lib = _library(tmp_path, tiny_model)
-    with lib.catalog.transaction():
-        model = lib.catalog.ensure_model(lib.encoder.name, lib.encoder.fingerprint, lib.encoder.dim)
-    assert _write_photos(lib, paths) == 0
-    cfg = RegionConfig(grids=(2,))
-    index_image_regions(lib.catalog, lib.encoder, model.id, cfg)
-    _, sync = _sync(lib)
-    assert sync.total == 3 + 12 and _count(lib, "SELECT COUNT(*) FROM detection") == 12
-    # a photo changes: its regions are retired in the write transaction of its new embedding,
-    # then the regions pass makes new ones; unchanged photos written again keep theirs
+    two = RegionConfig(grids=(2,))
+    report = lib.index([folder], regions=two)
+    assert report.index.total == 3 + 12 and _count(lib, "SELECT COUNT(*) FROM detection") == 12
+    # a photo changes: it and its regions are made again; the others keep theirs
     photo((300, 300), seed=99).save(paths[0])
-    assert _write_photos(lib, [paths[0]]) == 1
-    assert _write_photos(lib, paths[1:]) == 0
-    report = index_image_regions(lib.catalog, lib.encoder, model.id, cfg)
-    assert report.photos == 1
-    _, sync = _sync(lib)
-    assert (sync.added, sync.removed) == (3 + 4, 3 + 4)  # the 3 photos (stale) and the changed one's tiles
+    os.utime(paths[0], ns=(10**18, 10**18))
+    report = lib.index()
+    assert (report.indexed, report.regions) == (1, 4)
+    assert (report.index.added, report.index.removed) == (1 + 4, 1 + 4)
     assert _count(lib, "SELECT COUNT(*) FROM detection") == 12
     new_tile = _embed(lib, Image.open(paths[0]).convert("RGB"), tiles(300, 300, (2,))[3])
     assert lib.search(vector=new_tile, k=1)[0].path == str(paths[0])
     # other settings: every photo's regions are made again; regions off: all dropped
-    report = index_image_regions(lib.catalog, lib.encoder, model.id, RegionConfig(grids=(3,)))
-    assert (report.removed, report.photos, report.regions) == (3, 3, 27)
-    _sync(lib)
+    report = lib.index(regions=RegionConfig(grids=(3,)))
+    assert (report.indexed, report.regions) == (0, 27)
     assert _count(lib, "SELECT COUNT(*) FROM detection") == 27
-    report = index_image_regions(lib.catalog, lib.encoder, model.id, None)
-    assert report.removed == 3
-    _, sync = _sync(lib)
-    assert sync.total == 3 and _count(lib, "SELECT COUNT(*) FROM detection") == 0
+    report = lib.index(regions=False)
+    assert report.index.total == 3 and _count(lib, "SELECT COUNT(*) FROM detection") == 0
     # deleted photos take their regions with them (soft delete, sync, purge)
-    index_image_regions(lib.catalog, lib.encoder, model.id, cfg)
-    _sync(lib)
-    with lib.catalog.transaction():
-        lib.catalog.mark_deleted([lib.catalog.image_by_path(str(paths[1])).id])
-    _, sync = _sync(lib)
-    with lib.catalog.transaction():
-        lib.catalog.purge_deleted()
-    assert sync.total == 2 + 8 and _count(lib, "SELECT COUNT(*) FROM detection") == 8
+    lib.index(regions=two)
+    paths[1].unlink()
+    report = lib.index()
+    assert report.index.total == 2 + 8 and _count(lib, "SELECT COUNT(*) FROM detection") == 8
 
 
 def test_tiny_photos_get_a_marker_region(tmp_path, tiny_model):
@@ -311,10 +273,9 @@ def test_tiny_photos_get_a_marker_region(tmp_path, tiny_model):
     make_photos(folder, 2, size=(64, 64))
     lib = _library(tmp_path, tiny_model)
     lib.index([folder])
-    model = lib.catalog.model_by_fingerprint(lib.encoder.fingerprint)
-    report = index_image_regions(lib.catalog, lib.encoder, model.id, RegionConfig())
-    assert (report.photos, report.regions) == (2, 2)  # one whole-photo region each, its own vector
-    assert index_image_regions(lib.catalog, lib.encoder, model.id, RegionConfig()).photos == 0
+    report = lib.index(regions=True)
+    assert report.regions == 2  # one whole-photo region each, the photo's own picture
+    assert lib.index().regions == 0
 
 
 # -- video frames -------------------------------------------------------------------------
@@ -324,20 +285,19 @@ def test_video_frame_tiles_and_detections(tmp_path, tiny_model):
     pytest.importorskip("av")
     from videos import make_video
 
-    from pixquery.ingest.video import extract_frame, merge_video_hits, update_videos
+    from pixquery.ingest.video import extract_frame, merge_video_hits
 
     lib = _library(tmp_path, tiny_model)
     lib.index([make_photos(tmp_path / "photos", 1)[0]])
-    model = lib.catalog.model_by_fingerprint(lib.encoder.fingerprint)
     video = make_video(tmp_path / "videos" / "v.mp4", [(3.0, 0), (3.0, 1)], size=(192, 108))
     cfg = RegionConfig(grids=(2,), detector=str(make_tiny_detector(tmp_path / "det.onnx")), min_score=0.5)
-    report = update_videos(lib.catalog, lib.encoder, model.id, [str(tmp_path / "videos")], regions=cfg)
+    report = lib.index([tmp_path / "videos"], regions=cfg)
     assert report.frames == 4  # 0, 2, 3 (cut), 5
     rows = lib.catalog.db.execute("SELECT kind, COUNT(*), COUNT(DISTINCT timestamp) FROM detection WHERE video_id IS NOT NULL GROUP BY kind").fetchall()
     counts = {k: (n, t) for k, n, t in rows}
     assert counts["frame"] == (4, 4) and counts["tile"] == (4 * 8, 4)  # 16:9 at 2: 4x2 tiles a frame
-    assert counts["detector"][1] == 4 and report.regions == counts["tile"][0] + counts["detector"][0]
-    _sync(lib)
+    assert counts["detector"][1] == 4
+    assert report.regions == counts["tile"][0] + counts["detector"][0]  # the photo is not under this root
     frame = extract_frame(video, 3.0)
     box = tiles(192, 108, (2,))[5]
     results = merge_video_hits(lib.search(vector=_embed(lib, frame, box), k=5))
@@ -346,9 +306,6 @@ def test_video_frame_tiles_and_detections(tmp_path, tiny_model):
     assert top.time_range[0] <= 3.0 <= top.time_range[1]
     # the video goes: its frames and regions leave the index and the catalog
     video.unlink()
-    update_videos(lib.catalog, lib.encoder, model.id, [str(tmp_path / "videos")], regions=cfg)
-    _, sync = _sync(lib)
-    with lib.catalog.transaction():
-        lib.catalog.purge_deleted_videos()
-    assert sync.total == 1 and _count(lib, "SELECT COUNT(*) FROM detection") == 0
+    report = lib.index()
+    assert report.index.total == 1 and _count(lib, "SELECT COUNT(*) FROM detection") == 0
     assert _count(lib, "SELECT COUNT(*) FROM video") == 0

@@ -28,11 +28,12 @@ from pixquery.ingest.video import (  # noqa: E402
     VideoError,
     extract_frame,
     format_timestamp,
-    index_videos,
     probe,
     sample_frames,
-    update_videos,
 )
+from pixquery.ingest import pipeline, sources  # noqa: E402
+from pixquery.ingest.items import VIDEO, DecodeSettings, MediaItem  # noqa: E402
+from pixquery.ingest.write import CatalogWriter  # noqa: E402
 from pixquery.search import run_query  # noqa: E402
 
 SCENES = [(3.0, 0), (2.5, 1), (3.5, 2), (1.5, 3)]  # cuts at 3.0, 5.5 and 9.0 s
@@ -186,8 +187,18 @@ class Lib:
         with self.catalog.transaction():
             self.model = self.catalog.ensure_model(encoder.name, encoder.fingerprint, encoder.dim)
 
-    def update(self, roots, **kw):
-        report = update_videos(self.catalog, self.encoder, self.model.id, [str(r) for r in roots], **kw)
+    def update(self, roots, sampling=None, regions=None, batch_size=32):
+        """What Library.index does for videos: plan, run the stages, sync the index, purge."""
+        roots = [str(r) for r in roots]
+        plan = sources.plan(self.catalog, roots, self.model.id, regions=regions, sampling=sampling)
+        writer = CatalogWriter(self.catalog, self.model.id)
+        settings = DecodeSettings(self.encoder.preprocess_cfg, regions=regions, sampling=sampling or SamplingConfig())
+        stats = pipeline.run(plan.items, self.encoder, settings, writer, batch_size=batch_size)
+        sources.saved_after_run(self.catalog, regions, sampling, True)
+        report = writer.counts
+        report.indexed, report.skipped, report.found, report.removed = writer.counts.videos, plan.skipped, plan.found, plan.removed
+        report.embedded = report.frames + report.regions
+        report.failed = plan.failed + stats.failed + stats.problems
         self.sync = sync_index(self.catalog, self.folder, self.model, "flat", {})
         with self.catalog.transaction():
             self.catalog.purge_deleted_videos()
@@ -332,8 +343,10 @@ def test_a_killed_run_never_leaves_half_a_video(tmp_path, encoder):
 
     lib = Lib(tmp_path / "lib", encoder)
     dying = Dies(encoder, after=2)  # a: 7 frames = 2 batches of <= 4; b dies in its first batch
+    items = [MediaItem(e.path, e.size, e.mtime_ns, VIDEO) for e in (entry(a), entry(b))]
     with pytest.raises(KeyboardInterrupt):
-        index_videos(lib.catalog, dying, lib.model.id, [entry(a), entry(b)], batch_size=4)
+        pipeline.run(items, dying, DecodeSettings(encoder.preprocess_cfg, sampling=SamplingConfig()),
+                     CatalogWriter(lib.catalog, lib.model.id), batch_size=4)
     assert lib.count("SELECT COUNT(*) FROM video") == 1
     assert len(lib.frames(a)) == 7 and lib.frames(b) == []
     report = lib.update([folder])  # the next run does b, and only b

@@ -16,14 +16,15 @@ from typing import Sequence
 
 import numpy as np
 
-from pixquery import _failpoints
 from pixquery.catalog import Catalog, ModelRow
 from pixquery.errors import BadImage, LibraryError, PixqueryError
+from pixquery.ingest import pipeline, sources
 from pixquery.ingest import regions as region_mod
 from pixquery.ingest import scan as scanning
 from pixquery.ingest import video as video_mod
-from pixquery.ingest.pipeline import Embedded, embed_files
+from pixquery.ingest.items import DecodeSettings
 from pixquery.ingest.sync import SyncReport, sync_index
+from pixquery.ingest.write import CatalogWriter
 from pixquery.search import Results, SearchResult, run_query
 
 CATALOG_FILE = "catalog.sqlite"
@@ -164,10 +165,12 @@ class Library:
         workers: int | None = None,
         draft: bool = True,
         progress: IndexProgress | None = None,
-        regions: bool | None = None,
+        regions: "bool | RegionConfig | None" = None,
         detector: str | None = None,
         videos: bool = True,
         every_seconds: float | None = None,
+        engine: str = "local",
+        address: str | None = None,
     ) -> IndexReport:
         """Add folders (or files) to the library and bring it up to date with the disk.
 
@@ -175,9 +178,12 @@ class Library:
         every folder indexed before is rescanned. Bad files are reported, never fatal.
 
         regions: True embeds tiles of photos and video frames (small things become findable, results
-        carry a box), False stops, None keeps the library's setting. detector: an ONNX object detector
+        carry a box), False stops, None keeps the library's setting, a crops.RegionConfig sets them. detector: an ONNX object detector
         whose boxes are embedded too (turns regions on). videos: index video files as well (frames
         every `every_seconds`, default: the library's setting, else 2, plus one at each cut).
+        engine: where decoding and encoding run: "local" (this machine's cores) or "ray" (a Ray
+        cluster at `address`, "auto" or "ray://host:port"; None starts a local Ray for the run);
+        the results are written here, in this library, either way.
         """
         progress = _StatusFile(self.path / STATUS_FILE, progress or IndexProgress())
         t0 = time.perf_counter()
@@ -203,61 +209,27 @@ class Library:
                     self.catalog.set_setting("precision", self._precision)
 
             progress.stage("scanning")
-            known: dict = {}
-            photo_roots = [r for r in roots if os.path.isdir(r) or not video_mod.is_video_path(r)]
-            for root in photo_roots:
-                known.update(self.catalog.images_under(root))
-            scanned = scanning.scan(photo_roots, known)
-            report.found = scanned.found
-            report.failed.extend(scanned.errors)
-            for path, reason in scanned.errors:
+            plan = sources.plan(self.catalog, roots, model.id, regions=region_cfg, sampling=sampling, videos=videos)
+            report.found, report.skipped, report.removed = plan.found, plan.skipped, plan.removed
+            report.failed.extend(plan.failed)
+            for path, reason in plan.failed:
                 progress.failure(path, reason)
-            # An unchanged file still needs this model's embedding when it has none, or one made
-            # from an older version of the file (another model indexed the change since).
-            have = self.catalog.image_ids_with_current_embedding(model.id)
-            to_embed = list(scanned.to_embed) + [e for image_id, e in scanned.unchanged if image_id not in have]
-            report.skipped = scanned.found - len(to_embed)
-            report.removed = len(scanned.deleted)
-            progress.scanned(scanned.found, len(to_embed), len(scanned.deleted))
-            if scanned.deleted:
-                with self.catalog.transaction():
-                    self.catalog.mark_deleted(scanned.deleted)
+            progress.scanned(plan.found, plan.to_embed, plan.removed)
 
-            def write(batch: list[Embedded]) -> None:
-                # One transaction per batch: a killed run keeps every finished batch, loses none.
-                with self.catalog.transaction():
-                    region_mod.drop_regions_of_changed(self.catalog, [e.entry for e in batch])
-                    ids = []
-                    for e in batch:
-                        ids.append(self.catalog.upsert_image(e.entry.path, e.entry.size, e.entry.mtime_ns, e.sha256, e.width, e.height))
-                        self.catalog.put_image_embedding(model.id, ids[-1], e.vector,
-                                                         source=(e.entry.size, e.entry.mtime_ns, e.sha256))
-                    self.catalog.mark_stale(image_ids=ids)
-                _failpoints.hit("after_batch_commit")
-
-            progress.started_embedding(len(to_embed))
-            stats = embed_files(
-                to_embed, self.encoder, write, batch_size=batch_size, workers=workers, draft=draft,
-                on_progress=progress.advance, on_failure=progress.failure,
-            )
-            report.indexed = stats.embedded
+            writer = CatalogWriter(self.catalog, model.id)
+            settings = DecodeSettings(self.encoder.preprocess_cfg, draft=draft,
+                                      regions=region_cfg.resolved() if region_cfg else None, sampling=sampling)
+            progress.started_embedding(len(plan.items))
+            stats = pipeline.run(plan.items, self.encoder, settings, writer, engine=engine, address=address,
+                                 batch_size=batch_size, workers=workers, on_progress=progress.advance,
+                                 on_failure=progress.failure)
+            sources.saved_after_run(self.catalog, region_cfg, sampling, videos)
+            counts = writer.counts
+            report.indexed = counts.photos + counts.videos
+            report.videos, report.frames, report.regions = counts.videos, counts.frames, counts.regions
             report.embed_seconds = stats.seconds
             report.failed.extend(stats.failed)
-
-            rr = region_mod.index_image_regions(self.catalog, self.encoder, model.id, region_cfg,
-                                                batch_size=batch_size or 32, progress=progress)
-            report.regions += rr.regions
-            report.failed.extend(rr.failed)
-            if videos:
-                vr = video_mod.update_videos(self.catalog, self.encoder, model.id, roots, sampling=sampling,
-                                             regions=region_cfg, batch_size=batch_size or 32, progress=progress)
-                report.found += vr.found
-                report.indexed += vr.indexed
-                report.skipped += vr.skipped
-                report.removed += vr.removed
-                report.videos, report.frames = vr.indexed, vr.frames
-                report.regions += vr.regions
-                report.failed.extend(vr.failed)
+            report.failed.extend(stats.problems)
 
             report.index = sync_index(self.catalog, self.path, model, kind, params, rebuild=changed_config,
                                       on_stage=progress.stage, calibration_queries=self._calibration_queries)
@@ -372,10 +344,15 @@ class Library:
                          merge_gap=video_mod.merge_gap_for(self.catalog))
 
     def embed_image(self, image: str | Path) -> np.ndarray:
-        from pixquery.ingest.decode import decode_file, normalize
+        """An image file's embedding, through the same decode and crop stage as indexing."""
+        from pixquery.ingest.workers import read_bytes
 
-        decoded = decode_file(str(image), self.encoder.preprocess_cfg, draft=True)
-        return self.encoder.encode_images(normalize(decoded.pixels[None], self.encoder.preprocess_cfg))[0]
+        path = str(image)
+        try:
+            data = read_bytes(path)
+        except OSError as e:
+            raise BadImage(path, f"cannot read: {e.strerror or e}") from None
+        return pipeline.embed_picture(data, self.encoder, name=path)
 
     def _threshold(self, threshold: float | str | None) -> float | None:
         if threshold is None:

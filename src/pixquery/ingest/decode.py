@@ -190,6 +190,12 @@ def preprocess(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     return normalize(resize_crop(_to_rgb(img), cfg)[None], cfg)[0]
 
 
+def load(source, draft_size: int | None = None, name=None, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, int, int]:
+    """Decode a picture at `draft_size` or more (short side; None: in full), EXIF-rotated, RGB,
+    and the photo's own size (width, height, EXIF rotation applied). Raises BadImage."""
+    return _load(source, draft_size, max_pixels, name)
+
+
 def decode_file(source, cfg: PreprocessConfig, draft: bool = True, name=None) -> Decoded:
     """The worker's job for one file (a path or a file object). Raises BadImage."""
     img, w, h = _load(source, cfg.size if draft else None, MAX_PIXELS, name)

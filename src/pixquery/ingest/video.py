@@ -1,7 +1,8 @@
-"""Video ingestion: sample frames with PyAV, embed them, store each as a timestamped detection.
+"""Videos: sample frames with PyAV (the decode stage of a video item), scan, and show hits.
 
-    file -> demux + decode (PyAV, frame threads) -> sampler -> frames (+ their regions)
-         -> encoder (batches) -> ONE catalog transaction per video -> index sync (as photos)
+    file -> demux + decode (PyAV, frame threads) -> sampler -> frames
+         -> crops (+ regions) -> encoder -> ONE catalog transaction per video (ingest/workers.py,
+            the executor and ingest/write.py, as for photos)
 
 The sampler keeps a frame every `every_seconds` and one at each scene change. Scene changes are
 found by a cheap measure: every 1/`analysis_fps` seconds the decoded frame is shrunk (by swscale)
@@ -21,38 +22,25 @@ index what decodes and report the rest; a file that yields no frame at all is re
 written, so the next run tries it again (as with photos).
 
 Timestamps are seconds from the start of the video stream (its start_time), as players show them.
-PyAV (`pip install av`, the [video] extra) is imported only when a video is met.
+PyAV is imported only when a video is met.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import queue
-import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
 from pixquery.catalog import Catalog
-from pixquery.encoders.base import Encoder
 from pixquery.errors import PixqueryError
 from pixquery.ingest import scan as scanning
-from pixquery.ingest.decode import resize_crop
-from pixquery.ingest.regions import (
-    FULL_BOX,
-    Region,
-    RegionConfig,
-    encode_pixels,
-    make_detector,
-    region_pixels,
-    regions_of,
-    store_detections,
-)
+from pixquery.ingest.crops import RegionConfig
 
 VIDEO_KINDS = ("frame", "tile", "detector")
 SETTING_VIDEO = "video"  # JSON of the SamplingConfig + RegionConfig the videos were indexed with
@@ -446,185 +434,7 @@ def config_json(sampling: SamplingConfig, regions: RegionConfig | None) -> str:
     return json.dumps({"sampling": asdict(sampling), "regions": asdict(regions) if regions else None}, sort_keys=True)
 
 
-# -- indexing -----------------------------------------------------------------------------
-
-
-@dataclass
-class VideoIndexReport:
-    videos: int = 0  # videos written (whole or in part)
-    frames: int = 0  # sampled frames embedded
-    regions: int = 0  # region embeddings (tiles, detector boxes) of those frames
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): nothing or part indexed
-    decoded_frames: int = 0  # frames decoded
-    total_frames: int = 0  # frames the videos have (from their headers)
-    video_seconds: float = 0.0  # length of the video indexed
-    decode_seconds: float = 0.0  # in the decoder and sampler (in a thread beside the encoder)
-    encode_seconds: float = 0.0
-    seconds: float = 0.0
-
-    @property
-    def embedded(self) -> int:
-        return self.frames + self.regions
-
-
-def _background(it: Iterator, maxsize: int = 8) -> Iterator:
-    """Run an iterator in a thread (decoding beside encoding); exceptions come out in order."""
-    q: queue.Queue = queue.Queue(maxsize=maxsize)
-    done = object()
-    stop = threading.Event()
-
-    def run():
-        try:
-            for item in it:
-                if stop.is_set():
-                    return
-                q.put((True, item))
-            q.put((True, done))
-        except BaseException as e:
-            q.put((False, e))
-        finally:
-            close = getattr(it, "close", None)
-            if close:
-                close()  # the decoder and file are released here, in this thread, now
-
-    thread = threading.Thread(target=run, name="pixquery-video-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            ok, item = q.get()
-            if not ok:
-                raise item
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                pass
-            thread.join(0.05)
-
-
-def index_videos(
-    catalog: Catalog,
-    encoder: Encoder,
-    model_id: int,
-    entries: Sequence,
-    *,
-    sampling: SamplingConfig | None = None,
-    regions: RegionConfig | None = None,
-    reuse: Callable[[object], bool] | None = None,
-    detector=None,
-    batch_size: int = 32,
-    progress=None,
-) -> VideoIndexReport:
-    """Sample, embed and store each video of `entries` (scan.FileEntry: path, size, mtime_ns).
-
-    Per video, ONE transaction: upsert the `video` row, make its detections exactly the sampled
-    frames (and their regions), put this model's embeddings, retire the old ones. Index entries
-    of replaced frames leave the ANN index at the next sync (their embeddings are gone); frames
-    whose id is reused get `stale` so the sync re-adds them. `reuse(entry)` -> True when the file
-    is unchanged and was indexed with the same settings (a second model): frames that match keep
-    their detection ids and other models' embeddings. `progress`: optional .stage(text) and
-    .failure(path, reason) (pixquery.api.IndexProgress).
-    """
-    t0 = time.perf_counter()
-    sampling = sampling or SamplingConfig()
-    report = VideoIndexReport()
-    stage = getattr(progress, "stage", None) or (lambda text: None)
-    on_failure = getattr(progress, "failure", None) or (lambda path, reason: None)
-    if not entries:
-        return report
-    detector = detector if detector is not None else make_detector(regions)
-    cfg = encoder.preprocess_cfg
-
-    def produce(path: str, stats: DecodeStats):
-        for frame in sample_frames(path, sampling, stats):
-            img = frame.image
-            found = [Region("frame", FULL_BOX, frame.timestamp)] + regions_of(img, regions, detector, frame.timestamp)
-            pixels = [resize_crop(img, cfg)] + [region_pixels(img, r, cfg) for r in found[1:]]
-            yield frame, found, pixels
-
-    for n, entry in enumerate(entries, 1):
-        stats = DecodeStats()
-        found: list[Region] = []
-        vectors: list[np.ndarray] = []
-        pixels: list[np.ndarray] = []
-        name = os.path.basename(entry.path)
-        stage(f"video {n}/{len(entries)}: {name}")
-        last_stage = time.monotonic()
-
-        def encode_pending():
-            if pixels:
-                te = time.perf_counter()
-                vectors.append(encode_pixels(encoder, pixels, batch_size))
-                report.encode_seconds += time.perf_counter() - te
-                pixels.clear()
-
-        try:
-            for frame, regs, pix in _background(produce(entry.path, stats)):
-                found.extend(regs)
-                pixels.extend(pix)
-                if len(pixels) >= batch_size:
-                    encode_pending()
-                if time.monotonic() - last_stage > PROGRESS_SECONDS:
-                    last_stage = time.monotonic()
-                    dur = stats.info.duration if stats.info else None
-                    stage(f"video {n}/{len(entries)} {name}: {_clock(frame.timestamp)} of {_clock(dur)}")
-            encode_pending()
-        except VideoError as e:
-            report.failed.append((entry.path, e.reason))
-            on_failure(entry.path, e.reason)
-            continue
-        except Exception as e:  # a codec or detector bug must not stop a run over many files
-            reason = f"unexpected {type(e).__name__}: {e}"
-            if not found:
-                report.failed.append((entry.path, reason))
-                on_failure(entry.path, reason)
-                continue
-            stats.stopped_early = reason
-            pixels.clear()
-            found = found[: sum(len(v) for v in vectors)]
-        report.decode_seconds += stats.seconds
-        report.decoded_frames += stats.decoded
-        if not found:
-            reason = stats.problem() or "no frame could be decoded"
-            if stats.decoded == 0 and not stats.problem():
-                reason = "no frame could be decoded (empty or unsupported video)"
-            report.failed.append((entry.path, reason))
-            on_failure(entry.path, reason)
-            continue
-        vecs = np.concatenate(vectors)
-        problem = stats.problem()
-        info = stats.info
-        duration = stats.decoded_seconds if problem and stats.stopped_early else (info.duration or stats.decoded_seconds)
-        with catalog.transaction():
-            video_id = catalog.upsert_video(entry.path, entry.size, entry.mtime_ns, width=info.width, height=info.height,
-                                            duration=duration, fps=info.fps, frame_count=info.frame_count)
-            store_detections(catalog, model_id, video_id=video_id, regions=found, vectors=vecs,
-                             kinds=VIDEO_KINDS, reuse=bool(reuse and reuse(entry)))
-        report.videos += 1
-        report.frames += sum(1 for r in found if r.kind == "frame")
-        report.regions += sum(1 for r in found if r.kind != "frame")
-        report.total_frames += info.frame_count or stats.decoded
-        report.video_seconds += duration or 0.0
-        if problem:
-            report.failed.append((entry.path, problem))
-            on_failure(entry.path, problem)
-    report.seconds = time.perf_counter() - t0
-    return report
-
-
-@dataclass
-class VideoReport(VideoIndexReport):
-    """`update_videos`: the scan's figures plus those of `index_videos`."""
-
-    found: int = 0  # video files found under the roots
-    indexed: int = 0  # videos (re)indexed in this run
-    skipped: int = 0  # unchanged, already embedded for this model
-    removed: int = 0  # gone from disk, dropped
+# -- scanning -----------------------------------------------------------------------------
 
 
 def scan_videos(catalog: Catalog, roots: Sequence[str]) -> scanning.ScanResult:
@@ -638,67 +448,6 @@ def scan_videos(catalog: Catalog, roots: Sequence[str]) -> scanning.ScanResult:
     result = scanning.scan(roots, known, scanning.VIDEO_EXTENSIONS)
     result.errors = [(p, r) for p, r in result.errors if is_video_path(p)]
     return result
-
-
-def update_videos(
-    catalog: Catalog,
-    encoder: Encoder,
-    model_id: int,
-    roots: Sequence[str],
-    *,
-    sampling: SamplingConfig | None = None,
-    regions: RegionConfig | None = None,
-    batch_size: int = 32,
-    progress=None,
-) -> VideoReport:
-    """Bring the videos under `roots` up to date: new and changed ones indexed, unchanged ones
-    indexed for this model when they lack it (or when the sampling / region settings changed),
-    deleted ones soft-deleted. Call between embedding photos and `sync_index`; after the sync,
-    the catalog's `purge_deleted_videos` in the purge transaction. Without PyAV installed, every video found
-    is reported as a failure (photos are unaffected)."""
-    t0 = time.perf_counter()
-    sampling = sampling or SamplingConfig()
-    regions = regions.resolved() if regions else None
-    stage = getattr(progress, "stage", None) or (lambda text: None)
-    on_failure = getattr(progress, "failure", None) or (lambda path, reason: None)
-    scanned = scan_videos(catalog, roots)
-    report = VideoReport(found=scanned.found, removed=len(scanned.deleted))
-    report.failed.extend(scanned.errors)
-    for path, reason in scanned.errors:
-        on_failure(path, reason)
-    if scanned.deleted:
-        with catalog.transaction():
-            catalog.mark_videos_deleted(scanned.deleted)
-    wanted = config_json(sampling, regions)
-    previous = catalog.get_setting(SETTING_VIDEO)
-    changed_config = previous is not None and previous != wanted
-    have = catalog.video_ids_with_embedding(model_id)
-    todo = list(scanned.to_embed) + [e for vid, e in scanned.unchanged if changed_config or vid not in have]
-    report.skipped = scanned.found - len(todo)
-    if todo and not have_av():
-        reason = "PyAV is not installed: pip install 'pixquery[video]' to index videos"
-        for e in todo:
-            report.failed.append((e.path, reason))
-            on_failure(e.path, reason)
-        report.seconds = time.perf_counter() - t0
-        return report
-    unchanged = {e.path for _, e in scanned.unchanged}
-    if todo:
-        stage(f"videos: {len(todo)} to index, {report.skipped} unchanged, {report.removed} removed from disk")
-        sub = index_videos(
-            catalog, encoder, model_id, todo, sampling=sampling, regions=regions,
-            reuse=lambda e: e.path in unchanged and not changed_config, batch_size=batch_size, progress=progress,
-        )
-        for f in ("videos", "frames", "regions", "decoded_frames", "total_frames", "video_seconds",
-                  "decode_seconds", "encode_seconds"):
-            setattr(report, f, getattr(sub, f))
-        report.failed.extend(sub.failed)
-        report.indexed = sub.videos
-    if previous != wanted:
-        with catalog.transaction():
-            catalog.set_setting(SETTING_VIDEO, wanted)
-    report.seconds = time.perf_counter() - t0
-    return report
 
 
 # -- search results -----------------------------------------------------------------------
@@ -771,8 +520,7 @@ def describe_location(result) -> str:
 
 
 __all__ = [
-    "VideoError", "VideoInfo", "SamplingConfig", "Frame", "DecodeStats", "VideoIndexReport", "VideoReport",
-    "have_av", "is_video_path", "probe", "sample_frames", "extract_frame", "scan_videos", "index_videos",
-    "update_videos", "merge_video_hits", "format_timestamp", "describe_location", "DEFAULT_MERGE_GAP",
+    "VideoError", "VideoInfo", "SamplingConfig", "Frame", "DecodeStats",
+    "have_av", "is_video_path", "probe", "sample_frames", "extract_frame", "scan_videos", "merge_video_hits", "format_timestamp", "describe_location", "DEFAULT_MERGE_GAP",
     "saved_sampling", "choose_sampling", "merge_gap_for",
 ]

@@ -523,19 +523,16 @@ class Server:
             return lib.catalog.get_threshold(self.encoder.name, self.encoder.fingerprint)
 
     def embed_upload(self, data: bytes) -> np.ndarray:
-        """Uploaded bytes -> embedding, through the same decoding (and bomb guard) as indexing."""
-        from pixquery.ingest.decode import load_image, normalize, resize_crop
+        """Uploaded bytes -> embedding, through the same decode and crop stage (and bomb guard) as indexing."""
+        from pixquery.ingest.pipeline import embed_picture
 
-        cfg = self.encoder.preprocess_cfg
         with self._upload_slots:
             try:
-                img = load_image(io.BytesIO(data), draft_size=cfg.size, max_pixels=self.config.max_upload_pixels, name="upload")
+                return embed_picture(data, self.encoder, name="upload", max_pixels=self.config.max_upload_pixels)
             except BadImage as e:
                 if _claims_too_many_pixels(data, self.config.max_upload_pixels):
                     raise ApiError(413, f"the image is too large: {e.reason}") from None
                 raise ApiError(400, f"cannot read the uploaded image: {e.reason}") from None
-            pixels = resize_crop(img, cfg)
-        return self.encoder.encode_images(normalize(pixels[None], cfg))[0]
 
     # -- files ------------------------------------------------------------------------------
 

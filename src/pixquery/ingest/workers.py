@@ -1,0 +1,123 @@
+"""The decode workers' jobs: an item in, pieces out (decoded pixels, cut into crops, normalised).
+
+They run in worker processes (local executor) or Ray tasks, so everything here is a plain
+function of its arguments. A photo is read once (hashed and decoded from the same bytes) and
+decoded once, at the smallest JPEG draft scale that still gives every crop full resolution; a
+video is sampled with PyAV and comes out as pieces of a few frames each, as it decodes.
+Failures never raise: they come back as a piece with `failure` (or, for a video that decoded in
+part, `problem`), the reason naming what went wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from typing import Iterator
+
+import numpy as np
+
+from pixquery import _failpoints
+from pixquery.errors import BadImage
+from pixquery.ingest.crops import crops_of, draft_size
+from pixquery.ingest.decode import MAX_PIXELS, load, normalize
+from pixquery.ingest.items import VIDEO, DecodeSettings, MediaItem, Piece, failed
+
+VIDEO_PIECE_CROPS = 16  # a video's crops are sent on in pieces of about this many
+
+
+def read_bytes(path: str) -> bytes:
+    """A file's bytes: a local path, or a URL fsspec knows (s3://, gs://, ...) when installed."""
+    if "://" in path and not path.startswith("file://"):
+        import fsspec  # the [ray] extra: object storage
+
+        with fsspec.open(path, "rb") as f:
+            return f.read()
+    with open(path.removeprefix("file://"), "rb") as f:
+        return f.read()
+
+
+def photo_piece(item: MediaItem, data: bytes, settings: DecodeSettings, *, max_pixels: int = MAX_PIXELS) -> Piece:
+    """A photo's bytes -> its piece: the whole picture (unless `item.whole` is False) and its
+    regions (when `item.regions`), cut from the same decoded pixels. Raises BadImage."""
+    if not data:
+        raise BadImage(item.path, "empty file (0 bytes)")
+    cfg = settings.preprocess
+    regions = settings.regions if item.regions else None
+    img, width, height = load(io.BytesIO(data), draft_size(cfg, regions) if settings.draft else None, name=item.path,
+                              max_pixels=max_pixels)
+    crops = crops_of(img, cfg, whole=item.whole, regions=regions)
+    pixels = normalize(np.stack([c.pixels for c in crops]), cfg)
+    return Piece(item, [c.region for c in crops], pixels, sha256=hashlib.sha256(data).hexdigest(), width=width, height=height)
+
+
+def decode_photo(item: MediaItem, settings: DecodeSettings) -> Piece:
+    """One photo file -> one piece (read once: hashed and decoded from the same bytes). Never
+    raises: a file that cannot be used is a piece with `failure`."""
+    try:
+        _failpoints.hit("decode_worker/" + os.path.basename(item.path))  # crash tests: kill this worker
+        try:
+            data = read_bytes(item.path)
+        except OSError as e:
+            raise BadImage(item.path, f"cannot read: {e.strerror or e}") from None
+        return photo_piece(item, data, settings)
+    except BadImage as e:
+        return failed(item, e.reason)
+    except Exception as e:  # a bug in a codec or a detector must not stop a 100,000-photo run
+        return failed(item, f"unexpected {type(e).__name__}: {e}")
+
+
+def decode_video(item: MediaItem, settings: DecodeSettings) -> Iterator[Piece]:
+    """One video -> pieces of sampled frames (each with its regions when regions are on), the last
+    one `final`, carrying the video's facts (`info`) and what could not be decoded (`problem`).
+    A video that yields no frame at all is one final piece with `failure`."""
+    from pixquery.ingest.video import DecodeStats, VideoError, sample_frames
+
+    cfg = settings.preprocess
+    stats = DecodeStats()
+    regions, pixels = [], []
+    sent = 0
+    stopped = None
+    try:
+        for frame in sample_frames(item.path, settings.sampling, stats):
+            for c in crops_of(frame.image, cfg, regions=settings.regions, timestamp=frame.timestamp, whole_kind="frame"):
+                regions.append(c.region)
+                pixels.append(c.pixels)
+            if len(pixels) >= VIDEO_PIECE_CROPS:
+                yield Piece(item, regions, normalize(np.stack(pixels), cfg), final=False)
+                sent += len(regions)
+                regions, pixels = [], []
+    except VideoError as e:
+        if not sent and not regions:
+            yield failed(item, e.reason)
+            return
+        stopped = e.reason
+    except Exception as e:  # a codec or detector bug must not stop a run over many files
+        if not sent and not regions:
+            yield failed(item, f"unexpected {type(e).__name__}: {e}")
+            return
+        stopped = f"unexpected {type(e).__name__}: {e}"
+    if stopped:
+        stats.stopped_early = stats.stopped_early or stopped
+    if not sent and not regions:
+        reason = stats.problem() or "no frame could be decoded"
+        if stats.decoded == 0 and not stats.problem():
+            reason = "no frame could be decoded (empty or unsupported video)"
+        yield failed(item, reason)
+        return
+    info = stats.info
+    problem = stats.problem()
+    duration = stats.decoded_seconds if problem and stats.stopped_early else (info.duration or stats.decoded_seconds)
+    facts = {"width": info.width, "height": info.height, "duration": duration, "fps": info.fps,
+             "frame_count": info.frame_count, "decoded_frames": stats.decoded,
+             "total_frames": info.frame_count or stats.decoded, "decode_seconds": stats.seconds}
+    yield Piece(item, regions, normalize(np.stack(pixels), cfg) if pixels else None, final=True,
+                width=info.width, height=info.height, problem=problem, info=facts)
+
+
+def decode_item(item: MediaItem, settings: DecodeSettings) -> Iterator[Piece]:
+    """Any item -> its pieces (what a Ray task runs; the local executor calls the two above)."""
+    if item.kind == VIDEO:
+        yield from decode_video(item, settings)
+    else:
+        yield decode_photo(item, settings)

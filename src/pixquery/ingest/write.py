@@ -1,0 +1,82 @@
+"""The write stage: embedded items into the catalog, one transaction per batch.
+
+A photo: its `image` row (file version, content hash, size), this model's embedding of the whole
+picture (tied to that file version) and its regions as detections. A video: its `video` row and
+its frames (and their regions) as detections, replacing the old ones. A killed run keeps every
+batch it committed; the next run finds those files done and embeds only the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pixquery import _failpoints
+from pixquery.catalog import Catalog
+from pixquery.ingest.crops import REGION_KINDS, WHOLE
+from pixquery.ingest.items import VIDEO, EmbeddedItem
+from pixquery.ingest.regions import drop_regions_of_changed, store_detections
+
+VIDEO_KINDS = ("frame", "tile", "detector")
+
+
+@dataclass
+class WriteCounts:
+    photos: int = 0  # whole-photo embeddings written
+    regions: int = 0  # region embeddings (tiles, detector boxes) of photos and frames
+    videos: int = 0
+    frames: int = 0
+    video_seconds: float = 0.0
+    decoded_frames: int = 0
+    total_frames: int = 0
+    decode_seconds: float = 0.0
+
+
+class CatalogWriter:
+    """`writer(items)`: store a batch of embedded items for one model, all or nothing."""
+
+    def __init__(self, catalog: Catalog, model_id: int):
+        self.catalog, self.model_id = catalog, model_id
+        self.counts = WriteCounts()
+
+    def __call__(self, items: list[EmbeddedItem]) -> None:
+        cat, counts = self.catalog, WriteCounts()
+        with cat.transaction():
+            photos = [e for e in items if e.item.kind != VIDEO]
+            # Before the rows change: a changed photo must not keep the old photo's regions.
+            drop_regions_of_changed(cat, [e.item for e in photos])
+            restale = []
+            for e in photos:
+                it = e.item
+                image_id = cat.upsert_image(it.path, it.size, it.mtime_ns, e.sha256, e.width, e.height)
+                regions = [n for n, r in enumerate(e.regions) if r.kind in REGION_KINDS]
+                for n, r in enumerate(e.regions):
+                    if r.kind == WHOLE:
+                        cat.put_image_embedding(self.model_id, image_id, e.vectors[n], source=(it.size, it.mtime_ns, e.sha256))
+                        restale.append(image_id)
+                        counts.photos += 1
+                if regions:
+                    store_detections(cat, self.model_id, image_id=image_id, regions=[e.regions[n] for n in regions],
+                                     vectors=e.vectors[regions], kinds=REGION_KINDS, reuse=True)
+                    counts.regions += len(regions)
+            cat.mark_stale(image_ids=restale)
+            for e in items:
+                if e.item.kind == VIDEO:
+                    self._video(e, counts)
+        _failpoints.hit("after_batch_commit")
+        for f in counts.__dataclass_fields__:  # only once committed
+            setattr(self.counts, f, getattr(self.counts, f) + getattr(counts, f))
+
+    def _video(self, e: EmbeddedItem, counts: WriteCounts) -> None:
+        it, info = e.item, e.info or {}
+        video_id = self.catalog.upsert_video(it.path, it.size, it.mtime_ns, width=info.get("width", e.width),
+                                             height=info.get("height", e.height), duration=info.get("duration"),
+                                             fps=info.get("fps"), frame_count=info.get("frame_count"))
+        store_detections(self.catalog, self.model_id, video_id=video_id, regions=e.regions, vectors=e.vectors,
+                         kinds=VIDEO_KINDS, reuse=it.reuse)
+        counts.videos += 1
+        counts.frames += sum(1 for r in e.regions if r.kind == "frame")
+        counts.regions += sum(1 for r in e.regions if r.kind != "frame")
+        counts.video_seconds += info.get("duration") or 0.0
+        counts.decoded_frames += info.get("decoded_frames", 0)
+        counts.total_frames += info.get("total_frames", 0)
+        counts.decode_seconds += info.get("decode_seconds", 0.0)
