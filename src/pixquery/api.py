@@ -22,6 +22,7 @@ from pixquery.ingest import pipeline, sources
 from pixquery.ingest import regions as region_mod
 from pixquery.ingest import scan as scanning
 from pixquery.ingest import video as video_mod
+from pixquery.ingest.crops import RegionConfig
 from pixquery.ingest.items import DecodeSettings
 from pixquery.ingest.sync import SyncReport, sync_index
 from pixquery.ingest.write import CatalogWriter
@@ -165,7 +166,7 @@ class Library:
         workers: int | None = None,
         draft: bool = True,
         progress: IndexProgress | None = None,
-        regions: "bool | RegionConfig | None" = None,
+        regions: bool | RegionConfig | None = None,
         detector: str | None = None,
         videos: bool = True,
         every_seconds: float | None = None,
