@@ -195,8 +195,6 @@ def index(
                                      search_k=search_k, nlist=nlist, nprobe=nprobe, storage=storage), param))
     kind = index_kind or settings.index.kind
     lib = _open(library, model or settings.model.name, precision or settings.model.precision, create=True)
-    if not as_json:
-        _warn_if_random(lib)
     ui = _RichIndexProgress(quiet or as_json)
     try:
         report = lib.index(
@@ -225,6 +223,8 @@ def index(
             console.print(f"  [red]✗[/] {escape(path)}: {escape(reason)}{known}")
         if len(report.failed) > 50:
             console.print(f"  ... and {len(report.failed) - 50} more (use --json for the full list)")
+    if not as_json:
+        _warn_if_random(lib)  # last, where it is seen (and after the options were checked)
     lib.close()
     # Exit 1 only when something failed that had not failed before in the same way: a file that
     # stays broken is listed on every run, but a nightly cron job does not fail for it each night.

@@ -140,7 +140,8 @@ def _create_model(arch, pretrained, checkpoint, model_cfg, seed):
     torch, open_clip = require_torch()
     torch.manual_seed(seed)  # random towers (no weights given) are reproducible
     if model_cfg is not None:  # an architecture that is not among open_clip's named configs
-        cfg = deepcopy(model_cfg)
+        # config.json's own keys (random_weights) are pixquery's, not open_clip's
+        cfg = {k: deepcopy(v) for k, v in model_cfg.items() if k != "random_weights"}
         model = open_clip.CLIP(**cfg)
         if checkpoint is not None:
             open_clip.load_checkpoint(model, str(checkpoint))

@@ -1,0 +1,72 @@
+"""The README's `pip install` without extras, in a fresh venv: every command in `--help` works.
+
+Slow (a venv and an install, ~40 s with the wheels at hand), but it is the only test that sees
+what a user without the dev extras has: no torch, no annoy/hnswlib, no playwright.
+"""
+
+import os
+import subprocess
+import venv
+from pathlib import Path
+
+import pytest
+
+from photos import make_photos
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    env_dir = tmp_path_factory.mktemp("plain") / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    r = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-cache-dir", str(REPO)],
+                       capture_output=True, text=True, timeout=900)
+    if r.returncode != 0 and "No matching distribution" in r.stderr + r.stdout:
+        pytest.skip(f"the package registry is not reachable: {r.stderr.strip().splitlines()[-1]}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return env_dir / "bin"
+
+
+def _run(bin_dir, *args, **kw):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="200", NO_COLOR="1")
+    env.pop("PYTHONPATH", None)
+    return subprocess.run([str(bin_dir / "pixquery"), *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300, **kw)
+
+
+@pytest.mark.slow
+def test_every_command_works_after_a_plain_install(plain, tmp_path, tiny_model):
+    r = _run(plain, "--help")
+    assert r.returncode == 0, r.stderr
+    commands = [c for c in ("index", "search", "info", "models", "reindex", "demo", "export", "serve", "eval")
+                if f" {c} " in r.stdout or f"\n  {c}" in r.stdout]
+    assert {"serve", "eval", "index", "search"} <= set(commands), r.stdout
+    for command in commands:
+        r = _run(plain, command, "--help")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (command, r.stderr)
+    # the features behind serve, video and eval import (no extra needed)
+    check = subprocess.run([str(plain / "python"), "-c",
+                            "import pixquery.server.app, pixquery.evaluation.plots, av, matplotlib, fastapi, uvicorn"],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    torch = subprocess.run([str(plain / "python"), "-c", "import torch"], capture_output=True)
+    assert torch.returncode != 0  # the default runtime has no torch
+    # the real job: index and search with the runtime alone
+    photos = tmp_path / "photos"
+    make_photos(photos, 4)
+    lib = tmp_path / "lib"
+    r = _run(plain, "index", photos, "-L", lib, "-m", tiny_model)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = _run(plain, "search", "a dog", "-L", lib, "-k", "2")
+    assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 2, r.stdout + r.stderr
+    # an index kind whose library is an extra says so before any work, in one line
+    r = _run(plain, "index", photos, "-L", tmp_path / "lib2", "-m", tiny_model, "--index", "hnsw")
+    assert r.returncode == 2 and "pixquery[ann]" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    catalog = tmp_path / "lib2" / "catalog.sqlite"
+    if catalog.exists():  # nothing was embedded before the error
+        import sqlite3
+
+        assert sqlite3.connect(catalog).execute("SELECT COUNT(*) FROM embedding").fetchone()[0] == 0
