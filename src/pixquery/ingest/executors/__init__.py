@@ -1,0 +1,1 @@
+"""Engines that run the embedding pipeline somewhere else than this process (Ray: `ray.py`)."""
