@@ -6,7 +6,9 @@ Registered by pixquery.cli when this module is present (see cli._register_plugin
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -103,9 +105,12 @@ def embed(
     cli._state["on_interrupt"] = ": the shards written so far are kept; run the same command to resume"
     ui = _RichEmbedProgress(quiet or as_json)
     try:
-        report = embed_to_shards(source, out, model=model or DEFAULT_MODEL, precision=precision, batch_size=batch_size,
-                                 partition_size=partition_size, address=address, concurrency=concurrency,
-                                 num_gpus=num_gpus, progress=ui)
+        # Ray prints its workers' and raylets' log lines (a retried task, a dead node) on this
+        # process's stdout: they go to stderr with the progress, so stdout holds only the results.
+        with contextlib.redirect_stdout(sys.stderr):
+            report = embed_to_shards(source, out, model=model or DEFAULT_MODEL, precision=precision,
+                                     batch_size=batch_size, partition_size=partition_size, address=address,
+                                     concurrency=concurrency, num_gpus=num_gpus, progress=ui)
     finally:
         ui.close()
     if as_json:
