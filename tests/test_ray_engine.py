@@ -498,3 +498,60 @@ def test_shard_writer_counts_a_redone_batch_once(tmp_path, tiny_model):
     rep = embed_to_shards(str(tmp_path / "photos"), str(tmp_path / "out"), model=str(tiny_model), partition_size=2, stream=stream)
     assert rep.written_partitions == 3 and rep.embedded == 5
     assert _shard_paths(tmp_path / "out") == sorted(str(p) for p in photos)
+
+
+def test_ctrl_c_with_a_local_ray_then_resume(cluster, tiny_model, tmp_path):
+    """No --address: the run starts its own Ray and stops it, also on Ctrl-C (exit 130); the
+    re-run resumes from the shards written."""
+    photos = make_photos(tmp_path / "photos", 24, size=(640, 480))
+    out = tmp_path / "shards"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="pxloc", dir="/tmp"))
+    env = dict(cluster.env, RAY_TMPDIR=str(ray_tmp), COLUMNS="200")
+    cmd = [sys.executable, "-m", "pixquery.cli", "embed", str(tmp_path / "photos"), "--out", str(out), "-m", str(tiny_model),
+           "--partition-size", "2", "--batch-size", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 120
+        while not list(out.glob("part-*")) and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the job ended before Ctrl-C"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr[-3000:]
+        assert "interrupted: the shards written so far are kept" in stderr
+        written = len(list(out.glob("part-*")))
+        assert 1 <= written < 12
+        assert list(ray_tmp.glob("ray/session_*")), "the local Ray did not use RAY_TMPDIR: the next check proves nothing"
+        time.sleep(2)
+        assert not [p for p, (_, c) in _processes().items() if str(ray_tmp) in c and _alive(p)]  # its Ray is gone
+        again = subprocess.run(cmd + ["--json"], env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert json.loads(again.stdout)["skipped_partitions"] == written
+        assert _shard_paths(out) == sorted(str(p) for p in photos)
+        assert not [p for p, (_, c) in _processes().items() if str(ray_tmp) in c and _alive(p)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _signal([p for p, (_, c) in _processes().items() if str(ray_tmp) in c], signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_user_errors_exit_2(tmp_path, tiny_model):
+    """Mistakes are one line and exit 2, before any Ray starts."""
+    make_photos(tmp_path / "a", 2)
+    make_photos(tmp_path / "b", 2)
+    r = pixquery("embed", tmp_path / "nowhere", "--out", tmp_path / "o1", "-m", tiny_model)
+    assert r.returncode == 2 and "no such file or folder" in r.stderr
+    r = pixquery("embed", tmp_path / "a", "--out", tmp_path / "o2", "-m", tiny_model, "--engine", "spark")
+    assert r.returncode == 2 and "--engine must be one of ray" in r.stderr
+    r = pixquery("import", tmp_path / "a", "-L", tmp_path / "lib")
+    assert r.returncode == 2 and "no shards" in r.stderr
+    # A DIR started for one SOURCE is not silently reused for another.
+    from pixquery.ingest.shards import ShardDir, list_source, manifest_table
+
+    ShardDir(str(tmp_path / "o3")).makedirs()
+    ShardDir(str(tmp_path / "o3")).write_table("manifest.parquet", manifest_table(list_source(str(tmp_path / "a")), 2))
+    r = pixquery("embed", tmp_path / "b", "--out", tmp_path / "o3", "-m", tiny_model)
+    assert r.returncode == 2 and "holds the shards of" in r.stderr
+    r = pixquery("embed", tmp_path / "a", "--out", tmp_path / "o3", "-m", tiny_model, "--partition-size", "5")
+    assert r.returncode == 2 and "--partition-size 2" in r.stderr

@@ -467,47 +467,66 @@ def embed_to_shards(
             report.seconds = time.perf_counter() - t0
             return report
 
-        buffers: dict[int, list] = {}
-        seen: dict[int, set] = {}
-        finished = report.skipped_files
-        failed = 0
+        shards = _Assembler(store, info, counts, report, progress)
         te = time.perf_counter()
         with ray_exec.connect(address) if stream is None else contextlib.nullcontext():
             batches = (stream or ray_exec.embed_stream)(pending, info, batch_size=batch_size,
                                                         concurrency=concurrency, num_gpus=num_gpus)
-            for batch in batches:
-                for pid in pc.unique(batch.column("partition")).to_pylist():
-                    part = batch.filter(pc.equal(batch.column("partition"), pid))
-                    have = seen.setdefault(pid, set())
-                    keep = []
-                    for i, path in enumerate(part.column("path").to_pylist()):
-                        if path not in have:  # a batch Ray redid after a failure counts once
-                            have.add(path)
-                            keep.append(i)
-                    if not keep:
-                        continue
-                    part = part.take(pa.array(keep, pa.int64()))
-                    buffers.setdefault(pid, []).append(part)
-                    for path, reason in zip(part.column("path").to_pylist(), part.column("error").to_pylist()):
-                        if reason is not None:
-                            failed += 1
-                            report.failed.append((path, reason))
-                            progress.failure(path, reason)
-                    finished += len(keep)
-                    report.embedded += len(keep)
-                    if len(have) == counts[pid]:
-                        rows = pa.concat_tables(buffers.pop(pid))
-                        store.write_table(shard_name(pid), shard_table(rows, info, pid))
-                        report.written_partitions += 1
-                        _failpoints.hit("embed/after_shard")
-                progress.advance(finished, failed)
-        report.embedded -= len(report.failed)
+            # closing: Ray Data's executor stops before Ray does, also on Ctrl-C.
+            with contextlib.closing(batches) if hasattr(batches, "close") else contextlib.nullcontext():
+                for batch in batches:
+                    shards.add(batch)
         report.embed_seconds = time.perf_counter() - te
-        if buffers:
-            missing = sum(counts[p] - len(seen[p]) for p in buffers)
-            raise RuntimeError(f"the Ray job ended with {missing} files of {len(buffers)} partitions not returned")
+        shards.check_complete()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+class _Assembler:
+    """Collects result rows per partition and writes a partition's shard as soon as it holds each
+    of the partition's files once. Results come in any order; a row Ray hands back twice (a batch
+    redone after a failure) counts once."""
+
+    def __init__(self, store: ShardDir, info, counts: dict[int, int], report: EmbedReport, progress: EmbedProgress):
+        self.store, self.info, self.counts, self.report, self.progress = store, info, counts, report, progress
+        self.buffers: dict[int, list] = {}
+        self.seen: dict[int, set] = {}
+        self.done = report.skipped_files
+
+    def add(self, batch) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        for pid in pc.unique(batch.column("partition")).to_pylist():
+            part = batch.filter(pc.equal(batch.column("partition"), pid))
+            have = self.seen.setdefault(pid, set())
+            keep = []
+            for i, path in enumerate(part.column("path").to_pylist()):
+                if path not in have:
+                    have.add(path)
+                    keep.append(i)
+            if not keep:
+                continue
+            part = part.take(pa.array(keep, pa.int64()))
+            self.buffers.setdefault(pid, []).append(part)
+            for path, reason in zip(part.column("path").to_pylist(), part.column("error").to_pylist()):
+                if reason is None:
+                    self.report.embedded += 1
+                else:
+                    self.report.failed.append((path, reason))
+                    self.progress.failure(path, reason)
+            self.done += len(keep)
+            if len(have) == self.counts[pid]:
+                rows = pa.concat_tables(self.buffers.pop(pid))
+                self.store.write_table(shard_name(pid), shard_table(rows, self.info, pid))
+                self.report.written_partitions += 1
+                _failpoints.hit("embed/after_shard")
+        self.progress.advance(self.done, len(self.report.failed))
+
+    def check_complete(self) -> None:
+        if self.buffers:
+            missing = sum(self.counts[p] - len(self.seen[p]) for p in self.buffers)
+            raise RuntimeError(f"the Ray job ended with {missing} files of {len(self.buffers)} partitions not returned")
 
 
 # -- import ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +18,17 @@ import typer
 from pixquery._cli_usage import Command
 
 ENGINES = ("ray",)
+
+
+def _cli():
+    """The running pixquery.cli module: under `python -m pixquery.cli` that is __main__, a
+    different module object from an `import pixquery.cli` (its Ctrl-C message state is there)."""
+    main = sys.modules.get("__main__")
+    if main is not None and getattr(main, "app", None) is not None and hasattr(main, "_state"):
+        return main
+    from pixquery import cli
+
+    return cli
 
 
 def register(app: typer.Typer) -> None:
@@ -31,11 +43,12 @@ class _RichEmbedProgress:
     def __init__(self, quiet: bool = False):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        from pixquery.cli import _RateColumn, err
-
+        err = _cli().err
         self.err, self.quiet = err, quiet
+        # The rate is this run's files over the time since it started (Ray's start-up included):
+        # results arrive in bursts, which makes rich's own estimate jump about.
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("[cyan]{task.fields[rate]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[failed]}"),
             console=err, transient=False, disable=quiet,
         )
@@ -45,13 +58,17 @@ class _RichEmbedProgress:
         if not self.quiet:
             resumed = f"; {done_partitions} already written ({done_files} files), resuming" if done_partitions else ""
             self.err.print(f"{files} files in {partitions} partitions{resumed}")
+        self.started, self.done_before = time.monotonic(), done_files
         if files > done_files:
             self.progress.start()
-            self.task = self.progress.add_task("embedding", total=files, completed=done_files, failed="")
+            self.task = self.progress.add_task("embedding", total=files, completed=done_files, failed="",
+                                               rate="  ... img/s")
 
     def advance(self, done, failed):
         if self.task is not None:
-            self.progress.update(self.task, completed=done, failed=f"[red]{failed} failed" if failed else "")
+            rate = (done - self.done_before) / max(1e-9, time.monotonic() - self.started)
+            self.progress.update(self.task, completed=done, failed=f"[red]{failed} failed" if failed else "",
+                                 rate=f"{rate:5.1f} img/s")
 
     def failure(self, path, reason):
         if not self.quiet:
@@ -93,11 +110,11 @@ def embed(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary and the failures"),
 ):
     """Embed a collection into Parquet shards on a Ray cluster (resumable; then `pixquery import`)."""
-    from pixquery import cli
     from pixquery.encoders.registry import DEFAULT_MODEL
     from pixquery.errors import PixqueryError
     from pixquery.ingest.shards import embed_to_shards
 
+    cli = _cli()
     if engine not in ENGINES:
         raise PixqueryError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if precision not in ("fp32", "int8"):
@@ -134,9 +151,9 @@ def import_(
     """Load Parquet shards of `pixquery embed` into a library (idempotent) and update its index."""
     from rich.markup import escape
 
-    from pixquery import cli
     from pixquery.ingest.shards import import_shards
 
+    cli = _cli()
     cli._state["on_interrupt"] = ": shards imported so far are kept; run the same command again"
     lib = cli._open(library, create=True)
     stage = (lambda s: None) if (quiet or as_json) else (lambda s: cli.err.print(f"[dim]{escape(s)}[/dim]"))

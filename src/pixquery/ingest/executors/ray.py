@@ -46,6 +46,9 @@ _RAY_MISSING = "the ray engine needs Ray Data, pyarrow and fsspec: pip install '
 
 
 def _ray():
+    # No hidden `ray.init()` by a Ray call made after our shutdown (Ray Data's executor thread
+    # winding down after Ctrl-C did that, and left a second local Ray's agents running).
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     try:
         import pyarrow  # noqa: F401
         import ray
@@ -315,6 +318,13 @@ def embed_stream(
                         batch_format="pyarrow", batch_size=batch_size,
                         compute=ray.data.ActorPoolStrategy(size=concurrency),
                         num_cpus=actor_cpus, num_gpus=num_gpus or None)  # Ray Data restarts a dead actor
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=1):
-        if batch.num_rows:
-            yield batch
+    batches = iter(ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=1))
+    try:
+        for batch in batches:
+            if batch.num_rows:
+                yield batch
+    finally:
+        # Stop Ray Data's executor now (an early stop, Ctrl-C), before the caller shuts Ray down.
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
