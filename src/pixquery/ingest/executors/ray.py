@@ -90,6 +90,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None):
               log_to_driver=True, include_dashboard=False)
     try:
         if address is None:
+            # A local Ray's workers inherit this process's environment: no runtime_env, whose
+            # per-job worker processes cost seconds of start-up.
+            kw["runtime_env"] = None
             ray.init(num_cpus=num_cpus or local_num_cpus(), object_store_memory=_local_object_store_bytes(), **kw)
         else:
             if address != "auto" and not address.startswith("ray://") and ":" not in address:
