@@ -555,3 +555,17 @@ def test_user_errors_exit_2(tmp_path, tiny_model):
     assert r.returncode == 2 and "holds the shards of" in r.stderr
     r = pixquery("embed", tmp_path / "a", "--out", tmp_path / "o3", "-m", tiny_model, "--partition-size", "5")
     assert r.returncode == 2 and "--partition-size 2" in r.stderr
+
+
+def test_text_list_source(cluster, tiny_model, tmp_path):
+    """SOURCE may be a text file of paths (relative to the list's folder) or URLs; a listed file
+    that is missing is a failure with its reason, the others are embedded."""
+    photos = make_photos(tmp_path / "photos", 3)
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"# photos\nphotos/{photos[0].name}\n{photos[1]}\nfile://{photos[2]}\nphotos/gone.jpg\n\n")
+    res = embed(cluster, lst, "--out", tmp_path / "out", "-m", tiny_model, "--partition-size", "3", "--json")
+    assert res.returncode == 1, res.stderr[-3000:]
+    rep = json.loads(res.stdout)
+    assert rep["files"] == 4 and rep["embedded"] == 3
+    assert rep["failed"] == [{"path": str(tmp_path / "photos" / "gone.jpg"), "reason": "cannot read: No such file or directory"}]
+    assert _shard_paths(tmp_path / "out") == sorted([str(p) for p in photos] + [str(tmp_path / "photos" / "gone.jpg")])

@@ -270,7 +270,13 @@ def list_source(source: str) -> Listing:
 
 
 def _list_lines(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    """Entries of a list file; file:// URLs become plain paths (the library's paths for local files)."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out.append(line[len("file://"):] if line.startswith("file://") else line)
+    return out
 
 
 def _stat_all(paths: list[str]) -> list[tuple[str, int, int, str | None]]:

@@ -183,7 +183,7 @@ def decode_uri(path: str, cfg, draft: bool = True):
         return False, f"unexpected {type(e).__name__}: {e}", None
 
 
-_niced = threading.local()
+_niced = threading.local()  # per worker thread: nice once
 
 
 def _decode_batch(batch, cfg, draft: bool):
@@ -191,11 +191,12 @@ def _decode_batch(batch, cfg, draft: bool):
     pixels (float32 bytes) and error. Rows that arrive with an error (the listing's) pass through."""
     import pyarrow as pa
 
-    from pixquery.ingest.pipeline import _lower_priority
-
     if not getattr(_niced, "done", False):
-        _lower_priority(DECODE_NICE)
         _niced.done = True
+        try:  # this task worker process only serves this job's decode tasks
+            os.nice(DECODE_NICE)
+        except OSError:
+            pass
     paths = batch.column("path").to_pylist()
     given = batch.column("error").to_pylist() if "error" in batch.column_names else [None] * len(paths)
     sha, width, height, pixels, error = [], [], [], [], []
