@@ -606,8 +606,11 @@ def import_shards(lib, uri: str, *, on_stage: Callable[[str], None] | None = Non
                 cat.set_setting("precision", first.get("precision") or "fp32")
             elif current != first["model_spec"]:
                 report.library_model = current
-            if manifest_meta.get("kind") == "folder" and not is_url(manifest_meta.get("root", "")):
-                cat.add_folder(manifest_meta["root"])  # a later `pixquery index` keeps it up to date
+            root = manifest_meta.get("root", "")
+            if manifest_meta.get("kind") == "folder" and not is_url(root) and os.path.isdir(root):
+                # A later plain `pixquery index` rescans it (only when this machine has it: a folder
+                # that is not there would make that rescan an error).
+                cat.add_folder(root)
         for n, pid in enumerate(ids, 1):
             stage(f"importing {shard_name(pid)}")
             table = store.read_table(shard_name(pid))
