@@ -9,7 +9,8 @@
 #   browser  playwright (165 MB; also needs a Chromium): tests/test_browser.py
 #   torch    torch + open_clip (several GB): tests marked `torch` (the open_clip comparisons),
 #            `open_clip:` models and `pixquery export`
-# e.g. PIXQUERY_EXTRAS=dev,ann,browser,torch bash scripts/setup.sh   (what .ci/run installs)
+#   cluster-tests  Ray + moto's S3 API server: tests marked `ray` (tests/test_ray_engine.py)
+# e.g. PIXQUERY_EXTRAS=dev,ann,browser,torch,cluster-tests bash scripts/setup.sh   (what .ci/run installs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

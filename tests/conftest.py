@@ -22,6 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 OPTIONAL = {
     "torch": (("torch", "open_clip"), "the [torch] extra: pip install 'pixquery[torch]'"),
     "ann": (("annoy", "hnswlib"), "the [ann] extra, compiled from source: pip install 'pixquery[ann]'"),
+    "ray": (("ray", "pyarrow", "fsspec", "s3fs", "moto", "boto3"),
+            "a real Ray cluster and S3 API server: pip install 'pixquery[cluster-tests]'"),
 }
 
 

@@ -405,7 +405,8 @@ def _register_plugins() -> None:
     """Commands that live with their feature (eval, serve): registered when that module exists."""
     import importlib
 
-    for module in ("pixquery.evaluation.cli", "pixquery.server.cli", "pixquery.ingest.video_cli"):
+    for module in ("pixquery.evaluation.cli", "pixquery.server.cli", "pixquery.ingest.video_cli",
+                   "pixquery.ingest.shards_cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

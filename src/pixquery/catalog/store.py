@@ -382,6 +382,22 @@ class Catalog(MediaTables):
     def count_index_entries(self, index_id: int) -> int:
         return self.db.execute("SELECT COUNT(*) FROM index_image WHERE index_id = ?", (index_id,)).fetchone()[0]
 
+    # -- import ---------------------------------------------------------------------------
+
+    def image_versions_for_import(self, model_id: int, paths: Sequence[str]) -> dict[str, tuple[int, int, int, str | None, bool]]:
+        """For those of `paths` the catalog has: path -> (image id, size, mtime_ns, sha256, whether
+        this model's embedding of it was made from that version). `pixquery import` skips them."""
+        out: dict[str, tuple[int, int, int, str | None, bool]] = {}
+        for chunk in _chunks(list(paths), 900):
+            q = f"""SELECT i.path, i.id, i.size, i.mtime_ns, i.sha256,
+                           e.image_id IS NOT NULL AND e.source_size = i.size AND e.source_mtime_ns = i.mtime_ns
+                             AND e.source_sha256 IS i.sha256
+                    FROM image i LEFT JOIN embedding e ON e.image_id = i.id AND e.model_id = ?
+                    WHERE i.deleted = 0 AND i.path IN ({','.join('?' * len(chunk))})"""
+            for path, image_id, size, mtime_ns, sha, current in self.db.execute(q, (model_id, *chunk)):
+                out[path] = (image_id, size, mtime_ns, sha, bool(current))
+        return out
+
 
 def _index_row(row) -> IndexRow:
     r = list(row)

@@ -1,1 +1,2 @@
-"""Where the ingest stages run: `local` (this machine's cores) or `ray` (a Ray cluster)."""
+"""Where the ingest stages run: `local.py` (this machine's cores) or `ray.py` (a Ray cluster:
+`index --engine ray` through `ray_run.py`, and `embed --engine ray` into Parquet shards)."""
