@@ -186,6 +186,7 @@ class Library:
         cluster at `address`, "auto" or "ray://host:port"; None starts a local Ray for the run);
         the results are written here, in this library, either way.
         """
+        pipeline.check_engine(engine)  # before any work
         progress = _StatusFile(self.path / STATUS_FILE, progress or IndexProgress())
         t0 = time.perf_counter()
         report = IndexReport()
