@@ -47,12 +47,9 @@ def run(items: Sequence[MediaItem], encoder: Encoder, settings: DecodeSettings,
     if engine == "local":
         return run_local(items, encoder, settings, write, **kw)
     if engine == "ray":
-        try:
-            from pixquery.ingest.executors import ray as ray_executor
-        except ImportError as e:
-            raise PixqueryError(f"--engine ray needs Ray ({e.name} is not installed): pip install 'pixquery[ray]'") from None
+        from pixquery.ingest.executors.ray_run import run_ray
 
-        return ray_executor.run_ray(items, encoder, settings, write, address=address, **kw)
+        return run_ray(items, encoder, settings, write, address=address, **kw)
     raise PixqueryError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
 
 
