@@ -186,6 +186,7 @@ class Library:
         cluster at `address`, "auto" or "ray://host:port"; None starts a local Ray for the run);
         the results are written here, in this library, either way.
         """
+        pipeline.check_engine(engine)  # before any work
         progress = _StatusFile(self.path / STATUS_FILE, progress or IndexProgress())
         t0 = time.perf_counter()
         report = IndexReport()
@@ -221,9 +222,10 @@ class Library:
             settings = DecodeSettings(self.encoder.preprocess_cfg, draft=draft,
                                       regions=region_cfg.resolved() if region_cfg else None, sampling=sampling)
             progress.started_embedding(len(plan.items))
+            ray_only = {"model": self.model_name} if engine == "ray" else {}  # each node loads it by name
             stats = pipeline.run(plan.items, self.encoder, settings, writer, engine=engine, address=address,
                                  batch_size=batch_size, workers=workers, on_progress=progress.advance,
-                                 on_failure=progress.failure)
+                                 on_failure=progress.failure, **ray_only)
             sources.saved_after_run(self.catalog, region_cfg, sampling, videos)
             counts = writer.counts
             report.indexed = counts.photos + counts.videos

@@ -181,6 +181,8 @@ def index(
     detector: Optional[str] = typer.Option(None, "--detector", help="An ONNX object detector whose boxes are embedded too (see docs/video.md)"),
     videos: bool = typer.Option(True, "--videos/--no-videos", help="Index video files too"),
     every: Optional[float] = typer.Option(None, "--every", help="Videos: a frame at least every N seconds (default 2, kept for later runs)"),
+    engine: str = typer.Option("local", "--engine", help="Where decoding and encoding run: local (this machine) or ray (a Ray cluster; needs pixquery[ray])"),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: the cluster, 'auto' or ray://HOST:PORT [default: start a local Ray for the run]"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary and the failures"),
 ):
@@ -201,7 +203,7 @@ def index(
             [str(p) for p in paths] if paths else None, index=kind, index_params=params or None,
             batch_size=batch_size or settings.ingest.batch_size, workers=workers or settings.ingest.workers,
             draft=settings.ingest.draft, progress=ui, regions=regions, detector=detector, videos=videos,
-            every_seconds=every,
+            every_seconds=every, engine=engine, address=address,
         )
     finally:
         ui.close()

@@ -13,6 +13,7 @@ Photos, regions, video frames, uploads and `Library.embed_image` all go through 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -20,19 +21,22 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pixquery.encoders.base import Encoder
+from pixquery.errors import PixqueryError
 from pixquery.ingest.decode import MAX_PIXELS
-from pixquery.ingest.executors.local import (  # noqa: F401  (the local executor's knobs live there)
-    DECODERS,
-    PipelineStats,
-    default_window,
-    default_workers,
-    run_local,
-)
+from pixquery.ingest.executors.local import PipelineStats, run_local
 from pixquery.ingest.items import PHOTO, DecodeSettings, EmbeddedItem, MediaItem
 from pixquery.ingest.scan import FileEntry
 from pixquery.ingest.workers import photo_piece
 
 ENGINES = ("local", "ray")
+
+
+def check_engine(engine: str) -> None:
+    """A PixqueryError now, before any work, when `engine` is unknown or its library is missing."""
+    if engine not in ENGINES:
+        raise PixqueryError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise PixqueryError("--engine ray needs Ray, which is not installed: pip install 'pixquery[ray]'")
 
 
 def run(items: Sequence[MediaItem], encoder: Encoder, settings: DecodeSettings,
@@ -43,10 +47,10 @@ def run(items: Sequence[MediaItem], encoder: Encoder, settings: DecodeSettings,
     if engine == "local":
         return run_local(items, encoder, settings, write, **kw)
     if engine == "ray":
-        from pixquery.ingest.executors import ray as ray_executor
+        from pixquery.ingest.executors.ray_run import run_ray
 
-        return ray_executor.run_ray(items, encoder, settings, write, address=address, **kw)
-    raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        return run_ray(items, encoder, settings, write, address=address, **kw)
+    raise PixqueryError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
 
 
 def embed_picture(data: bytes, encoder: Encoder, *, name: str = "picture", draft: bool = True,
