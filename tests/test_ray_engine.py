@@ -567,3 +567,61 @@ def test_text_list_source(cluster, tiny_model, tmp_path):
     assert rep["files"] == 4 and rep["embedded"] == 3
     assert rep["failed"] == [{"path": str(tmp_path / "photos" / "gone.jpg"), "reason": "cannot read: No such file or directory"}]
     assert _shard_paths(tmp_path / "out") == sorted([str(p) for p in photos] + [str(tmp_path / "photos" / "gone.jpg")])
+
+
+# -- index --engine ray: the one pipeline's stages on the cluster, written into a local library -------
+
+
+def _library_state(library: Path) -> dict:
+    """Everything a run writes, by content: photos, videos, detections and every embedding."""
+    import sqlite3
+
+    db = sqlite3.connect(library / "catalog.sqlite")
+    images = {r[0]: r[1:] for r in db.execute("SELECT path, size, mtime_ns, sha256, width, height FROM image")}
+    videos = {r[0]: r[1:] for r in db.execute("SELECT path, size, mtime_ns, width, height, frame_count FROM video")}
+    vectors = {}
+    for path, kind, ts, x0, y0, x1, y1, blob in db.execute(
+            """SELECT COALESCE(i.path, di.path, dv.path), COALESCE(d.kind, 'whole'), d.timestamp,
+                      d.x0, d.y0, d.x1, d.y1, e.vector
+               FROM embedding e LEFT JOIN image i ON i.id = e.image_id
+               LEFT JOIN detection d ON d.id = e.detection_id
+               LEFT JOIN image di ON di.id = d.image_id LEFT JOIN video dv ON dv.id = d.video_id"""):
+        key = (path, kind, None if ts is None else round(ts, 3), None if x0 is None else tuple(round(v, 4) for v in (x0, y0, x1, y1)))
+        vectors[key] = np.frombuffer(blob, np.float32)
+    db.close()
+    return {"images": images, "videos": videos, "vectors": vectors}
+
+
+def test_index_engine_ray_writes_the_same_library_as_local(cluster, tiny_model, tmp_path):
+    """Photos with regions, a video and a bad file, indexed locally and with --engine ray on the
+    two-node cluster: the same rows, the same embeddings (<= 1e-6), the same failures and search."""
+    from videos import make_video
+
+    media = tmp_path / "media"
+    make_photos(media, 5, size=(400, 300))
+    make_video(media / "clip.mp4", [(3.0, 0), (3.0, 1)], size=(192, 108))
+    (media / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    runs = {}
+    for engine in ("local", "ray"):
+        extra = ("--engine", "ray", "--address", cluster.address) if engine == "ray" else ()
+        r = pixquery("index", media, "-L", tmp_path / engine, "-m", tiny_model, "--regions", "--json", *extra,
+                     env=cluster.env, timeout=600)
+        assert r.returncode == 1, r.stderr[-3000:]  # the broken file, and nothing else
+        runs[engine] = json.loads(r.stdout)
+    local, ray = runs["local"], runs["ray"]
+    assert [(f["path"], f["reason"]) for f in ray["failed"]] == [(f["path"], f["reason"]) for f in local["failed"]]
+    assert [f["path"] for f in ray["failed"]] == [str(media / "broken.jpg")]
+    for key in ("found", "indexed", "videos", "frames", "regions"):
+        assert ray[key] == local[key], key
+    assert local["videos"] == 1 and local["frames"] == 4 and local["regions"] > 5 * 6
+    a, b = _library_state(tmp_path / "local"), _library_state(tmp_path / "ray")
+    assert a["images"] == b["images"] and a["videos"] == b["videos"]
+    assert sorted(a["vectors"]) == sorted(b["vectors"])
+    assert max(float(np.abs(a["vectors"][k] - b["vectors"][k]).max()) for k in a["vectors"]) <= 1e-6
+    s = pixquery("search", "a dog", "-L", tmp_path / "ray", "-k", "5")
+    t = pixquery("search", "a dog", "-L", tmp_path / "local", "-k", "5")
+    assert s.returncode == 0 and s.stdout == t.stdout, s.stderr
+    # a second run through Ray has nothing to do
+    r = pixquery("index", "-L", tmp_path / "ray", "--engine", "ray", "--address", cluster.address, "--json",
+                 env=cluster.env, timeout=600)
+    assert r.returncode == 0 and json.loads(r.stdout)["indexed"] == 0, r.stderr[-3000:]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from pixquery import _failpoints
-from pixquery.errors import LibraryError, PixqueryError
+from pixquery.errors import PixqueryError
 
 MANIFEST = "manifest.parquet"
 SHARD_GLOB = "part-*.parquet"

@@ -23,17 +23,15 @@ per partition, see pixquery.ingest.shards).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 
-from pixquery.errors import BadImage, PixqueryError
+from pixquery.errors import PixqueryError
 
 # Environment variables a job's workers get from the driver (runtime_env): where pixquery's code
 # is (a checkout run with PYTHONPATH) and how models are found. Credentials are never forwarded:
@@ -150,37 +148,18 @@ def describe_model(model: str, precision: str = "fp32") -> ModelInfo:
 # -- decode (CPU tasks) -------------------------------------------------------------------
 
 
-def read_bytes(path: str) -> bytes:
-    """The whole file, through fsspec for URLs (s3://, gs://, file://) and open() for plain paths."""
-    if "://" not in path:
-        with open(path, "rb") as f:
-            return f.read()
-    import fsspec
-
-    with fsspec.open(path, "rb") as f:
-        return f.read()
-
-
 def decode_uri(path: str, cfg, draft: bool = True):
-    """pipeline.decode_job for any fsspec URL: (True, Decoded with normalised (3, H, W) float32
-    pixels, sha256 hex) or (False, reason, None) with the reason decode_job gives."""
-    from pixquery.ingest.decode import decode_file, normalize
+    """The decode stage (workers.decode_photo, the same function the local executor runs) for one
+    file or URL: (True, Decoded with normalised (3, H, W) float32 pixels, sha256 hex) or (False,
+    reason, None) with the reason the local run gives."""
+    from pixquery.ingest.decode import Decoded
+    from pixquery.ingest.items import DecodeSettings, MediaItem
+    from pixquery.ingest.workers import decode_photo
 
-    try:
-        try:
-            data = read_bytes(path)
-        except OSError as e:
-            raise BadImage(path, f"cannot read: {e.strerror or e}") from None
-        if not data:
-            raise BadImage(path, "empty file (0 bytes)")
-        digest = hashlib.sha256(data).hexdigest()
-        decoded = decode_file(io.BytesIO(data), cfg, draft=draft, name=path)
-        decoded.pixels = normalize(decoded.pixels[None], cfg)[0]
-        return True, decoded, digest
-    except BadImage as e:
-        return False, e.reason, None
-    except Exception as e:  # a bug in a codec must not stop a 100,000,000-photo run
-        return False, f"unexpected {type(e).__name__}: {e}", None
+    piece = decode_photo(MediaItem(path, 0, 0), DecodeSettings(cfg, draft=draft))
+    if piece.failure is not None:
+        return False, piece.failure, None
+    return True, Decoded(pixels=piece.pixels[0], width=piece.width, height=piece.height), piece.sha256
 
 
 _niced = threading.local()  # per worker thread: nice once
