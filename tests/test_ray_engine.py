@@ -1,7 +1,7 @@
 """`pixquery embed --engine ray` and `pixquery import` on a real Ray cluster (two node processes
 on this machine), with real processes killed, and a real S3 API server (moto's, on 127.0.0.1).
 
-Needs the [ray] extra (ray[data], pyarrow, fsspec, s3fs) and moto[server] + boto3 (the dev extra);
+Needs the [cluster-tests] extra (Ray Data, pyarrow, fsspec, s3fs, moto's S3 server, boto3);
 skipped with that reason where they are missing. The cluster and the S3 server are started once
 for the module and stopped at the end: only the processes they started are ended, by pid (never
 `ray stop`, which would stop every Ray on the machine).
