@@ -111,7 +111,10 @@ def run_ray(
         ds = ds.map_batches(_EncodePieces, fn_constructor_kwargs={
                                 "spec": spec, "precision": getattr(encoder, "precision", "fp32"),
                                 "fingerprint": encoder.fingerprint, "batch_size": batch_size},
-                            batch_size=max(1, batch_size // 4), batch_format="numpy",
+                            # rows are pieces: a photo alone is one crop, with regions ~20, a
+                            # video's piece 16; the actor re-cuts them into batches of batch_size
+                            batch_size=batch_size if settings.regions is None else max(1, batch_size // 8),
+                            batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=concurrency or default_concurrency(num_gpus)),
                             num_cpus=1, num_gpus=num_gpus or None)
         gathering: dict[int, dict[int, tuple[Piece, np.ndarray]]] = {}
