@@ -625,3 +625,43 @@ def test_index_engine_ray_writes_the_same_library_as_local(cluster, tiny_model, 
     r = pixquery("index", "-L", tmp_path / "ray", "--engine", "ray", "--address", cluster.address, "--json",
                  env=cluster.env, timeout=600)
     assert r.returncode == 0 and json.loads(r.stdout)["indexed"] == 0, r.stderr[-3000:]
+
+
+def test_index_engine_ray_survives_a_worker_node_killed_mid_run(cluster, tiny_model, tmp_path):
+    """SIGKILL every process of the second node while `index --engine ray` runs: Ray re-runs the
+    lost tasks and restarts the actor, and the library ends with each photo once."""
+    import sqlite3
+
+    make_photos(tmp_path / "photos", 40, size=(640, 480))
+    lib = tmp_path / "lib"
+    cmd = [sys.executable, "-m", "pixquery.cli", "index", str(tmp_path / "photos"), "-L", str(lib), "-m", str(tiny_model),
+           "--engine", "ray", "--address", cluster.address, "--batch-size", "2", "--json"]
+    proc = subprocess.Popen(cmd, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    status = lib / "indexing.json"
+    try:
+        end = time.monotonic() + 120
+        done = 0
+        while done == 0 and proc.poll() is None and time.monotonic() < end:
+            try:
+                done = json.loads(status.read_text()).get("done", 0)
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        worker_node = [n for n in cluster.nodes if n != "head"][-1]  # the one alive (earlier tests restart one)
+        killed = cluster.kill_node(worker_node)
+        assert killed and proc.poll() is None, "the run ended before the node could be killed"
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        cluster._start(f"node{len(cluster.nodes)}", head=False)  # for the tests after this one
+    assert proc.returncode == 0, stderr[-4000:]
+    assert done < 40
+    assert stdout.lstrip().startswith("{"), (stdout[:2000], stderr[-2000:])
+    report = json.loads(stdout)
+    assert report["indexed"] == 40 and not report["failed"]
+    db = sqlite3.connect(lib / "catalog.sqlite")
+    assert db.execute("SELECT COUNT(*), COUNT(DISTINCT path) FROM image").fetchone() == (40, 40)
+    assert db.execute("SELECT COUNT(*) FROM embedding").fetchone()[0] == 40
+    assert report["index"]["total"] == 40
+    cluster.wait_nodes(2)

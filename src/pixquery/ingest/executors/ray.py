@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Iterator
@@ -79,13 +80,22 @@ def connect(address: str | None = None, *, num_cpus: int | None = None):
     local_num_cpus()) and stop it afterwards; "auto" (the cluster this machine is part of, as
     `ray start` made it) or "ray://HOST:PORT" (Ray Client) or "HOST:PORT" (the head's GCS): join
     that cluster and disconnect afterwards, leaving it running. Already connected: use that."""
+    with _stdout_to_stderr(), _connect(address, num_cpus) as ray:
+        yield ray
+
+
+@contextlib.contextmanager
+def _connect(address: str | None, num_cpus: int | None):
+    """connect() without the stdout guard."""
     ray = _ray()
     if ray.is_initialized():
         yield ray
         return
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    # log_to_driver off: Ray would print its workers' and raylets' log lines (a retried task, a lost
+    # node) on this process's stdout, inside `--json` output. Failures still come back as errors.
     kw = dict(runtime_env={"env_vars": env} if env else None, logging_level=logging.WARNING,
-              log_to_driver=True, include_dashboard=False)
+              log_to_driver=False, include_dashboard=False)
     try:
         if address is None:
             # A local Ray's workers inherit this process's environment: no runtime_env, whose
@@ -108,6 +118,29 @@ def connect(address: str | None = None, *, num_cpus: int | None = None):
         yield ray
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """While connected, file descriptor 1 is this process's stderr: Ray's core (C++, writing to
+    the descriptor itself) prints what its raylets report (a task retried after a node was lost,
+    ...) on stdout, where it would break `--json` output and pipes. Our own output comes after."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _quiet_ray_data() -> None:

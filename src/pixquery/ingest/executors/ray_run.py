@@ -115,13 +115,19 @@ def run_ray(
                             # video's piece 16; the actor re-cuts them into batches of batch_size
                             batch_size=batch_size if settings.regions is None else max(1, batch_size // 8),
                             batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=concurrency or default_concurrency(num_gpus)),
-                            num_cpus=1, num_gpus=num_gpus or None)
+                            # min 1: a pool that lost a node's actor goes on with the others.
+                            # Half a CPU each: an actor computes on all of its node's cores anyway
+                            # (ONNX Runtime threads), and a node that must also host a lost node's
+                            # actor keeps a CPU for decode tasks (a full CPU each deadlocked here).
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency or default_concurrency(num_gpus)),
+                            num_cpus=0.5, num_gpus=num_gpus or None)
         gathering: dict[int, dict[int, tuple[Piece, np.ndarray]]] = {}
         finished: dict[int, EmbeddedItem | None] = {}  # seq -> item (None: failed), until written in order
         next_seq, done, nfailed = 0, 0, 0
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None, prefetch_batches=1):
             for seq, idx, blob in zip(batch["seq"], batch["idx"], batch["done"]):
+                if int(seq) < next_seq or int(seq) in finished:
+                    continue  # Ray re-ran a task whose output had already come (a node was lost)
                 piece, vectors = pickle.loads(blob)
                 got = gathering.setdefault(int(seq), {})
                 got[int(idx)] = (piece, vectors)
