@@ -295,7 +295,7 @@ def embed_stream(
     batch_size: int = 32,
     concurrency: int | None = None,
     num_gpus: float | None = None,
-    actor_cpus: float = 1.0,
+    actor_cpus: float = 0.5,
     threads: int | None = None,
     draft: bool = True,
     rows_per_block: int | None = None,
@@ -332,8 +332,10 @@ def embed_stream(
     ds = ds.map_batches(_Encode, fn_constructor_kwargs={"spec": info.spec, "precision": info.precision,
                                                         "fingerprint": info.fingerprint, "threads": threads},
                         batch_format="pyarrow", batch_size=batch_size,
-                        compute=ray.data.ActorPoolStrategy(size=concurrency),
-                        num_cpus=actor_cpus, num_gpus=num_gpus or None)  # Ray Data restarts a dead actor
+                        # Ray Data restarts a dead actor; min 1 and half a CPU each let a pool
+                        # that lost a node go on beside the decode tasks (see ray_run.py)
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency),
+                        num_cpus=actor_cpus, num_gpus=num_gpus or None)
     batches = iter(ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=1))
     try:
         for batch in batches:
