@@ -40,6 +40,19 @@ err = Console(stderr=True)
 
 LibraryOpt = typer.Option(None, "--library", "-L", help="Library folder [default: $PIXQUERY_LIBRARY or ~/.local/share/pixquery]", envvar="PIXQUERY_LIBRARY")
 ModelOpt = typer.Option(None, "--model", "-m", help="Model name (see `pixquery models`) or a local model folder")
+# The index kind and its parameters, shared by `index` and `reindex`.
+IndexKindOpt = typer.Option(None, "--index", help="Index kind: flat, hnsw, annoy, ivf, sharded, auto")
+IndexOpts = {
+    "M": typer.Option(None, "--M", help="hnsw: links per node"),
+    "ef_construction": typer.Option(None, help="hnsw: build-time candidate list"),
+    "ef_search": typer.Option(None, help="hnsw: query-time candidate list"),
+    "n_trees": typer.Option(None, help="annoy: number of trees"),
+    "search_k": typer.Option(None, help="annoy: nodes inspected per query"),
+    "nlist": typer.Option(None, help="ivf: number of clusters"),
+    "nprobe": typer.Option(None, help="ivf: clusters visited per query"),
+    "storage": typer.Option(None, help="flat/ivf: vector storage (float32, float16, int8, pq...)"),
+    "param": typer.Option(None, "--param", metavar="KEY=VALUE", help="Any other index parameter (repeatable)"),
+}
 
 
 def _version(value: bool) -> None:
@@ -164,16 +177,16 @@ def index(
     library: Optional[Path] = LibraryOpt,
     model: Optional[str] = ModelOpt,
     precision: Optional[str] = typer.Option(None, help="fp32 (default) or int8 (quantised copy, faster)"),
-    index_kind: Optional[str] = typer.Option(None, "--index", help="Index kind: flat, hnsw, annoy, ivf, sharded, auto"),
-    M: Optional[int] = typer.Option(None, "--M", help="hnsw: links per node"),
-    ef_construction: Optional[int] = typer.Option(None, help="hnsw: build-time candidate list"),
-    ef_search: Optional[int] = typer.Option(None, help="hnsw: query-time candidate list"),
-    n_trees: Optional[int] = typer.Option(None, help="annoy: number of trees"),
-    search_k: Optional[int] = typer.Option(None, help="annoy: nodes inspected per query"),
-    nlist: Optional[int] = typer.Option(None, help="ivf: number of clusters"),
-    nprobe: Optional[int] = typer.Option(None, help="ivf: clusters visited per query"),
-    storage: Optional[str] = typer.Option(None, help="flat/ivf: vector storage (float32, float16, int8, pq...)"),
-    param: List[str] = typer.Option(None, "--param", metavar="KEY=VALUE", help="Any other index parameter (repeatable)"),
+    index_kind: Optional[str] = IndexKindOpt,
+    M: Optional[int] = IndexOpts["M"],
+    ef_construction: Optional[int] = IndexOpts["ef_construction"],
+    ef_search: Optional[int] = IndexOpts["ef_search"],
+    n_trees: Optional[int] = IndexOpts["n_trees"],
+    search_k: Optional[int] = IndexOpts["search_k"],
+    nlist: Optional[int] = IndexOpts["nlist"],
+    nprobe: Optional[int] = IndexOpts["nprobe"],
+    storage: Optional[str] = IndexOpts["storage"],
+    param: List[str] = IndexOpts["param"],
     config: Optional[Path] = typer.Option(None, "--config", help="TOML settings file ([model], [index], [ingest])"),
     batch_size: Optional[int] = typer.Option(None, help="Images per encoder batch"),
     workers: Optional[int] = typer.Option(None, help="Decoder processes [default: one per core]"),
@@ -237,16 +250,16 @@ def index(
 def reindex(
     library: Optional[Path] = LibraryOpt,
     model: Optional[str] = ModelOpt,
-    index_kind: Optional[str] = typer.Option(None, "--index", help="Index kind: flat, hnsw, annoy, ivf, sharded, auto"),
-    M: Optional[int] = typer.Option(None, "--M", help="hnsw: links per node"),
-    ef_construction: Optional[int] = typer.Option(None, help="hnsw: build-time candidate list"),
-    ef_search: Optional[int] = typer.Option(None, help="hnsw: query-time candidate list"),
-    n_trees: Optional[int] = typer.Option(None, help="annoy: number of trees"),
-    search_k: Optional[int] = typer.Option(None, help="annoy: nodes inspected per query"),
-    nlist: Optional[int] = typer.Option(None, help="ivf: number of clusters"),
-    nprobe: Optional[int] = typer.Option(None, help="ivf: clusters visited per query"),
-    storage: Optional[str] = typer.Option(None, help="flat/ivf: vector storage (float32, float16, int8, pq...)"),
-    param: List[str] = typer.Option(None, "--param", metavar="KEY=VALUE", help="Any other index parameter (repeatable)"),
+    index_kind: Optional[str] = IndexKindOpt,
+    M: Optional[int] = IndexOpts["M"],
+    ef_construction: Optional[int] = IndexOpts["ef_construction"],
+    ef_search: Optional[int] = IndexOpts["ef_search"],
+    n_trees: Optional[int] = IndexOpts["n_trees"],
+    search_k: Optional[int] = IndexOpts["search_k"],
+    nlist: Optional[int] = IndexOpts["nlist"],
+    nprobe: Optional[int] = IndexOpts["nprobe"],
+    storage: Optional[str] = IndexOpts["storage"],
+    param: List[str] = IndexOpts["param"],
 ):
     """Rebuild the search index (e.g. another kind) from stored embeddings, without re-embedding."""
     params = _index_params(dict(M=M, ef_construction=ef_construction, ef_search=ef_search, n_trees=n_trees,
