@@ -31,6 +31,7 @@ from pixquery.indexes import (
 
 DIM = 32
 ann = pytest.mark.ann  # hnswlib / annoy (the [ann] extra; skipped where not installed)
+milvus = pytest.mark.milvus  # pymilvus + milvus-lite (the [milvus] extra; skipped where not installed)
 
 
 def clustered(n: int, dim: int = DIM, seed: int = 0, clusters: int = 40) -> np.ndarray:
@@ -75,6 +76,8 @@ CASES = [
     pytest.param("sharded", {"shards": 3, "inner": "hnsw", "inner_params": {"M": 16, "ef_search": 200}}, 0.97, marks=ann),
     ("sharded", {"shards": 3, "inner": "hnsw", "inner_params": {"M": 16, "ef_search": 200, "backend": "faiss"}}, 0.97),
     ("auto", {"exact_max": 4096}, 1.0),
+    pytest.param("milvus", {"index_type": "FLAT"}, 1.0, marks=milvus),
+    pytest.param("milvus", {"index_type": "IVF_FLAT", "nlist": 16, "nprobe": 16}, 1.0, marks=milvus),
 ]
 CASE_IDS = [f"{k}-{'-'.join(f'{a}={b}' for a, b in p.items()) or 'default'}"
             for k, p, _ in (c.values if hasattr(c, "values") else c for c in CASES)]
@@ -182,6 +185,8 @@ EXACT_CASES = [
     ("sharded", {"shard_size": 64}),
     pytest.param("sharded", {"shards": 4, "inner": "hnsw", "inner_params": {"ef_search": 600}}, marks=ann),
     ("auto", {}),
+    pytest.param("milvus", {"index_type": "FLAT"}, marks=milvus),
+    pytest.param("milvus", {"index_type": "IVF_FLAT", "nlist": 8, "nprobe": 8}, marks=milvus),
 ]
 
 
@@ -292,7 +297,7 @@ def test_auto_measures_and_records_its_choice(tmp_path):
 
 @ann
 def test_registry_and_configs():
-    assert set(kinds()) == {"flat", "hnsw", "annoy", "ivf", "sharded", "auto"}
+    assert set(kinds()) == {"flat", "hnsw", "annoy", "ivf", "sharded", "auto", "milvus"}
     assert make_config("hnsw", M=8).M == 8
     assert make_config("ivf", storage="sq8").storage == "int8"
     with pytest.raises(PixqueryError, match="no parameter"):
