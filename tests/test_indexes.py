@@ -495,3 +495,95 @@ def test_index_hnsw_command_on_a_plain_install_says_how_to_install(tmp_path, tin
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr  # before any photo is embedded
         assert library in lines[0] and "pip install 'pixquery[ann]'" in lines[0]
+
+
+# ------------------------------------------------------------------ Milvus served over gRPC
+
+
+@pytest.fixture
+def milvus_server(tmp_path):
+    """milvus-lite's bundled Milvus engine serving one file on a loopback port, as a separate
+    process: the client talks gRPC to it as it would to a Milvus cluster. (milvus-lite 2.5 has no
+    `milvus-lite server` command; its `Server` class runs this same binary with an address.)"""
+    import socket
+
+    from milvus_lite.server import Server
+    from pymilvus import MilvusClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = Server(str(tmp_path / "served.db"), f"127.0.0.1:{port}")
+    env = {**os.environ, "LD_LIBRARY_PATH": f"{server._bin_path}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    proc = subprocess.Popen(server.args, env=env, cwd=str(tmp_path))
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert proc.poll() is None, f"milvus-lite server exited with {proc.returncode}"
+            try:
+                MilvusClient(uri=uri, timeout=2).list_collections()
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+        yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@milvus
+@pytest.mark.parametrize("params", [{"index_type": "FLAT"}, {"index_type": "IVF_FLAT", "nlist": 8, "nprobe": 8}])
+def test_milvus_contract_against_a_server_process(milvus_server, params, tmp_path):
+    n, k = 500, 10
+    x, ids = VECTORS[:n], IDS[:n]
+    flat = build_index("flat", DIM, ids, x)
+    index = build_index("milvus", DIM, ids, x, uri=milvus_server, **params)
+    assert len(index) == n and index.params()["uri"] == milvus_server
+    name = index.params()["collection"]
+    assert name.startswith("pixquery_")
+    for kk in (1, 10, 50):
+        fs, fi = flat.search(QUERIES, kk)
+        ms, mi = index.search(QUERIES, kk)
+        assert (mi == fi).all(), f"ids or order differ from flat at k={kk}"
+        assert np.allclose(ms, fs, atol=1e-4)
+
+    # remove (absent ids ignored), upsert, batches over the 2,000-row limit of one call
+    gone = ids[::10]
+    index.remove(gone)
+    index.remove(np.array([10**9], np.int64))
+    flat.remove(gone)
+    assert len(index) == n - len(gone)
+    assert (index.search(QUERIES, k)[1] == flat.search(QUERIES, k)[1]).all()
+    index.add(gone, x[::10])
+    index.add(ids[:3], x[:3])  # present: replaced, not duplicated
+    assert len(index) == n
+    big_ids = np.arange(10**6, 10**6 + 4500, dtype=np.int64)
+    index.add(big_ids, clustered(4500, seed=7))
+    assert len(index) == n + 4500
+    index.remove(big_ids)
+    assert len(index) == n
+
+    # save writes a manifest naming uri and collection; load attaches to the same collection
+    path = tmp_path / "index.idx"
+    index.save(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["kind"] == "milvus" and manifest["state"]["collection"] == name
+    assert index_files(path) == [path / "manifest.json"]
+    before = index.search(QUERIES, k)
+    again = open_index(path)
+    assert len(again) == n and again.params() == index.params()
+    after = again.search(QUERIES, k)
+    assert (after[1] == before[1]).all() and np.allclose(after[0], before[0], atol=1e-5)
+    again.remove(ids[:1])  # shared: the saving index sees it
+    assert len(index) == n - 1
+
+    # another index on the same server is another collection
+    other = make_index("milvus", DIM, uri=milvus_server, **params)
+    assert len(other) == 0 and (other.search(QUERIES[:2], 3)[1] == -1).all()
