@@ -23,7 +23,9 @@ every earlier write, which the contract needs; "Bounded" or "Eventually" are fas
 from __future__ import annotations
 
 import atexit
+import os
 import secrets
+import tarfile
 import shutil
 import tempfile
 import weakref
@@ -49,7 +51,8 @@ INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "DISKANN", "AUTO
 CONSISTENCY = ("Strong", "Bounded", "Session", "Eventually")
 MAX_BATCH = 2000  # rows per insert/upsert/delete call
 MAX_TOPK = 16384  # Milvus's limit on `limit` (and on nq per search call)
-DB_PART = "milvus.db"
+DB_PART = "milvus.db"  # milvus-lite 2.5: one file
+DB_TAR_PART = "milvus.db.tar"  # milvus-lite 3.x: the ".db" is a folder, saved as one tar part
 ID_FIELD, VECTOR_FIELD = "id", "vector"
 
 
@@ -93,7 +96,7 @@ def _release_lite(db_file: Path) -> None:
         from milvus_lite.server_manager import server_manager_instance
     except ImportError:
         return
-    if str(Path(db_file).resolve()) in server_manager_instance._servers:
+    if any(k in server_manager_instance._servers for k in (str(Path(db_file).resolve()), os.path.abspath(db_file))):
         server_manager_instance.release_server(str(db_file))
 
 
@@ -124,7 +127,11 @@ class Index:
         if config.embedded:
             self._tmpdir = Path(tempfile.mkdtemp(prefix="pixquery-milvus-"))
             self._db = self._tmpdir / DB_PART
-            if _db_file is not None:
+            if _db_file is not None and _db_file.name.endswith(".tar"):
+                with tarfile.open(_db_file) as tar:
+                    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                    tar.extractall(self._db, **safe)
+            elif _db_file is not None:
                 shutil.copyfile(_db_file, self._db)
         self._client: MilvusClient | None = None
         self._connect()
@@ -267,14 +274,20 @@ class Index:
         self._client.close()
         self._client = None
         _release_lite(self._db)
+        if self._db.is_dir():
+            part = {DB_TAR_PART: self._write_tar}
+        else:
+            part = {DB_PART: lambda tmp: shutil.copyfile(self._db, tmp)}
         try:
-            write_bundle(
-                path, self.kind, self.dim, self.params(), state,
-                {DB_PART: lambda tmp: shutil.copyfile(self._db, tmp)},
-            )
+            write_bundle(path, self.kind, self.dim, self.params(), state, part)
         finally:
             self._connect()
             self._client.load_collection(self.config.collection)
+
+    def _write_tar(self, tmp: Path) -> None:
+        with tarfile.open(tmp, "w") as tar:
+            for entry in sorted(self._db.iterdir()):
+                tar.add(entry, arcname=entry.name)
 
     @classmethod
     def load(cls, path: Path, mmap: bool = False) -> "Index":
@@ -283,7 +296,8 @@ class Index:
         b = read_bundle(Path(path), cls.kind)
         config = Config(**b.params)
         if config.embedded:
-            return cls(b.dim, config, _db_file=b.part(DB_PART))
+            part = DB_TAR_PART if b.has_part(DB_TAR_PART) else DB_PART
+            return cls(b.dim, config, _db_file=b.part(part))
         return cls(b.dim, config)
 
 
