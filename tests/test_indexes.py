@@ -31,6 +31,7 @@ from pixquery.indexes import (
 
 DIM = 32
 ann = pytest.mark.ann  # hnswlib / annoy (the [ann] extra; skipped where not installed)
+milvus = pytest.mark.milvus  # pymilvus + milvus-lite (the [milvus] extra; skipped where not installed)
 
 
 def clustered(n: int, dim: int = DIM, seed: int = 0, clusters: int = 40) -> np.ndarray:
@@ -75,6 +76,8 @@ CASES = [
     pytest.param("sharded", {"shards": 3, "inner": "hnsw", "inner_params": {"M": 16, "ef_search": 200}}, 0.97, marks=ann),
     ("sharded", {"shards": 3, "inner": "hnsw", "inner_params": {"M": 16, "ef_search": 200, "backend": "faiss"}}, 0.97),
     ("auto", {"exact_max": 4096}, 1.0),
+    pytest.param("milvus", {"index_type": "FLAT"}, 1.0, marks=milvus),
+    pytest.param("milvus", {"index_type": "IVF_FLAT", "nlist": 16, "nprobe": 16}, 1.0, marks=milvus),
 ]
 CASE_IDS = [f"{k}-{'-'.join(f'{a}={b}' for a, b in p.items()) or 'default'}"
             for k, p, _ in (c.values if hasattr(c, "values") else c for c in CASES)]
@@ -182,6 +185,8 @@ EXACT_CASES = [
     ("sharded", {"shard_size": 64}),
     pytest.param("sharded", {"shards": 4, "inner": "hnsw", "inner_params": {"ef_search": 600}}, marks=ann),
     ("auto", {}),
+    pytest.param("milvus", {"index_type": "FLAT"}, marks=milvus),
+    pytest.param("milvus", {"index_type": "IVF_FLAT", "nlist": 8, "nprobe": 8}, marks=milvus),
 ]
 
 
@@ -292,7 +297,7 @@ def test_auto_measures_and_records_its_choice(tmp_path):
 
 @ann
 def test_registry_and_configs():
-    assert set(kinds()) == {"flat", "hnsw", "annoy", "ivf", "sharded", "auto"}
+    assert set(kinds()) == {"flat", "hnsw", "annoy", "ivf", "sharded", "auto", "milvus"}
     assert make_config("hnsw", M=8).M == 8
     assert make_config("ivf", storage="sq8").storage == "int8"
     with pytest.raises(PixqueryError, match="no parameter"):
@@ -490,3 +495,103 @@ def test_index_hnsw_command_on_a_plain_install_says_how_to_install(tmp_path, tin
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr  # before any photo is embedded
         assert library in lines[0] and "pip install 'pixquery[ann]'" in lines[0]
+
+
+# ------------------------------------------------------------------ Milvus served over gRPC
+
+
+@pytest.fixture
+def milvus_server(tmp_path):
+    """milvus-lite serving on a loopback port as a separate process: the client talks gRPC to it as
+    it would to a Milvus cluster. milvus-lite 2.5 (the real Milvus C++ engine) has no `milvus-lite
+    server` command: its `Server` class runs the bundled binary with an address, and so do we;
+    milvus-lite 3.x (a Python re-implementation) has `milvus-lite server --port N`."""
+    import socket
+
+    from pymilvus import MilvusClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        from milvus_lite.server import Server  # 2.5.x
+    except ImportError:  # 3.x
+        args = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp_path / "served.db"),
+                "--host", "127.0.0.1", "--port", str(port)]
+        env = dict(os.environ)
+    else:
+        server = Server(str(tmp_path / "served.db"), f"127.0.0.1:{port}")
+        args = server.args
+        env = {**os.environ, "LD_LIBRARY_PATH": f"{server._bin_path}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    proc = subprocess.Popen(args, env=env, cwd=str(tmp_path))
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert proc.poll() is None, f"milvus-lite server exited with {proc.returncode}"
+            try:
+                MilvusClient(uri=uri, timeout=2).list_collections()
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+        yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@milvus
+@pytest.mark.parametrize("params", [{"index_type": "FLAT"}, {"index_type": "IVF_FLAT", "nlist": 8, "nprobe": 8}])
+def test_milvus_contract_against_a_server_process(milvus_server, params, tmp_path):
+    n, k = 500, 10
+    x, ids = VECTORS[:n], IDS[:n]
+    flat = build_index("flat", DIM, ids, x)
+    index = build_index("milvus", DIM, ids, x, uri=milvus_server, **params)
+    assert len(index) == n and index.params()["uri"] == milvus_server
+    name = index.params()["collection"]
+    assert name.startswith("pixquery_")
+    for kk in (1, 10, 50):
+        fs, fi = flat.search(QUERIES, kk)
+        ms, mi = index.search(QUERIES, kk)
+        assert (mi == fi).all(), f"ids or order differ from flat at k={kk}"
+        assert np.allclose(ms, fs, atol=1e-4)
+
+    # remove (absent ids ignored), upsert, batches over the 2,000-row limit of one call
+    gone = ids[::10]
+    index.remove(gone)
+    index.remove(np.array([10**9], np.int64))
+    flat.remove(gone)
+    assert len(index) == n - len(gone)
+    assert (index.search(QUERIES, k)[1] == flat.search(QUERIES, k)[1]).all()
+    index.add(gone, x[::10])
+    index.add(ids[:3], x[:3])  # present: replaced, not duplicated
+    assert len(index) == n
+    big_ids = np.arange(10**6, 10**6 + 4500, dtype=np.int64)
+    index.add(big_ids, clustered(4500, seed=7))
+    assert len(index) == n + 4500
+    index.remove(big_ids)
+    assert len(index) == n
+
+    # save writes a manifest naming uri and collection; load attaches to the same collection
+    path = tmp_path / "index.idx"
+    index.save(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["kind"] == "milvus" and manifest["state"]["collection"] == name
+    assert index_files(path) == [path / "manifest.json"]
+    before = index.search(QUERIES, k)
+    again = open_index(path)
+    assert len(again) == n and again.params() == index.params()
+    after = again.search(QUERIES, k)
+    assert (after[1] == before[1]).all() and np.allclose(after[0], before[0], atol=1e-5)
+    again.remove(ids[:1])  # shared: the saving index sees it
+    assert len(index) == n - 1
+
+    # another index on the same server is another collection
+    other = make_index("milvus", DIM, uri=milvus_server, **params)
+    assert len(other) == 0 and (other.search(QUERIES[:2], 3)[1] == -1).all()

@@ -9,7 +9,8 @@ are the kind's parameters) and a class `Index` that implements `VectorIndex`:
 
 Kinds: flat (exact, or quantised scans), hnsw (hnswlib graph, or faiss's with backend="faiss"),
 annoy (static forest), ivf (faiss inverted file, for 1M+), sharded (N sub-indexes of any kind),
-auto (measured choice; the default).
+auto (measured choice; the default), milvus (a Milvus collection: embedded milvus-lite or a
+server/cluster; the [milvus] extra).
 See docs/indexes.md for what each costs and when to use it.
 """
 
@@ -47,7 +48,11 @@ _MODULES = {
     "ivf": "pixquery.indexes.ivf",
     "sharded": "pixquery.indexes.sharded",
     "auto": "pixquery.indexes.auto",
+    "milvus": "pixquery.indexes.milvus",
 }
+
+# kinds whose optional library comes with an extra other than [ann]
+_EXTRAS = {"milvus": "milvus"}
 
 
 def kinds() -> list[str]:
@@ -55,10 +60,12 @@ def kinds() -> list[str]:
 
 
 def missing_library(kind: str, library: str | None, alternative: str = "") -> PixqueryError:
-    """The one-line error for a kind whose optional library (the `ann` extra) is not installed."""
+    """The one-line error for a kind whose optional library (the `ann` extra, or the kind's own
+    extra such as `milvus`) is not installed."""
+    extra = _EXTRAS.get(kind, "ann")
     return PixqueryError(
         f"index kind {kind!r} needs a library that is not installed ({library}); "
-        f"install it with: pip install 'pixquery[ann]'" + (f" ({alternative})" if alternative else "")
+        f"install it with: pip install 'pixquery[{extra}]'" + (f" ({alternative})" if alternative else "")
     )
 
 

@@ -1,0 +1,313 @@
+"""Milvus (pymilvus `MilvusClient`): the vectors live in a Milvus collection, embedded or served.
+
+Two modes, chosen by `uri`:
+
+* `uri=""` (the default): **embedded milvus-lite**. The index owns a private milvus-lite database
+  file in a temporary folder while it is open; `save(path)` stops its milvus-lite process, copies
+  the database file into the index folder as a part (`<token>.milvus.db`, beside manifest.json) and
+  restarts it; `load(path)` copies that part to a new private file. So an embedded index behaves
+  like every other kind: a loaded index changing never changes the saved one. milvus-lite 2.5.x
+  bundles the real Milvus C++ engine but has only FLAT and IVF_FLAT (plus AUTOINDEX).
+* `uri="http://host:port"` (a Milvus standalone or cluster, or `milvus-lite` serving a file on a
+  port), or a path to a `.db` file the user keeps elsewhere: **external**. The vectors live there;
+  `save(path)` writes only a manifest naming the uri and the collection, and `load(path)` attaches
+  to that collection again. An external collection is shared: a loaded index and the one that saved
+  it are the same collection (the contract's "a loaded copy is private" does not hold).
+
+Vectors are L2-normalised by the caller and scored by inner product (metric IP), so scores are
+cosines like every other kind's. Writes go in batches of at most `batch` rows (2,000: milvus-lite
+2.5 slows sharply past that per call). Consistency "Strong" (the default) makes every search see
+every earlier write, which the contract needs; "Bounded" or "Eventually" are faster on a cluster.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import secrets
+import tarfile
+import shutil
+import tempfile
+import weakref
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+import pymilvus  # noqa: F401  (ImportError here -> "install pixquery[milvus]")
+from pymilvus import DataType, MilvusClient
+
+from pixquery.indexes.base import (
+    as_ids,
+    as_vectors,
+    empty_results,
+    pad_results,
+    read_bundle,
+    upsert_batch,
+    write_bundle,
+)
+
+INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "DISKANN", "AUTOINDEX")
+CONSISTENCY = ("Strong", "Bounded", "Session", "Eventually")
+MAX_BATCH = 2000  # rows per insert/upsert/delete call
+MAX_TOPK = 16384  # Milvus's limit on `limit` (and on nq per search call)
+DB_PART = "milvus.db"  # milvus-lite 2.5: one file
+DB_TAR_PART = "milvus.db.tar"  # milvus-lite 3.x: the ".db" is a folder, saved as one tar part
+ID_FIELD, VECTOR_FIELD = "id", "vector"
+
+
+@dataclass
+class Config:
+    uri: str = ""  # "" = embedded milvus-lite saved inside the index folder; or http://host:port, or a .db path
+    collection: str = ""  # "" = "pixquery" embedded, a fresh "pixquery_<hex>" on a server
+    index_type: str = "IVF_FLAT"
+    nlist: int = 128  # IVF_*: clusters
+    nprobe: int = 16  # IVF_*: clusters searched per query (nprobe = nlist: exact)
+    M: int = 16  # HNSW: links per node; IVF_PQ: sub-quantisers (0 = dim / 4)
+    ef_construction: int = 200  # HNSW
+    ef: int = 128  # HNSW search (raised to k when k is larger)
+    search_list: int = 100  # DISKANN search list size
+    consistency: str = "Strong"
+    shards: int = 1  # collection shards (a cluster spreads writes over them)
+    replicas: int = 1  # in-memory replicas (a cluster with several query nodes)
+    token: str = ""  # "user:password" or an API key for a server; never saved
+    batch: int = MAX_BATCH
+
+    def __post_init__(self):
+        self.index_type = str(self.index_type).upper()
+        if self.index_type not in INDEX_TYPES:
+            raise ValueError(f"index_type must be one of {', '.join(INDEX_TYPES)}, not {self.index_type!r}")
+        if self.consistency not in CONSISTENCY:
+            raise ValueError(f"consistency must be one of {', '.join(CONSISTENCY)}, not {self.consistency!r}")
+        if not 1 <= int(self.batch) <= MAX_BATCH:
+            raise ValueError(f"batch must be 1..{MAX_BATCH}")
+        for name in ("nlist", "nprobe", "ef_construction", "ef", "search_list", "shards", "replicas"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+    @property
+    def embedded(self) -> bool:
+        return self.uri == ""
+
+
+def _release_lite(db_file: Path) -> None:
+    """Stop the milvus-lite process serving `db_file` (it writes everything to the file first)."""
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        return
+    if any(k in server_manager_instance._servers for k in (str(Path(db_file).resolve()), os.path.abspath(db_file))):
+        server_manager_instance.release_server(str(db_file))
+
+
+def _close(client: MilvusClient | None, db_file: Path | None, tmpdir: Path | None) -> None:
+    if client is not None:
+        try:
+            client.close()
+        except Exception:
+            pass
+    if db_file is not None:
+        _release_lite(db_file)
+    if tmpdir is not None:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+class Index:
+    kind = "milvus"
+
+    def __init__(self, dim: int, config: Config | None = None, *, _db_file: Path | None = None):
+        self.dim = int(dim)
+        config = config or Config()
+        if not config.collection:
+            name = "pixquery" if config.embedded else f"pixquery_{secrets.token_hex(6)}"
+            config = replace(config, collection=name)
+        self.config = config
+        self._tmpdir: Path | None = None
+        self._db: Path | None = None
+        if config.embedded:
+            self._tmpdir = Path(tempfile.mkdtemp(prefix="pixquery-milvus-"))
+            self._db = self._tmpdir / DB_PART
+            if _db_file is not None and _db_file.name.endswith(".tar"):
+                with tarfile.open(_db_file) as tar:
+                    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                    tar.extractall(self._db, **safe)
+            elif _db_file is not None:
+                shutil.copyfile(_db_file, self._db)
+        self._client: MilvusClient | None = None
+        self._connect()
+        self._finalizer = weakref.finalize(self, _close, None, self._db, self._tmpdir)
+        self._ensure_collection()
+
+    # ------------------------------------------------------------------ connection
+    def _connect(self) -> None:
+        uri = str(self._db) if self.config.embedded else self.config.uri
+        kwargs = {"token": self.config.token} if self.config.token else {}
+        self._client = MilvusClient(uri=uri, **kwargs)
+
+    def close(self) -> None:
+        """Disconnect; an embedded index also stops its milvus-lite process and deletes its
+        private file (save first). Called at garbage collection too."""
+        client, self._client = self._client, None
+        _close(client, None, None)
+        self._finalizer()
+
+    def _ensure_collection(self) -> None:
+        c, name = self._client, self.config.collection
+        if c.has_collection(name):
+            field = next(f for f in c.describe_collection(name)["fields"] if f["name"] == VECTOR_FIELD)
+            dim = int(field.get("params", {}).get("dim", self.dim))
+            if dim != self.dim:
+                raise ValueError(f"Milvus collection {name!r} holds {dim}-d vectors, not {self.dim}-d")
+            c.load_collection(name)
+            return
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field(ID_FIELD, DataType.INT64, is_primary=True)
+        schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=self.dim)
+        index_params = c.prepare_index_params()
+        index_params.add_index(
+            field_name=VECTOR_FIELD,
+            index_type=self.config.index_type,
+            metric_type="IP",
+            params=self._build_params(),
+        )
+        extra = {}
+        if self.config.shards > 1:
+            extra["num_shards"] = self.config.shards
+        c.create_collection(
+            name, schema=schema, index_params=index_params, consistency_level=self.config.consistency, **extra
+        )
+        if self.config.replicas > 1:
+            c.release_collection(name)
+            c.load_collection(name, replica_number=self.config.replicas)
+
+    def _build_params(self) -> dict:
+        t, cfg = self.config.index_type, self.config
+        if t in ("IVF_FLAT", "IVF_SQ8"):
+            return {"nlist": cfg.nlist}
+        if t == "IVF_PQ":
+            m = cfg.M if cfg.M and self.dim % cfg.M == 0 else max(1, self.dim // 4)
+            return {"nlist": cfg.nlist, "m": m, "nbits": 8}
+        if t == "HNSW":
+            return {"M": cfg.M, "efConstruction": cfg.ef_construction}
+        return {}
+
+    def _search_params(self, k: int) -> dict:
+        t, cfg = self.config.index_type, self.config
+        if t.startswith("IVF_"):
+            params = {"nprobe": min(cfg.nprobe, cfg.nlist)}
+        elif t == "HNSW":
+            params = {"ef": max(cfg.ef, k)}
+        elif t == "DISKANN":
+            params = {"search_list": max(cfg.search_list, k)}
+        else:
+            params = {}
+        return {"metric_type": "IP", "params": params}
+
+    # ------------------------------------------------------------------ contract
+    def __len__(self) -> int:
+        res = self._client.query(
+            self.config.collection, filter="", output_fields=["count(*)"], consistency_level=self.config.consistency
+        )
+        return int(res[0]["count(*)"]) if res else 0
+
+    def params(self) -> dict:
+        p = asdict(self.config)
+        p.pop("token")  # a credential is never written to the catalog or a manifest
+        return p
+
+    def add(self, ids, vectors) -> None:
+        ids, vectors = upsert_batch(ids, vectors, self.dim)
+        b = self.config.batch
+        for start in range(0, len(ids), b):
+            rows = [
+                {ID_FIELD: int(i), VECTOR_FIELD: v}
+                for i, v in zip(ids[start : start + b].tolist(), vectors[start : start + b].tolist())
+            ]
+            self._client.upsert(self.config.collection, rows)
+
+    def remove(self, ids) -> None:
+        ids = as_ids(ids)
+        ids = np.unique(ids)
+        b = self.config.batch
+        for start in range(0, len(ids), b):
+            self._client.delete(self.config.collection, ids=ids[start : start + b].tolist())
+
+    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = as_vectors(queries, self.dim)
+        k = int(k)
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        if not len(queries):
+            return empty_results(0, k)
+        if k > MAX_TOPK:
+            raise ValueError(f"Milvus returns at most {MAX_TOPK} hits per query (k={k})")
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        found = np.full((len(queries), k), -1, np.int64)
+        step = max(1, min(MAX_TOPK // k, 1024))  # nq * k bounded per call
+        for start in range(0, len(queries), step):
+            res = self._client.search(
+                self.config.collection,
+                data=queries[start : start + step].tolist(),
+                limit=k,
+                search_params=self._search_params(k),
+                output_fields=[],
+                consistency_level=self.config.consistency,
+            )
+            for row, hits in enumerate(res, start):
+                n = len(hits)
+                if n:
+                    found[row, :n] = [h["id"] for h in hits]
+                    scores[row, :n] = [h["distance"] for h in hits]
+        # Milvus orders by score; equal scores keep its order. Sort stably to be sure of best-first.
+        order = np.argsort(-scores, axis=1, kind="stable")
+        return pad_results(np.take_along_axis(scores, order, 1), np.take_along_axis(found, order, 1), k)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: Path) -> None:
+        state = {"collection": self.config.collection}
+        if not self.config.embedded:
+            self._client.flush(self.config.collection)
+            write_bundle(path, self.kind, self.dim, self.params(), state)
+            return
+        # embedded: stop milvus-lite so the file is complete, copy it in as a part, restart
+        self._client.flush(self.config.collection)
+        self._client.close()
+        self._client = None
+        _release_lite(self._db)
+        if self._db.is_dir():
+            part = {DB_TAR_PART: self._write_tar}
+        else:
+            part = {DB_PART: lambda tmp: shutil.copyfile(self._db, tmp)}
+        try:
+            write_bundle(path, self.kind, self.dim, self.params(), state, part)
+        finally:
+            self._connect()
+            self._client.load_collection(self.config.collection)
+
+    def _write_tar(self, tmp: Path) -> None:
+        with tarfile.open(tmp, "w") as tar:
+            for entry in sorted(self._db.iterdir()):
+                tar.add(entry, arcname=entry.name)
+
+    @classmethod
+    def load(cls, path: Path, mmap: bool = False) -> "Index":
+        """Attach to the collection a saved index names; an embedded one gets a private copy of
+        its database file (`mmap` is ignored: Milvus holds its own memory)."""
+        b = read_bundle(Path(path), cls.kind)
+        config = Config(**b.params)
+        if config.embedded:
+            part = DB_TAR_PART if b.has_part(DB_TAR_PART) else DB_PART
+            return cls(b.dim, config, _db_file=b.part(part))
+        return cls(b.dim, config)
+
+
+@atexit.register
+def _stop_all_lite() -> None:
+    """Stop every embedded milvus-lite process this process started before the interpreter exits
+    (their objects' finalizers may not run in order at exit)."""
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_all()
+    except Exception:
+        pass
