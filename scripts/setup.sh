@@ -10,7 +10,8 @@
 #   torch    torch + open_clip (several GB): tests marked `torch` (the open_clip comparisons),
 #            `open_clip:` models and `pixquery export`
 #   cluster-tests  Ray + moto's S3 API server: tests marked `ray` (tests/test_ray_engine.py)
-# e.g. PIXQUERY_EXTRAS=dev,ann,browser,torch,cluster-tests bash scripts/setup.sh   (what .ci/run installs)
+#   milvus   pymilvus + milvus-lite (the Milvus engine): tests marked `milvus`
+# e.g. PIXQUERY_EXTRAS=dev,ann,browser,torch,cluster-tests,milvus bash scripts/setup.sh   (what .ci/run installs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
