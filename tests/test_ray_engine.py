@@ -247,14 +247,22 @@ def _shard_paths(out: Path | str) -> list[str]:
 
 def test_cluster_workers_run_this_checkout(cluster):
     """Both node processes are alive and their workers import pixquery from this checkout."""
+    # Rounds of SPREAD tasks until both nodes answered (a node that just joined may get none of
+    # the first round: seen once in CI).
     code = (
-        "import sys, ray\n"
+        "import sys, time, ray\n"
         "ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False)\n"
         "@ray.remote(num_cpus=1)\n"
         "def where():\n"
         "    import os, pixquery\n"
+        "    time.sleep(0.2)\n"
         "    return pixquery.__file__, ray.get_runtime_context().get_node_id()\n"
-        "print(sorted(set(ray.get([where.options(scheduling_strategy='SPREAD').remote() for _ in range(8)]))))\n"
+        "seen = set()\n"
+        "for _ in range(10):\n"
+        "    seen |= set(ray.get([where.options(scheduling_strategy='SPREAD').remote() for _ in range(8)]))\n"
+        "    if len({n for _, n in seen}) == 2:\n"
+        "        break\n"
+        "print(sorted(seen))\n"
     )
     out = subprocess.run([sys.executable, "-c", code, cluster.address], env=cluster.env, capture_output=True,
                          text=True, timeout=120)
