@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from copy import deepcopy
 from dataclasses import asdict
 from pathlib import Path
 
-from pixquery.encoders.clip_bpe import EOT, SOT  # open_clip's names for ids 49406 / 49407
+from pixquery.encoders.clip_bpe import EOT, SOT
+from pixquery.encoders.onnx import writing_model_folder  # open_clip's names for ids 49406 / 49407
 from pixquery.errors import ModelNotAvailable, PixqueryError
 
 LAYOUT = (
@@ -231,19 +231,8 @@ def export_model(model, model_cfg: dict, out_dir: Path, *, dynamic_batch: bool =
     if "hf_tokenizer_name" in model_cfg.get("text_cfg", {}):
         raise PixqueryError("export supports models with open_clip's CLIP tokenizer only, not HF tokenizers")
     out_dir = Path(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "visual").mkdir(parents=True)
-    (tmp / "textual").mkdir()
-
-    try:
+    with writing_model_folder(out_dir) as tmp:
         _write_layout(model, model_cfg, tmp, dynamic_batch, opset, save_torch)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # no half-written folder left behind
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
     return out_dir
 
 

@@ -13,10 +13,12 @@ the session and handled by looping. Outputs are L2-normalised here whatever the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -30,6 +32,26 @@ from pixquery.errors import PixqueryError
 REQUIRED = ("config.json", "visual/model.onnx", "visual/preprocess_cfg.json", "textual/model.onnx", "textual/tokenizer.json")
 log = logging.getLogger("pixquery")
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+
+
+@contextlib.contextmanager
+def writing_model_folder(out_dir: Path):
+    """Write a model folder atomically: yields an empty temp folder beside `out_dir` (with visual/
+    and textual/), which replaces `out_dir` when the block ends, or is removed if it raises."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / "visual").mkdir(parents=True)
+        (tmp / "textual").mkdir()
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-written folder left behind
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
 
 
 def check_layout(model_dir: Path) -> None:

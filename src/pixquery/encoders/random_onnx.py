@@ -22,13 +22,12 @@ model and check that these graphs compute the same embeddings.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from pixquery.encoders.clip_bpe import BPE_VOCAB, EOT, SOT, build_clip_tokenizer
+from pixquery.encoders.onnx import writing_model_folder
 from pixquery.errors import PixqueryError
 
 OPSET = 17
@@ -390,12 +389,7 @@ def write_random_model(cfg: dict, out_dir: str | Path, *, seed: int = 0, save_we
     if vision["image_size"] != OPENAI_PREPROCESS["size"][0]:
         raise PixqueryError("random_onnx writes 224-pixel models (open_clip's default preprocessing)")
     sd = random_weights(cfg, seed)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        (tmp / "visual").mkdir(parents=True)
-        (tmp / "textual").mkdir()
+    with writing_model_folder(out_dir) as tmp:
         onnx.save(visual_graph(cfg, sd), str(tmp / "visual" / "model.onnx"))
         onnx.save(textual_graph(cfg, sd), str(tmp / "textual" / "model.onnx"))
         # "random_weights": every command that uses this model warns that its rankings mean nothing.
@@ -407,10 +401,4 @@ def write_random_model(cfg: dict, out_dir: str | Path, *, seed: int = 0, save_we
 
             save_file(sd, str(tmp / "open_clip_model.safetensors"))
             _write_json(tmp / "open_clip_config.json", {"model_cfg": cfg, "preprocess_cfg": OPENAI_PREPROCESS})
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # no half-written folder left behind
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
     return out_dir
