@@ -642,7 +642,7 @@ def test_index_engine_ray_survives_a_worker_node_killed_mid_run(cluster, tiny_mo
     lost tasks and restarts the actor, and the library ends with each photo once."""
     import sqlite3
 
-    make_photos(tmp_path / "photos", 40, size=(640, 480))
+    make_photos(tmp_path / "photos", 80, size=(640, 480))  # enough work left when the node dies
     lib = tmp_path / "lib"
     cmd = [sys.executable, "-m", "pixquery.cli", "index", str(tmp_path / "photos"), "-L", str(lib), "-m", str(tiny_model),
            "--engine", "ray", "--address", cluster.address, "--batch-size", "2", "--json"]
@@ -666,12 +666,12 @@ def test_index_engine_ray_survives_a_worker_node_killed_mid_run(cluster, tiny_mo
             proc.kill()
         cluster._start(f"node{len(cluster.nodes)}", head=False)  # for the tests after this one
     assert proc.returncode == 0, stderr[-4000:]
-    assert done < 40
+    assert done < 80
     assert stdout.lstrip().startswith("{"), (stdout[:2000], stderr[-2000:])
     report = json.loads(stdout)
-    assert report["indexed"] == 40 and not report["failed"]
+    assert report["indexed"] == 80 and not report["failed"]
     db = sqlite3.connect(lib / "catalog.sqlite")
-    assert db.execute("SELECT COUNT(*), COUNT(DISTINCT path) FROM image").fetchone() == (40, 40)
-    assert db.execute("SELECT COUNT(*) FROM embedding").fetchone()[0] == 40
-    assert report["index"]["total"] == 40
+    assert db.execute("SELECT COUNT(*), COUNT(DISTINCT path) FROM image").fetchone() == (80, 80)
+    assert db.execute("SELECT COUNT(*) FROM embedding").fetchone()[0] == 80
+    assert report["index"]["total"] == 80
     cluster.wait_nodes(2)

@@ -198,17 +198,38 @@ def decode_uri(path: str, cfg, draft: bool = True):
 _niced = threading.local()  # per worker thread: nice once
 
 
+def nice_decode_worker() -> None:
+    """Lower a decode task's worker below the encoder's priority, once (os.nice adds up: calling
+    it per task would drift to 19). The task worker process only serves this job's decode tasks."""
+    if not getattr(_niced, "done", False):
+        _niced.done = True
+        try:
+            os.nice(DECODE_NICE)
+        except OSError:
+            pass
+
+
+def load_checked_encoder(spec: str, precision: str, fingerprint: str):
+    """An encode actor's model, loaded once and warmed up; a node whose model files differ from
+    the driver's (another fingerprint) must not mix its embeddings in, so it stops the job."""
+    from pixquery.encoders.registry import load_encoder
+
+    encoder = load_encoder(spec, precision=precision)
+    if encoder.fingerprint != fingerprint:
+        raise PixqueryError(f"model {spec} on this node has fingerprint {encoder.fingerprint}, "
+                            f"the driver's has {fingerprint}: the nodes must have the same model files")
+    warm_up = getattr(encoder, "warm_up", None)
+    if warm_up is not None:
+        warm_up(("visual",))
+    return encoder
+
+
 def _decode_batch(batch, cfg, draft: bool):
     """A Ray task's work: a pyarrow batch of file rows -> the same rows plus sha256, width, height,
     pixels (float32 bytes) and error. Rows that arrive with an error (the listing's) pass through."""
     import pyarrow as pa
 
-    if not getattr(_niced, "done", False):
-        _niced.done = True
-        try:  # this task worker process only serves this job's decode tasks
-            os.nice(DECODE_NICE)
-        except OSError:
-            pass
+    nice_decode_worker()
     paths = batch.column("path").to_pylist()
     given = batch.column("error").to_pylist() if "error" in batch.column_names else [None] * len(paths)
     sha, width, height, pixels, error = [], [], [], [], []
@@ -236,17 +257,9 @@ class _Encode:
     def __init__(self, spec: str, precision: str, fingerprint: str, threads: int | None):
         if threads:
             os.environ["PIXQUERY_THREADS"] = str(threads)
-        from pixquery.encoders.registry import load_encoder
-
-        self.encoder = load_encoder(spec, precision=precision)
-        if self.encoder.fingerprint != fingerprint:
-            raise PixqueryError(f"model {spec} on this node has fingerprint {self.encoder.fingerprint}, "
-                                f"the driver's has {fingerprint}: the nodes must have the same model files")
+        self.encoder = load_checked_encoder(spec, precision, fingerprint)
         self.dim = int(self.encoder.dim)
         self.size = self.encoder.preprocess_cfg.size
-        warm_up = getattr(self.encoder, "warm_up", None)
-        if warm_up is not None:
-            warm_up(("visual",))
 
     def __call__(self, batch):
         import pyarrow as pa

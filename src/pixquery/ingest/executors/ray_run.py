@@ -25,15 +25,12 @@ from pixquery.errors import PixqueryError
 from pixquery.ingest.executors.local import PipelineStats
 from pixquery.ingest.items import DecodeSettings, EmbeddedItem, MediaItem, Piece
 
-DECODE_NICE = 10  # decode tasks run below the encoder's priority, as in the local executor
-
-
 def _decode_rows(row: dict, settings: DecodeSettings) -> list[dict]:
     """A Ray task's work: one item row -> one row per piece (the Piece pickled, pixels included)."""
-    from pixquery.ingest.executors.local import _lower_priority
+    from pixquery.ingest.executors.ray import nice_decode_worker
     from pixquery.ingest.workers import decode_item
 
-    _lower_priority(DECODE_NICE)
+    nice_decode_worker()
     item = pickle.loads(row["item"])
     return [{"seq": row["seq"], "idx": i, "piece": pickle.dumps(piece, protocol=5)}
             for i, piece in enumerate(decode_item(item, settings))]
@@ -44,16 +41,10 @@ class _EncodePieces:
     pixels replaced by vectors (float32 bytes)."""
 
     def __init__(self, spec: str, precision: str, fingerprint: str, batch_size: int):
-        from pixquery.encoders.registry import load_encoder
+        from pixquery.ingest.executors.ray import load_checked_encoder
 
-        self.encoder = load_encoder(spec, precision=precision)
-        if self.encoder.fingerprint != fingerprint:
-            raise PixqueryError(f"model {spec} on this node has fingerprint {self.encoder.fingerprint}, the "
-                                f"driver's has {fingerprint}: every node must have the same model files")
+        self.encoder = load_checked_encoder(spec, precision, fingerprint)
         self.batch_size = batch_size
-        warm_up = getattr(self.encoder, "warm_up", None)
-        if warm_up is not None:
-            warm_up(("visual",))
 
     def __call__(self, batch: dict) -> dict:
         pieces = [pickle.loads(b) for b in batch["piece"]]
