@@ -19,6 +19,20 @@ bound on exact search, and runs the study's configurations (faiss Flat with fais
 threads, faiss HNSW efConstruction 40 / efSearch 16, Annoy 1024 trees) in the same process.
 
 Writes bench/results/indexes-<N>.md, .json and -frontier.png (recall vs queries/s).
+
+`--kinds a,b` keeps only those kinds' rows (the files get a `-a+b` suffix). `--kinds milvus` (issue 13)
+instead runs Milvus through pixquery's `milvus` kind against faiss in the same process:
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/indexes.py --kinds milvus --n 100000
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/indexes.py --kinds milvus --n 2000 --quick   # smoke, ~30 s
+
+It first probes which index types the embedded milvus-lite accepts, then builds each accepted one
+(inserts of <= 2,000 rows per call), sweeps its search knob, and measures build and reopen time, the
+database file's size, the RSS of the milvus-lite server process (a child of this one, found in
+/proc) and of this process, recall@10, single-query p50/p99 and the server's CPU per query; beside it
+faiss flat (exact), IVF float32 (IVF_FLAT's structure) and HNSW, one thread per query. The report
+gives the Milvus/faiss latency ratio at equal recall floors. Writes bench/results/indexes-milvus-<N>.md
+and .json.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -261,7 +276,7 @@ class StudyAnnoy:
 
 class Bench:
     def __init__(self, n: int, eval_q: np.ndarray, truth10: np.ndarray, truth1000: np.ndarray, q1000: np.ndarray,
-                 extra: np.ndarray, workdir: Path, quick: bool):
+                 extra: np.ndarray, workdir: Path, quick: bool, kinds: set[str] | None = None):
         self.n = n
         self.eval_q = eval_q
         self.truth10 = truth10
@@ -271,10 +286,13 @@ class Bench:
         self.workdir = workdir
         self.rows: list[dict] = []
         self.quick = quick
+        self.kinds = kinds  # None: every configuration; else only families whose first word is listed
 
     def run(self, name: str, family: str, build, knob: str | None = None, values=(None,), *, big_k: bool = True,
             add: bool = True, note: str = "", target=None):
         """Build with build() -> index, then measure it for each knob value."""
+        if self.kinds is not None and family.split()[0] not in self.kinds:
+            return
         log(f"{name}: building")
         gc.collect()
         t0 = time.perf_counter()
@@ -437,6 +455,380 @@ def configs_1m(b: Bench, x: np.ndarray, ids: np.ndarray, calib: np.ndarray, with
     b.run("annoy 16 trees", "annoy 16", B("annoy", n_trees=16), "search_k", [-1, 20_000, 100_000], add=False)
     if with_auto:
         b.run("auto (200 text queries)", "auto", lambda: ix.build_index("auto", dim, ids, x, queries=calib))
+
+
+# ---------------------------------------------------------------------------------- milvus vs faiss (issue 13)
+
+MILVUS_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "DISKANN", "AUTOINDEX")
+
+
+def _proc_children(pid: int) -> list[int]:
+    """Every descendant of `pid` (read from /proc: no psutil needed)."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def _proc_kb(pid: int, key: str) -> int:
+    """VmRSS / VmHWM (peak RSS) of a process, kB (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def milvus_server_pid(db_file: Path) -> int | None:
+    """The milvus-lite server process serving `db_file`: a child of this process whose command
+    line names the file (milvus-lite runs its engine as a separate process)."""
+    for pid in _proc_children(os.getpid()):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"/milvus") and str(db_file).encode() in cmd:
+            return pid
+    return None
+
+
+def probe_milvus_types(dim: int = 64) -> dict:
+    """Which index types the embedded milvus-lite accepts: a 2,000-row collection per type
+    (`ok`, the index it reports, recall@10 of 20 of its own vectors) or the engine's refusal."""
+    from pymilvus import DataType, MilvusClient
+
+    tmp = Path(tempfile.mkdtemp(prefix="pixquery-mprobe-"))
+    client = MilvusClient(uri=str(tmp / "probe.db"))
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal((2000, dim)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    truth = np.argsort(-(v[:20] @ v.T), axis=1)[:, :10]
+    from pixquery.indexes import milvus as mv
+
+    out = {}
+    import logging
+
+    quiet = logging.getLogger("pymilvus")  # its client logs every refused create_index as an ERROR
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        for t in MILVUS_TYPES:
+            name = f"probe_{t.lower()}"
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.INT64, is_primary=True)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+            ip = client.prepare_index_params()
+            cfg = mv.Config(index_type=t, nlist=16, M=16)
+            ip.add_index(field_name="vector", index_type=t, metric_type="IP",
+                         params=mv.Index._build_params(types.SimpleNamespace(config=cfg, dim=dim)))
+            try:
+                client.create_collection(name, schema=schema, index_params=ip)
+                client.insert(name, [{"id": i, "vector": row} for i, row in enumerate(v.tolist())])
+                res = client.search(name, data=v[:20].tolist(), limit=10,
+                                    search_params=mv.Index._search_params(types.SimpleNamespace(config=cfg), 10))
+                found = np.array([[h["id"] for h in hits] for hits in res])
+                desc = client.describe_index(name, "vector")
+                out[t] = {"ok": True, "reported": {k: desc.get(k) for k in ("index_type", "nlist", "M", "efConstruction") if k in desc},
+                          "recall10": recall_at(found, truth)}
+            except Exception as e:  # noqa: BLE001  (the engine's refusal is the result)
+                msg = str(getattr(e, "message", "") or e)
+                out[t] = {"ok": False, "error": msg[:200]}
+            try:
+                client.drop_collection(name)
+            except Exception:  # noqa: BLE001
+                pass
+    finally:
+        quiet.setLevel(level)
+        client.close()
+        from pixquery.indexes.milvus import _release_lite
+
+        _release_lite(tmp / "probe.db")
+        shutil_rmtree(tmp)
+    return out
+
+
+def _lat_with_cpu(search, queries, k, pid, budget_s):
+    """latency() plus the server's CPU time per query (milvus-lite: its own process)."""
+    c0 = _proc_cpu_s(pid) if pid else 0.0
+    p50, p99, n = latency(search, queries, k, budget_s=budget_s)
+    cpu_ms = (_proc_cpu_s(pid) - c0) / (3 * n + 4) * 1e3 if pid else None
+    return p50, p99, n, cpu_ms
+
+
+class MilvusBench:
+    """Milvus (embedded milvus-lite, the real engine in its own process) against pixquery's faiss
+    kinds, in one process, on the same vectors and queries."""
+
+    def __init__(self, x, ids, eval_q, truth10, workdir: Path, quick: bool):
+        self.x, self.ids, self.q, self.truth = x, ids, eval_q, truth10
+        self.workdir = workdir
+        self.quick = quick
+        self.budget = 0.5 if quick else 2.0
+        self.rows: list[dict] = []
+
+    def _measure(self, index, row, pid=None):
+        t0 = time.perf_counter()
+        _, found = index.search(self.q, 10)
+        row["qps_batch"] = len(self.q) / (time.perf_counter() - t0)
+        row["recall10"] = recall_at(found, self.truth)
+        row["p50_ms"], row["p99_ms"], row["lat_n"], row["server_cpu_ms_per_query"] = _lat_with_cpu(
+            index.search, self.q, 10, pid, self.budget)
+        row["load_avg"] = round(os.getloadavg()[0], 2)
+
+    def milvus(self, index_type: str, knob: str | None = None, values=(None,), **params):
+        from pixquery.indexes import milvus as mv
+
+        name = f"milvus-lite {index_type}" + "".join(f" {k}={v}" for k, v in params.items())
+        log(f"{name}: inserting {len(self.x):,} rows in batches of {mv.MAX_BATCH}")
+        gc.collect()
+        rss0 = rss_mb()
+        t0 = time.perf_counter()
+        index = mv.Index(self.x.shape[1], mv.Config(index_type=index_type, **params))
+        index.add(self.ids, self.x)
+        insert_s = time.perf_counter() - t0
+        index._client.flush(index.config.collection)
+        index.search(self.q[:1], 10)  # ready to serve
+        build_s = time.perf_counter() - t0
+        pid = milvus_server_pid(index._db)
+        info = {"name": name, "engine": "milvus-lite", "index": index_type, "build_s": build_s, "insert_s": insert_s,
+                "params": index.params(), "server_pid": pid,
+                "size_bytes": _du(index._db.parent),  # the milvus-lite database file (SQLite) and its journal
+                "server_rss_mb": _proc_kb(pid, "VmRSS") / 1024 if pid else None,
+                "client_rss_delta_mb": rss_mb() - rss0}
+        # reopening: milvus-lite rebuilds the collection from its file when it loads it
+        c = index._client
+        c.release_collection(index.config.collection)
+        t0 = time.perf_counter()
+        c.load_collection(index.config.collection)
+        index.search(self.q[:1], 10)
+        info["reload_s"] = time.perf_counter() - t0
+        for v in values:
+            if knob:
+                setattr(index.config, knob, v)
+            row = dict(info, knob=knob, value=v, label=name if knob is None else f"{name} {knob}={v}")
+            self._measure(index, row, pid)
+            row["server_rss_mb"] = _proc_kb(pid, "VmRSS") / 1024 if pid else None
+            row["server_peak_mb"] = _proc_kb(pid, "VmHWM") / 1024 if pid else None
+            self.rows.append(row)
+            log(f"{row['label']}: R@10 {row['recall10']:.4f} p50 {row['p50_ms']:.3f} ms p99 {row['p99_ms']:.3f} "
+                f"server {row['server_rss_mb']:.0f} MB (peak {row['server_peak_mb']:.0f})")
+        index.close()
+        del index
+        gc.collect()
+
+    def inprocess(self, name: str, kind: str, knob: str | None, values, **params):
+        log(f"{name}: building")
+        gc.collect()
+        rss0 = rss_mb()
+        t0 = time.perf_counter()
+        index = ix.build_index(kind, self.x.shape[1], self.ids, self.x, **params)
+        build_s = time.perf_counter() - t0
+        gc.collect()
+        rss_delta = rss_mb() - rss0
+        path = self.workdir / name.replace(" ", "_")
+        index.save(path)
+        size = ix.index_size(path)
+        shutil_rmtree(path)
+        info = {"name": name, "engine": "faiss" if kind in ("flat", "ivf") or params.get("backend") == "faiss" else kind,
+                "index": kind, "build_s": build_s, "params": index.params(), "size_bytes": size,
+                "client_rss_delta_mb": rss_delta}
+        for v in values:
+            if knob:
+                setattr(index.config, knob, v)
+            row = dict(info, knob=knob, value=v, label=name if knob is None else f"{name} {knob}={v}")
+            self._measure(index, row)
+            self.rows.append(row)
+            log(f"{row['label']}: R@10 {row['recall10']:.4f} p50 {row['p50_ms']:.3f} ms p99 {row['p99_ms']:.3f}")
+        del index
+        gc.collect()
+
+    def rpc_floor(self) -> dict:
+        """p50 of one search on a 1,000-row FLAT collection: pymilvus + gRPC + milvus-lite's fixed cost."""
+        from pixquery.indexes import milvus as mv
+
+        index = mv.Index(self.x.shape[1], mv.Config(index_type="FLAT"))
+        index.add(self.ids[:1000], self.x[:1000])
+        index.search(self.q[:1], 10)
+        p50, p99, n = latency(index.search, self.q, 10, budget_s=self.budget)
+        index.close()
+        return {"rows": 1000, "p50_ms": p50, "p99_ms": p99, "n": n}
+
+
+def milvus_configs(mb: MilvusBench, n: int, accepted: set[str], faiss_nlist: int):
+    from pixquery.indexes.ivf import auto_nlist
+
+    nlist = faiss_nlist or auto_nlist(n)
+    quick = mb.quick
+    # Milvus: each index type the embedded engine accepts; IVF_FLAT with its search knob swept
+    if "FLAT" in accepted:
+        mb.milvus("FLAT")
+    if "IVF_FLAT" in accepted:
+        mb.milvus("IVF_FLAT", "nprobe", [16] if quick else [8, 32, 128, 512], nlist=nlist)
+    if "AUTOINDEX" in accepted:
+        mb.milvus("AUTOINDEX")
+    for t in ("IVF_SQ8", "IVF_PQ", "HNSW", "DISKANN"):  # a server's types, if this engine ever takes them
+        if t in accepted:
+            knob, vals = ("ef", [64, 256]) if t == "HNSW" else ("search_list", [100]) if t == "DISKANN" else ("nprobe", [32, 128])
+            mb.milvus(t, knob, vals[:1] if quick else vals, **({"nlist": nlist} if t.startswith("IVF") else {}))
+    # faiss, in this process, one thread per query: exact, IVF (same structure as IVF_FLAT), HNSW
+    mb.inprocess("faiss flat float32 (exact)", "flat", None, [None])
+    npr = [16] if quick else ([8, 16, 32, 64, 128] if n < 500_000 else [32, 64, 128, 192, 256])
+    mb.inprocess(f"faiss ivf{nlist} float32", "ivf", "nprobe", npr, nlist=nlist, storage="float32")
+    efs = [64] if quick else [32, 64, 128, 256, 512]
+    mb.inprocess("faiss hnsw M16 efC100", "hnsw", "ef_search", efs, M=16, ef_construction=100, backend="faiss")
+
+
+def milvus_summary(rows: list[dict], n: int) -> dict:
+    """Fastest p50 per side at each recall floor, and their ratio (the issue's target at 1M)."""
+    mil = [r for r in rows if r["engine"] == "milvus-lite"]
+    fai = [r for r in rows if r["engine"] != "milvus-lite"]
+    ivf = [r for r in fai if r["index"] == "ivf"]
+    out = {"at_recall": []}
+    for floor in (0.9, 0.95, 0.99, 1.0):
+        m = min((r for r in mil if r["recall10"] >= floor), key=lambda r: r["p50_ms"], default=None)
+        f = min((r for r in fai if r["recall10"] >= floor), key=lambda r: r["p50_ms"], default=None)
+        fi = min((r for r in ivf if r["recall10"] >= floor), key=lambda r: r["p50_ms"], default=None)
+        out["at_recall"].append({
+            "floor": floor, "milvus": m and m["label"], "milvus_p50": m and m["p50_ms"], "milvus_recall": m and m["recall10"],
+            "faiss": f and f["label"], "faiss_p50": f and f["p50_ms"], "faiss_recall": f and f["recall10"],
+            "ratio": (m["p50_ms"] / f["p50_ms"]) if m and f else None,
+            "faiss_ivf": fi and fi["label"], "ratio_vs_ivf": (m["p50_ms"] / fi["p50_ms"]) if m and fi else None})
+    at95 = next(a for a in out["at_recall"] if a["floor"] == 0.95)
+    out["target"] = {
+        "target": f"N={n:,}: a Milvus index with recall@10 >= 0.95 within 3x faiss's p50 at recall >= 0.95",
+        "met": at95["ratio"] is not None and at95["ratio"] <= 3.0,
+        "measured": (f"{at95['milvus']}: p50 {at95['milvus_p50']:.2f} ms vs {at95['faiss']}: {at95['faiss_p50']:.3f} ms "
+                     f"-> {at95['ratio']:.1f}x" if at95["ratio"] is not None else
+                     f"no Milvus configuration reached recall@10 0.95 (best: "
+                     f"{max(mil, key=lambda r: r['recall10'])['label'] if mil else '-'})")}
+    # does the search knob change anything? (milvus-lite answers from its own interim index)
+    knob = {}
+    for r in mil:
+        if r["knob"]:
+            knob.setdefault(r["name"], set()).add(round(r["recall10"], 4))
+    out["knob_effect"] = {k: sorted(v) for k, v in knob.items()}
+    return out
+
+
+def fmt_milvus_table(rows: list[dict]) -> list[str]:
+    lines = ["| configuration | build s | reopen s | on disk MB | memory MB | p50 ms | p99 ms | server CPU ms/query | batch q/s | R@10 | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["engine"] == "milvus-lite":
+            mem = f"server {r['server_rss_mb']:.0f} (peak {r['server_peak_mb']:.0f}) + client {r['client_rss_delta_mb']:.0f}"
+            reopen = f"{r['reload_s']:.1f}"
+            cpu = f"{r['server_cpu_ms_per_query']:.2f}" if r.get("server_cpu_ms_per_query") is not None else "-"
+        else:
+            mem, reopen, cpu = f"{r['client_rss_delta_mb']:.0f}", "-", "(in process)"
+        lines.append(f"| {r['label']} | {r['build_s']:.1f} | {reopen} | {r['size_bytes'] / 2**20:.0f} | {mem} | "
+                     f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {cpu} | {r['qps_batch']:.0f} | {r['recall10']:.4f} | {r['load_avg']} |")
+    return lines
+
+
+def write_milvus_report(out: Path, res: dict):
+    n, m, s = res["n"], res["machine"], res["summary"]
+    L = [f"# Milvus (embedded milvus-lite) against faiss, N = {n:,}", "",
+         f"Run {m['date']} by `{res['command']}` ({res['wall_s'] / 60:.1f} min).", "",
+         "## Machine", "",
+         f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}, Python {m['python']}; "
+         f"{', '.join(f'{k} {v}' for k, v in m['versions'].items())}. Shared with other jobs: load average "
+         f"{m['load_avg_start']} at the start, {res['load_avg_end']} at the end (1-minute load per row in the table).", "",
+         "## Data", "",
+         f"{n:,} synthetic CLIP-like image vectors (512-d, bench/synthetic.py, seed 0) queried with the {res['n_eval']} "
+         "real CLIP ViT-B/32 text vectors of bench/indexes.py; recall@10 against exact inner-product search.", "",
+         "## Index types the embedded engine accepts", "",
+         "Probed at run time (a 2,000-row collection per type, metric IP):", "",
+         "| index type | accepted | what milvus-lite says |", "|---|---|---|"]
+    for t, p in res["probe"].items():
+        said = json.dumps(p["reported"]) if p["ok"] else p["error"]
+        L.append(f"| {t} | {'yes' if p['ok'] else 'no'} | {said} |")
+    L += ["", "## Target", "", "| target | measured | met |", "|---|---|---|",
+          f"| {s['target']['target']} | {s['target']['measured']} | {'yes' if s['target']['met'] else '**no**'} |", "",
+          "## Latency ratio Milvus / faiss at equal recall", "",
+          "Fastest p50 on each side among the configurations below that reach the recall floor.", "",
+          "| recall@10 floor | Milvus (p50 ms) | faiss (p50 ms) | ratio milvus/faiss | ratio vs faiss IVF |", "|---|---|---|---|---|"]
+    for a in s["at_recall"]:
+        mcell = f"{a['milvus']} ({a['milvus_p50']:.2f})" if a["milvus"] else "none reaches it"
+        fcell = f"{a['faiss']} ({a['faiss_p50']:.3f})" if a["faiss"] else "none reaches it"
+        ratio = f"{a['ratio']:.1f}x" if a["ratio"] else "-"
+        rivf = f"{a['ratio_vs_ivf']:.1f}x" if a["ratio_vs_ivf"] else "-"
+        L.append(f"| {a['floor']} | {mcell} | {fcell} | {ratio} | {rivf} |")
+    rf = res.get("rpc_floor")
+    L += ["", "## All configurations", "",
+          "build s: from an empty collection to the first answered query (Milvus: inserts of <= 2,000 rows per call "
+          "through pixquery's `milvus` kind, flush, first search). reopen s: release and load the collection again "
+          "(milvus-lite rebuilds it from its file). on disk: Milvus's database file; faiss: the saved index. memory: "
+          "Milvus: RSS of the milvus-lite server process (its peak so far) + growth of this process; faiss: growth of "
+          "this process after the build. p50/p99: single queries (faiss: one thread; Milvus: whatever its server uses, "
+          "see its CPU ms per query), p50 the lowest of three rounds' medians. batch q/s: all queries in one call.", ""]
+    L += fmt_milvus_table(res["rows"])
+    if rf:
+        L += ["", f"Fixed cost of a Milvus query here (pymilvus + gRPC over a Unix socket + milvus-lite, FLAT over "
+                  f"{rf['rows']:,} rows): p50 {rf['p50_ms']:.2f} ms, p99 {rf['p99_ms']:.2f} ms."]
+    if s["knob_effect"]:
+        L += ["", "Recall@10 across the swept search knob, per Milvus build: " +
+              "; ".join(f"{k}: {v}" for k, v in s["knob_effect"].items()) + "."]
+    if res.get("notes"):
+        L += ["", "## Notes", ""] + [f"* {x}" for x in res["notes"]]
+    L.append("")
+    out.write_text("\n".join(L))
+
+
+def run_milvus(args, res: dict, x, ids, eval_q, truth10, n: int):
+    from importlib.metadata import version
+
+    for p in ("pymilvus", "milvus-lite"):
+        try:
+            res["machine"]["versions"][p] = version(p)
+        except Exception:  # noqa: BLE001
+            res["machine"]["versions"][p] = "?"
+    log("milvus: probing the index types of the embedded engine")
+    res["probe"] = probe_milvus_types()
+    accepted = {t for t, p in res["probe"].items() if p["ok"]}
+    log("milvus accepts:", sorted(accepted))
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="pixquery-mbench-"))
+    mb = MilvusBench(x, ids, eval_q, truth10, work, args.quick)
+    res["rpc_floor"] = mb.rpc_floor()
+    log("milvus fixed cost per query:", res["rpc_floor"])
+    milvus_configs(mb, n, accepted, args.faiss_nlist)
+    res["rows"] = mb.rows
+    res["summary"] = milvus_summary(mb.rows, n)
+    res["notes"] = list(args.note or [])
+    res["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]
+    res["wall_s"] = time.time() - T_START
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"indexes-milvus-{n}"
+    Path(f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
+    write_milvus_report(Path(f"{stem}.md"), res)
+    t = res["summary"]["target"]
+    log(("MET    " if t["met"] else "NOT MET"), t["target"], "--", t["measured"])
+    for a in res["summary"]["at_recall"]:
+        log(f"recall >= {a['floor']}: milvus {a['milvus']} {a['milvus_p50']} ms | faiss {a['faiss']} {a['faiss_p50']} ms | ratio {a['ratio']}")
+    log(f"wrote {stem}.md, .json")
+    if args.workdir is None:
+        shutil_rmtree(work)
 
 
 # ---------------------------------------------------------------------------------- report
@@ -650,8 +1042,28 @@ def main(argv=None):
     ap.add_argument("--hnsw-1m", action="store_true", help="also build hnsw at 1M (~6 min)")
     ap.add_argument("--nlist-1m", type=int, default=0, help="IVF cells at 1M (0: the kind's default, 8192)")
     ap.add_argument("--replot", action="store_true", help="rewrite the .md and .png from the .json only")
+    ap.add_argument("--kinds", default=None,
+                    help="comma list of kinds to run (default: every kind but milvus, as before). `milvus` runs each "
+                         "index type the embedded milvus-lite accepts beside faiss flat / IVF / HNSW and writes "
+                         "indexes-milvus-<N>.md/.json; other names (flat, ivf, hnsw, annoy, sharded, auto, study, "
+                         "faiss) keep only those rows of the usual run")
+    ap.add_argument("--faiss-nlist", type=int, default=0,
+                    help="--kinds milvus: IVF cells for faiss ivf and Milvus IVF_* (0: ivf's default, 8 sqrt(n))")
+    ap.add_argument("--note", action="append", help="--kinds milvus: a line for the report's notes (repeatable)")
     args = ap.parse_args(argv)
     n = args.n
+    kinds = None if not args.kinds else {k.strip() for k in args.kinds.split(",") if k.strip()}
+    std_kinds = None if kinds is None else kinds - {"milvus"}
+    run_std = kinds is None or bool(std_kinds)
+    suffix = "" if std_kinds is None else "-" + "+".join(sorted(std_kinds))
+    if args.replot and kinds and "milvus" in kinds:
+        stem = args.out / f"indexes-milvus-{n}"
+        res = json.loads(Path(f"{stem}.json").read_text())
+        if args.note:
+            res["notes"] = list(args.note)
+            Path(f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
+        write_milvus_report(Path(f"{stem}.md"), res)
+        return
     if args.replot:
         stem = args.out / f"indexes-{n}"
         res = json.loads(Path(f"{stem}.json").read_text())
@@ -661,6 +1073,21 @@ def main(argv=None):
     res = {"n": n, "command": " ".join(["bench/indexes.py"] + (argv if argv is not None else sys.argv[1:])),
            "machine": machine_info()}
     log("machine:", res["machine"]["cpu"], res["machine"]["cores"], "cores")
+    if not run_std:  # --kinds milvus only: its own data, report and files
+        log("data: generating", n)
+        x = synthetic.images(n, seed=0)
+        ids = np.arange(n, dtype=np.int64)
+        eval_q = synthetic.text_queries()[200:]
+        log("exact ground truth")
+        gt = faiss.IndexFlatIP(x.shape[1])
+        gt.add(x)
+        faiss.omp_set_num_threads(CORES)
+        _, truth10 = gt.search(eval_q, 10)
+        del gt
+        gc.collect()
+        res["n_eval"] = len(eval_q)
+        run_milvus(args, res, x, ids, eval_q, truth10, n)
+        return
     res["bandwidth"] = measure_bandwidth()
     log("bandwidth", {k: f"{v / 1e9:.1f} GB/s" for k, v in res["bandwidth"].items()})
     res["calibration"] = synthetic.calibration(20_120)
@@ -680,7 +1107,7 @@ def main(argv=None):
     del gt
     res["n_eval"], res["n_q1000"], res["add_n"] = len(eval_q), len(q1000), len(extra)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="pixquery-bench-"))
-    b = Bench(n, eval_q, truth10, truth1000, q1000, extra, work, args.quick)
+    b = Bench(n, eval_q, truth10, truth1000, q1000, extra, work, args.quick, std_kinds)
     if args.quick:
         B = lambda kind, **p: (lambda: ix.build_index(kind, x.shape[1], ids, x, **p))  # noqa: E731
         b.run("study Flat (faiss default threads)", "study", lambda: StudyFlat(x), add=False)
@@ -699,7 +1126,7 @@ def main(argv=None):
     res["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]
     res["wall_s"] = time.time() - T_START
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"indexes-{n}"
+    stem = args.out / f"indexes-{n}{suffix}"
     Path(f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
     write_report(Path(f"{stem}.md"), res)
     plot(b.rows, Path(f"{stem}-frontier.png"), n)
@@ -707,6 +1134,11 @@ def main(argv=None):
         log(("MET    " if t["met"] else "NOT MET"), t["target"], "--", t["measured"])
     log(f"wrote {stem}.md, .json, -frontier.png")
     shutil_rmtree(work) if args.workdir is None else None
+    if kinds and "milvus" in kinds:  # after the usual run, in the same process
+        x = ids = None
+        gc.collect()
+        res_m = {"n": n, "command": res["command"], "machine": machine_info(), "n_eval": len(eval_q)}
+        run_milvus(args, res_m, synthetic.images(n, seed=0), np.arange(n, dtype=np.int64), eval_q, truth10, n)
 
 
 if __name__ == "__main__":
