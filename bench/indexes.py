@@ -530,9 +530,7 @@ def probe_milvus_types(dim: int = 64) -> dict:
     out = {}
     import logging
 
-    quiet = logging.getLogger("pymilvus")  # its client logs every refused create_index as an ERROR
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
+    logging.disable(logging.ERROR)  # pymilvus logs every refused create_index as an ERROR
     try:
         for t in MILVUS_TYPES:
             name = f"probe_{t.lower()}"
@@ -560,7 +558,7 @@ def probe_milvus_types(dim: int = 64) -> dict:
             except Exception:  # noqa: BLE001
                 pass
     finally:
-        quiet.setLevel(level)
+        logging.disable(logging.NOTSET)
         client.close()
         from pixquery.indexes.milvus import _release_lite
 
@@ -676,6 +674,34 @@ class MilvusBench:
         return {"rows": 1000, "p50_ms": p50, "p99_ms": p99, "n": n}
 
 
+def interim_threshold(mb: MilvusBench, sizes=(99_999, 100_000)) -> list[dict]:
+    """milvus-lite IVF_FLAT on the first m vectors, for m on each side of 100,000 rows: below it the
+    engine scans every row (recall 1.0, latency growing with m), from it on it answers from an
+    index of its own whose parameters nlist / nprobe do not reach (see the report's notes)."""
+    from pixquery.indexes import milvus as mv
+
+    out = []
+    for m in sizes:
+        if m > len(mb.x):
+            continue
+        gt = faiss.IndexFlatIP(mb.x.shape[1])
+        gt.add(mb.x[:m])
+        _, truth = gt.search(mb.q, 10)
+        del gt
+        index = mv.Index(mb.x.shape[1], mv.Config(index_type="IVF_FLAT", nlist=1024))
+        index.add(mb.ids[:m], mb.x[:m])
+        row = {"rows": m}
+        for npr in (8, 512):
+            index.config.nprobe = npr
+            _, found = index.search(mb.q, 10)
+            p50, _, _ = latency(index.search, mb.q, 10, budget_s=1.0)
+            row[f"nprobe{npr}"] = {"recall10": recall_at(found, truth), "p50_ms": p50}
+        index.close()
+        out.append(row)
+        log(f"milvus-lite IVF_FLAT nlist=1024 on {m:,} rows: {row}")
+    return out
+
+
 def milvus_configs(mb: MilvusBench, n: int, accepted: set[str], faiss_nlist: int):
     from pixquery.indexes.ivf import auto_nlist
 
@@ -694,9 +720,9 @@ def milvus_configs(mb: MilvusBench, n: int, accepted: set[str], faiss_nlist: int
             mb.milvus(t, knob, vals[:1] if quick else vals, **({"nlist": nlist} if t.startswith("IVF") else {}))
     # faiss, in this process, one thread per query: exact, IVF (same structure as IVF_FLAT), HNSW
     mb.inprocess("faiss flat float32 (exact)", "flat", None, [None])
-    npr = [16] if quick else ([8, 16, 32, 64, 128] if n < 500_000 else [32, 64, 128, 192, 256])
+    npr = [16] if quick else ([8, 16, 32, 64, 128, 256] if n < 500_000 else [32, 64, 128, 256, 384])
     mb.inprocess(f"faiss ivf{nlist} float32", "ivf", "nprobe", npr, nlist=nlist, storage="float32")
-    efs = [64] if quick else [32, 64, 128, 256, 512]
+    efs = [64] if quick else [64, 128, 256, 512, 1024]
     mb.inprocess("faiss hnsw M16 efC100", "hnsw", "ef_search", efs, M=16, ef_construction=100, backend="faiss")
 
 
@@ -787,6 +813,12 @@ def write_milvus_report(out: Path, res: dict):
     if rf:
         L += ["", f"Fixed cost of a Milvus query here (pymilvus + gRPC over a Unix socket + milvus-lite, FLAT over "
                   f"{rf['rows']:,} rows): p50 {rf['p50_ms']:.2f} ms, p99 {rf['p99_ms']:.2f} ms."]
+    if res.get("interim_threshold"):
+        L += ["", "milvus-lite IVF_FLAT (nlist 1024) on the first rows of the same vectors, each side of 100,000 rows:", "",
+              "| rows | recall@10, nprobe 8 | p50 ms | recall@10, nprobe 512 | p50 ms |", "|---|---|---|---|---|"]
+        for t in res["interim_threshold"]:
+            a, b = t["nprobe8"], t["nprobe512"]
+            L.append(f"| {t['rows']:,} | {a['recall10']:.4f} | {a['p50_ms']:.2f} | {b['recall10']:.4f} | {b['p50_ms']:.2f} |")
     if s["knob_effect"]:
         L += ["", "Recall@10 across the swept search knob, per Milvus build: " +
               "; ".join(f"{k}: {v}" for k, v in s["knob_effect"].items()) + "."]
@@ -813,6 +845,8 @@ def run_milvus(args, res: dict, x, ids, eval_q, truth10, n: int):
     res["rpc_floor"] = mb.rpc_floor()
     log("milvus fixed cost per query:", res["rpc_floor"])
     milvus_configs(mb, n, accepted, args.faiss_nlist)
+    if not args.quick and n >= 100_000 and "IVF_FLAT" in accepted:
+        res["interim_threshold"] = interim_threshold(mb)
     res["rows"] = mb.rows
     res["summary"] = milvus_summary(mb.rows, n)
     res["notes"] = list(args.note or [])
