@@ -53,6 +53,9 @@ class IndexProgress:
 
     def stage(self, text: str) -> None: ...
 
+    def loading(self, done: int, total: int) -> None:
+        """Vectors loaded so far into an index that is filled in batches (a Milvus collection)."""
+
 
 @dataclass
 class IndexReport:
@@ -235,7 +238,8 @@ class Library:
             report.failed.extend(stats.problems)
 
             report.index = sync_index(self.catalog, self.path, model, kind, params, rebuild=changed_config,
-                                      on_stage=progress.stage, calibration_queries=self._calibration_queries)
+                                      on_stage=progress.stage, on_load=progress.loading,
+                                      calibration_queries=self._calibration_queries)
             with self.catalog.transaction():
                 self.catalog.purge_deleted()
                 self.catalog.purge_deleted_videos()  # and retired regions/frames
@@ -253,7 +257,7 @@ class Library:
                 raise LibraryError(f"nothing embedded with {self.model_name} yet: run pixquery index first")
             kind, params, _ = self._index_config(index, index_params)
             report = sync_index(self.catalog, self.path, model, kind, params, rebuild=True, on_stage=progress.stage,
-                                calibration_queries=self._calibration_queries)
+                                on_load=progress.loading, calibration_queries=self._calibration_queries)
             with self.catalog.transaction():
                 self.catalog.set_setting("index", json.dumps({"kind": kind, "params": params}, sort_keys=True))
             return report
@@ -462,6 +466,11 @@ class _StatusFile(IndexProgress):
         self.state.update(stage=text)
         self._write(force=True)
         self.inner.stage(text)
+
+    def loading(self, done, total):
+        self.state.update(loaded=done, to_load=total)
+        self._write(force=done in (0, total))
+        self.inner.loading(done, total)
 
 
 class _FileLock:

@@ -154,6 +154,13 @@ class _RichIndexProgress:
         if not self.quiet:
             err.print(f"[dim]{escape(text)}[/dim]")
 
+    def loading(self, done, total):
+        if self.task is None and total:
+            self.progress.start()
+            self.task = self.progress.add_task("loading index", total=total, failed="")
+        if self.task is not None:
+            self.progress.update(self.task, completed=done)
+
     def close(self):
         self.progress.stop()
 

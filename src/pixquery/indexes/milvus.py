@@ -14,6 +14,17 @@ Two modes, chosen by `uri`:
   to that collection again. An external collection is shared: a loaded index and the one that saved
   it are the same collection (the contract's "a loaded copy is private" does not hold).
 
+Besides id and vector, every row carries the scalar fields that search filters need (`FIELDS`:
+media kind, folder id, date taken), so a filtered search (`search(..., filter="media == 0")`,
+Milvus's boolean expression syntax) runs inside Milvus instead of fetching and discarding. `add`
+takes them as `fields={"media": array, ...}`; a field not given is stored as its default.
+
+An external index is **shared** (`shared` is True): other processes (several `pixquery serve`)
+read the same collection, and a write is visible to them at once. The library's index sync
+therefore treats the collection as a replica of the catalog: `ids()` lists what it holds, so a
+sync after a crash between a Milvus write and the catalog commit makes the two equal again, and
+`drop()` deletes a collection no catalog row names any more.
+
 Vectors are L2-normalised by the caller and scored by inner product (metric IP), so scores are
 cosines like every other kind's. Writes go in batches of at most `batch` rows (2,000: milvus-lite
 2.5 slows sharply past that per call). Consistency "Strong" (the default) makes every search see
@@ -23,6 +34,7 @@ every earlier write, which the contract needs; "Bounded" or "Eventually" are fas
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import secrets
 import tarfile
@@ -30,12 +42,16 @@ import shutil
 import tempfile
 import weakref
 from dataclasses import asdict, dataclass, replace
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
 
 import pymilvus  # noqa: F401  (ImportError here -> "install pixquery[milvus]")
 from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
+
+from pixquery.errors import IndexStoreError
 
 from pixquery.indexes.base import (
     as_ids,
@@ -54,6 +70,15 @@ MAX_TOPK = 16384  # Milvus's limit on `limit` (and on nq per search call)
 DB_PART = "milvus.db"  # milvus-lite 2.5: one file
 DB_TAR_PART = "milvus.db.tar"  # milvus-lite 3.x: the ".db" is a folder, saved as one tar part
 ID_FIELD, VECTOR_FIELD = "id", "vector"
+# Scalar fields stored beside each vector for filtered search: name -> (Milvus type, numpy type,
+# value when not given). media: 0 photo, 1 a region of a photo, 2 a video frame or region
+# (catalog.MEDIA_*); folder: the catalog's folder id (-1 unknown); taken: when the photo was taken,
+# unix seconds (the catalog gives the file's modification time until it reads EXIF dates; 0 unknown).
+FIELDS = {
+    "media": (DataType.INT8, np.int8, 0),
+    "folder": (DataType.INT64, np.int64, -1),
+    "taken": (DataType.INT64, np.int64, 0),
+}
 
 
 @dataclass
@@ -71,6 +96,7 @@ class Config:
     shards: int = 1  # collection shards (a cluster spreads writes over them)
     replicas: int = 1  # in-memory replicas (a cluster with several query nodes)
     token: str = ""  # "user:password" or an API key for a server; never saved
+    timeout: int = 60  # seconds a call may take, retries of an unreachable server included
     batch: int = MAX_BATCH
 
     def __post_init__(self):
@@ -81,13 +107,84 @@ class Config:
             raise ValueError(f"consistency must be one of {', '.join(CONSISTENCY)}, not {self.consistency!r}")
         if not 1 <= int(self.batch) <= MAX_BATCH:
             raise ValueError(f"batch must be 1..{MAX_BATCH}")
+        self.timeout = int(self.timeout)
+        if self.timeout < 1:
+            raise ValueError("timeout must be >= 1 second")
         for name in ("nlist", "nprobe", "ef_construction", "ef", "search_list", "shards", "replicas"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1")
 
+    # the library's sync loads a new index of this kind in batches (add after add), not all at once
+    bulk_load: ClassVar[bool] = True
+
     @property
     def embedded(self) -> bool:
         return self.uri == ""
+
+    @property
+    def shared(self) -> bool:
+        return not self.embedded
+
+
+class _Client:
+    """A MilvusClient whose calls give up after `timeout` seconds (pymilvus alone retries an
+    unreachable server for about 3.5 minutes) and fail with an IndexStoreError that names the
+    server and the collection, which the CLI prints as one line."""
+
+    UNTIMED = frozenset({"close", "prepare_index_params", "create_schema"})
+
+    def __init__(self, uri: str, collection: str, timeout: int, token: str = ""):
+        self._where = f"Milvus at {uri}" + (f" (collection {collection})" if collection else "")
+        # an int: pymilvus's retry loop ignores a float timeout and retries 75 times (~3.5 min)
+        self._timeout = int(timeout)
+        self._args = (uri, self._timeout, token)
+        self._connect()
+
+    def _connect(self) -> None:
+        uri, timeout, token = self._args
+        try:
+            self._client = MilvusClient(uri=uri, timeout=timeout, **({"token": token} if token else {}))
+        except MilvusException as e:
+            raise IndexStoreError(f"cannot connect to {self._where}: {_reason(e)}. Is the server running, "
+                                  "and is the uri right (--param uri=http://HOST:19530)?") from None
+
+    def __getattr__(self, name: str):
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+
+        def call(*args, **kwargs):
+            if name not in self.UNTIMED:
+                kwargs.setdefault("timeout", self._timeout)
+            try:
+                return method(*args, **kwargs)
+            except MilvusException as e:
+                if name in self.UNTIMED or not self._reconnect():
+                    raise IndexStoreError(f"{self._where}: {name} failed: {_reason(e)}") from None
+            try:  # the server came back (restarted): pymilvus does not reconnect by itself
+                return getattr(self._client, name)(*args, **kwargs)
+            except MilvusException as e:
+                raise IndexStoreError(f"{self._where}: {name} failed: {_reason(e)}") from None
+
+        return call
+
+
+    def _reconnect(self) -> bool:
+        """A fresh connection, if the server answers now (a long-lived reader outlives restarts)."""
+        try:
+            self._client.close()
+        except Exception:
+            pass
+        try:
+            self._connect()
+            return True
+        except IndexStoreError:
+            return False
+
+
+def _reason(e: MilvusException) -> str:
+    text = str(getattr(e, "message", "") or e)
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _release_lite(db_file: Path) -> None:
@@ -100,7 +197,7 @@ def _release_lite(db_file: Path) -> None:
         server_manager_instance.release_server(str(db_file))
 
 
-def _close(client: MilvusClient | None, db_file: Path | None, tmpdir: Path | None) -> None:
+def _close(client: "_Client | None", db_file: Path | None, tmpdir: Path | None) -> None:
     if client is not None:
         try:
             client.close()
@@ -114,6 +211,7 @@ def _close(client: MilvusClient | None, db_file: Path | None, tmpdir: Path | Non
 
 class Index:
     kind = "milvus"
+    scalar_fields = tuple(FIELDS)  # stored beside each vector: add(..., fields=...)
 
     def __init__(self, dim: int, config: Config | None = None, *, _db_file: Path | None = None):
         self.dim = int(dim)
@@ -133,7 +231,7 @@ class Index:
                     tar.extractall(self._db, **safe)
             elif _db_file is not None:
                 shutil.copyfile(_db_file, self._db)
-        self._client: MilvusClient | None = None
+        self._client: _Client | None = None
         self._connect()
         self._finalizer = weakref.finalize(self, _close, None, self._db, self._tmpdir)
         self._ensure_collection()
@@ -141,8 +239,7 @@ class Index:
     # ------------------------------------------------------------------ connection
     def _connect(self) -> None:
         uri = str(self._db) if self.config.embedded else self.config.uri
-        kwargs = {"token": self.config.token} if self.config.token else {}
-        self._client = MilvusClient(uri=uri, **kwargs)
+        self._client = _Client(uri, self.config.collection, self.config.timeout, self.config.token)
 
     def close(self) -> None:
         """Disconnect; an embedded index also stops its milvus-lite process and deletes its
@@ -153,8 +250,12 @@ class Index:
 
     def _ensure_collection(self) -> None:
         c, name = self._client, self.config.collection
+        self._fields = tuple(FIELDS)
         if c.has_collection(name):
-            field = next(f for f in c.describe_collection(name)["fields"] if f["name"] == VECTOR_FIELD)
+            described = c.describe_collection(name)["fields"]
+            # a collection made before the scalar fields existed keeps working without them
+            self._fields = tuple(f["name"] for f in described if f["name"] in FIELDS)
+            field = next(f for f in described if f["name"] == VECTOR_FIELD)
             dim = int(field.get("params", {}).get("dim", self.dim))
             if dim != self.dim:
                 raise ValueError(f"Milvus collection {name!r} holds {dim}-d vectors, not {self.dim}-d")
@@ -163,6 +264,8 @@ class Index:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field(ID_FIELD, DataType.INT64, is_primary=True)
         schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=self.dim)
+        for field_name, (dtype, _, _) in FIELDS.items():
+            schema.add_field(field_name, dtype)
         index_params = c.prepare_index_params()
         index_params.add_index(
             field_name=VECTOR_FIELD,
@@ -203,6 +306,37 @@ class Index:
             params = {}
         return {"metric_type": "IP", "params": params}
 
+    # ------------------------------------------------------------------ shared collections
+    @property
+    def shared(self) -> bool:
+        """True when the vectors live on a server other processes read too (not a private file)."""
+        return not self.config.embedded
+
+    def ids(self) -> np.ndarray:
+        """Every id in the collection, sorted (a scan: used to reconcile it with the catalog)."""
+        quiet = logging.getLogger("pymilvus")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # the iterator warns when milvus-lite has no MVCC timestamp
+        it = self._client.query_iterator(
+            self.config.collection, batch_size=MAX_TOPK, filter="", output_fields=[ID_FIELD],
+            consistency_level=self.config.consistency,
+        )
+        parts = []
+        try:
+            while True:
+                rows = it.next()
+                if not rows:
+                    break
+                parts.append(np.fromiter((r[ID_FIELD] for r in rows), np.int64, len(rows)))
+        finally:
+            it.close()
+            quiet.setLevel(level)
+        return np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+    def drop(self) -> None:
+        """Delete the collection (an index a rebuild replaced)."""
+        self._client.drop_collection(self.config.collection)
+
     # ------------------------------------------------------------------ contract
     def __len__(self) -> int:
         res = self._client.query(
@@ -215,15 +349,37 @@ class Index:
         p.pop("token")  # a credential is never written to the catalog or a manifest
         return p
 
-    def add(self, ids, vectors) -> None:
-        ids, vectors = upsert_batch(ids, vectors, self.dim)
+    def add(self, ids, vectors, fields: dict[str, np.ndarray] | None = None) -> None:
+        raw_ids = as_ids(ids)
+        columns = {k: v for k, v in self._field_columns(raw_ids, fields).items() if k in self._fields}
+        ids, vectors = upsert_batch(raw_ids, vectors, self.dim)
+        if len(ids) != len(raw_ids):  # an id given twice: its last row wins, fields included
+            last = {int(i): n for n, i in enumerate(raw_ids.tolist())}
+            keep = np.asarray([last[int(i)] for i in ids.tolist()], np.int64)
+            columns = {name: col[keep] for name, col in columns.items()}
         b = self.config.batch
         for start in range(0, len(ids), b):
+            chunk = slice(start, start + b)
+            cols = {name: col[chunk].tolist() for name, col in columns.items()}
             rows = [
-                {ID_FIELD: int(i), VECTOR_FIELD: v}
-                for i, v in zip(ids[start : start + b].tolist(), vectors[start : start + b].tolist())
+                {ID_FIELD: i, VECTOR_FIELD: v, **{name: cols[name][n] for name in cols}}
+                for n, (i, v) in enumerate(zip(ids[chunk].tolist(), vectors[chunk].tolist()))
             ]
             self._client.upsert(self.config.collection, rows)
+
+    @staticmethod
+    def _field_columns(ids: np.ndarray, fields: dict | None) -> dict[str, np.ndarray]:
+        fields = dict(fields or {})
+        unknown = set(fields) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}; Milvus rows carry {', '.join(FIELDS)}")
+        out = {}
+        for name, (_, np_type, default) in FIELDS.items():
+            col = np.asarray(fields[name], dtype=np_type) if name in fields else np.full(len(ids), default, np_type)
+            if col.shape != (len(ids),):
+                raise ValueError(f"field {name!r} has {col.shape[0] if col.ndim else 1} values for {len(ids)} ids")
+            out[name] = col
+        return out
 
     def remove(self, ids) -> None:
         ids = as_ids(ids)
@@ -232,7 +388,9 @@ class Index:
         for start in range(0, len(ids), b):
             self._client.delete(self.config.collection, ids=ids[start : start + b].tolist())
 
-    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries, k: int, filter: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """Best-first hits; `filter` is a Milvus boolean expression over FIELDS (e.g.
+        "media == 0 and taken >= 1700000000"), evaluated inside Milvus before ranking."""
         queries = as_vectors(queries, self.dim)
         k = int(k)
         if k < 1:
@@ -250,6 +408,7 @@ class Index:
                 data=queries[start : start + step].tolist(),
                 limit=k,
                 search_params=self._search_params(k),
+                filter=filter,
                 output_fields=[],
                 consistency_level=self.config.consistency,
             )
