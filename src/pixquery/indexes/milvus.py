@@ -276,12 +276,38 @@ class Index:
         extra = {}
         if self.config.shards > 1:
             extra["num_shards"] = self.config.shards
-        c.create_collection(
-            name, schema=schema, index_params=index_params, consistency_level=self.config.consistency, **extra
-        )
+        try:
+            c.create_collection(
+                name, schema=schema, index_params=index_params, consistency_level=self.config.consistency, **extra
+            )
+        except (MilvusException, IndexStoreError) as e:  # e.g. milvus-lite 2.5 has no HNSW: say so in one line
+            raise self._index_type_error(e) from None
         if self.config.replicas > 1:
             c.release_collection(name)
             c.load_collection(name, replica_number=self.config.replicas)
+
+    def _index_type_error(self, e: Exception) -> IndexStoreError:
+        """The engine refused the collection (its index type, or that type's params): drop the
+        half-made collection (created, then its index refused), and name the index type and the engine."""
+        c, name = self._client, self.config.collection
+        try:
+            if c.has_collection(name) and not c.list_indexes(name):  # never one someone else made whole
+                c.drop_collection(name)
+        except Exception:
+            pass
+        if self.config.embedded:
+            try:
+                from importlib.metadata import version
+
+                engine = f"embedded milvus-lite {version('milvus-lite')}"
+            except Exception:
+                engine = "embedded milvus-lite"
+        else:
+            engine = f"the Milvus server at {self.config.uri}"
+        return IndexStoreError(
+            f"index kind 'milvus': {engine} refused collection {self.config.collection!r} with index_type "
+            f"{self.config.index_type} {self._build_params()}: {str(getattr(e, 'message', e)).rstrip(': ')}"
+        )
 
     def _build_params(self) -> dict:
         t, cfg = self.config.index_type, self.config
