@@ -546,48 +546,12 @@ def test_index_hnsw_command_on_a_plain_install_says_how_to_install(tmp_path, tin
 
 @pytest.fixture
 def milvus_server(tmp_path):
-    """milvus-lite serving on a loopback port as a separate process: the client talks gRPC to it as
-    it would to a Milvus cluster. milvus-lite 2.5 (the real Milvus C++ engine) has no `milvus-lite
-    server` command: its `Server` class runs the bundled binary with an address, and so do we;
-    milvus-lite 3.x (a Python re-implementation) has `milvus-lite server --port N`."""
-    import socket
+    """milvus-lite serving on a loopback port as a separate process (tests/milvus_server.py): the
+    client talks gRPC to it as it would to a Milvus cluster."""
+    from milvus_server import MilvusServer
 
-    from pymilvus import MilvusClient
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    try:
-        from milvus_lite.server import Server  # 2.5.x
-    except ImportError:  # 3.x
-        args = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp_path / "served.db"),
-                "--host", "127.0.0.1", "--port", str(port)]
-        env = dict(os.environ)
-    else:
-        server = Server(str(tmp_path / "served.db"), f"127.0.0.1:{port}")
-        args = server.args
-        env = {**os.environ, "LD_LIBRARY_PATH": f"{server._bin_path}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
-    proc = subprocess.Popen(args, env=env, cwd=str(tmp_path))
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            assert proc.poll() is None, f"milvus-lite server exited with {proc.returncode}"
-            try:
-                MilvusClient(uri=uri, timeout=2).list_collections()
-                break
-            except Exception:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.3)
-        yield uri
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with MilvusServer(tmp_path / "served") as server:
+        yield server.uri
 
 
 @milvus
