@@ -115,7 +115,8 @@ def _emit(rows) -> None:
 class _RateColumn(ProgressColumn):
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:5.1f} img/s" if speed else "  ... img/s", style="cyan")
+        unit = task.fields.get("unit", "img")
+        return Text(f"{speed:5.1f} {unit}/s" if speed else f"  ... {unit}/s", style="cyan")
 
 
 class _RichIndexProgress:
@@ -149,7 +150,8 @@ class _RichIndexProgress:
 
     def stage(self, text):
         if self.task is not None:
-            self.progress.stop()
+            self.progress.stop()  # the finished bar stays printed; drawn again by the next start: no
+            self.progress.remove_task(self.task)
             self.task = None
         if not self.quiet:
             err.print(f"[dim]{escape(text)}[/dim]")
@@ -157,7 +159,7 @@ class _RichIndexProgress:
     def loading(self, done, total):
         if self.task is None and total:
             self.progress.start()
-            self.task = self.progress.add_task("loading index", total=total, failed="")
+            self.task = self.progress.add_task("loading index", total=total, failed="", unit="vec")
         if self.task is not None:
             self.progress.update(self.task, completed=done)
 
