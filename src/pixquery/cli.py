@@ -41,7 +41,7 @@ err = Console(stderr=True)
 LibraryOpt = typer.Option(None, "--library", "-L", help="Library folder [default: $PIXQUERY_LIBRARY or ~/.local/share/pixquery]", envvar="PIXQUERY_LIBRARY")
 ModelOpt = typer.Option(None, "--model", "-m", help="Model name (see `pixquery models`) or a local model folder")
 # The index kind and its parameters, shared by `index` and `reindex`.
-IndexKindOpt = typer.Option(None, "--index", help="Index kind: flat, hnsw, annoy, ivf, sharded, auto")
+IndexKindOpt = typer.Option(None, "--index", help="Index kind: flat, hnsw, annoy, ivf, sharded, milvus, auto")
 IndexOpts = {
     "M": typer.Option(None, "--M", help="hnsw: links per node"),
     "ef_construction": typer.Option(None, help="hnsw: build-time candidate list"),
@@ -51,7 +51,8 @@ IndexOpts = {
     "nlist": typer.Option(None, help="ivf: number of clusters"),
     "nprobe": typer.Option(None, help="ivf: clusters visited per query"),
     "storage": typer.Option(None, help="flat/ivf: vector storage (float32, float16, int8, pq...)"),
-    "param": typer.Option(None, "--param", metavar="KEY=VALUE", help="Any other index parameter (repeatable)"),
+    "param": typer.Option(None, "--param", metavar="KEY=VALUE",
+                          help="Any other index parameter (repeatable), e.g. --param uri=http://HOST:19530 for milvus"),
 }
 
 
