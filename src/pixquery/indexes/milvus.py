@@ -66,6 +66,7 @@ from pixquery.indexes.base import (
 
 INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "DISKANN", "AUTOINDEX")
 CONSISTENCY = ("Strong", "Bounded", "Session", "Eventually")
+TOKEN_ENV = "PIXQUERY_MILVUS_TOKEN"  # the server's token when the config gives none (it is never saved)
 MAX_BATCH = 2000  # rows per insert/upsert/delete call
 MAX_TOPK = 16384  # Milvus's limit on `limit` (and on nq per search call)
 DB_PART = "milvus.db"  # milvus-lite 2.5: one file
@@ -96,7 +97,7 @@ class Config:
     consistency: str = "Strong"
     shards: int = 1  # collection shards (a cluster spreads writes over them)
     replicas: int = 1  # in-memory replicas (a cluster with several query nodes)
-    token: str = ""  # "user:password" or an API key for a server; never saved
+    token: str = ""  # "user:password" or an API key for a server; never saved ("": $PIXQUERY_MILVUS_TOKEN)
     timeout: int = 60  # seconds a call may take, retries of an unreachable server included
     batch: int = MAX_BATCH
 
@@ -258,7 +259,10 @@ class Index:
     # ------------------------------------------------------------------ connection
     def _connect(self) -> None:
         uri = str(self._db) if self.config.embedded else self.config.uri
-        self._client = _Client(uri, self.config.collection, self.config.timeout, self.config.token)
+        # the token is never saved: a process that loads a saved index (pixquery serve, a later
+        # pixquery index) gets it from the environment
+        token = self.config.token or ("" if self.config.embedded else os.environ.get(TOKEN_ENV, ""))
+        self._client = _Client(uri, self.config.collection, self.config.timeout, token)
 
     def close(self) -> None:
         """Disconnect; an embedded index also stops its milvus-lite process and deletes its
