@@ -136,13 +136,16 @@ class _Client:
     A call that fails is tried once more on a fresh connection (a long-lived reader, such as a
     server process, outlives restarts of Milvus, and pymilvus does not reconnect by itself). The
     reconnect gets what is left of the call's `timeout` (at least a second), so a dead server
-    costs one timeout, not two. pymilvus shares one connection per uri within a process: a
-    reconnect here replaces it for every index of that uri, and theirs recover the same way."""
+    costs one timeout, not two. After reconnecting, the collection is loaded again before the
+    retry: a restarted server may bring it back released (milvus-lite 3 does). pymilvus shares one
+    connection per uri within a process: a reconnect here replaces it for every index of that uri,
+    and theirs recover the same way."""
 
     UNTIMED = frozenset({"close", "prepare_index_params", "create_schema"})
 
-    def __init__(self, uri: str, collection: str, timeout: int, token: str = ""):
+    def __init__(self, uri: str, collection: str, timeout: int, token: str = "", replicas: int = 1):
         self._where = f"Milvus at {uri}" + (f" (collection {collection})" if collection else "")
+        self._collection, self._replicas = collection, int(replicas)
         # an int: pymilvus's retry loop ignores a float timeout and retries 75 times (~3.5 min)
         self._timeout = int(timeout)
         self._args = (uri, token)
@@ -177,6 +180,7 @@ class _Client:
             left = max(1.0, self._timeout - (time.monotonic() - start))
             if not self._reconnect(left):
                 raise IndexStoreError(f"{self._where}: {name} failed: {_reason(failed)}") from None
+            self._load_again()
             try:  # the server came back (restarted)
                 return getattr(self._client, name)(*args, **kwargs)
             except MilvusException as e:
@@ -187,6 +191,16 @@ class _Client:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+    def _load_again(self) -> None:
+        """Load the collection after a reconnect (a no-op where it is loaded; absent: nothing)."""
+        name, client = self._collection, self._client
+        try:
+            if name and client.has_collection(name, timeout=self._timeout):
+                replicas = {"replica_number": self._replicas} if self._replicas > 1 else {}
+                client.load_collection(name, timeout=self._timeout, **replicas)
+        except MilvusException:
+            pass  # the retry that follows says what is wrong
 
     def _reconnect(self, timeout: float) -> bool:
         """A fresh connection, if the server answers within `timeout` seconds."""
@@ -262,7 +276,7 @@ class Index:
         # the token is never saved: a process that loads a saved index (pixquery serve, a later
         # pixquery index) gets it from the environment
         token = self.config.token or ("" if self.config.embedded else os.environ.get(TOKEN_ENV, ""))
-        self._client = _Client(uri, self.config.collection, self.config.timeout, token)
+        self._client = _Client(uri, self.config.collection, self.config.timeout, token, self.config.replicas)
 
     def close(self) -> None:
         """Disconnect; an embedded index also stops its milvus-lite process and deletes its
