@@ -610,6 +610,36 @@ def test_milvus_contract_against_a_server_process(milvus_server, params, tmp_pat
 
 
 @milvus
+def test_a_loaded_milvus_index_outlives_a_server_restart(tmp_path):
+    """A long-lived reader (`pixquery serve`) outlives a Milvus restart: while the server is down a
+    call fails within about `timeout` with one IndexStoreError naming it; once it is back (the same
+    data, the same port) the same index object answers as before (it reconnects, and loads the
+    collection again where the restarted server brought it back released, as milvus-lite 3 does)."""
+    from milvus_server import MilvusServer
+
+    from pixquery.errors import IndexStoreError
+
+    timeout = 2
+    server = MilvusServer(tmp_path / "served").start()
+    try:
+        index = build_index("milvus", DIM, IDS[:300], VECTORS[:300], uri=server.uri, index_type="FLAT", timeout=timeout)
+        before = index.search(QUERIES[:5], 10)
+        server.kill()
+        for _ in range(2):  # the first call after the kill, and one after a failed reconnect
+            t0 = time.monotonic()
+            with pytest.raises(IndexStoreError) as e:
+                index.search(QUERIES[:5], 10)
+            assert server.uri in str(e.value) and "\n" not in str(e.value)
+            assert time.monotonic() - t0 < 2 * timeout + 1, "a dead server must cost about one timeout"
+        server.start()
+        after = index.search(QUERIES[:5], 10)
+        assert (after[1] == before[1]).all() and np.allclose(after[0], before[0], atol=1e-5)
+        assert len(index) == 300
+    finally:
+        server.stop()
+
+
+@milvus
 @pytest.mark.parametrize("where", ["embedded", "server"])
 def test_milvus_index_type_the_engine_lacks_is_one_clear_error(where, request):
     """milvus-lite 2.5 has no HNSW (nor IVF_SQ8 / IVF_PQ / DISKANN): asking for one is a

@@ -40,6 +40,7 @@ import secrets
 import tarfile
 import shutil
 import tempfile
+import time
 import weakref
 from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
@@ -65,6 +66,7 @@ from pixquery.indexes.base import (
 
 INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "DISKANN", "AUTOINDEX")
 CONSISTENCY = ("Strong", "Bounded", "Session", "Eventually")
+TOKEN_ENV = "PIXQUERY_MILVUS_TOKEN"  # the server's token when the config gives none (it is never saved)
 MAX_BATCH = 2000  # rows per insert/upsert/delete call
 MAX_TOPK = 16384  # Milvus's limit on `limit` (and on nq per search call)
 DB_PART = "milvus.db"  # milvus-lite 2.5: one file
@@ -95,7 +97,7 @@ class Config:
     consistency: str = "Strong"
     shards: int = 1  # collection shards (a cluster spreads writes over them)
     replicas: int = 1  # in-memory replicas (a cluster with several query nodes)
-    token: str = ""  # "user:password" or an API key for a server; never saved
+    token: str = ""  # "user:password" or an API key for a server; never saved ("": $PIXQUERY_MILVUS_TOKEN)
     timeout: int = 60  # seconds a call may take, retries of an unreachable server included
     batch: int = MAX_BATCH
 
@@ -127,21 +129,31 @@ class Config:
 
 
 class _Client:
-    """A MilvusClient whose calls give up after `timeout` seconds (pymilvus alone retries an
+    """A MilvusClient whose calls give up after about `timeout` seconds (pymilvus alone retries an
     unreachable server for about 3.5 minutes) and fail with an IndexStoreError that names the
-    server and the collection, which the CLI prints as one line."""
+    server and the collection, which the CLI prints as one line and `pixquery serve` answers as 503.
+
+    A call that fails is tried once more on a fresh connection (a long-lived reader, such as a
+    server process, outlives restarts of Milvus, and pymilvus does not reconnect by itself). The
+    reconnect gets what is left of the call's `timeout` (at least a second), so a dead server
+    costs one timeout, not two. After reconnecting, the collection is loaded again before the
+    retry: a restarted server may bring it back released (milvus-lite 3 does). pymilvus shares one
+    connection per uri within a process: a reconnect here replaces it for every index of that uri,
+    and theirs recover the same way."""
 
     UNTIMED = frozenset({"close", "prepare_index_params", "create_schema"})
 
-    def __init__(self, uri: str, collection: str, timeout: int, token: str = ""):
+    def __init__(self, uri: str, collection: str, timeout: int, token: str = "", replicas: int = 1):
         self._where = f"Milvus at {uri}" + (f" (collection {collection})" if collection else "")
+        self._collection, self._replicas = collection, int(replicas)
         # an int: pymilvus's retry loop ignores a float timeout and retries 75 times (~3.5 min)
         self._timeout = int(timeout)
-        self._args = (uri, self._timeout, token)
-        self._connect()
+        self._args = (uri, token)
+        self._client = None
+        self._connect(self._timeout)
 
-    def _connect(self) -> None:
-        uri, timeout, token = self._args
+    def _connect(self, timeout: float) -> None:
+        uri, token = self._args
         try:
             self._client = MilvusClient(uri=uri, timeout=timeout, **({"token": token} if token else {}))
         except MilvusException as e:
@@ -149,34 +161,56 @@ class _Client:
                                   "and is the uri right (--param uri=http://HOST:19530)?") from None
 
     def __getattr__(self, name: str):
+        if self._client is None:  # the last reconnect failed: connect first (the server may be back)
+            self._connect(self._timeout)
         method = getattr(self._client, name)
         if not callable(method):
             return method
 
         def call(*args, **kwargs):
+            start = time.monotonic()
             if name not in self.UNTIMED:
                 kwargs.setdefault("timeout", self._timeout)
             try:
                 return method(*args, **kwargs)
             except MilvusException as e:
-                if name in self.UNTIMED or not self._reconnect():
+                if name in self.UNTIMED:
                     raise IndexStoreError(f"{self._where}: {name} failed: {_reason(e)}") from None
-            try:  # the server came back (restarted): pymilvus does not reconnect by itself
+                failed = e
+            left = max(1.0, self._timeout - (time.monotonic() - start))
+            if not self._reconnect(left):
+                raise IndexStoreError(f"{self._where}: {name} failed: {_reason(failed)}") from None
+            self._load_again()
+            try:  # the server came back (restarted)
                 return getattr(self._client, name)(*args, **kwargs)
             except MilvusException as e:
                 raise IndexStoreError(f"{self._where}: {name} failed: {_reason(e)}") from None
 
         return call
 
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
-    def _reconnect(self) -> bool:
-        """A fresh connection, if the server answers now (a long-lived reader outlives restarts)."""
+    def _load_again(self) -> None:
+        """Load the collection after a reconnect (a no-op where it is loaded; absent: nothing)."""
+        name, client = self._collection, self._client
+        try:
+            if name and client.has_collection(name, timeout=self._timeout):
+                replicas = {"replica_number": self._replicas} if self._replicas > 1 else {}
+                client.load_collection(name, timeout=self._timeout, **replicas)
+        except MilvusException:
+            pass  # the retry that follows says what is wrong
+
+    def _reconnect(self, timeout: float) -> bool:
+        """A fresh connection, if the server answers within `timeout` seconds."""
         try:
             self._client.close()
         except Exception:
             pass
+        self._client = None
         try:
-            self._connect()
+            self._connect(timeout)
             return True
         except IndexStoreError:
             return False
@@ -239,7 +273,10 @@ class Index:
     # ------------------------------------------------------------------ connection
     def _connect(self) -> None:
         uri = str(self._db) if self.config.embedded else self.config.uri
-        self._client = _Client(uri, self.config.collection, self.config.timeout, self.config.token)
+        # the token is never saved: a process that loads a saved index (pixquery serve, a later
+        # pixquery index) gets it from the environment
+        token = self.config.token or ("" if self.config.embedded else os.environ.get(TOKEN_ENV, ""))
+        self._client = _Client(uri, self.config.collection, self.config.timeout, token, self.config.replicas)
 
     def close(self) -> None:
         """Disconnect; an embedded index also stops its milvus-lite process and deletes its
