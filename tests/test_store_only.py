@@ -10,7 +10,6 @@ milvus-lite as a file in the library, and milvus-lite as a server process on a l
 from __future__ import annotations
 
 import json
-import os
 import signal
 
 import numpy as np

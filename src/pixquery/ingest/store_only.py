@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,8 +162,7 @@ def import_store_only(lib, uri: str, *, kind: str | None = None, params: dict | 
     """Load the shards in `uri` into the collection of the store-only library `lib` (made store-only
     by its first such import: `kind` milvus, `params` its uri, collection, index type...). Resumes:
     shards already loaded are skipped. on_load(done, total): shard rows so far, for a progress bar."""
-    from pixquery import indexes
-    from pixquery.ingest.shards import ShardDir, shard_name
+    from pixquery.ingest.shards import ShardDir
 
     t0 = time.perf_counter()
     stage = on_stage or (lambda s: None)
