@@ -341,6 +341,11 @@ def info(library: Optional[Path] = LibraryOpt, model: Optional[str] = ModelOpt,
     console.print(f"[bold]folders[/]  {escape(', '.join(data['folders']) or '(none)')}")
     console.print(f"[bold]images[/]   {data['images']}    videos {data['videos']}    regions/frames {data['detections']}")
     console.print(f"[bold]catalog[/]  {data['catalog_bytes'] / 1e6:.2f} MB")
+    if data.get("store_only"):
+        so = data["store_only"]
+        console.print(f"[bold]store-only[/] {so['vectors']} vectors from {so['shards']} shards in {so['kind']} collection "
+                      f"{escape(str(so['params'].get('collection')))} at {escape(so['params'].get('uri') or '(the library folder)')}; "
+                      f"{so['failed']} files had failed in the embed runs (no catalog row per image: see docs/scale.md)", soft_wrap=True)
     for m in data["models"]:
         console.print(f"\n[bold]{escape(m['name'])}[/] (dim {m['dim']}, {m['embeddings']} embeddings, fingerprint {m['fingerprint']})")
         if m["threshold"] is not None:
@@ -360,6 +365,10 @@ def _info_rows(data: dict) -> list:
     rows += [("folder", f) for f in data["folders"]]
     rows += [("images", data["images"]), ("videos", data["videos"]), ("regions_frames", data["detections"]),
              ("catalog_bytes", data["catalog_bytes"])]
+    if data.get("store_only"):
+        so = data["store_only"]
+        rows += [("store_only.kind", so["kind"]), ("store_only.params", json.dumps(so["params"], sort_keys=True)),
+                 ("store_only.shards", so["shards"]), ("store_only.vectors", so["vectors"]), ("store_only.failed", so["failed"])]
     for n, m in enumerate(data["models"]):
         key = f"models.{n}"
         rows += [(f"{key}.name", m["name"]), (f"{key}.dim", m["dim"]), (f"{key}.embeddings", m["embeddings"]),

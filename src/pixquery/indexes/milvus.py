@@ -81,6 +81,15 @@ FIELDS = {
     "folder": (DataType.INT64, np.int64, -1),
     "taken": (DataType.INT64, np.int64, 0),
 }
+# Only in a collection made with `store_paths` (a store-only library, which has no catalog row per
+# image): each row also carries the file it was made from, so search results name their files
+# without the catalog (`get(ids, ["path", ...])`).
+FILE_FIELDS = {
+    "path": (DataType.VARCHAR, object, ""),
+    "width": (DataType.INT32, np.int32, 0),
+    "height": (DataType.INT32, np.int32, 0),
+}
+MAX_PATH = 65535  # bytes: Milvus's longest VARCHAR
 
 
 @dataclass
@@ -100,6 +109,7 @@ class Config:
     token: str = ""  # "user:password" or an API key for a server; never saved ("": $PIXQUERY_MILVUS_TOKEN)
     timeout: int = 60  # seconds a call may take, retries of an unreachable server included
     batch: int = MAX_BATCH
+    store_paths: bool = False  # rows also carry FILE_FIELDS (path, width, height): a store-only library
 
     def __post_init__(self):
         self.index_type = str(self.index_type).upper()
@@ -287,11 +297,14 @@ class Index:
 
     def _ensure_collection(self) -> None:
         c, name = self._client, self.config.collection
-        self._fields = tuple(FIELDS)
+        self._fields = tuple(FIELDS) + (tuple(FILE_FIELDS) if self.config.store_paths else ())
         if c.has_collection(name):
             described = c.describe_collection(name)["fields"]
             # a collection made before the scalar fields existed keeps working without them
-            self._fields = tuple(f["name"] for f in described if f["name"] in FIELDS)
+            self._fields = tuple(f["name"] for f in described if f["name"] in FIELDS or f["name"] in FILE_FIELDS)
+            if self.config.store_paths and "path" not in self._fields:
+                raise IndexStoreError(f"Milvus collection {name!r} has no path field: it was not made for a "
+                                      "store-only library (give another collection)")
             field = next(f for f in described if f["name"] == VECTOR_FIELD)
             dim = int(field.get("params", {}).get("dim", self.dim))
             if dim != self.dim:
@@ -303,6 +316,9 @@ class Index:
         schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=self.dim)
         for field_name, (dtype, _, _) in FIELDS.items():
             schema.add_field(field_name, dtype)
+        if self.config.store_paths:
+            for field_name, (dtype, _, _) in FILE_FIELDS.items():
+                schema.add_field(field_name, dtype, **({"max_length": MAX_PATH} if dtype == DataType.VARCHAR else {}))
         index_params = c.prepare_index_params()
         index_params.add_index(
             field_name=VECTOR_FIELD,
@@ -396,14 +412,30 @@ class Index:
             quiet.setLevel(level)
         return np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
 
+    def get(self, ids, fields) -> dict[int, dict]:
+        """id -> {field: value} of the given ids the collection holds (e.g. the path of each hit
+        of a store-only collection)."""
+        ids = np.unique(as_ids(ids)).tolist()
+        out: dict[int, dict] = {}
+        for start in range(0, len(ids), MAX_BATCH):
+            rows = self._client.get(self.config.collection, ids=ids[start : start + MAX_BATCH],
+                                    output_fields=list(fields))
+            for r in rows:
+                out[int(r[ID_FIELD])] = {f: r.get(f) for f in fields}
+        return out
+
     def drop(self) -> None:
         """Delete the collection (an index a rebuild replaced)."""
         self._client.drop_collection(self.config.collection)
 
     # ------------------------------------------------------------------ contract
     def __len__(self) -> int:
+        return self.count()
+
+    def count(self, filter: str = "") -> int:
+        """Rows matching a boolean expression (all rows: ""), e.g. "id >= 0 and id < 1000"."""
         res = self._client.query(
-            self.config.collection, filter="", output_fields=["count(*)"], consistency_level=self.config.consistency
+            self.config.collection, filter=filter, output_fields=["count(*)"], consistency_level=self.config.consistency
         )
         return int(res[0]["count(*)"]) if res else 0
 
@@ -414,7 +446,7 @@ class Index:
 
     def add(self, ids, vectors, fields: dict[str, np.ndarray] | None = None) -> None:
         raw_ids = as_ids(ids)
-        columns = {k: v for k, v in self._field_columns(raw_ids, fields).items() if k in self._fields}
+        columns = {k: v for k, v in self._field_columns(raw_ids, fields, self._fields).items() if k in self._fields}
         ids, vectors = upsert_batch(raw_ids, vectors, self.dim)
         if len(ids) != len(raw_ids):  # an id given twice: its last row wins, fields included
             last = {int(i): n for n, i in enumerate(raw_ids.tolist())}
@@ -431,13 +463,14 @@ class Index:
             self._client.upsert(self.config.collection, rows)
 
     @staticmethod
-    def _field_columns(ids: np.ndarray, fields: dict | None) -> dict[str, np.ndarray]:
+    def _field_columns(ids: np.ndarray, fields: dict | None, have: tuple = ()) -> dict[str, np.ndarray]:
         fields = dict(fields or {})
-        unknown = set(fields) - set(FIELDS)
+        known = {**FIELDS, **{k: v for k, v in FILE_FIELDS.items() if k in have}}
+        unknown = set(fields) - set(known)
         if unknown:
-            raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}; Milvus rows carry {', '.join(FIELDS)}")
+            raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}; Milvus rows carry {', '.join(known)}")
         out = {}
-        for name, (_, np_type, default) in FIELDS.items():
+        for name, (_, np_type, default) in known.items():
             col = np.asarray(fields[name], dtype=np_type) if name in fields else np.full(len(ids), default, np_type)
             if col.shape != (len(ids),):
                 raise ValueError(f"field {name!r} has {col.shape[0] if col.ndim else 1} values for {len(ids)} ids")
