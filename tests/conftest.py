@@ -24,7 +24,8 @@ OPTIONAL = {
     "ann": (("annoy", "hnswlib"), "the [ann] extra, compiled from source: pip install 'pixquery[ann]'"),
     "ray": (("ray", "pyarrow", "fsspec", "s3fs", "moto", "boto3"),
             "a real Ray cluster and S3 API server: pip install 'pixquery[cluster-tests]'"),
-    "milvus": (("pymilvus", "milvus_lite"), "the [milvus] extra: pip install 'pixquery[milvus]'"),
+    "milvus": (("pymilvus", "milvus_lite"), "the [milvus] extra: pip install 'pixquery[milvus]' "
+               "(or [milvus-lite3] in a venv of its own: bash scripts/test-milvus-lite3.sh)"),
 }
 
 

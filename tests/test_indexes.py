@@ -4,13 +4,16 @@ recall is 1.0, k larger than efSearch, and a kill -9 in the middle of a save."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +35,45 @@ from pixquery.indexes import (
 DIM = 32
 ann = pytest.mark.ann  # hnswlib / annoy (the [ann] extra; skipped where not installed)
 milvus = pytest.mark.milvus  # pymilvus + milvus-lite (the [milvus] extra; skipped where not installed)
+# A Milvus index type that not every milvus-lite offers (2.5: FLAT / IVF_FLAT / AUTOINDEX; 3.x: HNSW
+# too): the test skips, with the engine's own reason, where the installed one refuses it.
+milvus_hnsw = [milvus, pytest.mark.milvus_index("HNSW")]
+
+
+@functools.lru_cache(maxsize=None)
+def milvus_lacks(index_type: str) -> str:
+    """'' where the installed milvus-lite makes a collection with an `index_type` index, else why
+    not (its version and its own message). Asked of the engine itself with pymilvus, not through
+    pixquery; embedded, which is the same engine as `milvus-lite server` in both 2.5 and 3.x."""
+    from importlib.metadata import version
+
+    from pymilvus import DataType, MilvusClient, MilvusException
+
+    from pixquery.indexes.milvus import _release_lite
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "probe.db"
+        client = MilvusClient(str(db))
+        try:
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.INT64, is_primary=True)
+            schema.add_field("v", DataType.FLOAT_VECTOR, dim=DIM)
+            index_params = client.prepare_index_params()
+            index_params.add_index(field_name="v", index_type=index_type, metric_type="IP")
+            client.create_collection("probe", schema=schema, index_params=index_params)
+            return ""
+        except MilvusException as e:
+            return f"milvus-lite {version('milvus-lite')} has no {index_type} index: {e.message}"
+        finally:
+            client.close()
+            _release_lite(db)
+
+
+@pytest.fixture(autouse=True)
+def _milvus_index_offered(request):
+    mark = request.node.get_closest_marker("milvus_index")
+    if mark is not None and (why := milvus_lacks(mark.args[0])):
+        pytest.skip(why)
 
 
 def clustered(n: int, dim: int = DIM, seed: int = 0, clusters: int = 40) -> np.ndarray:
@@ -78,6 +120,7 @@ CASES = [
     ("auto", {"exact_max": 4096}, 1.0),
     pytest.param("milvus", {"index_type": "FLAT"}, 1.0, marks=milvus),
     pytest.param("milvus", {"index_type": "IVF_FLAT", "nlist": 16, "nprobe": 16}, 1.0, marks=milvus),
+    pytest.param("milvus", {"index_type": "HNSW", "M": 16, "ef_construction": 200, "ef": 128}, 0.99, marks=milvus_hnsw),
 ]
 CASE_IDS = [f"{k}-{'-'.join(f'{a}={b}' for a, b in p.items()) or 'default'}"
             for k, p, _ in (c.values if hasattr(c, "values") else c for c in CASES)]
@@ -187,6 +230,7 @@ EXACT_CASES = [
     ("auto", {}),
     pytest.param("milvus", {"index_type": "FLAT"}, marks=milvus),
     pytest.param("milvus", {"index_type": "IVF_FLAT", "nlist": 8, "nprobe": 8}, marks=milvus),
+    pytest.param("milvus", {"index_type": "HNSW", "M": 16, "ef_construction": 200, "ef": 600}, marks=milvus_hnsw),
 ]
 
 
@@ -502,52 +546,20 @@ def test_index_hnsw_command_on_a_plain_install_says_how_to_install(tmp_path, tin
 
 @pytest.fixture
 def milvus_server(tmp_path):
-    """milvus-lite serving on a loopback port as a separate process: the client talks gRPC to it as
-    it would to a Milvus cluster. milvus-lite 2.5 (the real Milvus C++ engine) has no `milvus-lite
-    server` command: its `Server` class runs the bundled binary with an address, and so do we;
-    milvus-lite 3.x (a Python re-implementation) has `milvus-lite server --port N`."""
-    import socket
+    """milvus-lite serving on a loopback port as a separate process (tests/milvus_server.py): the
+    client talks gRPC to it as it would to a Milvus cluster."""
+    from milvus_server import MilvusServer
 
-    from pymilvus import MilvusClient
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    try:
-        from milvus_lite.server import Server  # 2.5.x
-    except ImportError:  # 3.x
-        args = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp_path / "served.db"),
-                "--host", "127.0.0.1", "--port", str(port)]
-        env = dict(os.environ)
-    else:
-        server = Server(str(tmp_path / "served.db"), f"127.0.0.1:{port}")
-        args = server.args
-        env = {**os.environ, "LD_LIBRARY_PATH": f"{server._bin_path}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
-    proc = subprocess.Popen(args, env=env, cwd=str(tmp_path))
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            assert proc.poll() is None, f"milvus-lite server exited with {proc.returncode}"
-            try:
-                MilvusClient(uri=uri, timeout=2).list_collections()
-                break
-            except Exception:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.3)
-        yield uri
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with MilvusServer(tmp_path / "served") as server:
+        yield server.uri
 
 
 @milvus
-@pytest.mark.parametrize("params", [{"index_type": "FLAT"}, {"index_type": "IVF_FLAT", "nlist": 8, "nprobe": 8}])
+@pytest.mark.parametrize("params", [
+    {"index_type": "FLAT"},
+    {"index_type": "IVF_FLAT", "nlist": 8, "nprobe": 8},
+    pytest.param({"index_type": "HNSW", "M": 16, "ef_construction": 200, "ef": 600}, marks=milvus_hnsw),
+], ids=lambda p: p["index_type"])
 def test_milvus_contract_against_a_server_process(milvus_server, params, tmp_path):
     n, k = 500, 10
     x, ids = VECTORS[:n], IDS[:n]
@@ -588,10 +600,71 @@ def test_milvus_contract_against_a_server_process(milvus_server, params, tmp_pat
     again = open_index(path)
     assert len(again) == n and again.params() == index.params()
     after = again.search(QUERIES, k)
-    assert (after[1] == before[1]).all() and np.allclose(after[0], before[0], atol=1e-5)
+    # the same ranked scores; ids may swap only between hits of equal score (milvus-lite 3 answers
+    # from its brute-force path or its IVF path, whichever its background build has reached)
+    assert np.allclose(after[0], before[0], atol=1e-5)
+    assert (after[1] == before[1]).mean() > 0.98
     again.remove(ids[:1])  # shared: the saving index sees it
     assert len(index) == n - 1
 
     # another index on the same server is another collection
     other = make_index("milvus", DIM, uri=milvus_server, **params)
     assert len(other) == 0 and (other.search(QUERIES[:2], 3)[1] == -1).all()
+
+
+@milvus
+def test_a_loaded_milvus_index_outlives_a_server_restart(tmp_path):
+    """A long-lived reader (`pixquery serve`) outlives a Milvus restart: while the server is down a
+    call fails within about `timeout` with one IndexStoreError naming it; once it is back (the same
+    data, the same port) the same index object answers as before (it reconnects, and loads the
+    collection again where the restarted server brought it back released, as milvus-lite 3 does)."""
+    from milvus_server import MilvusServer
+
+    from pixquery.errors import IndexStoreError
+
+    timeout = 2
+    server = MilvusServer(tmp_path / "served").start()
+    try:
+        index = build_index("milvus", DIM, IDS[:300], VECTORS[:300], uri=server.uri, index_type="FLAT", timeout=timeout)
+        before = index.search(QUERIES[:5], 10)
+        server.kill()
+        for _ in range(2):  # the first call after the kill, and one after a failed reconnect
+            t0 = time.monotonic()
+            with pytest.raises(IndexStoreError) as e:
+                index.search(QUERIES[:5], 10)
+            assert server.uri in str(e.value) and "\n" not in str(e.value)
+            assert time.monotonic() - t0 < 2 * timeout + 1, "a dead server must cost about one timeout"
+        server.start()
+        after = index.search(QUERIES[:5], 10)
+        assert (after[1] == before[1]).all() and np.allclose(after[0], before[0], atol=1e-5)
+        assert len(index) == 300
+    finally:
+        server.stop()
+
+
+@milvus
+@pytest.mark.parametrize("where", ["embedded", "server"])
+def test_milvus_index_type_the_engine_lacks_is_one_clear_error(where, request):
+    """milvus-lite 2.5 has no HNSW (nor IVF_SQ8 / IVF_PQ / DISKANN): asking for one is a
+    PixqueryError naming the index type and the engine, and leaves no collection behind."""
+    from pixquery.indexes.milvus import INDEX_TYPES
+
+    lacking = [t for t in INDEX_TYPES if milvus_lacks(t)]
+    if not lacking:
+        from importlib.metadata import version
+
+        pytest.skip(f"milvus-lite {version('milvus-lite')} accepts every index type pixquery offers "
+                    f"({', '.join(INDEX_TYPES)}): none to refuse")
+    t = lacking[0]
+    uri = request.getfixturevalue("milvus_server") if where == "server" else ""
+    with pytest.raises(PixqueryError) as e:
+        make_index("milvus", DIM, uri=uri, collection="refused", index_type=t)
+    message = str(e.value)
+    assert t in message and "milvus" in message.lower() and "\n" not in message
+    assert ("embedded milvus-lite" in message) if where == "embedded" else (uri in message)
+    if where == "server":
+        from pymilvus import MilvusClient
+
+        assert "refused" not in MilvusClient(uri=uri).list_collections()
+        index = make_index("milvus", DIM, uri=uri, collection="refused", index_type="FLAT")  # the name is free
+        assert len(index) == 0

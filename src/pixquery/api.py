@@ -26,7 +26,8 @@ from pixquery.ingest.crops import RegionConfig
 from pixquery.ingest.items import DecodeSettings
 from pixquery.ingest.sync import SyncReport, sync_index
 from pixquery.ingest.write import CatalogWriter
-from pixquery.search import Results, SearchResult, run_query
+from pixquery.ingest import store_only
+from pixquery.search import Results, SearchResult, run_query, run_store_query
 
 CATALOG_FILE = "catalog.sqlite"
 PRECISIONS = ("fp32", "int8")
@@ -52,6 +53,9 @@ class IndexProgress:
     def failure(self, path: str, reason: str) -> None: ...
 
     def stage(self, text: str) -> None: ...
+
+    def loading(self, done: int, total: int) -> None:
+        """Vectors loaded so far into an index that is filled in batches (a Milvus collection)."""
 
 
 @dataclass
@@ -112,6 +116,9 @@ class Library:
         return cls(Path(path).expanduser() if path else default_library_path(), model, precision, create=create)
 
     def close(self) -> None:
+        if self._loaded is not None and self._loaded[0] == "store":
+            store_only.close_store(self, self._loaded[2])
+            self._loaded = None
         self.catalog.close()
 
     def __enter__(self):
@@ -187,6 +194,7 @@ class Library:
         the results are written here, in this library, either way.
         """
         pipeline.check_engine(engine)  # before any work
+        store_only.refuse(self, "index")
         progress = _StatusFile(self.path / STATUS_FILE, progress or IndexProgress())
         t0 = time.perf_counter()
         report = IndexReport()
@@ -235,7 +243,8 @@ class Library:
             report.failed.extend(stats.problems)
 
             report.index = sync_index(self.catalog, self.path, model, kind, params, rebuild=changed_config,
-                                      on_stage=progress.stage, calibration_queries=self._calibration_queries)
+                                      on_stage=progress.stage, on_load=progress.loading,
+                                      calibration_queries=self._calibration_queries)
             with self.catalog.transaction():
                 self.catalog.purge_deleted()
                 self.catalog.purge_deleted_videos()  # and retired regions/frames
@@ -247,13 +256,14 @@ class Library:
     def reindex(self, index: str | None = None, index_params: dict | None = None, progress: IndexProgress | None = None) -> SyncReport:
         """Rebuild the index (another kind or parameters) from stored embeddings: nothing is re-embedded."""
         progress = progress or IndexProgress()
+        store_only.refuse(self, "reindex")
         with self._write_lock():
             model = self._model_row(create=False)
             if model is None:
                 raise LibraryError(f"nothing embedded with {self.model_name} yet: run pixquery index first")
             kind, params, _ = self._index_config(index, index_params)
             report = sync_index(self.catalog, self.path, model, kind, params, rebuild=True, on_stage=progress.stage,
-                                calibration_queries=self._calibration_queries)
+                                on_load=progress.loading, calibration_queries=self._calibration_queries)
             with self.catalog.transaction():
                 self.catalog.set_setting("index", json.dumps({"kind": kind, "params": params}, sort_keys=True))
             return report
@@ -295,7 +305,16 @@ class Library:
     # -- query ----------------------------------------------------------------------------
 
     def _index(self):
-        """The active index of the current model, loaded once and reloaded when it changes on disk."""
+        """The active index of the current model, loaded once and reloaded when it changes on disk;
+        for a store-only library its collection, and None for the catalog row (see _query)."""
+        store = store_only.settings(self.catalog)
+        if store is not None:
+            if self.encoder.fingerprint != store["fingerprint"]:
+                raise LibraryError(f"{store_only.describe(self)} of vectors of {store['model']}: search it with "
+                                   f"that model (-m {store['model']}), not {self.model_name}")
+            if self._loaded is None:
+                self._loaded = ("store", None, store_only.open_store(self), None)
+            return self._loaded[2], None
         model = self._model_row(create=False)
         row = self.catalog.active_index(model.id) if model else None
         if row is None or not row.path:
@@ -329,6 +348,8 @@ class Library:
         given = [x is not None for x in (query, image, image_id, vector)]
         if sum(given) != 1:
             raise PixqueryError("give exactly one of: a text query, an image, an image id, a vector")
+        if image_id is not None:
+            store_only.refuse(self, "image_id")
         index, row = self._index()
         threshold = self._threshold(threshold)
         if query is not None:
@@ -343,6 +364,8 @@ class Library:
                 raise PixqueryError(f"no image with id {image_id} in this library")
         else:
             q = np.asarray(vector, dtype=np.float32)
+        if row is None:  # store-only: the paths come from the collection, not from catalog rows
+            return run_store_query(index, q, k, threshold)
         return run_query(self.catalog, index, row, q, k, threshold, exclude_image=image_id,
                          merge_gap=video_mod.merge_gap_for(self.catalog))
 
@@ -396,6 +419,12 @@ class Library:
             "catalog_bytes": catalog_bytes,
             "models": [],
         }
+        store = store_only.settings(self.catalog)
+        if store is not None:
+            shards, vectors, failed = self.catalog.loaded_totals()
+            out["store_only"] = {"kind": store["kind"], "params": store["params"], "shards": shards,
+                                 "vectors": vectors, "failed": failed,
+                                 "sources": [uri for _, uri, _ in self.catalog.shard_sources()]}
         for m in self.catalog.models():
             n = self.catalog.count_embeddings(m.id)
             idx = self.catalog.active_index(m.id)
@@ -462,6 +491,11 @@ class _StatusFile(IndexProgress):
         self.state.update(stage=text)
         self._write(force=True)
         self.inner.stage(text)
+
+    def loading(self, done, total):
+        self.state.update(loaded=done, to_load=total)
+        self._write(force=done in (0, total))
+        self.inner.loading(done, total)
 
 
 class _FileLock:

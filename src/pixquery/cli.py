@@ -41,7 +41,7 @@ err = Console(stderr=True)
 LibraryOpt = typer.Option(None, "--library", "-L", help="Library folder [default: $PIXQUERY_LIBRARY or ~/.local/share/pixquery]", envvar="PIXQUERY_LIBRARY")
 ModelOpt = typer.Option(None, "--model", "-m", help="Model name (see `pixquery models`) or a local model folder")
 # The index kind and its parameters, shared by `index` and `reindex`.
-IndexKindOpt = typer.Option(None, "--index", help="Index kind: flat, hnsw, annoy, ivf, sharded, auto")
+IndexKindOpt = typer.Option(None, "--index", help="Index kind: flat, hnsw, annoy, ivf, sharded, milvus, auto")
 IndexOpts = {
     "M": typer.Option(None, "--M", help="hnsw: links per node"),
     "ef_construction": typer.Option(None, help="hnsw: build-time candidate list"),
@@ -51,7 +51,8 @@ IndexOpts = {
     "nlist": typer.Option(None, help="ivf: number of clusters"),
     "nprobe": typer.Option(None, help="ivf: clusters visited per query"),
     "storage": typer.Option(None, help="flat/ivf: vector storage (float32, float16, int8, pq...)"),
-    "param": typer.Option(None, "--param", metavar="KEY=VALUE", help="Any other index parameter (repeatable)"),
+    "param": typer.Option(None, "--param", metavar="KEY=VALUE",
+                          help="Any other index parameter (repeatable), e.g. --param uri=http://HOST:19530 for milvus"),
 }
 
 
@@ -115,7 +116,8 @@ def _emit(rows) -> None:
 class _RateColumn(ProgressColumn):
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:5.1f} img/s" if speed else "  ... img/s", style="cyan")
+        unit = task.fields.get("unit", "img")
+        return Text(f"{speed:5.1f} {unit}/s" if speed else f"  ... {unit}/s", style="cyan")
 
 
 class _RichIndexProgress:
@@ -149,10 +151,18 @@ class _RichIndexProgress:
 
     def stage(self, text):
         if self.task is not None:
-            self.progress.stop()
+            self.progress.stop()  # the finished bar stays printed; drawn again by the next start: no
+            self.progress.remove_task(self.task)
             self.task = None
         if not self.quiet:
             err.print(f"[dim]{escape(text)}[/dim]")
+
+    def loading(self, done, total):
+        if self.task is None and total:
+            self.progress.start()
+            self.task = self.progress.add_task("loading index", total=total, failed="", unit="vec")
+        if self.task is not None:
+            self.progress.update(self.task, completed=done)
 
     def close(self):
         self.progress.stop()
@@ -331,6 +341,11 @@ def info(library: Optional[Path] = LibraryOpt, model: Optional[str] = ModelOpt,
     console.print(f"[bold]folders[/]  {escape(', '.join(data['folders']) or '(none)')}")
     console.print(f"[bold]images[/]   {data['images']}    videos {data['videos']}    regions/frames {data['detections']}")
     console.print(f"[bold]catalog[/]  {data['catalog_bytes'] / 1e6:.2f} MB")
+    if data.get("store_only"):
+        so = data["store_only"]
+        console.print(f"[bold]store-only[/] {so['vectors']} vectors from {so['shards']} shards in {so['kind']} collection "
+                      f"{escape(str(so['params'].get('collection')))} at {escape(so['params'].get('uri') or '(the library folder)')}; "
+                      f"{so['failed']} files had failed in the embed runs (no catalog row per image: see docs/scale.md)", soft_wrap=True)
     for m in data["models"]:
         console.print(f"\n[bold]{escape(m['name'])}[/] (dim {m['dim']}, {m['embeddings']} embeddings, fingerprint {m['fingerprint']})")
         if m["threshold"] is not None:
@@ -350,6 +365,10 @@ def _info_rows(data: dict) -> list:
     rows += [("folder", f) for f in data["folders"]]
     rows += [("images", data["images"]), ("videos", data["videos"]), ("regions_frames", data["detections"]),
              ("catalog_bytes", data["catalog_bytes"])]
+    if data.get("store_only"):
+        so = data["store_only"]
+        rows += [("store_only.kind", so["kind"]), ("store_only.params", json.dumps(so["params"], sort_keys=True)),
+                 ("store_only.shards", so["shards"]), ("store_only.vectors", so["vectors"]), ("store_only.failed", so["failed"])]
     for n, m in enumerate(data["models"]):
         key = f"models.{n}"
         rows += [(f"{key}.name", m["name"]), (f"{key}.dim", m["dim"]), (f"{key}.embeddings", m["embeddings"]),

@@ -20,3 +20,7 @@ class BadImage(PixqueryError):
 
 class LibraryError(PixqueryError):
     """The library folder or catalog is missing, locked or inconsistent."""
+
+
+class IndexStoreError(PixqueryError):
+    """The server that holds an index's vectors (a Milvus deployment) could not be reached or refused a request."""

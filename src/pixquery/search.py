@@ -67,19 +67,59 @@ def run_query(
     # page with its frames), and deleted files may still be in the index until the next sync.
     # Over-fetch, and fetch 4x more while fewer than k distinct live results remain and the index
     # has more to give (below the threshold, when there is one).
-    fetch = min(len(index), k * 4 + 16)
+    query = np.atleast_2d(query).astype(np.float32)
+    return _ranked(index, k, k * 4 + 16, threshold,
+                   lambda fetch: _collect(catalog, index, row, query, fetch, threshold, exclude_image, merge_gap))
+
+
+def run_store_query(index, query: np.ndarray, k: int, threshold: float | None = None) -> Results:
+    """A store-only library (ingest/store_only.py): no catalog rows, so each hit's path, width and
+    height are read from the collection itself (`index.get`). One result per path, best first (a
+    photo imported from two embed runs has two vectors). Fetches as run_query does, so that the
+    count the threshold dropped means the same."""
+    k = max(1, int(k))
+    query = np.atleast_2d(query).astype(np.float32)
+    return _ranked(index, k, k * 4 + 16, threshold, lambda fetch: _collect_from_store(index, query, fetch, threshold))
+
+
+def _ranked(index, k: int, first_fetch: int, threshold: float | None, collect) -> Results:
+    """Ask `collect(fetch)` for the best `fetch` hits as results; fetch 4x more while fewer than k
+    results come back and the index has more (below the threshold, when there is one)."""
+    size = len(index)
+    fetch = min(size, first_fetch)
     if fetch == 0:
         return Results([], 0, threshold)
-    query = np.atleast_2d(query).astype(np.float32)
     while True:
-        results, dropped, past_threshold = _collect(catalog, index, row, query, fetch, threshold, exclude_image, merge_gap)
-        if len(results) >= k or fetch >= len(index) or past_threshold:
+        results, dropped, past_threshold = collect(fetch)
+        if len(results) >= k or fetch >= size or past_threshold:
             break
-        fetch = min(len(index), fetch * 4)
+        fetch = min(size, fetch * 4)
     results = results[:k]
     for n, r in enumerate(results, 1):
         r.rank = n
     return Results(results, dropped, threshold)
+
+
+def _collect_from_store(index, query: np.ndarray, fetch: int, threshold: float | None) -> tuple[list[SearchResult], int, bool]:
+    scores, ids = index.search(query, fetch)
+    hits = [(s, i) for s, i in zip(scores[0].tolist(), ids[0].tolist()) if i >= 0]
+    files = index.get([i for _, i in hits], ("path", "width", "height"))
+    seen: set[str] = set()
+    results: list[SearchResult] = []
+    dropped = 0
+    for score, vid in hits:
+        f = files.get(vid)
+        if f is None or not f.get("path") or f["path"] in seen:
+            continue  # removed since the search, or a second vector of a file already listed
+        seen.add(f["path"])
+        dist = angular_distance(score)
+        if threshold is not None and dist > threshold:
+            dropped += 1
+            continue
+        results.append(SearchResult(rank=0, score=float(score), distance=dist, path=f["path"],
+                                    width=f.get("width") or None, height=f.get("height") or None))
+    past = threshold is not None and bool(hits) and angular_distance(hits[-1][0]) > threshold
+    return results, dropped, past
 
 
 def _collect(catalog: Catalog, index, row: IndexRow, query: np.ndarray, fetch: int, threshold: float | None,

@@ -133,6 +133,27 @@ MIGRATIONS: list[str] = [
         first_seen REAL NOT NULL
     );
     """,
+    # 4 -> 5: store-only libraries (`pixquery import --store-only`): the vectors and their paths live
+    # only in a Milvus collection, with no image row each. The catalog keeps which embed runs' shard
+    # folders were loaded (each gets a number: the high bits of its vectors' ids) and which of their
+    # shards the collection holds, so a killed import resumes and a re-run skips loaded shards.
+    """
+    CREATE TABLE shard_source (
+        id INTEGER PRIMARY KEY,       -- the high bits of the ids of its vectors
+        key TEXT NOT NULL UNIQUE,     -- the embed run: its manifest's source and creation time
+        uri TEXT NOT NULL,            -- the folder it was last imported from
+        fingerprint TEXT NOT NULL,    -- the model the shards were made with
+        added_at REAL NOT NULL
+    );
+    CREATE TABLE shard_loaded (
+        source_id INTEGER NOT NULL REFERENCES shard_source(id) ON DELETE CASCADE,
+        partition INTEGER NOT NULL,
+        vectors INTEGER NOT NULL,     -- rows with an embedding, now in the collection
+        failed INTEGER NOT NULL,      -- rows the embed run could not use (no embedding)
+        loaded_at REAL NOT NULL,
+        PRIMARY KEY (source_id, partition)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

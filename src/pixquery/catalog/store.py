@@ -13,11 +13,15 @@ import numpy as np
 
 from pixquery.catalog.media import MediaTables
 from pixquery.catalog.rows import ImageRow, IndexRow, Item, ModelRow
+from pixquery.catalog.shards import ShardTables
 from pixquery.catalog.schema import MIGRATIONS, SCHEMA_VERSION, chunks as _chunks, split_sql
 from pixquery.errors import LibraryError
 
 
-class Catalog(MediaTables):
+MEDIA_PHOTO, MEDIA_REGION, MEDIA_VIDEO = 0, 1, 2  # `media` of index_fields
+
+
+class Catalog(MediaTables, ShardTables):
     def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
         if readonly and not self.path.exists():
@@ -286,6 +290,40 @@ class Catalog(MediaTables):
             for det_id, blob in self.db.execute(q, (model_id, *chunk)):
                 out[det_pos[det_id]] = np.frombuffer(blob, dtype=np.float32)
         return out
+
+    def index_fields(self, items: Sequence[tuple[int | None, int | None]]) -> dict[str, np.ndarray]:
+        """The scalar fields an index may store beside each item's vector for filtered search, in
+        `items` order: media (MEDIA_PHOTO / MEDIA_REGION / MEDIA_VIDEO), folder (the id of the
+        deepest indexed folder holding the file, -1 if none), taken (unix seconds: the file's
+        modification time until EXIF dates are read)."""
+        n = len(items)
+        media = np.zeros(n, np.int8)
+        folder = np.full(n, -1, np.int64)
+        taken = np.zeros(n, np.int64)
+        folders = sorted(self.db.execute("SELECT id, path FROM folder"), key=lambda r: -len(r[1]))
+
+        def folder_of(path: str) -> int:
+            for fid, root in folders:
+                if path == root or path.startswith(root.rstrip(os.sep) + os.sep):
+                    return fid
+            return -1
+
+        img_pos = {img: n for n, (img, det) in enumerate(items) if img is not None}
+        det_pos = {det: n for n, (img, det) in enumerate(items) if det is not None}
+        for chunk in _chunks(list(img_pos), 900):
+            q = f"SELECT id, path, mtime_ns FROM image WHERE id IN ({','.join('?' * len(chunk))})"
+            for image_id, path, mtime_ns in self.db.execute(q, chunk):
+                pos = img_pos[image_id]
+                media[pos], folder[pos], taken[pos] = MEDIA_PHOTO, folder_of(path), mtime_ns // 1_000_000_000
+        for chunk in _chunks(list(det_pos), 900):
+            q = f"""SELECT d.id, d.video_id IS NOT NULL, COALESCE(i.path, v.path), COALESCE(i.mtime_ns, v.mtime_ns)
+                    FROM detection d LEFT JOIN image i ON i.id = d.image_id LEFT JOIN video v ON v.id = d.video_id
+                    WHERE d.id IN ({','.join('?' * len(chunk))})"""
+            for det_id, is_video, path, mtime_ns in self.db.execute(q, chunk):
+                pos = det_pos[det_id]
+                media[pos] = MEDIA_VIDEO if is_video else MEDIA_REGION
+                folder[pos], taken[pos] = folder_of(path or ""), (mtime_ns or 0) // 1_000_000_000
+        return {"media": media, "folder": folder, "taken": taken}
 
     # -- indexes --------------------------------------------------------------------------
 

@@ -165,6 +165,14 @@ class ShardDir:
             meta = pq.read_schema(f).metadata or {}
         return json.loads(meta.get(META, b"{}"))
 
+    def read_footer(self, name: str) -> tuple[dict, int]:
+        """(the pixquery metadata, the number of rows) of a Parquet file, from its footer alone."""
+        import pyarrow.parquet as pq
+
+        with self.fs.open(self.path(name), "rb") as f:
+            md = pq.read_metadata(f)
+        return json.loads((md.schema.to_arrow_schema().metadata or {}).get(META, b"{}")), md.num_rows
+
     def shard_ids(self) -> list[int]:
         """Partitions whose shard exists, sorted."""
         if not self.local:
@@ -570,8 +578,10 @@ def import_shards(lib, uri: str, *, on_stage: Callable[[str], None] | None = Non
     import numpy as np
 
     from pixquery import indexes
+    from pixquery.ingest import store_only
     from pixquery.ingest.sync import sync_index
 
+    store_only.refuse(lib, "import")
     t0 = time.perf_counter()
     stage = on_stage or (lambda s: None)
     store = ShardDir(uri)

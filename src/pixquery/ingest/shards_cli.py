@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -142,20 +142,41 @@ def embed(
     raise typer.Exit(cli.EXIT_FAILED_FILES if report.failed else cli.EXIT_OK)
 
 
+STORE_ONLY_HELP = (
+    "Load the vectors, with each file's path, width and height, straight into a Milvus collection "
+    "(--index milvus --param uri=http://HOST:19530, or uri= for a milvus-lite file in the library), "
+    "with no catalog row per image: for collections of 10^8 photos. Resumable (loaded shards are "
+    "skipped); more embed runs can be imported later. Such a library searches by text, --image and "
+    "vector, with thresholds, but cannot: `pixquery index` (no file versions to rescan: embed and "
+    "import new photos instead), regions or videos, search by image id, `reindex` to another kind "
+    "(the vectors live only in the collection), or take an import without --store-only. "
+    "See docs/scale.md.")
+
+
 def import_(
     shards: str = typer.Argument(..., metavar="DIR", help="The --out folder of `pixquery embed` (local or s3://, gs://)"),
     library: Optional[Path] = typer.Option(None, "--library", "-L", help="Library folder [default: $PIXQUERY_LIBRARY or ~/.local/share/pixquery]", envvar="PIXQUERY_LIBRARY"),
+    store_only: bool = typer.Option(False, "--store-only", help=STORE_ONLY_HELP),
+    index_kind: Optional[str] = typer.Option(None, "--index", help="--store-only: the index kind (milvus, the default)"),
+    param: List[str] = typer.Option(None, "--param", metavar="KEY=VALUE", help="--store-only: a milvus parameter: uri, collection, index_type, nlist... (repeatable; fixed by the first import)"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary"),
 ):
     """Load Parquet shards of `pixquery embed` into a library (idempotent) and update its index."""
     from rich.markup import escape
 
+    from pixquery.errors import PixqueryError
     from pixquery.ingest.shards import import_shards
 
     cli = _cli()
+    if not store_only and (index_kind or param):
+        raise PixqueryError("--index and --param go with --store-only: a catalog import uses the library's index "
+                            "(change it with pixquery reindex --index KIND)")
+    params = cli._index_params({}, param)  # checked before the library is opened
     cli._state["on_interrupt"] = ": shards imported so far are kept; run the same command again"
     lib = cli._open(library, create=True)
+    if store_only:
+        return _import_store_only(cli, lib, shards, index_kind, params, as_json, quiet)
     stage = (lambda s: None) if (quiet or as_json) else (lambda s: cli.err.print(f"[dim]{escape(s)}[/dim]"))
     try:
         report = import_shards(lib, shards, on_stage=stage)
@@ -175,8 +196,36 @@ def import_(
         if report.library_model:
             cli.err.print(f"[yellow]note:[/] the library searches with {escape(report.library_model)}; these embeddings "
                           f"are for {escape(report.model_spec)}: search them with -m {escape(report.model_spec)}", soft_wrap=True)
-    if report.missing_partitions:
-        cli.err.print(f"[yellow]{len(report.missing_partitions)} partitions of the manifest have no shard yet "
+    _exit_missing(cli, report.missing_partitions)
+
+
+def _import_store_only(cli, lib, shards, kind, params, as_json, quiet):
+    from rich.markup import escape
+
+    from pixquery.ingest.store_only import import_store_only
+
+    ui = cli._RichIndexProgress(quiet or as_json)
+    try:
+        report = import_store_only(lib, shards, kind=kind, params=params, on_stage=ui.stage, on_load=ui.loading)
+    finally:
+        if ui.task is not None:  # a bar is drawn (an unstarted one would print an empty line)
+            ui.close()
+        lib.close()
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        skipped = f" ({report.skipped_shards} loaded before)" if report.skipped_shards else ""
+        cli.console.print(
+            f"[bold green]loaded {report.vectors}[/] vectors from {report.shards} shards{skipped} ({escape(report.model)}) "
+            f"into {report.kind} collection {escape(report.collection)} at {escape(report.uri)}: {report.total} in all; "
+            f"{len(report.failed) + report.failed_before} had failed in the embed run, in {report.seconds:.1f}s", soft_wrap=True)
+        _print_failures(cli.console, report.failed)
+    _exit_missing(cli, report.missing_partitions)
+
+
+def _exit_missing(cli, missing_partitions):
+    if missing_partitions:
+        cli.err.print(f"[yellow]{len(missing_partitions)} partitions of the manifest have no shard yet "
                       f"(the embed run has not finished): run it again, then import again[/]", soft_wrap=True)
         raise typer.Exit(cli.EXIT_FAILED_FILES)
     raise typer.Exit(cli.EXIT_OK)

@@ -12,7 +12,9 @@ lock). Each Library reloads its index when the catalog points at a new index fil
 run in another process is picked up by the next search, without a restart.
 
 Errors are JSON, `{"error": "...", "status": N}`: 4xx for anything the client can fix, 503 when
-the library has no index yet, and a bare 500 (traceback in the server log only) for bugs.
+the library has no index yet or the server holding its vectors (Milvus) does not answer (within
+the index's `timeout`; the next search after it is back succeeds), and a bare 500 (traceback in
+the server log only) for bugs.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.datastructures import Headers, UploadFile
 
 from pixquery import __version__
-from pixquery.errors import BadImage, LibraryError, PixqueryError
+from pixquery.errors import BadImage, IndexStoreError, LibraryError, PixqueryError
 from pixquery.server import files, thumbnails
 
 log = logging.getLogger("pixquery.server")
@@ -418,6 +420,9 @@ class Server:
             except LibraryError as e:
                 log.warning("%s (searches answer 503 until an index exists)", e)
                 break
+            except IndexStoreError as e:  # serve anyway: searches answer 503 until the store answers
+                log.warning("%s (searches answer 503 until it answers)", e)
+                break
         log.info("model and index loaded in %.2fs", time.perf_counter() - t0)
 
     # -- search -----------------------------------------------------------------------------
@@ -464,6 +469,8 @@ class Server:
                     res = lib.search(vector=vector, k=want + 1, threshold=th)
             except LibraryError as e:
                 raise ApiError(503, str(e)) from None
+            except IndexStoreError as e:  # the vector store (a Milvus server) is down or refused
+                raise ApiError(503, str(e), {"Retry-After": "5"}) from None
             except PixqueryError as e:
                 raise ApiError(404 if image_id is not None else 400, str(e)) from None
             page = list(res)[offset: want]
@@ -680,7 +687,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(PixqueryError)
     async def _pixquery_error(request, exc: PixqueryError):
-        return _error(503 if isinstance(exc, LibraryError) else 400, str(exc))
+        return _error(503 if isinstance(exc, (LibraryError, IndexStoreError)) else 400, str(exc))
 
     @app.exception_handler(Exception)
     async def _bug(request, exc: Exception):
