@@ -668,3 +668,23 @@ def test_milvus_index_type_the_engine_lacks_is_one_clear_error(where, request):
         assert "refused" not in MilvusClient(uri=uri).list_collections()
         index = make_index("milvus", DIM, uri=uri, collection="refused", index_type="FLAT")  # the name is free
         assert len(index) == 0
+
+
+@milvus
+def test_milvus_lite_defaults_to_flat_and_warns_of_the_index_it_ignores():
+    """milvus-lite never builds the IVF index asked for and answers past 100,000 rows from an
+    interim index at recall ~0.3 (bench/results/indexes-milvus-1000000.md): exact FLAT is its
+    default, and asking it for IVF_FLAT / AUTOINDEX says so."""
+    import warnings
+
+    from pixquery.indexes import make_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert make_config("milvus").index_type == "FLAT"
+        assert make_config("milvus", uri="/tmp/mine.db").index_type == "FLAT"
+        assert make_config("milvus", uri="http://milvus:19530").index_type == "IVF_FLAT"
+        make_config("milvus", uri="http://milvus:19530", index_type="IVF_FLAT")  # a server builds it
+    for index_type in ("IVF_FLAT", "autoindex"):
+        with pytest.warns(UserWarning, match="milvus-lite ignores index_type"):
+            make_config("milvus", index_type=index_type)

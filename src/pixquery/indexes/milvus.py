@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import warnings
 import os
 import secrets
 import tarfile
@@ -92,11 +93,22 @@ FILE_FIELDS = {
 MAX_PATH = 65535  # bytes: Milvus's longest VARCHAR
 
 
+# Measured (bench/results/indexes-milvus-*.md): milvus-lite 2.5 keeps a collection in one segment it
+# never seals, so the index asked for is never built: up to 99,999 rows every search is exact; from
+# 100,000 rows it answers from Milvus's interim index, whatever nlist / nprobe say, at recall@10
+# 0.26-0.32 on CLIP text queries. FLAT stays exact at any size.
+LITE_INDEX_WARNING = (
+    "milvus-lite ignores index_type {} (it never builds the index asked for): past 100,000 vectors its "
+    "interim index answers text queries at recall@10 ~0.3. Use index_type FLAT (exact) with milvus-lite, "
+    "or a Milvus server for IVF / HNSW."
+)
+
+
 @dataclass
 class Config:
     uri: str = ""  # "" = embedded milvus-lite saved inside the index folder; or http://host:port, or a .db path
     collection: str = ""  # "" = "pixquery" embedded, a fresh "pixquery_<hex>" on a server
-    index_type: str = "IVF_FLAT"
+    index_type: str = ""  # "" = FLAT on milvus-lite (see LITE_INDEX_WARNING), IVF_FLAT on a server
     nlist: int = 128  # IVF_*: clusters
     nprobe: int = 16  # IVF_*: clusters searched per query (nprobe = nlist: exact)
     M: int = 16  # HNSW: links per node; IVF_PQ: sub-quantisers (0 = dim / 4)
@@ -112,7 +124,9 @@ class Config:
     store_paths: bool = False  # rows also carry FILE_FIELDS (path, width, height): a store-only library
 
     def __post_init__(self):
-        self.index_type = str(self.index_type).upper()
+        self.index_type = str(self.index_type).upper() or ("FLAT" if self.lite else "IVF_FLAT")
+        if self.lite and self.index_type in ("IVF_FLAT", "AUTOINDEX"):
+            warnings.warn(LITE_INDEX_WARNING.format(self.index_type), stacklevel=3)
         if self.index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {', '.join(INDEX_TYPES)}, not {self.index_type!r}")
         if self.consistency not in CONSISTENCY:
@@ -132,6 +146,11 @@ class Config:
     @property
     def embedded(self) -> bool:
         return self.uri == ""
+
+    @property
+    def lite(self) -> bool:
+        """milvus-lite in this process's care: the embedded file, or a .db path (pymilvus's rule)."""
+        return self.uri == "" or self.uri.endswith(".db")
 
     @property
     def shared(self) -> bool:
