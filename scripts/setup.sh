@@ -11,7 +11,7 @@
 #            `open_clip:` models and `pixquery export`
 #   cluster-tests  Ray + moto's S3 API server: tests marked `ray` (tests/test_ray_engine.py)
 #   milvus   pymilvus + milvus-lite (the Milvus engine): tests marked `milvus`
-# e.g. PIXQUERY_EXTRAS=dev,ann,browser,torch,cluster-tests,milvus bash scripts/setup.sh   (what .ci/run installs)
+# e.g. PIXQUERY_EXTRAS=dev,ann,browser,torch,cluster-tests,milvus,milvus-standalone bash scripts/setup.sh   (.ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

@@ -89,3 +89,55 @@ class MilvusServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class MilvusStandalone:
+    """A real Milvus standalone server (the `milvus` package: the Milvus binary with its own etcd and
+    local storage, every index type built for real), on free loopback ports, data under `data_dir`.
+    Starts in ~20 s; one per test module."""
+
+    def __init__(self, data_dir: Path):
+        from milvus import MilvusServer as _Standalone
+
+        self.data_dir = Path(data_dir)
+        self._server = _Standalone()
+        self._server.set_base_dir(str(self.data_dir))
+        self.uri = ""
+        # The embedded etcd's peer port is 2380 unless an etcd config file says otherwise, so a
+        # second server on the machine (another test run, a benchmark) could not start: give it one.
+        client, peer = free_port(), free_port()
+        self._server.config.update(etcd_port=client)
+        etcd_yaml = self.data_dir / "embedEtcd.yaml"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        etcd_yaml.write_text(
+            f"name: pixquery-test\n"
+            f"listen-client-urls: http://127.0.0.1:{client}\nadvertise-client-urls: http://127.0.0.1:{client}\n"
+            f"listen-peer-urls: http://127.0.0.1:{peer}\ninitial-advertise-peer-urls: http://127.0.0.1:{peer}\n"
+            f"initial-cluster: pixquery-test=http://127.0.0.1:{peer}\n"
+        )
+        template = self._server.config.template_text
+        marker = "  use:\n    embed: true"
+        assert marker in template, "the milvus package's config template changed: update tests/milvus_server.py"
+        template = template.replace(marker, f"  config:\n    path: {etcd_yaml}\n{marker}", 1)
+        # query nodes load DISKANN indexes only with enableDisk (index nodes build them by default)
+        disk = "  enableDisk: false # enable querynode load disk index"
+        assert disk in template, "the milvus package's config template changed: update tests/milvus_server.py"
+        self._server.config.template_text = template.replace(disk, "  enableDisk: true # enable querynode load disk index", 1)
+
+    def start(self) -> "MilvusStandalone":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._server.start()  # picks free ports for the proxy, etcd and every coordinator, waits for /healthz
+        self.uri = f"http://127.0.0.1:{self._server.listen_port}"
+        return self
+
+    def collections(self) -> list[str]:
+        return MilvusServer.collections(self)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from clirun import pixquery
-from milvus_server import MilvusServer
+from milvus_server import MilvusServer, MilvusStandalone
 from photos import make_photos
 
 pytestmark = pytest.mark.milvus
@@ -26,6 +26,14 @@ pytestmark = pytest.mark.milvus
 @pytest.fixture
 def server(tmp_path):
     with MilvusServer(tmp_path / "milvus") as s:
+        yield s
+
+
+@pytest.fixture(params=["milvus-lite", pytest.param("standalone", marks=pytest.mark.milvus_standalone)])
+def any_server(request, tmp_path):
+    """milvus-lite's engine as a server process, and a real Milvus standalone server."""
+    server_class = MilvusServer if request.param == "milvus-lite" else MilvusStandalone
+    with server_class(tmp_path / request.param) as s:
         yield s
 
 
@@ -90,7 +98,8 @@ def index(photos, lib, model, server, *extra, env=None, **params):
                     *milvus_params(server, **params), *extra, env=env)
 
 
-def test_library_on_a_milvus_server_follows_the_catalog(photos, tmp_path, tiny_model, server):
+def test_library_on_a_milvus_server_follows_the_catalog(photos, tmp_path, tiny_model, any_server):
+    server = any_server
     lib, flat_lib = tmp_path / "lib", tmp_path / "flat"
     r = index(photos, lib, tiny_model, server)
     assert r.returncode == 0, r.stderr

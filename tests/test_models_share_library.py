@@ -133,7 +133,8 @@ def test_upgrade_keeps_single_model_embeddings_and_redoes_unknown_ones(tmp_path,
         db = Catalog(library / "catalog.sqlite").db  # back to schema 2, as an older pixquery left it
         for column in ("source_size", "source_mtime_ns", "source_sha256"):
             db.execute(f"ALTER TABLE embedding DROP COLUMN {column}")
-        db.execute("DROP TABLE failure")
+        for table in ("failure", "shard_loaded", "shard_source"):  # made by migrations 4 and 5
+            db.execute(f"DROP TABLE {table}")
         db.execute("PRAGMA user_version = 2")
         db.close()
         with Library.open(library, model=str(models[0])) as lib:  # opening migrates it

@@ -443,6 +443,23 @@ class Index:
                 out[int(r[ID_FIELD])] = {f: r.get(f) for f in fields}
         return out
 
+    def wait_until_indexed(self, timeout: float = 3600) -> None:
+        """Seal what was written (flush) and wait until the server's index covers every row: until
+        then a server answers the rows it has not indexed yet by brute force (exact, slower).
+        milvus-lite never builds its index (LITE_INDEX_WARNING): it returns at once there."""
+        if self.config.lite:
+            return
+        self._client.flush(self.config.collection)
+        deadline = time.monotonic() + timeout
+        while True:
+            d = self._client.describe_index(self.config.collection, VECTOR_FIELD)
+            if int(d.get("pending_index_rows", 0)) == 0 and int(d.get("indexed_rows", 0)) >= int(d.get("total_rows", 0)):
+                return
+            if time.monotonic() > deadline:
+                raise IndexStoreError(f"Milvus at {self.config.uri}: the {self.config.index_type} index of "
+                                      f"{self.config.collection} is not built after {timeout:.0f} s: {d}")
+            time.sleep(0.5)
+
     def drop(self) -> None:
         """Delete the collection (an index a rebuild replaced)."""
         self._client.drop_collection(self.config.collection)
