@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -306,4 +307,161 @@ def test_video_hit_plays_at_the_matching_moment(page, served, tiny_model):
     page.wait_for_selector("#viewer", state="hidden")
     # the dialog hides at once; its "close" event (which stops the player) comes a task later
     page.wait_for_function("() => { const v = document.getElementById('v-video'); return v.paused && !v.getAttribute('src'); }")
+    assert page.problems == [], page.problems
+
+
+# -- search as you type --------------------------------------------------------------------------
+
+# Every render of the results: the query of the tiles added (#grid's data-query) and each text the
+# status line showed; recorded by a MutationObserver, so nothing shown can escape the check.
+_RECORD_RENDERS = """() => {
+    window.__renders = []; window.__messages = [];
+    const grid = document.getElementById('grid'), message = document.getElementById('message');
+    new MutationObserver((records) => {
+        if (records.some((r) => r.addedNodes.length)) window.__renders.push(grid.dataset.query);
+    }).observe(grid, {childList: true});
+    new MutationObserver(() => window.__messages.push(message.textContent))
+        .observe(message, {childList: true, characterData: true, subtree: true});
+}"""
+
+
+def _q(url: str) -> str | None:
+    """The text query of a GET /api/search URL, else None."""
+    u = urlparse(url)
+    return parse_qs(u.query).get("q", [None])[0] if u.path == "/api/search" else None
+
+
+def _typing_page(page, served):
+    """The page loaded, renders recorded, every search request (sent, failed) listed by its query."""
+    page.goto(f"{served.url}/?token={TOKEN}")
+    page.wait_for_function("() => document.getElementById('lib-images').textContent.includes('40')")
+    page.evaluate(_RECORD_RENDERS)
+    sent, failed = [], []
+    page.on("request", lambda r: sent.append(_q(r.url)) if _q(r.url) else None)
+    page.on("requestfailed", lambda r: failed.append(_q(r.url)) if _q(r.url) else None)
+    return int(page.get_attribute("#q", "data-debounce-ms")), sent, failed
+
+
+def _names(page) -> list[str]:
+    return page.eval_on_selector_all("#grid .tile img", "els => els.map(e => e.alt)")
+
+
+def _api_names(served, q: str) -> list[str]:
+    with served.client() as c:
+        r = c.get("/api/search", params={"q": q, "k": 30})
+        r.raise_for_status()
+        return [x["name"] for x in r.json()["results"]]
+
+
+def _wait_results_for(page, q: str) -> None:
+    page.wait_for_function("(q) => document.getElementById('message').textContent.includes(`results for “${q}”`)", arg=q)
+
+
+def test_search_as_you_type(page, served):
+    """Typing searches (debounced); a slow answer to an earlier prefix, held back by the test until
+    the last query's results are shown, is aborted by the page and never rendered; the final
+    results are the last query's. Then: no request for an unchanged query, Enter searches at once,
+    an error is shown and typing goes on, an emptied box clears the results."""
+    debounce, sent, failed = _typing_page(page, served)
+    assert 80 <= debounce <= 300
+    slow, final = "a red ca", "a red car"
+    assert _api_names(served, slow) != _api_names(served, final)  # else the check below proves nothing
+    held = []
+    page.route(lambda url: _q(url) == slow, lambda route: held.append(route))  # the answer to `slow` waits until released
+
+    box = page.locator("#q")
+    entries = page.evaluate("history.length")
+    with page.expect_request(lambda r: _q(r.url) == slow):
+        box.press_sequentially(slow, delay=20)  # faster than the debounce: one request, after the pause
+    with page.expect_event("requestfailed", predicate=lambda r: _q(r.url) == slow):
+        box.press_sequentially(final[len(slow):])  # the new search aborts the request in flight
+    _wait_results_for(page, final)
+    assert len(held) == 1
+    try:
+        held[0].continue_()  # too late: the browser gave up on it
+    except Exception:
+        pass
+    assert _names(page) == _api_names(served, final)
+    assert slow in failed
+    assert len(sent) < len(final), sent  # debounced: fewer requests than keystrokes
+    assert sent[-1] == final and sent.count(final) == 1
+    renders = page.evaluate("window.__renders")
+    assert renders and renders[-1] == final and slow not in renders, renders
+    assert not any(f"“{slow}”" in m for m in page.evaluate("window.__messages"))
+    assert page.get_attribute("#grid", "aria-busy") is None
+    assert page.get_attribute("#message", "role") == "status"  # announced to screen readers
+    assert "#q=a+red+car" in page.url
+    assert page.evaluate("history.length") == entries + 1  # one history entry for the typing, not one per search
+
+    # No request when the query does not change: a letter typed and deleted, a space, Enter.
+    n = len(sent)
+    box.press_sequentially("x")
+    box.press("Backspace")
+    box.press_sequentially(" ")
+    page.wait_for_timeout(debounce * 3)  # proving that nothing is sent needs a wait: no event to wait for
+    box.press("Enter")
+    page.wait_for_timeout(debounce)
+    assert len(sent) == n, sent[n:]
+    assert _names(page) == _api_names(served, final)
+
+    # Enter searches at once, without waiting for the debounce.
+    page.evaluate("""() => document.getElementById('q').addEventListener('keydown', (e) => {
+        if (e.key === 'Enter') window.__enterAt = performance.now(); })""")
+    box.fill("")
+    box.press_sequentially("a green tree", delay=10)
+    box.press("Enter")
+    _wait_results_for(page, "a green tree")
+    gap = page.evaluate("""() => performance.getEntriesByType('resource')
+        .filter((e) => e.name.includes('q=a+green+tree'))[0].startTime - window.__enterAt""")
+    assert gap < debounce / 2, gap
+    assert sent.count("a green tree") == 1
+
+    # An error is shown; typing goes on and the next query is answered.
+    page.route(lambda url: _q(url) == "a green trees",
+               lambda route: route.fulfill(status=500, content_type="application/json",
+                                           body=json.dumps({"error": "the index exploded", "status": 500})))
+    box.press_sequentially("s")
+    page.wait_for_selector("#message.error")
+    assert page.inner_text("#message") == "the index exploded"
+    assert _tiles(page) == 0  # not the results of another query under an error
+    box.press("Backspace")
+    _wait_results_for(page, "a green tree")
+    assert not page.is_visible("#message.error") and _tiles(page) == 30
+
+    # Emptying the box clears the results (and the URL).
+    box.fill("")
+    page.wait_for_function("() => document.querySelectorAll('#grid .tile').length === 0")
+    assert page.inner_text("#message") == "" and "q=" not in page.url
+    page.go_back()  # to the search made with Enter
+    _wait_results_for(page, "a green tree")
+    assert page.input_value("#q") == "a green tree" and _tiles(page) == 30
+    expected = [p for p in page.problems if "status of 500" in p]  # the browser logs the failed request
+    assert len(expected) == 1 and page.problems == expected, page.problems
+
+
+def test_a_late_answer_never_replaces_a_newer_one(page, served):
+    """The second guard alone: with aborting disabled in the page (a no-op AbortController.abort),
+    the held answer to an earlier prefix really arrives after the last query's results, and is
+    dropped (counted in #grid's data-stale), never rendered."""
+    page.add_init_script("AbortController.prototype.abort = function () {};")
+    debounce, sent, failed = _typing_page(page, served)
+    slow, final = "a blue bo", "a blue boat"
+    held = []
+    page.route(lambda url: _q(url) == slow, lambda route: held.append(route))
+    box = page.locator("#q")
+    with page.expect_request(lambda r: _q(r.url) == slow):
+        box.press_sequentially(slow, delay=20)
+    box.press_sequentially(final[len(slow):], delay=20)
+    _wait_results_for(page, final)
+    shown = _names(page)
+    assert shown == _api_names(served, final)
+    with page.expect_response(lambda r: _q(r.url) == slow):
+        held[0].continue_()  # the stale answer now reaches the page
+    # the page has dealt with it: dropped it (counted), or (the bug this test is for) rendered it
+    page.wait_for_function("(q) => document.getElementById('grid').dataset.stale === '1' || window.__renders.includes(q)", arg=slow)
+    assert _names(page) == shown
+    renders = page.evaluate("window.__renders")
+    assert renders[-1] == final and slow not in renders, renders
+    assert not any(f"“{slow}”" in m for m in page.evaluate("window.__messages"))
+    assert failed == []  # nothing was aborted: the sequence number alone kept the answer out
     assert page.problems == [], page.problems

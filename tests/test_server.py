@@ -179,6 +179,15 @@ def test_search_by_uploaded_image(api, served):
     assert api.get("/api/search", params={"upload_id": "0" * 32}).status_code == 404
 
 
+def test_answers_say_their_server_time(api):
+    """Server-Timing: app;dur=MS on every answer (developer tools show it; bench/typing_latency.py
+    reads it): the time inside the server, at least the search's own took_ms."""
+    r = api.get("/api/search", params={"q": "a kite over a field", "k": 5})
+    name, _, dur = r.headers["server-timing"].partition(";dur=")
+    assert name == "app" and float(dur) >= r.json()["took_ms"] > 0
+    assert api.get("/api/health").headers["server-timing"].startswith("app;dur=")
+
+
 def test_query_cache_makes_repeats_cheap(api):
     q = {"q": "a lighthouse at dusk seen from the sea", "k": 3}
     first = api.get("/api/search", params=q).json()

@@ -18,8 +18,15 @@
 
   let info = null;        // GET /api/info
   let calibrated = null;  // the threshold `pixquery eval` stored, if any
-  let search = null;      // {kind: "text"|"image"|"upload", value, label, nextOffset, results[], seq}
+  let search = null;      // {kind: "text"|"image"|"upload", value, label, nextOffset, results[], seq, controller}
   let seq = 0;            // drops answers of superseded searches
+  // Search as you type: a search starts once the box has been still for this long (index.html's
+  // data-debounce-ms); Enter searches at once. Each new search aborts the request of the one before
+  // (AbortController) and, whatever the network does, an answer is shown only if its search is
+  // still the latest (seq): a slow answer to "a re" can never replace the results for "a red car".
+  const TYPE_DELAY = parseInt(els.q.dataset.debounceMs, 10) || 150;
+  let typeTimer = null;
+  let renders = 0, stale = 0; // counters on #grid (data-renders, data-stale), for tests and the curious
   let viewerIndex = -1;
   let pollTimer = null;
   let queryBlobUrl = null;
@@ -32,6 +39,7 @@
   }
 
   async function api(url, options) {
+    // options.signal: an AbortSignal; an aborted request rejects with an AbortError (see isAbort).
     const res = await fetch(url, Object.assign({ credentials: "same-origin", headers: { Accept: "application/json" } }, options || {}));
     let body = null;
     try { body = await res.json(); } catch (e) { body = null; }
@@ -155,9 +163,23 @@
 
   function limit() { return parseInt(els.limit.value, 10) || 60; }
 
-  function startSearch(kind, value, label) {
-    search = { kind, value, label, nextOffset: 0, results: [], seq: ++seq };
-    els.grid.innerHTML = "";
+  function isAbort(e) { return e && e.name === "AbortError"; }
+
+  // Stop what the current search is doing: a pending keystroke search, its request in flight.
+  function cancelSearch() {
+    clearTimeout(typeTimer);
+    typeTimer = null;
+    if (search && search.controller) search.controller.abort();
+    els.grid.removeAttribute("aria-busy");
+  }
+
+  // typing: started by typing (keeps the old results, dimmed, until the new ones come; one
+  // history entry for a run of typing instead of one per keystroke).
+  function startSearch(kind, value, label, typing) {
+    cancelSearch();
+    search = { kind, value, label, nextOffset: 0, results: [], seq: ++seq, typing: !!typing, replace: !!typing };
+    if (typing && els.grid.childElementCount) els.grid.classList.add("stale");
+    else els.grid.innerHTML = "";
     if (kind !== "upload") {
       els.queryImage.hidden = kind !== "image";
       if (kind === "image") {
@@ -165,27 +187,53 @@
         els.queryCaption.textContent = `more like ${label || "this photo"}`;
       }
     }
-    writeHash();
+    writeHash(typing);
     loadMore();
   }
 
+  // The search box emptied: no search, no results, nothing in flight.
+  function clearSearch() {
+    cancelSearch();
+    ++seq;
+    search = null;
+    els.grid.innerHTML = "";
+    els.grid.classList.remove("stale");
+    delete els.grid.dataset.query;
+    els.queryImage.hidden = true;
+    setMessage("");
+    if (/[#&](q|image)=/.test(location.hash)) {
+      const url = location.pathname + location.search;
+      if (history.state && history.state.typing) history.replaceState({ typing: true }, "", url);
+      else history.pushState({ typing: true }, "", url);
+    }
+  }
+
   async function loadMore() {
-    // One request at a time per search; a new search starts its own (the old answer is dropped).
+    // One request at a time per search; a new search aborts the old one's request and drops its answer.
     if (!search || search.loading || search.nextOffset === null || search.nextOffset >= limit()) return;
     const mine = search;
     mine.loading = true;
-    if (!mine.results.length) setMessage("searching…");
+    mine.controller = new AbortController();
+    if (!mine.results.length) {
+      els.grid.setAttribute("aria-busy", "true");
+      if (!mine.typing) setMessage("searching…"); // typing: the old results stay (dimmed) instead
+    }
     try {
-      const page = await api(searchUrl(mine.nextOffset));
-      if (mine.seq !== seq) return;
+      const page = await api(searchUrl(mine.nextOffset), { signal: mine.controller.signal });
+      if (mine.seq !== seq) { els.grid.dataset.stale = ++stale; return; }
       appendResults(page);
       mine.nextOffset = page.next_offset;
       describe(page);
     } catch (e) {
-      if (mine.seq === seq) setMessage(e.message, true);
+      if (isAbort(e) || mine.seq !== seq) return; // superseded: the newer search says what happens
+      if (mine.replace) { els.grid.innerHTML = ""; els.grid.classList.remove("stale"); mine.replace = false; }
+      setMessage(e.message, true);
       mine.nextOffset = null;
+      mine.failed = true; // the same query asked again (Enter, typing) tries again
     } finally {
       mine.loading = false;
+      mine.controller = null;
+      if (mine.seq === seq) els.grid.removeAttribute("aria-busy");
     }
     if (mine.seq === seq && sentinelVisible()) loadMore();
   }
@@ -200,6 +248,14 @@
   }
 
   function appendResults(page) {
+    if (search.replace) { // the first answer of a typed search replaces the previous results
+      els.grid.innerHTML = "";
+      search.replace = false;
+    }
+    els.grid.classList.remove("stale");
+    const q = page.query || {}; // the query these results answer, as the server says
+    els.grid.dataset.query = q.text != null ? q.text : q.image_id != null ? `image:${q.image_id}` : `upload:${page.upload_id || q.upload_id}`;
+    els.grid.dataset.renders = ++renders;
     const frag = document.createDocumentFragment();
     for (const r of page.results) {
       const i = search.results.length;
@@ -255,9 +311,11 @@
       setMessage(`${file.name} is larger than the ${fmtBytes(max)} upload limit`, true);
       return;
     }
+    cancelSearch();
     const mySeq = ++seq;
     search = null;
     els.grid.innerHTML = "";
+    els.grid.classList.remove("stale");
     setMessage(`searching with ${file.name}…`);
     if (queryBlobUrl) URL.revokeObjectURL(queryBlobUrl);
     queryBlobUrl = URL.createObjectURL(file);
@@ -271,7 +329,7 @@
     if (t !== null) p.set("threshold", t);
     try {
       const page = await api("/api/search/image?" + p.toString(), { method: "POST", body });
-      if (mySeq !== seq) return;
+      if (mySeq !== seq) { els.grid.dataset.stale = ++stale; return; }
       search = { kind: "upload", value: page.upload_id, label: file.name, nextOffset: page.next_offset, results: [], seq: mySeq };
       appendResults(page);
       describe(page);
@@ -286,7 +344,7 @@
 
   // -- the URL fragment remembers the search (reload, back / forward) -------------------------
   let writingHash = false;
-  function writeHash() {
+  function writeHash(typing) {
     if (!search) return;
     const p = new URLSearchParams();
     if (search.kind === "text") p.set("q", search.value);
@@ -296,9 +354,15 @@
     if (t !== null) p.set("t", t);
     if (limit() !== 60) p.set("n", limit());
     const h = "#" + p.toString();
-    if (location.hash !== h) {
+    if (typing) {
+      // A run of typing is one history entry (the latest query), not one per keystroke.
+      if (history.state && history.state.typing) history.replaceState({ typing: true }, "", h);
+      else history.pushState({ typing: true }, "", h);
+    } else if (location.hash !== h) {
       writingHash = true;
       location.hash = h;
+    } else if (history.state && history.state.typing) {
+      history.replaceState(null, "", h); // Enter on a typed query: the entry is kept, typing starts a new one
     }
   }
 
@@ -312,6 +376,9 @@
       startSearch("text", p.get("q"));
     } else if (p.get("image") && /^\d+$/.test(p.get("image"))) {
       startSearch("image", p.get("image"));
+    } else if (search && search.kind !== "upload") { // back to before the search
+      els.q.value = "";
+      clearSearch();
     }
   }
 
@@ -450,10 +517,29 @@
   // -- inputs ---------------------------------------------------------------------------------
   els.form.addEventListener("submit", (e) => {
     e.preventDefault();
+    clearTimeout(typeTimer);
     const q = els.q.value.trim();
     if (!q) { setMessage("type what you are looking for, e.g. “a dog on a beach”"); return; }
+    if (sameQuery(q)) { writeHash(); return; } // already shown or on its way: no second request
     els.queryImage.hidden = true;
     startSearch("text", q);
+  });
+
+  // Search as you type.
+  function sameQuery(q) {
+    return search && search.kind === "text" && search.value === q && !search.failed;
+  }
+
+  els.q.addEventListener("input", () => {
+    clearTimeout(typeTimer);
+    const q = els.q.value.trim();
+    if (!q) { if (search && search.kind === "text") clearSearch(); return; }
+    typeTimer = setTimeout(() => {
+      typeTimer = null;
+      if (sameQuery(q)) return; // e.g. a space typed, or a letter typed and deleted
+      els.queryImage.hidden = true;
+      startSearch("text", q, undefined, true);
+    }, TYPE_DELAY);
   });
   els.file.addEventListener("change", () => uploadSearch(els.file.files[0]));
   els.threshold.addEventListener("input", showThreshold);
@@ -463,7 +549,8 @@
   function rerun() {
     if (!search) return;
     if (search.kind === "upload") {
-      search = Object.assign({}, search, { nextOffset: 0, results: [], seq: ++seq, loading: false });
+      cancelSearch();
+      search = Object.assign({}, search, { nextOffset: 0, results: [], seq: ++seq, loading: false, controller: null, replace: false, failed: false });
       els.grid.innerHTML = "";
       loadMore();
     } else {
