@@ -57,7 +57,7 @@ def _images(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
 
 
 def _copy(model_dir: Path, dest: Path) -> Path:
-    shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns("*.int8.*", "*.safetensors"))
+    shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns("*.int8.*", "*.opt.*", "*.safetensors"))
     return dest
 
 
