@@ -76,7 +76,7 @@ def test_token_ids_match_open_clip(tiny_vit, monkeypatch):
     # Without ftfy installed, the light cleaning gives the same ids on all of these.
     import pixquery.encoders.tokenizer as tokenizer
 
-    monkeypatch.setattr(tokenizer, "_fix_text", None)
+    monkeypatch.setattr(tokenizer, "_FTFY", [None])
     assert (enc.tokenize(SENTENCES) == ref).all()
 
 

@@ -18,10 +18,25 @@ from typing import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-try:  # open_clip runs ftfy.fix_text; use it when installed for byte-identical ids.
-    from ftfy import fix_text as _fix_text
-except ImportError:  # pragma: no cover - exercised through _light_fix_text in the tests
-    _fix_text = None
+_FTFY: list = []  # [ftfy.fix_text or None], imported on first need (~40 ms: not for plain ASCII)
+
+
+def _ftfy():
+    """open_clip runs ftfy.fix_text; use it when installed for byte-identical ids."""
+    if not _FTFY:
+        try:
+            from ftfy import fix_text
+        except ImportError:  # pragma: no cover - exercised through _light_fix_text in the tests
+            fix_text = None
+        _FTFY.append(fix_text)
+    return _FTFY[0]
+
+
+def _unchanged_by_ftfy(text: str) -> bool:
+    """Text ftfy.fix_text returns as it is: printable ASCII without '&' (ftfy's repairs are of
+    non-ASCII characters, control characters, terminal escapes and HTML entities; tested on random
+    ASCII in tests/test_cold_query.py)."""
+    return text.isascii() and text.isprintable() and "&" not in text
 
 
 def _light_tables() -> dict[int, str]:
@@ -55,7 +70,8 @@ def _light_fix_text(text: str) -> str:
 
 def clean_text(text: str) -> str:
     """open_clip's default 'lower' cleaning."""
-    text = (_fix_text or _light_fix_text)(text)
+    if not _unchanged_by_ftfy(text):
+        text = (_ftfy() or _light_fix_text)(text)
     text = html.unescape(html.unescape(text))
     return " ".join(text.split()).lower()
 
