@@ -147,7 +147,7 @@ def test_quick_search_imports_no_typer_no_pil_no_ingest(library):
     assert r.returncode == 0, r.stderr
     mods = _imported(r.stderr)
     assert "onnxruntime" in mods and "numpy" in mods  # it did search in process
-    assert not {"typer", "rich", "PIL", "ftfy", "fastapi", "torch", "pixquery.ingest.pipeline", "multiprocessing"} & mods
+    assert not {"typer", "rich", "PIL", "ftfy", "tokenizers", "fastapi", "torch", "pixquery.ingest.pipeline", "multiprocessing"} & mods
     assert len(r.stdout.splitlines()) == 3
 
 
@@ -364,3 +364,91 @@ def test_a_long_library_path_gets_a_private_runtime_socket(tmp_path, monkeypatch
     assert path.parent == tmp_path / "run" and path.name.endswith(".sock")
     assert daemon.socket_path(deep) == path and daemon.socket_path(tmp_path / "lib") == (tmp_path / "lib" / "query.sock").resolve()
     assert daemon.ask(deep, {"op": "ping"}) is None  # nothing there: no error, no wait
+
+
+# -- tokenizer: plain ASCII in pure Python, same ids as `tokenizers` ---------------------------------
+def _fuzz_texts(n=3000, seed=1):
+    rng = random.Random(seed)
+    words = ("a an the dog dogs cat's photo of on at beach sunset red sports car 2024 1999 o'clock don't we're you've "
+             "i'm they'll he'd it's x-ray e-mail #tag @user $5 50% (a) [b] {c} <d> ... !! ?? -- __ == ++ ** ~~ `` \\ / | ; : , . "
+             "aaaa zzzz qqq supercalifragilisticexpialidocious 3.14 1,000 hello_world CamelCase ALLCAPS <start_of_text> "
+             "<end_of_text> <|startoftext|> <|endoftext|> 's 't 're &amp; caf\u00e9 \u65e5\u672c").split()
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 12))) for _ in range(n)]
+    texts += ["".join(rng.choice(string.printable) for _ in range(rng.randint(0, 40))) for _ in range(n)]
+    return texts + ["word " * 100, "x" * 500, "", "   "]
+
+
+def _compare_tokenizers(tokenizer_json, tmp_path):
+    from pixquery.encoders.tokenizer import ClipTokenizer
+
+    fast = ClipTokenizer(tokenizer_json, cache_dir=tmp_path / "cache")
+    slow = ClipTokenizer(tokenizer_json, fast=False)
+    texts = _fuzz_texts()
+    assert (fast(texts) == slow(texts)).all()
+    from pixquery.encoders.tokenizer import clean_text
+
+    used = sum(fast._fast.ids(clean_text(t)) is not None for t in texts)
+    assert used > len(texts) * 0.6  # the pure Python path did most of them
+    return fast
+
+
+def test_fast_bpe_gives_the_ids_of_tokenizers(tiny_model, tmp_path):
+    fast = _compare_tokenizers(tiny_model / "textual" / "tokenizer.json", tmp_path)
+    assert fast._tok_obj is not None  # non-ASCII and special-token texts went to `tokenizers`
+    only_ascii = type(fast)(tiny_model / "textual" / "tokenizer.json")
+    only_ascii(["a dog on a beach", "A Photo of 3 CATS!"])
+    assert only_ascii._tok_obj is None  # `tokenizers` never loaded
+
+
+def test_fast_bpe_reads_hugging_faces_clip_layout(tiny_model, tmp_path):
+    """The layout of Hugging Face's CLIP tokenizer.json (immich's models): other special tokens and
+    split pattern, a RobertaProcessing post-processor, merges as strings."""
+    d = json.loads((tiny_model / "textual" / "tokenizer.json").read_text())
+    rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = d["model"]["vocab"]
+    for old, new in rename.items():
+        vocab[new] = vocab.pop(old)
+    for t in d["added_tokens"]:
+        t["content"] = rename[t["content"]]
+    d["model"]["unk_token"] = "<|endoftext|>"
+    d["model"]["continuing_subword_prefix"] = ""
+    d["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in d["model"]["merges"]]
+    split = d["pre_tokenizer"]["pretokenizers"][0]["pattern"]
+    split["Regex"] = split["Regex"].replace("<start_of_text>|<end_of_text>", r"<\|startoftext\|>|<\|endoftext\|>")
+    d["post_processor"] = {"type": "RobertaProcessing", "sep": ["<|endoftext|>", vocab["<|endoftext|>"]],
+                           "cls": ["<|startoftext|>", vocab["<|startoftext|>"]], "trim_offsets": False, "add_prefix_space": False}
+    hf = tmp_path / "hf" / "textual" / "tokenizer.json"
+    hf.parent.mkdir(parents=True)
+    hf.write_text(json.dumps(d))
+    _compare_tokenizers(hf, tmp_path)
+
+
+def test_fast_bpe_copy_damaged_is_made_again_and_another_layout_is_left_alone(tiny_model, tmp_path):
+    import shutil
+
+    from pixquery.encoders.fast_bpe import _paths
+    from pixquery.encoders.tokenizer import ClipTokenizer
+
+    tj = tmp_path / "m" / "textual" / "tokenizer.json"
+    tj.parent.mkdir(parents=True)
+    shutil.copy(tiny_model / "textual" / "tokenizer.json", tj)
+    texts = ["a dog on a beach", "it's 5 o'clock", "x" * 300]
+    expected = ClipTokenizer(tj, fast=False)(texts)
+    assert (ClipTokenizer(tj)(texts) == expected).all()
+    copy = _paths(tj, None)[0]
+    good = copy.read_bytes()
+    for damage in (b"", good[: len(good) // 2], good[:-10] + b"0123456789", b"garbage\n" + good,
+                   good.split(b"\n", 1)[0] + b"\nN"):  # a "not for this layout" body with another file's checksum
+        copy.write_bytes(damage)
+        tok = ClipTokenizer(tj)
+        assert (tok(texts) == expected).all()
+        assert tok._fast and copy.read_bytes() == good  # made again
+    # a tokenizer.json of another layout: `tokenizers` does it all, remembered once
+    d = json.loads(tj.read_text())
+    d["normalizer"] = {"type": "NFKC"}
+    other = tmp_path / "o" / "textual" / "tokenizer.json"
+    other.parent.mkdir(parents=True)
+    other.write_text(json.dumps(d))
+    tok = ClipTokenizer(other)
+    assert (tok(texts) == ClipTokenizer(other, fast=False)(texts)).all() and tok._fast is False
+    assert _paths(other, None)[0].exists()

@@ -426,7 +426,7 @@ class OnnxClipEncoder:
     def __init__(self, model_dir: str | Path, *, name: str | None = None, precision: str = "fp32",
                  threads: int | None = None, cache_dir: str | Path | None = None, text_cache_size: int = 256,
                  text_threads: int | None = None, spin: bool | None = None, provider: str | None = None,
-                 short_context: bool = True, optimized_copy: bool = True, prepack: bool = True):
+                 short_context: bool = True, optimized_copy: bool | None = None, prepack: bool = True):
         """threads: ONNX Runtime intra-op threads for images (default: physical cores, or
         $PIXQUERY_THREADS); text_threads: the same for the text tower (default: threads).
         spin: let idle ORT threads busy-wait between operators (default off, or $PIXQUERY_ORT_SPIN):
@@ -436,7 +436,8 @@ class OnnxClipEncoder:
         (up to the end-of-text token) instead of the full context, with a checked copy of the text
         tower (see short_context_copy): same embeddings, about 10x less work for a short query.
         optimized_copy: load the text tower from its pre-optimised copy (see optimized_copy; CPU
-        only): same outputs, a session in ~10 ms instead of ~0.5 s. prepack: let ONNX Runtime
+        only): same outputs, a session in ~10 ms instead of ~0.5 s (default on;
+        $PIXQUERY_ORT_OPTIMIZED_COPY=0 turns it off). prepack: let ONNX Runtime
         re-lay the weights for its matmuls when the session is made (~0.1 s for the ViT-B/32 text
         tower, then each query ~8 ms instead of ~16 ms); a process that answers one query and exits
         (the CLI's search) turns it off: outputs differ by ~1e-7."""
@@ -455,7 +456,8 @@ class OnnxClipEncoder:
         if self.provider_preference not in PROVIDER_CHOICES:
             raise PixqueryError(f"provider must be one of {', '.join(PROVIDER_CHOICES)}, not {self.provider_preference!r}")
         self.short_context = short_context
-        self.optimized_copy = optimized_copy
+        env_copy = _env_flag("PIXQUERY_ORT_OPTIMIZED_COPY")
+        self.optimized_copy = optimized_copy if optimized_copy is not None else env_copy is not False
         self.prepack = prepack
         self.providers: dict[str, str] = {}  # tower -> the execution provider its session runs on
         self.session_paths: dict[str, Path] = {}  # tower -> the model file its session was made from
@@ -605,7 +607,7 @@ class OnnxClipEncoder:
 
             textual = self.model_dir / "textual"
             pad_id = pad_id_for(self.config.get("text_cfg", {}), textual)
-            self._tokenizer = ClipTokenizer(textual / "tokenizer.json", self.context_length, pad_id)
+            self._tokenizer = ClipTokenizer(textual / "tokenizer.json", self.context_length, pad_id, cache_dir=self._cache_dir)
         return self._tokenizer(texts)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

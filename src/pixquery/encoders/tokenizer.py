@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tokenizers import Tokenizer
 
 _FTFY: list = []  # [ftfy.fix_text or None], imported on first need (~40 ms: not for plain ASCII)
 
@@ -77,21 +76,58 @@ def clean_text(text: str) -> str:
 
 
 class ClipTokenizer:
-    """tokenizer.json -> (n, context_length) int64 ids, identical to open_clip's tokenizer."""
+    """tokenizer.json -> (n, context_length) int64 ids, identical to open_clip's tokenizer.
 
-    def __init__(self, tokenizer_file: str | Path, context_length: int = 77, pad_id: int = 0):
+    Plain ASCII text is tokenised by pixquery.encoders.fast_bpe (same ids, without the ~60-100 ms
+    of loading `tokenizers` and its JSON); anything else by `tokenizers`, loaded on first need."""
+
+    def __init__(self, tokenizer_file: str | Path, context_length: int = 77, pad_id: int = 0, *, fast: bool = True,
+                 cache_dir: str | Path | None = None):
         self.context_length = context_length
         self.pad_id = pad_id
-        self._tok = Tokenizer.from_file(str(tokenizer_file))
-        # Counts the start/end tokens the post-processor adds, so the end token survives.
-        self._tok.enable_truncation(max_length=context_length)
-        self._tok.no_padding()
+        self.tokenizer_file = Path(tokenizer_file)
+        self._use_fast = fast
+        self._cache_dir = cache_dir
+        self._fast = None  # FastBpe, or False when it does not apply to this tokenizer.json
+        self._tok_obj = None
+
+    @property
+    def _tok(self):
+        if self._tok_obj is None:
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(self.tokenizer_file))
+            # Counts the start/end tokens the post-processor adds, so the end token survives.
+            tok.enable_truncation(max_length=self.context_length)
+            tok.no_padding()
+            self._tok_obj = tok
+        return self._tok_obj
+
+    def _fast_ids(self, text: str) -> list[int] | None:
+        if not self._use_fast:
+            return None
+        if self._fast is None:
+            from pixquery.encoders.fast_bpe import FastBpe
+
+            self._fast = FastBpe.for_file(self.tokenizer_file, self._cache_dir) or False
+        if not self._fast:
+            return None
+        ids = self._fast.ids(text)
+        if ids is None:
+            return None
+        # as `tokenizers` truncates: the sequence to context - 2, then the start and end tokens
+        return [self._fast.sot, *ids[: self.context_length - 2], self._fast.eot]
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        encodings = self._tok.encode_batch([clean_text(t) for t in texts])
-        ids = np.full((len(encodings), self.context_length), self.pad_id, dtype=np.int64)
-        for row, enc in zip(ids, encodings):
-            row[: len(enc.ids)] = enc.ids
+        cleaned = [clean_text(t) for t in texts]
+        rows = [self._fast_ids(t) for t in cleaned]
+        slow = [i for i, r in enumerate(rows) if r is None]
+        if slow:
+            for i, enc in zip(slow, self._tok.encode_batch([cleaned[i] for i in slow])):
+                rows[i] = enc.ids
+        ids = np.full((len(rows), self.context_length), self.pad_id, dtype=np.int64)
+        for row, r in zip(ids, rows):
+            row[: len(r)] = r
         return ids
 
 
@@ -103,5 +139,7 @@ def pad_id_for(text_cfg: dict, textual_dir: Path) -> int:
     pad = json.loads(cfg_file.read_text(encoding="utf-8")).get("pad_token") if cfg_file.exists() else None
     if isinstance(pad, dict):
         pad = pad.get("content")
+    from tokenizers import Tokenizer
+
     tok = Tokenizer.from_file(str(textual_dir / "tokenizer.json"))
     return tok.token_to_id(pad) if pad is not None and tok.token_to_id(pad) is not None else 0
