@@ -11,13 +11,17 @@ were read by the previous rounds), as for anyone who searches more than once.
 
 Configurations (a ladder: each adds one way to the one before; the "before" code is the commit
 given by --base, exported with `git archive` into the work folder):
-  before                     --base's code: typer CLI, session made by optimising the text tower
-  + pre-optimised tower      this checkout, full typer CLI (PIXQUERY_FULL_CLI=1), no daemon
-  + quick entry (in process) this checkout's default without a daemon: no typer, lazy imports
-  quick entry, tower not pre-optimised  the same with PIXQUERY_ORT_OPTIMIZED_COPY=0 (that way alone)
-  + daemon                   this checkout's default with `pixquery daemon` running for the library
-  rclip -n                   rclip 3.3.0, query only (--no-indexing), its ViT-B/32 (256 px) text tower
-  rclip                      rclip as usually run: checks the folder for changes first
+  before                          --base's code: typer CLI, the text tower optimised by ONNX Runtime
+                                  at each start, `tokenizers` + ftfy, the build stage imported
+  quick entry, lazy imports       this checkout with the two ways below turned off: no typer, no
+                                  ingest/PIL/ftfy imports (PIXQUERY_ORT_OPTIMIZED_COPY=0, PIXQUERY_FAST_TOKENIZER=0)
+  + fast tokenizer                the pure Python BPE for ASCII queries (PIXQUERY_ORT_OPTIMIZED_COPY=0)
+  + pre-optimised tower           this checkout's default without a daemon
+  (the same through typer)        PIXQUERY_FULL_CLI=1: what the quick entry saves
+  + daemon                        this checkout's default with `pixquery daemon` running for the library
+  rclip -n                        rclip 3.3.0, query only (--no-indexing), its ViT-B/32 (256 px) text tower
+  rclip                           rclip as usually run: checks the folder for changes first
+All pixquery configurations but the daemon run with PIXQUERY_NO_DAEMON=1.
 
 The pixquery library and rclip's database are made in --work if missing (a few minutes).
 """
@@ -55,7 +59,7 @@ def pct(values, q):
 def base_env() -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", NO_COLOR="1")
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed package has its bytecode compiled
-    for key in ("PIXQUERY_FULL_CLI", "PIXQUERY_NO_DAEMON", "PIXQUERY_ORT_OPTIMIZED_COPY", "PIXQUERY_LIBRARY"):
+    for key in ("PIXQUERY_FULL_CLI", "PIXQUERY_NO_DAEMON", "PIXQUERY_ORT_OPTIMIZED_COPY", "PIXQUERY_FAST_TOKENIZER", "PIXQUERY_LIBRARY"):
         env.pop(key, None)
     return env
 
@@ -116,9 +120,11 @@ def main() -> int:
     if args.base:
         base_src = export_base(args.base, work / f"base-{args.base[:12]}")
         configs[f"before ({args.base[:7]})"] = (search, dict(env, PYTHONPATH=str(base_src)), None)
-    configs["+ pre-optimised tower (typer CLI)"] = (search, dict(env, PYTHONPATH=here_src, PIXQUERY_FULL_CLI="1", PIXQUERY_NO_DAEMON="1"), None)
-    configs["+ quick entry, in process"] = (search, dict(env, PYTHONPATH=here_src, PIXQUERY_NO_DAEMON="1"), None)
-    configs["quick entry, tower not pre-optimised"] = (search, dict(env, PYTHONPATH=here_src, PIXQUERY_NO_DAEMON="1", PIXQUERY_ORT_OPTIMIZED_COPY="0"), None)
+    local = dict(env, PYTHONPATH=here_src, PIXQUERY_NO_DAEMON="1")
+    configs["quick entry, lazy imports"] = (search, dict(local, PIXQUERY_ORT_OPTIMIZED_COPY="0", PIXQUERY_FAST_TOKENIZER="0"), None)
+    configs["+ fast tokenizer"] = (search, dict(local, PIXQUERY_ORT_OPTIMIZED_COPY="0"), None)
+    configs["+ pre-optimised tower (in process)"] = (search, local, None)
+    configs["(the same through typer)"] = (search, dict(local, PIXQUERY_FULL_CLI="1"), None)
     configs["+ daemon"] = (search, dict(env, PYTHONPATH=here_src), None)
     if not args.no_rclip:
         data = ensure_rclip_data(args, work)

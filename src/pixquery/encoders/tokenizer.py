@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import unicodedata
 from pathlib import Path
 from typing import Sequence
@@ -81,11 +82,14 @@ class ClipTokenizer:
     Plain ASCII text is tokenised by pixquery.encoders.fast_bpe (same ids, without the ~60-100 ms
     of loading `tokenizers` and its JSON); anything else by `tokenizers`, loaded on first need."""
 
-    def __init__(self, tokenizer_file: str | Path, context_length: int = 77, pad_id: int = 0, *, fast: bool = True,
+    def __init__(self, tokenizer_file: str | Path, context_length: int = 77, pad_id: int = 0, *, fast: bool | None = None,
                  cache_dir: str | Path | None = None):
+        """fast: the pure Python path for ASCII text (default on; $PIXQUERY_FAST_TOKENIZER=0 turns it off)."""
         self.context_length = context_length
         self.pad_id = pad_id
         self.tokenizer_file = Path(tokenizer_file)
+        if fast is None:
+            fast = os.environ.get("PIXQUERY_FAST_TOKENIZER", "").strip().lower() not in ("0", "false", "no", "off")
         self._use_fast = fast
         self._cache_dir = cache_dir
         self._fast = None  # FastBpe, or False when it does not apply to this tokenizer.json
