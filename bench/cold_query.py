@@ -15,8 +15,8 @@ given by --base, exported with `git archive` into the work folder):
                                   at each start, `tokenizers` + ftfy, the build stage imported
   quick entry, lazy imports       this checkout with the two ways below turned off: no typer, no
                                   ingest/PIL/ftfy imports (PIXQUERY_ORT_OPTIMIZED_COPY=0, PIXQUERY_FAST_TOKENIZER=0)
-  + fast tokenizer                the pure Python BPE for ASCII queries (PIXQUERY_ORT_OPTIMIZED_COPY=0)
-  + pre-optimised tower           this checkout's default without a daemon
+  + pre-optimised tower           the text tower's saved optimised copy, no pre-packing (PIXQUERY_FAST_TOKENIZER=0)
+  + fast tokenizer                the pure Python BPE for ASCII queries: this checkout's default without a daemon
   (the same through typer)        PIXQUERY_FULL_CLI=1: what the quick entry saves
   + daemon                        this checkout's default with `pixquery daemon` running for the library
   rclip -n                        rclip 3.3.0, query only (--no-indexing), its ViT-B/32 (256 px) text tower
@@ -122,8 +122,8 @@ def main() -> int:
         configs[f"before ({args.base[:7]})"] = (search, dict(env, PYTHONPATH=str(base_src)), None)
     local = dict(env, PYTHONPATH=here_src, PIXQUERY_NO_DAEMON="1")
     configs["quick entry, lazy imports"] = (search, dict(local, PIXQUERY_ORT_OPTIMIZED_COPY="0", PIXQUERY_FAST_TOKENIZER="0"), None)
-    configs["+ fast tokenizer"] = (search, dict(local, PIXQUERY_ORT_OPTIMIZED_COPY="0"), None)
-    configs["+ pre-optimised tower (in process)"] = (search, local, None)
+    configs["+ pre-optimised tower"] = (search, dict(local, PIXQUERY_FAST_TOKENIZER="0"), None)
+    configs["+ fast tokenizer (default, in process)"] = (search, local, None)
     configs["(the same through typer)"] = (search, dict(local, PIXQUERY_FULL_CLI="1"), None)
     configs["+ daemon"] = (search, dict(env, PYTHONPATH=here_src), None)
     if not args.no_rclip:
