@@ -147,7 +147,8 @@ def test_quick_search_imports_no_typer_no_pil_no_ingest(library):
     assert r.returncode == 0, r.stderr
     mods = _imported(r.stderr)
     assert "onnxruntime" in mods and "numpy" in mods  # it did search in process
-    assert not {"typer", "rich", "PIL", "ftfy", "tokenizers", "fastapi", "torch", "pixquery.ingest.pipeline", "multiprocessing"} & mods
+    assert not {"typer", "rich", "PIL", "ftfy", "tokenizers", "fastapi", "torch", "pixquery.ingest.pipeline", "multiprocessing",
+                "pixquery.daemon"} & mods
     assert len(r.stdout.splitlines()) == 3
 
 

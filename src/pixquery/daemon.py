@@ -35,7 +35,7 @@ SOCKET_NAME = "query.sock"
 PROTOCOL = 1
 TIMEOUT_ENV = "PIXQUERY_DAEMON_TIMEOUT"  # seconds the client waits for an answer (default 10)
 OFF_ENV = "PIXQUERY_NO_DAEMON"  # 1: never ask a daemon
-_MAX_UNIX_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
+_MAX_UNIX_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS (searchcmd._from_daemon knows both)
 
 
 def socket_path(library: str | os.PathLike) -> Path:
@@ -254,6 +254,9 @@ class QueryDaemon:
         old = os.umask(0o177)  # the socket is 0600 from the start
         try:
             sock.bind(str(self.path))
+        except OSError as e:  # another daemon bound it a moment ago, or the folder is read-only
+            sock.close()
+            raise PixqueryError(f"cannot listen on {self.path}: {e.strerror or e}") from None
         finally:
             os.umask(old)
         sock.listen(16)

@@ -86,9 +86,12 @@ class Found:
 def _from_daemon(query: str, k: int, threshold, library, model):
     """(Found, random_weights, model name, ms) from the library's daemon, or None. Only the
     standard library is imported on this path."""
+    lib = Path(library).expanduser() if library else _default_library()
+    inside = os.path.join(os.path.realpath(lib), "query.sock")  # daemon.socket_path's usual answer
+    if len(os.fsencode(inside)) <= 100 and not os.path.lexists(inside):
+        return None  # no daemon: not even its module is imported
     from pixquery import daemon
 
-    lib = Path(library).expanduser() if library else _default_library()
     if not os.path.lexists(daemon.socket_path(lib)):
         return None
     t0 = time.perf_counter()
