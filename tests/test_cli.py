@@ -296,7 +296,7 @@ def test_export_without_network_fails_fast(tmp_path):
 
 # -- help texts and exit codes (issue 11 item 13) ------------------------------------------------------
 
-COMMANDS = ["index", "search", "info", "models", "reindex", "demo", "export", "eval", "serve",
+COMMANDS = ["index", "search", "info", "models", "reindex", "demo", "export", "eval", "serve", "daemon",
             "video", "video info", "video frames", "video frame"]
 
 

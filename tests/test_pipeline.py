@@ -239,7 +239,7 @@ def test_int8_through_library_index_agrees_with_fp32(tiny_model, tmp_path):
     photos = tmp_path / "photos"
     make_photos(photos, 24, size=(160, 120))
     model = tmp_path / "model"
-    shutil.copytree(tiny_model, model, ignore=shutil.ignore_patterns("*.int8.*", "*.safetensors"))
+    shutil.copytree(tiny_model, model, ignore=shutil.ignore_patterns("*.int8.*", "*.opt.*", "*.safetensors"))
     libs = {p: Library.open(tmp_path / f"lib-{p}", model=str(model), precision=p) for p in ("fp32", "int8")}
     for p, lib in libs.items():
         report = lib.index([photos])

@@ -16,18 +16,19 @@ from typing import Sequence
 
 import numpy as np
 
+from typing import TYPE_CHECKING
+
 from pixquery.catalog import Catalog, ModelRow
 from pixquery.errors import BadImage, LibraryError, PixqueryError
-from pixquery.ingest import pipeline, sources
-from pixquery.ingest import regions as region_mod
-from pixquery.ingest import scan as scanning
-from pixquery.ingest import video as video_mod
-from pixquery.ingest.crops import RegionConfig
-from pixquery.ingest.items import DecodeSettings
-from pixquery.ingest.sync import SyncReport, sync_index
-from pixquery.ingest.write import CatalogWriter
 from pixquery.ingest import store_only
 from pixquery.search import Results, SearchResult, run_query, run_store_query
+
+if TYPE_CHECKING:
+    from pixquery.ingest.crops import RegionConfig
+    from pixquery.ingest.sync import SyncReport
+
+# The build stage (pixquery.ingest: decoders, PIL, multiprocessing) is imported by the methods
+# that build, not here: `pixquery search` starts without it (docs/performance.md, cold query).
 
 CATALOG_FILE = "catalog.sqlite"
 PRECISIONS = ("fp32", "int8")
@@ -193,6 +194,14 @@ class Library:
         cluster at `address`, "auto" or "ray://host:port"; None starts a local Ray for the run);
         the results are written here, in this library, either way.
         """
+        from pixquery.ingest import pipeline, sources
+        from pixquery.ingest import regions as region_mod
+        from pixquery.ingest import scan as scanning
+        from pixquery.ingest import video as video_mod
+        from pixquery.ingest.items import DecodeSettings
+        from pixquery.ingest.sync import sync_index
+        from pixquery.ingest.write import CatalogWriter
+
         pipeline.check_engine(engine)  # before any work
         store_only.refuse(self, "index")
         progress = _StatusFile(self.path / STATUS_FILE, progress or IndexProgress())
@@ -255,6 +264,8 @@ class Library:
 
     def reindex(self, index: str | None = None, index_params: dict | None = None, progress: IndexProgress | None = None) -> SyncReport:
         """Rebuild the index (another kind or parameters) from stored embeddings: nothing is re-embedded."""
+        from pixquery.ingest.sync import sync_index
+
         progress = progress or IndexProgress()
         store_only.refuse(self, "reindex")
         with self._write_lock():
@@ -345,6 +356,8 @@ class Library:
         threshold: an angular distance (0..1) above which results are dropped, or "auto" for the
         threshold `pixquery eval` stored for this model.
         """
+        from pixquery.ingest import video as video_mod
+
         given = [x is not None for x in (query, image, image_id, vector)]
         if sum(given) != 1:
             raise PixqueryError("give exactly one of: a text query, an image, an image id, a vector")
@@ -371,6 +384,7 @@ class Library:
 
     def embed_image(self, image: str | Path) -> np.ndarray:
         """An image file's embedding, through the same decode and crop stage as indexing."""
+        from pixquery.ingest import pipeline
         from pixquery.ingest.workers import read_bytes
 
         path = str(image)

@@ -5,10 +5,15 @@ Errors a user can act on (PixqueryError) are printed as one line, with no traceb
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `python -m pixquery.cli`: the same entry as the installed command,
+    from pixquery.launch import main as _launch  # which answers a plain search without typer (below)
+
+    _launch()
+
 import json
 import os
-import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -291,37 +296,35 @@ def search(
     model: Optional[str] = ModelOpt,
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON"),
 ):
-    """Search the library by text or by image."""
-    if (query is None) == (image is None):
-        raise PixqueryError("give a text query or --image PATH (one of them)")
-    with _open(library, model) as lib:
-        if not as_json:
-            _warn_if_random(lib)
-        t0 = time.perf_counter()
-        results = lib.search(query, image=image, k=k, threshold=threshold)
-        ms = (time.perf_counter() - t0) * 1000
-    if as_json:
-        print(json.dumps({"query": query, "image": str(image) if image else None, "threshold": results.threshold,
-                          "dropped_by_threshold": results.dropped, "results": [r.to_dict() for r in results]}, indent=2))
-        return
-    from pixquery.ingest.video import describe_location
+    """Search the library by text or by image (a text search is answered by `pixquery daemon` when one runs for the library)."""
+    from pixquery.searchcmd import search_command
 
-    # where: path @ 00:12:31 (00:12:25-00:12:40) [box x0,y0,x1,y1]
-    rows = [(r.rank, f"{r.score:.4f}", f"{r.distance:.4f}", describe_location(r)) for r in results]
-    if _piped():  # one result a line: rank, score, distance, location (`| cut -f4`)
-        _emit(rows)
-    else:
-        table = Table(show_header=True, header_style="bold", box=None)
-        for col, just in (("#", "right"), ("score", "right"), ("distance", "right")):
-            table.add_column(col, justify=just, no_wrap=True)
-        table.add_column("path", overflow="fold")  # a path is never cut short: it is the answer
-        for row in rows:
-            table.add_row(*map(str, row[:3]), escape(row[3]))
-        console.print(table)
-    note = f"{len(results)} results in {ms:.0f} ms"
-    if results.threshold is not None:
-        note += f"; {results.dropped} dropped by the threshold {results.threshold:.4f}"
-    err.print(f"[dim]{note}[/dim]")
+    try:
+        search_command(query, image, k, threshold, library, model, as_json)
+    except BrokenPipeError:  # `| head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(EXIT_OK) from None
+
+
+@app.command(name="daemon")
+def daemon_cmd(
+    library: Optional[Path] = LibraryOpt,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or local model folder [default: the library's, followed when it changes]"),
+    idle_exit: float = typer.Option(0, "--idle-exit", metavar="SECONDS", help="Exit after this long without a query (0: never)"),
+    stop: bool = typer.Option(False, "--stop", help="Stop the daemon running for the library"),
+):
+    """Keep the text model and index loaded and answer `pixquery search` over a socket in the library folder (optional: searches work without it, slower to start)."""
+    from pixquery import daemon
+    from pixquery.api import default_library_path
+
+    lib = Path(library).expanduser() if library else default_library_path()
+    if stop:
+        pid = daemon.stop(lib)
+        if pid is None:
+            raise PixqueryError(f"no pixquery daemon answers for {lib}")
+        err.print(f"stopped the daemon of {escape(str(lib))} (pid {pid})")
+        return
+    daemon.run(lib, model, idle_exit=idle_exit)
 
 
 @app.command()

@@ -8,7 +8,7 @@ angular distance, so a result is kept when its distance is at or below it.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 

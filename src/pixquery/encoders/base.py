@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
-from PIL import Image
 
 
 @dataclass(frozen=True)

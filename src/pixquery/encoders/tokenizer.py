@@ -11,17 +11,32 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import unicodedata
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tokenizers import Tokenizer
 
-try:  # open_clip runs ftfy.fix_text; use it when installed for byte-identical ids.
-    from ftfy import fix_text as _fix_text
-except ImportError:  # pragma: no cover - exercised through _light_fix_text in the tests
-    _fix_text = None
+_FTFY: list = []  # [ftfy.fix_text or None], imported on first need (~40 ms: not for plain ASCII)
+
+
+def _ftfy():
+    """open_clip runs ftfy.fix_text; use it when installed for byte-identical ids."""
+    if not _FTFY:
+        try:
+            from ftfy import fix_text
+        except ImportError:  # pragma: no cover - exercised through _light_fix_text in the tests
+            fix_text = None
+        _FTFY.append(fix_text)
+    return _FTFY[0]
+
+
+def _unchanged_by_ftfy(text: str) -> bool:
+    """Text ftfy.fix_text returns as it is: printable ASCII without '&' (ftfy's repairs are of
+    non-ASCII characters, control characters, terminal escapes and HTML entities; tested on random
+    ASCII in tests/test_cold_query.py)."""
+    return text.isascii() and text.isprintable() and "&" not in text
 
 
 def _light_tables() -> dict[int, str]:
@@ -55,27 +70,68 @@ def _light_fix_text(text: str) -> str:
 
 def clean_text(text: str) -> str:
     """open_clip's default 'lower' cleaning."""
-    text = (_fix_text or _light_fix_text)(text)
+    if not _unchanged_by_ftfy(text):
+        text = (_ftfy() or _light_fix_text)(text)
     text = html.unescape(html.unescape(text))
     return " ".join(text.split()).lower()
 
 
 class ClipTokenizer:
-    """tokenizer.json -> (n, context_length) int64 ids, identical to open_clip's tokenizer."""
+    """tokenizer.json -> (n, context_length) int64 ids, identical to open_clip's tokenizer.
 
-    def __init__(self, tokenizer_file: str | Path, context_length: int = 77, pad_id: int = 0):
+    Plain ASCII text is tokenised by pixquery.encoders.fast_bpe (same ids, without the ~60-100 ms
+    of loading `tokenizers` and its JSON); anything else by `tokenizers`, loaded on first need."""
+
+    def __init__(self, tokenizer_file: str | Path, context_length: int = 77, pad_id: int = 0, *, fast: bool | None = None,
+                 cache_dir: str | Path | None = None):
+        """fast: the pure Python path for ASCII text (default on; $PIXQUERY_FAST_TOKENIZER=0 turns it off)."""
         self.context_length = context_length
         self.pad_id = pad_id
-        self._tok = Tokenizer.from_file(str(tokenizer_file))
-        # Counts the start/end tokens the post-processor adds, so the end token survives.
-        self._tok.enable_truncation(max_length=context_length)
-        self._tok.no_padding()
+        self.tokenizer_file = Path(tokenizer_file)
+        if fast is None:
+            fast = os.environ.get("PIXQUERY_FAST_TOKENIZER", "").strip().lower() not in ("0", "false", "no", "off")
+        self._use_fast = fast
+        self._cache_dir = cache_dir
+        self._fast = None  # FastBpe, or False when it does not apply to this tokenizer.json
+        self._tok_obj = None
+
+    @property
+    def _tok(self):
+        if self._tok_obj is None:
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(self.tokenizer_file))
+            # Counts the start/end tokens the post-processor adds, so the end token survives.
+            tok.enable_truncation(max_length=self.context_length)
+            tok.no_padding()
+            self._tok_obj = tok
+        return self._tok_obj
+
+    def _fast_ids(self, text: str) -> list[int] | None:
+        if not self._use_fast:
+            return None
+        if self._fast is None:
+            from pixquery.encoders.fast_bpe import FastBpe
+
+            self._fast = FastBpe.for_file(self.tokenizer_file, self._cache_dir) or False
+        if not self._fast:
+            return None
+        ids = self._fast.ids(text)
+        if ids is None:
+            return None
+        # as `tokenizers` truncates: the sequence to context - 2, then the start and end tokens
+        return [self._fast.sot, *ids[: self.context_length - 2], self._fast.eot]
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        encodings = self._tok.encode_batch([clean_text(t) for t in texts])
-        ids = np.full((len(encodings), self.context_length), self.pad_id, dtype=np.int64)
-        for row, enc in zip(ids, encodings):
-            row[: len(enc.ids)] = enc.ids
+        cleaned = [clean_text(t) for t in texts]
+        rows = [self._fast_ids(t) for t in cleaned]
+        slow = [i for i, r in enumerate(rows) if r is None]
+        if slow:
+            for i, enc in zip(slow, self._tok.encode_batch([cleaned[i] for i in slow])):
+                rows[i] = enc.ids
+        ids = np.full((len(rows), self.context_length), self.pad_id, dtype=np.int64)
+        for row, r in zip(ids, rows):
+            row[: len(r)] = r
         return ids
 
 
@@ -87,5 +143,7 @@ def pad_id_for(text_cfg: dict, textual_dir: Path) -> int:
     pad = json.loads(cfg_file.read_text(encoding="utf-8")).get("pad_token") if cfg_file.exists() else None
     if isinstance(pad, dict):
         pad = pad.get("content")
+    from tokenizers import Tokenizer
+
     tok = Tokenizer.from_file(str(textual_dir / "tokenizer.json"))
     return tok.token_to_id(pad) if pad is not None and tok.token_to_id(pad) is not None else 0

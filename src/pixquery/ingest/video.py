@@ -34,13 +34,18 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from PIL import Image
 
 from pixquery.catalog import Catalog
 from pixquery.errors import PixqueryError
 from pixquery.ingest import scan as scanning
-from pixquery.ingest.crops import RegionConfig
+
+if TYPE_CHECKING:  # annotations only: a search (merge_video_hits, describe_location) needs no PIL
+    from PIL import Image
+
+    from pixquery.ingest.crops import RegionConfig
 
 VIDEO_KINDS = ("frame", "tile", "detector")
 SETTING_VIDEO = "video"  # JSON of the SamplingConfig + RegionConfig the videos were indexed with
