@@ -381,7 +381,8 @@ def baseline_table(res: dict) -> list[str]:
     f = lambda x: f"{x:.2f}"  # noqa: E731
     return ["", "## Before and after", "",
             f"Baseline: `{b['command']}` run {b['started']} with pixquery from {b.get('source', {}).get('path', '?')} (load average "
-            f"{bm['load_avg_before']} / {bm['load_avg_after']}), same library; this run's load {m['load_avg_before']} / {m['load_avg_after']}.", "",
+            f"{bm['load_avg_before']} / {bm['load_avg_after']}), same library; this run's load {m['load_avg_before']} / {m['load_avg_after']}. "
+            "Where the two trees share the code of a part (e.g. the text tower), its difference is the machine's run-to-run noise.", "",
             "| ms, p50 (p99) | baseline | this run |", "|---|---:|---:|",
             row("API, text: total", lambda x: f"{f(x['api']['p50_ms'])} ({f(x['api']['p99_ms'])})"),
             row("API: encode", lambda x: f(x["api"]["breakdown"]["encode"]["p50_ms"])),
