@@ -244,9 +244,10 @@ def lookup_times(lib_dir: Path, model: str, ks=(10, 56, 1000), reps: int = 300, 
 # -- the run --------------------------------------------------------------------------------------
 
 
-def measure(lib_dir: Path, model: str, n_queries: int, clip_eval: np.ndarray, http: bool, workdir: Path) -> dict:
-    words = sentences(n_queries + 20, seed=18)
-    warm, texts = words[:20], words[20:]
+def measure(lib_dir: Path, model: str, n_queries: int, clip_eval: np.ndarray, http: bool, workdir: Path,
+            gap: float, n_b2b: int) -> dict:
+    words = sentences(n_queries + n_b2b + 20, seed=18)
+    warm, texts, b2b_texts = words[:20], words[20:20 + n_queries], words[20 + n_queries:]
     lib = Library.open(lib_dir, model=model, create=False)
     enc = lib.encoder
     t0 = time.perf_counter()
@@ -276,31 +277,41 @@ def measure(lib_dir: Path, model: str, n_queries: int, clip_eval: np.ndarray, ht
             if server:
                 client.get("/api/search", params={"q": w, "k": 10}).raise_for_status()
         load_before = load_avg()
-        api, http_rows, raw_rows = [], [], []
-        for i, text in enumerate(texts):
-            split.reset()
-            t0 = time.perf_counter()
-            res = lib.search(text, k=10)
-            total = time.perf_counter() - t0
-            api.append({"total": total, **dict(split.t), "ids": [r.image_id for r in res], "paths": [r.path for r in res]})
-            if server:
+
+        def one_pass(batch: list[str], gap: float):
+            """Each text through the API, httpx and the bare socket, `gap` seconds of idle before each."""
+            api, http_rows, raw_rows = [], [], []
+            for i, text in enumerate(batch):
+                time.sleep(gap)
+                split.reset()
                 t0 = time.perf_counter()
-                resp = client.get("/api/search", params={"q": text, "k": 10})
-                wall = time.perf_counter() - t0
-                resp.raise_for_status()
-                body = resp.json()
-                http_rows.append({"wall": wall, "took_ms": body["took_ms"], "bytes": len(resp.content),
-                                  "ids": [h["image_id"] for h in body["results"]],
-                                  "paths": [h["path"] for h in body["results"]]})
-                # the same query text again would be answered from the server's query cache: a variant
-                variant = text + " photo"
-                t0 = time.perf_counter()
-                status, raw_body = raw.get("/api/search?" + urlencode({"q": variant, "k": 10}))
-                raw_wall = time.perf_counter() - t0
-                assert status == 200, raw_body[:200]
-                raw_rows.append({"wall": raw_wall, "took_ms": json.loads(raw_body)["took_ms"]})
-            if (i + 1) % 100 == 0:
-                log(f"{i + 1} / {len(texts)} queries, load {load_avg()}")
+                res = lib.search(text, k=10)
+                total = time.perf_counter() - t0
+                api.append({"total": total, **dict(split.t), "ids": [r.image_id for r in res], "paths": [r.path for r in res]})
+                if server:
+                    time.sleep(gap)
+                    t0 = time.perf_counter()
+                    resp = client.get("/api/search", params={"q": text, "k": 10})
+                    wall = time.perf_counter() - t0
+                    resp.raise_for_status()
+                    body = resp.json()
+                    http_rows.append({"wall": wall, "took_ms": body["took_ms"], "bytes": len(resp.content),
+                                      "ids": [h["image_id"] for h in body["results"]],
+                                      "paths": [h["path"] for h in body["results"]]})
+                    # the same text again would come from the server's query cache: a variant
+                    time.sleep(gap)
+                    t0 = time.perf_counter()
+                    status, raw_body = raw.get("/api/search?" + urlencode({"q": text + " photo", "k": 10}))
+                    raw_wall = time.perf_counter() - t0
+                    assert status == 200, raw_body[:200]
+                    raw_rows.append({"wall": raw_wall, "took_ms": json.loads(raw_body)["took_ms"]})
+                if (i + 1) % 100 == 0:
+                    log(f"{i + 1} / {len(batch)} queries (gap {gap} s), load {load_avg()}")
+            return api, http_rows, raw_rows
+
+        api, http_rows, raw_rows = one_pass(texts, gap)
+        load_after_paced = load_avg()
+        b2b = one_pass(b2b_texts, 0.0) if b2b_texts else None
         load_after = load_avg()
         # the realistic queries: real CLIP text vectors, through the same search (no text tower)
         clip_rows = []
@@ -343,7 +354,8 @@ def measure(lib_dir: Path, model: str, n_queries: int, clip_eval: np.ndarray, ht
     out = {
         "queries": len(texts), "warm_up_queries": len(warm), "index_kind": row.kind,
         "index_params": row.params, "text_tower_first_call_s": round(t_tower, 3), "index_load_s": round(t_load, 3),
-        "load_avg_before": load_before, "load_avg_after": load_after, "load_avg_after_clip": load_after_clip,
+        "gap_s": gap, "load_avg_before": load_before, "load_avg_after_paced": load_after_paced,
+        "load_avg_after": load_after, "load_avg_after_clip": load_after_clip,
         "api": {**summary(api), "breakdown": breakdown(api), "recall10": round(recall([r["ids"] for r in api], truth_text), 4),
                 "index_alone_recall10": round(recall(ix_ids["text"], truth_text), 4)},
         "clip_vectors": {"queries": len(clip_eval), **summary(clip_rows), "breakdown": breakdown(clip_rows),
@@ -351,6 +363,11 @@ def measure(lib_dir: Path, model: str, n_queries: int, clip_eval: np.ndarray, ht
                          "index_alone_recall10": round(recall(ix_ids["clip"], truth_clip), 4)},
         "sample": {"query": texts[0], "paths": api[0]["paths"][:3]},
     }
+    if b2b:
+        out["back_to_back"] = {"queries": len(b2b_texts), "api": {**summary(b2b[0]), "breakdown": breakdown(b2b[0])}}
+        if server:
+            out["back_to_back"]["http"] = summary(b2b[1], "wall")
+            out["back_to_back"]["http_raw_client"] = summary(b2b[2], "wall")
     if server:
         out["http"] = {**summary(http_rows, "wall"),
                        "server_took_ms": {"p50_ms": round(pct([r["took_ms"] for r in http_rows], 50), 3),
@@ -406,6 +423,14 @@ def notes(res: dict) -> list[str]:
             "as a real library is, on text vectors of the model that will query it (here real CLIP ViT-B/32 text vectors, "
             "since the random tower's say nothing about these images), and on such queries the end-to-end recall is the "
             "target's figure. Latency does not depend on where the query points (nprobe cells are scanned either way).",
+            "- **Idle before a query.** On this machine the text tower runs slower after the CPUs have idled (here "
+            f"{m.get('gap_s', 0)} s before each query, as between a person's queries) than in a burst of queries: "
+            + (f"encode p50 {api['breakdown']['encode']['p50_ms']:.1f} ms paced vs "
+               f"{m['back_to_back']['api']['breakdown']['encode']['p50_ms']:.1f} ms back to back in this run. "
+               if m.get("back_to_back") else "")
+            + "The likely cause: with ONNX Runtime's threads not spinning (pixquery's default) each of the "
+            "short-context tower's many small operators wakes the second thread, and waking a core that idled is "
+            "slow on this VM (docs/performance.md has the probe). The targets are judged on the paced figures.",
             "- **Catalog lookup O(k).** Both lookups are primary-key B-tree descents, one per path; per path it costs "
             "more at 1M rows than at 10k because 10k rows' pages sit in the CPU caches and SQLite's page cache, while at "
             "1M each descent reads pages from memory (a larger SQLite cache or mmap made no difference, measured). "
@@ -438,8 +463,9 @@ def write_report(out: Path, res: dict) -> None:
          "## Targets", "",
          "| target | measured | met |", "|---|---|---|"]
     ok_api = api["p50_ms"] <= 20
+    gap = m.get("gap_s", 0.0)
     L.append(f"| Python API `Library.search(text, k=10)` <= 20 ms p50 | p50 **{api['p50_ms']:.1f} ms**, p99 {api['p99_ms']:.1f} ms "
-             f"({m['queries']} distinct queries) | {'yes' if ok_api else 'no'} |")
+             f"({m['queries']} distinct queries, {gap} s idle before each) | {'yes' if ok_api else 'no'} |")
     if http:
         L.append(f"| HTTP GET /api/search?q=..&k=10 (`pixquery serve`) <= 20 ms p50 | p50 **{http['p50_ms']:.1f} ms**, "
                  f"p99 {http['p99_ms']:.1f} ms (client wall; server's took_ms p50 {http['server_took_ms']['p50_ms']:.1f}) "
@@ -458,10 +484,14 @@ def write_report(out: Path, res: dict) -> None:
     L.append(f"| catalog lookup of k paths O(k) at 1M rows | k=10: {k1m['p50_ms']:.3f} ms at {lk['large']['rows']:,} rows, "
              f"{k10['p50_ms']:.3f} ms at {lk['small']['rows']:,} rows | "
              f"{'yes' if k1m['p50_ms'] <= 2 * k10['p50_ms'] + 0.05 else 'no'} |")
-    L += ["", "## Where the time goes (ms; per query)", "",
+    L += ["", f"## Where the time goes (ms; per query; {gap} s idle before each unless said)", "",
           "| path | total p50 | p90 | p99 | encode p50 | index search p50 | catalog lookup p50 | rest p50 |",
           "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, s in (("API, text", api), ("API, CLIP vector (no text tower)", clip)):
+    b2b = m.get("back_to_back")
+    rows = [("API, text", api), ("API, CLIP vector (no text tower), back to back", clip)]
+    if b2b:
+        rows.insert(1, (f"API, text, back to back ({b2b['queries']} other queries)", b2b["api"]))
+    for name, s in rows:
         bd = s["breakdown"]
         L.append(f"| {name} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | {s['p99_ms']:.2f} | {bd['encode']['p50_ms']:.2f} | "
                  f"{bd['index']['p50_ms']:.2f} | {bd['catalog']['p50_ms']:.3f} | {bd['rest']['p50_ms']:.3f} |")
@@ -469,6 +499,10 @@ def write_report(out: Path, res: dict) -> None:
         L.append(f"| HTTP, text (client wall, httpx) | {http['p50_ms']:.2f} | {http['p90_ms']:.2f} | {http['p99_ms']:.2f} | | | | |")
         if raw:
             L.append(f"| HTTP, text (client wall, bare socket) | {raw['p50_ms']:.2f} | {raw['p90_ms']:.2f} | {raw['p99_ms']:.2f} | | | | |")
+        for key, name in (("http", "httpx"), ("http_raw_client", "bare socket")):
+            if b2b and key in b2b:
+                x = b2b[key]
+                L.append(f"| HTTP, text (client wall, {name}), back to back | {x['p50_ms']:.2f} | {x['p90_ms']:.2f} | {x['p99_ms']:.2f} | | | | |")
         L += ["", f"HTTP answers: {http['response_bytes_p50']} bytes (p50); client wall minus the server's took_ms "
                   f"(HTTP, routing, validation, JSON, the client): {http['outside_took_ms_p50']:.2f} ms p50 with httpx"
                   + (f", {raw['outside_took_ms_p50']:.2f} ms with a bare socket" if raw else "") + "; the same ranked paths as the API for "
@@ -517,6 +551,10 @@ def main(argv=None) -> int:
     ap.add_argument("--small", type=int, default=10_000, help="the small library for the O(k) comparison")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/pixquery-library-1m"), help="where the libraries are kept")
     ap.add_argument("--queries", type=int, default=300, help="distinct text queries")
+    ap.add_argument("--gap", type=float, default=0.2,
+                    help="idle seconds before each timed query, as between a person's queries (the text tower is "
+                         "slower after idle: see the report's notes)")
+    ap.add_argument("--back-to-back", type=int, default=150, help="more distinct queries, with no gap")
     ap.add_argument("--clip-queries", type=int, default=800, help="real CLIP text vectors (besides the 200 calibrating auto)")
     ap.add_argument("--no-http", action="store_true")
     ap.add_argument("--build-only", action="store_true")
@@ -541,7 +579,8 @@ def main(argv=None) -> int:
     lookup = {"small": lookup_times(args.workdir / f"lib-{args.small}", model),
               "large": lookup_times(args.workdir / f"lib-{args.n}", model)}
     log("end-to-end queries")
-    meas = measure(args.workdir / f"lib-{args.n}", model, args.queries, clip_eval, not args.no_http, args.workdir)
+    meas = measure(args.workdir / f"lib-{args.n}", model, args.queries, clip_eval, not args.no_http, args.workdir,
+                   args.gap, args.back_to_back)
     cmd = "flock /tmp/pixquery-bench.lock python bench/library_1m.py " + " ".join(argv if argv is not None else sys.argv[1:])
     res = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)), "command": cmd,
            "workdir": str(args.workdir), "machine": describe(), "load_avg_start": load_start, "source": source_tree(),
