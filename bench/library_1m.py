@@ -409,6 +409,11 @@ def baseline_table(res: dict) -> list[str]:
             row("HTTP, text: client wall", lambda x: f"{f(x['http']['p50_ms'])} ({f(x['http']['p99_ms'])})"),
             row("HTTP: server's took_ms", lambda x: f(x["http"]["server_took_ms"]["p50_ms"])),
             row("HTTP: wall minus took_ms", lambda x: f(x["http"]["outside_took_ms_p50"])),
+            row("HTTP, bare socket client: wall", lambda x: f"{f(x['http_raw_client']['p50_ms'])} ({f(x['http_raw_client']['p99_ms'])})"),
+            row("back to back: API", lambda x: f"{f(x['back_to_back']['api']['p50_ms'])} ({f(x['back_to_back']['api']['p99_ms'])})"),
+            row("back to back: HTTP, httpx", lambda x: f"{f(x['back_to_back']['http']['p50_ms'])} ({f(x['back_to_back']['http']['p99_ms'])})"),
+            row("back to back: HTTP, bare socket", lambda x: f"{f(x['back_to_back']['http_raw_client']['p50_ms'])} "
+                                                         f"({f(x['back_to_back']['http_raw_client']['p99_ms'])})"),
             row("recall@10, CLIP text vectors", lambda x: f"{x['clip_vectors']['recall10']:.4f}")]
 
 

@@ -558,9 +558,9 @@ def test_serve_on_a_busy_port_says_so_before_serving(tmp_path, tiny_model):
 
 def test_accepted_connections_send_without_nagle():
     """The listening socket `pixquery serve` makes is a TCP one (proto IPPROTO_TCP), so asyncio sets
-    TCP_NODELAY on every connection it accepts. With proto 0 it did not, and each answer's body
-    (written after its headers) waited for the client's delayed ACK: ~45 ms on every request on
-    loopback, /api/health included (bench/results/library-1m.md)."""
+    TCP_NODELAY on every connection it accepts. With proto 0 it did not, and an answer's body
+    (written after its headers) could wait for the client's delayed ACK: ~45 ms a request on
+    loopback when requests come in quick succession, /api/health included (bench/results/library-1m.md)."""
     import asyncio
     import socket
 
