@@ -99,3 +99,40 @@ def test_no_sql_outside_the_catalog_package():
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("execute", "executemany"):
                 offenders.append(f"{path.relative_to(src)}:{node.lineno}: .{node.func.attr}(...)")
     assert offenders == []
+
+
+def test_add_photos_writes_the_rows_upsert_and_put_embedding_write(tmp_path):
+    """The bulk method (bench/library_1m.py) leaves the same image and embedding rows as the
+    one-by-one path, refreshes a photo it already has, and returns the ids in input order."""
+    rng = np.random.default_rng(0)
+    photos = [(f"/p/{i:03d}.jpg", 100 + i, 10**18 + i, f"{i:064x}" if i % 2 else None, 640, 480) for i in range(50)]
+    vectors = rng.standard_normal((50, 4)).astype(np.float32)
+    one, bulk = Catalog(tmp_path / "one.sqlite"), Catalog(tmp_path / "bulk.sqlite")
+    with one.transaction():
+        m1 = one.ensure_model("m", "fp", 4)
+        for p, v in zip(photos, vectors):
+            one.put_image_embedding(m1.id, one.upsert_image(*p), v)
+    with bulk.transaction():
+        m2 = bulk.ensure_model("m", "fp", 4)
+        bulk.upsert_image(*photos[7][:1], 1, 1, None, 1, 1)  # already known: refreshed, id kept
+        ids = bulk.add_photos(m2.id, photos, vectors)
+    assert ids[7] == 1 and len(set(ids)) == 50
+    assert [bulk.image(i).path for i in ids] == [p[0] for p in photos]
+
+    def rows(c, sql):
+        return sorted(c.db.execute(sql).fetchall())
+
+    img = "SELECT path, size, mtime_ns, sha256, width, height, deleted FROM image"
+    emb = ("SELECT i.path, e.vector, e.source_size, e.source_mtime_ns, e.source_sha256 "
+           "FROM embedding e JOIN image i ON i.id = e.image_id")
+    assert rows(bulk, img) == rows(one, img)
+    assert rows(bulk, emb) == rows(one, emb)
+    assert bulk.image_ids_with_current_embedding(m2.id) == set(ids)
+    with bulk.transaction():
+        again = bulk.add_photos(m2.id, photos[:3], vectors[3:6])  # re-embedded: replaced, not duplicated
+    assert again == ids[:3]
+    assert np.array_equal(bulk.image_embedding(m2.id, ids[0]), vectors[3])
+    assert bulk.count_embeddings(m2.id) == 50
+    with pytest.raises(ValueError):
+        bulk.add_photos(m2.id, photos[:2], vectors[:3])
+    one.close(), bulk.close()

@@ -563,3 +563,36 @@ def test_serve_on_a_busy_port_says_so_before_serving(tmp_path, tiny_model):
     assert f"port {port} is in use" in r.stderr and "--port" in r.stderr
     assert "serving" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_accepted_connections_send_without_nagle():
+    """The listening socket `pixquery serve` makes is a TCP one (proto IPPROTO_TCP), so asyncio sets
+    TCP_NODELAY on every connection it accepts. With proto 0 it did not, and an answer's body
+    (written after its headers) could wait for the client's delayed ACK: ~45 ms a request on
+    loopback when requests come in quick succession, /api/health included (bench/results/library-1m.md)."""
+    import asyncio
+    import socket
+
+    from pixquery.server.cli import _listen
+
+    sock = _listen("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    assert sock.proto == socket.IPPROTO_TCP
+    seen = []
+
+    async def main():
+        def handle(reader, writer):
+            seen.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(handle, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(200):
+                if seen:
+                    break
+                await asyncio.sleep(0.01)
+            writer.close()
+
+    asyncio.run(main())
+    assert seen and seen[0] != 0

@@ -133,6 +133,40 @@ class Catalog(MediaTables, ShardTables):
         ).fetchone()
         return row[0]
 
+    def add_photos(self, model_id: int, photos: Sequence[tuple[str, int, int, str | None, int | None, int | None]],
+                   vectors: np.ndarray) -> list[int]:
+        """Many photos at once: (path, size, mtime_ns, sha256, width, height) each, with this model's
+        embedding of each (row i of `vectors`, made from that file version). The same rows as
+        `upsert_image` + `put_image_embedding` one by one, in one statement per table (call inside
+        a transaction). Returns the image ids, in order. For bulk loads (bench/library_1m.py makes
+        a million-photo catalog with it in under a minute)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(vectors) != len(photos):
+            raise ValueError(f"{len(photos)} photos but {len(vectors)} vectors")
+        now = time.time()
+        self.db.executemany(
+            """INSERT INTO image(path, size, mtime_ns, sha256, width, height, indexed_at, deleted)
+               VALUES (?, ?, ?, ?, ?, ?, ?, 0)
+               ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
+                 sha256 = excluded.sha256, width = excluded.width, height = excluded.height,
+                 indexed_at = excluded.indexed_at, deleted = 0""",
+            ((p, s, m, h, w, hh, now) for p, s, m, h, w, hh in photos),
+        )
+        self.db.executemany(
+            """INSERT INTO embedding(model_id, image_id, vector, source_size, source_mtime_ns, source_sha256)
+               SELECT ?, id, ?, size, mtime_ns, sha256 FROM image WHERE path = ?
+               ON CONFLICT(model_id, image_id) WHERE image_id IS NOT NULL DO UPDATE SET vector = excluded.vector,
+                 source_size = excluded.source_size, source_mtime_ns = excluded.source_mtime_ns,
+                 source_sha256 = excluded.source_sha256""",
+            ((model_id, v.tobytes(), p[0]) for p, v in zip(photos, vectors)),
+        )
+        ids: dict[str, int] = {}
+        paths = [p[0] for p in photos]
+        for chunk in _chunks(paths, 900):
+            q = f"SELECT path, id FROM image WHERE path IN ({','.join('?' * len(chunk))})"
+            ids.update(self.db.execute(q, chunk))
+        return [ids[p] for p in paths]
+
     def mark_deleted(self, image_ids: Iterable[int]) -> None:
         """Soft delete: the row stays until every index has dropped it (see purge_deleted)."""
         ids = list(image_ids)
