@@ -514,13 +514,15 @@ def milvus_server_pid(db_file: Path) -> int | None:
     return None
 
 
-def probe_milvus_types(dim: int = 64) -> dict:
-    """Which index types the embedded milvus-lite accepts: a 2,000-row collection per type
-    (`ok`, the index it reports, recall@10 of 20 of its own vectors) or the engine's refusal."""
+def probe_milvus_types(dim: int = 64, uri: str = "") -> dict:
+    """Which index types the embedded milvus-lite (or the server at `uri`) accepts: a 2,000-row
+    collection per type (`ok`, the index it reports, recall@10 of 20 of its own vectors) or the
+    engine's refusal. On a server the rows stay in a growing segment: this tests acceptance only."""
     from pymilvus import DataType, MilvusClient
 
     tmp = Path(tempfile.mkdtemp(prefix="pixquery-mprobe-"))
-    client = MilvusClient(uri=str(tmp / "probe.db"))
+    client = MilvusClient(uri=uri or str(tmp / "probe.db"))
+    suffix = f"_{os.getpid()}_{int(time.time())}" if uri else ""
     rng = np.random.default_rng(1)
     v = rng.standard_normal((2000, dim)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
@@ -533,12 +535,12 @@ def probe_milvus_types(dim: int = 64) -> dict:
     logging.disable(logging.ERROR)  # pymilvus logs every refused create_index as an ERROR
     try:
         for t in MILVUS_TYPES:
-            name = f"probe_{t.lower()}"
+            name = f"probe_{t.lower()}{suffix}"
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.INT64, is_primary=True)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
             ip = client.prepare_index_params()
-            cfg = mv.Config(index_type=t, nlist=16, M=16)
+            cfg = mv.Config(uri=uri, index_type=t, nlist=16, M=16)
             ip.add_index(field_name="vector", index_type=t, metric_type="IP",
                          params=mv.Index._build_params(types.SimpleNamespace(config=cfg, dim=dim)))
             try:
@@ -562,7 +564,8 @@ def probe_milvus_types(dim: int = 64) -> dict:
         client.close()
         from pixquery.indexes.milvus import _release_lite
 
-        _release_lite(tmp / "probe.db")
+        if not uri:
+            _release_lite(tmp / "probe.db")
         shutil_rmtree(tmp)
     return out
 
@@ -728,8 +731,8 @@ def milvus_configs(mb: MilvusBench, n: int, accepted: set[str], faiss_nlist: int
 
 def milvus_summary(rows: list[dict], n: int) -> dict:
     """Fastest p50 per side at each recall floor, and their ratio (the issue's target at 1M)."""
-    mil = [r for r in rows if r["engine"] == "milvus-lite"]
-    fai = [r for r in rows if r["engine"] != "milvus-lite"]
+    mil = [r for r in rows if r["engine"].startswith("milvus")]
+    fai = [r for r in rows if not r["engine"].startswith("milvus")]
     ivf = [r for r in fai if r["index"] == "ivf"]
     out = {"at_recall": []}
     for floor in (0.9, 0.95, 0.99, 1.0):
@@ -860,6 +863,440 @@ def run_milvus(args, res: dict, x, ids, eval_q, truth10, n: int):
     log(("MET    " if t["met"] else "NOT MET"), t["target"], "--", t["measured"])
     for a in res["summary"]["at_recall"]:
         log(f"recall >= {a['floor']}: milvus {a['milvus']} {a['milvus_p50']} ms | faiss {a['faiss']} {a['faiss_p50']} ms | ratio {a['ratio']}")
+    log(f"wrote {stem}.md, .json")
+    if args.workdir is None:
+        shutil_rmtree(work)
+
+
+# ---------------------------------------------------------------------------------- a Milvus server vs faiss
+
+# index type -> (the search knob, its values below 500,000 rows, from 500,000 rows)
+SERVER_SWEEPS = {
+    "FLAT": (None, [None], [None]),
+    "IVF_FLAT": ("nprobe", [8, 16, 32, 64, 128, 256], [16, 32, 64, 128, 256, 512]),
+    "IVF_SQ8": ("nprobe", [8, 16, 32, 64, 128, 256], [16, 32, 64, 128, 256, 512]),
+    "IVF_PQ": ("nprobe", [8, 16, 32, 64, 128, 256], [16, 32, 64, 128, 256, 512]),
+    "HNSW": ("ef", [16, 32, 64, 128, 256, 512], [64, 128, 256, 512, 1024, 2048]),
+    "DISKANN": ("search_list", [16, 32, 64, 128, 256], [32, 64, 128, 256, 512]),
+    "AUTOINDEX": (None, [None], [None]),
+}
+
+
+def wait_load(max_load: float, wait_s: float) -> float:
+    """Wait up to wait_s seconds for the 1-minute load average to fall to max_load (the machine is
+    shared); return the load when measuring starts."""
+    t0 = time.time()
+    while os.getloadavg()[0] > max_load and time.time() - t0 < wait_s:
+        time.sleep(5)
+    return round(os.getloadavg()[0], 2)
+
+
+class ServerBench(MilvusBench):
+    """A Milvus standalone server (started here with --milvus-server, or at --milvus-uri) against
+    faiss in this process. The vectors are inserted once through pixquery's `milvus` kind, flushed
+    and compacted; each index type is then built on that collection (release, drop the index,
+    create the new one, wait until every row is indexed), the server restarted (when started here:
+    its RSS is then that index's alone) and the collection loaded before measuring."""
+
+    def __init__(self, x, ids, eval_q, truth10, workdir: Path, quick: bool, uri: str, srv, pid, nlist: int,
+                 hnsw_M: int, hnsw_efc: int, max_load: float, quiet_wait: float, save=lambda: None):
+        super().__init__(x, ids, eval_q, truth10, workdir, quick)
+        self.uri, self.srv, self._pid0 = uri, srv, pid
+        self.nlist, self.hnsw_M, self.hnsw_efc = nlist, hnsw_M, hnsw_efc
+        self.max_load, self.quiet_wait = max_load, quiet_wait
+        self.save = save
+        self.coll = f"pixquery_bench_{len(x)}_{os.getpid()}"
+        self.data: dict = {}
+        self.engine = "milvus"
+
+    @property
+    def pid(self):
+        return self.srv.pid if self.srv else self._pid0
+
+    def admin(self):
+        from pymilvus import MilvusClient
+
+        return MilvusClient(uri=self.uri, timeout=600)
+
+    def _measure(self, index, row, pid=None):
+        row["load_before"] = wait_load(self.max_load, self.quiet_wait)
+        super()._measure(index, row, pid)
+
+    def _config(self, index_type: str, **kw):
+        from pixquery.indexes import milvus as mv
+
+        return mv.Config(uri=self.uri, collection=self.coll, index_type=index_type, consistency="Bounded",
+                         timeout=600, nlist=self.nlist, M=self.hnsw_M if index_type == "HNSW" else 0,
+                         ef_construction=self.hnsw_efc, **kw)
+
+    def segments(self) -> list[dict]:
+        """The loaded segments as the query node reports them (rows, index name)."""
+        from pymilvus import connections, utility
+
+        alias = f"bench{os.getpid()}"
+        connections.connect(alias, uri=self.uri, timeout=60)
+        try:
+            return [{"id": s.segmentID, "rows": s.num_rows, "state": int(s.state), "index": s.index_name}
+                    for s in utility.get_query_segment_info(self.coll, using=alias)]
+        finally:
+            connections.disconnect(alias)
+
+    def load_data(self):
+        """Insert every vector (pixquery's `milvus` kind: upserts of <= 2,000 rows), flush, compact."""
+        from pixquery.indexes import milvus as mv
+
+        log(f"milvus server: inserting {len(self.x):,} rows into {self.coll}")
+        t0 = time.perf_counter()
+        index = mv.Index(self.x.shape[1], self._config("FLAT"))
+        index.add(self.ids, self.x)
+        d = {"insert_s": time.perf_counter() - t0}
+        t0 = time.perf_counter()
+        index._client.flush(self.coll)
+        d["flush_s"] = time.perf_counter() - t0
+        index.close()
+        c = self.admin()
+        t0 = time.perf_counter()
+        job = c.compact(self.coll)
+        while c.get_compaction_state(job) != "Completed" and time.perf_counter() - t0 < 3600:
+            time.sleep(2)
+        d["compact_s"] = time.perf_counter() - t0
+        d["load_s_total"] = d["insert_s"] + d["flush_s"] + d["compact_s"]
+        d["rows_per_s"] = len(self.x) / d["insert_s"]
+        d["server_peak_mb"] = self.srv.peak_mb() if self.srv else None
+        c.close()
+        self.data = d
+        log(f"milvus server: inserted in {d['insert_s']:.1f} s ({d['rows_per_s']:.0f} rows/s), flush "
+            f"{d['flush_s']:.1f} s, compaction {d['compact_s']:.1f} s")
+
+    def _build_failures(self) -> list[str]:
+        """The index node's "failed to build index" lines in the server's log (a server started here):
+        Milvus retries a failed build forever and describe_index keeps saying InProgress."""
+        if not self.srv:
+            return []
+        log_file = self.srv.root / "data" / "logs" / "milvus-stdout.log"
+        try:
+            return [ln for ln in log_file.read_text(errors="replace").splitlines() if "failed to build index" in ln]
+        except OSError:
+            return []
+
+    def _wait_index(self, c, timeout_s: float = 4 * 3600, stall_s: float = 3600) -> dict:
+        n, t0, last, t_last = len(self.x), time.perf_counter(), None, time.perf_counter()
+        failed0 = len(self._build_failures())
+        while True:
+            desc = c.describe_index(self.coll, "vector")
+            if desc.get("state") == "Failed":
+                raise RuntimeError(f"index build failed: {desc}")
+            failures = self._build_failures()[failed0:]
+            if failures:
+                reason = failures[-1].split("[error=", 1)[-1][:200]
+                raise RuntimeError(f"the index node fails to build it (and retries forever): {reason}")
+            if time.perf_counter() - t_last > stall_s:
+                raise TimeoutError(f"no progress in {stall_s:.0f} s: {desc}")
+            got = (desc.get("indexed_rows"), desc.get("pending_index_rows"), desc.get("total_rows"))
+            if got != last:
+                log(f"  index: indexed {got[0]:,} of {got[2]:,}, pending {got[1]:,}")
+                last, t_last = got, time.perf_counter()
+            if desc.get("total_rows") == n and desc.get("indexed_rows") == n and desc.get("pending_index_rows") == 0:
+                return desc
+            if time.perf_counter() - t0 > timeout_s:
+                raise TimeoutError(f"index not built in {timeout_s:.0f} s: {desc}")
+            time.sleep(2)
+
+    def server_index(self, index_type: str, params: dict, knob, values):
+        from pixquery.indexes import milvus as mv
+
+        cfg = self._config(index_type)
+        build = mv.Index._build_params(types.SimpleNamespace(config=cfg, dim=self.x.shape[1]))
+        name = f"milvus {index_type}" + "".join(f" {k}={v}" for k, v in build.items())
+        log(f"{name}: building the index on {len(self.x):,} rows")
+        c = self.admin()
+        c.release_collection(self.coll)
+        c.drop_index(self.coll, "vector")
+        ip = c.prepare_index_params()
+        ip.add_index(field_name="vector", index_type=index_type, metric_type="IP", params=build, index_name="vector")
+        t0 = time.perf_counter()
+        c.create_index(self.coll, ip, sync=False)  # returns at once: _wait_index watches the build
+        desc = self._wait_index(c)
+        index_s = time.perf_counter() - t0
+        c.close()
+        info = {"name": name, "engine": self.engine, "index": index_type, "params": dict(build),
+                "index_s": index_s, "build_s": self.data["load_s_total"] + index_s, **self.data,
+                "described": {k: desc.get(k) for k in ("index_type", "nlist", "m", "nbits", "M", "efConstruction")
+                              if k in desc},
+                "server_rss_built_mb": self.srv.rss_mb() if self.srv else None,
+                "server_peak_build_mb": self.srv.peak_mb() if self.srv else None}
+        log(f"{name}: index built in {index_s:.1f} s; server RSS {info['server_rss_built_mb']} MB, "
+            f"peak since start {info['server_peak_build_mb']} MB")
+        if self.srv:  # a fresh process: its RSS after loading is this index's
+            info["restart_s"] = self.srv.restart()
+        info["server_rss_empty_mb"] = self.srv.rss_mb() if self.srv else None
+        t0 = time.perf_counter()
+        index = mv.Index(self.x.shape[1], cfg)  # attaches and loads the collection
+        for _ in range(600):  # until the query node serves the indexed segments (not the interim index)
+            segs = self.segments()  # (FLAT: Milvus builds no index file, its segments name none)
+            if sum(s["rows"] for s in segs) == len(self.x) and (index_type == "FLAT" or all(s["index"] for s in segs)):
+                break
+            time.sleep(1)
+        else:
+            log(f"{name}: WARNING not every loaded segment has its index: {segs}")
+        index.search(self.q[:1], 10)
+        info["reload_s"] = time.perf_counter() - t0
+        info["segments"] = [{"rows": s["rows"], "index": s["index"]} for s in segs]
+        info["server_pid"] = self.pid
+        info["server_rss_mb"] = _proc_kb(self.pid, "VmRSS") / 1024 if self.pid else None
+        log(f"{name}: loaded in {info['reload_s']:.1f} s, {len(segs)} segments "
+            f"{[s['rows'] for s in segs]}, server RSS {info['server_rss_mb']} MB")
+        for v in values:
+            if knob:
+                setattr(index.config, knob, v)
+            row = dict(info, knob=knob, value=v, label=name if knob is None else f"{name} {knob}={v}")
+            self._measure(index, row, self.pid)
+            row["server_rss_mb"] = _proc_kb(self.pid, "VmRSS") / 1024 if self.pid else None
+            row["server_peak_mb"] = _proc_kb(self.pid, "VmHWM") / 1024 if self.pid else None
+            self.rows.append(row)
+            log(f"{row['label']}: R@10 {row['recall10']:.4f} p50 {row['p50_ms']:.3f} ms p99 {row['p99_ms']:.3f} "
+                f"server CPU {row['server_cpu_ms_per_query']:.2f} ms/q, RSS {row['server_rss_mb']:.0f} MB, load "
+                f"{row['load_before']} -> {row['load_avg']}")
+        index.close()
+        self.save()
+
+    def rpc_floor(self) -> dict:
+        """One search on a flushed 1,000-row collection (brute force; below the size Milvus indexes):
+        pymilvus + gRPC + the server's fixed cost, with consistency Bounded (the bench's) and Strong
+        (pixquery's default: each search waits for the server's next time tick)."""
+        from pixquery.indexes import milvus as mv
+
+        index = mv.Index(self.x.shape[1], mv.Config(uri=self.uri, index_type="FLAT", consistency="Bounded", timeout=600))
+        index.add(self.ids[:1000], self.x[:1000])
+        index._client.flush(index.config.collection)
+        index.search(self.q[:1], 10)
+        out = {"rows": 1000}
+        for cons in ("Bounded", "Strong"):
+            index.config.consistency = cons
+            load = wait_load(self.max_load, self.quiet_wait)
+            p50, p99, n, cpu = _lat_with_cpu(index.search, self.q, 10, self.pid, self.budget if cons == "Bounded" else 3.0)
+            out[cons] = {"p50_ms": p50, "p99_ms": p99, "n": n, "server_cpu_ms_per_query": cpu, "load": load}
+        index.drop()
+        index.close()
+        return out
+
+    def drop(self):
+        c = self.admin()
+        if c.has_collection(self.coll):
+            c.drop_collection(self.coll)
+        c.close()
+
+
+def server_summary(rows: list[dict], n: int) -> dict:
+    """milvus_summary, plus per Milvus index type the fastest configuration at recall@10 >= 0.95."""
+    out = milvus_summary(rows, n)
+    fai95 = min((r for r in rows if not r["engine"].startswith("milvus") and r["recall10"] >= 0.95),
+                key=lambda r: r["p50_ms"], default=None)
+    per = []
+    for t in dict.fromkeys(r["index"] for r in rows if r["engine"].startswith("milvus")):
+        rs = [r for r in rows if r["engine"].startswith("milvus") and r["index"] == t]
+        best = min((r for r in rs if r["recall10"] >= 0.95), key=lambda r: r["p50_ms"], default=None)
+        top = max(rs, key=lambda r: r["recall10"])
+        per.append({"index": t, "best95": best and best["label"], "p50": best and best["p50_ms"],
+                    "recall": best and best["recall10"], "max_recall": top["recall10"], "max_recall_label": top["label"],
+                    "ratio": best["p50_ms"] / fai95["p50_ms"] if best and fai95 else None,
+                    "rss_mb": rs[0].get("server_rss_mb"), "index_s": rs[0].get("index_s")})
+    out["per_type"] = per
+    out["faiss95"] = fai95 and {"label": fai95["label"], "p50": fai95["p50_ms"], "recall": fai95["recall10"],
+                                "mem_mb": fai95["client_rss_delta_mb"]}
+    return out
+
+
+def fmt_server_table(rows: list[dict]) -> list[str]:
+    lines = ["| configuration | build s (insert+flush+compact / index) | reopen s | segments | memory MB | p50 ms | p99 ms "
+             "| server CPU ms/query | batch q/s | R@10 | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["engine"].startswith("milvus"):
+            build = f"{r['build_s']:.0f} ({r['load_s_total']:.0f} / {r['index_s']:.0f})"
+            segs = r.get("segments") or []
+            seg = f"{len(segs)}: " + "+".join(f"{s['rows'] // 1000}k" for s in segs)
+            mem = (f"server {r['server_rss_mb']:.0f} (peak {r['server_peak_mb']:.0f}; building "
+                   f"{r['server_peak_build_mb']:.0f})" if r.get("server_peak_build_mb") else
+                   f"server {r['server_rss_mb']:.0f}" if r.get("server_rss_mb") else "-")
+            cpu = f"{r['server_cpu_ms_per_query']:.2f}" if r.get("server_cpu_ms_per_query") is not None else "-"
+            reopen = f"{r['reload_s']:.1f}"
+        else:
+            build, seg, mem, cpu, reopen = (f"{r['build_s']:.1f}", "-", f"{r['client_rss_delta_mb']:.0f}",
+                                            "(in process)", "-")
+        load = f"{r.get('load_before', '')}/{r['load_avg']}" if r.get("load_before") is not None else f"{r['load_avg']}"
+        lines.append(f"| {r['label']} | {build} | {reopen} | {seg} | {mem} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
+                     f"{cpu} | {r['qps_batch']:.0f} | {r['recall10']:.4f} | {load} |")
+    return lines
+
+
+def write_server_report(out: Path, res: dict):
+    n, m, s, sv = res["n"], res["machine"], res["summary"], res["server"]
+    L = [f"# Milvus {sv['version']} standalone server against faiss, N = {n:,}", "",
+         f"Run {m['date']} by `{res['command']}` ({res['wall_s'] / 60:.1f} min).", "",
+         "## Machine and server", "",
+         f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}, Python {m['python']}; "
+         f"{', '.join(f'{k} {v}' for k, v in m['versions'].items())}. Shared with other jobs: load average "
+         f"{m['load_avg_start']} at the start, {res['load_avg_end']} at the end; each row gives the 1-minute load "
+         f"when its measurement started / ended (latency waits up to {res['quiet_wait']:.0f} s for the load to "
+         f"fall to {res['max_load']}).", "",
+         f"Server: {sv['what']}. {sv.get('config', '')}", "",
+         "## Data", "",
+         f"{n:,} synthetic CLIP-like image vectors (512-d, bench/synthetic.py, seed 0) queried with the {res['n_eval']} "
+         "real CLIP ViT-B/32 text vectors of bench/indexes.py; recall@10 against exact inner-product search. "
+         "Milvus searches with consistency Bounded (see the fixed cost below for Strong).", "",
+         "## Index types the server accepts", "",
+         "Probed at run time (a 2,000-row collection per type, metric IP; acceptance only):", "",
+         "| index type | accepted | what the server says |", "|---|---|---|"]
+    for t, p in res["probe"].items():
+        said = json.dumps(p["reported"]) if p["ok"] else p["error"]
+        L.append(f"| {t} | {'yes' if p['ok'] else 'no'} | {said} |")
+    L += ["", "## Target", "", "| target | measured | met |", "|---|---|---|",
+          f"| {s['target']['target']} | {s['target']['measured']} | {'yes' if s['target']['met'] else '**no**'} |", "",
+          "## Latency ratio Milvus / faiss at equal recall", "",
+          "Fastest p50 on each side among the configurations below that reach the recall floor.", "",
+          "| recall@10 floor | Milvus (p50 ms) | faiss (p50 ms) | ratio milvus/faiss | ratio vs faiss IVF |",
+          "|---|---|---|---|---|"]
+    for a in s["at_recall"]:
+        mcell = f"{a['milvus']} ({a['milvus_p50']:.2f})" if a["milvus"] else "none reaches it"
+        fcell = f"{a['faiss']} ({a['faiss_p50']:.3f})" if a["faiss"] else "none reaches it"
+        ratio = f"{a['ratio']:.1f}x" if a["ratio"] else "-"
+        rivf = f"{a['ratio_vs_ivf']:.1f}x" if a["ratio_vs_ivf"] else "-"
+        L.append(f"| {a['floor']} | {mcell} | {fcell} | {ratio} | {rivf} |")
+    f95 = s.get("faiss95")
+    L += ["", "## Per Milvus index type, at recall@10 >= 0.95", "",
+          f"Against faiss's fastest at that recall: {f95['label']}, {f95['p50']:.3f} ms p50, recall {f95['recall']:.4f}, "
+          f"{f95['mem_mb']:.0f} MB." if f95 else "faiss reaches no 0.95.", "",
+          "| Milvus index | fastest config >= 0.95 | p50 ms | recall@10 | ratio vs faiss | best recall reached | "
+          "index build s | server RSS MB (loaded) |", "|---|---|---|---|---|---|---|---|"]
+    for p in s["per_type"]:
+        ratio = f"{p['ratio']:.1f}x" if p["ratio"] else "-"
+        rss = f"{p['rss_mb']:.0f}" if p["rss_mb"] else "-"
+        L.append(f"| {p['index']} | {p['best95']} | {p['p50']:.2f} | {p['recall']:.4f} | {ratio} | "
+                 f"{p['max_recall']:.4f} | {p['index_s']:.0f} | {rss} |" if p["best95"] else
+                 f"| {p['index']} | none | - | - | - | {p['max_recall']:.4f} ({p['max_recall_label']}) | "
+                 f"{p['index_s']:.0f} | {rss} |")
+    for t, why in res.get("failed", {}).items():
+        L.append(f"| {t} | not measured: {why} | - | - | - | - | - | - |")
+    d = res.get("data", {})
+    L += ["", "## All configurations", "",
+          f"build s: Milvus: inserting the {n:,} rows through pixquery's `milvus` kind (upserts of <= 2,000 rows: "
+          f"{d.get('insert_s', 0):.0f} s, {d.get('rows_per_s', 0):.0f} rows/s), flush ({d.get('flush_s', 0):.0f} s) and a "
+          f"manual compaction that merges the small sealed segments ({d.get('compact_s', 0):.0f} s), done once, plus "
+          "building that index type on every sealed segment (create_index until describe_index reports every row "
+          "indexed and none pending); faiss: the build in this process. reopen s: load the collection into a freshly "
+          "restarted server until the query node serves every segment with its index, and one search. segments: "
+          "the sealed segments loaded (rows). memory: Milvus: RSS of the milvus process after that load "
+          "(peak since its restart; peak of the process that built the index); faiss: growth of this process "
+          "after the build. p50/p99: single queries (faiss: one thread; Milvus: whatever its server uses, see its "
+          "CPU ms per query), p50 the lowest of three rounds' medians. batch q/s: all queries in one call.", ""]
+    L += fmt_server_table(res["rows"])
+    rf = res.get("rpc_floor")
+    if rf:
+        b, st = rf["Bounded"], rf["Strong"]
+        L += ["", f"Fixed cost of a Milvus query here (pymilvus + gRPC over loopback + the server, brute force over "
+                  f"{rf['rows']:,} flushed rows): consistency Bounded p50 {b['p50_ms']:.2f} ms, p99 {b['p99_ms']:.2f} ms "
+                  f"(server CPU {b['server_cpu_ms_per_query']:.2f} ms/query); consistency Strong (pixquery's default) "
+                  f"p50 {st['p50_ms']:.1f} ms, p99 {st['p99_ms']:.1f} ms: a Strong search waits for the server's next "
+                  "time tick (proxy.timeTickInterval 200 ms)."]
+    if res.get("notes"):
+        L += ["", "## Notes", ""] + [f"* {x}" for x in res["notes"]]
+    L.append("")
+    out.write_text("\n".join(L))
+
+
+def run_milvus_server(args, res: dict, x, ids, eval_q, truth10, n: int):
+    from importlib.metadata import version
+
+    from pymilvus import MilvusClient
+
+    import milvus_standalone as ms
+    from pixquery.indexes.ivf import auto_nlist
+
+    res["machine"]["versions"]["pymilvus"] = version("pymilvus")
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server we started (finally:) on a kill
+    srv = None
+    if args.milvus_server:
+        extra = ("queryNode.enableDisk=true",) + tuple(args.milvus_config or ())
+        srv = ms.Standalone(args.milvus_server, extra_config=extra, log=log)
+        srv.start()
+        uri, pid = srv.uri, srv.pid
+    else:
+        uri = args.milvus_uri
+        pid = ms.pid_listening(int(uri.rsplit(":", 1)[1].split("/")[0]))
+    stem = args.out / f"indexes-milvus-standalone-{n}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        c = MilvusClient(uri=uri, timeout=60)
+        ver = c.get_server_version()
+        c.close()
+        what = (f"Milvus {ver} standalone (the `milvus` package's embedded Milvus: one process with its coordinators, "
+                "query / data / index nodes, an embedded etcd, RocksMQ and local storage), on this machine's "
+                f"{CORES} cores beside the benchmark")
+        what += (f", started by this run from {args.milvus_server} on free ports {srv.ports}" if srv else f", at {uri}")
+        res["server"] = {"version": ver, "uri": uri, "pid": pid, "what": what,
+                         "config": ("Configuration: the package's defaults (segment maxSize 512 MB, sealProportion "
+                                    "0.23, queryNode.segcore.interimIndex on) with queryNode.enableDisk=true "
+                                    "(DISKANN)" + "".join(f", {kv}" for kv in (args.milvus_config or [])) + "."
+                                    if srv else ""),
+                         "rss_idle_mb": ms.proc_kb(pid, "VmRSS") / 1024}
+        log(f"milvus server {ver} at {uri}, pid {pid}, RSS {res['server']['rss_idle_mb']:.0f} MB")
+        log("milvus: probing the index types of the server")
+        res["probe"] = probe_milvus_types(uri=uri)
+        accepted = [t for t, p in res["probe"].items() if p["ok"]]
+        if args.milvus_types:
+            accepted = [t for t in args.milvus_types.split(",") if t in accepted]
+        log("milvus: measuring", accepted)
+        nlist = args.milvus_nlist or (auto_nlist(n) if n < 500_000 else 4096)
+        work = Path(args.workdir or tempfile.mkdtemp(prefix="pixquery-mbench-"))
+        res["n_eval"], res["max_load"], res["quiet_wait"] = len(eval_q), args.max_load, args.quiet_wait
+
+        def save():
+            res["rows"] = mb.rows
+            res["data"] = mb.data
+            res["summary"] = server_summary(mb.rows, n) if mb.rows else None
+            res["notes"] = list(args.note or [])
+            res["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]
+            res["wall_s"] = time.time() - T_START
+            Path(f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
+            if res["summary"]:
+                write_server_report(Path(f"{stem}.md"), res)
+
+        mb = ServerBench(x, ids, eval_q, truth10, work, args.quick, uri, srv, pid, nlist, 16, args.hnsw_efc,
+                         args.max_load, args.quiet_wait, save)
+        res["rpc_floor"] = mb.rpc_floor()
+        log("milvus fixed cost per query:", res["rpc_floor"])
+        mb.load_data()
+        big = n >= 500_000
+        for t in accepted:
+            knob, small_vals, big_vals = SERVER_SWEEPS[t]
+            vals = big_vals if big else small_vals
+            try:
+                mb.server_index(t, {}, knob, (vals[2:4] or vals) if args.quick else vals)
+            except Exception as e:  # noqa: BLE001  (one index type failing is a result; the rest still run)
+                log(f"milvus {t}: FAILED {type(e).__name__}: {e}")
+                res.setdefault("failed", {})[t] = f"{type(e).__name__}: {str(e)[:300]}"
+        mb.drop()
+    finally:
+        if srv:
+            res.setdefault("server", {})["starts_s"] = srv.starts
+            srv.cleanup()
+    # faiss in this process, the server stopped: exact, IVF float32, HNSW with the server's M / efConstruction
+    faiss_nlist = args.faiss_nlist or auto_nlist(n)
+    mb.inprocess("faiss flat float32 (exact)", "flat", None, [None])
+    npr = [16] if args.quick else ([8, 16, 32, 64, 128, 256] if n < 500_000 else [32, 64, 128, 256, 384])
+    mb.inprocess(f"faiss ivf{faiss_nlist} float32", "ivf", "nprobe", npr, nlist=faiss_nlist, storage="float32")
+    efs = [64] if args.quick else ([16, 32, 64, 128, 256, 512] if n < 500_000 else [64, 128, 256, 512, 1024, 2048])
+    mb.inprocess(f"faiss hnsw M16 efC{args.hnsw_efc}", "hnsw", "ef_search", efs, M=16, ef_construction=args.hnsw_efc,
+                 backend="faiss")
+    save()
+    t = res["summary"]["target"]
+    log(("MET    " if t["met"] else "NOT MET"), t["target"], "--", t["measured"])
+    for a in res["summary"]["at_recall"]:
+        log(f"recall >= {a['floor']}: milvus {a['milvus']} {a['milvus_p50']} ms | faiss {a['faiss']} {a['faiss_p50']} ms "
+            f"| ratio {a['ratio']}")
     log(f"wrote {stem}.md, .json")
     if args.workdir is None:
         shutil_rmtree(work)
@@ -1084,6 +1521,25 @@ def main(argv=None):
     ap.add_argument("--faiss-nlist", type=int, default=0,
                     help="--kinds milvus: IVF cells for faiss ivf and Milvus IVF_* (0: ivf's default, 8 sqrt(n))")
     ap.add_argument("--note", action="append", help="--kinds milvus: a line for the report's notes (repeatable)")
+    ap.add_argument("--milvus-uri", default="",
+                    help="--kinds milvus: measure the Milvus server at this uri (http://HOST:PORT) instead of milvus-lite; "
+                         "writes indexes-milvus-standalone-<N>.md/.json")
+    ap.add_argument("--milvus-server", default="",
+                    help="--kinds milvus: start a Milvus standalone with this `milvus-server` script (the `milvus` "
+                         "package) on free ports in a temp folder, restart it before loading each index (its RSS "
+                         "is then that index's), stop it at the end; as --milvus-uri otherwise")
+    ap.add_argument("--milvus-config", action="append",
+                    help="--milvus-server: one more server setting, key=value (milvus.yaml's dotted key; repeatable)")
+    ap.add_argument("--milvus-types", default="", help="--milvus-uri/--milvus-server: only these index types (comma list)")
+    ap.add_argument("--milvus-nlist", type=int, default=0,
+                    help="--milvus-uri/--milvus-server: nlist of Milvus IVF_* per segment (0: ivf's default below "
+                         "500,000 rows, 4096 from there)")
+    ap.add_argument("--hnsw-efc", type=int, default=200,
+                    help="--milvus-uri/--milvus-server: efConstruction of Milvus HNSW and faiss hnsw (M 16)")
+    ap.add_argument("--max-load", type=float, default=3.0,
+                    help="--milvus-uri/--milvus-server: before each latency measurement wait for the 1-minute load "
+                         "average to fall to this (the machine is shared) ...")
+    ap.add_argument("--quiet-wait", type=float, default=60.0, help="... for at most this many seconds")
     args = ap.parse_args(argv)
     n = args.n
     kinds = None if not args.kinds else {k.strip() for k in args.kinds.split(",") if k.strip()}
@@ -1091,12 +1547,15 @@ def main(argv=None):
     run_std = kinds is None or bool(std_kinds)
     suffix = "" if std_kinds is None else "-" + "+".join(sorted(std_kinds))
     if args.replot and kinds and "milvus" in kinds:
-        stem = args.out / f"indexes-milvus-{n}"
+        server = bool(args.milvus_uri or args.milvus_server)
+        stem = args.out / (f"indexes-milvus-standalone-{n}" if server else f"indexes-milvus-{n}")
         res = json.loads(Path(f"{stem}.json").read_text())
         if args.note:
             res["notes"] = list(args.note)
             Path(f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
-        write_milvus_report(Path(f"{stem}.md"), res)
+        if server:
+            res["summary"] = server_summary(res["rows"], n)
+        (write_server_report if server else write_milvus_report)(Path(f"{stem}.md"), res)
         return
     if args.replot:
         stem = args.out / f"indexes-{n}"
@@ -1120,7 +1579,10 @@ def main(argv=None):
         del gt
         gc.collect()
         res["n_eval"] = len(eval_q)
-        run_milvus(args, res, x, ids, eval_q, truth10, n)
+        if args.milvus_uri or args.milvus_server:
+            run_milvus_server(args, res, x, ids, eval_q, truth10, n)
+        else:
+            run_milvus(args, res, x, ids, eval_q, truth10, n)
         return
     res["bandwidth"] = measure_bandwidth()
     log("bandwidth", {k: f"{v / 1e9:.1f} GB/s" for k, v in res["bandwidth"].items()})
