@@ -9,6 +9,7 @@ Python re-implementation) has `milvus-lite server --port N`.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -126,7 +127,22 @@ class MilvusStandalone:
 
     def start(self) -> "MilvusStandalone":
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._server.start()  # picks free ports for the proxy, etcd and every coordinator, waits for /healthz
+        # The package unpacks its ~250 MB binary into <data_dir>/bin on every start unless an md5 file
+        # there says it is current: one unpacked copy beside the venv serves every server of the run.
+        shared_bin = Path(sys.prefix) / "var" / "pixquery-tests" / "milvus-standalone-bin"
+        shared_bin.mkdir(parents=True, exist_ok=True)
+        if not (self.data_dir / "bin").exists():
+            (self.data_dir / "bin").symlink_to(shared_bin, target_is_directory=True)
+        cwd = os.getcwd()  # the package's start() chdirs into the data folder and doesn't go back if it fails
+        try:
+            self._server.start()  # picks free ports for the proxy, etcd and every coordinator, waits for /healthz
+        except Exception as e:
+            log = self.data_dir / "logs" / "milvus-stderr.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+            self._server.stop()
+            raise RuntimeError(f"Milvus standalone did not start in {self.data_dir}: {e!r}\n{tail}") from e
+        finally:
+            os.chdir(cwd)
         self.uri = f"http://127.0.0.1:{self._server.listen_port}"
         return self
 
@@ -135,6 +151,8 @@ class MilvusStandalone:
 
     def stop(self) -> None:
         self._server.stop()
+        # etcd and rocksmq preallocate ~270 MB per server: free it now, not when pytest prunes tmp.
+        shutil.rmtree(self.data_dir / "data", ignore_errors=True)
 
     def __enter__(self):
         return self.start()
