@@ -350,11 +350,16 @@ class Library:
         vector: np.ndarray | None = None,
         k: int = 10,
         threshold: float | str | None = None,
+        collapse: bool | float = False,
     ) -> Results:
         """Search by a sentence, an image file, an image already in the library, or a raw vector.
 
         threshold: an angular distance (0..1) above which results are dropped, or "auto" for the
         threshold `pixquery eval` stored for this model.
+        collapse: fold near-duplicate photos into the best-ranked one of them (its `duplicates`
+        lists their paths), so k results are k different pictures. True uses the near-duplicate
+        threshold of `duplicates` (pixquery.duplicates.DEFAULT_THRESHOLD), a number sets it (an
+        angular distance).
         """
         from pixquery.ingest import video as video_mod
 
@@ -377,10 +382,53 @@ class Library:
                 raise PixqueryError(f"no image with id {image_id} in this library")
         else:
             q = np.asarray(vector, dtype=np.float32)
+        if collapse is not False and collapse is not None:
+            if row is None:
+                raise PixqueryError("collapsing near-duplicates needs the photos' embeddings in the catalog, "
+                                    "which a store-only library does not keep")
+            return self._collapsed_query(index, row, q, k, threshold, image_id, collapse)
         if row is None:  # store-only: the paths come from the collection, not from catalog rows
             return run_store_query(index, q, k, threshold)
         return run_query(self.catalog, index, row, q, k, threshold, exclude_image=image_id,
                          merge_gap=video_mod.merge_gap_for(self.catalog))
+
+    def _collapsed_query(self, index, row, q, k: int, threshold, image_id, collapse) -> Results:
+        """run_query, then near-duplicates folded into the best of them; fetches more (x4 each time)
+        while fewer than k distinct pictures remain and the index has more."""
+        from pixquery import duplicates
+        from pixquery.ingest import video as video_mod
+
+        near = duplicates.check_threshold(None if collapse is True else collapse)
+        k = max(1, int(k))
+        fetch = k * 3 + 8
+        while True:
+            found = run_query(self.catalog, index, row, q, fetch, threshold, exclude_image=image_id,
+                              merge_gap=video_mod.merge_gap_for(self.catalog))
+            vectors = self.catalog.photo_vectors(row.model_id, [r.image_id for r in found if r.image_id is not None])
+            kept = duplicates.collapse_results(list(found), vectors, near)
+            if len(kept) >= k or len(found) < fetch or fetch >= len(index):
+                break
+            fetch *= 4
+        kept = kept[:k]
+        for n, r in enumerate(kept, 1):
+            r.rank = n
+        return Results(kept, found.dropped, found.threshold)
+
+    def duplicates(self, *, threshold: float | None = None, keep: str = "largest", near: bool = True,
+                   nprobe: int | None = None, progress=None):
+        """Groups of copies: the same bytes (content hash) and, with near=True, photos whose
+        embeddings are within `threshold` (an angular distance; default
+        pixquery.duplicates.DEFAULT_THRESHOLD), largest group first, each with the one to keep
+        first (keep: largest, oldest, newest or shortest-path). Deletes nothing.
+        progress(stage, done, total). Returns a pixquery.duplicates.DuplicateReport."""
+        from pixquery import duplicates as dup
+
+        threshold = dup.check_threshold(threshold)
+        dup.check_keep(keep)
+        store_only.refuse(self, "duplicates")
+        model = self._model_row(create=False) if near else None
+        return dup.find_duplicates(self.catalog, model, threshold=threshold, keep=keep, near=near, nprobe=nprobe,
+                                   progress=progress)
 
     def embed_image(self, image: str | Path) -> np.ndarray:
         """An image file's embedding, through the same decode and crop stage as indexing."""

@@ -295,12 +295,16 @@ def search(
     library: Optional[Path] = LibraryOpt,
     model: Optional[str] = ModelOpt,
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON"),
+    collapse: bool = typer.Option(False, "--collapse", help="Fold near-duplicate photos into the best of them (see `pixquery duplicates`)"),
+    collapse_threshold: Optional[float] = typer.Option(None, "--collapse-threshold", metavar="DISTANCE",
+                                                       help="--collapse: near-duplicates at most this angular distance apart [default: that of `duplicates`]"),
 ):
     """Search the library by text or by image (a text search is answered by `pixquery daemon` when one runs for the library)."""
     from pixquery.searchcmd import search_command
 
     try:
-        search_command(query, image, k, threshold, library, model, as_json)
+        search_command(query, image, k, threshold, library, model, as_json, collapse=collapse,
+                       collapse_threshold=collapse_threshold)
     except BrokenPipeError:  # `| head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(EXIT_OK) from None
@@ -443,7 +447,7 @@ def _register_plugins() -> None:
     import importlib
 
     for module in ("pixquery.evaluation.cli", "pixquery.server.cli", "pixquery.ingest.video_cli",
-                   "pixquery.ingest.shards_cli"):
+                   "pixquery.ingest.shards_cli", "pixquery.duplicates_cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -26,7 +26,8 @@ _SEARCH_OPTIONS = {
 
 def parse_search(args: list[str]) -> dict | None:
     """The arguments after `search` as search_command's keywords, or None for the full CLI."""
-    out: dict = {"query": None, "image": None, "k": 10, "threshold": None, "library": None, "model": None, "as_json": False}
+    out: dict = {"query": None, "image": None, "k": 10, "threshold": None, "library": None, "model": None, "as_json": False,
+                 "collapse": False, "collapse_threshold": None}  # --collapse is left to the full CLI
     positional: list[str] = []
     i = 0
     while i < len(args):

@@ -33,6 +33,7 @@ class SearchResult:
     box: tuple[float, float, float, float] | None = None  # relative x0, y0, x1, y1 of a region
     width: int | None = None
     height: int | None = None
+    duplicates: list[str] | None = None  # near-duplicates folded into this result (search collapse=)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -124,7 +124,7 @@ def _default_library() -> Path:
     return Path(base) / "pixquery"
 
 
-def _in_process(query, image, k, threshold, library, model, as_json):
+def _in_process(query, image, k, threshold, library, model, as_json, collapse=False):
     from pixquery.api import Library
 
     with Library.open(library, model=model, create=False) as lib:
@@ -134,28 +134,37 @@ def _in_process(query, image, k, threshold, library, model, as_json):
         if not as_json and getattr(enc, "random_weights", False):
             warn_random(lib.model_name)
         t0 = time.perf_counter()
-        results = lib.search(query, image=image, k=k, threshold=threshold)
+        results = lib.search(query, image=image, k=k, threshold=threshold, collapse=collapse)
         ms = (time.perf_counter() - t0) * 1000
         return Found.of(results), ms
 
 
 def search_command(query: str | None, image: Path | None, k: int, threshold: str | None, library: Path | None,
-                   model: str | None, as_json: bool) -> None:
-    """Search and print (the body of `pixquery search`); raises PixqueryError for a user error."""
+                   model: str | None, as_json: bool, collapse: bool = False, collapse_threshold: float | None = None) -> None:
+    """Search and print (the body of `pixquery search`); raises PixqueryError for a user error.
+    collapse: fold near-duplicates (Library.search's collapse=, at collapse_threshold when given);
+    answered in this process, not by the daemon, which does not collapse."""
     if (query is None) == (image is None):
         raise PixqueryError("give a text query or --image PATH (one of them)")
-    got = _from_daemon(query, k, threshold, library, model) if query is not None else None
+    if collapse_threshold is not None and not collapse:
+        raise PixqueryError("--collapse-threshold goes with --collapse")
+    if collapse and collapse_threshold is not None:
+        collapse = collapse_threshold
+    use_daemon = query is not None and collapse is False
+    got = _from_daemon(query, k, threshold, library, model) if use_daemon else None
     if got is not None:
         found, random_weights, model_name, ms = got
         if random_weights and not as_json:
             warn_random(model_name)
     else:
-        found, ms = _in_process(query, image, k, threshold, library, model, as_json)
+        found, ms = _in_process(query, image, k, threshold, library, model, as_json, collapse)
     if as_json:
         print(json.dumps({"query": query, "image": str(image) if image else None, "threshold": found.threshold,
                           "dropped_by_threshold": found.dropped, "results": found.results}, indent=2))
         return
-    rows = [(r["rank"], f"{r['score']:.4f}", f"{r['distance']:.4f}", where) for r, where in zip(found.results, found.locations)]
+    rows = [(r["rank"], f"{r['score']:.4f}", f"{r['distance']:.4f}",
+             where + (f" (+{len(r['duplicates'])} near-duplicates)" if r.get("duplicates") else ""))
+            for r, where in zip(found.results, found.locations)]
     if piped():  # one result a line: rank, score, distance, location (`| cut -f4`)
         write_rows(rows)
     else:
