@@ -69,10 +69,11 @@ def check_keep(rule: str) -> str:
 
 
 def near_pairs(vectors: np.ndarray, threshold: float, *, nprobe: int | None = None, nlist: int | None = None,
+               exact_max: int = EXACT_MAX,
                progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """Pairs (i, j), i < j, of rows of `vectors` (unit norm) at angular distance <= threshold, by a
-    range search; and how they were searched ("exact" or "ivf nlist=N nprobe=P").
-    progress(done, total): queries searched so far."""
+    range search; and how they were searched ("exact" or "ivf nlist=N nprobe=P"): exact up to
+    `exact_max` vectors. progress(done, total): queries searched so far."""
     import faiss
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -81,7 +82,7 @@ def near_pairs(vectors: np.ndarray, threshold: float, *, nprobe: int | None = No
         return np.empty(0, np.int64), np.empty(0, np.int64), "exact"
     # faiss keeps scores strictly above the radius: a hair lower keeps pairs exactly at the threshold.
     radius = cosine_of(threshold) - 1e-6
-    if n <= EXACT_MAX:
+    if n <= exact_max:
         index = faiss.IndexFlatIP(dim)
         index.add(x)
         method = "exact"
@@ -101,7 +102,7 @@ def near_pairs(vectors: np.ndarray, threshold: float, *, nprobe: int | None = No
     for lo in range(0, n, BATCH):
         hi = min(n, lo + BATCH)
         lims, _, found = index.range_search(x[lo:hi], radius)
-        query = np.repeat(np.arange(lo, hi, dtype=np.int64), np.diff(lims))
+        query = np.repeat(np.arange(lo, hi, dtype=np.int64), np.diff(lims).astype(np.int64))
         keep = query < found  # each pair once (the other half is found from the other side), never self
         firsts.append(query[keep])
         seconds.append(found[keep].astype(np.int64))

@@ -14,7 +14,11 @@ from pixquery.errors import PixqueryError
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+    """Bytes for people: 812 B, 4.1 kB, 3.2 MB, 1.20 GB."""
+    for unit, scale, digits in (("GB", 1e9, 2), ("MB", 1e6, 1), ("kB", 1e3, 1)):
+        if n >= scale:
+            return f"{n / scale:.{digits}f} {unit}"
+    return f"{n} B"
 
 
 def _when(member) -> str:
