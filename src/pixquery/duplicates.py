@@ -39,6 +39,7 @@ DEFAULT_THRESHOLD = 0.10
 KEEP_RULES = ("largest", "oldest", "newest", "shortest-path")
 EXACT_MAX = 20_000  # up to this many photos the range search compares every pair (a second or so)
 DEFAULT_NPROBE = 8
+CELL = 100  # photos per cell of the inverted file beyond EXACT_MAX
 BATCH = 8192  # queries per range-search call: progress granularity, bounded memory for results
 
 
@@ -73,7 +74,7 @@ def near_pairs(vectors: np.ndarray, threshold: float, *, nprobe: int | None = No
                progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """Pairs (i, j), i < j, of rows of `vectors` (unit norm) at angular distance <= threshold, by a
     range search; and how they were searched ("exact" or "ivf nlist=N nprobe=P"): exact up to
-    `exact_max` vectors. progress(done, total): queries searched so far."""
+    `exact_max` vectors. progress(done, total): vectors placed, then searched (2n in all)."""
     import faiss
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -82,33 +83,55 @@ def near_pairs(vectors: np.ndarray, threshold: float, *, nprobe: int | None = No
         return np.empty(0, np.int64), np.empty(0, np.int64), "exact"
     # faiss keeps scores strictly above the radius: a hair lower keeps pairs exactly at the threshold.
     radius = cosine_of(threshold) - 1e-6
-    if n <= exact_max:
-        index = faiss.IndexFlatIP(dim)
-        index.add(x)
-        method = "exact"
-    else:
-        nlist = int(nlist or min(65536, max(64, round(2 * math.sqrt(n)))))
-        nprobe = int(nprobe or DEFAULT_NPROBE)
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        # k-means on a sample: 40 points a cell is faiss's own lower bound for a stable training.
-        rng = np.random.default_rng(0)
-        sample = x[np.sort(rng.choice(n, size=min(n, nlist * 40), replace=False))]
-        index.train(sample)
-        index.add(x)
-        index.nprobe = min(nprobe, nlist)
-        method = f"ivf nlist={nlist} nprobe={index.nprobe}"
     firsts, seconds = [], []
-    for lo in range(0, n, BATCH):
-        hi = min(n, lo + BATCH)
-        lims, _, found = index.range_search(x[lo:hi], radius)
-        query = np.repeat(np.arange(lo, hi, dtype=np.int64), np.diff(lims).astype(np.int64))
+
+    def collect(lo: int, lims: np.ndarray, found: np.ndarray) -> None:
+        query = np.repeat(np.arange(lo, lo + len(lims) - 1, dtype=np.int64), np.diff(lims).astype(np.int64))
         keep = query < found  # each pair once (the other half is found from the other side), never self
         firsts.append(query[keep])
         seconds.append(found[keep].astype(np.int64))
+
+    if n <= exact_max:
+        index = faiss.IndexFlatIP(dim)
+        index.add(x)
+        for lo in range(0, n, BATCH):
+            hi = min(n, lo + BATCH)
+            lims, _, found = index.range_search(x[lo:hi], radius)
+            collect(lo, lims, found)
+            if progress:
+                progress(n + hi, 2 * n)
+        return np.concatenate(firsts), np.concatenate(seconds), "exact"
+
+    from faiss.contrib.ivf_tools import add_preassigned, range_search_preassigned
+
+    # Cells of ~CELL photos around photos drawn at random (no k-means: the partition only has to
+    # put a photo's near-copies in one of its nprobe nearest cells, and k-means on 10^4 cells of a
+    # million photos would take longer than the search), found through a small HNSW graph.
+    nlist = int(nlist or max(64, n // CELL))
+    nprobe = min(int(nprobe or DEFAULT_NPROBE), nlist)
+    rng = np.random.default_rng(0)
+    quantizer = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    quantizer.add(x[np.sort(rng.choice(n, size=nlist, replace=False))])
+    quantizer.hnsw.efSearch = max(32, 2 * nprobe)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.nprobe = nprobe
+    # Each photo's nprobe nearest cells, found once: the first is where it is stored, all of them
+    # are where its neighbours are looked for.
+    cells = np.empty((n, nprobe), np.int64)
+    cell_sims = np.empty((n, nprobe), np.float32)
+    for lo in range(0, n, BATCH):
+        hi = min(n, lo + BATCH)
+        cell_sims[lo:hi], cells[lo:hi] = quantizer.search(x[lo:hi], nprobe)
         if progress:
-            progress(hi, n)
-    return np.concatenate(firsts), np.concatenate(seconds), method
+            progress(hi, 2 * n)
+    add_preassigned(index, x, np.ascontiguousarray(cells[:, 0]))
+    for lo in range(0, n, BATCH):
+        hi = min(n, lo + BATCH)
+        lims, _, found = range_search_preassigned(index, x[lo:hi], radius, cells[lo:hi], cell_sims[lo:hi])
+        collect(lo, lims, found)
+        if progress:
+            progress(n + hi, 2 * n)
+    return np.concatenate(firsts), np.concatenate(seconds), f"ivf nlist={nlist} nprobe={nprobe}"
 
 
 def connected_groups(n: int, first: np.ndarray, second: np.ndarray) -> list[np.ndarray]:
