@@ -28,11 +28,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from pixquery.errors import PixqueryError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy is imported by the functions that need it, not here: `pixquery search` parses the query
+# before asking the daemon, a path that imports only the standard library (docs/performance.md).
 
 TEXT = "text"  # value: a phrase
 IMAGE = "image"  # value: a path to an image file
@@ -69,7 +73,7 @@ class Part:
         if self.kind == UPLOAD and isinstance(value, (bytes, bytearray)):
             value = f"<{len(value)} bytes>"
         elif self.kind == VECTOR:
-            value = f"<vector of {np.asarray(value).size}>"
+            value = f"<vector of {len(value)}>"
         elif self.kind == IMAGE:
             value = str(value)
         return {"kind": self.kind, "value": value, "weight": self.weight}
@@ -118,6 +122,8 @@ class Query:
         return self._with(UPLOAD, data_or_id, weight)
 
     def plus_vector(self, vector, weight: float = 1.0) -> "Query":
+        import numpy as np
+
         return self._with(VECTOR, np.asarray(vector, dtype=np.float32), weight)
 
     def text_terms(self) -> list[str]:
@@ -148,7 +154,7 @@ class Query:
 
 
 def _comparable(parts):
-    return [(p.kind, p.value.tobytes() if isinstance(p.value, np.ndarray) else p.value, p.weight) for p in parts]
+    return [(p.kind, p.value.tobytes() if hasattr(p.value, "tobytes") else p.value, p.weight) for p in parts]
 
 
 def _quote(phrase: str) -> str:
@@ -240,6 +246,8 @@ def combine(encoder, parts: Sequence[Part] | Query, embed_other: Callable[[Part]
     every other part by `embed_other(part)` (the Library reads images, library photos, uploads).
     A single part of weight +1 is returned as its embedding, untouched, so a plain query gives
     exactly the vector (and scores) it always did. Raises PixqueryError when the parts cancel out."""
+    import numpy as np
+
     parts = list(parts)
     if not parts:
         raise PixqueryError("the query is empty")
