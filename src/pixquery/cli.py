@@ -294,7 +294,7 @@ def search(
                                                "leading - or +: docs/search.md)"),
     add: List[str] = typer.Option([], "--add", metavar="TEXT", help="Also look for this phrase (repeatable)"),
     subtract: List[str] = typer.Option([], "--subtract", metavar="TEXT", help="Push photos like this phrase down (repeatable)"),
-    image: List[Path] = typer.Option([], "--image", "-i", help="Find photos similar to this image (repeatable; with a text: both count)"),
+    image: List[Path] = typer.Option([], "--image", "-i", metavar="PATH", help="Find photos similar to this image (repeatable; with a text: both count)"),
     weight: List[float] = typer.Option([], "--weight", metavar="W",
                                        help="Weight of an --image, the first --weight for the first --image (default 1; negative: less like it)"),
     k: int = typer.Option(10, "-k", "--top", help="Number of results"),
@@ -303,7 +303,7 @@ def search(
     model: Optional[str] = ModelOpt,
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON"),
 ):
-    """Search the library by text or by image (a text search is answered by `pixquery daemon` when one runs for the library)."""
+    """Search the library by text, by image, or by both added and subtracted (a text search is answered by `pixquery daemon` when one runs for the library)."""
     from pixquery.searchcmd import search_command
 
     try:
