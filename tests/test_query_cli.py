@@ -100,3 +100,11 @@ def test_bad_queries_are_one_line_errors(indexed, args, message):
     r = pixquery("search", *args, "-L", lib)
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_query_that_starts_with_a_minus_follows_double_dash(indexed):
+    lib, _ = indexed
+    r = pixquery("search", "-L", lib, "-k", "12", "--json", "--", "-people +beach", env={"PIXQUERY_NO_DAEMON": "1"})
+    assert r.returncode == 0, r.stderr
+    got = [(x["path"], x["score"]) for x in json.loads(r.stdout)["results"]]
+    assert_ranking(got, by_hand(lib, [("text", "people", -1), ("text", "beach", 1)]))
