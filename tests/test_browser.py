@@ -47,7 +47,10 @@ def browser():
 def served(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("browser")
     lib_path, photos = build_library(root, tiny_model, N_PHOTOS)
-    with running_server(lib_path, tiny_model, root / "server.log") as server:
+    # The tiny random model puts some of these 40 different photos 0.03 apart (angular distance),
+    # where real CLIP weights put copies: the page folds near-duplicates by default, so this
+    # server's threshold for them is below that (test_duplicates_page has its own, calibrated).
+    with running_server(lib_path, tiny_model, root / "server.log", extra=("--duplicate-threshold", "0.01")) as server:
         server.lib_path, server.photos = lib_path, photos
         yield server
 
@@ -465,3 +468,73 @@ def test_a_late_answer_never_replaces_a_newer_one(page, served):
     assert not any(f"“{slow}”" in m for m in page.evaluate("window.__messages"))
     assert failed == []  # nothing was aborted: the sequence number alone kept the answer out
     assert page.problems == [], page.problems
+
+
+def test_duplicates_page_and_folded_search(browser, tmp_path, tiny_model):
+    """The duplicates page shows the planted groups side by side with sizes and dates and the one
+    to keep; the search page folds the copies into one result (on by default) and shows them all
+    when folding is turned off. Threshold: calibrated from the tiny model's stored embeddings."""
+    from test_duplicates import _calibrate, _plant
+
+    from photos import make_photos
+    from pixquery.api import Library
+
+    OUT.mkdir(exist_ok=True)
+    photos = tmp_path / "photos"
+    planted = _plant(photos, make_photos(photos, 6))
+    lib_path = tmp_path / "library"
+    with Library.open(lib_path, model=str(tiny_model)) as lib:
+        lib.index([str(photos)], workers=1)
+        original = min(planted["resized"], key=len)
+    threshold = _calibrate(lib_path, tiny_model, planted)
+    with running_server(lib_path, tiny_model, tmp_path / "server.log", extra=("--duplicate-threshold", f"{threshold:.6f}")) as served:
+        context = browser.new_context(viewport={"width": 1100, "height": 800})
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        problems = []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        try:
+            page.goto(f"{served.url}/?token={TOKEN}")
+            page.click("#duplicates-link")
+            page.wait_for_selector("#groups[data-loaded='3']")
+            assert page.url == served.url + "/duplicates"
+            assert "3 groups, 4 copies" in page.inner_text("#summary")
+            groups = page.locator(".dup-group")
+            first = groups.nth(0)
+            assert first.locator(".dup-member").count() == 3 and first.get_attribute("data-kind") == "near"
+            keep = first.locator(".dup-member.keep")
+            assert keep.count() == 1 and keep.locator(".name").inner_text() == Path(original).name
+            assert "keep (suggested)" in keep.inner_text()
+            text = first.inner_text()
+            assert "320 × 240 px" in text and "160 × 120 px" in text  # pixel sizes, side by side
+            assert "2020" in text and "2023" in text  # the dates (originals 2020, copies 2023)
+            assert "KB" in text and "near-duplicate · distance 0.0" in text
+            exact = page.locator(".dup-group[data-kind='exact']")
+            assert exact.count() == 1 and "same bytes" in exact.inner_text()
+            page.wait_for_function("() => [...document.querySelectorAll('.dup-member img')].every(i => i.complete && i.naturalWidth > 0)")
+            page.screenshot(path=str(OUT / "duplicates-page.png"), full_page=True)
+
+            page.select_option("#keep", "newest")  # another rule: a copy (2023) is kept
+            page.wait_for_function("() => location.hash.includes('keep=newest') && document.getElementById('groups').dataset.loaded === '3' && document.querySelector('.dup-member.keep .name')?.textContent.includes('_')")
+            assert "copies" in page.locator(".dup-group").nth(0).locator(".dup-member.keep .path").inner_text()
+            page.check("#exact")
+            page.wait_for_selector("#groups[data-loaded='1']")
+            assert page.locator(".dup-group").count() == 1 and "exact copies" in page.inner_text(".dup-group h2")
+
+            # The search page folds near-duplicates by default: 10 photos, 6 different pictures.
+            page.goto(f"{served.url}/#q=a+photo")
+            page.wait_for_function("() => document.getElementById('message').textContent.includes('results for')")
+            names = page.eval_on_selector_all("#grid .tile img", "els => els.map(e => e.alt)")
+            assert len(names) == 6 and len(set(names)) == 6
+            for group in planted.values():  # one photo of each group is shown, the others folded into it
+                assert len({Path(p).name for p in group} & set(names)) == 1
+            badges = page.eval_on_selector_all("#grid .tile .dups", "els => els.map(e => e.textContent)")
+            assert sorted(badges) == ["+1", "+1", "+2"]
+            page.screenshot(path=str(OUT / "duplicates-folded-search.png"))
+            page.uncheck("#collapse")
+            page.wait_for_function("() => document.querySelectorAll('#grid .tile').length === 10")
+            assert page.locator("#grid .tile .dups").count() == 0
+            assert "c=0" in page.url
+            assert not problems, problems
+        finally:
+            context.close()

@@ -9,7 +9,7 @@ The pieces, one job each:
 - `state`: Server, the state behind the endpoints (library pool, encoder, caches, thumbnails),
   handed to them by the `ServerDep` dependency, which reads what this app's lifespan puts into
   every request's state; `pool` and `caches` are its parts;
-- `routers/`: the endpoints, one router per resource (status, search, images, videos, page);
+- `routers/`: the endpoints, one router per resource (status, search, images, videos, duplicates, page);
 - `guard`: bind rules, the Host check, the token and the security headers (ASGI middleware);
 - `http_files`: ETag / 304, Cache-Control, byte ranges; `uploads`: reading an uploaded image;
 - `api_errors`: every error as JSON `{"error": "...", "status": N}`: 4xx for anything the client
@@ -31,7 +31,7 @@ from pixquery.server.caches import TextEncoder, UploadCache
 from pixquery.server.config import MAX_ID, ServerConfig
 from pixquery.server.guard import Guard, _loopback_host_header, check_bind, is_loopback
 from pixquery.server.pool import LibraryPool
-from pixquery.server.routers import images, page, search, status, videos
+from pixquery.server.routers import duplicates, images, page, search, status, videos
 from pixquery.server.state import Server
 
 __all__ = [  # the names other modules and tests import from here
@@ -66,5 +66,6 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(search.router(config))
     app.include_router(images.router)
     app.include_router(videos.router)
+    app.include_router(duplicates.router(config))
     app.include_router(page.router)
     return app

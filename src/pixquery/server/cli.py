@@ -32,6 +32,8 @@ def serve(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.01, help="Largest photo accepted for search-by-photo"),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in a web browser"),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request"),
+    duplicate_threshold: float = typer.Option(0.10, "--duplicate-threshold", min=0.0, max=1.0, metavar="DISTANCE",
+                                              help="Near-duplicates (the page folds them, /api/duplicates groups them): at most this angular distance apart"),
 ):
     """Serve a search page and a JSON API (OpenAPI at /api/docs) over a library."""
     import uvicorn
@@ -50,7 +52,7 @@ def serve(
     sock = _listen(host, port)  # before the model loads, and before saying "serving"
     port = sock.getsockname()[1]  # --port 0: the one the system picked
     config = ServerConfig(library=lib, model=model, token=token, host=host, port=port, pool_size=pool, text_batch=text_batch,
-                          max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+                          max_upload_bytes=int(max_upload_mb * 1024 * 1024), duplicate_threshold=duplicate_threshold)
     try:
         app = create_app(config)
     except BaseException:

@@ -31,3 +31,6 @@ class ServerConfig:
     thumbnail_concurrency: int = 2
     warm: bool = True  # load both model towers and the index at start-up
     static_dir: Optional[Path] = None  # serve the page from here instead of the package (development)
+    # Near-duplicates: an angular distance (pixquery.duplicates.DEFAULT_THRESHOLD, an assumption for
+    # real CLIP weights); what search's collapse folds and /api/duplicates groups, unless a request says.
+    duplicate_threshold: float = 0.10

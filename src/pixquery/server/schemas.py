@@ -35,6 +35,7 @@ class Hit(BaseModel):
     modified: Optional[str] = Field(None, description="file modification time (as indexed), ISO 8601 UTC")
     thumbnail: Optional[str] = Field(None, description="URL of a 256 px JPEG thumbnail (of the frame, for a video)")
     original: Optional[str] = Field(None, description="URL of the original file")
+    duplicates: Optional[list[str]] = Field(None, description="collapse: paths of the near-duplicates folded into this hit")
 
 
 class SearchPage(BaseModel):
@@ -104,3 +105,44 @@ ERRORS = {
 }
 
 
+
+
+class DuplicateMember(BaseModel):
+    image_id: int
+    path: str
+    name: str
+    size: int = Field(description="bytes, as indexed")
+    width: Optional[int] = None
+    height: Optional[int] = None
+    modified: str = Field(description="file modification time (as indexed), ISO 8601 UTC: the date the keep rules use")
+    sha256: Optional[str] = None
+    distance: Optional[float] = Field(None, description="angular distance to the photo suggested to keep")
+    keep: bool = Field(description="the one suggested to keep (by the keep rule)")
+    same_content_as_keep: bool = Field(description="the very same bytes as the one to keep")
+    thumbnail: str
+    original: str
+
+
+class DuplicateGroup(BaseModel):
+    kind: str = Field(description="exact: all the same bytes; near: some differ (resized, recompressed, ...)")
+    count: int
+    keep: str = Field(description="path of the photo suggested to keep")
+    bytes: int
+    reclaimable_bytes: int = Field(description="bytes of all but the one to keep")
+    members: list[DuplicateMember] = Field(description="the one to keep first, then by distance to it")
+
+
+class DuplicatesPage(BaseModel):
+    threshold: float = Field(description="near-duplicates: at most this angular distance apart")
+    threshold_cosine: float
+    keep_rule: str
+    near: bool = Field(description="false: exact copies only")
+    photos: int = Field(description="photos whose embeddings were compared")
+    method: str = Field(description="how the near pairs were searched")
+    seconds: float = Field(description="time the search took (when it ran; answers are cached until the library changes)")
+    groups_count: int
+    duplicates: int = Field(description="photos beyond the one to keep, in all groups")
+    reclaimable_bytes: int
+    offset: int
+    next_offset: Optional[int] = None
+    groups: list[DuplicateGroup]

@@ -86,10 +86,12 @@ class Server:
     def search(self, *, text: str | None = None, image_id: int | None = None, upload_id: str | None = None,
                vector: np.ndarray | None = None, k: int, offset: int, threshold: str | None,
                add: list[str] = (), subtract: list[str] = (), like: list[int] = (), unlike: list[int] = (),
-               image_weight: float = 1.0) -> dict:
+               image_weight: float = 1.0, collapse: bool = False, collapse_threshold: float | None = None) -> dict:
         """One page of results for a combined query (pixquery.query): the text `q` in the inline
         syntax, phrases added / subtracted, photos of the library liked / unliked, and one image
-        (`image_id`, an upload, or a vector) weighted `image_weight`."""
+        (`image_id`, an upload, or a vector) weighted `image_weight`. collapse: near-duplicates
+        (within collapse_threshold, default the server's duplicate_threshold) folded into the best
+        of them (Library.search's collapse=)."""
         t0 = time.perf_counter()
         cfg = self.config
         if text is None and not (add or subtract or like or unlike) and image_id is None and upload_id is None \
@@ -108,7 +110,8 @@ class Server:
                 if row is None or row.deleted:
                     raise ApiError(404, f"no image with id {pid}")
             try:
-                res = lib.search(parts, k=want + 1, threshold=th)
+                folded = (cfg.duplicate_threshold if collapse_threshold is None else collapse_threshold) if collapse else False
+                res = lib.search(parts, k=want + 1, threshold=th, collapse=folded)
             except LibraryError as e:
                 raise ApiError(503, str(e)) from None
             except IndexStoreError as e:  # the vector store (a Milvus server) is down or refused
@@ -189,6 +192,7 @@ class Server:
             "image_id": r.image_id, "video_id": r.video_id, "timestamp": r.timestamp,
             "time_range": list(r.time_range) if getattr(r, "time_range", None) else None,
             "box": list(r.box) if r.box else None, "width": r.width, "height": r.height,
+            "duplicates": r.duplicates,
         }
         if r.video_id is not None:
             version = f"{video[0]}-{video[1]}" if video else "0"

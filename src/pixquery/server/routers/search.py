@@ -45,6 +45,8 @@ def router(config: ServerConfig) -> APIRouter:
         like: List[int] = Query([], description="a photo of the library to add: 'more like this' (repeatable; left out of the results)"),
         unlike: List[int] = Query([], description="a photo of the library to subtract: 'less like this' (repeatable)"),
         image_weight: float = Query(1.0, ge=-100, le=100, description="weight of image_id or upload_id in the query (negative: less like it)"),
+        collapse: bool = Query(False, description="fold near-duplicate photos into the best-ranked of them (its `duplicates` lists them)"),
+        collapse_threshold: Optional[float] = Query(None, ge=0, le=1, description="collapse: near-duplicates at most this angular distance apart [default: the server's --duplicate-threshold]"),
     ):
         """Search by text (`q`), by an image of the library (`image_id`) or by an earlier upload
         (`upload_id`), or by any combination of them with added and subtracted phrases and photos.
@@ -55,7 +57,8 @@ def router(config: ServerConfig) -> APIRouter:
         or double quotes make a leading `-` / `+` literal. Repeat `add`, `subtract`, `like` and
         `unlike` for several phrases or photos, e.g. `?q=beach&add=sunset&subtract=people&like=12&unlike=40`."""
         return server.search(text=q, image_id=image_id, upload_id=upload_id, k=k, offset=offset, threshold=threshold,
-                             add=add, subtract=subtract, like=like, unlike=unlike, image_weight=image_weight)
+                             add=add, subtract=subtract, like=like, unlike=unlike, image_weight=image_weight,
+                             collapse=collapse, collapse_threshold=collapse_threshold)
 
     @api.post("/api/search/image", response_model=SearchPage, tags=["search"],
               openapi_extra=UPLOAD_SCHEMA, responses={**ERRORS, 413: {"model": ErrorBody, "description": "upload too large"}})
@@ -64,6 +67,8 @@ def router(config: ServerConfig) -> APIRouter:
         server: ServerDep,
         k: int = Query(config.page_size, ge=1, description=f"results per page (capped at {config.max_k})"),
         threshold: Optional[str] = Query(None, max_length=32),
+        collapse: bool = Query(False, description="fold near-duplicate photos into the best-ranked of them"),
+        collapse_threshold: Optional[float] = Query(None, ge=0, le=1),
     ):
         """Search with a photo: multipart form field `file`, or the image bytes as the body.
 
@@ -74,7 +79,8 @@ def router(config: ServerConfig) -> APIRouter:
         if vector is None:
             vector = await run_in_threadpool(server.embed_upload, data)
             server.uploads.put(upload_id, vector)
-        page = await run_in_threadpool(lambda: server.search(vector=vector, k=k, offset=0, threshold=threshold))
+        page = await run_in_threadpool(lambda: server.search(vector=vector, k=k, offset=0, threshold=threshold, collapse=collapse,
+                                                             collapse_threshold=collapse_threshold))
         page["query"] = {"upload_id": upload_id}
         page["upload_id"] = upload_id
         return page

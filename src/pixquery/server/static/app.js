@@ -14,7 +14,7 @@
     vDate: $("v-date"), vScore: $("v-score"), vVideo: $("v-video"), vBox: $("v-box"),
     vWhen: $("v-when"), vWhenLabel: $("v-when-label"), vSimilar: $("v-similar"), vOriginal: $("v-original"),
     vClose: $("v-close"), vPrev: $("v-prev"), vNext: $("v-next"), vMore: $("v-more"), vLess: $("v-less"),
-    refine: $("refine"), refineText: $("refine-text"), refineClear: $("refine-clear"),
+    refine: $("refine"), refineText: $("refine-text"), refineClear: $("refine-clear"), collapse: $("collapse"),
   };
 
   let info = null;        // GET /api/info
@@ -162,6 +162,7 @@
     for (const x of search.unlike) p.append("unlike", x.id);
     p.set("k", Math.min(PAGE, limit() - offset));
     p.set("offset", offset);
+    if (els.collapse.checked) p.set("collapse", "true"); // near-duplicates folded into one hit (on by default)
     const t = thresholdParam();
     if (t !== null) p.set("threshold", t);
     return "/api/search?" + p.toString();
@@ -291,6 +292,14 @@
       rank.className = "rank";
       rank.textContent = "#" + r.rank;
       tile.append(img, score, rank);
+      if (r.duplicates && r.duplicates.length) {
+        const dups = document.createElement("span");
+        dups.className = "dups";
+        dups.textContent = `+${r.duplicates.length}`;
+        dups.title = `${r.duplicates.length} near-duplicate${r.duplicates.length === 1 ? "" : "s"} folded into this one:\n${r.duplicates.join("\n")}`;
+        tile.append(dups);
+        tile.title += `\n+${r.duplicates.length} near-duplicate${r.duplicates.length === 1 ? "" : "s"}`;
+      }
       if (r.kind === "video") {
         const badge = document.createElement("span");
         badge.className = "badge";
@@ -337,6 +346,7 @@
     const body = new FormData();
     body.append("file", file, file.name);
     const p = new URLSearchParams({ k: Math.min(PAGE, limit()) });
+    if (els.collapse.checked) p.set("collapse", "true");
     const t = thresholdParam();
     if (t !== null) p.set("threshold", t);
     try {
@@ -368,6 +378,7 @@
     const t = thresholdParam();
     if (t !== null) p.set("t", t);
     if (limit() !== 60) p.set("n", limit());
+    if (!els.collapse.checked) p.set("c", "0");
     const h = "#" + p.toString();
     if (typing) {
       // A run of typing is one history entry (the latest query), not one per keystroke.
@@ -385,6 +396,7 @@
     const p = new URLSearchParams(location.hash.slice(1));
     if (p.has("t")) els.threshold.value = p.get("t");
     if (p.has("n")) els.limit.value = p.get("n");
+    els.collapse.checked = p.get("c") !== "0";
     showThreshold();
     const ids = (key) => (p.get(key) || "").split(",").filter((x) => /^\d+$/.test(x)).map((id) => ({ id, name: `photo ${id}` }));
     const refine = { like: ids("like"), unlike: ids("unlike") };
@@ -590,6 +602,7 @@
   els.threshold.addEventListener("input", showThreshold);
   els.threshold.addEventListener("change", rerun);
   els.limit.addEventListener("change", rerun);
+  els.collapse.addEventListener("change", rerun);
 
   function rerun() {
     if (!search) return;
@@ -623,7 +636,7 @@
   function queryToHash() {
     const given = new URLSearchParams(location.search);
     const p = new URLSearchParams();
-    for (const key of ["q", "image", "like", "unlike", "t", "n"]) if (given.get(key)) p.set(key, given.get(key));
+    for (const key of ["q", "image", "like", "unlike", "t", "n", "c"]) if (given.get(key)) p.set(key, given.get(key));
     if (!p.toString() || location.hash.length > 1) return;
     history.replaceState(null, "", location.pathname + "#" + p.toString());
   }
