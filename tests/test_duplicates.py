@@ -246,3 +246,41 @@ def test_keep_order_rules():
     assert keep("oldest").members[1].same_content_as_keep and keep("oldest").members[1].distance == 0.0
     with pytest.raises(Exception, match="--keep must be one of"):
         keep("biggest")
+
+
+def test_http_api_duplicates_and_collapse(planted_library, tmp_path, tiny_model):
+    from test_server_support import running_server
+
+    library, _, planted, threshold = planted_library
+    with running_server(library, tiny_model, tmp_path / "server.log",
+                        extra=("--duplicate-threshold", f"{threshold:.6f}")) as served, served.client() as c:
+        r = c.get("/api/duplicates")
+        assert r.status_code == 200, r.text
+        data = r.json()
+        assert sorted(({m["path"] for m in g["members"]} for g in data["groups"]), key=sorted) == \
+            sorted(planted.values(), key=sorted)
+        assert data["threshold"] == pytest.approx(threshold, abs=1e-6) and data["next_offset"] is None
+        member = data["groups"][0]["members"][0]
+        assert member["keep"] and c.get(member["thumbnail"]).headers["content-type"] == "image/jpeg"
+        assert member["modified"].startswith("2020-")  # the original's date (mtime)
+
+        page = c.get("/api/duplicates", params={"limit": 1, "offset": 1, "keep": "newest"}).json()
+        assert len(page["groups"]) == 1 and page["next_offset"] == 2 and page["keep_rule"] == "newest"
+        assert "/copies/" in page["groups"][0]["keep"]
+        exact = c.get("/api/duplicates", params={"exact_only": "true"}).json()
+        assert exact["near"] is False and [g["kind"] for g in exact["groups"]] == ["exact"]
+        tight = c.get("/api/duplicates", params={"threshold": 0}).json()  # only identical embeddings left
+        assert all(m["distance"] == 0.0 for g in tight["groups"] for m in g["members"])
+        for bad in ({"keep": "biggest"}, {"threshold": 2}, {"limit": 0}):
+            r = c.get("/api/duplicates", params=bad)
+            assert r.status_code == 422 and r.json()["status"] == 422, (bad, r.text)
+
+        query = min(planted["resized"], key=len)
+        image_id = next(m["image_id"] for g in data["groups"] for m in g["members"] if m["path"] == query)
+        plain = c.get("/api/search", params={"q": "a photo", "k": 20}).json()["results"]
+        folded = c.get("/api/search", params={"q": "a photo", "k": 20, "collapse": "true"}).json()["results"]
+        assert len(plain) == 10 and len(folded) == 6
+        assert sorted(len(x.get("duplicates") or []) for x in folded) == [0, 0, 0, 1, 1, 2]
+        by_image = c.get("/api/search", params={"image_id": image_id, "collapse": "true", "collapse_threshold": 0}).json()
+        assert not any(x.get("duplicates") for x in by_image["results"] if x["path"] in planted["resized"])
+        assert c.get("/api/search", params={"q": "x", "collapse_threshold": 3}).status_code == 422
