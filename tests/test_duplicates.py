@@ -214,7 +214,7 @@ def test_range_search_ivf_finds_what_exact_finds():
     assert method.startswith("ivf nlist=") and "nprobe=4" in method
     ivf = set(zip(ivf_i.tolist(), ivf_j.tolist()))
     assert ivf <= exact and len(ivf & planted) >= 0.95 * len(planted)
-    assert seen[-1] == (len(x), len(x))
+    assert seen[-1] == (2 * len(x), 2 * len(x))  # placed in cells, then searched
 
 
 def test_groups_are_connected_components_largest_first():

@@ -95,7 +95,8 @@ def _is_json_error(body: bytes, status: int) -> bool:
 # -- token --------------------------------------------------------------------------------------
 
 PROTECTED = ["/api/health", "/api/info", "/api/search?q=dog", "/api/images/1", "/api/images/1/thumbnail",
-             "/api/images/1/original", "/api/openapi.json", "/api/docs", "/static/app.js", "/nothing"]
+             "/api/images/1/original", "/api/openapi.json", "/api/docs", "/static/app.js", "/nothing",
+             "/api/duplicates", "/duplicates", "/static/duplicates.js"]
 
 
 @pytest.mark.parametrize("path", PROTECTED)

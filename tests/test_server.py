@@ -66,7 +66,8 @@ def test_openapi_schema_lists_every_endpoint(api):
     schema = api.get("/api/openapi.json").json()
     paths = schema["paths"]
     for path in ("/api/health", "/api/info", "/api/status", "/api/search", "/api/search/image",
-                 "/api/images/{image_id}", "/api/images/{image_id}/thumbnail", "/api/images/{image_id}/original"):
+                 "/api/images/{image_id}", "/api/images/{image_id}/thumbnail", "/api/images/{image_id}/original",
+                 "/api/duplicates"):
         assert path in paths, path
     assert "multipart/form-data" in paths["/api/search/image"]["post"]["requestBody"]["content"]
     assert {p["name"] for p in paths["/api/search"]["get"]["parameters"]} >= {"q", "image_id", "upload_id", "k", "offset", "threshold"}

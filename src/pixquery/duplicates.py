@@ -74,7 +74,8 @@ def near_pairs(vectors: np.ndarray, threshold: float, *, nprobe: int | None = No
                progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """Pairs (i, j), i < j, of rows of `vectors` (unit norm) at angular distance <= threshold, by a
     range search; and how they were searched ("exact" or "ivf nlist=N nprobe=P"): exact up to
-    `exact_max` vectors. progress(done, total): vectors placed, then searched (2n in all)."""
+    `exact_max` vectors. progress(done, total): vectors searched (exact: n in all), or placed in
+    their cells and then searched (ivf: 2n in all)."""
     import faiss
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -99,7 +100,7 @@ def near_pairs(vectors: np.ndarray, threshold: float, *, nprobe: int | None = No
             lims, _, found = index.range_search(x[lo:hi], radius)
             collect(lo, lims, found)
             if progress:
-                progress(n + hi, 2 * n)
+                progress(hi, n)
         return np.concatenate(firsts), np.concatenate(seconds), "exact"
 
     from faiss.contrib.ivf_tools import add_preassigned, range_search_preassigned
@@ -280,14 +281,20 @@ def find_duplicates(catalog, model_row, *, threshold: float | None = None, keep:
     id_groups = group_ids(photo_ids, first, second, twins)
     member_ids = [i for g in id_groups for i in g]
     rows = catalog.images(member_ids)
-    pos = {int(i): n for n, i in enumerate(photo_ids.tolist())} if member_ids else {}
+    order = np.argsort(photo_ids, kind="stable")  # photo_ids come sorted; this keeps it right if not
+    sorted_ids = photo_ids[order]
+
+    def vector_of(image_id: int) -> np.ndarray | None:
+        at = int(np.searchsorted(sorted_ids, image_id))
+        return vectors[order[at]] if at < len(sorted_ids) and sorted_ids[at] == image_id else None
+
     groups = []
     for ids in id_groups:
         members = [Member(r.id, r.path, r.size, r.width, r.height, r.mtime_ns / 1e9, r.sha256)
                    for r in (rows.get(i) for i in ids) if r is not None and not r.deleted]
         if len(members) < 2:
             continue
-        vecs = {m.image_id: vectors[pos[m.image_id]] for m in members if m.image_id in pos}
+        vecs = {m.image_id: v for m in members if (v := vector_of(m.image_id)) is not None}
         groups.append(make_group(members, vecs, keep))
     groups.sort(key=lambda g: (-len(g.members), -g.bytes, g.keep.path))
     return DuplicateReport(groups, threshold, keep, int(len(photo_ids)), method, time.perf_counter() - t0,
