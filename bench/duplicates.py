@@ -148,7 +148,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--nprobe", type=int, nargs="+", default=[4, 8, 16])
-    ap.add_argument("--nprobe-large", type=int, nargs="+", default=[8], help="nprobe values above 200k vectors")
+    ap.add_argument("--nprobe-large", type=int, nargs="*", default=[8], help="nprobe values above 200k vectors (none: only the library run)")
     ap.add_argument("--library-sizes", type=int, nargs="*", default=[100_000], help="also run find_duplicates on a catalog")
     ap.add_argument("--all-pairs", type=int, default=100_000, help="time the exact all-pairs range search at this size (0: skip)")
     ap.add_argument("--threshold", type=float, default=dup.DEFAULT_THRESHOLD)
@@ -193,33 +193,39 @@ def markdown(runs: list[dict]) -> str:
              "Planted: 1% of the photos are sources of a group of 2-4 (30% of the copies exact, the rest at angular "
              "distance 0.02-0.075 from the source); the other groups found are mostly the synthetic generator's own "
              "bursts (near-copies of the previous photo). See the docstring of bench/duplicates.py.", ""]
+    # The all-pairs baseline: the exact range search measured at the smallest size, in any run.
+    exact_rows = [r for run in runs for r in run["rows"] if r["what"].startswith("all pairs")]
+    baseline = min(exact_rows, key=lambda r: r["n"]) if exact_rows else None
     for run in runs:
         lines += [machine.markdown(run["machine"]) + (" " + run["note"] if run["note"] else ""), "",
                   f"Command: `{run['command']}`; threshold: angular distance {run['threshold']} "
                   f"(cosine {dup.cosine_of(run['threshold']):.3f}).", ""]
-        lines += _table(run["rows"]) + [""]
+        lines += _table(run["rows"], baseline) + [""]
     lines += ["`CPU seconds`: time.process_time() of the run, all threads (faiss uses every core); on a shared "
               "machine it shows the work, where wall time shows the wait too.",
               "`seconds`: wall-clock time of the whole search (vectors in memory: the cells, the range search, the "
               "connected components; `library`: find_duplicates on a SQLite catalog, reading the embeddings "
               "and the group members' rows included; writing that catalog is not timed).",
-              "`all pairs / this`: the exact range search (IndexFlatIP: every pair) over this row's time; "
-              "at other sizes than the one measured it is extrapolated as n^2 (marked)."]
+              "`all pairs / this (CPU)`: the CPU time of the exact range search (IndexFlatIP: every pair) over this "
+              "row's; at other sizes than the one measured it is extrapolated as n^2 (marked). "
+              "`pairs found / all pairs'`: of every pair within the threshold (planted or not), the share found "
+              "(where the exact search ran at the same size)."]
     return "\n".join(lines) + "\n"
 
 
-def _table(rows: list[dict]) -> list[str]:
-    exact = {r["n"]: r["seconds"] for r in rows if r["what"].startswith("all pairs")}
-    base_n = min(exact) if exact else None
-    out = ["| photos | what | method | seconds | CPU seconds | all pairs / this | group recall | pair recall | groups found | other groups |",
-           "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+def _table(rows: list[dict], baseline: dict | None) -> list[str]:
+    out = ["| photos | what | method | seconds | CPU seconds | all pairs / this (CPU) | group recall | pair recall "
+           "| pairs found / all pairs' | groups found | other groups |",
+           "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        ratio = ""
-        if base_n:
-            est = exact[base_n] * (r["n"] / base_n) ** 2
-            ratio = f"{est / r['seconds']:.1f}" + ("" if r["n"] == base_n else " (extrapolated)")
+        ratio = share = ""
+        if baseline:
+            est = baseline["cpu_s"] * (r["n"] / baseline["n"]) ** 2
+            ratio = f"{est / r['cpu_s']:.1f}" + ("" if r["n"] == baseline["n"] else " (extrapolated)")
+            if r["n"] == baseline["n"] and "pairs" in r:
+                share = f"{r['pairs'] / baseline['pairs']:.4f}"
         out.append(f"| {r['n']:,} | {r['what']} | {r['method']} | {r['seconds']:.1f} | {r['cpu_s']:.1f} | {ratio} | "
-                   f"{r['group_recall']:.4f} | {r['pair_recall']:.4f} | {r['groups']:,} | {r['other_groups']:,} |")
+                   f"{r['group_recall']:.4f} | {r['pair_recall']:.4f} | {share} | {r['groups']:,} | {r['other_groups']:,} |")
     return out
 
 
