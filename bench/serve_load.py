@@ -88,7 +88,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, HF_HUB_OFFLINE="1")
         env.pop("PIXQUERY_TOKEN", None)
-        self.log = open(log_path, "w")
+        self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pixquery.server", "--library", str(library), "--model", model, "--host", "127.0.0.1",
              "--port", str(self.port), "--token", TOKEN, "--pool", str(pool), "--text-batch", str(text_batch)],

@@ -9,14 +9,13 @@ import io
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from photos import make_photos, photo
-from test_server_support import TOKEN, build_library, index_again, running_server
+from test_server_support import build_library, index_again, running_server
 
 N_PHOTOS = 24
 

@@ -15,11 +15,11 @@ import pytest
 
 pytest.importorskip("av", reason="video tests need PyAV (the [video] extra)")
 
-from videos import Scene, corrupted_copy, make_video, scene_starts, truncated_copy  # noqa: E402
-
 from pixquery import indexes  # noqa: E402
 from pixquery.catalog import Catalog  # noqa: E402
+from pixquery.ingest import pipeline, sources  # noqa: E402
 from pixquery.ingest.decode import normalize, resize_crop  # noqa: E402
+from pixquery.ingest.items import VIDEO, DecodeSettings, MediaItem  # noqa: E402
 from pixquery.ingest.scan import FileEntry  # noqa: E402
 from pixquery.ingest.sync import sync_index  # noqa: E402
 from pixquery.ingest.video import (  # noqa: E402
@@ -31,10 +31,9 @@ from pixquery.ingest.video import (  # noqa: E402
     probe,
     sample_frames,
 )
-from pixquery.ingest import pipeline, sources  # noqa: E402
-from pixquery.ingest.items import VIDEO, DecodeSettings, MediaItem  # noqa: E402
 from pixquery.ingest.write import CatalogWriter  # noqa: E402
 from pixquery.search import run_query  # noqa: E402
+from videos import Scene, corrupted_copy, make_video, scene_starts, truncated_copy  # noqa: E402
 
 SCENES = [(3.0, 0), (2.5, 1), (3.5, 2), (1.5, 3)]  # cuts at 3.0, 5.5 and 9.0 s
 
@@ -171,7 +170,6 @@ def test_format_timestamp():
 @pytest.fixture(scope="module")
 def encoder():
     from conftest_models import tiny_model_dir
-
     from pixquery.encoders.registry import load_encoder
 
     return load_encoder(tiny_model_dir("vit"))
@@ -356,7 +354,6 @@ def test_a_killed_run_never_leaves_half_a_video(tmp_path, encoder):
 
 def test_second_model_keeps_the_frames_of_the_first(tmp_path, encoder):
     from conftest_models import tiny_model_dir
-
     from pixquery.encoders.registry import load_encoder
 
     folder = tmp_path / "videos"
@@ -442,6 +439,6 @@ def test_settings_are_kept_between_runs(tmp_path, encoder):
 
 def test_deleting_frames_does_not_scan_every_embedding(tmp_path):
     cat = Catalog(tmp_path / "c.sqlite")
-    for table, col in (("detection", "detection_id"), ("image", "image_id")):
+    for table in ("detection", "image"):
         plan = " / ".join(r[3] for r in cat.db.execute(f"EXPLAIN QUERY PLAN DELETE FROM {table} WHERE id = 1"))
         assert "SCAN embedding" not in plan, (table, plan)

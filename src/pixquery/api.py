@@ -10,13 +10,12 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-
-from typing import TYPE_CHECKING
 
 from pixquery.catalog import Catalog, ModelRow
 from pixquery.errors import BadImage, LibraryError, PixqueryError
@@ -108,7 +107,7 @@ class Library:
 
     @classmethod
     def open(cls, path: str | Path | None = None, model: str | None = None, precision: str | None = None, *,
-             create: bool = True) -> "Library":
+             create: bool = True) -> Library:
         """Open (or create) a library. `model`: a name from `pixquery models`, or a local model folder.
         `precision`: "fp32" or "int8"; None uses the library's (what its last `index` with a
         precision chose; fp32 for a new library). Model and precision given here are remembered

@@ -15,12 +15,20 @@ if __name__ == "__main__":  # `python -m pixquery.cli`: the same entry as the in
 import json
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -173,7 +181,7 @@ class _RichIndexProgress:
         self.progress.stop()
 
 
-def _index_params(kw: dict, extra: List[str]) -> dict:
+def _index_params(kw: dict, extra: list[str]) -> dict:
     params = {k: v for k, v in kw.items() if v is not None}
     for item in extra or []:
         if "=" not in item:
@@ -188,7 +196,7 @@ def _index_params(kw: dict, extra: List[str]) -> dict:
 
 @app.command()
 def index(
-    paths: List[Path] = typer.Argument(None, metavar="PATHS", help="Folders or files to add (default: rescan the library's folders)", show_default=False),
+    paths: list[Path] = typer.Argument(None, metavar="PATHS", help="Folders or files to add (default: rescan the library's folders)", show_default=False),
     library: Optional[Path] = LibraryOpt,
     model: Optional[str] = ModelOpt,
     precision: Optional[str] = typer.Option(None, help="fp32 (default) or int8 (quantised copy, faster)"),
@@ -201,7 +209,7 @@ def index(
     nlist: Optional[int] = IndexOpts["nlist"],
     nprobe: Optional[int] = IndexOpts["nprobe"],
     storage: Optional[str] = IndexOpts["storage"],
-    param: List[str] = IndexOpts["param"],
+    param: list[str] = IndexOpts["param"],
     config: Optional[Path] = typer.Option(None, "--config", help="TOML settings file ([model], [index], [ingest])"),
     batch_size: Optional[int] = typer.Option(None, help="Images per encoder batch"),
     workers: Optional[int] = typer.Option(None, help="Decoder processes [default: one per core]"),
@@ -274,7 +282,7 @@ def reindex(
     nlist: Optional[int] = IndexOpts["nlist"],
     nprobe: Optional[int] = IndexOpts["nprobe"],
     storage: Optional[str] = IndexOpts["storage"],
-    param: List[str] = IndexOpts["param"],
+    param: list[str] = IndexOpts["param"],
 ):
     """Rebuild the search index (e.g. another kind) from stored embeddings, without re-embedding."""
     params = _index_params(dict(M=M, ef_construction=ef_construction, ef_search=ef_search, n_trees=n_trees,
@@ -482,7 +490,7 @@ def _interrupted() -> int:
 _state = {"on_interrupt": ""}  # what Ctrl-C leaves behind, said by the command that runs
 
 
-def run(argv: Optional[List[str]] = None) -> int:
+def run(argv: Optional[list[str]] = None) -> int:
     """Run the command line with our own error handling; returns the exit status (see EXIT_CODES)."""
     args = sys.argv[1:] if argv is None else list(argv)
     if not args:  # bare `pixquery`: the help, and a usage error's status (whichever click typer uses)

@@ -14,9 +14,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from pixquery.errors import PixqueryError
 
@@ -47,7 +48,7 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
 
     @classmethod
-    def load(cls, path: str | Path | None) -> "Settings":
+    def load(cls, path: str | Path | None) -> Settings:
         settings = cls()
         if path is None:
             return settings

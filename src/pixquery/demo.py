@@ -80,7 +80,7 @@ def run(model: str | None, folder: Path | None, library: Path | None, console: C
     # taken offline must not stick once the real weights can be had.
     lib = Library.open(library, model=model or DEFAULT_MODEL)
     try:
-        lib.encoder  # load now: an offline first run fails here with the fix
+        _ = lib.encoder  # load now: an offline first run fails here with the fix
     except ModelNotAvailable as e:
         if model is not None or not TINY_MODEL.is_dir():
             raise

@@ -10,7 +10,7 @@ and the rows go in `purge_orphan_detections`, once no index refers to them.
 from __future__ import annotations
 
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Iterator
+from collections.abc import Iterator
 
 # Each entry migrates from version i to i+1. Never edit a released entry: append a new one.
 MIGRATIONS: list[str] = [

@@ -6,17 +6,17 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
 from pixquery.catalog.media import MediaTables
 from pixquery.catalog.rows import ImageRow, IndexRow, Item, ModelRow
+from pixquery.catalog.schema import MIGRATIONS, SCHEMA_VERSION, split_sql
+from pixquery.catalog.schema import chunks as _chunks
 from pixquery.catalog.shards import ShardTables
-from pixquery.catalog.schema import MIGRATIONS, SCHEMA_VERSION, chunks as _chunks, split_sql
 from pixquery.errors import LibraryError
-
 
 MEDIA_PHOTO, MEDIA_REGION, MEDIA_VIDEO = 0, 1, 2  # `media` of index_fields
 

@@ -42,9 +42,10 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -76,7 +77,7 @@ class VectorIndex(Protocol):
         ...
 
     @classmethod
-    def load(cls, path: Path, mmap: bool = False) -> "VectorIndex": ...
+    def load(cls, path: Path, mmap: bool = False) -> VectorIndex: ...
 
 
 @contextmanager
@@ -225,7 +226,8 @@ def read_bundle(path: Path, kind: str | None = None) -> Bundle:
         try:
             manifest = json.loads((path / MANIFEST).read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: not a pixquery index (no {MANIFEST}; was its first save interrupted?)")
+            raise FileNotFoundError(
+                f"{path}: not a pixquery index (no {MANIFEST}; was its first save interrupted?)") from None
         except (OSError, ValueError) as e:
             raise ValueError(f"{path}: unreadable index manifest ({e})") from e
         if manifest.get("format") != FORMAT:
