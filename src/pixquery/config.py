@@ -14,12 +14,16 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
-
 from pixquery.errors import PixqueryError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # requires-python is 3.10: tomli is the same parser, before it joined the standard library
+    import tomli as tomllib
 
 
 @dataclass
