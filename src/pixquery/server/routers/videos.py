@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from fastapi import APIRouter, Path as PathParam, Query, Request
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import Response
 
 from pixquery.server import thumbnails
