@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 CATALOG_FILE = "catalog.sqlite"
 PRECISIONS = ("fp32", "int8")
 STATUS_FILE = "indexing.json"  # present while an index run is going on (read by the web page)
+
+log = logging.getLogger(__name__)
 
 
 def default_library_path() -> Path:
@@ -504,6 +507,8 @@ class _StatusFile(IndexProgress):
         self.inner.advance(done, failed)
 
     def failure(self, path: str, reason: str) -> None:
+        # info, not warning: the run's report (and the CLI's summary) lists every failure already
+        log.info("skipped %s: %s", path, reason)
         self.inner.failure(path, reason)
 
     def stage(self, text: str) -> None:

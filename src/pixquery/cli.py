@@ -80,8 +80,15 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit"),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True,
+                                help="Log more to stderr: -v what happens (rebuilds, fallbacks, skipped files), -vv debug"),
+    log_level: Optional[str] = typer.Option(None, "--log-level", metavar="LEVEL", envvar="PIXQUERY_LOG_LEVEL",
+                                            help="Log level on stderr: debug, info, warning (the default), error"),
 ) -> None:
     """Search your photos with words."""
+    from pixquery import logs
+
+    logs.configure(logs.level_for(verbose, log_level))
 
 
 def _warn_if_random(lib) -> None:

@@ -33,7 +33,7 @@ from pixquery.server.config import ServerConfig
 from pixquery.server.pool import LibraryPool
 from pixquery.server.static_page import static_files
 
-log = logging.getLogger("pixquery.server")
+log = logging.getLogger(__name__)
 
 BROWSER_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/avif", "image/x-ms-bmp"}
 
