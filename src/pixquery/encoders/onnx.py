@@ -214,8 +214,9 @@ def short_context_copy(text_model: Path, context: int, cache_dir: str | Path | N
             return None
     try:
         import onnx
-    except ImportError:
-        return None  # the onnx package is optional: queries just run at full length
+    except ImportError:  # the onnx package is optional: queries just run at full length
+        log.info("no short-context text model for %s: the onnx package is not installed", text_model)
+        return None
     try:
         model = _short_context_graph(text_model, context)
     except Exception as e:  # an unusual graph: never worse than the original
