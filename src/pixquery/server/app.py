@@ -30,6 +30,7 @@ from pixquery.server.api_errors import ApiError, ServerBusy, install_error_handl
 from pixquery.server.caches import TextEncoder, UploadCache
 from pixquery.server.config import MAX_ID, ServerConfig
 from pixquery.server.guard import Guard, _loopback_host_header, check_bind, is_loopback
+from pixquery.server import openapi
 from pixquery.server.pool import LibraryPool
 from pixquery.server.routers import images, page, search, status, videos
 from pixquery.server.state import Server
@@ -62,6 +63,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.server = server  # for the CLI's start-up messages
     app.add_middleware(Guard, token=config.token, loopback_only_hosts=is_loopback(config.host))
     install_error_handlers(app)
+    openapi.install(app, token_required=config.token is not None)
     app.include_router(status.router)
     app.include_router(search.router(config))
     app.include_router(images.router)

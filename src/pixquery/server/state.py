@@ -15,6 +15,7 @@ import io
 import logging
 import mimetypes
 import os
+import re
 import threading
 import time
 from datetime import datetime, timezone
@@ -35,6 +36,7 @@ from pixquery.server.static_page import static_files
 
 log = logging.getLogger("pixquery.server")
 
+JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 BROWSER_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/avif", "image/x-ms-bmp"}
 
 
@@ -87,7 +89,7 @@ class Server:
         cfg = self.config
         given = [x is not None for x in (text, image_id, upload_id, vector)]
         if sum(given) != 1:
-            raise ApiError(400, "give exactly one of: q (a text query), image_id, upload_id")
+            raise ApiError(422, "give exactly one of: q (a text query), image_id, upload_id")
         k = min(int(k), cfg.max_k)
         if offset >= cfg.max_results:
             raise ApiError(422, f"offset must be below {cfg.max_results} (the most results a search returns)")
@@ -164,18 +166,17 @@ class Server:
         return d
 
     def _parse_threshold(self, value: str | None) -> float | str | None:
-        if value is None or value.strip() == "" or value.strip().lower() == "none":
+        """None, 'auto', or an angular distance 0..1 written as a JSON number (what the OpenAPI schema says)."""
+        if value is None:
             return None
-        value = value.strip().lower()
         if value == "auto":
             if self.calibrated_threshold() is None:
                 raise ApiError(400, "threshold=auto: no calibrated threshold is stored for this model (run pixquery eval)")
             return "auto"
-        try:
-            th = float(value)
-        except ValueError:
-            raise ApiError(422, f"threshold must be a number between 0 and 1, or 'auto', not {value[:40]!r}") from None
-        if not 0.0 <= th <= 1.0 or th != th:
+        if not JSON_NUMBER.fullmatch(value):
+            raise ApiError(422, f"threshold must be a number between 0 and 1, or 'auto', not {value[:40]!r}")
+        th = float(value)
+        if not 0.0 <= th <= 1.0:
             raise ApiError(422, "threshold is an angular distance between 0 and 1")
         return th
 

@@ -12,7 +12,8 @@ from pixquery.server import thumbnails
 from pixquery.server.api_errors import ApiError
 from pixquery.server.config import MAX_ID
 from pixquery.server.http_files import derived_image_headers, etag_matches, file_response
-from pixquery.server.schemas import ERRORS, ImageInfo
+from pixquery.server.openapi import SIZE_SCHEMA
+from pixquery.server.schemas import ERRORS, FILE_RESPONSES, NOT_MODIFIED, ImageInfo
 from pixquery.server.state import ServerDep
 
 router = APIRouter()
@@ -25,12 +26,12 @@ def image(server: ServerDep, image_id: int = PathParam(..., ge=0, le=MAX_ID)):
 
 
 @router.get("/api/images/{image_id:int}/thumbnail", tags=["images"], response_class=Response,
-            responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "a JPEG thumbnail"}})
+            responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "a JPEG thumbnail"}, **NOT_MODIFIED})
 def thumbnail(
     request: Request,
     server: ServerDep,
     image_id: int = PathParam(..., ge=0, le=MAX_ID),
-    size: int = Query(thumbnails.DEFAULT_SIZE, description=f"one of {list(thumbnails.SIZES)}"),
+    size: int = Query(thumbnails.DEFAULT_SIZE, description=f"one of {list(thumbnails.SIZES)}", json_schema_extra=SIZE_SCHEMA),
     v: Optional[str] = Query(None, max_length=64, description="version from a search result; makes the answer cacheable for a year"),
 ):
     """A JPEG thumbnail (made once, cached on disk; ETag and Cache-Control set)."""
@@ -49,7 +50,7 @@ def thumbnail(
 
 
 @router.get("/api/images/{image_id:int}/original", tags=["images"], response_class=Response,
-            responses={**ERRORS, 200: {"content": {"image/*": {}}, "description": "the file as it is on disk"}})
+            responses={**ERRORS, 200: {"content": {"image/*": {}}, "description": "the file as it is on disk"}, **FILE_RESPONSES})
 def original(request: Request, server: ServerDep, image_id: int = PathParam(..., ge=0, le=MAX_ID)):
     """The original file, as it is on disk (single byte ranges supported)."""
     return file_response(request, server.open_image(image_id))

@@ -12,20 +12,21 @@ from pixquery.server import thumbnails
 from pixquery.server.api_errors import ApiError
 from pixquery.server.config import MAX_ID
 from pixquery.server.http_files import derived_image_headers, etag_matches, file_response
-from pixquery.server.schemas import ERRORS
+from pixquery.server.openapi import SIZE_SCHEMA
+from pixquery.server.schemas import ERRORS, FILE_RESPONSES, NOT_MODIFIED
 from pixquery.server.state import ServerDep
 
 router = APIRouter()
 
 
 @router.get("/api/videos/{video_id:int}/frame", tags=["videos"], response_class=Response,
-            responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "a JPEG of the frame"}})
+            responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "a JPEG of the frame"}, **NOT_MODIFIED})
 def video_frame(
     request: Request,
     server: ServerDep,
     video_id: int = PathParam(..., ge=0, le=MAX_ID),
     t: float = Query(0.0, ge=0, le=1e7, description="seconds into the video (a search result's timestamp)"),
-    size: int = Query(thumbnails.DEFAULT_SIZE, description=f"one of {list(thumbnails.SIZES)}"),
+    size: int = Query(thumbnails.DEFAULT_SIZE, description=f"one of {list(thumbnails.SIZES)}", json_schema_extra=SIZE_SCHEMA),
     v: Optional[str] = Query(None, max_length=64, description="version from a search result; makes the answer cacheable for a year"),
 ):
     """The frame shown `t` seconds into a video, as a JPEG thumbnail (made once, cached on disk)."""
@@ -48,7 +49,7 @@ def video_frame(
 
 
 @router.get("/api/videos/{video_id:int}/original", tags=["videos"], response_class=Response,
-            responses={**ERRORS, 200: {"content": {"video/*": {}}, "description": "the video file (byte ranges supported)"}})
+            responses={**ERRORS, 200: {"content": {"video/*": {}}, "description": "the video file (byte ranges supported)"}, **FILE_RESPONSES})
 def video_original(request: Request, server: ServerDep, video_id: int = PathParam(..., ge=0, le=MAX_ID)):
     """The video file, as it is on disk (single byte ranges supported, so that players can seek)."""
     return file_response(request, server.open_video(video_id))
