@@ -31,6 +31,7 @@ from pixquery.server import files, thumbnails
 from pixquery.server.api_errors import ApiError
 from pixquery.server.caches import TextEncoder, UploadCache
 from pixquery.server.config import ServerConfig
+from pixquery.server.decoder import DecodeWorkers
 from pixquery.server.pool import LibraryPool
 from pixquery.server.static_page import static_files
 
@@ -52,8 +53,9 @@ class Server:
             raise LibraryError(f"no library at {lib_path}: run `pixquery index FOLDER --library {lib_path}` first")
         self.pool = LibraryPool(lib_path, config.model, config.pool_size)
         self.encoder = self.pool.encoder
+        self.decoders = DecodeWorkers(config.thumbnail_concurrency) if config.decode_in_workers else None
         self.thumbs = thumbnails.Thumbnails(config.thumbnail_dir or lib_path / "thumbnails",
-                                            concurrency=config.thumbnail_concurrency)
+                                            concurrency=config.thumbnail_concurrency, workers=self.decoders)
         self.uploads = UploadCache(config.upload_cache)
         self.texts = TextEncoder(self.encoder, config.text_cache, config.text_batch)
         self._upload_slots = threading.BoundedSemaphore(max(1, config.upload_concurrency))
@@ -68,6 +70,8 @@ class Server:
         self.encoder.encode_texts(["a photo"])
         cfg = self.encoder.preprocess_cfg
         self.encoder.encode_images(np.zeros((1, 3, cfg.size, cfg.size), np.float32))
+        if self.decoders is not None:
+            self.decoders.warm()
         probe = np.zeros(self.encoder.dim, np.float32)
         probe[0] = 1.0
         for lib in self.pool.libraries:
@@ -266,8 +270,18 @@ class Server:
             entries = lib.catalog.count_index_entries(idx.id) if idx else None
         return {"images": images, "index_entries": entries, "indexing": self.indexing()}
 
+    def frame_time(self, video_id: int, t: float) -> float:
+        """The frame time to show for `t`: the nearest frame the index stored for this video (what
+        search hits point at), so that the frame cache holds at most one JPEG per stored frame and
+        size, whatever `t` clients ask for. A video with no stored frame: whole seconds."""
+        with self.pool.get() as lib:
+            nearest = lib.catalog.nearest_frame_time(video_id, t)
+        return float(nearest) if nearest is not None else float(round(t))
+
     def close(self) -> None:
         self.pool.close()
+        if self.decoders is not None:
+            self.decoders.close()
 
 
 def _claims_too_many_pixels(data: bytes, limit: int) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Optional
 
 from fastapi import APIRouter, Path as PathParam, Query, Request
@@ -11,11 +13,13 @@ from pixquery.errors import BadImage
 from pixquery.server import thumbnails
 from pixquery.server.api_errors import ApiError
 from pixquery.server.config import MAX_ID
+from pixquery.server.decoder import DecoderCrashed, shared_path
 from pixquery.server.http_files import derived_image_headers, etag_matches, file_response
 from pixquery.server.openapi import SIZE_SCHEMA
 from pixquery.server.schemas import ERRORS, FILE_RESPONSES, NOT_MODIFIED, ImageInfo
 from pixquery.server.state import ServerDep
 
+log = logging.getLogger("pixquery.server")
 router = APIRouter()
 
 
@@ -42,10 +46,14 @@ def thumbnail(
         headers = derived_image_headers(etag, v, opened.stat)
         if etag_matches(request, etag):
             return Response(status_code=304, headers=headers)
+        source = shared_path(opened.file.fileno(), opened.real_path) if server.decoders else opened.file
         try:
-            data, _ = server.thumbs.get(image_id, opened.file, opened.stat, size)
+            data, _ = server.thumbs.get(image_id, source, opened.stat, size, name=os.path.basename(opened.real_path))
         except BadImage as e:
             raise ApiError(422, f"cannot make a thumbnail: {e.reason}") from None
+        except DecoderCrashed as e:
+            log.warning("thumbnail of image %s (%s): %s", image_id, opened.real_path, e)
+            raise ApiError(422, f"cannot make a thumbnail: {e}") from None
     return Response(data, media_type="image/jpeg", headers=headers)
 
 
