@@ -23,7 +23,16 @@ log = logging.getLogger("pixquery.server")
 router = APIRouter()
 
 
-@router.get("/api/images/{image_id:int}", response_model=ImageInfo, tags=["images"], responses=ERRORS)
+# OpenAPI links: what a client (or schemathesis' stateful phase) can do next with this image's id.
+_IMAGE_LINKS = {name: {"operationId": op, "parameters": {"image_id": "$response.body#/image_id"}} for name, op in (
+    ("Thumbnail", "thumbnail_api_images__image_id__thumbnail_get"),
+    ("Original", "original_api_images__image_id__original_get"),
+    ("MoreLikeThis", "search_api_search_get"),
+)}
+
+
+@router.get("/api/images/{image_id:int}", response_model=ImageInfo, tags=["images"],
+            responses={**ERRORS, 200: {"links": _IMAGE_LINKS}})
 def image(server: ServerDep, image_id: int = PathParam(..., ge=0, le=MAX_ID)):
     """Metadata of one image: path, size, pixel size, dates, and the URLs of its files."""
     return server.image_info(image_id)

@@ -31,6 +31,8 @@ UPLOAD_SCHEMA = {
         },
     }
 }
+# OpenAPI link: the answer's upload_id pages on through GET /api/search.
+UPLOAD_LINKS = {"MorePages": {"operationId": "search_api_search_get", "parameters": {"upload_id": "$response.body#/upload_id"}}}
 THRESHOLD_DOC = "angular distance 0..1 above which results are dropped, or 'auto' (the calibrated one; 400 when none is stored)"
 
 
@@ -59,7 +61,7 @@ def router(config: ServerConfig) -> APIRouter:
         return server.search(text=q, image_id=image_id, upload_id=upload_id, k=k, offset=offset, threshold=threshold)
 
     @api.post("/api/search/image", response_model=SearchPage, tags=["search"],
-              openapi_extra=UPLOAD_SCHEMA, responses={**ERRORS, 413: {"model": ErrorBody, "description": "upload too large"},
+              openapi_extra=UPLOAD_SCHEMA, responses={**ERRORS, 200: {"links": UPLOAD_LINKS}, 413: {"model": ErrorBody, "description": "upload too large"},
                                                       415: {"model": ErrorBody, "description": "not multipart/form-data nor an image body"}})
     async def search_image(
         request: Request,
