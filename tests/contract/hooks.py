@@ -1,11 +1,12 @@
-"""Schemathesis hooks for the contract test (tests/test_contract.py): the one rule of the API that
-JSON Schema cannot state, taught to the generator.
+"""Schemathesis hooks for the contract test (tests/test_contract.py): the rules of GET /api/search
+that JSON Schema cannot state, taught to the generator.
 
-GET /api/search takes exactly one of `q`, `image_id` and `upload_id` (its schema says so in its
-description and in `x-exactly-one-of`; the server answers 422 otherwise). A schema-valid
-("positive") case that gives none or several of them is made to give exactly one, so that the
-positive-data check still holds the server to 2xx for every other parameter. Negative cases are
-left as generated.
+The operation's description states them (and `x-at-least-one-of` / `x-max-total-items`): at least
+one of q, add, subtract, like, unlike, image_id and upload_id (else 422); at most 32 add /
+subtract / like / unlike values in all (else 422); and `q` in the inline syntax (malformed: 400;
+pixquery.query.parse_inline is its grammar). A schema-valid ("positive") case that breaks one
+of them is mended, so that the positive-data check still holds the server to a 2xx for every
+other parameter. Negative cases are left as generated.
 """
 
 from __future__ import annotations
@@ -13,7 +14,21 @@ from __future__ import annotations
 import schemathesis
 from schemathesis import GenerationMode
 
-EXACTLY_ONE = ("q", "image_id", "upload_id")
+QUERY_PARAMETERS = ("q", "add", "subtract", "like", "unlike", "image_id", "upload_id")
+LISTS = ("add", "subtract", "like", "unlike")
+MAX_TOTAL_ITEMS = 32
+FALLBACK_QUERY = "a photo"
+
+
+def _parses(text) -> bool:
+    from pixquery.errors import PixqueryError
+    from pixquery.query import parse_inline
+
+    try:
+        parse_inline(str(text).strip())
+    except PixqueryError:
+        return False
+    return True
 
 
 @schemathesis.hook
@@ -24,10 +39,16 @@ def map_case(context, case):
     if meta is None or meta.generation.mode != GenerationMode.POSITIVE:
         return case
     query = dict(case.query or {})
-    given = [name for name in EXACTLY_ONE if name in query]
-    if not given:
-        query["q"] = "a photo"
-    for name in given[1:]:
-        del query[name]
+    # An empty list is sent as nothing at all: it does not count.
+    if not any(query.get(name) not in (None, []) for name in QUERY_PARAMETERS):
+        query["q"] = FALLBACK_QUERY
+    if "q" in query and not _parses(query["q"]):
+        query["q"] = FALLBACK_QUERY
+    room = MAX_TOTAL_ITEMS
+    for name in LISTS:
+        if name in query:
+            values = query[name] if isinstance(query[name], list) else [query[name]]
+            query[name] = values[:room]
+            room -= len(query[name])
     case.query = query
     return case
