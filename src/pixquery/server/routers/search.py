@@ -35,6 +35,9 @@ UPLOAD_SCHEMA = {
 UPLOAD_LINKS = {"MorePages": {"operationId": "search_api_search_get", "parameters": {"upload_id": "$response.body#/upload_id"}}}
 # The parameters that name what to search for: a search needs at least one of them.
 QUERY_PARAMETERS = ("q", "add", "subtract", "like", "unlike", "image_id", "upload_id")
+# Not blank as Python's str.strip() sees it (what the server strips): a character that is not
+# whitespace, where JSON Schema's (ECMA-262) \s lacks \x1c-\x1f and \x85 and has \ufeff.
+NOT_BLANK = r"[^\s\x1c-\x1f\x85]|\ufeff"
 PHOTO_ID_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
 THRESHOLD_DOC = "angular distance 0..1 above which results are dropped, or 'auto' (the calibrated one; 400 when none is stored)"
 
@@ -43,7 +46,7 @@ def router(config: ServerConfig) -> APIRouter:
     """The search endpoints; their parameters' defaults and limits come from `config`."""
     api = APIRouter()
     max_q = config.max_query_chars
-    phrase_schema = {"type": "string", "maxLength": max_q, "pattern": r"\S"}  # not blank
+    phrase_schema = {"type": "string", "maxLength": max_q, "pattern": NOT_BLANK}
 
     @api.get("/api/search", response_model=SearchPage, tags=["search"], responses=ERRORS,
              openapi_extra={"x-at-least-one-of": list(QUERY_PARAMETERS),
@@ -51,7 +54,7 @@ def router(config: ServerConfig) -> APIRouter:
     def search(
         server: ServerDep,
         q: Optional[str] = Query(None, max_length=max_q, description=f"a text query (at most {max_q} characters, not blank)",
-                                 json_schema_extra={"pattern": r"\S"}),
+                                 json_schema_extra={"pattern": NOT_BLANK}),
         image_id: Optional[int] = Query(None, ge=0, le=MAX_ID, description="search with an image of the library ('more like this')"),
         upload_id: Optional[str] = Query(None, max_length=64, pattern=r"^[0-9a-f]{1,64}$",
                                          description="a previous image upload (from POST /api/search/image)"),
