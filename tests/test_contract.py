@@ -6,8 +6,8 @@ schema says, schema-valid requests accepted and invalid ones rejected, the token
 every operation. The library is tiny (photos, a video, a calibrated threshold so that
 `threshold=auto` is valid), the model the random-weight test model.
 
-The one cross-parameter rule of the API (exactly one of q / image_id / upload_id) is taught to
-the generator by tests/contract/hooks.py; tests/contract/schemathesis.toml holds the one
+The rules of GET /api/search across its query parameters (at least one of them, at most 32 list
+values, q's inline syntax) are taught to the generator by tests/contract/hooks.py; tests/contract/schemathesis.toml holds the one
 per-operation setting (undecodable image bytes are schema-valid but answered 400).
 Fixed seed, so a CI failure reproduces; PIXQUERY_CONTRACT_SEED and PIXQUERY_CONTRACT_EXAMPLES
 widen a local run.
