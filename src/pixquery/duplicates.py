@@ -40,6 +40,7 @@ KEEP_RULES = ("largest", "oldest", "newest", "shortest-path")
 EXACT_MAX = 20_000  # up to this many photos the range search compares every pair (a second or so)
 DEFAULT_NPROBE = 8
 CELL = 100  # photos per cell of the inverted file beyond EXACT_MAX
+QUANTIZER_EF = 64  # HNSW search list when finding a photo's nearest cells
 BATCH = 8192  # queries per range-search call: progress granularity, bounded memory for results
 
 
@@ -113,7 +114,9 @@ def near_pairs(vectors: np.ndarray, threshold: float, *, nprobe: int | None = No
     rng = np.random.default_rng(0)
     quantizer = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
     quantizer.add(x[np.sort(rng.choice(n, size=nlist, replace=False))])
-    quantizer.hnsw.efSearch = max(32, 2 * nprobe)
+    # The graph's search list: at 32, 0.27% of planted copies at 300k photos were assigned to a cell
+    # their original never looked in; at 64 0.03% (as at 128), for 17% more time (bench/results/duplicates.md).
+    quantizer.hnsw.efSearch = max(QUANTIZER_EF, 2 * nprobe)
     index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     index.nprobe = nprobe
     # Each photo's nprobe nearest cells, found once: the first is where it is stored, all of them
@@ -132,7 +135,7 @@ def near_pairs(vectors: np.ndarray, threshold: float, *, nprobe: int | None = No
         collect(lo, lims, found)
         if progress:
             progress(n + hi, 2 * n)
-    return np.concatenate(firsts), np.concatenate(seconds), f"ivf nlist={nlist} nprobe={nprobe}"
+    return np.concatenate(firsts), np.concatenate(seconds), f"ivf nlist={nlist} nprobe={nprobe} ef={quantizer.hnsw.efSearch}"
 
 
 def connected_groups(n: int, first: np.ndarray, second: np.ndarray) -> list[np.ndarray]:
