@@ -28,6 +28,7 @@ OPTIONAL = {
                "(or [milvus-lite3] in a venv of its own: bash scripts/test-milvus-lite3.sh)"),
     "milvus_standalone": (("pymilvus", "milvus"), "a Milvus standalone server: pip install "
                           "'pixquery[milvus,milvus-standalone]' (linux x86_64)"),
+    "formats": (("rawpy", "tifffile"), "camera RAW: pip install 'pixquery[formats,dev]'"),
 }
 
 

@@ -154,6 +154,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (source_id, partition)
     );
     """,
+    # +1: each folder's `pixquery index --exclude` globs (a JSON list), applied on every rescan of it.
+    """
+    ALTER TABLE folder ADD COLUMN exclude TEXT NOT NULL DEFAULT '[]';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
