@@ -136,10 +136,13 @@ class _RichIndexProgress:
             console=err, transient=False, disable=quiet,
         )
         self.task = None
+        self.unsupported = 0  # files whose format's plugin is missing (api calls missing_plugin first)
 
     def scanned(self, found, to_embed, deleted):
         if not self.quiet:
-            err.print(f"found {found} images: {to_embed} to embed, {found - to_embed} unchanged, {deleted} removed from disk")
+            unchanged = found - to_embed - self.unsupported
+            plugins = f", {self.unsupported} need a plugin (below)" if self.unsupported else ""
+            err.print(f"found {found} images: {to_embed} to embed, {unchanged} unchanged{plugins}, {deleted} removed from disk")
 
     def started_embedding(self, total):
         if total:
@@ -155,7 +158,7 @@ class _RichIndexProgress:
             self.progress.console.print(f"[red]failed[/red] {escape(path)}: {escape(reason)}")
 
     def missing_plugin(self, fmt, count, reason):
-        pass  # said once in the summary (below the counts), where it is seen
+        self.unsupported += count  # said once per format in the summary, where it is seen
 
     def stage(self, text):
         if self.task is not None:

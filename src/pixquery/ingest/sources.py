@@ -107,7 +107,8 @@ def plan(catalog: Catalog, roots: Sequence[str], model_id: int, *, regions: Regi
             out.failed.extend((e.path, reason) for e, _ in todo)
         else:
             out.items.extend(MediaItem(e.path, e.size, e.mtime_ns, VIDEO, reuse=reuse) for e, reuse in todo)
-    out.skipped = out.found - sum(1 for i in out.items if i.whole)
+    unsupported = sum(len(paths) for _, paths in out.missing_plugins.values())
+    out.skipped = out.found - sum(1 for i in out.items if i.whole) - unsupported
     return out
 
 
