@@ -193,3 +193,20 @@ def test_a_missing_plugin_is_reported_once_with_the_install_command(tmp_path, ti
     if not isinstance(formats.rawpy_module(), str):  # the fake RAWs now reach LibRaw, which refuses them
         assert rep["missing_plugins"] == []
         assert {os.path.basename(f["path"]) for f in rep["failed"]} == {"camera.dng", "camera.nef"}
+
+
+@pytest.mark.formats
+def test_a_raw_decoder_that_crashes_costs_only_its_file(tmp_path, tiny_model):
+    """RAW and HEIC decode in the same worker processes as JPEG: a LibRaw crash (simulated with
+    kill -9 of the worker at that file, PIXQUERY_FAILPOINT) fails that file, the rest index."""
+    root = tmp_path / "photos"
+    make_photos(root, 2)
+    heic(root / "phone.heic", seed=3)
+    dng(root / "fine.dng", seed=4)
+    dng(root / "crash.dng", seed=5)
+    r = pixquery("index", root, "-L", tmp_path / "lib", "-m", tiny_model, "--json",
+                 env={"PIXQUERY_FAILPOINT": "decode_worker/crash.dng"})
+    assert r.returncode == 1, r.stderr
+    rep = json.loads(r.stdout)
+    assert [os.path.basename(f["path"]) for f in rep["failed"]] == ["crash.dng"]
+    assert "died" in rep["failed"][0]["reason"] and rep["indexed"] == 4
