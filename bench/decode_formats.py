@@ -5,7 +5,8 @@ half-size demosaic) next to JPEG, 12 MP pictures (4032x3024, an iPhone's).
 
 Writes the same pictures in each format: real photos from ../shared/data when it is there (else
 synthetic ones), enlarged to 12 MP with a little sensor-like noise so that the codecs work as hard
-as on a camera's picture: JPEG quality 90 (a phone's), HEIC quality 80 (pillow-heif / x265),
+as on a camera's picture: JPEG quality 90 (a phone's), HEIC quality 80 (pillow-heif / x265)
+without a thumbnail (decoded in full) and with a 320x240 one (as phones store: it is the draft),
 AVIF quality 80 (Pillow / libavif), DNG with a full-size JPEG preview (as cameras embed one) and
 DNG without one (Android's DNGs have only a small thumbnail: LibRaw demosaics at half size).
 
@@ -39,7 +40,7 @@ from machine import describe, markdown  # noqa: E402
 
 SIZE = (4032, 3024)
 SHARED = ROOT.parent / "shared" / "data" / "imagenet-sample-images" / "images"
-FORMATS = ["JPEG", "HEIC", "AVIF", "RAW preview", "RAW demosaic"]
+FORMATS = ["JPEG", "HEIC", "HEIC thumbnail", "AVIF", "RAW preview", "RAW demosaic"]
 
 
 def pictures(n: int) -> list[Image.Image]:
@@ -70,8 +71,11 @@ def write_files(folder: Path, imgs: list[Image.Image]) -> dict[str, list[Path]]:
         img.save(p, "JPEG", quality=90)
         files["JPEG"].append(p)
         p = folder / f"p{i}.heic"
-        img.save(p, format="HEIF", quality=80)
+        img.save(p, format="HEIF", quality=80, thumbnails=[])
         files["HEIC"].append(p)
+        p = folder / f"p{i}-thumb.heic"  # with a 320x240 thumbnail inside, as phones store one
+        img.save(p, format="HEIF", quality=80, thumbnails=[320])
+        files["HEIC thumbnail"].append(p)
         p = folder / f"p{i}.avif"
         img.save(p, format="AVIF", quality=80, speed=8)
         files["AVIF"].append(p)

@@ -22,11 +22,13 @@ def exif_bytes(orientation: int) -> bytes:
     return exif.tobytes()
 
 
-def heic(path: Path, img: Image.Image | None = None, orientation: int = 1, seed: int = 0) -> Path:
+def heic(path: Path, img: Image.Image | None = None, orientation: int = 1, seed: int = 0, thumbnail: int = 0) -> Path:
+    """thumbnail: the long side of an embedded thumbnail (phones store one), 0: none."""
     import pillow_heif
 
     pillow_heif.register_heif_opener()
-    (img or photo((400, 300), seed=seed)).save(path, format="HEIF", quality=85, exif=exif_bytes(orientation))
+    (img or photo((400, 300), seed=seed)).save(path, format="HEIF", quality=85, exif=exif_bytes(orientation),
+                                              thumbnails=[thumbnail] if thumbnail else [])
     return path
 
 

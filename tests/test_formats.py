@@ -45,6 +45,19 @@ def test_heic_and_avif_decode_upright_with_their_size(tmp_path, writer):
     assert np.abs(_mean(out) - _mean(photo((320, 240), seed=3))).max() < 12  # the same picture
 
 
+def test_a_heic_thumbnail_large_enough_is_decoded_instead_of_the_picture(tmp_path):
+    """HEIC's draft: pillow-heif decodes the embedded thumbnail (as phones store one) when both
+    its sides are >= what the crops need; the photo's own size is still the picture's."""
+    path = heic(tmp_path / "t.heic", photo((1200, 900), seed=5), orientation=6, thumbnail=320)
+    out, w, h = load(str(path), 224)
+    assert (w, h) == (900, 1200) and out.size == (240, 320)  # the thumbnail, turned upright
+    out, w, h = load(str(path), 300)  # the thumbnail's 240 is too small: the picture itself
+    assert (w, h) == (900, 1200) and out.size == (900, 1200)
+    full, _, _ = load(str(path), None)
+    small = np.asarray(full.resize((240, 320), Image.Resampling.BOX), np.float32)
+    assert np.abs(np.asarray(load(str(path), 224)[0], np.float32) - small).mean() < 8  # the same picture
+
+
 @pytest.mark.formats
 def test_dng_embedded_preview_is_used_when_large_enough(tmp_path):
     """The sensor data is red, the preview blue: the colour says which one was decoded."""

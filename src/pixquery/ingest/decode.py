@@ -184,9 +184,11 @@ def load_pillow(source, draft_size: int | None, max_pixels: int, name, rotate: b
                 raise BadImage(name, f"image is {w}x{h} pixels, above the {max_pixels:,}-pixel limit (decompression bomb?)")
             if rotate and img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 w, h = h, w
-            if draft_size and img.format == "JPEG":
+            if draft_size and img.format in ("JPEG", "HEIF"):
                 # JPEG can decode at 1/2, 1/4 or 1/8 scale for free; draft picks the smallest scale
                 # that keeps both sides >= draft_size, so the crop still has full resolution.
+                # A HEIC's draft (pillow-heif >= 1.8) is its smallest embedded thumbnail (a phone's
+                # is 320x240 or larger) with both sides >= draft_size, when it is a scaled copy.
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
             if rotate:
