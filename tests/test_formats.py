@@ -223,3 +223,18 @@ def test_a_raw_decoder_that_crashes_costs_only_its_file(tmp_path, tiny_model):
     rep = json.loads(r.stdout)
     assert [os.path.basename(f["path"]) for f in rep["failed"]] == ["crash.dng"]
     assert "died" in rep["failed"][0]["reason"] and rep["indexed"] == 4
+
+
+@pytest.mark.formats
+def test_the_server_makes_thumbnails_of_heic_and_raw(tmp_path):
+    """The search page shows these formats through thumbnails (a browser shows neither)."""
+    from pixquery.server.thumbnails import Thumbnails
+
+    thumbs = Thumbnails(tmp_path / "thumbs")
+    cases = [heic(tmp_path / "p.heic", photo((400, 300), seed=1), orientation=6),
+             dng(tmp_path / "p.nef", photo((400, 300), seed=2), orientation=6, preview=photo((400, 300), seed=2))]
+    for i, path in enumerate(cases):
+        with open(path, "rb") as f:
+            data, _ = thumbs.get(i, f, os.stat(path), 256, name=str(path))
+        img = Image.open(io.BytesIO(data))
+        assert img.format == "JPEG" and img.size == (192, 256)  # upright, long side 256

@@ -47,15 +47,17 @@ class Thumbnails:
     def path_for(self, image_id: int, key: str) -> Path:
         return self.root / f"{int(image_id) % 256:02x}" / f"{key}.jpg"
 
-    def get(self, image_id: int, source: BinaryIO, st: os.stat_result, size: int = DEFAULT_SIZE) -> tuple[bytes, str]:
+    def get(self, image_id: int, source: BinaryIO, st: os.stat_result, size: int = DEFAULT_SIZE,
+            name: str = "image") -> tuple[bytes, str]:
         """(JPEG bytes, key) of the thumbnail of `source` (an open file: the server's safe open).
+        `name`: the file's name; its extension tells a camera RAW file (NEF, ARW, ...) from a TIFF.
 
         Raises pixquery.errors.BadImage when the photo cannot be decoded."""
         if size not in SIZES:
             raise ValueError(f"thumbnail size must be one of {SIZES}")
         key = self.key(image_id, st, size)
         path = self.path_for(image_id, key)
-        return self._cached(path, key, lambda: self._make(source, size), (f"{int(image_id)}-", f"-{size}.jpg")), key
+        return self._cached(path, key, lambda: self._make(source, size, name), (f"{int(image_id)}-", f"-{size}.jpg")), key
 
     @staticmethod
     def frame_key(video_id: int, st: os.stat_result, timestamp: float, size: int) -> str:
@@ -101,8 +103,8 @@ class Thumbnails:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def _make(self, source: BinaryIO, size: int) -> bytes:
-        return self._encode(load_image(source, draft_size=size, max_pixels=self.max_pixels, name="image"), size)
+    def _make(self, source: BinaryIO, size: int, name: str = "image") -> bytes:
+        return self._encode(load_image(source, draft_size=size, max_pixels=self.max_pixels, name=name), size)
 
     def _encode(self, img: Image.Image, size: int) -> bytes:
         if img.mode != "RGB":

@@ -42,7 +42,7 @@ def thumbnail(
         if etag_matches(request, etag):
             return Response(status_code=304, headers=headers)
         try:
-            data, _ = server.thumbs.get(image_id, opened.file, opened.stat, size)
+            data, _ = server.thumbs.get(image_id, opened.file, opened.stat, size, name=opened.real_path)
         except BadImage as e:
             raise ApiError(422, f"cannot make a thumbnail: {e.reason}") from None
     return Response(data, media_type="image/jpeg", headers=headers)
