@@ -58,6 +58,9 @@ class IndexProgress:
     def loading(self, done: int, total: int) -> None:
         """Vectors loaded so far into an index that is filled in batches (a Milvus collection)."""
 
+    def reading_text(self, done: int, total: int) -> None:
+        """Photos read by the OCR stage so far (`index(ocr=True)`)."""
+
 
 @dataclass
 class IndexReport:
@@ -68,6 +71,9 @@ class IndexReport:
     videos: int = 0  # videos (re)indexed in this run (also counted in indexed)
     frames: int = 0  # video frames embedded in this run
     regions: int = 0  # region embeddings (tiles, detector boxes) of photos and frames made in this run
+    text_photos: int = 0  # photos whose text was read (OCR) in this run
+    text_lines: int = 0  # lines of text found in them
+    ocr_seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     # The failures that are new: not the same file failing for the same reason in an earlier run.
     new_failures: list[tuple[str, str]] = field(default_factory=list)
@@ -84,6 +90,7 @@ class IndexReport:
         return {
             "found": self.found, "indexed": self.indexed, "skipped": self.skipped, "removed": self.removed,
             "videos": self.videos, "frames": self.frames, "regions": self.regions,
+            "text_photos": self.text_photos, "text_lines": self.text_lines, "ocr_seconds": round(self.ocr_seconds, 3),
             "failed": [{"path": p, "reason": r, "new": (p, r) in new} for p, r in self.failed],
             "new_failures": len(self.new_failures), "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
@@ -180,6 +187,7 @@ class Library:
         every_seconds: float | None = None,
         engine: str = "local",
         address: str | None = None,
+        ocr: bool | None = None,
     ) -> IndexReport:
         """Add folders (or files) to the library and bring it up to date with the disk.
 
@@ -192,9 +200,12 @@ class Library:
         every `every_seconds`, default: the library's setting, else 2, plus one at each cut).
         engine: where decoding and encoding run: "local" (this machine's cores) or "ray" (a Ray
         cluster at `address`, "auto" or "ray://host:port"; None starts a local Ray for the run);
-        the results are written here, in this library, either way.
+        the results are written here, in this library, either way. ocr: True reads the text in
+        photos (ingest/ocr.py; needs pixquery[ocr]) so that searches match it too, False stops and
+        forgets it, None keeps the library's setting.
         """
         from pixquery.ingest import pipeline, sources
+        from pixquery.ingest import ocr as ocr_mod
         from pixquery.ingest import regions as region_mod
         from pixquery.ingest import scan as scanning
         from pixquery.ingest import video as video_mod
@@ -217,6 +228,10 @@ class Library:
             model = self._model_row(create=True)
             kind, params, changed_config = self._index_config(index, index_params)
             region_cfg = region_mod.choose_config(self.catalog, regions, detector)
+            ocr_cfg = ocr_mod.choose_config(self.catalog, ocr)
+            if ocr_cfg is not None:
+                ocr_cfg = ocr_cfg.resolved()  # fails now, before any work, without the engine
+                reader = ocr_mod.TextReader(ocr_cfg)
             sampling = video_mod.choose_sampling(self.catalog, every_seconds=every_seconds)
             with self.catalog.transaction():
                 for root in roots:
@@ -250,6 +265,14 @@ class Library:
             report.embed_seconds = stats.seconds
             report.failed.extend(stats.failed)
             report.failed.extend(stats.problems)
+
+            ocr_mod.apply_config(self.catalog, ocr_cfg)
+            if ocr_cfg is not None:
+                progress.stage("reading text in photos")
+                text = ocr_mod.read_photos(self.catalog, ocr_cfg, reader=reader, on_progress=progress.reading_text,
+                                           on_failure=progress.failure)
+                report.text_photos, report.text_lines, report.ocr_seconds = text.photos, text.lines, text.seconds
+                report.failed.extend(text.failed)
 
             report.index = sync_index(self.catalog, self.path, model, kind, params, rebuild=changed_config,
                                       on_stage=progress.stage, on_load=progress.loading,
@@ -350,17 +373,39 @@ class Library:
         vector: np.ndarray | None = None,
         k: int = 10,
         threshold: float | str | None = None,
+        text_only: bool = False,
+        semantic_only: bool = False,
     ) -> Results:
         """Search by a sentence, an image file, an image already in the library, or a raw vector.
 
         threshold: an angular distance (0..1) above which results are dropped, or "auto" for the
         threshold `pixquery eval` stored for this model.
+
+        In a library with OCR on (`index(ocr=True)`), a sentence is also matched against the text
+        read in the photos and the two rankings are fused (fusion.py); results then say which side
+        found them (`found_by`) and the lines of text that matched (`matched`). text_only skips the
+        model (score: the share of the query's words found), semantic_only the text.
         """
         from pixquery.ingest import video as video_mod
 
         given = [x is not None for x in (query, image, image_id, vector)]
         if sum(given) != 1:
             raise PixqueryError("give exactly one of: a text query, an image, an image id, a vector")
+        if text_only and semantic_only:
+            raise PixqueryError("--text-only and --semantic-only exclude each other")
+        if text_only and query is None:
+            raise PixqueryError("--text-only needs a text query")
+        text_side = query is not None and not semantic_only and self._has_text()
+        if text_only:
+            if not query.strip():
+                raise PixqueryError("the query is empty")
+            if not text_side:
+                raise PixqueryError(f"the library at {self.path} has no text read from its photos: "
+                                    "run pixquery index --ocr first")
+            from pixquery.search import text_only_results
+            from pixquery.text_search import search_text
+
+            return text_only_results(self.catalog, search_text(self.catalog, query, limit=max(k, 50)), k)
         if image_id is not None:
             store_only.refuse(self, "image_id")
         index, row = self._index()
@@ -379,8 +424,34 @@ class Library:
             q = np.asarray(vector, dtype=np.float32)
         if row is None:  # store-only: the paths come from the collection, not from catalog rows
             return run_store_query(index, q, k, threshold)
-        return run_query(self.catalog, index, row, q, k, threshold, exclude_image=image_id,
-                         merge_gap=video_mod.merge_gap_for(self.catalog))
+        if not text_side:
+            return run_query(self.catalog, index, row, q, k, threshold, exclude_image=image_id,
+                             merge_gap=video_mod.merge_gap_for(self.catalog))
+        from pixquery.search import fuse_with_text
+        from pixquery.text_search import search_text
+
+        depth = max(2 * k, 50)  # fusion needs both lists deeper than the page
+        hits = search_text(self.catalog, query, limit=depth)
+        semantic = run_query(self.catalog, index, row, q, depth if hits else k, threshold,
+                             merge_gap=video_mod.merge_gap_for(self.catalog))
+        if not hits:
+            return semantic
+
+        def cosine_of(image_ids):
+            found = {}
+            for image_id in image_ids:
+                v = self.catalog.image_embedding(row.model_id, int(image_id))
+                if v is not None:
+                    found[image_id] = float(np.dot(v, q))
+            return found
+
+        return fuse_with_text(self.catalog, semantic, hits, k, cosine_of)
+
+    def _has_text(self) -> bool:
+        """Whether OCR is on for this library (text was read, or will be at the next index run)."""
+        from pixquery.catalog.text import SETTING_OCR
+
+        return self.catalog.get_setting(SETTING_OCR) not in (None, "null")
 
     def embed_image(self, image: str | Path) -> np.ndarray:
         """An image file's embedding, through the same decode and crop stage as indexing."""
@@ -487,6 +558,11 @@ class _StatusFile(IndexProgress):
         self.state.update(stage="scanned", found=found, total=to_embed)
         self._write(force=True)
         self.inner.scanned(found, to_embed, deleted)
+
+    def reading_text(self, done, total):
+        self.state.update(stage="reading text", done=done, total=total)
+        self._write()
+        self.inner.reading_text(done, total)
 
     def started_embedding(self, total):
         self.state.update(stage="embedding", total=total)

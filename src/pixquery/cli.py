@@ -162,6 +162,13 @@ class _RichIndexProgress:
         if not self.quiet:
             err.print(f"[dim]{escape(text)}[/dim]")
 
+    def reading_text(self, done, total):
+        if self.task is None and total:
+            self.progress.start()
+            self.task = self.progress.add_task("reading text", total=total, failed="")
+        if self.task is not None:
+            self.progress.update(self.task, completed=done)
+
     def loading(self, done, total):
         if self.task is None and total:
             self.progress.start()
@@ -206,6 +213,7 @@ def index(
     batch_size: Optional[int] = typer.Option(None, help="Images per encoder batch"),
     workers: Optional[int] = typer.Option(None, help="Decoder processes [default: one per core]"),
     regions: Optional[bool] = typer.Option(None, "--regions/--no-regions", help="Also embed tiles of photos and video frames (find small things; results show a box). Kept for later runs"),
+    ocr: Optional[bool] = typer.Option(None, "--ocr/--no-ocr", help="Also read the text in photos, so searches match it (needs pixquery[ocr]). Kept for later runs"),
     detector: Optional[str] = typer.Option(None, "--detector", help="An ONNX object detector whose boxes are embedded too (see docs/video.md)"),
     videos: bool = typer.Option(True, "--videos/--no-videos", help="Index video files too"),
     every: Optional[float] = typer.Option(None, "--every", help="Videos: a frame at least every N seconds (default 2, kept for later runs)"),
@@ -231,7 +239,7 @@ def index(
             [str(p) for p in paths] if paths else None, index=kind, index_params=params or None,
             batch_size=batch_size or settings.ingest.batch_size, workers=workers or settings.ingest.workers,
             draft=settings.ingest.draft, progress=ui, regions=regions, detector=detector, videos=videos,
-            every_seconds=every, engine=engine, address=address,
+            every_seconds=every, engine=engine, address=address, ocr=ocr,
         )
     finally:
         ui.close()
@@ -244,6 +252,9 @@ def index(
             f"removed {report.removed}, [bold {'red' if report.failed else 'green'}]failed {len(report.failed)}[/] "
             f"in {report.seconds:.1f}s ({report.images_per_second:.1f} images/s)"
         )
+        if report.text_photos:
+            console.print(f"text: read {report.text_photos} photos, {report.text_lines} lines found "
+                          f"in {report.ocr_seconds:.1f}s ({report.text_photos / max(report.ocr_seconds, 1e-9):.1f} photos/s)")
         if idx:
             console.print(f"index: {idx.kind}, {idx.total} entries, {idx.size_bytes / 1e6:.2f} MB"
                           + (" (rebuilt)" if idx.rebuilt else f" (+{idx.added} -{idx.removed})" if idx.changed else " (unchanged)"))
@@ -295,12 +306,16 @@ def search(
     library: Optional[Path] = LibraryOpt,
     model: Optional[str] = ModelOpt,
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON"),
+    text_only: bool = typer.Option(False, "--text-only", help="Match only the text read in photos (index --ocr); score: share of the words found"),
+    semantic_only: bool = typer.Option(False, "--semantic-only", help="Match only by meaning (CLIP), not the text read in photos"),
 ):
-    """Search the library by text or by image (a text search is answered by `pixquery daemon` when one runs for the library)."""
+    """Search the library by text or by image (a text search is answered by `pixquery daemon` when one runs for the library).
+    In a library indexed with --ocr, a text query also matches the text in photos; results show the words that matched."""
     from pixquery.searchcmd import search_command
 
     try:
-        search_command(query, image, k, threshold, library, model, as_json)
+        search_command(query, image, k, threshold, library, model, as_json, text_only=text_only,
+                       semantic_only=semantic_only)
     except BrokenPipeError:  # `| head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(EXIT_OK) from None

@@ -21,12 +21,15 @@ _SEARCH_OPTIONS = {
     "-m": ("model", True), "--model": ("model", True),
     "--threshold": ("threshold", True),
     "--json": ("as_json", False),
+    "--text-only": ("text_only", False),
+    "--semantic-only": ("semantic_only", False),
 }
 
 
 def parse_search(args: list[str]) -> dict | None:
     """The arguments after `search` as search_command's keywords, or None for the full CLI."""
-    out: dict = {"query": None, "image": None, "k": 10, "threshold": None, "library": None, "model": None, "as_json": False}
+    out: dict = {"query": None, "image": None, "k": 10, "threshold": None, "library": None, "model": None, "as_json": False,
+                 "text_only": False, "semantic_only": False}
     positional: list[str] = []
     i = 0
     while i < len(args):

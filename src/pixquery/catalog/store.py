@@ -14,6 +14,7 @@ import numpy as np
 from pixquery.catalog.media import MediaTables
 from pixquery.catalog.rows import ImageRow, IndexRow, Item, ModelRow
 from pixquery.catalog.shards import ShardTables
+from pixquery.catalog.text import TextTables
 from pixquery.catalog.schema import MIGRATIONS, SCHEMA_VERSION, chunks as _chunks, split_sql
 from pixquery.errors import LibraryError
 
@@ -21,7 +22,7 @@ from pixquery.errors import LibraryError
 MEDIA_PHOTO, MEDIA_REGION, MEDIA_VIDEO = 0, 1, 2  # `media` of index_fields
 
 
-class Catalog(MediaTables, ShardTables):
+class Catalog(MediaTables, ShardTables, TextTables):
     def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
         if readonly and not self.path.exists():

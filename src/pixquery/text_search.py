@@ -1,0 +1,104 @@
+"""The lexical side of a query: photos whose text (read by OCR, ingest/ocr.py) matches its words.
+
+A query is folded (lower case, no accents) and split into words; short words (< 3 characters)
+and common English words are ignored, so "a dog on the beach" asks for "dog" and "beach". Each
+word is looked for as a sub-string of a photo's lines of text (the FTS5 trigram index: "RE16"
+finds "RE16 TGK", "tgk" finds it too) and, when that fails, fuzzily, for misreadings: a word of
+4-7 characters may differ by one character, 8+ by two, from a piece of a line (rapidfuzz's
+partial ratio, over candidates that share a trigram with it). A fuzzy match counts 0.8 of an
+exact one.
+
+A photo's text score is the share of the query's words it matches (weighted by their length, so
+"RE16" counts more than "at"), in [0, 1]; photos below `min_coverage` are not text hits. Each hit
+keeps the lines that matched, with their boxes: the "why" shown to the user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pixquery.catalog import Catalog
+from pixquery.catalog.text import TextLine, fold
+
+MIN_WORD = 3  # the trigram index finds nothing shorter; shorter words are ignored (unless alone)
+FUZZY_MIN = 4  # words this long or longer are also matched fuzzily
+FUZZY_WEIGHT = 0.8  # a fuzzy match counts this much of an exact one
+MIN_COVERAGE = 0.6  # a text hit must match this share of the query's words (by length)
+
+# Words too common to say anything about the text in a photo ("the" is in half of all signs).
+STOPWORDS = frozenset(
+    "a an and are as at be by for from has have in is it its of on or that the this to was were with "
+    "photo photos picture image of some".split()
+)
+
+
+@dataclass
+class TextHit:
+    image_id: int
+    score: float  # share of the query matched, 0..1 (fuzzy matches count FUZZY_WEIGHT)
+    lines: list[TextLine] = field(default_factory=list)  # the lines that matched, best first
+    words: dict = field(default_factory=dict)  # query word -> "exact" | "fuzzy"
+
+
+def query_words(query: str) -> list[str]:
+    """The folded words of `query` the text side looks for."""
+    words = [w.strip(".,;:!?\"'()[]{}") for w in fold(query).split()]
+    words = [w for w in words if w]
+    kept = [w for w in words if len(w) >= MIN_WORD and w not in STOPWORDS]
+    if not kept and len(words) == 1:  # a lone short word ("A4"): look for it anyway
+        kept = words
+    return list(dict.fromkeys(kept))
+
+
+def _allowed_edits(word: str) -> int:
+    return 0 if len(word) < FUZZY_MIN else 1 if len(word) < 8 else 2
+
+
+def _fuzzy_matches(word: str, lines: list[TextLine]) -> list[tuple[float, TextLine]]:
+    """(ratio 0..100, line) of the lines that hold `word` with at most its allowed misreadings."""
+    from rapidfuzz import fuzz
+
+    edits = _allowed_edits(word)
+    # partial_ratio aligns the word with its best piece of the line; one substituted character
+    # costs 2 of the 2 * len(word) insertions/deletions it counts: ratio 100 * (1 - 1/len).
+    cutoff = 100.0 * (1.0 - edits / len(word)) - 1e-6
+    out = []
+    for line in lines:
+        r = fuzz.partial_ratio(word, fold(line.text), score_cutoff=cutoff)
+        if r:
+            out.append((r, line))
+    return out
+
+
+def search_text(catalog: Catalog, query: str, *, limit: int = 200, fuzzy: bool = True,
+                min_coverage: float = MIN_COVERAGE) -> list[TextHit]:
+    """Photos whose text matches `query`, best first (score, then confidence of the lines)."""
+    words = query_words(query)
+    if not words:
+        return []
+    total = sum(len(w) for w in words)
+    per_photo: dict[int, TextHit] = {}
+    for word in words:
+        found: dict[int, tuple[float, list[TextLine]]] = {}
+        for line in catalog.lines_containing(word, limit=limit * 5):
+            found.setdefault(line.image_id, (1.0, []))[1].append(line)
+        if fuzzy and _allowed_edits(word):
+            candidates = [ln for ln in catalog.lines_sharing_trigrams(word, limit=limit * 5) if ln.image_id not in found]
+            for ratio, line in sorted(_fuzzy_matches(word, candidates), key=lambda x: -x[0]):
+                found.setdefault(line.image_id, (FUZZY_WEIGHT, []))[1].append(line)
+        for image_id, (strength, lines) in found.items():
+            hit = per_photo.setdefault(image_id, TextHit(image_id, 0.0))
+            hit.score += strength * len(word) / total
+            hit.words[word] = "exact" if strength == 1.0 else "fuzzy"
+            for line in lines:
+                if all(line.detection_id != seen.detection_id for seen in hit.lines):
+                    hit.lines.append(line)
+    hits = [h for h in per_photo.values() if h.score >= min_coverage - 1e-9]
+    for h in hits:
+        h.score = min(1.0, h.score)
+        h.lines.sort(key=lambda ln: -(ln.score or 0.0))
+    hits.sort(key=lambda h: (-h.score, -max((ln.score or 0.0) for ln in h.lines), h.image_id))
+    return hits[:limit]
+
+
+__all__ = ["TextHit", "query_words", "search_text", "STOPWORDS"]
