@@ -57,7 +57,7 @@ def _catalog_with_text(tmp_path) -> tuple[Catalog, dict[str, int]]:
     cat = Catalog(tmp_path / "catalog.sqlite")
     ids = {}
     with cat.transaction():
-        for name, lines in (("a", ["RE16 TGK", "Bäckerei Müller"]), ("b", ["SALE 50%"]), ("c", [])):
+        for name, lines in (("a", ["RE16 TGK", "Bäckerei Müller"]), ("b", ["SALE 50%", "GLASSES"]), ("c", [])):
             ids[name] = cat.upsert_image(f"/p/{name}.jpg", 10, 1, None, 100, 100)
             cat.replace_photo_text(ids[name], [(t, (0.1, 0.1 * i, 0.5, 0.1 * i + 0.1), 0.9) for i, t in enumerate(lines)],
                                    size=10, mtime_ns=1, config="cfg", seconds=0.1)
@@ -99,13 +99,13 @@ def test_text_survives_region_purges_and_goes_with_its_photo(tmp_path):
         cat.retire_detections(cat.photo_detection_ids())  # region settings changed: regions only
     assert cat.lines_containing("re16")
     assert cat.count_detections() == 0 and cat.count_photos_with_detections() == 0  # regions only
-    assert cat.ocr_counts() == (3, 3)
+    assert cat.ocr_counts() == (3, 4)
     with cat.transaction():
         cat.mark_deleted([ids["a"]])
     assert cat.lines_containing("re16") == []  # a deleted photo is never a hit
     with cat.transaction():
         cat.purge_deleted()
-    assert cat.db.execute("SELECT COUNT(*) FROM text_index").fetchone()[0] == 1  # the trigger dropped a's lines
+    assert cat.db.execute("SELECT COUNT(*) FROM text_index").fetchone()[0] == 2  # the trigger dropped a's lines
     with cat.transaction():
         assert cat.drop_all_text() == 2
     assert cat.db.execute("SELECT COUNT(*) FROM text_index").fetchone()[0] == 0
@@ -136,6 +136,19 @@ def test_text_search_exact_substring_fuzzy_and_coverage(tmp_path):
     assert search_text(cat, "RXYZ") == []  # two errors in four characters: no match
     assert search_text(cat, "sale on the red car") == []  # one word of three: below the coverage
     assert search_text(cat, "sale") and search_text(cat, "sale", fuzzy=False)
+    assert search_text(cat, "sunglasses") == []  # a shorter word read is not a misreading of a longer one
+
+
+@pytest.mark.ocr
+def test_misreadings_counts_edits_against_the_best_piece_of_a_line():
+    from pixquery.text_search import misreadings
+
+    assert misreadings("re16", "re16tgk", 1) == 0
+    assert misreadings("re16", "parked: rel6 tgk", 1) == 1
+    assert misreadings("mamba", "rnamba", 1) == 1  # 'm' read as 'rn': one piece, 'namba', one edit
+    assert misreadings("sunglasses", "glasses", 2) is None
+    assert misreadings("understand", "and", 2) is None
+    assert misreadings("welsh", "velsh corgi", 1) == 1 and misreadings("welsh", "vetsh", 1) is None
 
 
 # -- fusion ---------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ and common English words are ignored, so "a dog on the beach" asks for "dog" and
 word is looked for as a sub-string of a photo's lines of text (the FTS5 trigram index: "RE16"
 finds "RE16 TGK", "tgk" finds it too) and, when that fails, fuzzily, for misreadings: a word of
 4-7 characters may differ by one character, 8+ by two, from a piece of a line (rapidfuzz's
-partial ratio, over candidates that share a trigram with it). A fuzzy match counts 0.8 of an
-exact one.
+edit distance to a piece of the line, over candidates that share a trigram with it). A fuzzy
+match counts 0.8 of an exact one.
 
 A photo's text score is the share of the query's words it matches (weighted by their length, so
 "RE16" counts more than "at"), in [0, 1]; photos below `min_coverage` are not text hits. Each hit
@@ -54,19 +54,43 @@ def _allowed_edits(word: str) -> int:
     return 0 if len(word) < FUZZY_MIN else 1 if len(word) < 8 else 2
 
 
-def _fuzzy_matches(word: str, lines: list[TextLine]) -> list[tuple[float, TextLine]]:
-    """(ratio 0..100, line) of the lines that hold `word` with at most its allowed misreadings."""
+def misreadings(word: str, text: str, edits: int) -> int | None:
+    """The fewest edits (insertions, deletions, substitutions) that turn some piece of `text`
+    into `word`, if at most `edits`; else None. Pieces of len(word) +- edits are compared, so a
+    line shorter than the word by more than `edits` never matches (a short read word, "and",
+    must not match a long query word, "understand")."""
+    from rapidfuzz.distance import Levenshtein
+
+    n, best = len(word), None
+    for size in range(max(1, n - edits), n + edits + 1):
+        for start in range(0, max(0, len(text) - size) + 1):
+            piece = text[start : start + size]
+            if len(piece) < n - edits:
+                continue
+            d = Levenshtein.distance(word, piece, score_cutoff=edits)
+            if d <= edits and (best is None or d < best):
+                best = d
+                if d == 0:
+                    return 0
+    return best
+
+
+def _fuzzy_matches(word: str, lines: list[TextLine]) -> list[tuple[int, TextLine]]:
+    """(edits, line) of the lines that hold `word` with at most its allowed misreadings: one for
+    a word of 4-7 characters, two from 8."""
     from rapidfuzz import fuzz
 
     edits = _allowed_edits(word)
-    # partial_ratio aligns the word with its best piece of the line; one substituted character
-    # costs 2 of the 2 * len(word) insertions/deletions it counts: ratio 100 * (1 - 1/len).
+    # A cheap filter first: partial_ratio aligns the word with its best piece of a line; one
+    # substituted character costs 2 of its 2 * len(word) insertions/deletions.
     cutoff = 100.0 * (1.0 - edits / len(word)) - 1e-6
     out = []
     for line in lines:
-        r = fuzz.partial_ratio(word, fold(line.text), score_cutoff=cutoff)
-        if r:
-            out.append((r, line))
+        text = fold(line.text)
+        if fuzz.partial_ratio(word, text, score_cutoff=cutoff):
+            d = misreadings(word, text, edits)
+            if d is not None:
+                out.append((d, line))
     return out
 
 
@@ -84,7 +108,7 @@ def search_text(catalog: Catalog, query: str, *, limit: int = 200, fuzzy: bool =
             found.setdefault(line.image_id, (1.0, []))[1].append(line)
         if fuzzy and _allowed_edits(word):
             candidates = [ln for ln in catalog.lines_sharing_trigrams(word, limit=limit * 5) if ln.image_id not in found]
-            for ratio, line in sorted(_fuzzy_matches(word, candidates), key=lambda x: -x[0]):
+            for _, line in sorted(_fuzzy_matches(word, candidates), key=lambda x: x[0]):
                 found.setdefault(line.image_id, (FUZZY_WEIGHT, []))[1].append(line)
         for image_id, (strength, lines) in found.items():
             hit = per_photo.setdefault(image_id, TextHit(image_id, 0.0))

@@ -133,6 +133,11 @@ class TextTables:
                 out.setdefault(line.image_id, []).append(line)
         return out
 
+    def ocr_scans(self) -> list[tuple[str, int, float]]:
+        """(path, lines found, seconds spent reading) of every live photo read (benchmarks)."""
+        return list(self.db.execute(
+            "SELECT i.path, s.lines, s.seconds FROM ocr_scan s JOIN image i ON i.id = s.image_id WHERE i.deleted = 0"))
+
     def ocr_counts(self) -> tuple[int, int]:
         """(photos read, lines of text found) over live photos."""
         photos = self.db.execute(
