@@ -8,9 +8,9 @@ with the current settings (catalog `ocr_scan`), so a re-run reads only new and c
 Cost is what decides the design. Text detection (a DB segmentation net over the whole picture)
 runs on every photo and is most of the cost; recognition runs only on the boxes found, so photos
 with no text pay for detection alone. Detection sees the photo scaled down to `det_side` pixels
-on its long side (PP-OCR's default upscales a photo's short side to 736, ~4x the pixels of a
-500x375 photo, for no gain on photo text: bench/results/ocr-accuracy.md); recognition reads each
-box from the photo at up to `rec_side`, so small text keeps its pixels. The angle classifier
+on its long side (480 by default: PP-OCR's default upscales a photo's short side to 736, ~8x the
+pixels and the cost; bench/results/ocr-accuracy.md has recall and cost for 480 and 960);
+recognition reads each box from the photo at up to `rec_side`, so small text keeps its pixels. The angle classifier
 (upside-down lines) is skipped: photo text is near upright, and it would cost a pass per box.
 
 Video frames are not read (yet): see docs/ocr.md.
@@ -38,8 +38,13 @@ INSTALL_HINT = "pip install 'pixquery[ocr]'"
 
 @dataclass(frozen=True)
 class OcrConfig:
-    det_side: int = 960  # long side, in pixels, of the picture the text detector sees
+    # Long side, in pixels, of the picture the text detector sees: what OCR costs on every photo.
+    # 480 keeps it below the cost of embedding the photo (bench/results/ocr-accuracy.md); 960
+    # finds smaller text (below ~3% of the photo's width) at ~4x the cost.
+    det_side: int = 480
     rec_side: int = 2000  # long side of the picture the recognised boxes are cut from
+    det_thresh: float = 0.2  # text-pixel probability (PP-OCR's default 0.3): fainter text is found
+    box_thresh: float = 0.4  # a box's mean probability to keep it (default 0.5)
     min_score: float = 0.5  # lines read with a lower confidence are dropped
     engine: str = ENGINE  # with its version, once `resolved()`: a new engine reads every photo again
 
@@ -83,7 +88,8 @@ class TextReader:
         except ImportError:
             raise PixqueryError(f"--ocr needs {ENGINE}, which is not installed: {INSTALL_HINT}") from None
         # limit_type "max": never upscale (the picture handed over is already det_side at most).
-        self._ocr = RapidOCR(det_limit_type="max", det_limit_side_len=self.config.det_side, print_verbose=False)
+        self._ocr = RapidOCR(det_limit_type="max", det_limit_side_len=self.config.det_side, print_verbose=False,
+                             det_thresh=self.config.det_thresh, det_box_thresh=self.config.box_thresh)
 
     def detect(self, image: Image.Image) -> np.ndarray:
         """Text boxes as quadrilaterals (n, 4, 2) in relative coordinates, reading order."""
