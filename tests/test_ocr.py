@@ -198,6 +198,11 @@ def test_index_ocr_then_search_finds_the_plate_at_rank_one(tmp_path, tiny_model)
     assert overlap(top["matched"][0]["box"], plate_box) > 0.5
     assert 0.5 < top["matched"][0]["score"] <= 1.0
 
+    # a combined query (pixquery.query): the text side looks for the words of the parts added only
+    r = pixquery("search", "RE16 -people", "-L", lib, "-m", tiny_model, "--add", "TGK", "--json")
+    top = json.loads(r.stdout)["results"][0]
+    assert top["path"] == str(photos / "car.jpg") and top["matched"]
+
     r = pixquery("search", "50%", "-L", lib, "-m", tiny_model, "--text-only", "--json")
     assert [Path(x["path"]).name for x in json.loads(r.stdout)["results"]] == ["shop.jpg"]
     r = pixquery("search", "RE16", "-L", lib, "-m", tiny_model, "--semantic-only", "--json", "-k", "6")
