@@ -222,3 +222,30 @@ def test_index_ocr_then_search_finds_the_plate_at_rank_one(tmp_path, tiny_model)
     r = pixquery("search", "sale", "-L", lib, "-m", tiny_model, "--text-only")
     assert r.returncode == 2 and "run pixquery index --ocr" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.ocr
+def test_http_search_says_which_text_matched_and_where(tmp_path, tiny_model):
+    from pixquery.api import Library
+    from test_server_support import running_server
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    sign, sign_box = with_text(background(3), "Bäckerei", xy=(60, 120), size=44)
+    sign.save(photos / "bakery.jpg", quality=92)
+    for n in range(4, 8):
+        background(n).save(photos / f"plain{n}.jpg", quality=92)
+    lib_path = tmp_path / "library"
+    with Library.open(lib_path, model=str(tiny_model)) as lib:
+        lib.index([str(photos)], workers=1, ocr=True)
+    with running_server(lib_path, tiny_model, tmp_path / "server.log") as server, server.client() as api:
+        hits = api.get("/api/search", params={"q": "BACKEREI"}).json()["results"]  # case and accent folded
+        assert hits[0]["name"] == "bakery.jpg" and "text" in hits[0]["found_by"]
+        assert overlap(hits[0]["matched"][0]["box"], sign_box) > 0.5
+        assert all(h["matched"] is None for h in hits[1:])
+        text = api.get("/api/search", params={"q": "ckere", "match": "text"}).json()["results"]
+        assert [h["name"] for h in text] == ["bakery.jpg"]
+        semantic = api.get("/api/search", params={"q": "backerei", "match": "semantic"}).json()["results"]
+        assert len(semantic) == 5 and all(h["matched"] is None for h in semantic)
+        r = api.get("/api/search", params={"q": "x", "match": "both or neither"})
+        assert r.status_code == 422

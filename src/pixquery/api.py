@@ -384,6 +384,7 @@ class Library:
         threshold: float | str | None = None,
         text_only: bool = False,
         semantic_only: bool = False,
+        text_terms: Sequence[str] | None = None,
     ) -> Results:
         """Search by a sentence, an image file, an image already in the library, a raw vector, or
         a weighted combination of them (pixquery.query).
@@ -401,7 +402,9 @@ class Library:
         In a library with OCR on (`index(ocr=True)`), a sentence is also matched against the text
         read in the photos and the two rankings are fused (fusion.py); results then say which side
         found them (`found_by`) and the lines of text that matched (`matched`). text_only skips the
-        model (score: the share of the query's words found), semantic_only the text.
+        model (score: the share of the query's words found), semantic_only the text. text_terms:
+        the phrases the text side looks for, when the query's texts come already encoded (the
+        server caches text vectors); default: the query's added phrases.
         """
         from pixquery.ingest import video as video_mod
 
@@ -411,7 +414,7 @@ class Library:
             raise PixqueryError("--text-only and --semantic-only exclude each other")
         # The text side (OCR) looks for the words of the phrases added; subtracted ones and image
         # parts are the semantic side's alone.
-        words = " ".join(parts.text_terms())
+        words = " ".join(parts.text_terms() if text_terms is None else text_terms)
         text_side = bool(words.strip()) and not semantic_only and self._has_text()
         if text_only:
             if not words.strip():

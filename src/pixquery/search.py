@@ -242,9 +242,9 @@ def fuse_with_text(catalog: Catalog, semantic: Results, hits: list, k: int, cosi
         r = by_key.get(f.key)
         if r is None:
             cos = cosines.get(f.key[1])
-            r = SearchResult(rank=0, score=float("nan") if cos is None else float(cos),
-                             distance=float("nan") if cos is None else angular_distance(cos), path="",
-                             image_id=f.key[1])
+            if cos is None:
+                continue  # not embedded with this model yet (a library shared by models): not searchable
+            r = SearchResult(rank=0, score=float(cos), distance=angular_distance(cos), path="", image_id=f.key[1])
         r.found_by = "+".join(name for name in ("semantic", "text") if name in f.ranks)
         if f.key in text_hit:
             r.matched = _matched(text_hit[f.key])

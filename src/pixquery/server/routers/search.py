@@ -45,6 +45,9 @@ def router(config: ServerConfig) -> APIRouter:
         like: List[int] = Query([], description="a photo of the library to add: 'more like this' (repeatable; left out of the results)"),
         unlike: List[int] = Query([], description="a photo of the library to subtract: 'less like this' (repeatable)"),
         image_weight: float = Query(1.0, ge=-100, le=100, description="weight of image_id or upload_id in the query (negative: less like it)"),
+        match: str = Query("both", pattern="^(both|text|semantic)$",
+                           description="both: by meaning and, in a library indexed with OCR, by the text in photos (fused); "
+                                       "text or semantic: one of them alone"),
     ):
         """Search by text (`q`), by an image of the library (`image_id`) or by an earlier upload
         (`upload_id`), or by any combination of them with added and subtracted phrases and photos.
@@ -53,9 +56,14 @@ def router(config: ServerConfig) -> APIRouter:
         (docs/search.md). `q` takes the inline syntax: `beach +sunset -people` adds "sunset" and
         subtracts "people"; a hyphen inside a word (`t-shirt`) is part of the word; `\\-`, `\\+`
         or double quotes make a leading `-` / `+` literal. Repeat `add`, `subtract`, `like` and
-        `unlike` for several phrases or photos, e.g. `?q=beach&add=sunset&subtract=people&like=12&unlike=40`."""
+        `unlike` for several phrases or photos, e.g. `?q=beach&add=sunset&subtract=people&like=12&unlike=40`.
+
+        In a library indexed with OCR (`pixquery index --ocr`), the phrases added are also matched
+        against the text read in the photos; each hit then says `found_by` and, when its text
+        matched, the lines (`matched`: text, box, confidence)."""
         return server.search(text=q, image_id=image_id, upload_id=upload_id, k=k, offset=offset, threshold=threshold,
-                             add=add, subtract=subtract, like=like, unlike=unlike, image_weight=image_weight)
+                             add=add, subtract=subtract, like=like, unlike=unlike, image_weight=image_weight,
+                             match=match)
 
     @api.post("/api/search/image", response_model=SearchPage, tags=["search"],
               openapi_extra=UPLOAD_SCHEMA, responses={**ERRORS, 413: {"model": ErrorBody, "description": "upload too large"}})
