@@ -134,6 +134,9 @@ def test_text_search_exact_substring_fuzzy_and_coverage(tmp_path):
     assert 0.6 < fuzzy[0].score < 1.0
     assert search_text(cat, "mueller backerei")[0].image_id == ids["a"]  # 'mueller': one insertion
     assert search_text(cat, "RXYZ") == []  # two errors in four characters: no match
+    code = search_text(cat, "RE16 TGX")  # 'tgx' is too short to match fuzzily alone: the run-together phrase does
+    assert [h.image_id for h in code] == [ids["a"]] and code[0].score == pytest.approx(0.8)
+    assert search_text(cat, "re16tgk")[0].score == 1.0  # a space lost in the query (or by the recogniser)
     assert search_text(cat, "sale on the red car") == []  # one word of three: below the coverage
     assert search_text(cat, "sale") and search_text(cat, "sale", fuzzy=False)
     assert search_text(cat, "sunglasses") == []  # a shorter word read is not a misreading of a longer one

@@ -9,7 +9,9 @@ edit distance to a piece of the line, over candidates that share a trigram with 
 match counts 0.8 of an exact one.
 
 A photo's text score is the share of the query's words it matches (weighted by their length, so
-"RE16" counts more than "at"), in [0, 1]; photos below `min_coverage` are not text hits. Each hit
+"RE16" counts more than "at"), in [0, 1]; photos below `min_coverage` are not text hits. The
+words run together are matched too, against lines without their spaces, so "RE16 TGX" (a code
+with a misread 3-letter part) still finds "RE16 TGK". Each hit
 keeps the lines that matched, with their boxes: the "why" shown to the user.
 """
 
@@ -94,6 +96,25 @@ def _fuzzy_matches(word: str, lines: list[TextLine]) -> list[tuple[int, TextLine
     return out
 
 
+def _match_phrase(catalog: Catalog, phrase: str, per_photo: dict[int, TextHit], limit: int) -> None:
+    """The query's words run together ("re16tgx") against lines with their spaces dropped: a
+    misread short word of a code ("TGK" as "TGX": too short to match fuzzily alone) or a space
+    the recogniser lost or added still finds the line. Raises a photo's score to 1 (exact) or
+    FUZZY_WEIGHT."""
+    edits = _allowed_edits(phrase)
+    for line in catalog.lines_sharing_trigrams(phrase, limit=limit * 5):
+        d = misreadings(phrase, fold(line.text).replace(" ", ""), edits)
+        if d is None:
+            continue
+        hit = per_photo.setdefault(line.image_id, TextHit(line.image_id, 0.0))
+        strength = 1.0 if d == 0 else FUZZY_WEIGHT
+        if strength > hit.score:
+            hit.score = strength
+            hit.words[phrase] = "exact" if d == 0 else "fuzzy"
+        if all(line.detection_id != seen.detection_id for seen in hit.lines):
+            hit.lines.append(line)
+
+
 def search_text(catalog: Catalog, query: str, *, limit: int = 200, fuzzy: bool = True,
                 min_coverage: float = MIN_COVERAGE) -> list[TextHit]:
     """Photos whose text matches `query`, best first (score, then confidence of the lines)."""
@@ -117,6 +138,8 @@ def search_text(catalog: Catalog, query: str, *, limit: int = 200, fuzzy: bool =
             for line in lines:
                 if all(line.detection_id != seen.detection_id for seen in hit.lines):
                     hit.lines.append(line)
+    if fuzzy and len("".join(words)) >= FUZZY_MIN:  # one word too: "re16tgk" is "RE16 TGK" read
+        _match_phrase(catalog, "".join(words), per_photo, limit)
     hits = [h for h in per_photo.values() if h.score >= min_coverage - 1e-9]
     for h in hits:
         h.score = min(1.0, h.score)
