@@ -297,18 +297,22 @@ def _write_hf_tokenizer(model_cfg: dict, textual: Path, tokenizer_dir: Path | No
             if (tokenizer_dir / name).is_file():
                 shutil.copy(tokenizer_dir / name, textual / name)
         return
-    name = model_cfg["text_cfg"]["hf_tokenizer_name"]
+    fetch_hf_tokenizer(model_cfg["text_cfg"]["hf_tokenizer_name"], textual)
+
+
+def fetch_hf_tokenizer(name: str, dest: Path) -> None:
+    """The Hugging Face tokenizer `name` saved into `dest` (downloaded once, then cached)."""
     try:
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(name).save_pretrained(str(textual))
+        AutoTokenizer.from_pretrained(name).save_pretrained(str(dest))
     except Exception as e:  # offline, not cached, transformers missing
         raise ModelNotAvailable(
             f"the tokenizer {name!r} is not cached and cannot be downloaded ({type(e).__name__}: "
             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}). Connect to the internet once, or give "
             f"--tokenizer DIR (a folder with its tokenizer.json)."
         ) from None
-    if not (textual / "tokenizer.json").is_file():
+    if not (Path(dest) / "tokenizer.json").is_file():
         raise PixqueryError(f"the tokenizer {name!r} has no fast (tokenizer.json) form; pixquery needs one")
 
 
@@ -358,11 +362,27 @@ def export_open_clip(
     out_dir = Path(out_dir)
     if not force and all((out_dir / f).is_file() for f in LAYOUT):
         return out_dir
-    model, cfg = _create_model(arch, pretrained, checkpoint, model_cfg, seed)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    overrides = tag_preprocess(arch, preprocess_from) if pretrained is None and preprocess_from else {}
-    path = export_model(model, cfg, out_dir, dynamic_batch=dynamic_batch, opset=opset, save_torch=save_torch,
-                        tokenizer_dir=tokenizer_dir, preprocess_overrides=overrides)
+    fetched = None  # a tokenizer fetched here, removed after the export
+    if tokenizer_dir is None:  # an HF tokenizer is fetched first: offline, fail before minutes of export
+        _, open_clip = require_torch()
+        text_cfg = (model_cfg or open_clip.get_model_config(arch) or {}).get("text_cfg", {})
+        if "hf_tokenizer_name" in text_cfg:
+            import tempfile
+
+            tokenizer_dir = fetched = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=out_dir.parent))
+    try:
+        if fetched is not None:
+            fetch_hf_tokenizer(text_cfg["hf_tokenizer_name"], fetched)
+        model, cfg = _create_model(arch, pretrained, checkpoint, model_cfg, seed)
+        overrides = tag_preprocess(arch, preprocess_from) if pretrained is None and preprocess_from else {}
+        path = export_model(model, cfg, out_dir, dynamic_batch=dynamic_batch, opset=opset, save_torch=save_torch,
+                            tokenizer_dir=tokenizer_dir, preprocess_overrides=overrides)
+    finally:
+        if fetched is not None:
+            import shutil
+
+            shutil.rmtree(fetched, ignore_errors=True)
     config = json.loads((path / "config.json").read_text())
     if pretrained is None and checkpoint is None:  # every command that uses it warns (not in open_clip's cfg)
         config["random_weights"] = True
