@@ -145,6 +145,32 @@ def test_german_chinese_arabic_queries(kind):
     assert len({tuple(np.round(v, 5)) for v in x}) == 3
 
 
+@pytest.mark.torch
+def test_search_reports_and_thresholds_on_the_match_probability(tmp_path):
+    """A SigLIP library's results carry the model's match probability, and --threshold p=P keeps
+    exactly the results with a probability of at least P (the same meaning for every query)."""
+    from pixquery.api import Library
+
+    photos = tmp_path / "photos"
+    make_photos(photos, 6)
+    folder = family_model("siglip2")
+    with Library.open(tmp_path / "lib", model=str(folder)) as lib:
+        lib.index([photos])
+        results = lib.search("ein Hund", k=6)
+        assert len(results) == 6
+        for r in results:
+            assert r.probability == pytest.approx(float(lib.encoder.match_probability(r.score)), rel=1e-5)
+        probs = sorted(r.probability for r in results)
+        cut = (probs[2] + probs[3]) / 2
+        kept = lib.search("ein Hund", k=6, threshold=f"p={cut}")
+        assert sorted(r.probability for r in kept) == probs[3:]
+    with Library.open(tmp_path / "clip", model=str(family_model("datacomp"))) as lib:
+        lib.index([photos])
+        assert all(r.probability is None for r in lib.search("a dog", k=2))
+        with pytest.raises(PixqueryError, match="not sigmoid-trained"):
+            lib.search("a dog", threshold="p=0.5")
+
+
 # -- the CLI with each family from a local folder ---------------------------------------------------------
 @pytest.mark.torch
 @pytest.mark.parametrize("kind", FAMILIES)

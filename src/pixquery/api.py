@@ -353,8 +353,9 @@ class Library:
     ) -> Results:
         """Search by a sentence, an image file, an image already in the library, or a raw vector.
 
-        threshold: an angular distance (0..1) above which results are dropped, or "auto" for the
-        threshold `pixquery eval` stored for this model.
+        threshold: an angular distance (0..1) above which results are dropped, "auto" for the
+        threshold `pixquery eval` stored for this model, or for a sigmoid-trained model (SigLIP)
+        "p=0.5": the lowest match probability kept (the same meaning for every query and model).
         """
         from pixquery.ingest import video as video_mod
 
@@ -378,9 +379,15 @@ class Library:
         else:
             q = np.asarray(vector, dtype=np.float32)
         if row is None:  # store-only: the paths come from the collection, not from catalog rows
-            return run_store_query(index, q, k, threshold)
-        return run_query(self.catalog, index, row, q, k, threshold, exclude_image=image_id,
-                         merge_gap=video_mod.merge_gap_for(self.catalog))
+            results = run_store_query(index, q, k, threshold)
+        else:
+            results = run_query(self.catalog, index, row, q, k, threshold, exclude_image=image_id,
+                                merge_gap=video_mod.merge_gap_for(self.catalog))
+        probability = getattr(self.encoder, "match_probability", None)
+        if probability is not None and results and probability(0.0) is not None:
+            for r, p in zip(results, probability([r.score for r in results])):
+                r.probability = float(p)
+        return results
 
     def embed_image(self, image: str | Path) -> np.ndarray:
         """An image file's embedding, through the same decode and crop stage as indexing."""
@@ -397,6 +404,8 @@ class Library:
     def _threshold(self, threshold: float | str | None) -> float | None:
         if threshold is None:
             return None
+        if isinstance(threshold, str) and threshold.replace(" ", "").startswith("p="):
+            return self._probability_threshold(threshold.replace(" ", "")[2:])
         if isinstance(threshold, str):
             if threshold != "auto":
                 try:
@@ -415,6 +424,26 @@ class Library:
         if not 0.0 <= float(threshold) <= 1.0:
             raise PixqueryError(f"threshold is an angular distance between 0 and 1, not {threshold}")
         return float(threshold)
+
+    def _probability_threshold(self, text: str) -> float:
+        """A match probability p -> the angular distance it corresponds to for this model:
+        sigmoid(scale * cos + bias) = p  <=>  cos = (logit(p) - bias) / scale."""
+        import math
+
+        from pixquery.search import angular_distance
+
+        try:
+            p = float(text)
+        except ValueError:
+            raise PixqueryError(f"threshold p= needs a probability between 0 and 1, not {text!r}") from None
+        if not 0.0 < p < 1.0:
+            raise PixqueryError(f"threshold p= needs a probability strictly between 0 and 1, not {p}")
+        enc = self.encoder
+        scale, bias = getattr(enc, "logit_scale", None), getattr(enc, "logit_bias", None)
+        if scale is None or bias is None:
+            raise PixqueryError(f"{enc.name} is not sigmoid-trained (SigLIP): it has no match probability; "
+                                "give an angular distance (e.g. --threshold 0.4) or 'auto'")
+        return angular_distance((math.log(p / (1 - p)) - float(bias)) / float(scale))
 
     # -- facts ----------------------------------------------------------------------------
 

@@ -291,7 +291,7 @@ def search(
     query: Optional[str] = typer.Argument(None, metavar="QUERY", help="What to look for, in words", show_default=False),
     image: Optional[Path] = typer.Option(None, "--image", "-i", help="Find photos similar to this image"),
     k: int = typer.Option(10, "-k", "--top", help="Number of results"),
-    threshold: Optional[str] = typer.Option(None, help="Drop results farther than this angular distance (0..1), or 'auto'"),
+    threshold: Optional[str] = typer.Option(None, help="Drop results farther than this angular distance (0..1), 'auto', or for SigLIP models p=PROB (the lowest match probability kept)"),
     library: Optional[Path] = LibraryOpt,
     model: Optional[str] = ModelOpt,
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON"),

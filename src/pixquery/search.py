@@ -33,6 +33,9 @@ class SearchResult:
     box: tuple[float, float, float, float] | None = None  # relative x0, y0, x1, y1 of a region
     width: int | None = None
     height: int | None = None
+    # sigmoid-trained models (SigLIP): the model's probability that query and picture match,
+    # sigmoid(logit_scale * score + logit_bias); None for CLIP models
+    probability: float | None = None
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
