@@ -211,7 +211,13 @@ def test_a_new_model_adds_its_embeddings_beside_the_old_ones(tmp_path, tiny_mode
 
 
 def test_an_existing_library_keeps_its_model(tmp_path, tiny_model):
-    from pixquery.api import Library
+    """A new default never changes an existing library's model: one that stored its model keeps it;
+    one indexed before `index` always stored it (so with the default of its time, ViT-B-32) keeps
+    ViT-B-32; only a new library gets the new default."""
+    import sqlite3
+
+    from pixquery.api import CATALOG_FILE, Library
+    from pixquery.encoders.registry import LEGACY_DEFAULT_MODEL
 
     photos = tmp_path / "photos"
     make_photos(photos, 2)
@@ -219,6 +225,12 @@ def test_an_existing_library_keeps_its_model(tmp_path, tiny_model):
         lib.index([photos])
     with Library.open(tmp_path / "lib") as lib:  # no --model: the library's, not DEFAULT_MODEL
         assert lib.model_name == str(tiny_model)
+    with sqlite3.connect(tmp_path / "lib" / CATALOG_FILE) as db:  # as an older pixquery left it
+        db.execute("DELETE FROM setting WHERE key = 'model'")
+    with Library.open(tmp_path / "lib") as lib:
+        assert lib.model_name == LEGACY_DEFAULT_MODEL != DEFAULT_MODEL
+    with Library.open(tmp_path / "new") as lib:
+        assert lib.model_name == DEFAULT_MODEL
 
 
 # -- registry, licences, `pixquery models` ---------------------------------------------------------------

@@ -100,6 +100,7 @@ class Library:
             raise LibraryError(f"no library at {self.path}: make one with `pixquery index FOLDER --library {self.path}`")
         self.catalog = Catalog(self.path / CATALOG_FILE)
         self._model_name = model
+        self._default_model: str | None = None
         if precision is not None and precision not in PRECISIONS:
             raise PixqueryError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self._precision = precision
@@ -132,11 +133,20 @@ class Library:
 
     @property
     def model_name(self) -> str:
-        from pixquery.encoders.registry import DEFAULT_MODEL
-
-        name = self._model_name or self.catalog.get_setting("model") or DEFAULT_MODEL
+        name = self._model_name or self.catalog.get_setting("model") or self.default_model()
         # A local folder is remembered by its absolute path, so the library works from any cwd.
         return os.path.abspath(name) if os.path.isdir(os.path.expanduser(name)) else name
+
+    def default_model(self) -> str:
+        """The model of a library that names none: DEFAULT_MODEL for a new one. A library already
+        holding embeddings without a stored model setting was indexed with the default of its time,
+        which was LEGACY_DEFAULT_MODEL (until the default followed bench/models.py's rule, `index`
+        stored a model only when --model was given): it keeps that model."""
+        from pixquery.encoders.registry import DEFAULT_MODEL, LEGACY_DEFAULT_MODEL
+
+        if self._default_model is None:  # decided once, as opened: this instance's own embeddings do not count
+            self._default_model = LEGACY_DEFAULT_MODEL if any(m.dim for m in self.catalog.models()) else DEFAULT_MODEL
+        return self._default_model
 
     @property
     def precision(self) -> str:
@@ -222,8 +232,9 @@ class Library:
                 for root in roots:
                     if os.path.isdir(root):
                         self.catalog.add_folder(root)
-                if self._model_name:
-                    self.catalog.set_setting("model", self.model_name)
+                # Always stored (not only for --model): a later change of the default never
+                # changes the model of an existing library.
+                self.catalog.set_setting("model", self.model_name)
                 if self._precision:
                     self.catalog.set_setting("precision", self._precision)
 
