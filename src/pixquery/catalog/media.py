@@ -97,6 +97,16 @@ class MediaTables:
             out.update({vid: (size, mtime) for vid, size, mtime in self.db.execute(q, chunk)})
         return out
 
+    def nearest_frame_time(self, video_id: int, timestamp: float) -> float | None:
+        """The stored frame time (a detection's timestamp: what search hits point at) nearest to
+        `timestamp` in this video, or None when it has none."""
+        row = self.db.execute(
+            """SELECT timestamp FROM detection WHERE video_id = ? AND timestamp IS NOT NULL
+               ORDER BY ABS(timestamp - ?), timestamp LIMIT 1""",
+            (int(video_id), float(timestamp)),
+        ).fetchone()
+        return row[0] if row else None
+
     def count_videos(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM video WHERE deleted = 0").fetchone()[0]
 
