@@ -187,6 +187,8 @@ def test_index_and_search_with_each_family_from_a_local_folder(kind, tmp_path):
     hits = json.loads(r.stdout)
     results = hits["results"] if isinstance(hits, dict) else hits
     assert len(results) == 3
+    sigmoid = kind in ("siglip", "siglip2", "nllb")  # SigLIP-trained: the model's match probability is reported
+    assert all(("probability" in r) == sigmoid for r in results)
     info = json.loads(pixquery("info", "-L", lib, "--json").stdout)
     assert info["images"] == 3 and info["models"][0]["dim"] == load_encoder(folder).dim
 
