@@ -213,7 +213,7 @@ def write(rows: dict[str, dict], desc: dict, load: tuple, args, command: str) ->
         "",
         "The most accurate (published ImageNet zero-shot top-1, then COCO text->image R@1) model that is",
         "(1) permissively licensed (commercial use allowed), (2) ready to download as an ONNX folder (an immich",
-        f"export: no torch needed on first use), and (3) at least as fast as OpenAI ViT-B/32 at indexing on this",
+        "export: no torch needed on first use), and (3) at least as fast as OpenAI ViT-B/32 at indexing on this",
         f"CPU (images/s >= {NOISE:.2f} × ViT-B/32's in the same run: graphs identical to ViT-B/32's measure within",
         "that noise of it).",
         "",
