@@ -421,7 +421,7 @@ def models(
     def licence(m):
         if m["commercial"]:
             return m["licence"]
-        return m["licence"] + (" [accepted]" if m["licence_accepted"] else " [non-commercial: pixquery models --accept NAME]")
+        return m["licence"] + (" [accepted]" if m["licence_accepted"] else f" [non-commercial: --accept {m['name']}]")
 
     if _piped():
         _emit([("name", "dim", "image_px", "download_mb", "images_per_s", "text_ms", "imagenet_top1", "coco_t2i_r1",
@@ -441,7 +441,8 @@ def models(
     console.print(table)
     console.print("* multilingual. Speeds: bench/models.py on pixquery's dev machine (2 shared cores, random weights, "
                   "bench/results/models.md). Accuracy: published zero-shot ImageNet-1k top-1 and MSCOCO text->image "
-                  "recall@1 (open_clip's results tables; SigLIP 2 paper); --json names each row's source.", soft_wrap=True)
+                  "recall@1 (open_clip's results tables; SigLIP 2 paper); --json names each row's source.", soft_wrap=True,
+                  highlight=False)
 
 
 @app.command(cls=Command)
