@@ -9,14 +9,13 @@ import io
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from photos import make_photos, photo
-from test_server_support import TOKEN, build_library, index_again, running_server
+from test_server_support import build_library, index_again, running_server
 
 N_PHOTOS = 24
 
@@ -188,11 +187,25 @@ def test_answers_say_their_server_time(api):
     assert api.get("/api/health").headers["server-timing"].startswith("app;dur=")
 
 
-def test_query_cache_makes_repeats_cheap(api):
-    q = {"q": "a lighthouse at dusk seen from the sea", "k": 3}
-    first = api.get("/api/search", params=q).json()
-    again = [api.get("/api/search", params=q).json() for _ in range(3)]
-    assert all(a["results"] == first["results"] for a in again)
+def test_query_cache_answers_a_repeat_without_the_text_encoder(served):
+    """A query asked again (or its next page) is answered from the server's text cache: the real
+    encoder is not called again, and the answer is the same."""
+    from pixquery.server.app import Server, ServerConfig
+
+    server = Server(ServerConfig(library=served.lib_path, model=str(served.model), warm=False))
+    try:
+        q = "a lighthouse at dusk seen from the sea"
+        first = server.search(text=q, k=3, offset=0, threshold=None)
+        assert server.texts.calls == 1 and len(first["results"]) == 3
+        again = server.search(text=q, k=3, offset=0, threshold=None)
+        next_page = server.search(text=f"  {q} ", k=3, offset=3, threshold=None)  # stripped: the same text
+        assert server.texts.calls == 1  # both answered from the cache
+        assert again["results"] == first["results"]
+        assert {r["path"] for r in next_page["results"]}.isdisjoint(r["path"] for r in first["results"])
+        server.search(text=q + " at night", k=3, offset=0, threshold=None)
+        assert server.texts.calls == 2  # a new text does reach the encoder
+    finally:
+        server.close()
 
 
 # -- images -------------------------------------------------------------------------------------

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from pixquery.encoders.base import Encoder
 from pixquery.errors import ModelNotAvailable, PixqueryError

@@ -26,11 +26,11 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from pixquery import __version__
+from pixquery.server import openapi
 from pixquery.server.api_errors import ApiError, ServerBusy, install_error_handlers
 from pixquery.server.caches import TextEncoder, UploadCache
 from pixquery.server.config import MAX_ID, ServerConfig
 from pixquery.server.guard import Guard, _loopback_host_header, check_bind, is_loopback
-from pixquery.server import openapi
 from pixquery.server.pool import LibraryPool
 from pixquery.server.routers import images, page, search, status, videos
 from pixquery.server.state import Server

@@ -5,8 +5,8 @@ from __future__ import annotations
 import mimetypes
 import os
 import re
+from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Iterator
 from urllib.parse import quote
 
 from fastapi import Request

@@ -36,7 +36,7 @@ from pixquery.server.decoder import DecodeWorkers
 from pixquery.server.pool import LibraryPool
 from pixquery.server.static_page import static_files
 
-log = logging.getLogger("pixquery.server")
+log = logging.getLogger(__name__)
 
 JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 MAX_EXTRA_PARTS = 32  # add + subtract + like + unlike of one search: each is an encode or a catalog read

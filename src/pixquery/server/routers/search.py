@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import List, Optional
+from typing import Optional
 
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -61,13 +61,13 @@ def router(config: ServerConfig) -> APIRouter:
         k: int = Query(config.page_size, ge=1, description=f"results per page (capped at {config.max_k})"),
         offset: int = Query(0, ge=0, le=config.max_results - 1, description="skip this many results (paging)"),
         threshold: Optional[str] = Query(None, max_length=32, description=THRESHOLD_DOC, json_schema_extra=THRESHOLD_SCHEMA),
-        add: List[str] = Query([], description="a phrase to add to the query, literally (repeatable)",
+        add: list[str] = Query([], description="a phrase to add to the query, literally (repeatable)",
                                json_schema_extra={"items": phrase_schema}),
-        subtract: List[str] = Query([], description="a phrase to subtract: photos like it go down (repeatable)",
+        subtract: list[str] = Query([], description="a phrase to subtract: photos like it go down (repeatable)",
                                     json_schema_extra={"items": phrase_schema}),
-        like: List[int] = Query([], description="a photo of the library to add: 'more like this' (repeatable; left out of the results)",
+        like: list[int] = Query([], description="a photo of the library to add: 'more like this' (repeatable; left out of the results)",
                                 json_schema_extra={"items": PHOTO_ID_SCHEMA}),
-        unlike: List[int] = Query([], description="a photo of the library to subtract: 'less like this' (repeatable)",
+        unlike: list[int] = Query([], description="a photo of the library to subtract: 'less like this' (repeatable)",
                                   json_schema_extra={"items": PHOTO_ID_SCHEMA}),
         image_weight: float = Query(1.0, ge=-100, le=100, description="weight of image_id or upload_id in the query (negative: less like it)"),
     ):

@@ -6,7 +6,8 @@ import logging
 import os
 from typing import Optional
 
-from fastapi import APIRouter, Path as PathParam, Query, Request
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import Response
 
 from pixquery.server import thumbnails
