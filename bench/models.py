@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT / "bench")]
 
 from machine import describe, markdown  # noqa: E402
 
-from pixquery.encoders.registry import DEFAULT_MODEL, _MODELS, BENCH_FILE, ModelSpec  # noqa: E402
+from pixquery.encoders.registry import _MODELS, BENCH_FILE, DEFAULT_MODEL, ModelSpec  # noqa: E402
 
 OUT = ROOT / "models" / "bench-families"
 RESULTS = ROOT / "bench" / "results"
@@ -46,14 +46,41 @@ NOISE = 0.95  # "at least ViT-B/32's speed" within one run's noise (same graphs 
 
 # Hugging Face text towers, full size, from their published configs (no download: random weights).
 HF_CONFIGS = {
-    "xlm-roberta-base": ("XLMRobertaConfig", dict(
-        vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-        layer_norm_eps=1e-5)),
-    "facebook/nllb-200-distilled-600M": ("M2M100Config", dict(
-        vocab_size=256206, d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
-        decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096, max_position_embeddings=1024,
-        scale_embedding=True, activation_function="relu", pad_token_id=1, bos_token_id=0, eos_token_id=2)),
+    "xlm-roberta-base": (
+        "XLMRobertaConfig",
+        dict(
+            vocab_size=250002,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=514,
+            type_vocab_size=1,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            layer_norm_eps=1e-5,
+        ),
+    ),
+    "facebook/nllb-200-distilled-600M": (
+        "M2M100Config",
+        dict(
+            vocab_size=256206,
+            d_model=1024,
+            encoder_layers=12,
+            decoder_layers=12,
+            encoder_attention_heads=16,
+            decoder_attention_heads=16,
+            encoder_ffn_dim=4096,
+            decoder_ffn_dim=4096,
+            max_position_embeddings=1024,
+            scale_embedding=True,
+            activation_function="relu",
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+        ),
+    ),
 }
 
 
@@ -101,8 +128,15 @@ def build(spec: ModelSpec) -> Path:
         getattr(transformers, cls)(**kw).save_pretrained(str(local))
         cfg["text_cfg"]["hf_model_name"] = str(local)
     t0 = time.perf_counter()
-    export_open_clip(spec.arch, None, folder, model_cfg=cfg, tokenizer_dir=_tokenizer_dir(spec),
-                     preprocess_from=spec.pretrained, force=True)
+    export_open_clip(
+        spec.arch,
+        None,
+        folder,
+        model_cfg=cfg,
+        tokenizer_dir=_tokenizer_dir(spec),
+        preprocess_from=spec.pretrained,
+        force=True,
+    )
     print(f"  exported {graph_key(spec)} in {time.perf_counter() - t0:.0f} s", flush=True)
     return folder
 
@@ -126,16 +160,26 @@ def measure(folder: Path, batch: int, reps: int, queries: int) -> dict:
         enc.encode_texts([f"a photo of a red sports car number {i} on the beach"])
         text.append((time.perf_counter() - t0) * 1000)
     onnx_mb = sum((folder / t / "model.onnx").stat().st_size for t in ("visual", "textual")) / 1e6
-    return {"images_per_s": round(batch / statistics.median(times), 2), "text_ms": round(statistics.median(text), 1),
-            "download_mb": round(onnx_mb), "batch_seconds": [round(t, 2) for t in times]}
+    return {
+        "images_per_s": round(batch / statistics.median(times), 2),
+        "text_ms": round(statistics.median(text), 1),
+        "download_mb": round(onnx_mb),
+        "batch_seconds": [round(t, 2) for t in times],
+    }
 
 
 def default_by_rule(rows: dict[str, dict]) -> str:
     """The most accurate (ImageNet zero-shot, then COCO retrieval) permissively licensed model, ready
     to download as an ONNX folder, whose measured images/s is at least OpenAI ViT-B/32's (within NOISE)."""
     bar = rows[BASELINE]["images_per_s"] * NOISE
-    eligible = [n for n, r in rows.items() if _MODELS[n].commercial and _MODELS[n].repo
-                and r["images_per_s"] >= bar and _MODELS[n].imagenet_top1 is not None]
+    eligible = [
+        n
+        for n, r in rows.items()
+        if _MODELS[n].commercial
+        and _MODELS[n].repo
+        and r["images_per_s"] >= bar
+        and _MODELS[n].imagenet_top1 is not None
+    ]
     return max(eligible, key=lambda n: (_MODELS[n].imagenet_top1, _MODELS[n].coco_t2i_r1 or 0))
 
 
@@ -156,11 +200,23 @@ def plot(rows: dict[str, dict], path: Path) -> None:
         acc = spec.imagenet_top1
         if acc is None:  # on a strip below: speed measured, no published ImageNet figure found offline
             ax.scatter(r["images_per_s"], floor, marker="x", color="C3" if not spec.commercial else "grey")
-            ax.annotate(name, (r["images_per_s"], floor), textcoords="offset points", xytext=(3, 4 + 9 * (hash(name) % 3)),
-                        fontsize=7, color="grey")
+            ax.annotate(
+                name,
+                (r["images_per_s"], floor),
+                textcoords="offset points",
+                xytext=(3, 4 + 9 * (hash(name) % 3)),
+                fontsize=7,
+                color="grey",
+            )
             continue
-        ax.scatter(r["images_per_s"], acc, s=60, marker="o" if spec.commercial else "s",
-                   facecolors="C0" if spec.commercial else "none", edgecolors="C0" if spec.commercial else "C3")
+        ax.scatter(
+            r["images_per_s"],
+            acc,
+            s=60,
+            marker="o" if spec.commercial else "s",
+            facecolors="C0" if spec.commercial else "none",
+            edgecolors="C0" if spec.commercial else "C3",
+        )
         ax.annotate(name, (r["images_per_s"], acc), textcoords="offset points", xytext=(5, 3), fontsize=8)
     ax.axvline(rows[BASELINE]["images_per_s"] * NOISE, color="grey", ls="--", lw=0.8)
     ax.axhline(floor + 1.2, color="lightgrey", lw=0.6)
@@ -171,7 +227,9 @@ def plot(rows: dict[str, dict], path: Path) -> None:
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_xlabel("images/s on this machine (random weights, ONNX Runtime fp32, bench/models.py)")
     ax.set_ylabel("published ImageNet zero-shot top-1 (%)")
-    ax.set_title("Speed vs accuracy (red: non-commercial licence; dashed line: the default rule's speed bar, 0.95 x ViT-B-32)")
+    ax.set_title(
+        "Speed vs accuracy (red: non-commercial licence; dashed line: the default rule's speed bar, 0.95 x ViT-B-32)"
+    )
     ax.title.set_fontsize(9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -183,7 +241,9 @@ def write(rows: dict[str, dict], desc: dict, load: tuple, args, command: str) ->
         "# Models: speed on this machine beside published accuracy",
         "",
         f"Command: `{command}` (this page rewritten from models.json by `python bench/models.py --rewrite` after the "
-        "registry's default was set to the rule's answer; no figure re-measured)." if args.rewrite else f"Command: `{command}`",
+        "registry's default was set to the rule's answer; no figure re-measured)."
+        if args.rewrite
+        else f"Command: `{command}`",
         "",
         markdown(desc),
         f"Load average (1, 5, 15 min) before: {load[0]}; after: {load[1]}. **The machine was shared** with seven",
@@ -206,7 +266,8 @@ def write(rows: dict[str, dict], desc: dict, load: tuple, args, command: str) ->
         lines.append(
             f"| {name}{mark} | {s.family} | {s.dim} | {s.image_size} | {r['download_mb']} | {r['images_per_s']:.2f} | "
             f"{r['images_per_s'] / base:.2f} | {r['text_ms']:.1f} | {_fmt(s.imagenet_top1)} | {_fmt(s.coco_t2i_r1)} | "
-            f"{s.licence} | {s.accuracy_source if (s.imagenet_top1 or s.coco_t2i_r1) else 'no published figure found offline'} |")
+            f"{s.licence} | {s.accuracy_source if (s.imagenet_top1 or s.coco_t2i_r1) else 'no published figure found offline'} |"
+        )
     lines += [
         "",
         "## The default model's rule",
@@ -231,7 +292,7 @@ def write(rows: dict[str, dict], desc: dict, load: tuple, args, command: str) ->
         "",
         "- OpenAI's and LAION's / DataComp's ViT-B/32 rows are one architecture; they differ in the MLP",
         "  activation only (OpenAI's QuickGELU, open_clip's GELU), the same work. Their gap in this run is the",
-        "  shared machine's noise (load average ~12 on 2 cores) as much as anything: read it as \"the same speed\".",
+        '  shared machine\'s noise (load average ~12 on 2 cores) as much as anything: read it as "the same speed".',
         "- text ms: CLIP's causal text towers (the OpenAI and open_clip rows) run a query at its own length",
         "  (pixquery's short-context copy); SigLIP reads the last of its 64 positions and XLM-R, NLLB and",
         "  MobileCLIP2's text tower attend over every position, so they always run the full context, and",
@@ -239,7 +300,7 @@ def write(rows: dict[str, dict], desc: dict, load: tuple, args, command: str) ->
         "- The SigLIP, XLM-R and NLLB rows ran with a small stand-in tokenizer of the same kind (the real",
         "  vocabularies cannot be downloaded here): the towers' cost does not depend on it, tokenising does a little.",
         "- download MB is the two fp32 ONNX towers as exported here; immich's files are within a few % of it.",
-        "- Accuracy rows marked \"no published figure found offline\": nllb-clip-base-siglip, MobileCLIP2-S0 and",
+        '- Accuracy rows marked "no published figure found offline": nllb-clip-base-siglip, MobileCLIP2-S0 and',
         "  ViT-B-32-SigLIP2-256 have figures in their model cards / papers that could not be read from this",
         "  machine; they are left empty rather than quoted from memory.",
         "",
@@ -254,15 +315,20 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--queries", type=int, default=5)
     ap.add_argument("--only", help="comma-separated model names (a partial run: results are not written)")
-    ap.add_argument("--rewrite", action="store_true",
-                    help="measure nothing: rewrite models.md, the plot and the package's copy from models.json "
-                         "(after a registry change: accuracy figures, the default)")
+    ap.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="measure nothing: rewrite models.md, the plot and the package's copy from models.json "
+        "(after a registry change: accuracy figures, the default)",
+    )
     args = ap.parse_args(argv)
     if args.rewrite:
         payload = json.loads((RESULTS / "models.json").read_text(encoding="utf-8"))
         args.batch, args.reps, args.queries = payload["batch"], payload["reps"], payload.get("queries", 5)
         rows = {n: payload["models"][n] for n in _MODELS if n in payload["models"]}
-        return _save(rows, payload["machine"], (payload["load_before"], payload["load_after"]), args, payload["command"])
+        return _save(
+            rows, payload["machine"], (payload["load_before"], payload["load_after"]), args, payload["command"]
+        )
     specs = [s for s in _MODELS.values() if not args.only or s.name in args.only.split(",")]
     graphs: dict[str, list[ModelSpec]] = {}
     for s in specs:
@@ -274,27 +340,52 @@ def main(argv=None) -> int:
     for key, group in graphs.items():
         t0 = time.perf_counter()
         r = measure(folders[key], args.batch, args.reps, args.queries)
-        print(f"{key:28s} {r['images_per_s']:7.2f} img/s  {r['text_ms']:7.1f} ms/query  {r['download_mb']:5d} MB  "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"{key:28s} {r['images_per_s']:7.2f} img/s  {r['text_ms']:7.1f} ms/query  {r['download_mb']:5d} MB  "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
         for s in group:
             rows[s.name] = {**r, "graph": key}
     load1 = " ".join(f"{x:.2f}" for x in os.getloadavg())
     if args.only:
         return 0
     rows = {n: rows[n] for n in _MODELS}  # registry order
-    command = "flock /tmp/pixquery-bench.lock python bench/models.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "flock /tmp/pixquery-bench.lock python bench/models.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     return _save(rows, desc, (load0, load1), args, command.strip())
 
 
 def _save(rows: dict, desc: dict, load: tuple, args, command: str) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "models.md").write_text(write(rows, desc, load, args, command), encoding="utf-8")
-    payload = {"command": command, "machine": desc, "load_before": load[0], "load_after": load[1], "batch": args.batch,
-               "reps": args.reps, "queries": args.queries, "default_by_rule": default_by_rule(rows), "models": rows}
+    payload = {
+        "command": command,
+        "machine": desc,
+        "load_before": load[0],
+        "load_after": load[1],
+        "batch": args.batch,
+        "reps": args.reps,
+        "queries": args.queries,
+        "default_by_rule": default_by_rule(rows),
+        "models": rows,
+    }
     (RESULTS / "models.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    BENCH_FILE.write_text(json.dumps({"source": "bench/results/models.md", "machine": desc["cpu"],
-                                      "cores": desc["cores"], "date": desc["date"], "models": rows}, indent=1) + "\n",
-                          encoding="utf-8")
+    BENCH_FILE.write_text(
+        json.dumps(
+            {
+                "source": "bench/results/models.md",
+                "machine": desc["cpu"],
+                "cores": desc["cores"],
+                "date": desc["date"],
+                "models": rows,
+            },
+            indent=1,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     plot(rows, RESULTS / "models-speed-accuracy.png")
     print(f"default by the rule: {payload['default_by_rule']} (registry: {DEFAULT_MODEL})")
     return 0 if payload["default_by_rule"] == DEFAULT_MODEL else 1

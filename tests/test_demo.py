@@ -5,13 +5,15 @@ import shutil
 
 from clirun import pixquery
 from photos import make_photos
-
 from pixquery.encoders.registry import DEFAULT_MODEL, model_spec
 
 FAKE_REVISION = "0" * 40
 
 
-def _cache_as_hub_download(cache, model_dir, repo=model_spec(DEFAULT_MODEL).repo):
+DEFAULT_REPO = model_spec(DEFAULT_MODEL).repo  # what the demo downloads
+
+
+def _cache_as_hub_download(cache, model_dir, repo=DEFAULT_REPO):
     """Lay a model folder out as huggingface_hub's cache does after a download of `repo`."""
     root = cache / ("models--" + repo.replace("/", "--"))
     (root / "refs").mkdir(parents=True)

@@ -14,14 +14,14 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from clirun import pixquery
 from photos import make_photos
-from PIL import Image
-from tiny_families import CORPUS, FAMILIES, MULTILINGUAL, QUERIES, family_model
-
 from pixquery.encoders import known_models, load_encoder
-from pixquery.encoders.registry import DEFAULT_MODEL, _MODELS, accept_licence, model_spec
+from pixquery.encoders.registry import _MODELS, DEFAULT_MODEL, accept_licence, model_spec
 from pixquery.errors import ModelNotAvailable, PixqueryError
+from tiny_families import CORPUS, FAMILIES, MULTILINGUAL, QUERIES, family_model
 
 
 @pytest.fixture(autouse=True)
@@ -91,8 +91,14 @@ def test_family_preprocessing_is_open_clips_pixel_for_pixel(kind, tmp_path):
     from pixquery.ingest.decode import preprocess, resize_crop
 
     cfg = load_encoder(family_model(kind)).preprocess_cfg
-    full = open_clip.image_transform(cfg.size, is_train=False, mean=cfg.mean, std=cfg.std,
-                                     resize_mode=cfg.resize_mode, interpolation=cfg.interpolation)
+    full = open_clip.image_transform(
+        cfg.size,
+        is_train=False,
+        mean=cfg.mean,
+        std=cfg.std,
+        resize_mode=cfg.resize_mode,
+        interpolation=cfg.interpolation,
+    )
     geometry = T.Compose([t for t in full.transforms if not isinstance(t, (T.ToTensor, T.Normalize))])
     rng = np.random.default_rng(1)
     for w, h in ((640, 480), (333, 1000), (97, 131), (cfg.size, cfg.size)):
@@ -263,11 +269,15 @@ def test_registry_architectures_and_tags_are_open_clips():
 
 def test_non_commercial_model_needs_its_licence_accepted_once(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(PixqueryError, match="MobileCLIP2-S0's weights are under Apple.*pixquery models --accept MobileCLIP2-S0"):
+    with pytest.raises(
+        PixqueryError, match="MobileCLIP2-S0's weights are under Apple.*pixquery models --accept MobileCLIP2-S0"
+    ):
         load_encoder("MobileCLIP2-S0")
     # a folder exported from those weights carries the same rule (random weights carry none)
     folder = tmp_path / "mobileclip2-folder"
-    shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.opt.*", "*.ctx.*", "*.int8.*"))
+    shutil.copytree(
+        tiny_model, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.opt.*", "*.ctx.*", "*.int8.*")
+    )
     config = json.loads((folder / "config.json").read_text())
     config.pop("random_weights")
     (folder / "config.json").write_text(json.dumps({**config, "pixquery_model": "MobileCLIP2-S0"}))
@@ -285,8 +295,17 @@ def test_models_command_lists_every_model_with_licence_speed_and_accuracy(tmp_pa
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     header = lines[0].split("\t")
-    assert header[:9] == ["name", "dim", "image_px", "download_mb", "images_per_s", "text_ms", "imagenet_top1",
-                          "coco_t2i_r1", "licence"]
+    assert header[:9] == [
+        "name",
+        "dim",
+        "image_px",
+        "download_mb",
+        "images_per_s",
+        "text_ms",
+        "imagenet_top1",
+        "coco_t2i_r1",
+        "licence",
+    ]
     rows = {line.split("\t")[0].replace(" (default)", ""): line.split("\t") for line in lines[1:]}
     assert set(rows) == set(_MODELS)
     assert rows["ViT-B-32"][6] == "63.3" and "Apple" in rows["MobileCLIP2-S0"][8]
@@ -309,9 +328,14 @@ def test_a_model_immich_does_not_publish_says_how_to_export_it(monkeypatch, tmp_
 @pytest.mark.torch
 def test_export_of_a_model_with_an_hf_tokenizer_offline_says_what_to_do(tmp_path):
     """The real tokenizer download path stays: offline it fails fast with the fix."""
-    r = pixquery("export", "ViT-B-16-SigLIP2", tmp_path / "out", "--random",
-                 env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "hf")},
-                 timeout=600)
+    r = pixquery(
+        "export",
+        "ViT-B-16-SigLIP2",
+        tmp_path / "out",
+        "--random",
+        env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "hf")},
+        timeout=600,
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     assert "tokenizer" in r.stderr and "--tokenizer DIR" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()
