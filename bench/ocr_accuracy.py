@@ -56,8 +56,21 @@ CLASSES = REPO.parent / "shared" / "data" / "imagenet-val-1300" / "classes.csv"
 SIZES = (12, 16, 24, 32, 48, 64, 96)
 LONG_SIDE = 800
 # OCR-style confusions: what a recogniser reads instead (both directions).
-CONFUSIONS = [("0", "o"), ("1", "l"), ("1", "i"), ("5", "s"), ("8", "b"), ("6", "g"), ("e", "c"), ("a", "o"),
-              ("u", "v"), ("n", "h"), ("i", "l"), ("t", "f"), ("2", "z")]
+CONFUSIONS = [
+    ("0", "o"),
+    ("1", "l"),
+    ("1", "i"),
+    ("5", "s"),
+    ("8", "b"),
+    ("6", "g"),
+    ("e", "c"),
+    ("a", "o"),
+    ("u", "v"),
+    ("n", "h"),
+    ("i", "l"),
+    ("t", "f"),
+    ("2", "z"),
+]
 
 
 def dictionary_words(rng: random.Random, n: int) -> list[str]:
@@ -77,8 +90,12 @@ def dictionary_words(rng: random.Random, n: int) -> list[str]:
 def code(rng: random.Random) -> str:
     """A number-plate-like code: 'RE16 TGK'."""
     letters = "ABCDEFGHJKLMNPRSTUVWXYZ"
-    return (rng.choice(letters) + rng.choice(letters) + f"{rng.randint(10, 99)} "
-            + "".join(rng.choice(letters) for _ in range(3)))
+    return (
+        rng.choice(letters)
+        + rng.choice(letters)
+        + f"{rng.randint(10, 99)} "
+        + "".join(rng.choice(letters) for _ in range(3))
+    )
 
 
 def fonts() -> list[str]:
@@ -86,8 +103,13 @@ def fonts() -> list[str]:
         out = subprocess.run(["fc-list", ":", "file", "style"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         out = ""
-    files = sorted({line.split(":")[0] for line in out.splitlines()
-                    if line.split(":")[0].endswith(".ttf") and "Math" not in line and "ExtraLight" not in line})
+    files = sorted(
+        {
+            line.split(":")[0]
+            for line in out.splitlines()
+            if line.split(":")[0].endswith(".ttf") and "Math" not in line and "ExtraLight" not in line
+        }
+    )
     return files or [""]  # "": PIL's default font
 
 
@@ -109,7 +131,9 @@ def perspective_coeffs(src, dst):
     return np.linalg.solve(np.array(a, dtype=np.float64), np.array(src, dtype=np.float64).reshape(8)).tolist()
 
 
-def render(base: Image.Image, text: str, font_file: str, size: int, rng: random.Random) -> tuple[Image.Image, dict] | None:
+def render(
+    base: Image.Image, text: str, font_file: str, size: int, rng: random.Random
+) -> tuple[Image.Image, dict] | None:
     """`base` with `text` on it; None when it cannot fit. Contrasting text gets the colour farthest
     from the background under it, and where that background is mixed (bright and dark parts) a
     2-px outline of the opposite colour too, as on signs and captions: readable everywhere.
@@ -130,8 +154,12 @@ def render(base: Image.Image, text: str, font_file: str, size: int, rng: random.
     def place(mask: Image.Image) -> Image.Image:
         mask = mask.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
         if skewed:  # one side shorter: a sign seen at an angle
-            mask = mask.transform((w, h), Image.Transform.PERSPECTIVE,
-                                  perspective_coeffs([(0, 0), (w, 0), (w, h), (0, h)], dst), Image.Resampling.BICUBIC)
+            mask = mask.transform(
+                (w, h),
+                Image.Transform.PERSPECTIVE,
+                perspective_coeffs([(0, 0), (w, 0), (w, h), (0, h)], dst),
+                Image.Resampling.BICUBIC,
+            )
         return mask
 
     glyphs, outline = place(glyphs), place(outline)
@@ -153,15 +181,29 @@ def render(base: Image.Image, text: str, font_file: str, size: int, rng: random.
         mixed = False
     else:
         light = lum < 128
-        colour = rng.choice([(255, 255, 255), (255, 230, 0), (255, 255, 200)] if light else [(0, 0, 0), (20, 20, 120), (140, 0, 0)])
+        colour = rng.choice(
+            [(255, 255, 255), (255, 230, 0), (255, 255, 200)] if light else [(0, 0, 0), (20, 20, 120), (140, 0, 0)]
+        )
         lo, hi = np.percentile(under, [5, 95])
         mixed = hi - lo > 100
         if mixed:
             out.paste(Image.new("RGB", outline.size, (0, 0, 0) if light else (255, 255, 255)), (px, py), outline)
     out.paste(Image.new("RGB", glyphs.size, colour), (px, py), glyphs)
-    truth = {"text": text, "size": size, "font": Path(font_file).stem if font_file else "PIL default",
-             "angle": round(angle, 1), "perspective": skewed, "low_contrast": low, "outline": mixed,
-             "box": (px / base.width, py / base.height, (px + outline.width) / base.width, (py + outline.height) / base.height)}
+    truth = {
+        "text": text,
+        "size": size,
+        "font": Path(font_file).stem if font_file else "PIL default",
+        "angle": round(angle, 1),
+        "perspective": skewed,
+        "low_contrast": low,
+        "outline": mixed,
+        "box": (
+            px / base.width,
+            py / base.height,
+            (px + outline.width) / base.width,
+            (py + outline.height) / base.height,
+        ),
+    }
     return out, truth
 
 
@@ -247,7 +289,9 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=500, help="photos with text (as many again without)")
     ap.add_argument("--model", default="models/random-vit-b-32")
     ap.add_argument("--seed", type=int, default=15)
-    ap.add_argument("--det-side", type=int, default=OcrConfig().det_side, help="OCR detection size (default: pixquery's)")
+    ap.add_argument(
+        "--det-side", type=int, default=OcrConfig().det_side, help="OCR detection size (default: pixquery's)"
+    )
     ap.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     ap.add_argument("--keep", type=Path, default=None, help="build the set and library here (kept)")
     args = ap.parse_args()
@@ -257,7 +301,9 @@ def main() -> None:
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     truths = build_set(args.photos, work / "photos", args.seed)
-    print(f"set: {len(truths)} photos with text + {len(truths)} without, in {time.perf_counter() - t0:.0f}s", flush=True)
+    print(
+        f"set: {len(truths)} photos with text + {len(truths)} without, in {time.perf_counter() - t0:.0f}s", flush=True
+    )
 
     lib = Library.open(work / "lib", model=args.model)
     config = OcrConfig(det_side=args.det_side)
@@ -272,7 +318,9 @@ def main() -> None:
 
     # OCR word recall: the text is in what was read (case, accents and spaces ignored)
     read = defaultdict(str)
-    for image_id, lines in lib.catalog.text_of_photos([lib.catalog.image_by_path(t["path"]).id for t in truths]).items():
+    for image_id, lines in lib.catalog.text_of_photos(
+        [lib.catalog.image_by_path(t["path"]).id for t in truths]
+    ).items():
         read[lib.catalog.image(image_id).path] = "".join(fold(ln.text).replace(" ", "") for ln in lines)
     for t in truths:
         t["read"] = fold(t["text"]).replace(" ", "") in read[t["path"]]
@@ -282,13 +330,22 @@ def main() -> None:
     rows = []  # (size, kind, fused rank, text-only rank, plain RRF rank, weighted RRF rank)
     for t in truths:
         for kind in kinds:
-            q = t["text"] if kind == "full" else substring(t["text"], rng) if kind == "substring" else with_error(t["text"], rng)
+            q = (
+                t["text"]
+                if kind == "full"
+                else substring(t["text"], rng)
+                if kind == "substring"
+                else with_error(t["text"], rng)
+            )
             fused = [r.path for r in lib.search(q, k=10)]
             text_only = [r.path for r in lib.search(q, k=10, text_only=True)]
             semantic = lib.search(q, k=50, semantic_only=True)
             hits = search_text(lib.catalog, q, limit=50)
             paths = {h.image_id: p for h, p in zip(hits, [lib.catalog.image(h.image_id).path for h in hits])}
-            lists = {"semantic": [(r.path, 1.0) for r in semantic], "text": [(paths[h.image_id], h.score) for h in hits]}
+            lists = {
+                "semantic": [(r.path, 1.0) for r in semantic],
+                "text": [(paths[h.image_id], h.score) for h in hits],
+            }
             plain_rrf = [f.key for f in fuse(lists)][:10]
             weighted = [f.key for f in fuse(lists, weights={"text": TEXT_WEIGHT})][:10]
             rows.append((t["size"], kind, *(rank_of(x, t["path"]) for x in (fused, text_only, plain_rrf, weighted))))
@@ -300,18 +357,24 @@ def main() -> None:
         return sum(1 for r in sel if r[col] is not None and r[col] <= at) / max(len(sel), 1)
 
     lines = [
-        "# OCR: accuracy with real weights, search recall, cost", "",
+        "# OCR: accuracy with real weights, search recall, cost",
+        "",
         f"Command: `python bench/ocr_accuracy.py --photos {args.photos} --model {args.model} --det-side {args.det_side}`"
-        + (f" (seed {args.seed})" if args.seed != 15 else ""), "",
+        + (f" (seed {args.seed})" if args.seed != 15 else ""),
+        "",
         f"{len(truths)} real photos (imagenet-sample-images, scaled to {LONG_SIDE} px long side) with one text each, "
         f"and the same {len(truths)} photos without text as distractors: {photos} photos in the library. "
         f"Engine: RapidOCR (rapidocr-onnxruntime, PP-OCRv4 det + rec ONNX weights from the wheel), "
         f"settings {config.resolved().to_json()}. Semantic side: `{args.model}`"
-        + (" (random weights: its ranking is noise, the worst case for fusion)" if "random" in args.model else "") + ".",
-        f"Whole run {seconds:.0f} s; load average {load0[0]:.2f} before, {load1[0]:.2f} after.", "",
-        "## Search recall by font size", "",
+        + (" (random weights: its ranking is noise, the worst case for fusion)" if "random" in args.model else "")
+        + ".",
+        f"Whole run {seconds:.0f} s; load average {load0[0]:.2f} before, {load1[0]:.2f} after.",
+        "",
+        "## Search recall by font size",
+        "",
         "Recall@1 / recall@10 of the photo with the text, default search (semantic + text fused). "
-        "OCR read: the share of photos where OCR read the text exactly (case, accents, spaces ignored).", "",
+        "OCR read: the share of photos where OCR read the text exactly (case, accents, spaces ignored).",
+        "",
         "| size px | photos | OCR read | full @1 | full @10 | sub-string @1 | sub-string @10 | one error @1 | one error @10 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -325,35 +388,66 @@ def main() -> None:
             k = [r for r in sel if r[1] == kind]
             cells += [f"{recall(k, 2, 1):.2f}", f"{recall(k, 2, 10):.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Fusion compared (all sizes; recall@1 / @10)", "",
-              "| query | text only | plain RRF (weights 1, 1) | weighted RRF (text x2, pixquery) |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Fusion compared (all sizes; recall@1 / @10)",
+        "",
+        "| query | text only | plain RRF (weights 1, 1) | weighted RRF (text x2, pixquery) |",
+        "|---|---|---|---|",
+    ]
     for kind in kinds:
         k = [r for r in rows if r[1] == kind]
-        lines.append(f"| {kind} | {recall(k, 3, 1):.2f} / {recall(k, 3, 10):.2f} | {recall(k, 4, 1):.2f} / "
-                     f"{recall(k, 4, 10):.2f} | {recall(k, 5, 1):.2f} / {recall(k, 5, 10):.2f} |")
+        lines.append(
+            f"| {kind} | {recall(k, 3, 1):.2f} / {recall(k, 3, 10):.2f} | {recall(k, 4, 1):.2f} / "
+            f"{recall(k, 4, 10):.2f} | {recall(k, 5, 1):.2f} / {recall(k, 5, 10):.2f} |"
+        )
     lines += ["", "## OCR read, by condition", "", "| condition | photos | OCR read |", "|---|---|---|"]
-    for name, pred in (("contrasting colour", lambda t: not t["low_contrast"]), ("low contrast", lambda t: t["low_contrast"]),
-                       ("perspective", lambda t: t["perspective"]), ("|angle| > 8 degrees", lambda t: abs(t["angle"]) > 8),
-                       ("code (e.g. RE16 TGK)", lambda t: " " in t["text"]), ("dictionary word", lambda t: " " not in t["text"])):
+    for name, pred in (
+        ("contrasting colour", lambda t: not t["low_contrast"]),
+        ("low contrast", lambda t: t["low_contrast"]),
+        ("perspective", lambda t: t["perspective"]),
+        ("|angle| > 8 degrees", lambda t: abs(t["angle"]) > 8),
+        ("code (e.g. RE16 TGK)", lambda t: " " in t["text"]),
+        ("dictionary word", lambda t: " " not in t["text"]),
+    ):
         ts = [t for t in truths if pred(t)]
         lines.append(f"| {name} | {len(ts)} | {sum(t['read'] for t in ts) / max(len(ts), 1):.2f} |")
     ratio = costs[args.det_side] / costs["embed"] if args.det_side in costs else float("nan")
-    lines += ["", "## Cost", "",
-              "Interleaved photo by photo on 40 photos without text (medians), so the shared machine's load falls on all alike:", "",
-              "| seconds per photo | |", "|---|---|",
-              f"| embedding one photo (`Library.embed_image`: decode, crop, encode) | {costs['embed']:.3f} |"]
+    lines += [
+        "",
+        "## Cost",
+        "",
+        "Interleaved photo by photo on 40 photos without text (medians), so the shared machine's load falls on all alike:",
+        "",
+        "| seconds per photo | |",
+        "|---|---|",
+        f"| embedding one photo (`Library.embed_image`: decode, crop, encode) | {costs['embed']:.3f} |",
+    ]
     for side in sorted(k for k in costs if k != "embed"):
-        lines.append(f"| text detection alone, det_side {side} (decode included) | {costs[side]:.3f} ({costs[side] / costs['embed']:.2f}x) |")
-    lines += ["", "In the index run over all the photos above:", "",
-              "| seconds per photo | |", "|---|---|",
-              f"| embedding stage (`Library.index`, {photos} photos, batched, decoding in parallel) | {embed_per_photo:.3f} |",
-              f"| OCR, photos without text (median; detection + recognition of any false boxes) | {np.median(plain):.3f} |",
-              f"| OCR, photos with text (median) | {np.median(texty):.3f} |",
-              "", f"At det_side {args.det_side}, text detection costs {ratio:.2f}x embedding a photo (interleaved): with "
-              f"--ocr, indexing photos without text runs at ~{1 / (1 + ratio):.2f} of its speed without. In the index run "
-              f"OCR took {report.ocr_seconds:.1f} s against {report.embed_seconds:.1f} s for embedding "
-              f"({report.embed_seconds / (report.embed_seconds + report.ocr_seconds):.2f} of the speed, text photos included).", ""]
-    lines += ["## Machine", "", markdown(describe(("numpy", "pillow", "onnxruntime", "rapidocr-onnxruntime", "rapidfuzz", "opencv-python")))]
+        lines.append(
+            f"| text detection alone, det_side {side} (decode included) | {costs[side]:.3f} ({costs[side] / costs['embed']:.2f}x) |"
+        )
+    lines += [
+        "",
+        "In the index run over all the photos above:",
+        "",
+        "| seconds per photo | |",
+        "|---|---|",
+        f"| embedding stage (`Library.index`, {photos} photos, batched, decoding in parallel) | {embed_per_photo:.3f} |",
+        f"| OCR, photos without text (median; detection + recognition of any false boxes) | {np.median(plain):.3f} |",
+        f"| OCR, photos with text (median) | {np.median(texty):.3f} |",
+        "",
+        f"At det_side {args.det_side}, text detection costs {ratio:.2f}x embedding a photo (interleaved): with "
+        f"--ocr, indexing photos without text runs at ~{1 / (1 + ratio):.2f} of its speed without. In the index run "
+        f"OCR took {report.ocr_seconds:.1f} s against {report.embed_seconds:.1f} s for embedding "
+        f"({report.embed_seconds / (report.embed_seconds + report.ocr_seconds):.2f} of the speed, text photos included).",
+        "",
+    ]
+    lines += [
+        "## Machine",
+        "",
+        markdown(describe(("numpy", "pillow", "onnxruntime", "rapidocr-onnxruntime", "rapidfuzz", "opencv-python"))),
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -59,8 +59,14 @@ def _catalog_with_text(tmp_path) -> tuple[Catalog, dict[str, int]]:
     with cat.transaction():
         for name, lines in (("a", ["RE16 TGK", "Bäckerei Müller"]), ("b", ["SALE 50%", "GLASSES"]), ("c", [])):
             ids[name] = cat.upsert_image(f"/p/{name}.jpg", 10, 1, None, 100, 100)
-            cat.replace_photo_text(ids[name], [(t, (0.1, 0.1 * i, 0.5, 0.1 * i + 0.1), 0.9) for i, t in enumerate(lines)],
-                                   size=10, mtime_ns=1, config="cfg", seconds=0.1)
+            cat.replace_photo_text(
+                ids[name],
+                [(t, (0.1, 0.1 * i, 0.5, 0.1 * i + 0.1), 0.9) for i, t in enumerate(lines)],
+                size=10,
+                mtime_ns=1,
+                config="cfg",
+                seconds=0.1,
+            )
     return cat, ids
 
 
@@ -82,7 +88,9 @@ def test_substrings_are_found_in_any_case_and_without_accents(tmp_path):
 def test_reading_again_replaces_a_photos_text_and_the_index_forgets_it(tmp_path):
     cat, ids = _catalog_with_text(tmp_path)
     with cat.transaction():
-        cat.replace_photo_text(ids["a"], [("NEW SIGN", (0, 0, 1, 1), 0.8)], size=10, mtime_ns=1, config="cfg", seconds=0.1)
+        cat.replace_photo_text(
+            ids["a"], [("NEW SIGN", (0, 0, 1, 1), 0.8)], size=10, mtime_ns=1, config="cfg", seconds=0.1
+        )
     assert cat.lines_containing("re16") == []
     assert [ln.text for ln in cat.lines_containing("sign")] == ["NEW SIGN"]
     assert cat.photos_to_read("cfg") == []
@@ -286,11 +294,17 @@ def test_the_viewer_outlines_the_words_that_matched(tmp_path, tiny_model):
             page.wait_for_selector("#viewer[open]")
             assert page.inner_text("#v-name") == "bakery.jpg"
             assert "ckerei" in page.inner_text("#v-text")  # as read: "Bäckerei" (or "Backerei")
-            page.wait_for_function("() => { const i = document.getElementById('v-img'); return i.complete && i.naturalWidth > 0; }")
+            page.wait_for_function(
+                "() => { const i = document.getElementById('v-img'); return i.complete && i.naturalWidth > 0; }"
+            )
             img = page.locator("#v-img").bounding_box()
             box = page.locator("#v-text-boxes .text-box").first.bounding_box()
-            shown = ((box["x"] - img["x"]) / img["width"], (box["y"] - img["y"]) / img["height"],
-                     (box["x"] + box["width"] - img["x"]) / img["width"], (box["y"] + box["height"] - img["y"]) / img["height"])
+            shown = (
+                (box["x"] - img["x"]) / img["width"],
+                (box["y"] - img["y"]) / img["height"],
+                (box["x"] + box["width"] - img["x"]) / img["width"],
+                (box["y"] + box["height"] - img["y"]) / img["height"],
+            )
             assert overlap(shown, sign_box) > 0.4, (shown, sign_box)
             page.keyboard.press("ArrowRight")  # the next result matched by meaning only: no outline, no text
             page.wait_for_function("() => document.getElementById('v-name').textContent !== 'bakery.jpg'")

@@ -15,8 +15,8 @@ as often as the text side alone (0.55), while keeping semantic hits below: bench
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Hashable, Sequence
 
 K = 60
 TEXT_WEIGHT = 2.0
@@ -29,8 +29,9 @@ class Fused:
     ranks: dict = field(default_factory=dict)  # list name -> rank (1-based) in that list
 
 
-def fuse(lists: dict[str, Sequence[tuple[Hashable, float]]], weights: dict[str, float] | None = None,
-         k: int = K) -> list[Fused]:
+def fuse(
+    lists: dict[str, Sequence[tuple[Hashable, float]]], weights: dict[str, float] | None = None, k: int = K
+) -> list[Fused]:
     """`lists`: name -> [(key, strength)] best first. Returns every key once, best fused first;
     ties keep the order of the first list that has them."""
     weights = weights or {}

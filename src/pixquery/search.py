@@ -8,8 +8,9 @@ angular distance, so a result is kept when its distance is at or below it.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
-from typing import Collection
+from typing import Any
 
 import numpy as np
 
@@ -34,11 +35,14 @@ class SearchResult:
     box: tuple[float, float, float, float] | None = None  # relative x0, y0, x1, y1 of a region
     width: int | None = None
     height: int | None = None
+    # sigmoid-trained models (SigLIP): the model's probability that query and picture match,
+    # sigmoid(logit_scale * score + logit_bias); None for CLIP models
+    probability: float | None = None
     # When the text side ran (a library with OCR, text_search.py / fusion.py): which lists found
     # it ("semantic", "text" or "semantic+text") and the lines of text in the photo that matched
     # the query's words, each {"text", "box", "score"}: the why of a text hit.
     found_by: str | None = None
-    matched: list | None = None
+    matched: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -28,10 +28,11 @@ FUZZY_WEIGHT = 0.8  # a fuzzy match counts this much of an exact one
 MIN_COVERAGE = 0.6  # a text hit must match this share of the query's words (by length)
 
 # Words too common to say anything about the text in a photo ("the" is in half of all signs).
-STOPWORDS = frozenset(
-    "a an and are as at be by for from has have in is it its of on or that the this to was were with "
-    "photo photos picture image of some".split()
+_COMMON = (
+    "a an and are as at be by for from has have in is it its of on or that the this to was "
+    "were with photo photos picture image of some"
 )
+STOPWORDS = frozenset(_COMMON.split())
 
 
 @dataclass
@@ -115,8 +116,9 @@ def _match_phrase(catalog: Catalog, phrase: str, per_photo: dict[int, TextHit], 
             hit.lines.append(line)
 
 
-def search_text(catalog: Catalog, query: str, *, limit: int = 200, fuzzy: bool = True,
-                min_coverage: float = MIN_COVERAGE) -> list[TextHit]:
+def search_text(
+    catalog: Catalog, query: str, *, limit: int = 200, fuzzy: bool = True, min_coverage: float = MIN_COVERAGE
+) -> list[TextHit]:
     """Photos whose text matches `query`, best first (score, then confidence of the lines)."""
     words = query_words(query)
     if not words:
@@ -128,7 +130,9 @@ def search_text(catalog: Catalog, query: str, *, limit: int = 200, fuzzy: bool =
         for line in catalog.lines_containing(word, limit=limit * 5):
             found.setdefault(line.image_id, (1.0, []))[1].append(line)
         if fuzzy and _allowed_edits(word):
-            candidates = [ln for ln in catalog.lines_sharing_trigrams(word, limit=limit * 5) if ln.image_id not in found]
+            candidates = [
+                ln for ln in catalog.lines_sharing_trigrams(word, limit=limit * 5) if ln.image_id not in found
+            ]
             for _, line in sorted(_fuzzy_matches(word, candidates), key=lambda x: x[0]):
                 found.setdefault(line.image_id, (FUZZY_WEIGHT, []))[1].append(line)
         for image_id, (strength, lines) in found.items():

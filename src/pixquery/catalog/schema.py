@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Iterator
+from collections.abc import Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # The lexical index of text read in photos (OCR): SQLite FTS5 with the trigram tokenizer, so any
 # sub-string of 3+ characters is found through the index (MATCH, and LIKE '%...%'), with rowid =
@@ -212,7 +215,7 @@ def split_sql(script: str) -> list[str]:
     return statements
 
 
-def chunks(seq: list, n: int = 900) -> Iterator[list]:
+def chunks(seq: list[T], n: int = 900) -> Iterator[list[T]]:
     """Pieces of at most n: SQLite limits how many `?` one statement may bind."""
     for i in range(0, len(seq), n):
         yield seq[i : i + n]

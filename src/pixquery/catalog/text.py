@@ -9,10 +9,12 @@ regions they are deleted outright when a photo is read again (the trigger drops 
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any
 
 from pixquery.catalog.schema import HAS_TRIGRAM, chunks, marks
 
@@ -46,17 +48,25 @@ def _like_pattern(needle: str) -> str:
 _LINE_COLUMNS = "d.id, d.image_id, d.label, d.x0, d.y0, d.x1, d.y1, d.score"
 
 
-def _lines(rows) -> list[TextLine]:
+def _lines(rows: Iterable[tuple[Any, ...]]) -> list[TextLine]:
     return [TextLine(did, img, label or "", (x0, y0, x1, y1), score) for did, img, label, x0, y0, x1, y1, score in rows]
 
 
 class TextTables:
-    db: object  # the sqlite3 connection (set by Catalog)
+    db: sqlite3.Connection  # set by Catalog
 
     # -- writing (ingest/ocr.py) ----------------------------------------------------------
 
-    def replace_photo_text(self, image_id: int, lines: Sequence[tuple[str, tuple, float]], *, size: int,
-                           mtime_ns: int, config: str, seconds: float) -> None:
+    def replace_photo_text(
+        self,
+        image_id: int,
+        lines: Sequence[tuple[str, tuple[float, float, float, float], float]],
+        *,
+        size: int,
+        mtime_ns: int,
+        config: str,
+        seconds: float,
+    ) -> None:
         """Make this photo's text exactly `lines` ((text, box, score) each), read from the file
         version (size, mtime_ns) with OCR settings `config`. Call inside a transaction."""
         self.db.execute("DELETE FROM detection WHERE image_id = ? AND kind = ?", (image_id, TEXT))
@@ -79,17 +89,19 @@ class TextTables:
     def photos_to_read(self, config: str) -> list[tuple[int, str, int, int]]:
         """(image id, path, size, mtime_ns) of live photos not read yet at their current version
         with these OCR settings, by path."""
-        return list(self.db.execute(
-            """SELECT i.id, i.path, i.size, i.mtime_ns FROM image i LEFT JOIN ocr_scan s ON s.image_id = i.id
+        return list(
+            self.db.execute(
+                """SELECT i.id, i.path, i.size, i.mtime_ns FROM image i LEFT JOIN ocr_scan s ON s.image_id = i.id
                WHERE i.deleted = 0 AND (s.image_id IS NULL OR s.size != i.size OR s.mtime_ns != i.mtime_ns
                                         OR s.config != ?)
                ORDER BY i.path""",
-            (config,),
-        ))
+                (config,),
+            )
+        )
 
     def drop_all_text(self) -> int:
         """OCR turned off: forget every photo's text. Inside a transaction. Returns the photos read."""
-        n = self.db.execute("SELECT COUNT(*) FROM ocr_scan").fetchone()[0]
+        n = int(self.db.execute("SELECT COUNT(*) FROM ocr_scan").fetchone()[0])
         self.db.execute("DELETE FROM detection WHERE kind = ? AND image_id IS NOT NULL", (TEXT,))
         self.db.execute("DELETE FROM ocr_scan")
         return n
@@ -135,16 +147,22 @@ class TextTables:
 
     def ocr_scans(self) -> list[tuple[str, int, float]]:
         """(path, lines found, seconds spent reading) of every live photo read (benchmarks)."""
-        return list(self.db.execute(
-            "SELECT i.path, s.lines, s.seconds FROM ocr_scan s JOIN image i ON i.id = s.image_id WHERE i.deleted = 0"))
+        return list(
+            self.db.execute(
+                "SELECT i.path, s.lines, s.seconds FROM ocr_scan s JOIN image i ON i.id = s.image_id WHERE i.deleted = 0"
+            )
+        )
 
     def ocr_counts(self) -> tuple[int, int]:
         """(photos read, lines of text found) over live photos."""
         photos = self.db.execute(
-            "SELECT COUNT(*) FROM ocr_scan s JOIN image i ON i.id = s.image_id WHERE i.deleted = 0").fetchone()[0]
+            "SELECT COUNT(*) FROM ocr_scan s JOIN image i ON i.id = s.image_id WHERE i.deleted = 0"
+        ).fetchone()[0]
         lines = self.db.execute(
             """SELECT COUNT(*) FROM detection d JOIN image i ON i.id = d.image_id
-               WHERE d.kind = ? AND i.deleted = 0""", (TEXT,)).fetchone()[0]
+               WHERE d.kind = ? AND i.deleted = 0""",
+            (TEXT,),
+        ).fetchone()[0]
         return photos, lines
 
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -52,12 +52,12 @@ class OcrConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | None) -> "OcrConfig | None":
+    def from_json(cls, text: str | None) -> OcrConfig | None:
         if not text or text == "null":
             return None
         return cls(**json.loads(text))
 
-    def resolved(self) -> "OcrConfig":
+    def resolved(self) -> OcrConfig:
         """The same settings naming the installed engine's version."""
         if "==" in self.engine:
             return self
@@ -88,8 +88,13 @@ class TextReader:
         except ImportError:
             raise PixqueryError(f"--ocr needs {ENGINE}, which is not installed: {INSTALL_HINT}") from None
         # limit_type "max": never upscale (the picture handed over is already det_side at most).
-        self._ocr = RapidOCR(det_limit_type="max", det_limit_side_len=self.config.det_side, print_verbose=False,
-                             det_thresh=self.config.det_thresh, det_box_thresh=self.config.box_thresh)
+        self._ocr = RapidOCR(
+            det_limit_type="max",
+            det_limit_side_len=self.config.det_side,
+            print_verbose=False,
+            det_thresh=self.config.det_thresh,
+            det_box_thresh=self.config.box_thresh,
+        )
 
     def detect(self, image: Image.Image) -> np.ndarray:
         """Text boxes as quadrilaterals (n, 4, 2) in relative coordinates, reading order."""
@@ -174,9 +179,15 @@ class OcrReport:
     failed: list = None  # (path, reason)
 
 
-def read_photos(catalog: Catalog, config: OcrConfig, *, reader: TextReader | None = None,
-                on_progress: Callable[[int, int], None] | None = None,
-                on_failure: Callable[[str, str], None] | None = None, batch: int = 16) -> OcrReport:
+def read_photos(
+    catalog: Catalog,
+    config: OcrConfig,
+    *,
+    reader: TextReader | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_failure: Callable[[str, str], None] | None = None,
+    batch: int = 16,
+) -> OcrReport:
     """Read the text of every live photo not read at its current version with `config` (resolved)
     and store it, one transaction per `batch` photos (a killed run keeps what it committed).
     A photo that cannot be decoded is reported (the embedding stage reported it too) and skipped."""
@@ -192,8 +203,14 @@ def read_photos(catalog: Catalog, config: OcrConfig, *, reader: TextReader | Non
     def flush() -> None:
         with catalog.transaction():
             for image_id, boxes, size, mtime_ns, seconds in done:
-                catalog.replace_photo_text(image_id, [(b.text, b.box, b.score) for b in boxes], size=size,
-                                           mtime_ns=mtime_ns, config=key, seconds=seconds)
+                catalog.replace_photo_text(
+                    image_id,
+                    [(b.text, b.box, b.score) for b in boxes],
+                    size=size,
+                    mtime_ns=mtime_ns,
+                    config=key,
+                    seconds=seconds,
+                )
         report.photos += len(done)
         report.lines += sum(len(d[1]) for d in done)
         done.clear()
@@ -225,5 +242,14 @@ def read_photos(catalog: Catalog, config: OcrConfig, *, reader: TextReader | Non
     return report
 
 
-__all__ = ["OcrConfig", "TextBox", "TextReader", "OcrReport", "SETTING_OCR", "saved_config", "choose_config",
-           "apply_config", "read_photos"]
+__all__ = [
+    "OcrConfig",
+    "TextBox",
+    "TextReader",
+    "OcrReport",
+    "SETTING_OCR",
+    "saved_config",
+    "choose_config",
+    "apply_config",
+    "read_photos",
+]
