@@ -19,7 +19,6 @@ rounds (the machine may be shared). Results: bench/results/decode-formats.{md,js
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import multiprocessing as mp
 import os
@@ -62,6 +61,7 @@ def pictures(n: int, noise: float = 3.0) -> list[Image.Image]:
 
 def write_files(folder: Path, imgs: list[Image.Image], wanted: list[str]) -> dict[str, list[Path]]:
     import pillow_heif
+
     from photo_formats import dng
 
     pillow_heif.register_heif_opener()
@@ -118,7 +118,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         files = write_files(Path(tmp), pictures(args.photos, args.noise), wanted)
-        print(f"wrote {args.photos} pictures in {len(wanted)} formats in {time.perf_counter() - t:.0f}s", file=sys.stderr)
+        print(
+            f"wrote {args.photos} pictures in {len(wanted)} formats in {time.perf_counter() - t:.0f}s", file=sys.stderr
+        )
         sizes = {f: float(np.mean([p.stat().st_size for p in ps])) for f, ps in files.items()}
         best: dict[str, float] = {}
         per_image: dict[str, list[float]] = {f: [] for f in wanted}
@@ -133,21 +135,46 @@ def main() -> None:
                     rate = len(paths) / (time.perf_counter() - t)
                     best[fmt] = max(best.get(fmt, 0.0), rate)
                     per_image[fmt] += seconds
-    rows = [{"format": f, "images_per_s": round(best[f], 2), "vs_jpeg": round(best[f] / best["JPEG"], 3),
-             "median_ms_per_image": round(1000 * float(np.median(per_image[f])), 1),
-             "file_mb": round(sizes[f] / 1e6, 2)} for f in wanted]
-    result = {"machine": machine, "size": SIZE, "photos": args.photos, "noise": args.noise, "rounds": args.rounds, "workers": args.workers,
-              "source": "shared ImageNet photos, enlarged" if SHARED.is_dir() else "synthetic", "rows": rows}
+    rows = [
+        {
+            "format": f,
+            "images_per_s": round(best[f], 2),
+            "vs_jpeg": round(best[f] / best["JPEG"], 3),
+            "median_ms_per_image": round(1000 * float(np.median(per_image[f])), 1),
+            "file_mb": round(sizes[f] / 1e6, 2),
+        }
+        for f in wanted
+    ]
+    result = {
+        "machine": machine,
+        "size": SIZE,
+        "photos": args.photos,
+        "noise": args.noise,
+        "rounds": args.rounds,
+        "workers": args.workers,
+        "source": "shared ImageNet photos, enlarged" if SHARED.is_dir() else "synthetic",
+        "rows": rows,
+    }
     Path(args.out + ".json").write_text(json.dumps(result, indent=2))
-    lines = [f"# Decode speed per format, {SIZE[0]}x{SIZE[1]} (12 MP), on {args.workers} decode workers", "",
-             markdown(machine), "",
-             f"`python bench/decode_formats.py --photos {args.photos} --rounds {args.rounds} --workers {args.workers} "
-             f"--noise {args.noise:g}" + (f" --formats {' '.join(repr(f) for f in wanted)}" if wanted != FORMATS else "") + "`; "
-             f"best of {args.rounds} interleaved rounds; the worker's whole job per file (read, hash, decode, "
-             "224 px crop, normalise); pictures: " + result["source"] + f" with sensor-like noise (std {args.noise:g}).", "",
-             "| format | images/s | vs JPEG | median ms/image (one worker) | file MB |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Decode speed per format, {SIZE[0]}x{SIZE[1]} (12 MP), on {args.workers} decode workers",
+        "",
+        markdown(machine),
+        "",
+        f"`python bench/decode_formats.py --photos {args.photos} --rounds {args.rounds} --workers {args.workers} "
+        f"--noise {args.noise:g}"
+        + (f" --formats {' '.join(repr(f) for f in wanted)}" if wanted != FORMATS else "")
+        + "`; "
+        f"best of {args.rounds} interleaved rounds; the worker's whole job per file (read, hash, decode, "
+        "224 px crop, normalise); pictures: " + result["source"] + f" with sensor-like noise (std {args.noise:g}).",
+        "",
+        "| format | images/s | vs JPEG | median ms/image (one worker) | file MB |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['format']} | {r['images_per_s']:.2f} | {r['vs_jpeg']:.2f}x | {r['median_ms_per_image']:.0f} | {r['file_mb']:.2f} |")
+        lines.append(
+            f"| {r['format']} | {r['images_per_s']:.2f} | {r['vs_jpeg']:.2f}x | {r['median_ms_per_image']:.0f} | {r['file_mb']:.2f} |"
+        )
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -27,8 +27,9 @@ def heic(path: Path, img: Image.Image | None = None, orientation: int = 1, seed:
     import pillow_heif
 
     pillow_heif.register_heif_opener()
-    (img or photo((400, 300), seed=seed)).save(path, format="HEIF", quality=85, exif=exif_bytes(orientation),
-                                              thumbnails=[thumbnail] if thumbnail else [])
+    (img or photo((400, 300), seed=seed)).save(
+        path, format="HEIF", quality=85, exif=exif_bytes(orientation), thumbnails=[thumbnail] if thumbnail else []
+    )
     return path
 
 
@@ -55,8 +56,15 @@ def _jpeg_codec(data, level=None, **kwargs) -> bytes:
     return buf.getvalue()
 
 
-def dng(path: Path, img: Image.Image | None = None, *, seed: int = 0, orientation: int = 1,
-        preview: Image.Image | None = None, preview_jpeg: bool = True) -> Path:
+def dng(
+    path: Path,
+    img: Image.Image | None = None,
+    *,
+    seed: int = 0,
+    orientation: int = 1,
+    preview: Image.Image | None = None,
+    preview_jpeg: bool = True,
+) -> Path:
     """A DNG of `img` (even sides). preview: an embedded preview picture (a JPEG one, as cameras
     store, or uncompressed RGB, as Android's DNGs have), in IFD0 with the sensor data in a SubIFD."""
     import tifffile

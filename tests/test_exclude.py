@@ -14,12 +14,28 @@ from pixquery.ingest.scan import IMAGE_EXTENSIONS, walk
 def _tree(root):
     """name -> path of a photo folder with everything a real disk has in it."""
     files = {}
-    for rel in ["a.jpg", "shot.png", "Screenshots/s1.jpg", "trip/b.jpg", "trip/c.png", "trip/keep.png",
-                "trip/Screenshots/s2.jpg", "trip/raw/r.jpg", "top.jpg", "trip/top.jpg",
-                # skipped by default
-                ".hidden/h.jpg", "trip/.thumbnails/t.jpg", "@eaDir/a.jpg/SYNOPHOTO_THUMB_XL.jpg", "#recycle/old.jpg",
-                "Catalog Smart Previews.lrdata/0/p.jpg", "$RECYCLE.BIN/x.jpg", "__MACOSX/m.jpg", ".AppleDouble/d.jpg",
-                "pixlib/thumbnails/00/1-2-3-256.jpg"]:
+    for rel in [
+        "a.jpg",
+        "shot.png",
+        "Screenshots/s1.jpg",
+        "trip/b.jpg",
+        "trip/c.png",
+        "trip/keep.png",
+        "trip/Screenshots/s2.jpg",
+        "trip/raw/r.jpg",
+        "top.jpg",
+        "trip/top.jpg",
+        # skipped by default
+        ".hidden/h.jpg",
+        "trip/.thumbnails/t.jpg",
+        "@eaDir/a.jpg/SYNOPHOTO_THUMB_XL.jpg",
+        "#recycle/old.jpg",
+        "Catalog Smart Previews.lrdata/0/p.jpg",
+        "$RECYCLE.BIN/x.jpg",
+        "__MACOSX/m.jpg",
+        ".AppleDouble/d.jpg",
+        "pixlib/thumbnails/00/1-2-3-256.jpg",
+    ]:
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         photo((64, 48), seed=len(files)).save(p, "PNG" if p.suffix == ".png" else "JPEG")
@@ -31,25 +47,47 @@ def _tree(root):
 
 def _found(root, exclude=()):
     errors = []
-    out = {str(e.path)[len(str(root)) + 1:] for e in walk(str(root), IMAGE_EXTENSIONS, errors, [], exclude)}
+    out = {str(e.path)[len(str(root)) + 1 :] for e in walk(str(root), IMAGE_EXTENSIONS, errors, [], exclude)}
     assert errors == []
     return out
 
 
 def test_hidden_folders_app_caches_and_libraries_are_skipped_by_default(tmp_path):
     _tree(tmp_path)
-    assert _found(tmp_path) == {"a.jpg", "shot.png", "Screenshots/s1.jpg", "trip/b.jpg", "trip/c.png", "trip/keep.png",
-                                "trip/Screenshots/s2.jpg", "trip/raw/r.jpg", "top.jpg", "trip/top.jpg"}
+    assert _found(tmp_path) == {
+        "a.jpg",
+        "shot.png",
+        "Screenshots/s1.jpg",
+        "trip/b.jpg",
+        "trip/c.png",
+        "trip/keep.png",
+        "trip/Screenshots/s2.jpg",
+        "trip/raw/r.jpg",
+        "top.jpg",
+        "trip/top.jpg",
+    }
 
 
 def test_exclude_globs_and_pixqueryignore_files_follow_gitignore_rules(tmp_path):
     _tree(tmp_path)
     # no slash: any depth; trailing slash: folders; leading slash: anchored at the indexed folder
-    assert _found(tmp_path, ["*.png", "Screenshots/", "/top.jpg"]) == {"a.jpg", "trip/b.jpg", "trip/raw/r.jpg", "trip/top.jpg"}
+    assert _found(tmp_path, ["*.png", "Screenshots/", "/top.jpg"]) == {
+        "a.jpg",
+        "trip/b.jpg",
+        "trip/raw/r.jpg",
+        "trip/top.jpg",
+    }
     (tmp_path / "trip" / ".pixqueryignore").write_text("# a comment\nraw/\n!keep.png\n")
     # the deeper file wins over --exclude: keep.png comes back; raw/ is anchored at trip/
-    assert _found(tmp_path, ["*.png"]) == {"a.jpg", "Screenshots/s1.jpg", "trip/b.jpg", "trip/keep.png",
-                                           "trip/Screenshots/s2.jpg", "top.jpg", "trip/top.jpg"}
+    assert _found(tmp_path, ["*.png"]) == {
+        "a.jpg",
+        "Screenshots/s1.jpg",
+        "trip/b.jpg",
+        "trip/keep.png",
+        "trip/Screenshots/s2.jpg",
+        "top.jpg",
+        "trip/top.jpg",
+    }
     (tmp_path / ".pixqueryignore").write_text("trip/\n")  # a folder left out is not entered at all
     assert _found(tmp_path) == {"a.jpg", "shot.png", "Screenshots/s1.jpg", "top.jpg"}
     # a file given by its own path is never left out
@@ -63,7 +101,9 @@ def test_exclude_from_the_cli_is_remembered_per_folder_and_said_in_info(tmp_path
     make_photos(photos, 2, start_seed=20, ext=".png")
     make_photos(other, 2, start_seed=30, ext=".png")
     lib = tmp_path / "lib"
-    r = pixquery("index", photos, "-L", lib, "-m", tiny_model, "--exclude", "*.png", "--exclude", "Screenshots/", "--json")
+    r = pixquery(
+        "index", photos, "-L", lib, "-m", tiny_model, "--exclude", "*.png", "--exclude", "Screenshots/", "--json"
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["indexed"] == 3
     r = pixquery("index", other, "-L", lib, "--json")  # another folder: not excluded by photos' globs
@@ -82,7 +122,9 @@ def test_exclude_from_the_cli_is_remembered_per_folder_and_said_in_info(tmp_path
     r = pixquery("index", photos, "-L", lib, "--exclude", "/photo_000*.jpg", "--json")
     rep = json.loads(r.stdout)
     assert (rep["indexed"], rep["removed"]) == (4, 3), rep
-    paths = {row[0] for row in sqlite3.connect(lib / "catalog.sqlite").execute("SELECT path FROM image WHERE deleted = 0")}
+    paths = {
+        row[0] for row in sqlite3.connect(lib / "catalog.sqlite").execute("SELECT path FROM image WHERE deleted = 0")
+    }
     assert not any(p.startswith(str(photos / "photo_000")) and p.endswith(".jpg") for p in paths)
     assert str(photos / "Screenshots" / "photo_0010.jpg") in paths
     r = pixquery("search", "a photo", "-L", lib, "-k", "50", "--json")  # gone from the index too

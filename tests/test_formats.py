@@ -29,6 +29,7 @@ def _mean(img: Image.Image) -> np.ndarray:
 
 # -- decoding -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("writer", [heic, avif], ids=["heic", "avif"])
 def test_heic_and_avif_decode_upright_with_their_size(tmp_path, writer):
     # stored landscape 400x300, left half red; orientation 6 shows it portrait, red on top
@@ -125,13 +126,17 @@ def test_every_format_is_found_by_the_scan():
 
 # -- the index run ----------------------------------------------------------------------------
 
+
 def _mixed_folder(root):
     from videos import make_video
 
     make_photos(root, 2)
-    files = [heic(root / "phone.heic", seed=11), avif(root / "web.avif", seed=12),
-             dng(root / "camera.dng", seed=13, preview=photo((400, 300), seed=13)),
-             dng(root / "android.dng", seed=14)]  # no preview: demosaiced
+    files = [
+        heic(root / "phone.heic", seed=11),
+        avif(root / "web.avif", seed=12),
+        dng(root / "camera.dng", seed=13, preview=photo((400, 300), seed=13)),
+        dng(root / "android.dng", seed=14),
+    ]  # no preview: demosaiced
     make_video(root / "clip.mp4", [(1.0, 5)])
     return files
 
@@ -217,8 +222,16 @@ def test_a_raw_decoder_that_crashes_costs_only_its_file(tmp_path, tiny_model):
     heic(root / "phone.heic", seed=3)
     dng(root / "fine.dng", seed=4)
     dng(root / "crash.dng", seed=5)
-    r = pixquery("index", root, "-L", tmp_path / "lib", "-m", tiny_model, "--json",
-                 env={"PIXQUERY_FAILPOINT": "decode_worker/crash.dng"})
+    r = pixquery(
+        "index",
+        root,
+        "-L",
+        tmp_path / "lib",
+        "-m",
+        tiny_model,
+        "--json",
+        env={"PIXQUERY_FAILPOINT": "decode_worker/crash.dng"},
+    )
     assert r.returncode == 1, r.stderr
     rep = json.loads(r.stdout)
     assert [os.path.basename(f["path"]) for f in rep["failed"]] == ["crash.dng"]
@@ -231,8 +244,10 @@ def test_the_server_makes_thumbnails_of_heic_and_raw(tmp_path):
     from pixquery.server.thumbnails import Thumbnails
 
     thumbs = Thumbnails(tmp_path / "thumbs")
-    cases = [heic(tmp_path / "p.heic", photo((400, 300), seed=1), orientation=6),
-             dng(tmp_path / "p.nef", photo((400, 300), seed=2), orientation=6, preview=photo((400, 300), seed=2))]
+    cases = [
+        heic(tmp_path / "p.heic", photo((400, 300), seed=1), orientation=6),
+        dng(tmp_path / "p.nef", photo((400, 300), seed=2), orientation=6, preview=photo((400, 300), seed=2)),
+    ]
     for i, path in enumerate(cases):
         with open(path, "rb") as f:
             data, _ = thumbs.get(i, f, os.stat(path), 256, name=str(path))

@@ -8,24 +8,25 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from typing import TYPE_CHECKING
-
-from pixquery.catalog import Catalog, ModelRow
-from pixquery.errors import BadImage, LibraryError, PixqueryError
 from pixquery import query as query_mod
+from pixquery.catalog import Catalog, IndexRow, ModelRow
+from pixquery.errors import BadImage, LibraryError, PixqueryError
 from pixquery.ingest import store_only
 from pixquery.query import Query
 from pixquery.search import Results, SearchResult, run_query, run_store_query
 
 if TYPE_CHECKING:
+    from pixquery.encoders.base import Encoder
     from pixquery.ingest.crops import RegionConfig
     from pixquery.ingest.sync import SyncReport
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 CATALOG_FILE = "catalog.sqlite"
 PRECISIONS = ("fp32", "int8")
 STATUS_FILE = "indexing.json"  # present while an index run is going on (read by the web page)
+
+log = logging.getLogger(__name__)
 
 
 def default_library_path() -> Path:
@@ -60,6 +63,9 @@ class IndexProgress:
     def loading(self, done: int, total: int) -> None:
         """Vectors loaded so far into an index that is filled in batches (a Milvus collection)."""
 
+    def reading_text(self, done: int, total: int) -> None:
+        """Photos read by the OCR stage so far (`index(ocr=True)`)."""
+
     def missing_plugin(self, fmt: str, count: int, reason: str) -> None:
         """`count` files of format `fmt` cannot be indexed here: `reason` names the install command
         (once per format and run; the files are in the failures too)."""
@@ -74,6 +80,9 @@ class IndexReport:
     videos: int = 0  # videos (re)indexed in this run (also counted in indexed)
     frames: int = 0  # video frames embedded in this run
     regions: int = 0  # region embeddings (tiles, detector boxes) of photos and frames made in this run
+    text_photos: int = 0  # photos whose text was read (OCR) in this run
+    text_lines: int = 0  # lines of text found in them
+    ocr_seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     # The failures that are new: not the same file failing for the same reason in an earlier run.
     new_failures: list[tuple[str, str]] = field(default_factory=list)
@@ -87,11 +96,12 @@ class IndexReport:
     def images_per_second(self) -> float:
         return self.indexed / self.embed_seconds if self.embed_seconds else 0.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         new = set(self.new_failures)
         return {
             "found": self.found, "indexed": self.indexed, "skipped": self.skipped, "removed": self.removed,
             "videos": self.videos, "frames": self.frames, "regions": self.regions,
+            "text_photos": self.text_photos, "text_lines": self.text_lines, "ocr_seconds": round(self.ocr_seconds, 3),
             "failed": [{"path": p, "reason": r, "new": (p, r) in new} for p, r in self.failed],
             "new_failures": len(self.new_failures), "seconds": round(self.seconds, 3),
             "missing_plugins": [{"format": f, "files": len(paths), "fix": reason}
@@ -105,21 +115,24 @@ class IndexReport:
 
 class Library:
     def __init__(self, path: Path, model: str | None = None, precision: str | None = None, *, create: bool = True,
-                 encoder=None):
+                 encoder: Encoder | None = None):
         self.path = Path(path)
         if not create and not (self.path / CATALOG_FILE).is_file():
             raise LibraryError(f"no library at {self.path}: make one with `pixquery index FOLDER --library {self.path}`")
         self.catalog = Catalog(self.path / CATALOG_FILE)
         self._model_name = model
+        self._default_model: str | None = None
         if precision is not None and precision not in PRECISIONS:
             raise PixqueryError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self._precision = precision
-        self._encoder = encoder  # given: used instead of loading `model` (see open)
-        self._loaded: tuple | None = None  # (index_id, path, index)
+        self._encoder: Encoder | None = encoder  # given: used instead of loading `model` (see open)
+        self._injected_encoder = encoder is not None
+        # (index_id, path, index, index row), or ("store", None, collection, None)
+        self._loaded: tuple[Any, ...] | None = None
 
     @classmethod
     def open(cls, path: str | Path | None = None, model: str | None = None, precision: str | None = None, *,
-             create: bool = True, encoder=None) -> "Library":
+             create: bool = True, encoder: Encoder | None = None) -> Library:
         """Open (or create) a library. `model`: a name from `pixquery models`, or a local model folder.
         `precision`: "fp32" or "int8"; None uses the library's (what its last `index` with a
         precision chose; fp32 for a new library). Model and precision given here are remembered
@@ -136,28 +149,37 @@ class Library:
             self._loaded = None
         self.catalog.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Library:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- model ----------------------------------------------------------------------------
 
     @property
     def model_name(self) -> str:
-        from pixquery.encoders.registry import DEFAULT_MODEL
-
-        name = self._model_name or self.catalog.get_setting("model") or DEFAULT_MODEL
+        name = self._model_name or self.catalog.get_setting("model") or self.default_model()
         # A local folder is remembered by its absolute path, so the library works from any cwd.
         return os.path.abspath(name) if os.path.isdir(os.path.expanduser(name)) else name
+
+    def default_model(self) -> str:
+        """The model of a library that names none: DEFAULT_MODEL for a new one. A library already
+        holding embeddings without a stored model setting was indexed with the default of its time,
+        which was LEGACY_DEFAULT_MODEL (until the default followed bench/models.py's rule, `index`
+        stored a model only when --model was given): it keeps that model."""
+        from pixquery.encoders.registry import DEFAULT_MODEL, LEGACY_DEFAULT_MODEL
+
+        if self._default_model is None:  # decided once, as opened: this instance's own embeddings do not count
+            self._default_model = LEGACY_DEFAULT_MODEL if any(m.dim for m in self.catalog.models()) else DEFAULT_MODEL
+        return self._default_model
 
     @property
     def precision(self) -> str:
         return self._precision or self.catalog.get_setting("precision") or "fp32"
 
     @property
-    def encoder(self):
+    def encoder(self) -> Encoder:
         if self._encoder is None:
             from pixquery.encoders.registry import load_encoder
 
@@ -183,7 +205,7 @@ class Library:
         paths: Sequence[str | Path] | None = None,
         *,
         index: str | None = None,
-        index_params: dict | None = None,
+        index_params: dict[str, Any] | None = None,
         batch_size: int | None = None,
         workers: int | None = None,
         draft: bool = True,
@@ -194,6 +216,7 @@ class Library:
         every_seconds: float | None = None,
         engine: str = "local",
         address: str | None = None,
+        ocr: bool | None = None,
         exclude: Sequence[str] | None = None,
     ) -> IndexReport:
         """Add folders (or files) to the library and bring it up to date with the disk.
@@ -207,15 +230,18 @@ class Library:
         every `every_seconds`, default: the library's setting, else 2, plus one at each cut).
         engine: where decoding and encoding run: "local" (this machine's cores) or "ray" (a Ray
         cluster at `address`, "auto" or "ray://host:port"; None starts a local Ray for the run);
-        the results are written here, in this library, either way.
+        the results are written here, in this library, either way. ocr: True reads the text in
+        photos (ingest/ocr.py; needs pixquery[ocr]) so that searches match it too, False stops and
+        forgets it, None keeps the library's setting.
         exclude: gitignore-style globs to leave out of the folders indexed in this run (relative to
         each), remembered for them ([] forgets theirs; None keeps what each remembers). Files they
         exclude that were indexed before leave the library. See ingest/exclude.py, which also says
         what is skipped by default, and .pixqueryignore files.
         """
+        from pixquery.ingest import exclude as excluding
+        from pixquery.ingest import ocr as ocr_mod
         from pixquery.ingest import pipeline, sources
         from pixquery.ingest import regions as region_mod
-        from pixquery.ingest import exclude as excluding
         from pixquery.ingest import scan as scanning
         from pixquery.ingest import video as video_mod
         from pixquery.ingest.items import DecodeSettings
@@ -239,8 +265,13 @@ class Library:
                 if exclude and not any(os.path.isdir(r) for r in roots):
                     raise PixqueryError("--exclude is for folders: none of the paths given is a folder")
             model = self._model_row(create=True)
+            assert model is not None  # create=True
             kind, params, changed_config = self._index_config(index, index_params)
             region_cfg = region_mod.choose_config(self.catalog, regions, detector)
+            ocr_cfg = ocr_mod.choose_config(self.catalog, ocr)
+            if ocr_cfg is not None:
+                ocr_cfg = ocr_cfg.resolved()  # fails now, before any work, without the engine
+                reader = ocr_mod.TextReader(ocr_cfg)
             sampling = video_mod.choose_sampling(self.catalog, every_seconds=every_seconds)
             with self.catalog.transaction():
                 for root in roots:
@@ -248,7 +279,10 @@ class Library:
                         self.catalog.add_folder(root)
                         if exclude is not None:
                             self.catalog.set_folder_excludes(root, exclude)
-                if self._model_name:
+                # Stored for the default too (not only for --model): a later change of the default
+                # never changes the model of an existing library. (An injected stand-in encoder
+                # without a model name is no model to remember.)
+                if self._model_name or not self._injected_encoder:
                     self.catalog.set_setting("model", self.model_name)
                 if self._precision:
                     self.catalog.set_setting("precision", self._precision)
@@ -282,6 +316,14 @@ class Library:
             report.failed.extend(stats.failed)
             report.failed.extend(stats.problems)
 
+            ocr_mod.apply_config(self.catalog, ocr_cfg)
+            if ocr_cfg is not None:
+                progress.stage("reading text in photos")
+                text = ocr_mod.read_photos(self.catalog, ocr_cfg, reader=reader, on_progress=progress.reading_text,
+                                           on_failure=progress.failure)
+                report.text_photos, report.text_lines, report.ocr_seconds = text.photos, text.lines, text.seconds
+                report.failed.extend(text.failed)
+
             report.index = sync_index(self.catalog, self.path, model, kind, params, rebuild=changed_config,
                                       on_stage=progress.stage, on_load=progress.loading,
                                       calibration_queries=self._calibration_queries)
@@ -293,7 +335,7 @@ class Library:
         report.seconds = time.perf_counter() - t0
         return report
 
-    def reindex(self, index: str | None = None, index_params: dict | None = None, progress: IndexProgress | None = None) -> SyncReport:
+    def reindex(self, index: str | None = None, index_params: dict[str, Any] | None = None, progress: IndexProgress | None = None) -> SyncReport:
         """Rebuild the index (another kind or parameters) from stored embeddings: nothing is re-embedded."""
         from pixquery.ingest.sync import sync_index
 
@@ -315,9 +357,10 @@ class Library:
         only when `auto` measures, i.e. beyond a few thousand vectors)."""
         from pixquery.query_sample import QUERIES
 
-        return self.encoder.encode_texts(QUERIES)
+        queries: np.ndarray = self.encoder.encode_texts(QUERIES)
+        return queries
 
-    def _index_config(self, kind: str | None, params: dict | None) -> tuple[str, dict, bool]:
+    def _index_config(self, kind: str | None, params: dict[str, Any] | None) -> tuple[str, dict[str, Any], bool]:
         """The index kind and params to use, and whether they differ from the library's current ones."""
         from pixquery import indexes
 
@@ -329,10 +372,10 @@ class Library:
         indexes.make_config(kind, **params)  # validate now, before any work
         return kind, params, (kind, params) != (saved["kind"], saved["params"])
 
-    def index_status(self) -> dict | None:
+    def index_status(self) -> dict[str, Any] | None:
         """Progress of an index run going on now (in any process), or None."""
         try:
-            status = json.loads((self.path / STATUS_FILE).read_text())
+            status: dict[str, Any] = json.loads((self.path / STATUS_FILE).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
         try:
@@ -341,12 +384,12 @@ class Library:
             return None  # the run that wrote it is gone (killed): stale
         return status
 
-    def _write_lock(self):
+    def _write_lock(self) -> _FileLock:
         return _FileLock(self.path / "lock")
 
     # -- query ----------------------------------------------------------------------------
 
-    def _index(self):
+    def _index(self) -> tuple[Any, IndexRow | None]:
         """The active index of the current model, loaded once and reloaded when it changes on disk;
         for a store-only library its collection, and None for the catalog row (see _query)."""
         store = store_only.settings(self.catalog)
@@ -384,6 +427,9 @@ class Library:
         image_weight: float = 1.0,
         k: int = 10,
         threshold: float | str | None = None,
+        text_only: bool = False,
+        semantic_only: bool = False,
+        text_terms: Sequence[str] | None = None,
     ) -> Results:
         """Search by a sentence, an image file, an image already in the library, a raw vector, or
         a weighted combination of them (pixquery.query).
@@ -395,25 +441,90 @@ class Library:
         of their L2-normalised embeddings, normalised. Photos added by id ("more like this") are
         left out of the results.
 
-        threshold: an angular distance (0..1) above which results are dropped, or "auto" for the
-        threshold `pixquery eval` stored for this model.
-        """
-        from pixquery.ingest import video as video_mod
+        threshold: an angular distance (0..1) above which results are dropped, "auto" for the
+        threshold `pixquery eval` stored for this model, or for a sigmoid-trained model (SigLIP)
+        "p=0.5": the lowest match probability kept (the same meaning for every query and model).
 
+        In a library with OCR on (`index(ocr=True)`), a sentence is also matched against the text
+        read in the photos and the two rankings are fused (fusion.py); results then say which side
+        found them (`found_by`) and the lines of text that matched (`matched`). text_only skips the
+        model (score: the share of the query's words found), semantic_only the text. text_terms:
+        the phrases the text side looks for, when the query's texts come already encoded (the
+        server caches text vectors); default: the query's added phrases.
+        """
         parts = self.query_of(query, image=image, image_id=image_id, vector=vector, add=add, subtract=subtract,
                               image_weight=image_weight)
+        if text_only and semantic_only:
+            raise PixqueryError("--text-only and --semantic-only exclude each other")
+        # The text side (OCR) looks for the words of the phrases added; subtracted ones and image
+        # parts are the semantic side's alone.
+        words = " ".join(parts.text_terms() if text_terms is None else text_terms)
+        text_side = bool(words.strip()) and not semantic_only and self._has_text()
+        if text_only:
+            if not words.strip():
+                raise PixqueryError("--text-only needs a text query")
+            if not text_side:
+                raise PixqueryError(f"the library at {self.path} has no text read from its photos: "
+                                    "run pixquery index --ocr first")
+            from pixquery.search import text_only_results
+            from pixquery.text_search import search_text
+
+            hits = [h for h in search_text(self.catalog, words, limit=max(k, 50)) if h.image_id not in parts.liked_photos()]
+            return text_only_results(self.catalog, hits, k)
         if any(p.kind == query_mod.IMAGE_ID for p in parts):
             store_only.refuse(self, "image_id")
         index, row = self._index()
         threshold = self._threshold(threshold)
         q = query_mod.combine(self.encoder, parts, lambda part: self._part_vector(part, row))
         if row is None:  # store-only: the paths come from the collection, not from catalog rows
-            return run_store_query(index, q, k, threshold)
-        return run_query(self.catalog, index, row, q, k, threshold, exclude_image=parts.liked_photos(),
-                         merge_gap=video_mod.merge_gap_for(self.catalog))
+            results = run_store_query(index, q, k, threshold)
+        else:
+            results = self._run_query(parts, words if text_side else "", index, row, q, k, threshold)
+        probability = getattr(self.encoder, "match_probability", None)
+        if probability is not None and results and probability(0.0) is not None:
+            for r, p in zip(results, probability([r.score for r in results])):
+                r.probability = float(p)
+        return results
+
+    def _run_query(self, parts: Query, words: str, index: Any, row: Any, q: np.ndarray, k: int,
+                   threshold: float | None) -> Results:
+        """The semantic search of `q`, fused with the text side's hits for `words` when there are
+        any (a library with OCR, a query with words: text_search.py, fusion.py)."""
+        from pixquery.ingest import video as video_mod
+
+        liked = parts.liked_photos()
+        merge_gap = video_mod.merge_gap_for(self.catalog)
+        if not words:
+            return run_query(self.catalog, index, row, q, k, threshold, exclude_image=liked, merge_gap=merge_gap)
+        from pixquery.search import fuse_with_text
+        from pixquery.text_search import search_text
+
+        depth = max(2 * k, 50)  # fusion needs both lists deeper than the page
+        hits = [h for h in search_text(self.catalog, words, limit=depth) if h.image_id not in liked]
+        semantic = run_query(self.catalog, index, row, q, depth if hits else k, threshold, exclude_image=liked,
+                             merge_gap=merge_gap)
+        if not hits:
+            return semantic
+
+        def cosine_of(image_ids: list[int]) -> dict[int, float]:
+            found = {}
+            for image_id in image_ids:
+                v = self.catalog.image_embedding(row.model_id, int(image_id))
+                if v is not None:
+                    found[image_id] = float(np.dot(v, q.reshape(-1)))
+            return found
+
+        return fuse_with_text(self.catalog, semantic, hits, k, cosine_of)
+
+    def _has_text(self) -> bool:
+        """Whether OCR is on for this library (text was read, or will be at the next index run)."""
+        from pixquery.catalog.text import SETTING_OCR
+
+        return self.catalog.get_setting(SETTING_OCR) not in (None, "null")
 
     @staticmethod
-    def query_of(query: str | Query | None = None, *, image=None, image_id=None, vector=None,
+    def query_of(query: str | Query | None = None, *, image: str | Path | None = None, image_id: int | None = None,
+                 vector: np.ndarray | None = None,
                  add: Sequence[str] = (), subtract: Sequence[str] = (), image_weight: float = 1.0) -> Query:
         """The Query that search() runs for these arguments (the inline syntax of a string parsed)."""
         if isinstance(add, str) or isinstance(subtract, str):
@@ -438,13 +549,14 @@ class Library:
             raise PixqueryError("give a query: a text, an image, an image id or a vector")
         return parts
 
-    def _part_vector(self, part: query_mod.Part, row) -> np.ndarray:
+    def _part_vector(self, part: query_mod.Part, row: IndexRow | None) -> np.ndarray:
         """The embedding of a query part that is not text (combine() embeds the texts)."""
         from pixquery.ingest import pipeline
 
         if part.kind == query_mod.IMAGE:
             return self.embed_image(part.value)
         if part.kind == query_mod.IMAGE_ID:
+            assert row is not None  # search() refused image ids for a store-only library (no rows)
             q = self.catalog.image_embedding(row.model_id, int(part.value))
             if q is None:
                 raise PixqueryError(f"no image with id {part.value} in this library")
@@ -470,6 +582,8 @@ class Library:
     def _threshold(self, threshold: float | str | None) -> float | None:
         if threshold is None:
             return None
+        if isinstance(threshold, str) and threshold.replace(" ", "").startswith("p="):
+            return self._probability_threshold(threshold.replace(" ", "")[2:])
         if isinstance(threshold, str):
             if threshold != "auto":
                 try:
@@ -489,13 +603,34 @@ class Library:
             raise PixqueryError(f"threshold is an angular distance between 0 and 1, not {threshold}")
         return float(threshold)
 
+    def _probability_threshold(self, text: str) -> float:
+        """A match probability p -> the angular distance it corresponds to for this model:
+        sigmoid(scale * cos + bias) = p  <=>  cos = (logit(p) - bias) / scale."""
+        import math
+
+        from pixquery.search import angular_distance
+
+        try:
+            p = float(text)
+        except ValueError:
+            raise PixqueryError(f"threshold p= needs a probability between 0 and 1, not {text!r}") from None
+        if not 0.0 < p < 1.0:
+            raise PixqueryError(f"threshold p= needs a probability strictly between 0 and 1, not {p}")
+        enc = self.encoder
+        scale, bias = getattr(enc, "logit_scale", None), getattr(enc, "logit_bias", None)
+        if scale is None or bias is None:
+            raise PixqueryError(f"{enc.name} is not sigmoid-trained (SigLIP): it has no match probability; "
+                                "give an angular distance (e.g. --threshold 0.4) or 'auto'")
+        return angular_distance((math.log(p / (1 - p)) - float(bias)) / float(scale))
+
     # -- facts ----------------------------------------------------------------------------
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, Any]:
         catalog_bytes = sum(
             (self.path / f).stat().st_size for f in (CATALOG_FILE, CATALOG_FILE + "-wal") if (self.path / f).exists()
         )
-        out = {
+        models: list[dict[str, Any]] = []
+        out: dict[str, Any] = {
             "library": str(self.path),
             "model": self.model_name,
             "precision": self.precision,
@@ -505,7 +640,7 @@ class Library:
             "detections": self.catalog.count_detections(),
             "catalog_bytes": catalog_bytes,
             "excluded": self._exclusions(),
-            "models": [],
+            "models": models,
         }
         store = store_only.settings(self.catalog)
         if store is not None:
@@ -516,7 +651,7 @@ class Library:
         for m in self.catalog.models():
             n = self.catalog.count_embeddings(m.id)
             idx = self.catalog.active_index(m.id)
-            out["models"].append({
+            models.append({
                 "name": m.name, "fingerprint": m.fingerprint, "dim": m.dim, "embeddings": n,
                 "threshold": m.threshold,
                 "index": None if idx is None else {
@@ -527,8 +662,7 @@ class Library:
             })
         return out
 
-
-    def _exclusions(self) -> dict:
+    def _exclusions(self) -> dict[str, object]:
         """What scans leave out: by default, per folder (--exclude), and the ignore file's name."""
         from pixquery.ingest import exclude as excluding
 
@@ -545,11 +679,11 @@ class _StatusFile(IndexProgress):
         self.state = {"pid": os.getpid(), "stage": "starting", "done": 0, "total": 0, "failed": 0, "started_at": time.time()}
         self._last = 0.0
 
-    def __enter__(self):
+    def __enter__(self) -> _StatusFile:
         self._write(force=True)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         try:
             self.path.unlink()
         except FileNotFoundError:
@@ -565,33 +699,40 @@ class _StatusFile(IndexProgress):
         tmp.write_text(json.dumps(self.state))
         os.replace(tmp, self.path)
 
-    def scanned(self, found, to_embed, deleted):
+    def scanned(self, found: int, to_embed: int, deleted: int) -> None:
         self.state.update(stage="scanned", found=found, total=to_embed)
         self._write(force=True)
         self.inner.scanned(found, to_embed, deleted)
 
-    def started_embedding(self, total):
+    def reading_text(self, done: int, total: int) -> None:
+        self.state.update(stage="reading text", done=done, total=total)
+        self._write()
+        self.inner.reading_text(done, total)
+
+    def started_embedding(self, total: int) -> None:
         self.state.update(stage="embedding", total=total)
         self._write(force=True)
         self.inner.started_embedding(total)
 
-    def advance(self, done, failed):
+    def advance(self, done: int, failed: int) -> None:
         self.state.update(done=done, failed=failed)
         self._write()
         self.inner.advance(done, failed)
 
-    def failure(self, path, reason):
+    def failure(self, path: str, reason: str) -> None:
+        # info, not warning: the run's report (and the CLI's summary) lists every failure already
+        log.info("skipped %s: %s", path, reason)
         self.inner.failure(path, reason)
 
-    def stage(self, text):
+    def stage(self, text: str) -> None:
         self.state.update(stage=text)
         self._write(force=True)
         self.inner.stage(text)
 
-    def missing_plugin(self, fmt, count, reason):
+    def missing_plugin(self, fmt: str, count: int, reason: str) -> None:
         self.inner.missing_plugin(fmt, count, reason)
 
-    def loading(self, done, total):
+    def loading(self, done: int, total: int) -> None:
         self.state.update(loaded=done, to_load=total)
         self._write(force=done in (0, total))
         self.inner.loading(done, total)
@@ -603,7 +744,7 @@ class _FileLock:
     def __init__(self, path: Path):
         self.path = path
 
-    def __enter__(self):
+    def __enter__(self) -> _FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -615,7 +756,7 @@ class _FileLock:
         os.write(self.fd, str(os.getpid()).encode())
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
 

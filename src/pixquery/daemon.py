@@ -173,9 +173,7 @@ class QueryDaemon:
 
     def _library_model(self) -> str:
         """The model a search without --model uses: the library's (as Library.model_name says it)."""
-        from pixquery.encoders.registry import DEFAULT_MODEL
-
-        return normalize_model(self.lib.catalog.get_setting("model") or DEFAULT_MODEL)
+        return normalize_model(self.lib.catalog.get_setting("model") or self.lib.default_model())
 
     def _current(self) -> bool:
         """Whether the loaded encoder still is the library's model (catalog setting, precision, files)."""
@@ -281,7 +279,7 @@ class QueryDaemon:
         while not self._stopping:
             try:
                 conn, _ = self._sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 if self.idle_exit and time.monotonic() - last > self.idle_exit:
                     self.log(f"idle for {self.idle_exit:g} s: exiting")
                     return

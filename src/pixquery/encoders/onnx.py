@@ -21,8 +21,8 @@ import os
 import shutil
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from pixquery.encoders.base import PreprocessConfig, l2_normalize
 from pixquery.errors import PixqueryError
 
 REQUIRED = ("config.json", "visual/model.onnx", "visual/preprocess_cfg.json", "textual/model.onnx", "textual/tokenizer.json")
-log = logging.getLogger("pixquery")
+log = logging.getLogger(__name__)
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
 
@@ -214,12 +214,13 @@ def short_context_copy(text_model: Path, context: int, cache_dir: str | Path | N
             return None
     try:
         import onnx
-    except ImportError:
-        return None  # the onnx package is optional: queries just run at full length
+    except ImportError:  # the onnx package is optional: queries just run at full length
+        log.info("no short-context text model for %s: the onnx package is not installed", text_model)
+        return None
     try:
         model = _short_context_graph(text_model, context)
     except Exception as e:  # an unusual graph: never worse than the original
-        log.info("pixquery: no short-context text model for %s: %s", text_model, e)
+        log.info("no short-context text model for %s: %s", text_model, e)
         model = None
     ok = False
     if model is not None:
@@ -236,7 +237,7 @@ def short_context_copy(text_model: Path, context: int, cache_dir: str | Path | N
             a, b = full.run(None, {inp.name: ids})[0], short.run(None, {inp.name: ids[:, :n]})[0]
             ok = bool(np.allclose(a, b, rtol=1e-4, atol=1e-5))
         except Exception as e:
-            log.info("pixquery: short-context text model for %s failed its check: %s", text_model, e)
+            log.info("short-context text model for %s failed its check: %s", text_model, e)
     for target in (beside, cached):
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -253,9 +254,10 @@ def short_context_copy(text_model: Path, context: int, cache_dir: str | Path | N
 
 
 OPT_GRAPH, OPT_DATA, OPT_MANIFEST = "model.onnx", "model.onnx.data", "manifest.json"
-# Token ids that every check runs: <start> a dog on a beach <end>, and a shorter one (CLIP's ids;
-# any ids below the vocabulary size with the highest last work for the graphs pixquery makes).
-_CHECK_IDS = ([49406, 320, 1929, 530, 320, 2117, 49407], [49406, 320, 1125, 49407])
+# Token ids that every check runs: any ids below the vocabulary size with the highest last work for
+# the graphs pixquery makes (CLIP reads the highest id); below 100, so within every tokenizer's
+# vocabulary (SigLIP's, XLM-R's and the tiny test tokenizers' too).
+_CHECK_IDS = ([49, 20, 33, 41, 20, 60, 99], [49, 20, 25, 98])
 
 
 def _data_sample(path: Path, size: int) -> str:
@@ -354,7 +356,7 @@ def _build_optimized(source: Path, tmp: Path, source_key: str) -> bool:
             diff = max(diff, float(np.abs(a.astype(np.float64) - b).max()))
         del copy
     if diff > 1e-6:
-        log.info("pixquery: the optimised copy of %s differs by %.2g: not used", source, diff)
+        log.info("the optimised copy of %s differs by %.2g: not used", source, diff)
         return False
     graph, data = tmp / OPT_GRAPH, tmp / OPT_DATA
     if not data.is_file():  # a graph with no weight over 1 KiB: an empty weights file keeps one layout
@@ -388,7 +390,7 @@ def optimized_copy(source: Path, cache_dir: str | Path | None = None) -> Path | 
         if candidate.is_dir():
             if _valid_optimized(candidate, source_key):
                 return candidate / OPT_GRAPH
-            log.warning("pixquery: %s is corrupt or stale: making it again", candidate)
+            log.warning("%s is corrupt or stale: making it again", candidate)
             shutil.rmtree(candidate, ignore_errors=True)
     for target in (beside, cached):
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
@@ -401,7 +403,7 @@ def optimized_copy(source: Path, cache_dir: str | Path | None = None) -> Path | 
             except OSError:
                 raise  # cannot write here: the next place
             except Exception as e:  # an op this ONNX Runtime cannot save: never worse than before
-                log.info("pixquery: no optimised copy of %s: %s", source, e)
+                log.info("no optimised copy of %s: %s", source, e)
                 ok = False
             if not ok:
                 _none_marker(target).write_text("the optimised copy did not give the same outputs; the model is loaded as it is\n")
@@ -470,7 +472,15 @@ class OnnxClipEncoder:
         self.dim = int(self.config["embed_dim"])
         raw = json.loads((self.model_dir / "visual" / "preprocess_cfg.json").read_text(encoding="utf-8"))
         self.preprocess_cfg = PreprocessConfig.from_dict(raw)
-        self.context_length = int(self.config.get("text_cfg", {}).get("context_length", 77))
+        text_cfg = self.config.get("text_cfg", {})
+        self.context_length = int(text_cfg.get("context_length", 77))
+        # Only a causal text transformer read at CLIP's end token (the highest id) may be run on the
+        # ids up to that token; SigLIP reads the last position, XLM-R/NLLB pool over every token.
+        self._causal_clip_text = "hf_tokenizer_name" not in text_cfg and not text_cfg.get("no_causal_mask")
+        # SigLIP-trained models score a pair as sigmoid(scale * cosine + bias): a probability that
+        # the text matches, with the same meaning for every query (see match_probability).
+        self.logit_scale = self.config.get("logit_scale")
+        self.logit_bias = self.config.get("logit_bias")
         files = [self.model_dir / f for f in REQUIRED]
         self.fingerprint = file_fingerprint(files, extra=precision if precision != "fp32" else "")
         self._sessions: dict[str, object] = {}
@@ -526,7 +536,7 @@ class OnnxClipEncoder:
                 self.session_paths[tower] = optimized
                 return session
             except Exception as e:  # validated a moment ago, so unlikely: load the source as before
-                log.warning("pixquery: cannot load %s (%s); loading %s", optimized, str(e).splitlines()[0][:200], path)
+                log.warning("cannot load %s (%s); loading %s", optimized, str(e).splitlines()[0][:200], path)
                 opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             session = ort.InferenceSession(str(path), opts, providers=providers)
@@ -534,7 +544,7 @@ class OnnxClipEncoder:
             if providers == ["CPUExecutionProvider"]:
                 raise PixqueryError(f"ONNX Runtime cannot load {path}: {e}") from None
             # A CUDA build without a usable GPU or driver: run on the CPU, and say so once.
-            log.warning("pixquery: the GPU execution provider failed (%s); using the CPU", str(e).splitlines()[0][:200])
+            log.warning("the GPU execution provider failed (%s); using the CPU", str(e).splitlines()[0][:200])
             try:
                 session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             except Exception as e2:
@@ -576,7 +586,7 @@ class OnnxClipEncoder:
             raise PixqueryError(f"{self.model_dir / tower / 'model.onnx'}: input {inp.name} is {inp.type}; "
                                 "pixquery feeds float images and integer token ids")
         x = x.astype(_ORT_DTYPES[inp.type], copy=False)
-        if tower == "textual" and len(inp.shape) == 2 and not isinstance(inp.shape[1], int) and len(x):
+        if tower == "textual" and self._causal_clip_text and len(inp.shape) == 2 and not isinstance(inp.shape[1], int) and len(x):
             # A short-context text tower: positions after the last end-of-text token (the highest id,
             # where CLIP reads its output) change nothing through the causal mask.
             x = np.ascontiguousarray(x[:, : int(x.argmax(axis=1).max()) + 1])
@@ -594,6 +604,16 @@ class OnnxClipEncoder:
             out = np.concatenate(parts)
         return l2_normalize(out.reshape(len(x), -1))
 
+    def match_probability(self, cosine):
+        """For a sigmoid-trained model (SigLIP, SigLIP 2, nllb-clip-siglip): the model's own
+        probability that text and image match, sigmoid(logit_scale * cosine + logit_bias), the
+        quantity it was trained on, so one threshold means the same for every query. None for
+        softmax-trained (CLIP) models, whose cosine has no such calibration."""
+        if self.logit_bias is None or self.logit_scale is None:
+            return None
+        z = float(self.logit_scale) * np.asarray(cosine, np.float64) + float(self.logit_bias)
+        return 1.0 / (1.0 + np.exp(-z))
+
     # -- Encoder protocol ---------------------------------------------------------------------------
     def encode_images(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch)
@@ -603,11 +623,10 @@ class OnnxClipEncoder:
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         if self._tokenizer is None:
-            from pixquery.encoders.tokenizer import ClipTokenizer, pad_id_for
+            from pixquery.encoders.tokenizer import tokenizer_for
 
-            textual = self.model_dir / "textual"
-            pad_id = pad_id_for(self.config.get("text_cfg", {}), textual)
-            self._tokenizer = ClipTokenizer(textual / "tokenizer.json", self.context_length, pad_id, cache_dir=self._cache_dir)
+            self._tokenizer = tokenizer_for(self.model_dir / "textual", self.config.get("text_cfg", {}),
+                                            self.context_length, cache_dir=self._cache_dir)
         return self._tokenizer(texts)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

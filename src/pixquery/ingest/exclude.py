@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from pixquery.errors import PixqueryError
 
@@ -33,15 +33,21 @@ IGNORE_FILE = ".pixqueryignore"
 # Folder names never entered (compared exactly, or as a glob where they have one).
 SKIPPED_FOLDERS = (
     "@eaDir",  # Synology's thumbnails and metadata (one per folder)
-    "#recycle", "#snapshot",  # Synology's recycle bin and snapshots
-    "@Recycle", "@Recently-Snapshot",  # QNAP
-    "$RECYCLE.BIN", "System Volume Information",  # Windows
+    "#recycle",
+    "#snapshot",  # Synology's recycle bin and snapshots
+    "@Recycle",
+    "@Recently-Snapshot",  # QNAP
+    "$RECYCLE.BIN",
+    "System Volume Information",  # Windows
     "__MACOSX",  # macOS's resource forks unpacked from a zip
     "lost+found",
     "*.lrdata",  # Lightroom's previews and smart previews
 )
-DEFAULT_SKIPS = ("hidden files and folders (.*: .thumbnails, .AppleDouble, .Trash-*, ...)",) + SKIPPED_FOLDERS + (
-    "pixquery library folders (catalog.sqlite + indexes/)",)
+DEFAULT_SKIPS = (
+    ("hidden files and folders (.*: .thumbnails, .AppleDouble, .Trash-*, ...)",)
+    + SKIPPED_FOLDERS
+    + ("pixquery library folders (catalog.sqlite + indexes/)",)
+)
 
 
 def _skipped_folder(name: str) -> bool:
@@ -77,10 +83,10 @@ class Rules:
     rules: tuple = ()
 
     @classmethod
-    def for_root(cls, root: str, globs: Sequence[str] = ()) -> "Rules":
+    def for_root(cls, root: str, globs: Sequence[str] = ()) -> Rules:
         return cls(((root, _spec(globs)),) if globs else ())
 
-    def entering(self, folder: str, names: set[str], errors: list[tuple[str, str]]) -> "Rules":
+    def entering(self, folder: str, names: set[str], errors: list[tuple[str, str]]) -> Rules:
         """The rules below `folder` (whose entries are `names`): with its .pixqueryignore."""
         if IGNORE_FILE not in names:
             return self

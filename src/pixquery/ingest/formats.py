@@ -35,14 +35,41 @@ RAW = Format(
     # Adobe DNG; Canon CR2/CR3/CRW; Nikon NEF/NRW; Sony ARW/SRF/SR2; Fujifilm RAF; Olympus/OM ORF;
     # Panasonic RW2; Pentax PEF; Samsung SRW; Leica RWL; Hasselblad 3FR; Phase One IIQ; Minolta MRW;
     # Epson ERF; Kodak DCR/KDC.
-    frozenset({".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2",
-               ".pef", ".srw", ".rwl", ".3fr", ".iiq", ".mrw", ".erf", ".dcr", ".kdc"}),
-    "rawpy", INSTALL_FORMATS)
+    frozenset(
+        {
+            ".dng",
+            ".cr2",
+            ".cr3",
+            ".crw",
+            ".nef",
+            ".nrw",
+            ".arw",
+            ".srf",
+            ".sr2",
+            ".raf",
+            ".orf",
+            ".rw2",
+            ".pef",
+            ".srw",
+            ".rwl",
+            ".3fr",
+            ".iiq",
+            ".mrw",
+            ".erf",
+            ".dcr",
+            ".kdc",
+        }
+    ),
+    "rawpy",
+    INSTALL_FORMATS,
+)
 FORMATS = (HEIF, AVIF, RAW)
 EXTENSIONS = frozenset().union(*(f.extensions for f in FORMATS))
 
 # The ISO-BMFF major brands of HEIF images and sequences (AVIF's are Pillow's own plugin's).
-HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"})
+HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"}
+)
 
 
 DNG_VERSION_TAG = 50706  # a TIFF with this tag in its first IFD is a DNG

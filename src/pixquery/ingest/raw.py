@@ -89,7 +89,9 @@ def load_raw(source, draft_size: int | None, max_pixels: int, name) -> tuple[Ima
         s = raw.sizes
         sensor = (s.width, s.height)
         if s.width * s.height > max_pixels or s.raw_width * s.raw_height > max_pixels:
-            raise BadImage(name, f"RAW image is {s.raw_width}x{s.raw_height} pixels, above the {max_pixels:,}-pixel limit")
+            raise BadImage(
+                name, f"RAW image is {s.raw_width}x{s.raw_height} pixels, above the {max_pixels:,}-pixel limit"
+            )
         if s.width <= 0 or s.height <= 0:
             raise BadImage(name, "RAW file with no image in it")
         flip = s.flip

@@ -30,10 +30,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
-
 from typing import TYPE_CHECKING
 
 import numpy as np
