@@ -240,11 +240,9 @@ def index(
     videos: bool = typer.Option(True, "--videos/--no-videos", help="Index video files too"),
     every: Optional[float] = typer.Option(None, "--every", help="Videos: a frame at least every N seconds (default 2, kept for later runs)"),
     exclude: list[str] = typer.Option(None, "--exclude", metavar="GLOB",
-                                      help="Leave out what this .gitignore-style glob matches, relative to each folder given "
-                                           "(repeatable; e.g. '*.png', 'Screenshots/'). Remembered for those folders; "
-                                           "a .pixqueryignore file in any folder works too. Hidden folders and app caches "
-                                           "(@eaDir, #recycle, *.lrdata, ...) are always left out: see pixquery info"),
-    clear_exclude: bool = typer.Option(False, "--clear-exclude", help="Forget the --exclude globs remembered for these folders"),
+                                      help="Leave out what this .gitignore-style glob matches in the folders "
+                                           "(repeatable; kept for later runs; .pixqueryignore files work too)"),
+    clear_exclude: bool = typer.Option(False, "--clear-exclude", help="Forget the folders' --exclude globs"),
     engine: str = typer.Option("local", "--engine", help="Where decoding and encoding run: local (this machine) or ray (a Ray cluster; needs pixquery[ray])"),
     address: Optional[str] = typer.Option(None, "--address", help="ray: the cluster, 'auto' or ray://HOST:PORT [default: start a local Ray for the run]"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
