@@ -63,6 +63,13 @@ class IndexProgress:
     def loading(self, done: int, total: int) -> None:
         """Vectors loaded so far into an index that is filled in batches (a Milvus collection)."""
 
+    def reading_text(self, done: int, total: int) -> None:
+        """Photos read by the OCR stage so far (`index(ocr=True)`)."""
+
+    def missing_plugin(self, fmt: str, count: int, reason: str) -> None:
+        """`count` files of format `fmt` cannot be indexed here: `reason` names the install command
+        (once per format and run; the files are in the failures too)."""
+
 
 @dataclass
 class IndexReport:
@@ -73,12 +80,17 @@ class IndexReport:
     videos: int = 0  # videos (re)indexed in this run (also counted in indexed)
     frames: int = 0  # video frames embedded in this run
     regions: int = 0  # region embeddings (tiles, detector boxes) of photos and frames made in this run
+    text_photos: int = 0  # photos whose text was read (OCR) in this run
+    text_lines: int = 0  # lines of text found in them
+    ocr_seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     # The failures that are new: not the same file failing for the same reason in an earlier run.
     new_failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     embed_seconds: float = 0.0
     index: SyncReport | None = None
+    # format -> (what is missing + the install command, files): files whose decoder plugin is missing
+    missing_plugins: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -89,8 +101,11 @@ class IndexReport:
         return {
             "found": self.found, "indexed": self.indexed, "skipped": self.skipped, "removed": self.removed,
             "videos": self.videos, "frames": self.frames, "regions": self.regions,
+            "text_photos": self.text_photos, "text_lines": self.text_lines, "ocr_seconds": round(self.ocr_seconds, 3),
             "failed": [{"path": p, "reason": r, "new": (p, r) in new} for p, r in self.failed],
             "new_failures": len(self.new_failures), "seconds": round(self.seconds, 3),
+            "missing_plugins": [{"format": f, "files": len(paths), "fix": reason}
+                                for f, (reason, paths) in self.missing_plugins.items()],
             "images_per_second": round(self.images_per_second, 2),
             "index": None if self.index is None else {
                 "kind": self.index.kind, "added": self.index.added, "removed": self.index.removed,
@@ -106,10 +121,12 @@ class Library:
             raise LibraryError(f"no library at {self.path}: make one with `pixquery index FOLDER --library {self.path}`")
         self.catalog = Catalog(self.path / CATALOG_FILE)
         self._model_name = model
+        self._default_model: str | None = None
         if precision is not None and precision not in PRECISIONS:
             raise PixqueryError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self._precision = precision
         self._encoder: Encoder | None = encoder  # given: used instead of loading `model` (see open)
+        self._injected_encoder = encoder is not None
         # (index_id, path, index, index row), or ("store", None, collection, None)
         self._loaded: tuple[Any, ...] | None = None
 
@@ -142,11 +159,20 @@ class Library:
 
     @property
     def model_name(self) -> str:
-        from pixquery.encoders.registry import DEFAULT_MODEL
-
-        name = self._model_name or self.catalog.get_setting("model") or DEFAULT_MODEL
+        name = self._model_name or self.catalog.get_setting("model") or self.default_model()
         # A local folder is remembered by its absolute path, so the library works from any cwd.
         return os.path.abspath(name) if os.path.isdir(os.path.expanduser(name)) else name
+
+    def default_model(self) -> str:
+        """The model of a library that names none: DEFAULT_MODEL for a new one. A library already
+        holding embeddings without a stored model setting was indexed with the default of its time,
+        which was LEGACY_DEFAULT_MODEL (until the default followed bench/models.py's rule, `index`
+        stored a model only when --model was given): it keeps that model."""
+        from pixquery.encoders.registry import DEFAULT_MODEL, LEGACY_DEFAULT_MODEL
+
+        if self._default_model is None:  # decided once, as opened: this instance's own embeddings do not count
+            self._default_model = LEGACY_DEFAULT_MODEL if any(m.dim for m in self.catalog.models()) else DEFAULT_MODEL
+        return self._default_model
 
     @property
     def precision(self) -> str:
@@ -190,6 +216,8 @@ class Library:
         every_seconds: float | None = None,
         engine: str = "local",
         address: str | None = None,
+        ocr: bool | None = None,
+        exclude: Sequence[str] | None = None,
     ) -> IndexReport:
         """Add folders (or files) to the library and bring it up to date with the disk.
 
@@ -202,8 +230,16 @@ class Library:
         every `every_seconds`, default: the library's setting, else 2, plus one at each cut).
         engine: where decoding and encoding run: "local" (this machine's cores) or "ray" (a Ray
         cluster at `address`, "auto" or "ray://host:port"; None starts a local Ray for the run);
-        the results are written here, in this library, either way.
+        the results are written here, in this library, either way. ocr: True reads the text in
+        photos (ingest/ocr.py; needs pixquery[ocr]) so that searches match it too, False stops and
+        forgets it, None keeps the library's setting.
+        exclude: gitignore-style globs to leave out of the folders indexed in this run (relative to
+        each), remembered for them ([] forgets theirs; None keeps what each remembers). Files they
+        exclude that were indexed before leave the library. See ingest/exclude.py, which also says
+        what is skipped by default, and .pixqueryignore files.
         """
+        from pixquery.ingest import exclude as excluding
+        from pixquery.ingest import ocr as ocr_mod
         from pixquery.ingest import pipeline, sources
         from pixquery.ingest import regions as region_mod
         from pixquery.ingest import scan as scanning
@@ -224,16 +260,29 @@ class Library:
             for root in roots:
                 if not os.path.exists(root):
                     raise LibraryError(f"{root}: no such file or folder")
+            if exclude is not None:
+                exclude = excluding.check_globs(exclude)
+                if exclude and not any(os.path.isdir(r) for r in roots):
+                    raise PixqueryError("--exclude is for folders: none of the paths given is a folder")
             model = self._model_row(create=True)
             assert model is not None  # create=True
             kind, params, changed_config = self._index_config(index, index_params)
             region_cfg = region_mod.choose_config(self.catalog, regions, detector)
+            ocr_cfg = ocr_mod.choose_config(self.catalog, ocr)
+            if ocr_cfg is not None:
+                ocr_cfg = ocr_cfg.resolved()  # fails now, before any work, without the engine
+                reader = ocr_mod.TextReader(ocr_cfg)
             sampling = video_mod.choose_sampling(self.catalog, every_seconds=every_seconds)
             with self.catalog.transaction():
                 for root in roots:
                     if os.path.isdir(root):
                         self.catalog.add_folder(root)
-                if self._model_name:
+                        if exclude is not None:
+                            self.catalog.set_folder_excludes(root, exclude)
+                # Stored for the default too (not only for --model): a later change of the default
+                # never changes the model of an existing library. (An injected stand-in encoder
+                # without a model name is no model to remember.)
+                if self._model_name or not self._injected_encoder:
                     self.catalog.set_setting("model", self.model_name)
                 if self._precision:
                     self.catalog.set_setting("precision", self._precision)
@@ -242,8 +291,13 @@ class Library:
             plan = sources.plan(self.catalog, roots, model.id, regions=region_cfg, sampling=sampling, videos=videos)
             report.found, report.skipped, report.removed = plan.found, plan.skipped, plan.removed
             report.failed.extend(plan.failed)
+            report.missing_plugins = plan.missing_plugins
+            unsupported = {p for _, paths in plan.missing_plugins.values() for p in paths}
             for path, reason in plan.failed:
-                progress.failure(path, reason)
+                if path not in unsupported:
+                    progress.failure(path, reason)
+            for fmt, (reason, paths) in plan.missing_plugins.items():
+                progress.missing_plugin(fmt, len(paths), reason)
             progress.scanned(plan.found, plan.to_embed, plan.removed)
 
             writer = CatalogWriter(self.catalog, model.id)
@@ -261,6 +315,14 @@ class Library:
             report.embed_seconds = stats.seconds
             report.failed.extend(stats.failed)
             report.failed.extend(stats.problems)
+
+            ocr_mod.apply_config(self.catalog, ocr_cfg)
+            if ocr_cfg is not None:
+                progress.stage("reading text in photos")
+                text = ocr_mod.read_photos(self.catalog, ocr_cfg, reader=reader, on_progress=progress.reading_text,
+                                           on_failure=progress.failure)
+                report.text_photos, report.text_lines, report.ocr_seconds = text.photos, text.lines, text.seconds
+                report.failed.extend(text.failed)
 
             report.index = sync_index(self.catalog, self.path, model, kind, params, rebuild=changed_config,
                                       on_stage=progress.stage, on_load=progress.loading,
@@ -365,6 +427,9 @@ class Library:
         image_weight: float = 1.0,
         k: int = 10,
         threshold: float | str | None = None,
+        text_only: bool = False,
+        semantic_only: bool = False,
+        text_terms: Sequence[str] | None = None,
         collapse: bool | float = False,
     ) -> Results:
         """Search by a sentence, an image file, an image already in the library, a raw vector, or
@@ -377,44 +442,108 @@ class Library:
         of their L2-normalised embeddings, normalised. Photos added by id ("more like this") are
         left out of the results.
 
-        threshold: an angular distance (0..1) above which results are dropped, or "auto" for the
-        threshold `pixquery eval` stored for this model.
+        threshold: an angular distance (0..1) above which results are dropped, "auto" for the
+        threshold `pixquery eval` stored for this model, or for a sigmoid-trained model (SigLIP)
+        "p=0.5": the lowest match probability kept (the same meaning for every query and model).
         collapse: fold near-duplicate photos into the best-ranked one of them (its `duplicates`
         lists their paths), so k results are k different pictures. True uses the near-duplicate
         threshold of `duplicates` (pixquery.duplicates.DEFAULT_THRESHOLD), a number sets it (an
         angular distance).
-        """
-        from pixquery.ingest import video as video_mod
 
+        In a library with OCR on (`index(ocr=True)`), a sentence is also matched against the text
+        read in the photos and the two rankings are fused (fusion.py); results then say which side
+        found them (`found_by`) and the lines of text that matched (`matched`). text_only skips the
+        model (score: the share of the query's words found), semantic_only the text. text_terms:
+        the phrases the text side looks for, when the query's texts come already encoded (the
+        server caches text vectors); default: the query's added phrases.
+        """
         parts = self.query_of(query, image=image, image_id=image_id, vector=vector, add=add, subtract=subtract,
                               image_weight=image_weight)
+        if text_only and semantic_only:
+            raise PixqueryError("--text-only and --semantic-only exclude each other")
+        # The text side (OCR) looks for the words of the phrases added; subtracted ones and image
+        # parts are the semantic side's alone.
+        words = " ".join(parts.text_terms() if text_terms is None else text_terms)
+        text_side = bool(words.strip()) and not semantic_only and self._has_text()
+        if text_only:
+            if not words.strip():
+                raise PixqueryError("--text-only needs a text query")
+            if not text_side:
+                raise PixqueryError(f"the library at {self.path} has no text read from its photos: "
+                                    "run pixquery index --ocr first")
+            from pixquery.search import text_only_results
+            from pixquery.text_search import search_text
+
+            hits = [h for h in search_text(self.catalog, words, limit=max(k, 50)) if h.image_id not in parts.liked_photos()]
+            return text_only_results(self.catalog, hits, k)
         if any(p.kind == query_mod.IMAGE_ID for p in parts):
             store_only.refuse(self, "image_id")
         index, row = self._index()
         threshold = self._threshold(threshold)
         q = query_mod.combine(self.encoder, parts, lambda part: self._part_vector(part, row))
-        if collapse is not False and collapse is not None:
-            if row is None:
+        folding = collapse is not False and collapse is not None
+        if row is None:  # store-only: the paths come from the collection, not from catalog rows
+            if folding:
                 raise PixqueryError("collapsing near-duplicates needs the photos' embeddings in the catalog, "
                                     "which a store-only library does not keep")
-            return self._collapsed_query(index, row, q, k, threshold, parts.liked_photos(), collapse)
-        if row is None:  # store-only: the paths come from the collection, not from catalog rows
-            return run_store_query(index, q, k, threshold)
-        return run_query(self.catalog, index, row, q, k, threshold, exclude_image=parts.liked_photos(),
-                         merge_gap=video_mod.merge_gap_for(self.catalog))
+            results = run_store_query(index, q, k, threshold)
+        elif folding:
+            results = self._collapsed_query(parts, words if text_side else "", index, row, q, k, threshold, collapse)
+        else:
+            results = self._run_query(parts, words if text_side else "", index, row, q, k, threshold)
+        probability = getattr(self.encoder, "match_probability", None)
+        if probability is not None and results and probability(0.0) is not None:
+            for r, p in zip(results, probability([r.score for r in results])):
+                r.probability = float(p)
+        return results
 
-    def _collapsed_query(self, index, row, q, k: int, threshold, exclude, collapse) -> Results:
-        """run_query, then near-duplicates folded into the best of them; fetches more (x4 each time)
-        while fewer than k distinct pictures remain and the index has more."""
-        from pixquery import duplicates
+    def _run_query(self, parts: Query, words: str, index: Any, row: Any, q: np.ndarray, k: int,
+                   threshold: float | None) -> Results:
+        """The semantic search of `q`, fused with the text side's hits for `words` when there are
+        any (a library with OCR, a query with words: text_search.py, fusion.py)."""
         from pixquery.ingest import video as video_mod
+
+        liked = parts.liked_photos()
+        merge_gap = video_mod.merge_gap_for(self.catalog)
+        if not words:
+            return run_query(self.catalog, index, row, q, k, threshold, exclude_image=liked, merge_gap=merge_gap)
+        from pixquery.search import fuse_with_text
+        from pixquery.text_search import search_text
+
+        depth = max(2 * k, 50)  # fusion needs both lists deeper than the page
+        hits = [h for h in search_text(self.catalog, words, limit=depth) if h.image_id not in liked]
+        semantic = run_query(self.catalog, index, row, q, depth if hits else k, threshold, exclude_image=liked,
+                             merge_gap=merge_gap)
+        if not hits:
+            return semantic
+
+        def cosine_of(image_ids: list[int]) -> dict[int, float]:
+            found = {}
+            for image_id in image_ids:
+                v = self.catalog.image_embedding(row.model_id, int(image_id))
+                if v is not None:
+                    found[image_id] = float(np.dot(v, q.reshape(-1)))
+            return found
+
+        return fuse_with_text(self.catalog, semantic, hits, k, cosine_of)
+
+    def _has_text(self) -> bool:
+        """Whether OCR is on for this library (text was read, or will be at the next index run)."""
+        from pixquery.catalog.text import SETTING_OCR
+
+        return self.catalog.get_setting(SETTING_OCR) not in (None, "null")
+
+    def _collapsed_query(self, parts: Query, words: str, index: Any, row: Any, q: np.ndarray, k: int,
+                         threshold: float | None, collapse: bool | float) -> Results:
+        """_run_query, then near-duplicates folded into the best of them; fetches more (x4 each
+        time) while fewer than k distinct pictures remain and the index has more."""
+        from pixquery import duplicates
 
         near = duplicates.check_threshold(None if collapse is True else collapse)
         k = max(1, int(k))
         fetch = k * 3 + 8
         while True:
-            found = run_query(self.catalog, index, row, q, fetch, threshold, exclude_image=exclude,
-                              merge_gap=video_mod.merge_gap_for(self.catalog))
+            found = self._run_query(parts, words, index, row, q, fetch, threshold)
             vectors = self.catalog.photo_vectors(row.model_id, [r.image_id for r in found if r.image_id is not None])
             kept = duplicates.collapse_results(list(found), vectors, near)
             if len(kept) >= k or len(found) < fetch or fetch >= len(index):
@@ -501,6 +630,8 @@ class Library:
     def _threshold(self, threshold: float | str | None) -> float | None:
         if threshold is None:
             return None
+        if isinstance(threshold, str) and threshold.replace(" ", "").startswith("p="):
+            return self._probability_threshold(threshold.replace(" ", "")[2:])
         if isinstance(threshold, str):
             if threshold != "auto":
                 try:
@@ -520,6 +651,26 @@ class Library:
             raise PixqueryError(f"threshold is an angular distance between 0 and 1, not {threshold}")
         return float(threshold)
 
+    def _probability_threshold(self, text: str) -> float:
+        """A match probability p -> the angular distance it corresponds to for this model:
+        sigmoid(scale * cos + bias) = p  <=>  cos = (logit(p) - bias) / scale."""
+        import math
+
+        from pixquery.search import angular_distance
+
+        try:
+            p = float(text)
+        except ValueError:
+            raise PixqueryError(f"threshold p= needs a probability between 0 and 1, not {text!r}") from None
+        if not 0.0 < p < 1.0:
+            raise PixqueryError(f"threshold p= needs a probability strictly between 0 and 1, not {p}")
+        enc = self.encoder
+        scale, bias = getattr(enc, "logit_scale", None), getattr(enc, "logit_bias", None)
+        if scale is None or bias is None:
+            raise PixqueryError(f"{enc.name} is not sigmoid-trained (SigLIP): it has no match probability; "
+                                "give an angular distance (e.g. --threshold 0.4) or 'auto'")
+        return angular_distance((math.log(p / (1 - p)) - float(bias)) / float(scale))
+
     # -- facts ----------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
@@ -536,6 +687,7 @@ class Library:
             "videos": self.catalog.count_videos(),
             "detections": self.catalog.count_detections(),
             "catalog_bytes": catalog_bytes,
+            "excluded": self._exclusions(),
             "models": models,
         }
         store = store_only.settings(self.catalog)
@@ -557,6 +709,13 @@ class Library:
                 },
             })
         return out
+
+    def _exclusions(self) -> dict[str, object]:
+        """What scans leave out: by default, per folder (--exclude), and the ignore file's name."""
+        from pixquery.ingest import exclude as excluding
+
+        return {"by_default": list(excluding.DEFAULT_SKIPS), "folders": self.catalog.folder_excludes(),
+                "ignore_file": excluding.IGNORE_FILE}
 
 
 class _StatusFile(IndexProgress):
@@ -593,6 +752,11 @@ class _StatusFile(IndexProgress):
         self._write(force=True)
         self.inner.scanned(found, to_embed, deleted)
 
+    def reading_text(self, done: int, total: int) -> None:
+        self.state.update(stage="reading text", done=done, total=total)
+        self._write()
+        self.inner.reading_text(done, total)
+
     def started_embedding(self, total: int) -> None:
         self.state.update(stage="embedding", total=total)
         self._write(force=True)
@@ -612,6 +776,9 @@ class _StatusFile(IndexProgress):
         self.state.update(stage=text)
         self._write(force=True)
         self.inner.stage(text)
+
+    def missing_plugin(self, fmt: str, count: int, reason: str) -> None:
+        self.inner.missing_plugin(fmt, count, reason)
 
     def loading(self, done: int, total: int) -> None:
         self.state.update(loaded=done, to_load=total)

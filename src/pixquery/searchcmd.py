@@ -124,19 +124,27 @@ def _default_library() -> Path:
     return Path(base) / "pixquery"
 
 
-def _in_process(query, k, threshold, library, model, as_json, collapse=False):
+def _in_process(query, k, threshold, library, model, as_json, text_only=False, semantic_only=False, collapse=False):
     from pixquery.api import Library
 
     with Library.open(library, model=model, create=False) as lib:
-        enc = lib.encoder
-        if hasattr(enc, "prepack"):
-            enc.prepack = False  # one query, then exit: re-laying the weights costs more than it saves
-        if not as_json and getattr(enc, "random_weights", False):
-            warn_random(lib.model_name)
+        if not text_only:  # --text-only loads no model
+            enc = lib.encoder
+            if hasattr(enc, "prepack"):
+                enc.prepack = False  # one query, then exit: re-laying the weights costs more than it saves
+            if not as_json and getattr(enc, "random_weights", False):
+                warn_random(lib.model_name)
         t0 = time.perf_counter()
-        results = lib.search(query, k=k, threshold=threshold, collapse=collapse)
+        results = lib.search(query, k=k, threshold=threshold, text_only=text_only, semantic_only=semantic_only,
+                             collapse=collapse)
         ms = (time.perf_counter() - t0) * 1000
         return Found.of(results), ms
+
+
+def matched_text(result: dict) -> str:
+    """The lines of text that matched a query, as the CLI prints them: '"RE16 TGK" [box 0.04,0.13,0.48,0.22]; ...'."""
+    return "; ".join(f'"{m["text"]}" [box ' + ",".join(f"{v:.2f}" for v in m["box"]) + "]"
+                     for m in result.get("matched") or [])
 
 
 def _combined(query: str | None, add, subtract, images, weights):
@@ -158,10 +166,11 @@ def _combined(query: str | None, add, subtract, images, weights):
 
 
 def search_command(query: str | None, image, k: int, threshold: str | None, library: Path | None,
-                   model: str | None, as_json: bool, add=(), subtract=(), weight=(), collapse: bool = False,
-                   collapse_threshold: float | None = None) -> None:
+                   model: str | None, as_json: bool, add=(), subtract=(), weight=(), text_only: bool = False,
+                   semantic_only: bool = False, collapse: bool = False, collapse_threshold: float | None = None) -> None:
     """Search and print (the body of `pixquery search`); raises PixqueryError for a user error.
     image: a path or a list of paths (--image, repeatable), weight: their --weight values.
+    text_only / semantic_only: match only the text read in photos (OCR) / only by meaning.
     collapse: fold near-duplicates (Library.search's collapse=, at collapse_threshold when given);
     answered in this process, not by the daemon, which does not collapse."""
     images = [] if image is None else [image] if isinstance(image, (str, Path)) else list(image)
@@ -172,15 +181,17 @@ def search_command(query: str | None, image, k: int, threshold: str | None, libr
     if collapse and collapse_threshold is not None:
         collapse = collapse_threshold
     combined = _combined(query, add, subtract, images, list(weight))
-    # The daemon answers text-only queries: the combined one travels in the inline syntax.
+    # The daemon answers text-only queries: the combined one travels in the inline syntax. It
+    # searches both sides (semantic and, with OCR, text): one side alone is searched here.
     inline = query if query is not None and len(combined) == 1 and not images else combined.to_inline()
-    got = _from_daemon(inline, k, threshold, library, model) if inline is not None and collapse is False else None
+    plain = inline is not None and not text_only and not semantic_only and collapse is False
+    got = _from_daemon(inline, k, threshold, library, model) if plain else None
     if got is not None:
         found, random_weights, model_name, ms = got
         if random_weights and not as_json:
             warn_random(model_name)
     else:
-        found, ms = _in_process(combined, k, threshold, library, model, as_json, collapse)
+        found, ms = _in_process(combined, k, threshold, library, model, as_json, text_only, semantic_only, collapse)
     if as_json:
         print(json.dumps({"query": query, "image": str(images[0]) if images else None, "parts": combined.to_dicts(),
                           "threshold": found.threshold,
@@ -189,8 +200,9 @@ def search_command(query: str | None, image, k: int, threshold: str | None, libr
     rows = [(r["rank"], f"{r['score']:.4f}", f"{r['distance']:.4f}",
              where + (f" (+{len(r['duplicates'])} near-duplicates)" if r.get("duplicates") else ""))
             for r, where in zip(found.results, found.locations)]
-    if piped():  # one result a line: rank, score, distance, location (`| cut -f4`)
-        write_rows(rows)
+    texts = [matched_text(r) for r in found.results]
+    if piped():  # one result a line: rank, score, distance, location (`| cut -f4`), and matched text if any
+        write_rows(row + ((text,) if text else ()) for row, text in zip(rows, texts))
     else:
         from rich.console import Console
         from rich.markup import escape
@@ -200,8 +212,10 @@ def search_command(query: str | None, image, k: int, threshold: str | None, libr
         for col, just in (("#", "right"), ("score", "right"), ("distance", "right")):
             table.add_column(col, justify=just, no_wrap=True)
         table.add_column("path", overflow="fold")  # a path is never cut short: it is the answer
-        for row in rows:
-            table.add_row(*map(str, row[:3]), escape(row[3]))
+        if any(texts):
+            table.add_column("text matched", overflow="fold")
+        for row, text in zip(rows, texts):
+            table.add_row(*map(str, row[:3]), escape(row[3]), *([escape(text)] if any(texts) else []))
         Console().print(table)
     note = f"{len(found.results)} results in {ms:.0f} ms"
     if found.threshold is not None:

@@ -18,12 +18,13 @@ from pixquery.catalog.rows import ImageRow, IndexRow, Item, ModelRow
 from pixquery.catalog.schema import MIGRATIONS, SCHEMA_VERSION, split_sql
 from pixquery.catalog.schema import chunks as _chunks
 from pixquery.catalog.shards import ShardTables
+from pixquery.catalog.text import TextTables
 from pixquery.errors import LibraryError
 
 MEDIA_PHOTO, MEDIA_REGION, MEDIA_VIDEO = 0, 1, 2  # `media` of index_fields
 
 
-class Catalog(MediaTables, ShardTables, DuplicateTables):
+class Catalog(MediaTables, ShardTables, TextTables, DuplicateTables):
     def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
         if readonly and not self.path.exists():
@@ -95,6 +96,15 @@ class Catalog(MediaTables, ShardTables, DuplicateTables):
 
     def folders(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT path FROM folder ORDER BY path")]
+
+    def folder_excludes(self) -> dict[str, list[str]]:
+        """folder -> its remembered --exclude globs (folders with none are left out)."""
+        rows = self.db.execute("SELECT path, exclude FROM folder ORDER BY path")
+        return {p: globs for p, e in rows if (globs := json.loads(e or "[]"))}
+
+    def set_folder_excludes(self, path: str, globs: Sequence[str]) -> None:
+        """Remember `globs` for the folder `path` (added before; call inside a transaction)."""
+        self.db.execute("UPDATE folder SET exclude = ? WHERE path = ?", (json.dumps(list(globs)), path))
 
     # -- images ---------------------------------------------------------------------------
 
