@@ -27,7 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from pixquery.encoders.registry import load_encoder  # noqa: E402
 from pixquery.ingest.pipeline import embed_picture  # noqa: E402
 
-VARIANTS = {"half size, JPEG q70": (0.5, 70), "JPEG q40": (1.0, 40), "3/4 size, JPEG q85": (0.75, 85), "PNG": (1.0, None)}
+VARIANTS = {
+    "half size, JPEG q70": (0.5, 70),
+    "JPEG q40": (1.0, 40),
+    "3/4 size, JPEG q85": (0.75, 85),
+    "PNG": (1.0, None),
+}
 
 
 def variants(path: Path) -> dict[str, bytes]:
@@ -57,7 +62,9 @@ def main() -> None:
             copies[name].append(float(np.arccos(np.clip(v0 @ embed_picture(data, enc), -1, 1)) / np.pi))
     x = np.stack(originals)
     d = np.arccos(np.clip((x @ x.T)[np.triu_indices(len(x), 1)], -1, 1)) / np.pi
-    print(f"model {args.model}{' (random weights)' if getattr(enc, 'random_weights', False) else ''}, {len(files)} photos of {args.photos}")
+    print(
+        f"model {args.model}{' (random weights)' if getattr(enc, 'random_weights', False) else ''}, {len(files)} photos of {args.photos}"
+    )
     print("| pair | min | median | max |\n|---|---:|---:|---:|")
     for name, ds in copies.items():
         print(f"| photo vs its copy: {name} | {min(ds):.4f} | {np.median(ds):.4f} | {max(ds):.4f} |")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -89,7 +88,9 @@ def recall(planted: list[list[int]], found: list[list[int]]) -> tuple[float, flo
             group_of[i] = n
     whole = sum(len({group_of.get(i, -1 - i) for i in g}) == 1 for g in planted)
     pairs = sum(len(g) - 1 for g in planted)
-    pairs_found = sum(group_of.get(i) is not None and group_of.get(i) == group_of.get(g[0]) for g in planted for i in g[1:])
+    pairs_found = sum(
+        group_of.get(i) is not None and group_of.get(i) == group_of.get(g[0]) for g in planted for i in g[1:]
+    )
     planted_rows = {i for g in planted for i in g}
     other = sum(not (set(g) & planted_rows) for g in found)
     return whole / len(planted), pairs_found / pairs, other
@@ -99,16 +100,29 @@ def run_vectors(x: np.ndarray, planted, threshold: float, nprobe: int | None, ex
     c0 = time.process_time()
     t0 = time.perf_counter()
     marks = {}
-    first, second, method = dup.near_pairs(x, threshold, nprobe=nprobe, exact_max=exact_max,
-                                           progress=lambda d, t: marks.setdefault("first_batch", time.perf_counter()))
+    first, second, method = dup.near_pairs(
+        x,
+        threshold,
+        nprobe=nprobe,
+        exact_max=exact_max,
+        progress=lambda d, t: marks.setdefault("first_batch", time.perf_counter()),
+    )
     t1 = time.perf_counter()
     groups = dup.group_ids(np.arange(len(x)), first, second, [])
     t2 = time.perf_counter()
     whole, pairs, other = recall(planted, groups)
-    return {"method": method, "pairs": int(len(first)), "groups": len(groups), "seconds": t2 - t0,
-            "cpu_s": time.process_time() - c0,
-            "range_search_s": t1 - t0, "components_s": t2 - t1, "group_recall": whole, "pair_recall": pairs,
-            "other_groups": other}
+    return {
+        "method": method,
+        "pairs": int(len(first)),
+        "groups": len(groups),
+        "seconds": t2 - t0,
+        "cpu_s": time.process_time() - c0,
+        "range_search_s": t1 - t0,
+        "components_s": t2 - t1,
+        "group_recall": whole,
+        "pair_recall": pairs,
+        "other_groups": other,
+    }
 
 
 def run_library(x: np.ndarray, exact: np.ndarray, planted, threshold: float, nprobe: int | None) -> dict:
@@ -130,8 +144,9 @@ def run_library(x: np.ndarray, exact: np.ndarray, planted, threshold: float, npr
             with cat.transaction():
                 for i in range(lo, min(len(x), lo + 50_000)):
                     sha = f"{source_of.get(i, i):064x}"
-                    image_id = cat.upsert_image(f"/photos/{i // 1000:04d}/{i:07d}.jpg", 2_000_000 + i, 1_600_000_000 + i,
-                                                sha, 4000, 3000)
+                    image_id = cat.upsert_image(
+                        f"/photos/{i // 1000:04d}/{i:07d}.jpg", 2_000_000 + i, 1_600_000_000 + i, sha, 4000, 3000
+                    )
                     cat.put_image_embedding(model.id, image_id, x[i])
         t_write = time.perf_counter() - t_write
         c0, t0 = time.process_time(), time.perf_counter()
@@ -140,17 +155,35 @@ def run_library(x: np.ndarray, exact: np.ndarray, planted, threshold: float, npr
         found = [[int(Path(m.path).stem) for m in g.members] for g in report.groups]  # the row is in the name
         cat.close()
     whole, pairs, other = recall(planted, found)
-    return {"method": report.method, "groups": len(report.groups), "seconds": seconds, "cpu_s": cpu, "group_recall": whole,
-            "pair_recall": pairs, "other_groups": other, "catalog_write_s": t_write}
+    return {
+        "method": report.method,
+        "groups": len(report.groups),
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "group_recall": whole,
+        "pair_recall": pairs,
+        "other_groups": other,
+        "catalog_write_s": t_write,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--nprobe", type=int, nargs="+", default=[4, 8, 16])
-    ap.add_argument("--nprobe-large", type=int, nargs="*", default=[8], help="nprobe values above 200k vectors (none: only the library run)")
-    ap.add_argument("--library-sizes", type=int, nargs="*", default=[100_000], help="also run find_duplicates on a catalog")
-    ap.add_argument("--all-pairs", type=int, default=100_000, help="time the exact all-pairs range search at this size (0: skip)")
+    ap.add_argument(
+        "--nprobe-large",
+        type=int,
+        nargs="*",
+        default=[8],
+        help="nprobe values above 200k vectors (none: only the library run)",
+    )
+    ap.add_argument(
+        "--library-sizes", type=int, nargs="*", default=[100_000], help="also run find_duplicates on a catalog"
+    )
+    ap.add_argument(
+        "--all-pairs", type=int, default=100_000, help="time the exact all-pairs range search at this size (0: skip)"
+    )
     ap.add_argument("--threshold", type=float, default=dup.DEFAULT_THRESHOLD)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "duplicates")
     ap.add_argument("--append", action="store_true", help="add this run to the results file instead of replacing it")
@@ -162,9 +195,12 @@ def main() -> None:
     for n in args.sizes:
         t0 = time.perf_counter()
         x, planted, exact = planted_collection(n)
-        print(f"n={n}: {len(planted)} planted groups ({sum(len(g) for g in planted)} photos) made in "
-              f"{time.perf_counter() - t0:.0f}s", flush=True)
-        for nprobe in (args.nprobe if n <= 200_000 else args.nprobe_large):
+        print(
+            f"n={n}: {len(planted)} planted groups ({sum(len(g) for g in planted)} photos) made in "
+            f"{time.perf_counter() - t0:.0f}s",
+            flush=True,
+        )
+        for nprobe in args.nprobe if n <= 200_000 else args.nprobe_large:
             r = run_vectors(x, planted, args.threshold, nprobe)
             rows.append({"n": n, "what": "vectors", "nprobe": nprobe, **r})
             print(json.dumps(rows[-1]), flush=True)
@@ -189,34 +225,46 @@ def main() -> None:
 
 
 def markdown(runs: list[dict]) -> str:
-    lines = ["# Duplicate finding: time and recall of planted groups", "",
-             "Planted: 1% of the photos are sources of a group of 2-4 (30% of the copies exact, the rest at angular "
-             "distance 0.02-0.075 from the source); the other groups found are mostly the synthetic generator's own "
-             "bursts (near-copies of the previous photo). See the docstring of bench/duplicates.py.", ""]
+    lines = [
+        "# Duplicate finding: time and recall of planted groups",
+        "",
+        "Planted: 1% of the photos are sources of a group of 2-4 (30% of the copies exact, the rest at angular "
+        "distance 0.02-0.075 from the source); the other groups found are mostly the synthetic generator's own "
+        "bursts (near-copies of the previous photo). See the docstring of bench/duplicates.py.",
+        "",
+    ]
     # The all-pairs baseline: the exact range search measured at the smallest size, in any run.
     exact_rows = [r for run in runs for r in run["rows"] if r["what"].startswith("all pairs")]
     baseline = min(exact_rows, key=lambda r: r["n"]) if exact_rows else None
     for run in runs:
-        lines += [machine.markdown(run["machine"]) + (" " + run["note"] if run["note"] else ""), "",
-                  f"Command: `{run['command']}`; threshold: angular distance {run['threshold']} "
-                  f"(cosine {dup.cosine_of(run['threshold']):.3f}).", ""]
+        lines += [
+            machine.markdown(run["machine"]) + (" " + run["note"] if run["note"] else ""),
+            "",
+            f"Command: `{run['command']}`; threshold: angular distance {run['threshold']} "
+            f"(cosine {dup.cosine_of(run['threshold']):.3f}).",
+            "",
+        ]
         lines += _table(run["rows"], baseline) + [""]
-    lines += ["`CPU seconds`: time.process_time() of the run, all threads (faiss uses every core); on a shared "
-              "machine it shows the work, where wall time shows the wait too.",
-              "`seconds`: wall-clock time of the whole search (vectors in memory: the cells, the range search, the "
-              "connected components; `library`: find_duplicates on a SQLite catalog, reading the embeddings "
-              "and the group members' rows included; writing that catalog is not timed).",
-              "`all pairs / this (CPU)`: the CPU time of the exact range search (IndexFlatIP: every pair) over this "
-              "row's; at other sizes than the one measured it is extrapolated as n^2 (marked). "
-              "`pairs found / all pairs'`: of every pair within the threshold (planted or not), the share found "
-              "(where the exact search ran at the same size)."]
+    lines += [
+        "`CPU seconds`: time.process_time() of the run, all threads (faiss uses every core); on a shared "
+        "machine it shows the work, where wall time shows the wait too.",
+        "`seconds`: wall-clock time of the whole search (vectors in memory: the cells, the range search, the "
+        "connected components; `library`: find_duplicates on a SQLite catalog, reading the embeddings "
+        "and the group members' rows included; writing that catalog is not timed).",
+        "`all pairs / this (CPU)`: the CPU time of the exact range search (IndexFlatIP: every pair) over this "
+        "row's; at other sizes than the one measured it is extrapolated as n^2 (marked). "
+        "`pairs found / all pairs'`: of every pair within the threshold (planted or not), the share found "
+        "(where the exact search ran at the same size).",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def _table(rows: list[dict], baseline: dict | None) -> list[str]:
-    out = ["| photos | what | method | seconds | CPU seconds | all pairs / this (CPU) | group recall | pair recall "
-           "| pairs found / all pairs' | groups found | other groups |",
-           "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| photos | what | method | seconds | CPU seconds | all pairs / this (CPU) | group recall | pair recall "
+        "| pairs found / all pairs' | groups found | other groups |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         ratio = share = ""
         if baseline:
@@ -224,8 +272,10 @@ def _table(rows: list[dict], baseline: dict | None) -> list[str]:
             ratio = f"{est / r['cpu_s']:.1f}" + ("" if r["n"] == baseline["n"] else " (extrapolated)")
             if r["n"] == baseline["n"] and "pairs" in r:
                 share = f"{r['pairs'] / baseline['pairs']:.4f}"
-        out.append(f"| {r['n']:,} | {r['what']} | {r['method']} | {r['seconds']:.1f} | {r['cpu_s']:.1f} | {ratio} | "
-                   f"{r['group_recall']:.4f} | {r['pair_recall']:.4f} | {share} | {r['groups']:,} | {r['other_groups']:,} |")
+        out.append(
+            f"| {r['n']:,} | {r['what']} | {r['method']} | {r['seconds']:.1f} | {r['cpu_s']:.1f} | {ratio} | "
+            f"{r['group_recall']:.4f} | {r['pair_recall']:.4f} | {share} | {r['groups']:,} | {r['other_groups']:,} |"
+        )
     return out
 
 

@@ -488,10 +488,9 @@ def test_duplicates_page_and_folded_search(browser, tmp_path, tiny_model):
     """The duplicates page shows the planted groups side by side with sizes and dates and the one
     to keep; the search page folds the copies into one result (on by default) and shows them all
     when folding is turned off. Threshold: calibrated from the tiny model's stored embeddings."""
-    from test_duplicates import _calibrate, _plant
-
     from photos import make_photos
     from pixquery.api import Library
+    from test_duplicates import _calibrate, _plant
 
     OUT.mkdir(exist_ok=True)
     photos = tmp_path / "photos"

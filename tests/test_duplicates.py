@@ -33,8 +33,12 @@ def _plant(folder: Path, originals: list[Path]) -> dict[str, set[str]]:
     copies = folder / "copies"
     copies.mkdir()
     d0, d1, d2 = originals[:3]
-    exact, half, q40, png = (copies / f"{d0.stem}_copy.jpg", copies / f"{d1.stem}_half.jpg",
-                             copies / f"{d1.stem}_q40.jpg", copies / f"{d2.stem}_resaved.png")
+    exact, half, q40, png = (
+        copies / f"{d0.stem}_copy.jpg",
+        copies / f"{d1.stem}_half.jpg",
+        copies / f"{d1.stem}_q40.jpg",
+        copies / f"{d2.stem}_resaved.png",
+    )
     shutil.copyfile(d0, exact)
     im1 = Image.open(d1).convert("RGB")
     im1.resize((im1.width // 2, im1.height // 2), Image.LANCZOS).save(half, quality=70)
@@ -155,8 +159,21 @@ def test_search_collapses_near_duplicates(planted_library, tiny_model):
     top = [r["path"] for r in json.loads(plain.stdout)["results"]]
     assert set(top[:3]) == planted["resized"]  # the three copies fill the top of the page
 
-    r = pixquery("search", "--image", query, "-k", "4", "-L", library, "-m", tiny_model, "--json",
-                 "--collapse", "--collapse-threshold", threshold)
+    r = pixquery(
+        "search",
+        "--image",
+        query,
+        "-k",
+        "4",
+        "-L",
+        library,
+        "-m",
+        tiny_model,
+        "--json",
+        "--collapse",
+        "--collapse-threshold",
+        threshold,
+    )
     assert r.returncode == 0, r.stderr
     results = json.loads(r.stdout)["results"]
     assert len(results) == 4 and [x["rank"] for x in results] == [1, 2, 3, 4]
@@ -174,9 +191,11 @@ def test_search_collapses_near_duplicates(planted_library, tiny_model):
 
 def test_bad_options_are_one_line(planted_library, tmp_path, tiny_model):
     library = planted_library[0]
-    for args, message in ((("--keep", "biggest"), "--keep must be one of largest, oldest, newest, shortest-path"),
-                          (("--threshold", "1.5"), "angular distance between 0 and 1"),
-                          (("--limit", "-1"), "--limit must be 0 or more")):
+    for args, message in (
+        (("--keep", "biggest"), "--keep must be one of largest, oldest, newest, shortest-path"),
+        (("--threshold", "1.5"), "angular distance between 0 and 1"),
+        (("--limit", "-1"), "--limit must be 0 or more"),
+    ):
         r = pixquery("duplicates", "-L", library, "-m", tiny_model, *args)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = pixquery("duplicates", "-L", tmp_path / "nowhere")
@@ -252,13 +271,18 @@ def test_http_api_duplicates_and_collapse(planted_library, tmp_path, tiny_model)
     from test_server_support import running_server
 
     library, _, planted, threshold = planted_library
-    with running_server(library, tiny_model, tmp_path / "server.log",
-                        extra=("--duplicate-threshold", f"{threshold:.6f}")) as served, served.client() as c:
+    with (
+        running_server(
+            library, tiny_model, tmp_path / "server.log", extra=("--duplicate-threshold", f"{threshold:.6f}")
+        ) as served,
+        served.client() as c,
+    ):
         r = c.get("/api/duplicates")
         assert r.status_code == 200, r.text
         data = r.json()
-        assert sorted(({m["path"] for m in g["members"]} for g in data["groups"]), key=sorted) == \
-            sorted(planted.values(), key=sorted)
+        assert sorted(({m["path"] for m in g["members"]} for g in data["groups"]), key=sorted) == sorted(
+            planted.values(), key=sorted
+        )
         assert data["threshold"] == pytest.approx(threshold, abs=1e-6) and data["next_offset"] is None
         member = data["groups"][0]["members"][0]
         assert member["keep"] and c.get(member["thumbnail"]).headers["content-type"] == "image/jpeg"
@@ -281,6 +305,8 @@ def test_http_api_duplicates_and_collapse(planted_library, tmp_path, tiny_model)
         folded = c.get("/api/search", params={"q": "a photo", "k": 20, "collapse": "true"}).json()["results"]
         assert len(plain) == 10 and len(folded) == 6
         assert sorted(len(x.get("duplicates") or []) for x in folded) == [0, 0, 0, 1, 1, 2]
-        by_image = c.get("/api/search", params={"image_id": image_id, "collapse": "true", "collapse_threshold": 0}).json()
+        by_image = c.get(
+            "/api/search", params={"image_id": image_id, "collapse": "true", "collapse_threshold": 0}
+        ).json()
         assert not any(x.get("duplicates") for x in by_image["results"] if x["path"] in planted["resized"])
         assert c.get("/api/search", params={"q": "x", "collapse_threshold": 3}).status_code == 422

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ from pixquery.query import Query
 from pixquery.search import Results, SearchResult, run_query, run_store_query
 
 if TYPE_CHECKING:
+    from pixquery.duplicates import DuplicateReport
     from pixquery.encoders.base import Encoder
     from pixquery.ingest.crops import RegionConfig
     from pixquery.ingest.sync import SyncReport
@@ -555,7 +556,8 @@ class Library:
         return Results(kept, found.dropped, found.threshold)
 
     def duplicates(self, *, threshold: float | None = None, keep: str = "largest", near: bool = True,
-                   nprobe: int | None = None, progress=None):
+                   nprobe: int | None = None,
+                   progress: Callable[[str, int, int], None] | None = None) -> DuplicateReport:
         """Groups of copies: the same bytes (content hash) and, with near=True, photos whose
         embeddings are within `threshold` (an angular distance; default
         pixquery.duplicates.DEFAULT_THRESHOLD), largest group first, each with the one to keep

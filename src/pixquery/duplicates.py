@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -55,7 +55,9 @@ def check_threshold(threshold: float | None) -> float:
     try:
         value = float(threshold)
     except (TypeError, ValueError):
-        raise PixqueryError(f"the near-duplicate threshold is an angular distance between 0 and 1, not {threshold!r}") from None
+        raise PixqueryError(
+            f"the near-duplicate threshold is an angular distance between 0 and 1, not {threshold!r}"
+        ) from None
     if not 0.0 <= value <= 1.0 or math.isnan(value):
         raise PixqueryError(f"the near-duplicate threshold is an angular distance between 0 and 1, not {threshold}")
     return value
@@ -70,9 +72,15 @@ def check_keep(rule: str) -> str:
 # -- near pairs ----------------------------------------------------------------------------------
 
 
-def near_pairs(vectors: np.ndarray, threshold: float, *, nprobe: int | None = None, nlist: int | None = None,
-               exact_max: int = EXACT_MAX,
-               progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+def near_pairs(
+    vectors: np.ndarray,
+    threshold: float,
+    *,
+    nprobe: int | None = None,
+    nlist: int | None = None,
+    exact_max: int = EXACT_MAX,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Pairs (i, j), i < j, of rows of `vectors` (unit norm) at angular distance <= threshold, by a
     range search; and how they were searched ("exact" or "ivf nlist=N nprobe=P"): exact up to
     `exact_max` vectors. progress(done, total): vectors searched (exact: n in all), or placed in
@@ -135,7 +143,11 @@ def near_pairs(vectors: np.ndarray, threshold: float, *, nprobe: int | None = No
         collect(lo, lims, found)
         if progress:
             progress(n + hi, 2 * n)
-    return np.concatenate(firsts), np.concatenate(seconds), f"ivf nlist={nlist} nprobe={nprobe} ef={quantizer.hnsw.efSearch}"
+    return (
+        np.concatenate(firsts),
+        np.concatenate(seconds),
+        f"ivf nlist={nlist} nprobe={nprobe} ef={quantizer.hnsw.efSearch}",
+    )
 
 
 def connected_groups(n: int, first: np.ndarray, second: np.ndarray) -> list[np.ndarray]:
@@ -194,8 +206,14 @@ class Group:
         return sum(m.size for m in self.members)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "count": len(self.members), "keep": self.keep.path, "bytes": self.bytes,
-                "reclaimable_bytes": self.bytes - self.keep.size, "members": [m.to_dict() for m in self.members]}
+        return {
+            "kind": self.kind,
+            "count": len(self.members),
+            "keep": self.keep.path,
+            "bytes": self.bytes,
+            "reclaimable_bytes": self.bytes - self.keep.size,
+            "members": [m.to_dict() for m in self.members],
+        }
 
 
 @dataclass
@@ -210,12 +228,20 @@ class DuplicateReport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"threshold": self.threshold, "threshold_cosine": round(cosine_of(self.threshold), 6),
-                "keep_rule": self.keep_rule, "near": self.near, "photos": self.photos, "method": self.method,
-                "seconds": round(self.seconds, 3), "groups_count": len(self.groups),
-                "duplicates": sum(len(g.members) - 1 for g in self.groups),
-                "reclaimable_bytes": sum(g.bytes - g.keep.size for g in self.groups), "notes": self.notes,
-                "groups": [g.to_dict() for g in self.groups]}
+        return {
+            "threshold": self.threshold,
+            "threshold_cosine": round(cosine_of(self.threshold), 6),
+            "keep_rule": self.keep_rule,
+            "near": self.near,
+            "photos": self.photos,
+            "method": self.method,
+            "seconds": round(self.seconds, 3),
+            "groups_count": len(self.groups),
+            "duplicates": sum(len(g.members) - 1 for g in self.groups),
+            "reclaimable_bytes": sum(g.bytes - g.keep.size for g in self.groups),
+            "notes": self.notes,
+            "groups": [g.to_dict() for g in self.groups],
+        }
 
 
 def keep_order(rule: str) -> Callable[[Member], tuple]:
@@ -246,8 +272,9 @@ def make_group(members: Sequence[Member], vectors: dict[int, np.ndarray], rule: 
     return Group(kind, ordered)
 
 
-def group_ids(photo_ids: np.ndarray, first: np.ndarray, second: np.ndarray,
-              twins: Sequence[Sequence[int]]) -> list[list[int]]:
+def group_ids(
+    photo_ids: np.ndarray, first: np.ndarray, second: np.ndarray, twins: Sequence[Sequence[int]]
+) -> list[list[int]]:
     """Groups of image ids joined by near pairs (positions into photo_ids) or by a shared hash."""
     nodes = np.unique(np.concatenate([photo_ids.astype(np.int64)] + [np.asarray(t, np.int64) for t in twins]))
     at = np.searchsorted(nodes, photo_ids)
@@ -260,8 +287,16 @@ def group_ids(photo_ids: np.ndarray, first: np.ndarray, second: np.ndarray,
     return [nodes[g].tolist() for g in groups]
 
 
-def find_duplicates(catalog, model_row, *, threshold: float | None = None, keep: str = "largest", near: bool = True,
-                    nprobe: int | None = None, progress: Callable[[str, int, int], None] | None = None) -> DuplicateReport:
+def find_duplicates(
+    catalog,
+    model_row,
+    *,
+    threshold: float | None = None,
+    keep: str = "largest",
+    near: bool = True,
+    nprobe: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> DuplicateReport:
     """Every group of copies in the library, largest group first. model_row: the model whose
     embeddings say what is near (None: exact copies only). progress(stage, done, total)."""
     threshold = check_threshold(threshold)
@@ -273,8 +308,9 @@ def find_duplicates(catalog, model_row, *, threshold: float | None = None, keep:
     if near and model_row is not None and model_row.dim:
         say("reading embeddings", 0, 0)
         photo_ids, vectors = catalog.photo_embeddings(model_row.id, model_row.dim)
-        first, second, method = near_pairs(vectors, threshold, nprobe=nprobe,
-                                           progress=lambda d, t: say("comparing", d, t))
+        first, second, method = near_pairs(
+            vectors, threshold, nprobe=nprobe, progress=lambda d, t: say("comparing", d, t)
+        )
     else:
         if near:
             notes.append("no embeddings of this library's model yet: exact copies only")
@@ -293,15 +329,26 @@ def find_duplicates(catalog, model_row, *, threshold: float | None = None, keep:
 
     groups = []
     for ids in id_groups:
-        members = [Member(r.id, r.path, r.size, r.width, r.height, r.mtime_ns / 1e9, r.sha256)
-                   for r in (rows.get(i) for i in ids) if r is not None and not r.deleted]
+        members = [
+            Member(r.id, r.path, r.size, r.width, r.height, r.mtime_ns / 1e9, r.sha256)
+            for r in (rows.get(i) for i in ids)
+            if r is not None and not r.deleted
+        ]
         if len(members) < 2:
             continue
         vecs = {m.image_id: v for m in members if (v := vector_of(m.image_id)) is not None}
         groups.append(make_group(members, vecs, keep))
     groups.sort(key=lambda g: (-len(g.members), -g.bytes, g.keep.path))
-    return DuplicateReport(groups, threshold, keep, int(len(photo_ids)), method, time.perf_counter() - t0,
-                           near=bool(near and model_row is not None), notes=notes)
+    return DuplicateReport(
+        groups,
+        threshold,
+        keep,
+        int(len(photo_ids)),
+        method,
+        time.perf_counter() - t0,
+        near=bool(near and model_row is not None),
+        notes=notes,
+    )
 
 
 # -- collapsing search results ---------------------------------------------------------------------

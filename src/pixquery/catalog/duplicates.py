@@ -5,13 +5,15 @@ pixquery.duplicates). The part of the Catalog that finds copies; it never delete
 
 from __future__ import annotations
 
+import sqlite3
+
 import numpy as np
 
 from pixquery.catalog.schema import chunks, marks
 
 
 class DuplicateTables:
-    db: object  # the sqlite3 connection (set by Catalog)
+    db: sqlite3.Connection  # set by Catalog
 
     def content_twins(self) -> list[list[int]]:
         """Ids of live photos that share one content hash (image.sha256: the bytes decoded), one
@@ -27,13 +29,17 @@ class DuplicateTables:
         embedding by this model (regions and video frames are not photos of their own)."""
         count = self.db.execute(
             """SELECT COUNT(*) FROM embedding e JOIN image i ON i.id = e.image_id
-               WHERE e.model_id = ? AND i.deleted = 0""", (model_id,)).fetchone()[0]
+               WHERE e.model_id = ? AND i.deleted = 0""",
+            (model_id,),
+        ).fetchone()[0]
         ids = np.empty(count, np.int64)
         vectors = np.empty((count, dim), np.float32)
         n = 0
         rows = self.db.execute(
             """SELECT e.image_id, e.vector FROM embedding e JOIN image i ON i.id = e.image_id
-               WHERE e.model_id = ? AND i.deleted = 0 ORDER BY e.image_id""", (model_id,))
+               WHERE e.model_id = ? AND i.deleted = 0 ORDER BY e.image_id""",
+            (model_id,),
+        )
         for image_id, blob in rows:
             if n == count:  # rows added since the count (an index run writing now): next time
                 break

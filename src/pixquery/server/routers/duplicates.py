@@ -84,8 +84,17 @@ def router(config: ServerConfig) -> APIRouter:
     @api.get("/api/duplicates", response_model=DuplicatesPage, tags=["duplicates"], responses=ERRORS)
     def duplicates(
         server: ServerDep,
-        threshold: Optional[float] = Query(None, ge=0, le=1, description="near-duplicates: at most this angular distance apart [default: the server's --duplicate-threshold]"),
-        keep: str = Query("largest", pattern=KEEP_PATTERN, description="which copy to suggest keeping: largest, oldest, newest or shortest-path"),
+        threshold: Optional[float] = Query(
+            None,
+            ge=0,
+            le=1,
+            description="near-duplicates: at most this angular distance apart [default: the server's --duplicate-threshold]",
+        ),
+        keep: str = Query(
+            "largest",
+            pattern=KEEP_PATTERN,
+            description="which copy to suggest keeping: largest, oldest, newest or shortest-path",
+        ),
         exact_only: bool = Query(False, description="only exact copies (the same bytes)"),
         limit: int = Query(50, ge=1, le=1000, description="groups per page (largest groups first)"),
         offset: int = Query(0, ge=0, description="skip this many groups (paging)"),
@@ -101,7 +110,7 @@ def router(config: ServerConfig) -> APIRouter:
         except PixqueryError as e:
             raise ApiError(400, str(e)) from None
         data = report.to_dict()
-        groups = report.groups[offset: offset + limit]
+        groups = report.groups[offset : offset + limit]
         data["groups"] = [dict(g.to_dict(), members=[_member(m) for m in g.members]) for g in groups]
         data["offset"] = offset
         data["next_offset"] = offset + limit if offset + limit < len(report.groups) else None
