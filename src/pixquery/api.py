@@ -11,6 +11,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from pixquery.catalog import Catalog, ModelRow
 from pixquery.errors import BadImage, LibraryError, PixqueryError
+from pixquery.filters import Filter, check_sort
 from pixquery.ingest import store_only
 from pixquery.search import Results, SearchResult, run_query, run_store_query
 
@@ -194,7 +196,7 @@ class Library:
         cluster at `address`, "auto" or "ray://host:port"; None starts a local Ray for the run);
         the results are written here, in this library, either way.
         """
-        from pixquery.ingest import pipeline, sources
+        from pixquery.ingest import metadata, pipeline, sources
         from pixquery.ingest import regions as region_mod
         from pixquery.ingest import scan as scanning
         from pixquery.ingest import video as video_mod
@@ -250,6 +252,11 @@ class Library:
             report.embed_seconds = stats.seconds
             report.failed.extend(stats.failed)
             report.failed.extend(stats.problems)
+            # Files embedded before their metadata was read (an older library): headers only.
+            missing = self.catalog.count_without_meta()
+            if missing:
+                progress.stage(f"reading dates, places and cameras of {missing} files indexed before")
+                metadata.backfill(self.catalog)
 
             report.index = sync_index(self.catalog, self.path, model, kind, params, rebuild=changed_config,
                                       on_stage=progress.stage, on_load=progress.loading,
@@ -350,11 +357,29 @@ class Library:
         vector: np.ndarray | None = None,
         k: int = 10,
         threshold: float | str | None = None,
+        after: str | date | None = None,
+        before: str | date | None = None,
+        folders: Sequence[str | Path] | str | Path = (),
+        media: str | None = None,
+        camera: str | None = None,
+        near: str | tuple[float, float] | None = None,
+        within: float | str | None = None,
+        filter: Filter | None = None,
+        sort: str = "score",
+        strategy: str = "auto",
     ) -> Results:
         """Search by a sentence, an image file, an image already in the library, or a raw vector.
 
         threshold: an angular distance (0..1) above which results are dropped, or "auto" for the
         threshold `pixquery eval` stored for this model.
+
+        Filters (pixquery.filters; still k results when k pass): after / before a date ("2019",
+        "2019-06", "2019-06-15", a date: after keeps that period on, before keeps what is
+        earlier than it; the date taken, as the clock showed where it was taken), folders (files
+        in any of them or below), media "photo" or "video", camera (part of make and model, any
+        case), near (lat, lon) within km (default 10). Or a ready `filter=Filter(...)`.
+        sort: "score" (best first) or "date" (the results, oldest first). strategy: how a filtered
+        search runs ("auto": chosen from the filter's selectivity; "prefilter", "postfilter").
         """
         from pixquery.ingest import video as video_mod
 
@@ -363,6 +388,11 @@ class Library:
             raise PixqueryError("give exactly one of: a text query, an image, an image id, a vector")
         if image_id is not None:
             store_only.refuse(self, "image_id")
+        sort = check_sort(sort)
+        flt = filter if filter is not None else Filter.parse(after=after, before=before, folders=folders, media=media,
+                                                            camera=camera, near=near, within=within)
+        if flt.active or sort != "score":
+            store_only.refuse(self, "filters and sort")
         index, row = self._index()
         threshold = self._threshold(threshold)
         if query is not None:
@@ -380,7 +410,7 @@ class Library:
         if row is None:  # store-only: the paths come from the collection, not from catalog rows
             return run_store_query(index, q, k, threshold)
         return run_query(self.catalog, index, row, q, k, threshold, exclude_image=image_id,
-                         merge_gap=video_mod.merge_gap_for(self.catalog))
+                         merge_gap=video_mod.merge_gap_for(self.catalog), flt=flt, sort=sort, strategy=strategy)
 
     def embed_image(self, image: str | Path) -> np.ndarray:
         """An image file's embedding, through the same decode and crop stage as indexing."""

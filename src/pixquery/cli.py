@@ -295,12 +295,21 @@ def search(
     library: Optional[Path] = LibraryOpt,
     model: Optional[str] = ModelOpt,
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON"),
+    after: Optional[str] = typer.Option(None, help="Taken in or after this period: 2019, 2019-06, 2019-06-15", rich_help_panel="Filters"),
+    before: Optional[str] = typer.Option(None, help="Taken before this period starts (--before 2019-09: up to Aug 31)", rich_help_panel="Filters"),
+    folders: Optional[list[Path]] = typer.Option(None, "--in", help="Only files in this folder or below (repeatable)", rich_help_panel="Filters"),
+    media: Optional[str] = typer.Option(None, "--type", help="photo or video", rich_help_panel="Filters"),
+    camera: Optional[str] = typer.Option(None, help="Camera make or model contains this (any case)", rich_help_panel="Filters"),
+    near: Optional[str] = typer.Option(None, help="Taken near LAT,LON (decimal degrees, from GPS)", rich_help_panel="Filters"),
+    within: Optional[float] = typer.Option(None, help="With --near: within this many km [default: 10]", rich_help_panel="Filters"),
+    sort: str = typer.Option("score", help="score (best first) or date (the results, oldest first)"),
 ):
     """Search the library by text or by image (a text search is answered by `pixquery daemon` when one runs for the library)."""
     from pixquery.searchcmd import search_command
 
     try:
-        search_command(query, image, k, threshold, library, model, as_json)
+        search_command(query, image, k, threshold, library, model, as_json, after=after, before=before, folders=folders,
+                       media=media, camera=camera, near=near, within=within, sort=sort)
     except BrokenPipeError:  # `| head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(EXIT_OK) from None

@@ -124,7 +124,7 @@ def _default_library() -> Path:
     return Path(base) / "pixquery"
 
 
-def _in_process(query, image, k, threshold, library, model, as_json):
+def _in_process(query, image, k, threshold, library, model, as_json, filters=None, sort="score"):
     from pixquery.api import Library
 
     with Library.open(library, model=model, create=False) as lib:
@@ -134,28 +134,35 @@ def _in_process(query, image, k, threshold, library, model, as_json):
         if not as_json and getattr(enc, "random_weights", False):
             warn_random(lib.model_name)
         t0 = time.perf_counter()
-        results = lib.search(query, image=image, k=k, threshold=threshold)
+        results = lib.search(query, image=image, k=k, threshold=threshold, sort=sort, **(filters or {}))
         ms = (time.perf_counter() - t0) * 1000
         return Found.of(results), ms
 
 
 def search_command(query: str | None, image: Path | None, k: int, threshold: str | None, library: Path | None,
-                   model: str | None, as_json: bool) -> None:
-    """Search and print (the body of `pixquery search`); raises PixqueryError for a user error."""
+                   model: str | None, as_json: bool, *, sort: str = "score", **filters) -> None:
+    """Search and print (the body of `pixquery search`); raises PixqueryError for a user error.
+    `filters`: Library.search's filter keywords (after, before, folders, media, camera, near, within)."""
     if (query is None) == (image is None):
         raise PixqueryError("give a text query or --image PATH (one of them)")
-    got = _from_daemon(query, k, threshold, library, model) if query is not None else None
+    filters = {key: [str(f) for f in v] if key == "folders" else v
+               for key, v in filters.items() if v not in (None, "", [], ())}
+    plain = not filters and sort == "score"  # the daemon answers plain searches only
+    got = _from_daemon(query, k, threshold, library, model) if query is not None and plain else None
     if got is not None:
         found, random_weights, model_name, ms = got
         if random_weights and not as_json:
             warn_random(model_name)
     else:
-        found, ms = _in_process(query, image, k, threshold, library, model, as_json)
+        found, ms = _in_process(query, image, k, threshold, library, model, as_json, filters, sort)
     if as_json:
         print(json.dumps({"query": query, "image": str(image) if image else None, "threshold": found.threshold,
-                          "dropped_by_threshold": found.dropped, "results": found.results}, indent=2))
+                          "dropped_by_threshold": found.dropped, "filters": filters or None, "sort": sort,
+                          "results": found.results}, indent=2))
         return
     rows = [(r["rank"], f"{r['score']:.4f}", f"{r['distance']:.4f}", where) for r, where in zip(found.results, found.locations)]
+    if not plain:  # a filtered or date-sorted search shows when each was taken (a 5th field: cut -f4 stays the path)
+        rows = [(*row, r.get("taken", "").replace("T", " ")) for row, r in zip(rows, found.results)]
     if piped():  # one result a line: rank, score, distance, location (`| cut -f4`)
         write_rows(rows)
     else:
@@ -164,11 +171,11 @@ def search_command(query: str | None, image: Path | None, k: int, threshold: str
         from rich.table import Table
 
         table = Table(show_header=True, header_style="bold", box=None)
-        for col, just in (("#", "right"), ("score", "right"), ("distance", "right")):
+        for col, just in (("#", "right"), ("score", "right"), ("distance", "right")) + ((("taken", "left"),) if not plain else ()):
             table.add_column(col, justify=just, no_wrap=True)
         table.add_column("path", overflow="fold")  # a path is never cut short: it is the answer
         for row in rows:
-            table.add_row(*map(str, row[:3]), escape(row[3]))
+            table.add_row(*map(str, row[:3] + row[4:]), escape(row[3]))
         Console().print(table)
     note = f"{len(found.results)} results in {ms:.0f} ms"
     if found.threshold is not None:

@@ -1,0 +1,133 @@
+"""What files say about themselves (`media_meta`: date taken, GPS, camera) and the search filters
+over it: the part of the Catalog that ingest/metadata.py writes and pixquery.filters reads."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from pixquery.catalog.schema import chunks, marks
+
+META_COLUMNS = ("taken", "utc_offset", "taken_source", "lat", "lon", "make", "model")
+
+
+class MetaTables:
+    db: object  # the sqlite3 connection (set by Catalog)
+
+    def put_meta(self, meta: dict, *, image_id: int | None = None, video_id: int | None = None) -> None:
+        """Store (replace) a photo's or video's metadata (call inside a transaction)."""
+        col, owner = ("image_id", image_id) if image_id is not None else ("video_id", video_id)
+        values = [meta.get(c) for c in META_COLUMNS]
+        self.db.execute(
+            f"""INSERT INTO media_meta({col}, {', '.join(META_COLUMNS)}) VALUES (?, {marks(len(META_COLUMNS))})
+                ON CONFLICT({col}) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in META_COLUMNS)}""",
+            (owner, *values),
+        )
+
+    def images_without_meta(self) -> list[tuple[int, str, int]]:
+        """(id, path, mtime_ns) of live photos with no metadata row (indexed before it was read)."""
+        return self.db.execute(
+            """SELECT i.id, i.path, i.mtime_ns FROM image i LEFT JOIN media_meta m ON m.image_id = i.id
+               WHERE i.deleted = 0 AND m.image_id IS NULL ORDER BY i.path"""
+        ).fetchall()
+
+    def videos_without_meta(self) -> list[tuple[int, str, int]]:
+        return self.db.execute(
+            """SELECT v.id, v.path, v.mtime_ns FROM video v LEFT JOIN media_meta m ON m.video_id = v.id
+               WHERE v.deleted = 0 AND m.video_id IS NULL ORDER BY v.path"""
+        ).fetchall()
+
+    def count_without_meta(self) -> int:
+        return self.db.execute(
+            """SELECT (SELECT COUNT(*) FROM image i WHERE i.deleted = 0
+                         AND NOT EXISTS (SELECT 1 FROM media_meta m WHERE m.image_id = i.id))
+                    + (SELECT COUNT(*) FROM video v WHERE v.deleted = 0
+                         AND NOT EXISTS (SELECT 1 FROM media_meta m WHERE m.video_id = v.id))"""
+        ).fetchone()[0]
+
+    def meta_of(self, image_ids: Sequence[int] = (), video_ids: Sequence[int] = ()) -> tuple[dict[int, dict], dict[int, dict]]:
+        """({image id: meta}, {video id: meta}) for those that have a row."""
+        out: tuple[dict, dict] = ({}, {})
+        for n, (col, ids) in enumerate((("image_id", image_ids), ("video_id", video_ids))):
+            for chunk in chunks(list(ids)):
+                q = f"SELECT {col}, {', '.join(META_COLUMNS)} FROM media_meta WHERE {col} IN ({marks(len(chunk))})"
+                for owner, *values in self.db.execute(q, chunk):
+                    out[n][owner] = dict(zip(META_COLUMNS, values))
+        return out
+
+    def taken_of_items(self, items: Sequence[tuple[int | None, int | None]]) -> np.ndarray:
+        """Wall-clock seconds taken (0 unknown) of (image_id, detection_id) items, in order: the
+        `taken` field an index keeps beside each vector (indexes/milvus.py)."""
+        taken = np.zeros(len(items), np.int64)
+        img_pos: dict[int, list[int]] = {}
+        det_pos: dict[int, list[int]] = {}
+        for n, (img, det) in enumerate(items):
+            (img_pos.setdefault(img, []) if img is not None else det_pos.setdefault(det, [])).append(n)
+        for chunk in chunks(list(img_pos)):
+            q = f"SELECT image_id, taken FROM media_meta WHERE taken IS NOT NULL AND image_id IN ({marks(len(chunk))})"
+            for image_id, t in self.db.execute(q, chunk):
+                taken[img_pos[image_id]] = int(t)
+        for chunk in chunks(list(det_pos)):
+            q = f"""SELECT d.id, m.taken FROM detection d JOIN media_meta m
+                      ON (m.image_id = d.image_id OR m.video_id = d.video_id)
+                    WHERE m.taken IS NOT NULL AND d.id IN ({marks(len(chunk))})"""
+            for det_id, t in self.db.execute(q, chunk):
+                taken[det_pos[det_id]] = int(t)
+        return taken
+
+    def filter_refs(self, index_id: int, flt) -> np.ndarray:
+        """The index ids (index_ref_id, sorted int64) of this index whose photo, region or video
+        frame passes `flt` (a pixquery.filters.Filter). One query: the conditions in SQL, the
+        distance to `near` refined in numpy on the bounding box's survivors."""
+        joins = ["LEFT JOIN detection d ON d.id = ii.detection_id",
+                 "LEFT JOIN image i ON i.id = COALESCE(ii.image_id, d.image_id)",
+                 "LEFT JOIN video v ON v.id = d.video_id"]
+        where, args = ["ii.index_id = ?"], [index_id]
+        if flt.media == "photo":
+            where.append("i.id IS NOT NULL")
+        elif flt.media == "video":
+            where.append("v.id IS NOT NULL")
+        if flt.folders:
+            ors = []
+            for folder in flt.folders:
+                prefix = folder.rstrip("/") + "/"
+                ors.append("(COALESCE(i.path, v.path) = ? OR substr(COALESCE(i.path, v.path), 1, ?) = ?)")
+                args += [folder, len(prefix), prefix]
+            where.append("(" + " OR ".join(ors) + ")")
+        geo = ""
+        if flt.needs_meta:
+            joins += ["LEFT JOIN media_meta mi ON mi.image_id = i.id", "LEFT JOIN media_meta mv ON mv.video_id = v.id"]
+            m = lambda c: f"COALESCE(mi.{c}, mv.{c})"  # noqa: E731  (one of the two is NULL)
+            if flt.after is not None:
+                where.append(f"{m('taken')} >= ?")
+                args.append(_wall(flt.after))
+            if flt.before is not None:
+                where.append(f"{m('taken')} < ?")
+                args.append(_wall(flt.before))
+            if flt.camera:
+                escaped = flt.camera.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                where.append(f"(COALESCE({m('make')}, '') || ' ' || COALESCE({m('model')}, '')) LIKE ? ESCAPE '\\'")
+                args.append(f"%{escaped}%")
+            box = flt.bounding_box()
+            if box is not None:
+                where.append(f"{m('lat')} BETWEEN ? AND ? AND {m('lon')} BETWEEN ? AND ?")
+                args += list(box)
+                geo = f", {m('lat')}, {m('lon')}"
+        q = f"SELECT ii.index_ref_id{geo} FROM index_image ii {' '.join(joins)} WHERE {' AND '.join(where)}"
+        rows = self.db.execute(q, args).fetchall()
+        if not rows:
+            return np.empty(0, np.int64)
+        if geo:
+            arr = np.asarray(rows, dtype=np.float64)
+            refs = arr[flt.close_enough(arr[:, 1], arr[:, 2]), 0].astype(np.int64)
+        else:
+            refs = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        refs.sort()
+        return refs
+
+
+def _wall(dt) -> float:
+    from pixquery.ingest.metadata import wall_seconds
+
+    return wall_seconds(dt)
