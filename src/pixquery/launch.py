@@ -28,7 +28,7 @@ def parse_search(args: list[str]) -> dict | None:
     """The arguments after `search` as search_command's keywords, or None for the full CLI."""
     out: dict = {"query": None, "image": None, "k": 10, "threshold": None, "library": None, "model": None, "as_json": False,
                  # the filter options (pixquery.cli) are left to the full command line: these are their defaults
-                 "after": None, "before": None, "folders": None, "media": None, "camera": None, "near": None,
+                 "after": None, "before": None, "folders": (), "media": None, "camera": None, "near": None,
                  "within": None, "sort": "score"}
     positional: list[str] = []
     i = 0
