@@ -1,0 +1,69 @@
+"""Searching: GET /api/search (text, an image of the library, an earlier upload), POST /api/search/image."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from pixquery.server.config import MAX_ID, ServerConfig
+from pixquery.server.schemas import ERRORS, ErrorBody, SearchPage
+from pixquery.server.state import ServerDep
+from pixquery.server.uploads import read_upload
+
+UPLOAD_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                               "properties": {"file": {"type": "string", "format": "binary"}}}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def router(config: ServerConfig) -> APIRouter:
+    """The search endpoints; their parameters' defaults and limits come from `config`."""
+    api = APIRouter()
+    max_q = config.max_query_chars
+
+    @api.get("/api/search", response_model=SearchPage, tags=["search"], responses=ERRORS)
+    def search(
+        server: ServerDep,
+        q: Optional[str] = Query(None, max_length=max_q, description=f"a text query (at most {max_q} characters)"),
+        image_id: Optional[int] = Query(None, ge=0, le=MAX_ID, description="search with an image of the library ('more like this')"),
+        upload_id: Optional[str] = Query(None, max_length=64, pattern=r"^[0-9a-f]{1,64}$",
+                                         description="a previous image upload (from POST /api/search/image)"),
+        k: int = Query(config.page_size, ge=1, description=f"results per page (capped at {config.max_k})"),
+        offset: int = Query(0, ge=0, le=config.max_results, description="skip this many results (paging)"),
+        threshold: Optional[str] = Query(None, max_length=32, description="angular distance 0..1 above which results are dropped, or 'auto'"),
+    ):
+        """Search by text (`q`), by an image of the library (`image_id`) or by an earlier upload (`upload_id`)."""
+        return server.search(text=q, image_id=image_id, upload_id=upload_id, k=k, offset=offset, threshold=threshold)
+
+    @api.post("/api/search/image", response_model=SearchPage, tags=["search"],
+              openapi_extra=UPLOAD_SCHEMA, responses={**ERRORS, 413: {"model": ErrorBody, "description": "upload too large"}})
+    async def search_image(
+        request: Request,
+        server: ServerDep,
+        k: int = Query(config.page_size, ge=1, description=f"results per page (capped at {config.max_k})"),
+        threshold: Optional[str] = Query(None, max_length=32),
+    ):
+        """Search with a photo: multipart form field `file`, or the image bytes as the body.
+
+        The answer's `upload_id` gets further pages from GET /api/search without uploading again."""
+        data = await read_upload(request, config.max_upload_bytes)
+        upload_id = hashlib.sha256(data).hexdigest()[:32]
+        vector = server.uploads.get(upload_id)
+        if vector is None:
+            vector = await run_in_threadpool(server.embed_upload, data)
+            server.uploads.put(upload_id, vector)
+        page = await run_in_threadpool(lambda: server.search(vector=vector, k=k, offset=0, threshold=threshold))
+        page["query"] = {"upload_id": upload_id}
+        page["upload_id"] = upload_id
+        return page
+
+    return api

@@ -1,0 +1,54 @@
+"""One video: the frame of a hit, and the video file (byte ranges, so that players can seek)."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from fastapi import APIRouter, Path as PathParam, Query, Request
+from fastapi.responses import Response
+
+from pixquery.server import thumbnails
+from pixquery.server.api_errors import ApiError
+from pixquery.server.config import MAX_ID
+from pixquery.server.http_files import derived_image_headers, etag_matches, file_response
+from pixquery.server.schemas import ERRORS
+from pixquery.server.state import ServerDep
+
+router = APIRouter()
+
+
+@router.get("/api/videos/{video_id:int}/frame", tags=["videos"], response_class=Response,
+            responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "a JPEG of the frame"}})
+def video_frame(
+    request: Request,
+    server: ServerDep,
+    video_id: int = PathParam(..., ge=0, le=MAX_ID),
+    t: float = Query(0.0, ge=0, le=1e7, description="seconds into the video (a search result's timestamp)"),
+    size: int = Query(thumbnails.DEFAULT_SIZE, description=f"one of {list(thumbnails.SIZES)}"),
+    v: Optional[str] = Query(None, max_length=64, description="version from a search result; makes the answer cacheable for a year"),
+):
+    """The frame shown `t` seconds into a video, as a JPEG thumbnail (made once, cached on disk)."""
+    from pixquery.ingest.video import VideoError
+
+    if size not in thumbnails.SIZES:
+        raise ApiError(422, f"size must be one of {list(thumbnails.SIZES)}")
+    with server.open_video(video_id) as opened:
+        etag = f'"{thumbnails.Thumbnails.frame_key(video_id, opened.stat, t, size)}"'
+        headers = derived_image_headers(etag, v, opened.stat)
+        if etag_matches(request, etag):
+            return Response(status_code=304, headers=headers)
+        # Decode through the descriptor already checked (no second lookup of the path).
+        source = f"/dev/fd/{opened.file.fileno()}" if os.path.exists("/dev/fd") else opened.real_path
+        try:
+            data, _ = server.thumbs.get_frame(video_id, source, opened.stat, t, size)
+        except VideoError as e:
+            raise ApiError(422, f"cannot show that frame: {e}") from None
+    return Response(data, media_type="image/jpeg", headers=headers)
+
+
+@router.get("/api/videos/{video_id:int}/original", tags=["videos"], response_class=Response,
+            responses={**ERRORS, 200: {"content": {"video/*": {}}, "description": "the video file (byte ranges supported)"}})
+def video_original(request: Request, server: ServerDep, video_id: int = PathParam(..., ge=0, le=MAX_ID)):
+    """The video file, as it is on disk (single byte ranges supported, so that players can seek)."""
+    return file_response(request, server.open_video(video_id))

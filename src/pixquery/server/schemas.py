@@ -1,0 +1,106 @@
+"""The API's response models and error answers: what the OpenAPI schema (/api/openapi.json) describes."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what went wrong, for a person")
+    status: int
+
+
+class Health(BaseModel):
+    status: str = "ok"
+    version: str
+
+
+class Hit(BaseModel):
+    rank: int
+    score: float = Field(description="cosine similarity, higher is closer")
+    distance: float = Field(description="angular distance arccos(score)/pi, lower is closer")
+    path: str
+    name: str
+    kind: str = Field("photo", description="photo or video")
+    image_id: Optional[int] = None
+    video_id: Optional[int] = None
+    timestamp: Optional[float] = Field(None, description="video: seconds into the video of the best frame")
+    time_range: Optional[list[float]] = Field(None, description="video: first and last second of the matching stretch")
+    box: Optional[list[float]] = Field(None, description="the matching region, relative x0, y0, x1, y1 (null: the whole picture)")
+    width: Optional[int] = None
+    height: Optional[int] = None
+    size: Optional[int] = Field(None, description="file size in bytes (as indexed)")
+    modified: Optional[str] = Field(None, description="file modification time (as indexed), ISO 8601 UTC")
+    thumbnail: Optional[str] = Field(None, description="URL of a 256 px JPEG thumbnail (of the frame, for a video)")
+    original: Optional[str] = Field(None, description="URL of the original file")
+
+
+class SearchPage(BaseModel):
+    query: dict = Field(description="what was searched: {text}, {image_id} or {upload_id}")
+    k: int = Field(description="page size actually used (requests above max_k are capped)")
+    offset: int
+    results: list[Hit]
+    next_offset: Optional[int] = Field(None, description="offset of the next page, null when there is none")
+    threshold: Optional[float] = Field(None, description="angular-distance threshold applied, null for none")
+    dropped: int = Field(0, description="hits the threshold removed while filling this page")
+    took_ms: float
+    upload_id: Optional[str] = Field(None, description="for image uploads: pass as upload_id to GET /api/search for more pages")
+
+
+class ImageInfo(BaseModel):
+    image_id: int
+    path: str
+    name: str
+    folder: str
+    size: int = Field(description="bytes, as on disk now")
+    width: Optional[int] = None
+    height: Optional[int] = None
+    modified: str = Field(description="file modification time, ISO 8601 UTC")
+    taken: Optional[str] = Field(None, description="EXIF date taken (camera local time), when the photo has one")
+    indexed: Optional[str] = None
+    content_type: str
+    thumbnail: str
+    preview: str = Field(description="URL to show in a browser: the original when browsers can show it, else a 1024 px JPEG")
+    original: str
+    similar: str = Field(description="URL of a 'more like this' search")
+
+
+class IndexInfo(BaseModel):
+    kind: str
+    entries: int
+    params: dict = {}
+    size_bytes: Optional[int] = None
+    built_at: Optional[str] = None
+    recall: Optional[float] = None
+
+
+class LibraryInfo(BaseModel):
+    library: str
+    model: str
+    model_fingerprint: str
+    dim: int
+    images: int
+    folders: list[str]
+    index: Optional[IndexInfo] = None
+    calibrated_threshold: Optional[float] = Field(None, description="angular distance stored by `pixquery eval`, null if none")
+    indexing: Optional[dict] = Field(None, description="progress of an index run going on now, null when none")
+    limits: dict
+    version: str
+
+
+class Status(BaseModel):
+    images: int
+    index_entries: Optional[int] = None
+    indexing: Optional[dict] = None
+
+
+ERRORS = {
+    400: {"model": ErrorBody, "description": "bad request"},
+    401: {"model": ErrorBody, "description": "missing or wrong token"},
+    404: {"model": ErrorBody, "description": "no such image (or not servable)"},
+    422: {"model": ErrorBody, "description": "invalid parameter"},
+}
+
+
