@@ -38,6 +38,13 @@ log = logging.getLogger("pixquery.server")
 BROWSER_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/avif", "image/x-ms-bmp"}
 
 
+def map_url(lat: float | None, lon: float | None) -> str | None:
+    """Where a photo was taken, on OpenStreetMap (a marker at the point, street-level zoom)."""
+    if lat is None or lon is None:
+        return None
+    return f"https://www.openstreetmap.org/?mlat={lat:.6f}&mlon={lon:.6f}#map=16/{lat:.6f}/{lon:.6f}"
+
+
 class Server:
     """The state behind the endpoints (one per app)."""
 
@@ -82,9 +89,19 @@ class Server:
     # -- search -----------------------------------------------------------------------------
 
     def search(self, *, text: str | None = None, image_id: int | None = None, upload_id: str | None = None,
-               vector: np.ndarray | None = None, k: int, offset: int, threshold: str | None) -> dict:
+               vector: np.ndarray | None = None, k: int, offset: int, threshold: str | None,
+               filters: dict | None = None, sort: str = "score") -> dict:
+        """One page of results. `filters`: pixquery.filters.Filter.parse's keywords (after, before,
+        folders, media, camera, near, within), from the query parameters; `sort`: score or date."""
+        from pixquery.filters import Filter, check_sort
+
         t0 = time.perf_counter()
         cfg = self.config
+        try:
+            flt = Filter.parse(**(filters or {}))
+            sort = check_sort(sort)
+        except PixqueryError as e:
+            raise ApiError(422, str(e)) from None
         given = [x is not None for x in (text, image_id, upload_id, vector)]
         if sum(given) != 1:
             raise ApiError(400, "give exactly one of: q (a text query), image_id, upload_id")
@@ -118,9 +135,9 @@ class Server:
                     raise ApiError(404, f"no image with id {image_id}")
             try:
                 if image_id is not None:
-                    res = lib.search(image_id=image_id, k=want + 1, threshold=th)
+                    res = lib.search(image_id=image_id, k=want + 1, threshold=th, filter=flt, sort=sort)
                 else:
-                    res = lib.search(vector=vector, k=want + 1, threshold=th)
+                    res = lib.search(vector=vector, k=want + 1, threshold=th, filter=flt, sort=sort)
             except LibraryError as e:
                 raise ApiError(503, str(e)) from None
             except IndexStoreError as e:  # the vector store (a Milvus server) is down or refused
@@ -132,6 +149,10 @@ class Server:
             videos = lib.catalog.video_versions([r.video_id for r in page if r.video_id is not None])
         more = len(res) > want and want < cfg.max_results
         hits = [self._hit(r, rows.get(r.image_id), videos.get(r.video_id)) for r in page]
+        if flt.active:
+            query["filters"] = flt.to_params()
+        if sort != "score":
+            query["sort"] = sort
         return {
             "query": query, "k": k, "offset": offset, "results": hits,
             "next_offset": want if more else None, "threshold": res.threshold, "dropped": res.dropped,
@@ -146,6 +167,8 @@ class Server:
             "image_id": r.image_id, "video_id": r.video_id, "timestamp": r.timestamp,
             "time_range": list(r.time_range) if getattr(r, "time_range", None) else None,
             "box": list(r.box) if r.box else None, "width": r.width, "height": r.height,
+            "taken": r.taken, "taken_source": r.taken_source, "lat": r.lat, "lon": r.lon, "camera": r.camera,
+            "map": map_url(r.lat, r.lon),
         }
         if r.video_id is not None:
             version = f"{video[0]}-{video[1]}" if video else "0"

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
+from typing import Annotated, Optional
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from pixquery.server.config import MAX_ID, ServerConfig
 from pixquery.server.schemas import ERRORS, ErrorBody, SearchPage
 from pixquery.server.state import ServerDep
+from pixquery.server.api_errors import ApiError
 from pixquery.server.uploads import read_upload
+
+MAX_FOLDERS = 64  # `in` parameters per search
 
 UPLOAD_SCHEMA = {
     "requestBody": {
@@ -23,6 +26,28 @@ UPLOAD_SCHEMA = {
         },
     }
 }
+
+
+def filter_params(
+    after: Optional[str] = Query(None, max_length=32, description="taken in or after this period: 2019, 2019-06, 2019-06-15 "
+                                                                 "(wall-clock time where it was taken)"),
+    before: Optional[str] = Query(None, max_length=32, description="taken before this period starts (before=2019-09: up to 31 August)"),
+    folders: list[str] = Query([], alias="in",
+                               description="only files in this folder or below (absolute path; repeat for several)"),
+    media: Optional[str] = Query(None, alias="type", pattern="^(photo|video)$", description="photo or video"),
+    camera: Optional[str] = Query(None, max_length=200, description="camera make or model contains this (any case)"),
+    near: Optional[str] = Query(None, max_length=64, description="taken near LAT,LON (decimal degrees, EXIF GPS)"),
+    within: Optional[float] = Query(None, gt=0, le=20038, description="with near: within this many km (default 10)"),
+    sort: str = Query("score", pattern="^(score|date)$", description="score (best first) or date (the page's results, oldest first)"),
+) -> dict:
+    """The filter parameters of a search (pixquery.filters), still k results per page when k pass."""
+    if len(folders) > MAX_FOLDERS or any(len(f) > 4096 for f in folders):
+        raise ApiError(422, f"in: at most {MAX_FOLDERS} folders, each at most 4096 characters")
+    return {"filters": dict(after=after, before=before, folders=folders, media=media, camera=camera, near=near,
+                            within=within), "sort": sort}
+
+
+FilterDep = Annotated[dict, Depends(filter_params)]
 
 
 def router(config: ServerConfig) -> APIRouter:
@@ -40,9 +65,12 @@ def router(config: ServerConfig) -> APIRouter:
         k: int = Query(config.page_size, ge=1, description=f"results per page (capped at {config.max_k})"),
         offset: int = Query(0, ge=0, le=config.max_results, description="skip this many results (paging)"),
         threshold: Optional[str] = Query(None, max_length=32, description="angular distance 0..1 above which results are dropped, or 'auto'"),
+        filtering: FilterDep = None,
     ):
-        """Search by text (`q`), by an image of the library (`image_id`) or by an earlier upload (`upload_id`)."""
-        return server.search(text=q, image_id=image_id, upload_id=upload_id, k=k, offset=offset, threshold=threshold)
+        """Search by text (`q`), by an image of the library (`image_id`) or by an earlier upload (`upload_id`),
+        optionally filtered (after, before, in, type, camera, near + within) and sorted by date."""
+        return server.search(text=q, image_id=image_id, upload_id=upload_id, k=k, offset=offset, threshold=threshold,
+                             **filtering)
 
     @api.post("/api/search/image", response_model=SearchPage, tags=["search"],
               openapi_extra=UPLOAD_SCHEMA, responses={**ERRORS, 413: {"model": ErrorBody, "description": "upload too large"}})
@@ -51,6 +79,7 @@ def router(config: ServerConfig) -> APIRouter:
         server: ServerDep,
         k: int = Query(config.page_size, ge=1, description=f"results per page (capped at {config.max_k})"),
         threshold: Optional[str] = Query(None, max_length=32),
+        filtering: FilterDep = None,
     ):
         """Search with a photo: multipart form field `file`, or the image bytes as the body.
 
@@ -61,8 +90,8 @@ def router(config: ServerConfig) -> APIRouter:
         if vector is None:
             vector = await run_in_threadpool(server.embed_upload, data)
             server.uploads.put(upload_id, vector)
-        page = await run_in_threadpool(lambda: server.search(vector=vector, k=k, offset=0, threshold=threshold))
-        page["query"] = {"upload_id": upload_id}
+        page = await run_in_threadpool(lambda: server.search(vector=vector, k=k, offset=0, threshold=threshold, **filtering))
+        page["query"] = {"upload_id": upload_id, **{key: v for key, v in page["query"].items() if key in ("filters", "sort")}}
         page["upload_id"] = upload_id
         return page
 
