@@ -277,3 +277,35 @@ def test_cli_search_with_date_and_folder_filters(photo_tree, library_dir, tiny_m
     # a bad value: one line naming it, exit 2, no traceback
     r = pixquery("search", "beach", "-L", library_dir, "-m", tiny_model, "--after", "last summer")
     assert r.returncode == 2 and "after must be a date" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.milvus
+def test_filters_on_a_milvus_index_pass_an_expression_and_keep_exactly_what_passes(photo_tree, library_dir, tiny_model):
+    """Milvus evaluates media and date itself (its `taken` field now holds the date taken); the rest
+    (folder below an indexed one, camera, place) is applied to its hits."""
+    root, beach, city, undated = photo_tree
+    with Library.open(library_dir, model=str(tiny_model)) as lib:
+        lib.index([root], workers=1, index="milvus", index_params={"index_type": "FLAT"})
+        index, row = lib._index()
+        assert index.kind == "milvus"
+        # the collection's date field is the EXIF date, not the file's mtime
+        assert index.count(f"taken >= {int(metadata.wall_seconds(datetime(2019, 6, 1)))} and "
+                           f"taken < {int(metadata.wall_seconds(datetime(2019, 9, 1)))}") == 9
+        summer = lib.search("x", k=50, after="2019-06", before="2019-09", folders=[root / "beach"])
+        assert _paths(summer) == {p.name for p in beach}
+        assert _paths(lib.search("x", k=2, camera="pixel")) <= {p.name for p in city}
+        assert len(lib.search("x", k=2, camera="pixel")) == 2
+        assert _paths(lib.search("x", k=50, before="2019-06")) == {"c0.jpg", "c2.jpg", "c4.jpg"}
+        # an older library: no metadata rows, and the collection's date field was the mtime then
+        summer_expr = (f"taken >= {int(metadata.wall_seconds(datetime(2019, 6, 1)))} and "
+                       f"taken < {int(metadata.wall_seconds(datetime(2019, 9, 1)))}")
+        with lib.catalog.transaction():
+            lib.catalog.db.execute("DELETE FROM media_meta")
+        lib.reindex()  # rebuilt from stored vectors: no metadata, so the mtimes go in
+        index, row = lib._index()
+        assert index.count(summer_expr) == 3  # only the undated photos, whose mtime is 2019-07-01
+        report = lib.index(workers=1)
+        assert report.indexed == 0  # the rescan re-adds the stored vectors with their dates, embeds nothing
+        index, row = lib._index()
+        assert index.count(summer_expr) == 9
+        assert _paths(lib.search("x", k=50, after="2019-06", before="2019-09", folders=[root / "beach"])) == {p.name for p in beach}

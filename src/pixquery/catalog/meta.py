@@ -38,6 +38,18 @@ class MetaTables:
                WHERE v.deleted = 0 AND m.video_id IS NULL ORDER BY v.path"""
         ).fetchall()
 
+    def mark_stale_for_meta(self, image_ids: Sequence[int], video_ids: Sequence[int]) -> None:
+        """Index entries of these photos and videos (their regions and frames too) must be added
+        again at the next sync: an index that keeps the date beside each vector (Milvus) has an
+        old one (call inside a transaction)."""
+        for col, ids in (("image_id", list(image_ids)), ("video_id", list(video_ids))):
+            for chunk in chunks(ids):
+                m = marks(len(chunk))
+                if col == "image_id":
+                    self.db.execute(f"UPDATE index_image SET stale = 1 WHERE image_id IN ({m})", chunk)
+                self.db.execute(f"""UPDATE index_image SET stale = 1 WHERE detection_id IN
+                                    (SELECT id FROM detection WHERE {col} IN ({m}))""", chunk)
+
     def count_without_meta(self) -> int:
         return self.db.execute(
             """SELECT (SELECT COUNT(*) FROM image i WHERE i.deleted = 0

@@ -160,9 +160,9 @@ def read_video_metadata(path: str, mtime_ns: int) -> dict:
         return from_mtime(mtime_ns)
 
 
-def backfill(catalog, on_progress=None, batch: int = 500) -> int:
+def backfill(catalog, on_progress=None, batch: int = 500) -> tuple[list[int], list[int]]:
     """Read the metadata of live files that have none (indexed before pixquery read it, or an
-    older run): headers only, nothing re-embedded. Returns how many were filled in."""
+    older run): headers only, nothing re-embedded. Returns the (image ids, video ids) filled in."""
     import os
 
     photos = catalog.images_without_meta()
@@ -196,4 +196,4 @@ def backfill(catalog, on_progress=None, batch: int = 500) -> int:
     flush()
     if on_progress and total:
         on_progress(done, total)
-    return total
+    return [p[0] for p in photos], [v[0] for v in videos]
