@@ -90,44 +90,19 @@ class MetaTables:
 
     def filter_refs(self, index_id: int, flt) -> np.ndarray:
         """The index ids (index_ref_id, sorted int64) of this index whose photo, region or video
-        frame passes `flt` (a pixquery.filters.Filter). One query: the conditions in SQL, the
-        distance to `near` refined in numpy on the bounding box's survivors."""
-        joins = ["LEFT JOIN detection d ON d.id = ii.detection_id",
-                 "LEFT JOIN image i ON i.id = COALESCE(ii.image_id, d.image_id)",
-                 "LEFT JOIN video v ON v.id = d.video_id"]
-        where, args = ["ii.index_id = ?"], [index_id]
-        if flt.media == "photo":
-            where.append("i.id IS NOT NULL")
-        elif flt.media == "video":
-            where.append("v.id IS NOT NULL")
-        if flt.folders:
-            ors = []
-            for folder in flt.folders:
-                prefix = folder.rstrip("/") + "/"
-                ors.append("(COALESCE(i.path, v.path) = ? OR substr(COALESCE(i.path, v.path), 1, ?) = ?)")
-                args += [folder, len(prefix), prefix]
-            where.append("(" + " OR ".join(ors) + ")")
-        geo = ""
-        if flt.needs_meta:
-            joins += ["LEFT JOIN media_meta mi ON mi.image_id = i.id", "LEFT JOIN media_meta mv ON mv.video_id = v.id"]
-            m = lambda c: f"COALESCE(mi.{c}, mv.{c})"  # noqa: E731  (one of the two is NULL)
-            if flt.after is not None:
-                where.append(f"{m('taken')} >= ?")
-                args.append(_wall(flt.after))
-            if flt.before is not None:
-                where.append(f"{m('taken')} < ?")
-                args.append(_wall(flt.before))
-            if flt.camera:
-                escaped = flt.camera.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                where.append(f"(COALESCE({m('make')}, '') || ' ' || COALESCE({m('model')}, '')) LIKE ? ESCAPE '\\'")
-                args.append(f"%{escaped}%")
-            box = flt.bounding_box()
-            if box is not None:
-                where.append(f"{m('lat')} BETWEEN ? AND ? AND {m('lon')} BETWEEN ? AND ?")
-                args += list(box)
-                geo = f", {m('lat')}, {m('lon')}"
-        q = f"SELECT ii.index_ref_id{geo} FROM index_image ii {' '.join(joins)} WHERE {' AND '.join(where)}"
-        rows = self.db.execute(q, args).fetchall()
+        frame passes `flt` (a pixquery.filters.Filter). One query, a UNION of whole photos, photo
+        regions and video frames, each with inner joins only, so that SQLite can start from the
+        selective side: the `taken` index for a date range, the path index for a folder (a range
+        of paths, never substr()), the index's own rows otherwise. The distance to `near` is
+        refined in numpy on the bounding box's survivors."""
+        parts, args = [], []
+        if flt.media != "video":
+            parts.append(self._filter_part("image", None, flt, args, index_id))
+            parts.append(self._filter_part("image", "d.image_id = f.id", flt, args, index_id))
+        if flt.media != "photo":
+            parts.append(self._filter_part("video", "d.video_id = f.id", flt, args, index_id))
+        geo = flt.near is not None
+        rows = self.db.execute(" UNION ALL ".join(parts), args).fetchall()
         if not rows:
             return np.empty(0, np.int64)
         if geo:
@@ -137,6 +112,60 @@ class MetaTables:
             refs = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         refs.sort()
         return refs
+
+    @staticmethod
+    def _filter_part(table: str, detection_of: str | None, flt, args: list, index_id: int) -> str:
+        """One SELECT of filter_refs: the index entries of `table` rows (f) passing flt: the whole
+        photos (detection_of None) or their detections (regions, video frames). Its tables are
+        joined in a set order (CROSS JOIN: SQLite's join-order hint) starting from the selective
+        side: media_meta by its `taken` index for a date range, the file's path index for folders;
+        else the index's own rows."""
+        conds = ["f.deleted = 0"]
+        tables = {"f": f"{table} f"}
+        if detection_of:
+            tables["d"] = "detection d"
+            conds.append(detection_of)
+            conds.append("ii.detection_id = d.id")
+        else:
+            conds.append("ii.image_id = f.id")
+        conds.append(f"ii.index_id = {int(index_id)}")
+        tables["ii"] = "index_image ii"
+        cond_args: list = []
+        if flt.folders:
+            ors = []
+            for folder in flt.folders:
+                prefix = folder.rstrip("/") + "/"
+                ors.append("f.path = ? OR (f.path >= ? AND f.path < ?)")  # '0' follows '/': every path below
+                cond_args += [folder.rstrip("/") or "/", prefix, prefix[:-1] + "0"]
+            conds.append("(" + " OR ".join(f"({o})" for o in ors) + ")")
+        cols = "ii.index_ref_id"
+        if flt.needs_meta:
+            tables["m"] = "media_meta m"
+            conds.append(f"m.{table}_id = f.id")
+            if flt.after is not None:
+                conds.append("m.taken >= ?")
+                cond_args.append(_wall(flt.after))
+            if flt.before is not None:
+                conds.append("m.taken < ?")
+                cond_args.append(_wall(flt.before))
+            if flt.camera:
+                escaped = flt.camera.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                conds.append("(COALESCE(m.make, '') || ' ' || COALESCE(m.model, '')) LIKE ? ESCAPE '\\'")
+                cond_args.append(f"%{escaped}%")
+            box = flt.bounding_box()
+            if box is not None:
+                conds.append("m.lat BETWEEN ? AND ? AND m.lon BETWEEN ? AND ?")
+                cond_args += list(box)
+                cols += ", m.lat, m.lon"
+        args += cond_args
+        if flt.after is not None or flt.before is not None:
+            order = ["m", "f", "d", "ii"]
+        elif flt.folders:
+            order = ["f", "d", "m", "ii"]
+        else:
+            return f"SELECT {cols} FROM {', '.join(tables.values())} WHERE {' AND '.join(conds)}"
+        joined = " CROSS JOIN ".join(tables[a] for a in order if a in tables)
+        return f"SELECT {cols} FROM {joined} WHERE {' AND '.join(conds)}"
 
 
 def _wall(dt) -> float:
