@@ -60,6 +60,9 @@ class IndexProgress:
     def loading(self, done: int, total: int) -> None:
         """Vectors loaded so far into an index that is filled in batches (a Milvus collection)."""
 
+    def reading_metadata(self, done: int, total: int) -> None:
+        """Files whose date, place and camera were read so far (a library indexed before they were)."""
+
 
 @dataclass
 class IndexReport:
@@ -256,7 +259,7 @@ class Library:
             missing = self.catalog.count_without_meta()
             if missing:
                 progress.stage(f"reading dates, places and cameras of {missing} files indexed before")
-                photos, videos = metadata.backfill(self.catalog)
+                photos, videos = metadata.backfill(self.catalog, on_progress=progress.reading_metadata)
                 if kind == "milvus":  # its rows keep the date beside each vector: re-add them with it
                     with self.catalog.transaction():
                         self.catalog.mark_stale_for_meta(photos, videos)
@@ -538,6 +541,12 @@ class _StatusFile(IndexProgress):
         self.state.update(stage=text)
         self._write(force=True)
         self.inner.stage(text)
+
+    def reading_metadata(self, done, total):
+        self.state.update(stage="reading dates", done=done, total=total)
+        self._write(force=done in (0, total))
+        if hasattr(self.inner, "reading_metadata"):  # progress objects written before it existed
+            self.inner.reading_metadata(done, total)
 
     def loading(self, done, total):
         self.state.update(loaded=done, to_load=total)

@@ -169,6 +169,13 @@ class _RichIndexProgress:
         if self.task is not None:
             self.progress.update(self.task, completed=done)
 
+    def reading_metadata(self, done, total):
+        if self.task is None and total:
+            self.progress.start()
+            self.task = self.progress.add_task("reading dates", total=total, failed="", unit="file")
+        if self.task is not None:
+            self.progress.update(self.task, completed=done)
+
     def close(self):
         self.progress.stop()
 
