@@ -97,6 +97,7 @@ ARGVS = [
     [QUERY, "-L", "/tmp/x"], [QUERY, "--library=/tmp/y"], ["-L/tmp/z", QUERY], [QUERY, "-m", "m1", "--model", "m2"],
     [QUERY, "--threshold", "0.4"], [QUERY, "--threshold=auto", "--json", "-k", "1"], ["--", "-a dash"],
     [QUERY, "-k", "-2"], ["-k", "+7", QUERY],
+    [QUERY, "--add", "sunset", "--subtract", "people", "--add=dog"], ["--subtract", "-x", "--", "a +b -c"],
 ]
 DEFERRED = [[], [QUERY, "x"], [QUERY, "--image", "a.jpg"], ["--image", "a.jpg"], [QUERY, "-k", "three"], [QUERY, "-h"],
             [QUERY, "--help"], [QUERY, "--jsn"], [QUERY, "--json=1"], [QUERY, "-k"], ["-x"], [QUERY, "-i", "a.jpg"]]
@@ -217,7 +218,9 @@ def test_daemon_answers_with_the_same_results(library, daemon):
     assert "onnxruntime" not in mods and "numpy" not in mods and "typer" not in mods  # answered by the daemon
     _same_results(json.loads(r.stdout)["results"], in_process)
     # plain lines, the threshold, and a user error come back as they would in process
-    for args in ([QUERY, "-k", "4"], [QUERY, "--threshold", "0.49", "--json"], [QUERY, "--threshold", "2"], [" "]):
+    for args in ([QUERY, "-k", "4"], [QUERY, "--threshold", "0.49", "--json"], [QUERY, "--threshold", "2"], [" "],
+                 ["beach +sunset -people", "--json"], ["beach", "--add", "sunset", "--subtract", "people", "--json"],
+                 ["beach +"]):  # combined queries reach the daemon in the inline syntax
         via = _search(library, *args)
         local = _search(library, *args, env={"PIXQUERY_NO_DAEMON": "1"})
         assert via.returncode == local.returncode

@@ -276,7 +276,9 @@ def test_original(api, served):
     ({"q": ""}, 400),
     ({"q": "   "}, 400),
     ({"q": "x" * 501}, 422),
-    ({"q": "dog", "image_id": 1}, 400),
+    ({"q": "dog +"}, 400),  # the inline syntax: an operator with nothing after it
+    ({"q": "dog", "add": ""}, 400),
+    ({"q": "dog", "like": -1}, 422),
     ({"q": "dog", "k": 0}, 422),
     ({"q": "dog", "k": "ten"}, 422),
     ({"q": "dog", "offset": -1}, 422),

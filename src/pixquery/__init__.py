@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from pixquery.errors import PixqueryError  # noqa: E402
 
-__all__ = ["Library", "SearchResult", "PixqueryError", "__version__"]
+__all__ = ["Library", "Query", "SearchResult", "PixqueryError", "__version__"]
 
 
 def __getattr__(name):
@@ -13,4 +13,8 @@ def __getattr__(name):
         from pixquery import api
 
         return getattr(api, name)
+    if name == "Query":  # a combined query: texts and images with weights (pixquery.query)
+        from pixquery.query import Query
+
+        return Query
     raise AttributeError(name)

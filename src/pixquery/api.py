@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING
 from pixquery.catalog import Catalog, ModelRow
 from pixquery.errors import BadImage, LibraryError, PixqueryError
 from pixquery.filters import Filter, check_sort
+from pixquery import query as query_mod
 from pixquery.ingest import store_only
+from pixquery.query import Query
 from pixquery.search import Results, SearchResult, run_query, run_store_query
 
 if TYPE_CHECKING:
@@ -99,7 +101,8 @@ class IndexReport:
 
 
 class Library:
-    def __init__(self, path: Path, model: str | None = None, precision: str | None = None, *, create: bool = True):
+    def __init__(self, path: Path, model: str | None = None, precision: str | None = None, *, create: bool = True,
+                 encoder=None):
         self.path = Path(path)
         if not create and not (self.path / CATALOG_FILE).is_file():
             raise LibraryError(f"no library at {self.path}: make one with `pixquery index FOLDER --library {self.path}`")
@@ -108,18 +111,21 @@ class Library:
         if precision is not None and precision not in PRECISIONS:
             raise PixqueryError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self._precision = precision
-        self._encoder = None
+        self._encoder = encoder  # given: used instead of loading `model` (see open)
         self._loaded: tuple | None = None  # (index_id, path, index)
 
     @classmethod
     def open(cls, path: str | Path | None = None, model: str | None = None, precision: str | None = None, *,
-             create: bool = True) -> "Library":
+             create: bool = True, encoder=None) -> "Library":
         """Open (or create) a library. `model`: a name from `pixquery models`, or a local model folder.
         `precision`: "fp32" or "int8"; None uses the library's (what its last `index` with a
         precision chose; fp32 for a new library). Model and precision given here are remembered
         by `index`, so every later command (search, serve, a plain rescan) uses the same.
-        create=False: raise LibraryError("no library at ...") instead of creating a missing one."""
-        return cls(Path(path).expanduser() if path else default_library_path(), model, precision, create=create)
+        create=False: raise LibraryError("no library at ...") instead of creating a missing one.
+        encoder: an object with the Encoder protocol (pixquery.encoders.base) to use instead of
+        loading a model, e.g. a stand-in that maps words to known vectors in a test."""
+        return cls(Path(path).expanduser() if path else default_library_path(), model, precision, create=create,
+                   encoder=encoder)
 
     def close(self) -> None:
         if self._loaded is not None and self._loaded[0] == "store":
@@ -356,11 +362,14 @@ class Library:
 
     def search(
         self,
-        query: str | None = None,
+        query: str | Query | None = None,
         *,
         image: str | Path | None = None,
         image_id: int | None = None,
         vector: np.ndarray | None = None,
+        add: Sequence[str] = (),
+        subtract: Sequence[str] = (),
+        image_weight: float = 1.0,
         k: int = 10,
         threshold: float | str | None = None,
         after: str | date | None = None,
@@ -374,7 +383,15 @@ class Library:
         sort: str = "score",
         strategy: str = "auto",
     ) -> Results:
-        """Search by a sentence, an image file, an image already in the library, or a raw vector.
+        """Search by a sentence, an image file, an image already in the library, a raw vector, or
+        a weighted combination of them (pixquery.query).
+
+        query: a sentence in the inline syntax ("beach +sunset -people": plus and minus parts,
+        docs/search.md), or a pixquery.query.Query of weighted parts. add / subtract: more phrases,
+        taken literally, added or subtracted. image, image_id, vector: parts weighted `image_weight`
+        (negative: photos like it go down). The parts are combined as rclip does: the weighted sum
+        of their L2-normalised embeddings, normalised. Photos added by id ("more like this") are
+        left out of the results.
 
         threshold: an angular distance (0..1) above which results are dropped, or "auto" for the
         threshold `pixquery eval` stored for this model.
@@ -389,10 +406,9 @@ class Library:
         """
         from pixquery.ingest import video as video_mod
 
-        given = [x is not None for x in (query, image, image_id, vector)]
-        if sum(given) != 1:
-            raise PixqueryError("give exactly one of: a text query, an image, an image id, a vector")
-        if image_id is not None:
+        parts = self.query_of(query, image=image, image_id=image_id, vector=vector, add=add, subtract=subtract,
+                              image_weight=image_weight)
+        if any(p.kind == query_mod.IMAGE_ID for p in parts):
             store_only.refuse(self, "image_id")
         sort = check_sort(sort)
         flt = filter if filter is not None else Filter.parse(after=after, before=before, folders=folders, media=media,
@@ -401,22 +417,54 @@ class Library:
             store_only.refuse(self, "filters and sort")
         index, row = self._index()
         threshold = self._threshold(threshold)
-        if query is not None:
-            if not query.strip():
-                raise PixqueryError("the query is empty")
-            q = self.encoder.encode_texts([query])[0]
-        elif image is not None:
-            q = self.embed_image(image)
-        elif image_id is not None:
-            q = self.catalog.image_embedding(row.model_id, int(image_id))
-            if q is None:
-                raise PixqueryError(f"no image with id {image_id} in this library")
-        else:
-            q = np.asarray(vector, dtype=np.float32)
+        q = query_mod.combine(self.encoder, parts, lambda part: self._part_vector(part, row))
         if row is None:  # store-only: the paths come from the collection, not from catalog rows
             return run_store_query(index, q, k, threshold)
-        return run_query(self.catalog, index, row, q, k, threshold, exclude_image=image_id,
+        return run_query(self.catalog, index, row, q, k, threshold, exclude_image=parts.liked_photos(),
                          merge_gap=video_mod.merge_gap_for(self.catalog), flt=flt, sort=sort, strategy=strategy)
+
+    @staticmethod
+    def query_of(query: str | Query | None = None, *, image=None, image_id=None, vector=None,
+                 add: Sequence[str] = (), subtract: Sequence[str] = (), image_weight: float = 1.0) -> Query:
+        """The Query that search() runs for these arguments (the inline syntax of a string parsed)."""
+        if isinstance(add, str) or isinstance(subtract, str):
+            raise PixqueryError("add and subtract take a list of phrases, not one string")
+        if query is None:
+            parts = query_mod.Query()
+        elif isinstance(query, query_mod.Query):
+            parts = query
+        else:
+            parts = query_mod.parse_inline(query)
+        for text in add:
+            parts = parts.plus(text)
+        for text in subtract:
+            parts = parts.minus(text)
+        if image is not None:
+            parts = parts.plus_image(image, image_weight)
+        if image_id is not None:
+            parts = parts.plus_photo(image_id, image_weight)
+        if vector is not None:
+            parts = parts.plus_vector(vector, image_weight)
+        if not len(parts):
+            raise PixqueryError("give a query: a text, an image, an image id or a vector")
+        return parts
+
+    def _part_vector(self, part: query_mod.Part, row) -> np.ndarray:
+        """The embedding of a query part that is not text (combine() embeds the texts)."""
+        from pixquery.ingest import pipeline
+
+        if part.kind == query_mod.IMAGE:
+            return self.embed_image(part.value)
+        if part.kind == query_mod.IMAGE_ID:
+            q = self.catalog.image_embedding(row.model_id, int(part.value))
+            if q is None:
+                raise PixqueryError(f"no image with id {part.value} in this library")
+            return q
+        if part.kind == query_mod.UPLOAD:
+            if not isinstance(part.value, (bytes, bytearray)):
+                raise PixqueryError("an upload part of a query holds the picture's bytes")
+            return pipeline.embed_picture(bytes(part.value), self.encoder, name="upload")
+        return np.asarray(part.value, dtype=np.float32)  # VECTOR
 
     def embed_image(self, image: str | Path) -> np.ndarray:
         """An image file's embedding, through the same decode and crop stage as indexing."""
@@ -577,4 +625,4 @@ class _FileLock:
         os.close(self.fd)
 
 
-__all__ = ["Library", "SearchResult", "Results", "IndexReport", "IndexProgress", "default_library_path"]
+__all__ = ["Library", "Query", "SearchResult", "Results", "IndexReport", "IndexProgress", "default_library_path"]

@@ -295,8 +295,15 @@ def reindex(
 
 @app.command()
 def search(
-    query: Optional[str] = typer.Argument(None, metavar="QUERY", help="What to look for, in words", show_default=False),
-    image: Optional[Path] = typer.Option(None, "--image", "-i", help="Find photos similar to this image"),
+    query: Optional[str] = typer.Argument(None, metavar="QUERY", show_default=False,
+                                          help="What to look for, in words; 'beach +sunset -people' adds and subtracts "
+                                               "phrases (a hyphen inside a word is just a hyphen; \\- or quotes for a literal "
+                                               "leading - or +: docs/search.md)"),
+    add: List[str] = typer.Option([], "--add", metavar="TEXT", help="Also look for this phrase (repeatable)"),
+    subtract: List[str] = typer.Option([], "--subtract", metavar="TEXT", help="Push photos like this phrase down (repeatable)"),
+    image: List[Path] = typer.Option([], "--image", "-i", metavar="PATH", help="Find photos similar to this image (repeatable; with a text: both count)"),
+    weight: List[float] = typer.Option([], "--weight", metavar="W",
+                                       help="Weight of an --image, the first --weight for the first --image (default 1; negative: less like it)"),
     k: int = typer.Option(10, "-k", "--top", help="Number of results"),
     threshold: Optional[str] = typer.Option(None, help="Drop results farther than this angular distance (0..1), or 'auto'"),
     library: Optional[Path] = LibraryOpt,
@@ -311,12 +318,13 @@ def search(
     within: Optional[float] = typer.Option(None, help="With --near: within this many km [default: 10]", rich_help_panel="Filters"),
     sort: str = typer.Option("score", help="score (best first) or date (the results, oldest first)"),
 ):
-    """Search the library by text or by image (a text search is answered by `pixquery daemon` when one runs for the library)."""
+    """Search the library by text, by image, or by both added and subtracted (a text search is answered by `pixquery daemon` when one runs for the library)."""
     from pixquery.searchcmd import search_command
 
     try:
-        search_command(query, image, k, threshold, library, model, as_json, after=after, before=before, folders=folders,
-                       media=media, camera=camera, near=near, within=within, sort=sort)
+        search_command(query, image, k, threshold, library, model, as_json, add=add, subtract=subtract, weight=weight,
+                       after=after, before=before, folders=folders, media=media, camera=camera, near=near, within=within,
+                       sort=sort)
     except BrokenPipeError:  # `| head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(EXIT_OK) from None

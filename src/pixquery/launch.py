@@ -1,7 +1,8 @@
 """The `pixquery` command's entry point: a plain text search starts without typer.
 
-`pixquery search "a dog" [-k N] [-L LIB] [-m MODEL] [--threshold T] [--json]` is parsed here, by
-hand, and run by pixquery.searchcmd (the same code the typer command runs), so that a query
+`pixquery search "a dog" [-k N] [-L LIB] [-m MODEL] [--threshold T] [--json] [--add TEXT]
+[--subtract TEXT]` is parsed here, by hand, and run by pixquery.searchcmd (the same code the typer
+command runs), so that a query
 answered by a daemon imports only the standard library, and one searched in process skips
 typer's ~50 ms of imports. Anything else (another command, --help, --image, an option this does not
 know, a value it cannot read) goes to the full command line, pixquery.cli, unchanged: there typer
@@ -21,12 +22,15 @@ _SEARCH_OPTIONS = {
     "-m": ("model", True), "--model": ("model", True),
     "--threshold": ("threshold", True),
     "--json": ("as_json", False),
+    "--add": ("add", True), "--subtract": ("subtract", True),  # repeatable: a list
 }
+_REPEATABLE = {"add", "subtract"}
 
 
 def parse_search(args: list[str]) -> dict | None:
     """The arguments after `search` as search_command's keywords, or None for the full CLI."""
-    out: dict = {"query": None, "image": None, "k": 10, "threshold": None, "library": None, "model": None, "as_json": False,
+    out: dict = {"query": None, "add": [], "subtract": [], "image": [], "weight": [], "k": 10, "threshold": None,
+                 "library": None, "model": None, "as_json": False,
                  # the filter options (pixquery.cli) are left to the full command line: these are their defaults
                  "after": None, "before": None, "folders": (), "media": None, "camera": None, "near": None,
                  "within": None, "sort": "score"}
@@ -57,7 +61,10 @@ def parse_search(args: list[str]) -> dict | None:
                 return None
             value = args[i]
             i += 1
-        out[dest] = value
+        if dest in _REPEATABLE:
+            out[dest].append(value)
+        else:
+            out[dest] = value
     if len(positional) != 1:
         return None
     out["query"] = positional[0]

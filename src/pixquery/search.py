@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Collection
 
 import numpy as np
 
@@ -60,7 +61,7 @@ def run_query(
     query: np.ndarray,
     k: int,
     threshold: float | None = None,
-    exclude_image: int | None = None,
+    exclude_image: int | Collection[int] | None = None,
     merge_gap: float | None = None,
     flt: Filter | None = None,
     sort: str = "score",
@@ -68,6 +69,7 @@ def run_query(
 ) -> Results:
     """Search `index` (described by `row`) and turn hits into results, best first, one per photo;
     hits of one video closer than `merge_gap` seconds become one result with a time range.
+    exclude_image: photo id(s) left out (those a "more like this" query started from).
     `flt` keeps only what passes it (still k results when k pass: indexes/filtered.py, with
     `strategy`); sort="date" orders the results (those within the threshold) by date taken."""
     from pixquery.ingest.video import DEFAULT_MERGE_GAP
@@ -76,13 +78,15 @@ def run_query(
     k = max(1, int(k))
     if flt is not None and flt.active:
         index = filtered_view(catalog, index, row, flt, strategy)
+    exclude = frozenset() if exclude_image is None else frozenset(
+        [exclude_image] if isinstance(exclude_image, int) else exclude_image)
     # Regions and video frames put several hits on one file (a long video can fill the whole first
     # page with its frames), and deleted files may still be in the index until the next sync.
     # Over-fetch, and fetch 4x more while fewer than k distinct live results remain and the index
     # has more to give (below the threshold, when there is one).
     query = np.atleast_2d(query).astype(np.float32)
     results = _ranked(index, k, k * 4 + 16, threshold,
-                      lambda fetch: _collect(catalog, index, row, query, fetch, k, threshold, exclude_image, merge_gap))
+                      lambda fetch: _collect(catalog, index, row, query, fetch, k, threshold, exclude, merge_gap))
     _with_meta(catalog, results)
     if sort == "date":
         by_date(results)
@@ -188,7 +192,7 @@ def _collect_from_store(index, query: np.ndarray, fetch: int, threshold: float |
 
 
 def _collect(catalog: Catalog, index, row: IndexRow, query: np.ndarray, fetch: int, k: int, threshold: float | None,
-             exclude_image: int | None, merge_gap: float) -> tuple[list[SearchResult], int, bool]:
+             exclude: frozenset, merge_gap: float) -> tuple[list[SearchResult], int, bool]:
     """The best `fetch` hits as results (one per photo, video hits merged, live files only, best
     first; with paths read for the first k of them only), how many the threshold dropped, and
     whether the hits went past the threshold."""
@@ -218,7 +222,7 @@ def _collect(catalog: Catalog, index, row: IndexRow, query: np.ndarray, fetch: i
             key = ("image", image_id) if image_id is not None else ("video", video_id, item.detection_id)
             hit = dict(image_id=image_id, video_id=video_id, detection_id=item.detection_id, timestamp=ts,
                        box=None if box == (0.0, 0.0, 1.0, 1.0) else box)
-        if exclude_image is not None and hit.get("image_id") == exclude_image:
+        if hit.get("image_id") in exclude:
             continue
         if key in best:
             continue  # hits come best first: the first one of a file is its best

@@ -124,7 +124,7 @@ def _default_library() -> Path:
     return Path(base) / "pixquery"
 
 
-def _in_process(query, image, k, threshold, library, model, as_json, filters=None, sort="score"):
+def _in_process(query, k, threshold, library, model, as_json, filters=None, sort="score"):
     from pixquery.api import Library
 
     with Library.open(library, model=model, create=False) as lib:
@@ -134,31 +134,55 @@ def _in_process(query, image, k, threshold, library, model, as_json, filters=Non
         if not as_json and getattr(enc, "random_weights", False):
             warn_random(lib.model_name)
         t0 = time.perf_counter()
-        results = lib.search(query, image=image, k=k, threshold=threshold, sort=sort, **(filters or {}))
+        results = lib.search(query, k=k, threshold=threshold, sort=sort, **(filters or {}))
         ms = (time.perf_counter() - t0) * 1000
         return Found.of(results), ms
 
 
-def search_command(query: str | None, image: Path | None, k: int, threshold: str | None, library: Path | None,
-                   model: str | None, as_json: bool, *, sort: str = "score", **filters) -> None:
+def _combined(query: str | None, add, subtract, images, weights):
+    """The Query of the command line's parts (pixquery.query): the inline syntax of QUERY, then
+    --add, --subtract, and each --image with its --weight."""
+    from pixquery.query import Query, parse_inline
+
+    if len(weights) > len(images):
+        raise PixqueryError(f"{len(weights)} --weight for {len(images)} --image: each --weight is the "
+                            "weight of one --image, the first --weight for the first --image")
+    q = parse_inline(query) if query is not None else Query()
+    for text in add:
+        q = q.plus(text)
+    for text in subtract:
+        q = q.minus(text)
+    for n, path in enumerate(images):
+        q = q.plus_image(path, weights[n] if n < len(weights) else 1.0)
+    return q
+
+
+def search_command(query: str | None, image, k: int, threshold: str | None, library: Path | None,
+                   model: str | None, as_json: bool, add=(), subtract=(), weight=(), *, sort: str = "score",
+                   **filters) -> None:
     """Search and print (the body of `pixquery search`); raises PixqueryError for a user error.
+    image: a path or a list of paths (--image, repeatable), weight: their --weight values.
     `filters`: Library.search's filter keywords (after, before, folders, media, camera, near, within)."""
-    if (query is None) == (image is None):
-        raise PixqueryError("give a text query or --image PATH (one of them)")
+    images = [] if image is None else [image] if isinstance(image, (str, Path)) else list(image)
+    if query is None and not (images or add or subtract):
+        raise PixqueryError("give a text query or --image PATH")
+    combined = _combined(query, add, subtract, images, list(weight))
     filters = {key: [str(f) for f in v] if key == "folders" else v
                for key, v in filters.items() if v not in (None, "", [], ())}
     plain = not filters and sort == "score"  # the daemon answers plain searches only
-    got = _from_daemon(query, k, threshold, library, model) if query is not None and plain else None
+    # The daemon answers text-only queries: the combined one travels in the inline syntax.
+    inline = query if query is not None and len(combined) == 1 and not images else combined.to_inline()
+    got = _from_daemon(inline, k, threshold, library, model) if inline is not None and plain else None
     if got is not None:
         found, random_weights, model_name, ms = got
         if random_weights and not as_json:
             warn_random(model_name)
     else:
-        found, ms = _in_process(query, image, k, threshold, library, model, as_json, filters, sort)
+        found, ms = _in_process(combined, k, threshold, library, model, as_json, filters, sort)
     if as_json:
-        print(json.dumps({"query": query, "image": str(image) if image else None, "threshold": found.threshold,
-                          "dropped_by_threshold": found.dropped, "filters": filters or None, "sort": sort,
-                          "results": found.results}, indent=2))
+        print(json.dumps({"query": query, "image": str(images[0]) if images else None, "parts": combined.to_dicts(),
+                          "threshold": found.threshold, "dropped_by_threshold": found.dropped,
+                          "filters": filters or None, "sort": sort, "results": found.results}, indent=2))
         return
     rows = [(r["rank"], f"{r['score']:.4f}", f"{r['distance']:.4f}", where) for r, where in zip(found.results, found.locations)]
     if not plain:  # a filtered or date-sorted search shows when each was taken (a 5th field: cut -f4 stays the path)

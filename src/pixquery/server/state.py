@@ -25,16 +25,18 @@ import numpy as np
 from fastapi import Depends, Request
 
 from pixquery import __version__
+from pixquery import query as query_mod
 from pixquery.errors import BadImage, IndexStoreError, LibraryError, PixqueryError
 from pixquery.server import files, thumbnails
 from pixquery.server.api_errors import ApiError
 from pixquery.server.caches import TextEncoder, UploadCache
-from pixquery.server.config import ServerConfig
+from pixquery.server.config import MAX_ID, ServerConfig
 from pixquery.server.pool import LibraryPool
 from pixquery.server.static_page import static_files
 
 log = logging.getLogger("pixquery.server")
 
+MAX_EXTRA_PARTS = 32  # add + subtract + like + unlike of one search: each is an encode or a catalog read
 BROWSER_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/avif", "image/x-ms-bmp"}
 
 
@@ -90,9 +92,13 @@ class Server:
 
     def search(self, *, text: str | None = None, image_id: int | None = None, upload_id: str | None = None,
                vector: np.ndarray | None = None, k: int, offset: int, threshold: str | None,
-               filters: dict | None = None, sort: str = "score") -> dict:
-        """One page of results. `filters`: pixquery.filters.Filter.parse's keywords (after, before,
-        folders, media, camera, near, within), from the query parameters; `sort`: score or date."""
+               add: list[str] = (), subtract: list[str] = (), like: list[int] = (), unlike: list[int] = (),
+               image_weight: float = 1.0, filters: dict | None = None, sort: str = "score") -> dict:
+        """One page of results for a combined query (pixquery.query): the text `q` in the inline
+        syntax, phrases added / subtracted, photos of the library liked / unliked, and one image
+        (`image_id`, an upload, or a vector) weighted `image_weight`. `filters`: pixquery.filters.
+        Filter.parse's keywords (after, before, folders, media, camera, near, within), from the
+        query parameters; `sort`: score or date."""
         from pixquery.filters import Filter, check_sort
 
         t0 = time.perf_counter()
@@ -102,48 +108,29 @@ class Server:
             sort = check_sort(sort)
         except PixqueryError as e:
             raise ApiError(422, str(e)) from None
-        given = [x is not None for x in (text, image_id, upload_id, vector)]
-        if sum(given) != 1:
-            raise ApiError(400, "give exactly one of: q (a text query), image_id, upload_id")
+        if text is None and not (add or subtract or like or unlike) and image_id is None and upload_id is None \
+                and vector is None:
+            raise ApiError(400, "give a query: q (text), add, subtract, like, unlike, image_id or upload_id")
         k = min(int(k), cfg.max_k)
         if offset >= cfg.max_results:
             raise ApiError(422, f"offset must be below {cfg.max_results} (the most results a search returns)")
         want = min(offset + k, cfg.max_results)
         th = self._parse_threshold(threshold)
-        query: dict
-        if text is not None:
-            text = text.strip()
-            if not text:
-                raise ApiError(400, "the query is empty")
-            if len(text) > cfg.max_query_chars:
-                raise ApiError(422, f"the query is longer than {cfg.max_query_chars} characters")
-            vector = self.texts.encode(text)  # cached: paging re-asks the same text
-            query = {"text": text}
-        elif upload_id is not None:
-            vector = self.uploads.get(upload_id)
-            if vector is None:
-                raise ApiError(404, "unknown or expired upload_id: upload the image again")
-            query = {"upload_id": upload_id}
-        elif image_id is not None:
-            query = {"image_id": image_id}
-        else:
-            query = {"vector": True}
+        parts, query = self._query_parts(text, add, subtract, like, unlike, image_id, upload_id, vector, image_weight)
+        photo_ids = {p.value for p in parts if p.kind == query_mod.IMAGE_ID}
         with self.pool.get() as lib:
-            if image_id is not None:
-                row = lib.catalog.image(image_id)
+            for pid in sorted(photo_ids):
+                row = lib.catalog.image(pid)
                 if row is None or row.deleted:
-                    raise ApiError(404, f"no image with id {image_id}")
+                    raise ApiError(404, f"no image with id {pid}")
             try:
-                if image_id is not None:
-                    res = lib.search(image_id=image_id, k=want + 1, threshold=th, filter=flt, sort=sort)
-                else:
-                    res = lib.search(vector=vector, k=want + 1, threshold=th, filter=flt, sort=sort)
+                res = lib.search(parts, k=want + 1, threshold=th, filter=flt, sort=sort)
             except LibraryError as e:
                 raise ApiError(503, str(e)) from None
             except IndexStoreError as e:  # the vector store (a Milvus server) is down or refused
                 raise ApiError(503, str(e), {"Retry-After": "5"}) from None
             except PixqueryError as e:
-                raise ApiError(404 if image_id is not None else 400, str(e)) from None
+                raise ApiError(404 if str(e).startswith("no image with id") else 400, str(e)) from None
             page = list(res)[offset: want]
             rows = lib.catalog.images([r.image_id for r in page if r.image_id is not None and r.video_id is None])
             videos = lib.catalog.video_versions([r.video_id for r in page if r.video_id is not None])
@@ -158,6 +145,61 @@ class Server:
             "next_offset": want if more else None, "threshold": res.threshold, "dropped": res.dropped,
             "took_ms": round((time.perf_counter() - t0) * 1000, 2),
         }
+
+    def _query_parts(self, text, add, subtract, like, unlike, image_id, upload_id, vector, image_weight):
+        """(the Query to search, the `query` object the answer describes it with). Texts are
+        encoded here, through the server's cache and batching, and go to the Library as vectors."""
+        cfg = self.config
+        if len(add) + len(subtract) + len(like) + len(unlike) > MAX_EXTRA_PARTS:
+            raise ApiError(422, f"at most {MAX_EXTRA_PARTS} add, subtract, like and unlike parameters in all")
+        for phrase in (*add, *subtract):
+            if len(phrase) > cfg.max_query_chars:
+                raise ApiError(422, f"a phrase is longer than {cfg.max_query_chars} characters")
+        for pid in (*like, *unlike):
+            if not 0 <= pid <= MAX_ID:
+                raise ApiError(422, f"a photo id is between 0 and {MAX_ID}, not {pid}")
+        described: dict = {}
+        parsed = query_mod.Query()
+        try:
+            if text is not None:
+                text = text.strip()
+                if not text:
+                    raise ApiError(400, "the query is empty")
+                if len(text) > cfg.max_query_chars:
+                    raise ApiError(422, f"the query is longer than {cfg.max_query_chars} characters")
+                described["text"] = text
+                parsed = query_mod.parse_inline(text)
+            for phrase in add:
+                parsed = parsed.plus(phrase)
+            for phrase in subtract:
+                parsed = parsed.minus(phrase)
+            for pid in like:
+                parsed = parsed.plus_photo(pid)
+            for pid in unlike:
+                parsed = parsed.plus_photo(pid, -1.0)
+            if image_id is not None:
+                described["image_id"] = image_id
+                parsed = parsed.plus_photo(image_id, image_weight)
+            if upload_id is not None:
+                described["upload_id"] = upload_id
+                v = self.uploads.get(upload_id)
+                if v is None:
+                    raise ApiError(404, "unknown or expired upload_id: upload the image again")
+                parsed = parsed.plus_vector(v, image_weight)
+            elif vector is not None:
+                described["vector"] = True
+                parsed = parsed.plus_vector(vector, image_weight)
+        except PixqueryError as e:  # the inline syntax, a weight
+            raise ApiError(400, str(e)) from None
+        if len(parsed) > 1 or add or subtract or like or unlike:
+            described["parts"] = parsed.to_dicts()
+            if upload_id is not None:  # the upload's part is the last one: name it by its id, not as a vector
+                described["parts"][-1] = {"kind": query_mod.UPLOAD, "value": upload_id, "weight": parsed.parts[-1].weight}
+        # text parts -> their vectors: cached, so that paging does not re-encode (the text tower
+        # is most of a search's time)
+        encoded = query_mod.Query(query_mod.Part(query_mod.VECTOR, self.texts.encode(p.value), p.weight)
+                                  if p.kind == query_mod.TEXT else p for p in parsed)
+        return encoded, described
 
     @staticmethod
     def _hit(r, row, video: tuple[int, int] | None = None) -> dict:

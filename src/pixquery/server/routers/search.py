@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -65,12 +65,24 @@ def router(config: ServerConfig) -> APIRouter:
         k: int = Query(config.page_size, ge=1, description=f"results per page (capped at {config.max_k})"),
         offset: int = Query(0, ge=0, le=config.max_results, description="skip this many results (paging)"),
         threshold: Optional[str] = Query(None, max_length=32, description="angular distance 0..1 above which results are dropped, or 'auto'"),
+        add: List[str] = Query([], description="a phrase to add to the query, literally (repeatable)"),
+        subtract: List[str] = Query([], description="a phrase to subtract: photos like it go down (repeatable)"),
+        like: List[int] = Query([], description="a photo of the library to add: 'more like this' (repeatable; left out of the results)"),
+        unlike: List[int] = Query([], description="a photo of the library to subtract: 'less like this' (repeatable)"),
+        image_weight: float = Query(1.0, ge=-100, le=100, description="weight of image_id or upload_id in the query (negative: less like it)"),
         filtering: FilterDep = None,
     ):
-        """Search by text (`q`), by an image of the library (`image_id`) or by an earlier upload (`upload_id`),
-        optionally filtered (after, before, in, type, camera, near + within) and sorted by date."""
+        """Search by text (`q`), by an image of the library (`image_id`) or by an earlier upload
+        (`upload_id`), or by any combination of them with added and subtracted phrases and photos;
+        optionally filtered (after, before, in, type, camera, near + within) and sorted by date.
+
+        A combined query is the weighted sum of its parts' normalised embeddings, normalised
+        (docs/search.md). `q` takes the inline syntax: `beach +sunset -people` adds "sunset" and
+        subtracts "people"; a hyphen inside a word (`t-shirt`) is part of the word; `\\-`, `\\+`
+        or double quotes make a leading `-` / `+` literal. Repeat `add`, `subtract`, `like` and
+        `unlike` for several phrases or photos, e.g. `?q=beach&add=sunset&subtract=people&like=12&unlike=40`."""
         return server.search(text=q, image_id=image_id, upload_id=upload_id, k=k, offset=offset, threshold=threshold,
-                             **filtering)
+                             add=add, subtract=subtract, like=like, unlike=unlike, image_weight=image_weight, **filtering)
 
     @api.post("/api/search/image", response_model=SearchPage, tags=["search"],
               openapi_extra=UPLOAD_SCHEMA, responses={**ERRORS, 413: {"model": ErrorBody, "description": "upload too large"}})

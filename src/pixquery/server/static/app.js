@@ -13,14 +13,18 @@
     viewer: $("viewer"), vImg: $("v-img"), vName: $("v-name"), vPath: $("v-path"), vSize: $("v-size"),
     vDate: $("v-date"), vScore: $("v-score"), vVideo: $("v-video"), vBox: $("v-box"),
     vWhen: $("v-when"), vWhenLabel: $("v-when-label"), vSimilar: $("v-similar"), vOriginal: $("v-original"),
-    vClose: $("v-close"), vPrev: $("v-prev"), vNext: $("v-next"),
+    vClose: $("v-close"), vPrev: $("v-prev"), vNext: $("v-next"), vMore: $("v-more"), vLess: $("v-less"),
+    refine: $("refine"), refineText: $("refine-text"), refineClear: $("refine-clear"),
     after: $("after"), before: $("before"), folder: $("folder"), sort: $("sort"), clearFilters: $("clear-filters"),
     vCamera: $("v-camera"), vCameraLabel: $("v-camera-label"), vPlace: $("v-place"), vPlaceLabel: $("v-place-label"), vMap: $("v-map"),
   };
 
   let info = null;        // GET /api/info
   let calibrated = null;  // the threshold `pixquery eval` stored, if any
-  let search = null;      // {kind: "text"|"image"|"upload", value, label, nextOffset, results[], seq, controller}
+  let search = null;      // {kind: "text"|"image"|"upload", value, label, like[], unlike[], nextOffset, results[], seq, controller}
+  // like / unlike: photos of the library added to / subtracted from the search ("More like this",
+  // "Less like this" in the viewer), as {id, name}; the server combines them with the query
+  // (docs/search.md). A typed text may itself add and subtract phrases: "beach +sunset -people".
   let seq = 0;            // drops answers of superseded searches
   // Search as you type: a search starts once the box has been still for this long (index.html's
   // data-debounce-ms); Enter searches at once. Each new search aborts the request of the one before
@@ -190,6 +194,8 @@
     if (search.kind === "text") p.set("q", search.value);
     else if (search.kind === "image") p.set("image_id", search.value);
     else p.set("upload_id", search.value);
+    for (const x of search.like) p.append("like", x.id);
+    for (const x of search.unlike) p.append("unlike", x.id);
     p.set("k", Math.min(PAGE, limit() - offset));
     p.set("offset", offset);
     const t = thresholdParam();
@@ -212,9 +218,12 @@
 
   // typing: started by typing (keeps the old results, dimmed, until the new ones come; one
   // history entry for a run of typing instead of one per keystroke).
-  function startSearch(kind, value, label, typing) {
+  // refine: {like, unlike} to keep (a refined search, a rerun); a new search starts without.
+  function startSearch(kind, value, label, typing, refine) {
     cancelSearch();
-    search = { kind, value, label, nextOffset: 0, results: [], seq: ++seq, typing: !!typing, replace: !!typing };
+    const like = refine ? refine.like : [], unlike = refine ? refine.unlike : [];
+    search = { kind, value, label, like, unlike, nextOffset: 0, results: [], seq: ++seq, typing: !!typing, replace: !!typing };
+    showRefine();
     if (typing && els.grid.childElementCount) els.grid.classList.add("stale");
     else els.grid.innerHTML = "";
     if (kind !== "upload") {
@@ -237,6 +246,7 @@
     els.grid.classList.remove("stale");
     delete els.grid.dataset.query;
     els.queryImage.hidden = true;
+    showRefine();
     setMessage("");
     if (/[#&](q|image)=/.test(location.hash)) {
       const url = location.pathname + location.search;
@@ -279,6 +289,8 @@
     const n = search.results.length;
     let text = n ? `${n} result${n === 1 ? "" : "s"}` : "no results";
     if (search.kind === "text") text += ` for “${search.value}”`;
+    const refined = search.like.length + search.unlike.length;
+    if (refined) text += ` with ${refined} photo${refined === 1 ? "" : "s"} added or subtracted`;
     if (page.threshold != null) text += ` within distance ${page.threshold.toFixed(2)}`;
     const f = (page.query && page.query.filters) || null;
     if (f) {
@@ -376,7 +388,8 @@
     try {
       const page = await api("/api/search/image?" + p.toString(), { method: "POST", body });
       if (mySeq !== seq) { els.grid.dataset.stale = ++stale; return; }
-      search = { kind: "upload", value: page.upload_id, label: file.name, nextOffset: page.next_offset, results: [], seq: mySeq };
+      search = { kind: "upload", value: page.upload_id, label: file.name, like: [], unlike: [], nextOffset: page.next_offset, results: [], seq: mySeq };
+      showRefine();
       appendResults(page);
       describe(page);
       writeHash();
@@ -396,6 +409,8 @@
     if (search.kind === "text") p.set("q", search.value);
     else if (search.kind === "image") p.set("image", search.value);
     else return; // an upload cannot be restored from a URL
+    if (search.like.length) p.set("like", search.like.map((x) => x.id).join(","));
+    if (search.unlike.length) p.set("unlike", search.unlike.map((x) => x.id).join(","));
     const t = thresholdParam();
     if (t !== null) p.set("t", t);
     if (limit() !== 60) p.set("n", limit());
@@ -428,11 +443,13 @@
     els.sort.value = p.get("sort") === "date" ? "date" : "score";
     els.clearFilters.hidden = !filtersOn();
     showThreshold();
+    const ids = (key) => (p.get(key) || "").split(",").filter((x) => /^\d+$/.test(x)).map((id) => ({ id, name: `photo ${id}` }));
+    const refine = { like: ids("like"), unlike: ids("unlike") };
     if (p.get("q")) {
       els.q.value = p.get("q");
-      startSearch("text", p.get("q"));
+      startSearch("text", p.get("q"), undefined, false, refine);
     } else if (p.get("image") && /^\d+$/.test(p.get("image"))) {
-      startSearch("image", p.get("image"));
+      startSearch("image", p.get("image"), undefined, false, refine);
     } else if (search && search.kind !== "upload") { // back to before the search
       els.q.value = "";
       clearSearch();
@@ -489,7 +506,7 @@
     showBox(r.box);
     const at = video ? `#t=${(r.time_range ? r.time_range[0] : r.timestamp || 0).toFixed(1)}` : "";
     els.vOriginal.href = (r.original || "#") + at;
-    els.vSimilar.hidden = r.image_id == null || video;
+    els.vSimilar.hidden = els.vMore.hidden = els.vLess.hidden = r.image_id == null || video;
     stopVideo();
     els.vImg.hidden = false;
     els.vPrev.disabled = i === 0;
@@ -531,6 +548,32 @@
     startSearch("image", String(r.image_id), r.name);
   }
 
+  // "More like this" / "Less like this": the viewed photo joins the current search, added or
+  // subtracted (again: it moves from one list to the other); the results are searched again.
+  function refineWith(sign) {
+    if (viewerIndex < 0 || !search) return;
+    const r = search.results[viewerIndex];
+    if (r.image_id == null || r.kind === "video") return;
+    const id = String(r.image_id);
+    const like = search.like.filter((x) => x.id !== id), unlike = search.unlike.filter((x) => x.id !== id);
+    (sign > 0 ? like : unlike).push({ id, name: r.name });
+    els.viewer.close();
+    startSearch(search.kind, search.value, search.label, false, { like, unlike });
+  }
+
+  function showRefine() {
+    const like = search ? search.like : [], unlike = search ? search.unlike : [];
+    els.refine.hidden = !(like.length || unlike.length);
+    const names = (xs) => xs.map((x) => x.name).join(", ");
+    els.refineText.textContent = [like.length ? `more like ${names(like)}` : "", unlike.length ? `less like ${names(unlike)}` : ""]
+      .filter(Boolean).join(" · ");
+  }
+
+  els.vMore.addEventListener("click", () => refineWith(1));
+  els.vLess.addEventListener("click", () => refineWith(-1));
+  els.refineClear.addEventListener("click", () => {
+    if (search) startSearch(search.kind, search.value, search.label);
+  });
   els.vSimilar.addEventListener("click", moreLikeThis);
   els.vClose.addEventListener("click", () => els.viewer.close());
   els.vPrev.addEventListener("click", () => openViewer(viewerIndex - 1));
@@ -545,6 +588,8 @@
     if (e.key === "ArrowLeft") { e.preventDefault(); openViewer(viewerIndex - 1); }
     else if (e.key === "ArrowRight") { e.preventDefault(); openViewer(viewerIndex + 1); }
     else if (e.key === "m" || e.key === "M") { e.preventDefault(); moreLikeThis(); }
+    else if (e.key === "+") { e.preventDefault(); refineWith(1); }
+    else if (e.key === "-") { e.preventDefault(); refineWith(-1); }
   });
 
   // -- grid keyboard navigation ---------------------------------------------------------------
@@ -626,7 +671,7 @@
       els.grid.innerHTML = "";
       loadMore();
     } else {
-      startSearch(search.kind, search.value, search.label);
+      startSearch(search.kind, search.value, search.label, false, search);
     }
   }
 
@@ -650,7 +695,7 @@
   function queryToHash() {
     const given = new URLSearchParams(location.search);
     const p = new URLSearchParams();
-    for (const key of ["q", "image", "t", "n", "from", "to", "in", "sort"]) if (given.get(key)) p.set(key, given.get(key));
+    for (const key of ["q", "image", "like", "unlike", "t", "n", "from", "to", "in", "sort"]) if (given.get(key)) p.set(key, given.get(key));
     if (!p.toString() || location.hash.length > 1) return;
     history.replaceState(null, "", location.pathname + "#" + p.toString());
   }
