@@ -10,8 +10,10 @@ lists the allowed ids):
 * `postfilter` ("search wider"): ask the index for k / s hits (plus a margin) and keep the allowed
   ones, four times wider each round until k survive or the whole index was asked.
 
-bench/filtered_search.py measured both at 1M vectors (bench/results/filtered-search.md): the
-prefilter wins below PREFILTER_BELOW and the postfilter above it. Either way, when fewer than
+bench/filtered_search.py measured both at 1M vectors (bench/results/filtered-search.md). `auto`:
+the prefilter below PREFILTER_BELOW; above it one postfilter search, which usually keeps k when most
+ids pass, and the prefilter when it does not (the ids that pass lie away from the query: a date
+range of other scenes), instead of widening again and again. Either way, when fewer than
 min(k, allowed) hits come back (an approximate index that cannot reach them), `exact` (the allowed
 ids' stored vectors, from the catalog) scores them all: a filter never hides a photo that passes it.
 """
@@ -105,14 +107,22 @@ class FilteredIndex:
         if not self.allowed or not len(queries):
             return empty_results(len(queries), k)
         used = self.choose()
+        want = min(k, self.allowed)
+        result = None
+        if used == "postfilter" and self.strategy == "auto" and hasattr(self.index, "search_among"):
+            # Most ids pass: one search a little wider usually keeps k (cheaper than a selector scan).
+            # When the ids that pass are not where the query points (a date range of other scenes),
+            # it does not: then the prefilter, instead of widening 4x again and again.
+            result = self._postfilter(queries, k, rounds=1)
+            if (result[1][:, :want] < 0).any():
+                used, result = "prefilter", None
         if used == "prefilter" and hasattr(self.index, "search_among"):
             result = self.index.search_among(queries, k, self.mask)
             if result is None:  # this index's storage cannot take a selector (pq4 fast scan)
-                used, result = "postfilter", self._postfilter(queries, k)
-        else:
+                used = "postfilter"
+        if result is None:
             used, result = "postfilter", self._postfilter(queries, k)
         scores, ids = result
-        want = min(k, self.allowed)
         short = (ids[:, :want] < 0).any(axis=1)
         if short.any() and self.exact is not None and self.allowed <= EXACT_MAX:
             s2, i2 = self._exact(queries[short], k)
@@ -122,8 +132,9 @@ class FilteredIndex:
         self.used = used
         return scores, ids
 
-    def _postfilter(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Search wider until k allowed hits survive (or the index has no more to give)."""
+    def _postfilter(self, queries: np.ndarray, k: int, rounds: int = 1 << 30) -> tuple[np.ndarray, np.ndarray]:
+        """Search wider until k allowed hits survive (or the index has no more to give, or after
+        `rounds` searches)."""
         size = self._expression_size
         if size == 0:
             return empty_results(len(queries), k)
@@ -136,7 +147,8 @@ class FilteredIndex:
             ok = (ids >= 0) & (ids < len(self.mask))
             ok[ok] = self.mask[ids[ok]]
             enough = ok.sum(axis=1) >= min(k, self.allowed)
-            if enough.all() or fetch >= size or ((ids >= 0).sum(axis=1) < fetch).all() or fetch == limit:
+            rounds -= 1
+            if enough.all() or fetch >= size or ((ids >= 0).sum(axis=1) < fetch).all() or fetch == limit or not rounds:
                 break
             fetch = min(size, fetch * 4)
         out_s, out_i = empty_results(len(queries), k)
