@@ -49,7 +49,7 @@ from machine import describe, markdown  # noqa: E402
 
 PEERS = Path(os.environ.get("PIXQUERY_PEERS", "/work/peers"))
 RCLIP_SUBDIR = "ViT-B-32-256-datacomp_s34b_b86k"
-WORDS = "dog cat beach mountain car red blue old city night snow birthday cake tree river bridge child".split()
+WORDS = ["dog", "cat", "beach", "mountain", "car", "red", "blue", "old", "city", "night", "snow", "birthday", "cake", "tree", "river", "bridge", "child"]
 
 
 def pct(values, q):
@@ -145,7 +145,7 @@ def main() -> int:
             raise SystemExit(f"the daemon did not start: {line}{daemon.stderr.read()}")
         # warm-up (not timed): bytecode, the text tower's copies, the page cache
         outputs = {}
-        for name, (argv, cenv, cwd) in configs.items():
+        for name, (_argv, cenv, cwd) in configs.items():
             for _ in range(2):
                 r = subprocess.run(argv_for(name, "a photo of a dog"), env=cenv, cwd=cwd, capture_output=True, text=True)
                 if r.returncode != 0:

@@ -56,9 +56,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import synthetic  # noqa: E402
-
 import faiss  # noqa: E402
+import synthetic  # noqa: E402
 
 from pixquery import indexes as ix  # noqa: E402
 
@@ -308,7 +307,7 @@ class Bench:
         info["params"] = index.params() if hasattr(index, "params") else {}
         # load: read into RAM, and memory-mapped (+ first query, which touches the pages it needs)
         loader = (lambda mmap: ix.load_index(info["kind"], path, mmap=mmap)) if hasattr(index, "params") else (
-            lambda mmap: index.load(path))
+            lambda mmap, index=index: index.load(path))  # bound: `index` is deleted below
         gc.collect()
         r0 = rss_mb()
         t0 = time.perf_counter()
@@ -1208,9 +1207,9 @@ def write_server_report(out: Path, res: dict):
 def run_milvus_server(args, res: dict, x, ids, eval_q, truth10, n: int):
     from importlib.metadata import version
 
+    import milvus_standalone as ms
     from pymilvus import MilvusClient
 
-    import milvus_standalone as ms
     from pixquery.indexes.ivf import auto_nlist
 
     res["machine"]["versions"]["pymilvus"] = version("pymilvus")
@@ -1454,7 +1453,7 @@ def plot(rows: list[dict], path: Path, n: int):
     ticks = [0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999]
     colours = {fam: colour(fam) for fam in sorted(fams)}
     for ax, rkey, pkey, k in ((axes[0], "recall10", "p50_ms", 10), (axes[1], "recall1000", "p50_ms_1000", 1000)):
-        for i, (fam, rs) in enumerate(sorted(fams.items())):
+        for fam, rs in sorted(fams.items()):
             rs = [r for r in rs if rkey in r]
             if not rs:
                 continue
@@ -1489,10 +1488,10 @@ def plot(rows: list[dict], path: Path, n: int):
         axes[0].text(0.0, 1e3 / 2.0 * 1.08, "2 ms", color="grey", fontsize=8)
     handles, labels = [], []
     for ax in axes:
-        for h, l in zip(*ax.get_legend_handles_labels()):
-            if l not in labels:
-                handles.append(h)
-                labels.append(l)
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle("pixquery indexes: recall vs speed (up and to the right is better)")
     fig.tight_layout(rect=(0, 0.15, 1, 0.96))

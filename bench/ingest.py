@@ -37,8 +37,8 @@ from machine import describe, markdown  # noqa: E402
 
 from pixquery.api import Library  # noqa: E402
 from pixquery.encoders.registry import load_encoder  # noqa: E402
-from pixquery.ingest.executors import local as pipeline  # noqa: E402  (the local executor's defaults)
 from pixquery.ingest.decode import decode_file, normalize  # noqa: E402
+from pixquery.ingest.executors import local as pipeline  # noqa: E402  (the local executor's defaults)
 from pixquery.ingest.scan import IMAGE_EXTENSIONS  # noqa: E402
 
 ENV_KEYS = {"spin": "PIXQUERY_ORT_SPIN", "threads": "PIXQUERY_THREADS"}

@@ -206,7 +206,7 @@ def cpu_child(args):
                 enc = encs[v["spin"]]
                 got = [0]
                 t0 = time.perf_counter()
-                embed_files(entries(fs), enc, lambda b: got.__setitem__(0, got[0] + len(b)), batch_size=32,
+                embed_files(entries(fs), enc, lambda b, got=got: got.__setitem__(0, got[0] + len(b)), batch_size=32,
                             workers=v["workers"], decoder=v["decoder"], nice=v["nice"])
                 runs.setdefault(f"{label} {name}", []).append(len(fs) / (time.perf_counter() - t0))
             print(rep, label, {k: round(v[-1], 2) for k, v in runs.items() if k.startswith(label)}, file=sys.stderr, flush=True)
@@ -272,7 +272,7 @@ def main() -> int:
     results["end_to_end"] = {}
     small_list, large_list = photos * args.repeat, large * args.repeat
     configs = [c.split(":") for c in args.e2e_configs.split(",")]
-    for rep in range(args.reps):
+    for _ in range(args.reps):
         for label, fs in (("photos", small_list), ("12 MP photos", large_list)):
             for decoder, workers in configs:
                 workers = int(workers) if workers else None

@@ -96,7 +96,7 @@ class Tool:
         cmd, env, cwd = self.command(folder, work)
         full_env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **env)
         t0 = time.perf_counter()
-        r = subprocess.run(cmd, env=full_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        r = subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
         if r.returncode != 0:
             raise RuntimeError(f"{self.name} failed ({r.returncode}): {' '.join(map(str, cmd))}\n{r.stderr[-3000:]}")

@@ -6,12 +6,13 @@ import os
 import platform
 import time
 from importlib import metadata
+from pathlib import Path
 
 
 def describe(packages=("numpy", "pillow", "onnxruntime", "faiss-cpu", "torch")) -> dict:
     cpu = platform.processor() or "unknown"
     try:
-        for line in open("/proc/cpuinfo"):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
@@ -19,7 +20,7 @@ def describe(packages=("numpy", "pillow", "onnxruntime", "faiss-cpu", "torch")) 
         pass
     mem_gib = None
     try:
-        for line in open("/proc/meminfo"):
+        for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal"):
                 mem_gib = round(int(line.split()[1]) / 1024**2, 1)
     except OSError:

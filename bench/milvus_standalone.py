@@ -150,9 +150,8 @@ class Standalone:
             cmd += ["--extra-config", kv]
         env = dict(os.environ, ETCD_CONFIG_PATH=str(self._etcd_config()), PYTHONUNBUFFERED="1")
         self.logfile = self.root / f"milvus-server-{len(self.starts)}.log"
-        out = open(self.logfile, "w")
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        out.close()
+        with open(self.logfile, "w") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         while time.time() - t0 < self.timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"milvus-server exited ({self.proc.returncode}); see {self.logfile}")

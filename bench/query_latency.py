@@ -28,7 +28,7 @@ from machine import describe, markdown  # noqa: E402
 
 from pixquery.encoders.onnx import OnnxClipEncoder  # noqa: E402
 
-WORDS = "dog cat beach mountain car red blue old city night snow birthday cake tree river bridge child".split()
+WORDS = ["dog", "cat", "beach", "mountain", "car", "red", "blue", "old", "city", "night", "snow", "birthday", "cake", "tree", "river", "bridge", "child"]
 
 
 def main() -> int:

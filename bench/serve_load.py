@@ -88,7 +88,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, HF_HUB_OFFLINE="1")
         env.pop("PIXQUERY_TOKEN", None)
-        self.log = open(log_path, "w")
+        self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pixquery.server", "--library", str(library), "--model", model, "--host", "127.0.0.1",
              "--port", str(self.port), "--token", TOKEN, "--pool", str(pool), "--text-batch", str(text_batch)],
@@ -170,7 +170,8 @@ class _Connection:
         self.reader = self.writer = None
 
 
-async def _run_clients(url: str, headers: dict, queries: list[str], clients: int, k: int, expect: int, time_limit: float) -> dict:
+async def _run_clients(url: str, headers: dict, queries: list[str], clients: int, k: int, expect: int, time_limit: float,
+                       answers: dict | None = None) -> dict:
     from urllib.parse import urlencode
 
     host, port = url.removeprefix("http://").split(":")
@@ -191,10 +192,15 @@ async def _run_clients(url: str, headers: dict, queries: list[str], clients: int
                     if status != 200:
                         errors.append(f"{status}: {body[:200]!r}")
                         continue
-                    n = len(json.loads(body)["results"])
-                    if n != expect:
-                        errors.append(f"{n} results instead of {expect} for {q!r}")
+                    results = json.loads(body)["results"]
+                    if len(results) != expect:
+                        errors.append(f"{len(results)} results instead of {expect} for {q!r}")
                         continue
+                    if answers is not None:
+                        paths = [r["path"] for r in results]
+                        if answers.setdefault(q, paths) != paths:
+                            errors.append(f"{q!r} answered differently under load: {paths[:3]} vs {answers[q][:3]}")
+                            continue
                     latencies.append(dt)
                 except Exception as e:  # noqa: BLE001 (every failure is a counted error)
                     errors.append(f"{type(e).__name__}: {e}")
@@ -216,9 +222,11 @@ async def _run_clients(url: str, headers: dict, queries: list[str], clients: int
 
 
 def run_load(url: str, headers: dict, queries: list[str], clients: int = 20, k: int = 30, expect: int = 30,
-             time_limit: float = 300.0) -> dict:
-    """Send `queries` from `clients` concurrent clients; returns counts, q/s and latency percentiles (ms)."""
-    raw = asyncio.run(_run_clients(url, headers, queries, clients, k, expect, time_limit))
+             time_limit: float = 300.0, answers: dict | None = None) -> dict:
+    """Send `queries` from `clients` concurrent clients; returns counts, q/s and latency percentiles (ms).
+    answers: a dict to fill with query -> the paths answered, in order; a query answered differently
+    by two requests under load counts as an error."""
+    raw = asyncio.run(_run_clients(url, headers, queries, clients, k, expect, time_limit, answers))
     lat = sorted(raw["latencies"])
 
     def pct(p: float) -> float:

@@ -243,7 +243,10 @@ def _nmi(a: np.ndarray, b: np.ndarray) -> float:
     pa, pb = joint.sum(1), joint.sum(0)
     nz = joint > 0
     mi = (joint[nz] * np.log(joint[nz] / np.outer(pa, pb)[nz])).sum()
-    h = lambda p: -(p[p > 0] * np.log(p[p > 0])).sum()
+
+    def h(p):
+        return -(p[p > 0] * np.log(p[p > 0])).sum()
+
     return float(2 * mi / (h(pa) + h(pb)))
 
 

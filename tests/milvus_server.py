@@ -42,7 +42,7 @@ class MilvusServer:
         env = {**os.environ, "LD_LIBRARY_PATH": f"{server._bin_path}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
         return server.args, env
 
-    def start(self, timeout: float = 60) -> "MilvusServer":
+    def start(self, timeout: float = 60) -> MilvusServer:
         from pymilvus import MilvusClient
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ class MilvusStandalone:
         assert disk in template, "the milvus package's config template changed: update tests/milvus_server.py"
         self._server.config.template_text = template.replace(disk, "  enableDisk: true # enable querynode load disk index", 1)
 
-    def start(self) -> "MilvusStandalone":
+    def start(self) -> MilvusStandalone:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # The package unpacks its ~250 MB binary into <data_dir>/bin on every start unless an md5 file
         # there says it is current: one unpacked copy beside the venv serves every server of the run.

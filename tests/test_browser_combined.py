@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qs, urlparse
 
-from test_browser import browser, page, served  # noqa: F401 (fixtures)
-from test_browser import _tiles
+from test_browser import _tiles, browser, page, served  # noqa: F401 (fixtures)
 from test_server_support import TOKEN
 
 QUERY = "a beach +sunset -people"

@@ -38,10 +38,9 @@ def test_index_image_needs_exactly_one_of_image_and_detection(cat):
 
 
 def test_transaction_rolls_back_on_error(cat):
-    with pytest.raises(RuntimeError):
-        with cat.transaction():
-            cat.upsert_image("/x.jpg", 1, 1, None, 1, 1)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), cat.transaction():
+        cat.upsert_image("/x.jpg", 1, 1, None, 1, 1)
+        raise RuntimeError("boom")
     assert cat.image_by_path("/x.jpg") is None
 
 

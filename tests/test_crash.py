@@ -1,7 +1,8 @@
 """kill -9 during `pixquery index`, at several points, then re-run: the library is consistent.
 
-Points: a random moment while embedding, right after a batch commit, after the new index file is
-written but before the catalog points at it, and after the commit before the old file is removed.
+Points: while embedding (once the catalog shows 4, 28 or 52 of the 60 photos committed), right
+after a batch commit, after the new index file is written but before the catalog points at it,
+and after the commit before the old file is removed.
 """
 
 import json
@@ -57,16 +58,40 @@ def test_kill_at_failpoint_then_resume(photo_dir, tmp_path, tiny_model, failpoin
     assert json.loads(r.stdout)["indexed"] <= 40
 
 
-@pytest.mark.parametrize("delay", [0.5, 2.0, 4.0])
-def test_kill_at_random_moments(photo_dir, tmp_path, tiny_model, delay):
+def _embedded(catalog) -> int:
+    """Photos embedded so far, read beside the running indexer (WAL: readers never block it)."""
+    try:
+        db = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True, timeout=5)
+        try:
+            return db.execute("SELECT COUNT(*) FROM embedding").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.OperationalError:  # not created yet, or its schema not written yet
+        return 0
+
+
+@pytest.mark.parametrize("kill_after", [4, 28, 52])  # the first batch, the middle, near the end
+def test_kill_mid_run_then_resume(photo_dir, tmp_path, tiny_model, kill_after):
     lib = tmp_path / "lib"
     cmd = [sys.executable, "-m", "pixquery.cli", "index", str(photo_dir), "-L", str(lib), "-m", str(tiny_model), "--batch-size", "4", "-q"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(delay)
+    # Kill when the catalog shows `kill_after` photos committed: a known point, not a guessed time.
+    deadline = time.monotonic() + 120
+    seen = 0
+    while proc.poll() is None and time.monotonic() < deadline:
+        seen = _embedded(lib / "catalog.sqlite")
+        if seen >= kill_after:
+            break
+        time.sleep(0.005)
+    alive = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert alive and proc.returncode == -signal.SIGKILL, f"the run ended ({proc.returncode}) before {kill_after} were embedded"
+    kept = _embedded(lib / "catalog.sqlite")
+    assert kill_after <= seen <= kept < 60  # killed mid-run, and every batch committed before the kill is kept
     r = pixquery("index", photo_dir, "-L", lib, "-m", tiny_model, "--json")
     assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["indexed"] == 60 - kept  # the re-run embeds only what the killed run had not
     check_consistent(lib, 60)
     r = pixquery("search", "x", "-L", lib, "-k", "100", "--json")
     assert len(json.loads(r.stdout)["results"]) == 60

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest_models import tiny_arch, tiny_rn50, tiny_vit  # noqa: F401  (fixtures)
 
+from conftest_models import tiny_arch, tiny_rn50, tiny_vit  # noqa: F401  (fixtures)
 from pixquery.encoders import DEFAULT_MODEL, Encoder, known_models, load_encoder
 from pixquery.errors import ModelNotAvailable, PixqueryError
 

@@ -7,7 +7,6 @@ import pytest
 
 from pixquery.evaluation import metrics as M
 
-
 # -- top-k, ties, multi-label -------------------------------------------------------------------
 
 

@@ -111,7 +111,8 @@ def test_real_vit_b32_text_tower_reproduces_zeroshot_weights():
     ref_dir = shared_data("clip-vitb32-imagenet-zeroshot")
     enc = _real_vit_b32()
     weights = np.load(ref_dir / "zeroshot_weights.npy").astype(np.float32).T  # (1000, 512)
-    names = [r["clip_name"] for r in csv.DictReader(open(ref_dir / "classnames.csv"))]
+    with open(ref_dir / "classnames.csv") as f:
+        names = [r["clip_name"] for r in csv.DictReader(f)]
     sel = np.arange(1000) if os.environ.get("PIXQUERY_FULL_ZEROSHOT_CHECK") else np.arange(0, 1000, 20)
     (tpl,) = resolve_templates("ensemble")
     ours = embed_class_prompts(enc, [names[i] for i in sel], tpl).vectors

@@ -40,7 +40,7 @@ milvus = pytest.mark.milvus  # pymilvus + milvus-lite (the [milvus] extra; skipp
 milvus_hnsw = [milvus, pytest.mark.milvus_index("HNSW")]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def milvus_lacks(index_type: str) -> str:
     """'' where the installed milvus-lite makes a collection with an `index_type` index, else why
     not (its version and its own message). Asked of the engine itself with pymilvus, not through
@@ -619,7 +619,6 @@ def test_a_loaded_milvus_index_outlives_a_server_restart(tmp_path):
     data, the same port) the same index object answers as before (it reconnects, and loads the
     collection again where the restarted server brought it back released, as milvus-lite 3 does)."""
     from milvus_server import MilvusServer
-
     from pixquery.errors import IndexStoreError
 
     timeout = 2

@@ -156,9 +156,8 @@ def test_missing_index_file_is_rebuilt_without_reembedding(photos, library_dir, 
 
 def test_second_index_run_is_refused_while_one_holds_the_lock(photos, library_dir, tiny_model):
     lib = _lib(library_dir, tiny_model)
-    with lib._write_lock():
-        with pytest.raises(LibraryError, match="another pixquery process"):
-            _lib(library_dir, tiny_model).index([photos])
+    with lib._write_lock(), pytest.raises(LibraryError, match="another pixquery process"):
+        _lib(library_dir, tiny_model).index([photos])
 
 
 def test_nothing_to_index_and_missing_folder(library_dir, tiny_model, tmp_path):

@@ -236,9 +236,8 @@ def test_milvus_server_killed_mid_index_and_restarted(own_photos, tmp_path, tiny
 
     monkeypatch.setattr(sync, "LOAD_BATCH", 3)
     move([aside / p.name for p in photos[6:]], own_photos)
-    with Library.open(lib_dir) as lib:
-        with pytest.raises(IndexStoreError, match="Milvus at http://127.0.0.1"):
-            lib.index(progress=KillServer())
+    with Library.open(lib_dir) as lib, pytest.raises(IndexStoreError, match="Milvus at http://127.0.0.1"):
+        lib.index(progress=KillServer())
     server.start()
     move([own_photos / p.name for p in photos[:2] + photos[10:]], aside)
     with Library.open(lib_dir) as lib:

@@ -75,7 +75,7 @@ def test_results_come_in_input_order_with_hashes_and_sizes(photo_files, decoder)
     assert stats.embedded == 40 and stats.failed == [] and stats.batches == 6
     import hashlib
 
-    assert got[3].sha256 == hashlib.sha256(open(photo_files[3], "rb").read()).hexdigest()
+    assert got[3].sha256 == hashlib.sha256(photo_files[3].read_bytes()).hexdigest()
     assert (got[0].width, got[0].height) == (96, 64)
     assert progress[-1] == (40, 0) and [d for d, _ in progress] == sorted(d for d, _ in progress)
     assert stats.peak_held <= stats.window

@@ -36,16 +36,46 @@ def _run(bin_dir, *args, **kw):
                           env=env, timeout=300, **kw)
 
 
+# Every command path of the installed CLI, read from its click tree (so a command added later is
+# covered without editing this list): one line each, words separated by spaces; "" is the top level.
+_COMMANDS = """
+import typer.main
+from pixquery.cli import app
+
+def walk(cmd, path):
+    print(" ".join(path))
+    for name, sub in sorted(getattr(cmd, "commands", {}).items()):
+        if not getattr(sub, "hidden", False):
+            walk(sub, path + [name])
+
+walk(typer.main.get_command(app), [])
+"""
+
+
+def command_paths(bin_dir) -> list[list[str]]:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    r = subprocess.run([str(bin_dir / "python"), "-c", _COMMANDS], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return [line.split() for line in r.stdout.splitlines()]
+
+
 @pytest.mark.slow
 def test_every_command_works_after_a_plain_install(plain, tmp_path, tiny_model):
-    r = _run(plain, "--help")
-    assert r.returncode == 0, r.stderr
-    commands = [c for c in ("index", "search", "info", "models", "reindex", "demo", "export", "serve", "eval")
-                if f" {c} " in r.stdout or f"\n  {c}" in r.stdout]
-    assert {"serve", "eval", "index", "search"} <= set(commands), r.stdout
-    for command in commands:
-        r = _run(plain, command, "--help")
-        assert r.returncode == 0 and "Traceback" not in r.stderr, (command, r.stderr)
+    paths = command_paths(plain)
+    names = {" ".join(p) for p in paths}
+    # the walk found the tree: the top level, the commands the README lists, and nested ones
+    assert {"", "index", "search", "info", "models", "reindex", "demo", "export", "serve", "eval", "daemon",
+            "video", "video info"} <= names, names
+    top = _run(plain, "--help")
+    assert top.returncode == 0, top.stderr
+    for path in paths:
+        if len(path) == 1:  # what the tree says is what `--help` lists
+            assert f"\n  {path[0]} " in top.stdout, (path, top.stdout)
+        r = _run(plain, *path, "--help")
+        # a missing optional import would show as a traceback here, not as a user's bug report
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (path, r.stderr)
+        assert r.stdout.startswith("Usage: pixquery" + "".join(" " + w for w in path)), (path, r.stdout[:200])
     # the features behind serve, video and eval import (no extra needed)
     check = subprocess.run([str(plain / "python"), "-c",
                             "import pixquery.server.app, pixquery.evaluation.plots, av, matplotlib, fastapi, uvicorn"],
@@ -61,6 +91,10 @@ def test_every_command_works_after_a_plain_install(plain, tmp_path, tiny_model):
     assert r.returncode == 0, r.stdout + r.stderr
     r = _run(plain, "search", "a dog", "-L", lib, "-k", "2")
     assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 2, r.stdout + r.stderr
+    # the built-in demo (its own library, example queries) with the tiny model named
+    r = _run(plain, "demo", "--folder", photos, "-L", tmp_path / "demo", "-m", tiny_model)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert str(photos) in r.stdout, r.stdout
     # an index kind whose library is an extra says so before any work, in one line
     r = _run(plain, "index", photos, "-L", tmp_path / "lib2", "-m", tiny_model, "--index", "hnsw")
     assert r.returncode == 2 and "pixquery[ann]" in r.stderr and "Traceback" not in r.stderr

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest_models import tiny_vit  # noqa: F401  (fixture)
 from PIL import Image
 
+from conftest_models import tiny_vit  # noqa: F401  (fixture)
 from pixquery.encoders.base import PreprocessConfig
 from pixquery.ingest.decode import decode_file, normalize, preprocess
 

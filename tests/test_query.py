@@ -16,7 +16,7 @@ from pixquery.api import Library
 from pixquery.encoders.base import PreprocessConfig
 from pixquery.errors import PixqueryError
 from pixquery.ingest.sync import sync_index
-from pixquery.query import IMAGE_ID, TEXT, Part, Query, combine, parse_inline
+from pixquery.query import TEXT, Part, Query, combine, parse_inline
 
 # -- the inline syntax ---------------------------------------------------------------------------
 

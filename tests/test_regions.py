@@ -283,9 +283,8 @@ def test_tiny_photos_get_a_marker_region(tmp_path, tiny_model):
 
 def test_video_frame_tiles_and_detections(tmp_path, tiny_model):
     pytest.importorskip("av")
-    from videos import make_video
-
     from pixquery.ingest.video import extract_frame, merge_video_hits
+    from videos import make_video
 
     lib = _library(tmp_path, tiny_model)
     lib.index([make_photos(tmp_path / "photos", 1)[0]])

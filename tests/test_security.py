@@ -377,6 +377,19 @@ def test_bad_uploads(api, case, status):
     assert r.json()["status"] == status
 
 
+def test_multipart_limits(api):
+    """The form parser's limits: one file, a few fields, small non-file fields; over them, a 400."""
+    jpeg = _jpeg()
+    two = api.post("/api/search/image", files=[("file", ("a.jpg", jpeg, "image/jpeg")), ("more", ("b.jpg", jpeg, "image/jpeg"))])
+    assert two.status_code == 400 and "files" in two.json()["error"], two.text
+    many = api.post("/api/search/image", data={f"f{i}": "x" for i in range(50)}, files={"file": ("a.jpg", jpeg, "image/jpeg")})
+    assert many.status_code == 400 and "fields" in many.json()["error"], many.text
+    long_field = api.post("/api/search/image", data={"note": "x" * 100_000}, files={"file": ("a.jpg", jpeg, "image/jpeg")})
+    assert long_field.status_code == 400 and "part" in long_field.json()["error"], long_field.text
+    ok = api.post("/api/search/image", data={"note": "holiday"}, files={"file": ("a.jpg", jpeg, "image/jpeg")})
+    assert ok.status_code == 200 and ok.json()["results"]
+
+
 def test_query_length_is_capped(api):
     assert api.get("/api/search", params={"q": "a" * 500, "k": 1}).status_code == 200
     r = api.get("/api/search", params={"q": "a" * 501})

@@ -76,9 +76,8 @@ def start_server(lib_path: Path, model: Path, log_path: Path, token: str | None 
             args += ["--token", token]
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         env.pop("PIXQUERY_TOKEN", None)
-        log = open(log_path, "w")
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        log.close()
+        with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         url = f"http://127.0.0.1:{port}"
         server = ServerProcess(proc, url, log_path, token)
         deadline = time.monotonic() + timeout

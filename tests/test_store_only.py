@@ -153,7 +153,7 @@ def test_a_shard_the_collection_lost_is_loaded_again(shards, tmp_path):
     """The catalog says a shard is loaded but the collection lacks its vectors (a server restored
     from an older backup): the next import finds it by counting and loads it again."""
     from pixquery import Library
-    from pixquery.ingest.store_only import _shard_range, import_store_only, open_store, close_store
+    from pixquery.ingest.store_only import _shard_range, close_store, import_store_only, open_store
 
     with Library.open(tmp_path / "lib") as lib:
         assert import_store_only(lib, str(shards / "shards"), params={"index_type": "FLAT"}).total == 11
@@ -174,7 +174,6 @@ def test_store_only_on_a_server_killed_mid_import_resumes(shards, tmp_path):
     second shard is in the collection but before the catalog records it; the re-run loads it again
     and the rest, and the collection holds exactly the shards' rows."""
     from milvus_server import MilvusServer
-
     from pixquery import Library
     from pixquery.ingest.store_only import close_store, open_store
 

@@ -15,13 +15,12 @@ import pytest
 
 pytest.importorskip("av", reason="video tests need PyAV (the [video] extra)")
 
-from videos import Scene, corrupted_copy, make_video, scene_starts, truncated_copy  # noqa: E402
-
 from pixquery import indexes  # noqa: E402
 from pixquery.catalog import Catalog  # noqa: E402
+from pixquery.ingest import pipeline  # noqa: E402
 from pixquery.ingest.decode import normalize, resize_crop  # noqa: E402
+from pixquery.ingest.items import VIDEO, DecodeSettings, MediaItem  # noqa: E402
 from pixquery.ingest.scan import FileEntry  # noqa: E402
-from pixquery.ingest.sync import sync_index  # noqa: E402
 from pixquery.ingest.video import (  # noqa: E402
     DecodeStats,
     SamplingConfig,
@@ -31,10 +30,8 @@ from pixquery.ingest.video import (  # noqa: E402
     probe,
     sample_frames,
 )
-from pixquery.ingest import pipeline, sources  # noqa: E402
-from pixquery.ingest.items import VIDEO, DecodeSettings, MediaItem  # noqa: E402
 from pixquery.ingest.write import CatalogWriter  # noqa: E402
-from pixquery.search import run_query  # noqa: E402
+from videos import Scene, corrupted_copy, make_video, scene_starts, truncated_copy  # noqa: E402
 
 SCENES = [(3.0, 0), (2.5, 1), (3.5, 2), (1.5, 3)]  # cuts at 3.0, 5.5 and 9.0 s
 
@@ -171,43 +168,37 @@ def test_format_timestamp():
 @pytest.fixture(scope="module")
 def encoder():
     from conftest_models import tiny_model_dir
-
     from pixquery.encoders.registry import load_encoder
 
     return load_encoder(tiny_model_dir("vit"))
 
 
 class Lib:
-    """A catalog + flat index in a folder, driven the way Library.index drives them."""
+    """A library in a folder (a flat index), built and searched by the real Library, with ways to
+    look inside its catalog."""
 
     def __init__(self, folder, encoder):
+        from pixquery.api import Library
+
         self.folder = folder
         self.encoder = encoder
-        self.catalog = Catalog(folder / "catalog.sqlite")
+        self.library = Library.open(folder, model=str(encoder.model_dir))
+        self.library._encoder = encoder  # the module's loaded encoder (as server/pool.py shares one)
+        self.catalog = self.library.catalog
         with self.catalog.transaction():
             self.model = self.catalog.ensure_model(encoder.name, encoder.fingerprint, encoder.dim)
 
     def update(self, roots, sampling=None, regions=None, batch_size=32):
-        """What Library.index does for videos: plan, run the stages, sync the index, purge."""
-        roots = [str(r) for r in roots]
-        plan = sources.plan(self.catalog, roots, self.model.id, regions=regions, sampling=sampling)
-        writer = CatalogWriter(self.catalog, self.model.id)
-        settings = DecodeSettings(self.encoder.preprocess_cfg, regions=regions, sampling=sampling or SamplingConfig())
-        stats = pipeline.run(plan.items, self.encoder, settings, writer, batch_size=batch_size)
-        sources.saved_after_run(self.catalog, regions, sampling, True)
-        report = writer.counts
-        report.indexed, report.skipped, report.found, report.removed = writer.counts.videos, plan.skipped, plan.found, plan.removed
+        """Library.index: plan, run the stages, write, sync the index, purge."""
+        every = (sampling or SamplingConfig()).every_seconds
+        report = self.library.index([str(r) for r in roots], index="flat", regions=regions, every_seconds=every,
+                                    batch_size=batch_size)
         report.embedded = report.frames + report.regions
-        report.failed = plan.failed + stats.failed + stats.problems
-        self.sync = sync_index(self.catalog, self.folder, self.model, "flat", {})
-        with self.catalog.transaction():
-            self.catalog.purge_deleted_videos()
+        self.sync = report.index
         return report
 
     def search(self, vector, k=10):
-        row = self.catalog.active_index(self.model.id)
-        index = indexes.load_index(row.kind, self.folder / row.path)
-        return run_query(self.catalog, index, row, vector, k)
+        return self.library.search(vector=vector, k=k)
 
     def embed(self, img):
         cfg = self.encoder.preprocess_cfg
@@ -356,7 +347,6 @@ def test_a_killed_run_never_leaves_half_a_video(tmp_path, encoder):
 
 def test_second_model_keeps_the_frames_of_the_first(tmp_path, encoder):
     from conftest_models import tiny_model_dir
-
     from pixquery.encoders.registry import load_encoder
 
     folder = tmp_path / "videos"
@@ -442,6 +432,6 @@ def test_settings_are_kept_between_runs(tmp_path, encoder):
 
 def test_deleting_frames_does_not_scan_every_embedding(tmp_path):
     cat = Catalog(tmp_path / "c.sqlite")
-    for table, col in (("detection", "detection_id"), ("image", "image_id")):
+    for table in ("detection", "image"):
         plan = " / ".join(r[3] for r in cat.db.execute(f"EXPLAIN QUERY PLAN DELETE FROM {table} WHERE id = 1"))
         assert "SCAN embedding" not in plan, (table, plan)

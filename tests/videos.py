@@ -8,10 +8,10 @@ resolution and a low frame rate so that a test video costs milliseconds to make 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

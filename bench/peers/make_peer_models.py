@@ -72,7 +72,8 @@ def make_rclip(out: Path, arch: str, seed: int) -> None:
     vocab = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
     (out / "tokenizer").mkdir(parents=True, exist_ok=True)
     shutil.copy(vocab, out / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz")
-    gzip.open(out / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz").read(10)  # a valid gzip
+    with gzip.open(out / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz") as f:
+        f.read(10)  # a valid gzip
 
 
 def make_clip_retrieval(out: Path, seed: int) -> None:

@@ -7,7 +7,7 @@ from pixquery.errors import PixqueryError  # noqa: E402
 __all__ = ["Library", "Query", "SearchResult", "PixqueryError", "__version__"]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> object:
     # Lazy so that `import pixquery` stays cheap (the CLI's --help should not load onnxruntime).
     if name in ("Library", "SearchResult"):
         from pixquery import api

@@ -8,26 +8,27 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from typing import TYPE_CHECKING
-
-from pixquery.catalog import Catalog, ModelRow
+from pixquery import query as query_mod
+from pixquery.catalog import Catalog, IndexRow, ModelRow
 from pixquery.errors import BadImage, LibraryError, PixqueryError
 from pixquery.filters import Filter, check_sort
-from pixquery import query as query_mod
 from pixquery.ingest import store_only
 from pixquery.query import Query
 from pixquery.search import Results, SearchResult, run_query, run_store_query
 
 if TYPE_CHECKING:
+    from pixquery.encoders.base import Encoder
     from pixquery.ingest.crops import RegionConfig
     from pixquery.ingest.sync import SyncReport
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 CATALOG_FILE = "catalog.sqlite"
 PRECISIONS = ("fp32", "int8")
 STATUS_FILE = "indexing.json"  # present while an index run is going on (read by the web page)
+
+log = logging.getLogger(__name__)
 
 
 def default_library_path() -> Path:
@@ -86,7 +89,7 @@ class IndexReport:
     def images_per_second(self) -> float:
         return self.indexed / self.embed_seconds if self.embed_seconds else 0.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         new = set(self.new_failures)
         return {
             "found": self.found, "indexed": self.indexed, "skipped": self.skipped, "removed": self.removed,
@@ -102,7 +105,7 @@ class IndexReport:
 
 class Library:
     def __init__(self, path: Path, model: str | None = None, precision: str | None = None, *, create: bool = True,
-                 encoder=None):
+                 encoder: Encoder | None = None):
         self.path = Path(path)
         if not create and not (self.path / CATALOG_FILE).is_file():
             raise LibraryError(f"no library at {self.path}: make one with `pixquery index FOLDER --library {self.path}`")
@@ -111,12 +114,13 @@ class Library:
         if precision is not None and precision not in PRECISIONS:
             raise PixqueryError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self._precision = precision
-        self._encoder = encoder  # given: used instead of loading `model` (see open)
-        self._loaded: tuple | None = None  # (index_id, path, index)
+        self._encoder: Encoder | None = encoder  # given: used instead of loading `model` (see open)
+        # (index_id, path, index, index row), or ("store", None, collection, None)
+        self._loaded: tuple[Any, ...] | None = None
 
     @classmethod
     def open(cls, path: str | Path | None = None, model: str | None = None, precision: str | None = None, *,
-             create: bool = True, encoder=None) -> "Library":
+             create: bool = True, encoder: Encoder | None = None) -> Library:
         """Open (or create) a library. `model`: a name from `pixquery models`, or a local model folder.
         `precision`: "fp32" or "int8"; None uses the library's (what its last `index` with a
         precision chose; fp32 for a new library). Model and precision given here are remembered
@@ -133,10 +137,10 @@ class Library:
             self._loaded = None
         self.catalog.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Library:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- model ----------------------------------------------------------------------------
@@ -154,7 +158,7 @@ class Library:
         return self._precision or self.catalog.get_setting("precision") or "fp32"
 
     @property
-    def encoder(self):
+    def encoder(self) -> Encoder:
         if self._encoder is None:
             from pixquery.encoders.registry import load_encoder
 
@@ -180,7 +184,7 @@ class Library:
         paths: Sequence[str | Path] | None = None,
         *,
         index: str | None = None,
-        index_params: dict | None = None,
+        index_params: dict[str, Any] | None = None,
         batch_size: int | None = None,
         workers: int | None = None,
         draft: bool = True,
@@ -226,6 +230,7 @@ class Library:
                 if not os.path.exists(root):
                     raise LibraryError(f"{root}: no such file or folder")
             model = self._model_row(create=True)
+            assert model is not None  # create=True
             kind, params, changed_config = self._index_config(index, index_params)
             region_cfg = region_mod.choose_config(self.catalog, regions, detector)
             sampling = video_mod.choose_sampling(self.catalog, every_seconds=every_seconds)
@@ -281,7 +286,7 @@ class Library:
         report.seconds = time.perf_counter() - t0
         return report
 
-    def reindex(self, index: str | None = None, index_params: dict | None = None, progress: IndexProgress | None = None) -> SyncReport:
+    def reindex(self, index: str | None = None, index_params: dict[str, Any] | None = None, progress: IndexProgress | None = None) -> SyncReport:
         """Rebuild the index (another kind or parameters) from stored embeddings: nothing is re-embedded."""
         from pixquery.ingest.sync import sync_index
 
@@ -303,9 +308,10 @@ class Library:
         only when `auto` measures, i.e. beyond a few thousand vectors)."""
         from pixquery.query_sample import QUERIES
 
-        return self.encoder.encode_texts(QUERIES)
+        queries: np.ndarray = self.encoder.encode_texts(QUERIES)
+        return queries
 
-    def _index_config(self, kind: str | None, params: dict | None) -> tuple[str, dict, bool]:
+    def _index_config(self, kind: str | None, params: dict[str, Any] | None) -> tuple[str, dict[str, Any], bool]:
         """The index kind and params to use, and whether they differ from the library's current ones."""
         from pixquery import indexes
 
@@ -317,10 +323,10 @@ class Library:
         indexes.make_config(kind, **params)  # validate now, before any work
         return kind, params, (kind, params) != (saved["kind"], saved["params"])
 
-    def index_status(self) -> dict | None:
+    def index_status(self) -> dict[str, Any] | None:
         """Progress of an index run going on now (in any process), or None."""
         try:
-            status = json.loads((self.path / STATUS_FILE).read_text())
+            status: dict[str, Any] = json.loads((self.path / STATUS_FILE).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
         try:
@@ -329,12 +335,12 @@ class Library:
             return None  # the run that wrote it is gone (killed): stale
         return status
 
-    def _write_lock(self):
+    def _write_lock(self) -> _FileLock:
         return _FileLock(self.path / "lock")
 
     # -- query ----------------------------------------------------------------------------
 
-    def _index(self):
+    def _index(self) -> tuple[Any, IndexRow | None]:
         """The active index of the current model, loaded once and reloaded when it changes on disk;
         for a store-only library its collection, and None for the catalog row (see _query)."""
         store = store_only.settings(self.catalog)
@@ -424,7 +430,8 @@ class Library:
                          merge_gap=video_mod.merge_gap_for(self.catalog), flt=flt, sort=sort, strategy=strategy)
 
     @staticmethod
-    def query_of(query: str | Query | None = None, *, image=None, image_id=None, vector=None,
+    def query_of(query: str | Query | None = None, *, image: str | Path | None = None, image_id: int | None = None,
+                 vector: np.ndarray | None = None,
                  add: Sequence[str] = (), subtract: Sequence[str] = (), image_weight: float = 1.0) -> Query:
         """The Query that search() runs for these arguments (the inline syntax of a string parsed)."""
         if isinstance(add, str) or isinstance(subtract, str):
@@ -449,13 +456,14 @@ class Library:
             raise PixqueryError("give a query: a text, an image, an image id or a vector")
         return parts
 
-    def _part_vector(self, part: query_mod.Part, row) -> np.ndarray:
+    def _part_vector(self, part: query_mod.Part, row: IndexRow | None) -> np.ndarray:
         """The embedding of a query part that is not text (combine() embeds the texts)."""
         from pixquery.ingest import pipeline
 
         if part.kind == query_mod.IMAGE:
             return self.embed_image(part.value)
         if part.kind == query_mod.IMAGE_ID:
+            assert row is not None  # search() refused image ids for a store-only library (no rows)
             q = self.catalog.image_embedding(row.model_id, int(part.value))
             if q is None:
                 raise PixqueryError(f"no image with id {part.value} in this library")
@@ -502,11 +510,12 @@ class Library:
 
     # -- facts ----------------------------------------------------------------------------
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, Any]:
         catalog_bytes = sum(
             (self.path / f).stat().st_size for f in (CATALOG_FILE, CATALOG_FILE + "-wal") if (self.path / f).exists()
         )
-        out = {
+        models: list[dict[str, Any]] = []
+        out: dict[str, Any] = {
             "library": str(self.path),
             "model": self.model_name,
             "precision": self.precision,
@@ -515,7 +524,7 @@ class Library:
             "videos": self.catalog.count_videos(),
             "detections": self.catalog.count_detections(),
             "catalog_bytes": catalog_bytes,
-            "models": [],
+            "models": models,
         }
         store = store_only.settings(self.catalog)
         if store is not None:
@@ -526,7 +535,7 @@ class Library:
         for m in self.catalog.models():
             n = self.catalog.count_embeddings(m.id)
             idx = self.catalog.active_index(m.id)
-            out["models"].append({
+            models.append({
                 "name": m.name, "fingerprint": m.fingerprint, "dim": m.dim, "embeddings": n,
                 "threshold": m.threshold,
                 "index": None if idx is None else {
@@ -547,11 +556,11 @@ class _StatusFile(IndexProgress):
         self.state = {"pid": os.getpid(), "stage": "starting", "done": 0, "total": 0, "failed": 0, "started_at": time.time()}
         self._last = 0.0
 
-    def __enter__(self):
+    def __enter__(self) -> _StatusFile:
         self._write(force=True)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         try:
             self.path.unlink()
         except FileNotFoundError:
@@ -567,36 +576,38 @@ class _StatusFile(IndexProgress):
         tmp.write_text(json.dumps(self.state))
         os.replace(tmp, self.path)
 
-    def scanned(self, found, to_embed, deleted):
+    def scanned(self, found: int, to_embed: int, deleted: int) -> None:
         self.state.update(stage="scanned", found=found, total=to_embed)
         self._write(force=True)
         self.inner.scanned(found, to_embed, deleted)
 
-    def started_embedding(self, total):
+    def started_embedding(self, total: int) -> None:
         self.state.update(stage="embedding", total=total)
         self._write(force=True)
         self.inner.started_embedding(total)
 
-    def advance(self, done, failed):
+    def advance(self, done: int, failed: int) -> None:
         self.state.update(done=done, failed=failed)
         self._write()
         self.inner.advance(done, failed)
 
-    def failure(self, path, reason):
+    def failure(self, path: str, reason: str) -> None:
+        # info, not warning: the run's report (and the CLI's summary) lists every failure already
+        log.info("skipped %s: %s", path, reason)
         self.inner.failure(path, reason)
 
-    def stage(self, text):
+    def stage(self, text: str) -> None:
         self.state.update(stage=text)
         self._write(force=True)
         self.inner.stage(text)
 
-    def reading_metadata(self, done, total):
+    def reading_metadata(self, done: int, total: int) -> None:
         self.state.update(stage="reading dates", done=done, total=total)
         self._write(force=done in (0, total))
         if hasattr(self.inner, "reading_metadata"):  # progress objects written before it existed
             self.inner.reading_metadata(done, total)
 
-    def loading(self, done, total):
+    def loading(self, done: int, total: int) -> None:
         self.state.update(loaded=done, to_load=total)
         self._write(force=done in (0, total))
         self.inner.loading(done, total)
@@ -608,7 +619,7 @@ class _FileLock:
     def __init__(self, path: Path):
         self.path = path
 
-    def __enter__(self):
+    def __enter__(self) -> _FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -620,7 +631,7 @@ class _FileLock:
         os.write(self.fd, str(os.getpid()).encode())
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
 

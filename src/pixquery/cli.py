@@ -15,12 +15,20 @@ if __name__ == "__main__":  # `python -m pixquery.cli`: the same entry as the in
 import json
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -72,8 +80,15 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit"),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True,
+                                help="Log more to stderr: -v what happens (rebuilds, fallbacks, skipped files), -vv debug"),
+    log_level: Optional[str] = typer.Option(None, "--log-level", metavar="LEVEL", envvar="PIXQUERY_LOG_LEVEL",
+                                            help="Log level on stderr: debug, info, warning (the default), error"),
 ) -> None:
     """Search your photos with words."""
+    from pixquery import logs
+
+    logs.configure(logs.level_for(verbose, log_level))
 
 
 def _warn_if_random(lib) -> None:
@@ -180,7 +195,7 @@ class _RichIndexProgress:
         self.progress.stop()
 
 
-def _index_params(kw: dict, extra: List[str]) -> dict:
+def _index_params(kw: dict, extra: list[str]) -> dict:
     params = {k: v for k, v in kw.items() if v is not None}
     for item in extra or []:
         if "=" not in item:
@@ -195,7 +210,7 @@ def _index_params(kw: dict, extra: List[str]) -> dict:
 
 @app.command()
 def index(
-    paths: List[Path] = typer.Argument(None, metavar="PATHS", help="Folders or files to add (default: rescan the library's folders)", show_default=False),
+    paths: list[Path] = typer.Argument(None, metavar="PATHS", help="Folders or files to add (default: rescan the library's folders)", show_default=False),
     library: Optional[Path] = LibraryOpt,
     model: Optional[str] = ModelOpt,
     precision: Optional[str] = typer.Option(None, help="fp32 (default) or int8 (quantised copy, faster)"),
@@ -208,7 +223,7 @@ def index(
     nlist: Optional[int] = IndexOpts["nlist"],
     nprobe: Optional[int] = IndexOpts["nprobe"],
     storage: Optional[str] = IndexOpts["storage"],
-    param: List[str] = IndexOpts["param"],
+    param: list[str] = IndexOpts["param"],
     config: Optional[Path] = typer.Option(None, "--config", help="TOML settings file ([model], [index], [ingest])"),
     batch_size: Optional[int] = typer.Option(None, help="Images per encoder batch"),
     workers: Optional[int] = typer.Option(None, help="Decoder processes [default: one per core]"),
@@ -281,7 +296,7 @@ def reindex(
     nlist: Optional[int] = IndexOpts["nlist"],
     nprobe: Optional[int] = IndexOpts["nprobe"],
     storage: Optional[str] = IndexOpts["storage"],
-    param: List[str] = IndexOpts["param"],
+    param: list[str] = IndexOpts["param"],
 ):
     """Rebuild the search index (e.g. another kind) from stored embeddings, without re-embedding."""
     params = _index_params(dict(M=M, ef_construction=ef_construction, ef_search=ef_search, n_trees=n_trees,
@@ -299,10 +314,10 @@ def search(
                                           help="What to look for, in words; 'beach +sunset -people' adds and subtracts "
                                                "phrases (a hyphen inside a word is just a hyphen; \\- or quotes for a literal "
                                                "leading - or +: docs/search.md)"),
-    add: List[str] = typer.Option([], "--add", metavar="TEXT", help="Also look for this phrase (repeatable)"),
-    subtract: List[str] = typer.Option([], "--subtract", metavar="TEXT", help="Push photos like this phrase down (repeatable)"),
-    image: List[Path] = typer.Option([], "--image", "-i", metavar="PATH", help="Find photos similar to this image (repeatable; with a text: both count)"),
-    weight: List[float] = typer.Option([], "--weight", metavar="W",
+    add: list[str] = typer.Option([], "--add", metavar="TEXT", help="Also look for this phrase (repeatable)"),
+    subtract: list[str] = typer.Option([], "--subtract", metavar="TEXT", help="Push photos like this phrase down (repeatable)"),
+    image: list[Path] = typer.Option([], "--image", "-i", metavar="PATH", help="Find photos similar to this image (repeatable; with a text: both count)"),
+    weight: list[float] = typer.Option([], "--weight", metavar="W",
                                        help="Weight of an --image, the first --weight for the first --image (default 1; negative: less like it)"),
     k: int = typer.Option(10, "-k", "--top", help="Number of results"),
     threshold: Optional[str] = typer.Option(None, help="Drop results farther than this angular distance (0..1), or 'auto'"),
@@ -506,7 +521,7 @@ def _interrupted() -> int:
 _state = {"on_interrupt": ""}  # what Ctrl-C leaves behind, said by the command that runs
 
 
-def run(argv: Optional[List[str]] = None) -> int:
+def run(argv: Optional[list[str]] = None) -> int:
     """Run the command line with our own error handling; returns the exit status (see EXIT_CODES)."""
     args = sys.argv[1:] if argv is None else list(argv)
     if not args:  # bare `pixquery`: the help, and a usage error's status (whichever click typer uses)

@@ -14,11 +14,16 @@
 
 from __future__ import annotations
 
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pixquery.errors import PixqueryError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # requires-python is 3.10: tomli is the same parser, before it joined the standard library
+    import tomli as tomllib
 
 
 @dataclass
@@ -47,7 +52,7 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
 
     @classmethod
-    def load(cls, path: str | Path | None) -> "Settings":
+    def load(cls, path: str | Path | None) -> Settings:
         settings = cls()
         if path is None:
             return settings

@@ -281,7 +281,7 @@ class QueryDaemon:
         while not self._stopping:
             try:
                 conn, _ = self._sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 if self.idle_exit and time.monotonic() - last > self.idle_exit:
                     self.log(f"idle for {self.idle_exit:g} s: exiting")
                     return

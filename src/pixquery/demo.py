@@ -8,6 +8,7 @@ matplotlib), else an error that says to pass --folder.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -16,6 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from pixquery.errors import ModelNotAvailable, PixqueryError
+
+log = logging.getLogger(__name__)
 
 QUERIES = ["a dog", "a bird on a branch", "a red sports car", "food on a plate", "a boat on the water"]
 REPO_ROOT = Path(__file__).resolve().parents[2]  # an editable install / source checkout
@@ -80,11 +83,12 @@ def run(model: str | None, folder: Path | None, library: Path | None, console: C
     # taken offline must not stick once the real weights can be had.
     lib = Library.open(library, model=model or DEFAULT_MODEL)
     try:
-        lib.encoder  # load now: an offline first run fails here with the fix
+        _ = lib.encoder  # load now: an offline first run fails here with the fix
     except ModelNotAvailable as e:
         if model is not None or not TINY_MODEL.is_dir():
             raise
         console.print(f"[yellow]{escape(str(e))}[/yellow]")
+        log.info("demo: falling back to the random-weight test model %s (%s)", TINY_MODEL, e)
         lib.close()
         lib = Library.open(library, model=str(TINY_MODEL))
     if getattr(lib.encoder, "random_weights", False) or Path(lib.model_name) == TINY_MODEL:

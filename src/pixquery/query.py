@@ -27,8 +27,9 @@ This module only parses and combines; `pixquery.api.Library.search` resolves the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pixquery.errors import PixqueryError
 
@@ -86,7 +87,7 @@ class Query:
         self.parts: tuple[Part, ...] = tuple(parts)
 
     @classmethod
-    def parse(cls, text: str) -> "Query":
+    def parse(cls, text: str) -> Query:
         return parse_inline(text)
 
     def __iter__(self):
@@ -101,27 +102,27 @@ class Query:
     def __repr__(self) -> str:
         return f"Query({list(self.parts)!r})"
 
-    def _with(self, kind: str, value, weight: float) -> "Query":
+    def _with(self, kind: str, value, weight: float) -> Query:
         return Query(self.parts + (Part(kind, value, weight),))
 
-    def plus(self, text: str, weight: float = 1.0) -> "Query":
+    def plus(self, text: str, weight: float = 1.0) -> Query:
         """Add a phrase, literally (no inline syntax in it)."""
         return self._with(TEXT, text, weight)
 
-    def minus(self, text: str, weight: float = 1.0) -> "Query":
+    def minus(self, text: str, weight: float = 1.0) -> Query:
         return self._with(TEXT, text, -weight)
 
-    def plus_image(self, path, weight: float = 1.0) -> "Query":
+    def plus_image(self, path, weight: float = 1.0) -> Query:
         return self._with(IMAGE, path, weight)
 
-    def plus_photo(self, image_id: int, weight: float = 1.0) -> "Query":
+    def plus_photo(self, image_id: int, weight: float = 1.0) -> Query:
         """A photo of the library: weight > 0 "more like this", < 0 "less like this"."""
         return self._with(IMAGE_ID, int(image_id), weight)
 
-    def plus_upload(self, data_or_id, weight: float = 1.0) -> "Query":
+    def plus_upload(self, data_or_id, weight: float = 1.0) -> Query:
         return self._with(UPLOAD, data_or_id, weight)
 
-    def plus_vector(self, vector, weight: float = 1.0) -> "Query":
+    def plus_vector(self, vector, weight: float = 1.0) -> Query:
         import numpy as np
 
         return self._with(VECTOR, np.asarray(vector, dtype=np.float32), weight)

@@ -8,8 +8,8 @@ angular distance, so a result is kept when its distance is at or below it.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
-from typing import Collection
 
 import numpy as np
 

@@ -76,7 +76,7 @@ class Found:
         self.results, self.locations, self.threshold, self.dropped = results, locations, threshold, dropped
 
     @classmethod
-    def of(cls, results) -> "Found":
+    def of(cls, results) -> Found:
         from pixquery.ingest.video import describe_location
 
         # where: path @ 00:12:31 (00:12:25-00:12:40) [box x0,y0,x1,y1]

@@ -9,8 +9,9 @@ and the rows go in `purge_orphan_detections`, once no index refers to them.
 
 from __future__ import annotations
 
+import sqlite3
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -22,7 +23,7 @@ _HAS_EMBEDDING = "EXISTS (SELECT 1 FROM embedding e WHERE e.model_id IN (SELECT 
 
 
 class MediaTables:
-    db: object  # the sqlite3 connection (set by Catalog)
+    db: sqlite3.Connection  # set by Catalog
 
     # -- videos ---------------------------------------------------------------------------
 
@@ -38,7 +39,7 @@ class MediaTables:
     def upsert_video(self, path: str, size: int, mtime_ns: int, *, width: int | None, height: int | None,
                      duration: float | None, fps: float | None, frame_count: int | None) -> int:
         """Insert or refresh one video row (inside a transaction). Returns its id."""
-        return self.db.execute(
+        return int(self.db.execute(
             """INSERT INTO video(path, size, mtime_ns, sha256, width, height, duration, fps, frame_count, indexed_at, deleted)
                VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, 0)
                ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = NULL,
@@ -46,7 +47,7 @@ class MediaTables:
                  frame_count = excluded.frame_count, indexed_at = excluded.indexed_at, deleted = 0
                RETURNING id""",
             (path, size, mtime_ns, width, height, duration, fps, frame_count, time.time()),
-        ).fetchone()[0]
+        ).fetchone()[0])
 
     def mark_videos_deleted(self, video_ids: Iterable[int]) -> None:
         """Soft delete (inside a transaction): every index drops their frames at its next sync
@@ -97,8 +98,18 @@ class MediaTables:
             out.update({vid: (size, mtime) for vid, size, mtime in self.db.execute(q, chunk)})
         return out
 
+    def nearest_frame_time(self, video_id: int, timestamp: float) -> float | None:
+        """The stored frame time (a detection's timestamp: what search hits point at) nearest to
+        `timestamp` in this video, or None when it has none."""
+        row = self.db.execute(
+            """SELECT timestamp FROM detection WHERE video_id = ? AND timestamp IS NOT NULL
+               ORDER BY ABS(timestamp - ?), timestamp LIMIT 1""",
+            (int(video_id), float(timestamp)),
+        ).fetchone()
+        return row[0] if row else None
+
     def count_videos(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM video WHERE deleted = 0").fetchone()[0]
+        return int(self.db.execute("SELECT COUNT(*) FROM video WHERE deleted = 0").fetchone()[0])
 
     # -- detections -----------------------------------------------------------------------
 
@@ -111,7 +122,7 @@ class MediaTables:
         return out
 
     def embedded_detections_of(self, *, image_id: int | None = None, video_id: int | None = None,
-                               kinds: Sequence[str]) -> list[tuple[int, str, float | None, tuple, str | None]]:
+                               kinds: Sequence[str]) -> list[tuple[int, str, float | None, tuple[float, float, float, float], str | None]]:
         """(id, kind, timestamp, box, label) of this photo's or video's detections of `kinds` that
         some model has an embedding of (retired ones have none)."""
         col, owner = ("image_id", image_id) if image_id is not None else ("video_id", video_id)
@@ -123,11 +134,11 @@ class MediaTables:
     def add_detection(self, *, image_id: int | None = None, video_id: int | None = None, kind: str,
                       box: tuple[float, float, float, float], timestamp: float | None = None, label: str | None = None) -> int:
         x0, y0, x1, y1 = box
-        return self.db.execute(
+        return int(self.db.execute(
             """INSERT INTO detection(image_id, video_id, timestamp, x0, y0, x1, y1, kind, label)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
             (image_id, video_id, timestamp, x0, y0, x1, y1, kind, label),
-        ).fetchone()[0]
+        ).fetchone()[0])
 
     def put_detection_embedding(self, model_id: int, detection_id: int, vector: np.ndarray) -> None:
         self.db.execute(
@@ -173,10 +184,10 @@ class MediaTables:
         return ids
 
     def count_photos_with_detections(self) -> int:
-        return self.db.execute("SELECT COUNT(DISTINCT image_id) FROM detection WHERE image_id IS NOT NULL").fetchone()[0]
+        return int(self.db.execute("SELECT COUNT(DISTINCT image_id) FROM detection WHERE image_id IS NOT NULL").fetchone()[0])
 
     def count_detections(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM detection").fetchone()[0]
+        return int(self.db.execute("SELECT COUNT(*) FROM detection").fetchone()[0])
 
     def photos_without_detections(self, model_id: int, kinds: Sequence[str]) -> list[tuple[int, str]]:
         """(image id, path) of live photos with no detection of `kinds` embedded by this model."""

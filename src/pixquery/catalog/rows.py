@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -23,7 +24,7 @@ class IndexRow:
     id: int
     model_id: int
     kind: str
-    params: dict
+    params: dict[str, Any]
     path: str | None
     built_at: float | None
     build_seconds: float | None

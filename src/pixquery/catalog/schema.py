@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Iterator
+from collections.abc import Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # Each entry migrates from version i to i+1. Never edit a released entry: append a new one.
 MIGRATIONS: list[str] = [
@@ -190,7 +193,7 @@ def split_sql(script: str) -> list[str]:
     return statements
 
 
-def chunks(seq: list, n: int = 900) -> Iterator[list]:
+def chunks(seq: list[T], n: int = 900) -> Iterator[list[T]]:
     """Pieces of at most n: SQLite limits how many `?` one statement may bind."""
     for i in range(0, len(seq), n):
         yield seq[i : i + n]

@@ -5,20 +5,22 @@ say which embed runs (shard folders) and which of their shards its Milvus collec
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 
 class ShardTables:
-    db: object  # the sqlite3 connection (set by Catalog)
+    db: sqlite3.Connection  # set by Catalog
 
     def shard_source(self, key: str, uri: str, fingerprint: str) -> int:
         """The number of the embed run `key` (made on its first import; its folder may have moved)."""
         row = self.db.execute("SELECT id FROM shard_source WHERE key = ?", (key,)).fetchone()
         if row:
             self.db.execute("UPDATE shard_source SET uri = ? WHERE id = ?", (uri, row[0]))
-            return row[0]
+            return int(row[0])
         cur = self.db.execute("INSERT INTO shard_source(key, uri, fingerprint, added_at) VALUES (?, ?, ?, ?)",
                               (key, uri, fingerprint, time.time()))
+        assert cur.lastrowid is not None  # an INSERT sets it
         return cur.lastrowid
 
     def shard_sources(self) -> list[tuple[int, str, str]]:

@@ -6,18 +6,19 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from pixquery.catalog.media import MediaTables
 from pixquery.catalog.meta import MetaTables
 from pixquery.catalog.rows import ImageRow, IndexRow, Item, ModelRow
+from pixquery.catalog.schema import MIGRATIONS, SCHEMA_VERSION, split_sql
+from pixquery.catalog.schema import chunks as _chunks
 from pixquery.catalog.shards import ShardTables
-from pixquery.catalog.schema import MIGRATIONS, SCHEMA_VERSION, chunks as _chunks, split_sql
 from pixquery.errors import LibraryError
-
 
 MEDIA_PHOTO, MEDIA_REGION, MEDIA_VIDEO = 0, 1, 2  # `media` of index_fields
 
@@ -38,17 +39,17 @@ class Catalog(MediaTables, ShardTables, MetaTables):
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Catalog:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- schema ---------------------------------------------------------------------------
 
     @property
     def version(self) -> int:
-        return self.db.execute("PRAGMA user_version").fetchone()[0]
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
         version = self.version
@@ -64,17 +65,17 @@ class Catalog(MediaTables, ShardTables, MetaTables):
                 self.db.execute(f"PRAGMA user_version = {v + 1}")
 
     class _Tx:
-        def __init__(self, db):
+        def __init__(self, db: sqlite3.Connection):
             self.db = db
 
-        def __enter__(self):
+        def __enter__(self) -> sqlite3.Connection:
             self.db.execute("BEGIN IMMEDIATE")
             return self.db
 
-        def __exit__(self, exc_type, exc, tb):
+        def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
             self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
-    def transaction(self):
+    def transaction(self) -> Catalog._Tx:
         """`with catalog.transaction():` all-or-nothing (BEGIN IMMEDIATE takes the write lock up front)."""
         return Catalog._Tx(self.db)
 
@@ -132,7 +133,7 @@ class Catalog(MediaTables, ShardTables, MetaTables):
                RETURNING id""",
             (path, size, mtime_ns, sha256, width, height, time.time()),
         ).fetchone()
-        return row[0]
+        return int(row[0])
 
     def add_photos(self, model_id: int, photos: Sequence[tuple[str, int, int, str | None, int | None, int | None]],
                    vectors: np.ndarray) -> list[int]:
@@ -185,7 +186,7 @@ class Catalog(MediaTables, ShardTables, MetaTables):
         return cur.rowcount
 
     def count_images(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM image WHERE deleted = 0").fetchone()[0]
+        return int(self.db.execute("SELECT COUNT(*) FROM image WHERE deleted = 0").fetchone()[0])
 
     # -- failures -------------------------------------------------------------------------
 
@@ -230,14 +231,16 @@ class Catalog(MediaTables, ShardTables, MetaTables):
             "INSERT INTO model(name, fingerprint, dim) VALUES (?, ?, ?) ON CONFLICT(fingerprint) DO NOTHING",
             (name, fingerprint, dim),
         )
-        return self.model_by_fingerprint(fingerprint)
+        model = self.model_by_fingerprint(fingerprint)
+        assert model is not None  # upserted just above
+        return model
 
     def set_model_shape(self, model_id: int, name: str, dim: int) -> None:
         """Name and width of a model row made by `set_threshold` before anything was embedded."""
         self.db.execute("UPDATE model SET dim = ?, name = ? WHERE id = ?", (dim, name, model_id))
 
     def count_embeddings(self, model_id: int) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM embedding WHERE model_id = ?", (model_id,)).fetchone()[0]
+        return int(self.db.execute("SELECT COUNT(*) FROM embedding WHERE model_id = ?", (model_id,)).fetchone()[0])
 
     def model_by_fingerprint(self, fingerprint: str) -> ModelRow | None:
         row = self.db.execute("SELECT * FROM model WHERE fingerprint = ?", (fingerprint,)).fetchone()
@@ -340,7 +343,7 @@ class Catalog(MediaTables, ShardTables, MetaTables):
         def folder_of(path: str) -> int:
             for fid, root in folders:
                 if path == root or path.startswith(root.rstrip(os.sep) + os.sep):
-                    return fid
+                    return int(fid)
             return -1
 
         img_pos = {img: n for n, (img, det) in enumerate(items) if img is not None}
@@ -375,7 +378,7 @@ class Catalog(MediaTables, ShardTables, MetaTables):
     def indexes(self) -> list[IndexRow]:
         return [_index_row(r) for r in self.db.execute('SELECT * FROM "index" ORDER BY id')]
 
-    def create_index(self, model_id: int, kind: str, params: dict) -> IndexRow:
+    def create_index(self, model_id: int, kind: str, params: dict[str, Any]) -> IndexRow:
         """A new, empty index row. It becomes the active one only when `commit_index` points it at
         a written file, so searches keep using the previous index until then."""
         with self.transaction():
@@ -383,7 +386,9 @@ class Catalog(MediaTables, ShardTables, MetaTables):
                 'INSERT INTO "index"(model_id, kind, params, active) VALUES (?, ?, ?, 0) RETURNING id',
                 (model_id, kind, json.dumps(params, sort_keys=True)),
             ).fetchone()[0]
-        return self.index_row(index_id)
+        row = self.index_row(index_id)
+        assert row is not None  # inserted just above
+        return row
 
     def mark_stale(self, image_ids: Sequence[int] = (), detection_ids: Sequence[int] = ()) -> None:
         """Their embeddings were replaced: every index must drop and re-add them at its next sync."""
@@ -404,7 +409,7 @@ class Catalog(MediaTables, ShardTables, MetaTables):
         added: Sequence[tuple[int, tuple[int | None, int | None]]],
         removed_refs: Sequence[int],
         clear: bool,
-        params: dict,
+        params: dict[str, Any],
         size_bytes: int,
         build_seconds: float,
         next_ref_id: int,
@@ -455,7 +460,7 @@ class Catalog(MediaTables, ShardTables, MetaTables):
         return row[0] if row else None
 
     def count_index_entries(self, index_id: int) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM index_image WHERE index_id = ?", (index_id,)).fetchone()[0]
+        return int(self.db.execute("SELECT COUNT(*) FROM index_image WHERE index_id = ?", (index_id,)).fetchone()[0])
 
     # -- import ---------------------------------------------------------------------------
 
@@ -474,7 +479,7 @@ class Catalog(MediaTables, ShardTables, MetaTables):
         return out
 
 
-def _index_row(row) -> IndexRow:
+def _index_row(row: Sequence[Any]) -> IndexRow:
     r = list(row)
     r[3] = json.loads(r[3] or "{}")
     return IndexRow(*r)

@@ -6,8 +6,9 @@ Backends (ONNX Runtime, open_clip/torch) live one per file in this package; noth
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -24,7 +25,7 @@ class PreprocessConfig:
     fill_color: int = 0
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "PreprocessConfig":
+    def from_dict(cls, raw: dict) -> PreprocessConfig:
         """From open_clip's preprocess_cfg (preprocess_cfg.json): size may be [h, w]; missing keys default."""
         d = cls()
         size = raw.get("size", d.size)

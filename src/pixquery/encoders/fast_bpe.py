@@ -89,7 +89,7 @@ class _SortedMap:
         self.keys, self.values = keys, values
 
     @classmethod
-    def of(cls, pairs) -> "_SortedMap":
+    def of(cls, pairs) -> _SortedMap:
         items = sorted(pairs)
         return cls([k for k, _ in items], [v for _, v in items])
 
@@ -166,7 +166,7 @@ class FastBpe:
         self.cache: dict[str, list[str]] = {}
 
     @classmethod
-    def for_file(cls, tokenizer_json: str | Path, cache_dir=None) -> "FastBpe | None":
+    def for_file(cls, tokenizer_json: str | Path, cache_dir=None) -> FastBpe | None:
         """From the compact copy of `tokenizer_json` (made now if missing or damaged), or None
         when its layout is not one this knows."""
         tokenizer_json = Path(tokenizer_json)

@@ -21,8 +21,8 @@ import os
 import shutil
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from pixquery.encoders.base import PreprocessConfig, l2_normalize
 from pixquery.errors import PixqueryError
 
 REQUIRED = ("config.json", "visual/model.onnx", "visual/preprocess_cfg.json", "textual/model.onnx", "textual/tokenizer.json")
-log = logging.getLogger("pixquery")
+log = logging.getLogger(__name__)
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
 
@@ -214,12 +214,13 @@ def short_context_copy(text_model: Path, context: int, cache_dir: str | Path | N
             return None
     try:
         import onnx
-    except ImportError:
-        return None  # the onnx package is optional: queries just run at full length
+    except ImportError:  # the onnx package is optional: queries just run at full length
+        log.info("no short-context text model for %s: the onnx package is not installed", text_model)
+        return None
     try:
         model = _short_context_graph(text_model, context)
     except Exception as e:  # an unusual graph: never worse than the original
-        log.info("pixquery: no short-context text model for %s: %s", text_model, e)
+        log.info("no short-context text model for %s: %s", text_model, e)
         model = None
     ok = False
     if model is not None:
@@ -236,7 +237,7 @@ def short_context_copy(text_model: Path, context: int, cache_dir: str | Path | N
             a, b = full.run(None, {inp.name: ids})[0], short.run(None, {inp.name: ids[:, :n]})[0]
             ok = bool(np.allclose(a, b, rtol=1e-4, atol=1e-5))
         except Exception as e:
-            log.info("pixquery: short-context text model for %s failed its check: %s", text_model, e)
+            log.info("short-context text model for %s failed its check: %s", text_model, e)
     for target in (beside, cached):
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -354,7 +355,7 @@ def _build_optimized(source: Path, tmp: Path, source_key: str) -> bool:
             diff = max(diff, float(np.abs(a.astype(np.float64) - b).max()))
         del copy
     if diff > 1e-6:
-        log.info("pixquery: the optimised copy of %s differs by %.2g: not used", source, diff)
+        log.info("the optimised copy of %s differs by %.2g: not used", source, diff)
         return False
     graph, data = tmp / OPT_GRAPH, tmp / OPT_DATA
     if not data.is_file():  # a graph with no weight over 1 KiB: an empty weights file keeps one layout
@@ -388,7 +389,7 @@ def optimized_copy(source: Path, cache_dir: str | Path | None = None) -> Path | 
         if candidate.is_dir():
             if _valid_optimized(candidate, source_key):
                 return candidate / OPT_GRAPH
-            log.warning("pixquery: %s is corrupt or stale: making it again", candidate)
+            log.warning("%s is corrupt or stale: making it again", candidate)
             shutil.rmtree(candidate, ignore_errors=True)
     for target in (beside, cached):
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
@@ -401,7 +402,7 @@ def optimized_copy(source: Path, cache_dir: str | Path | None = None) -> Path | 
             except OSError:
                 raise  # cannot write here: the next place
             except Exception as e:  # an op this ONNX Runtime cannot save: never worse than before
-                log.info("pixquery: no optimised copy of %s: %s", source, e)
+                log.info("no optimised copy of %s: %s", source, e)
                 ok = False
             if not ok:
                 _none_marker(target).write_text("the optimised copy did not give the same outputs; the model is loaded as it is\n")
@@ -526,7 +527,7 @@ class OnnxClipEncoder:
                 self.session_paths[tower] = optimized
                 return session
             except Exception as e:  # validated a moment ago, so unlikely: load the source as before
-                log.warning("pixquery: cannot load %s (%s); loading %s", optimized, str(e).splitlines()[0][:200], path)
+                log.warning("cannot load %s (%s); loading %s", optimized, str(e).splitlines()[0][:200], path)
                 opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             session = ort.InferenceSession(str(path), opts, providers=providers)
@@ -534,7 +535,7 @@ class OnnxClipEncoder:
             if providers == ["CPUExecutionProvider"]:
                 raise PixqueryError(f"ONNX Runtime cannot load {path}: {e}") from None
             # A CUDA build without a usable GPU or driver: run on the CPU, and say so once.
-            log.warning("pixquery: the GPU execution provider failed (%s); using the CPU", str(e).splitlines()[0][:200])
+            log.warning("the GPU execution provider failed (%s); using the CPU", str(e).splitlines()[0][:200])
             try:
                 session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             except Exception as e2:

@@ -4,7 +4,7 @@ as the reference the ONNX encoder is tested against. The only runtime module imp
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -11,9 +11,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from pixquery.encoders.base import Encoder
 from pixquery.errors import PixqueryError

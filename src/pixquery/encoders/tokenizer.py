@@ -13,8 +13,8 @@ import html
 import json
 import os
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

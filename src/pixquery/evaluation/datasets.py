@@ -28,9 +28,9 @@ from __future__ import annotations
 import csv
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -84,7 +84,7 @@ class Dataset:
             m[i, list(it.labels)] = True
         return m
 
-    def subset(self, n: int | None, seed: int = 0) -> "Dataset":
+    def subset(self, n: int | None, seed: int = 0) -> Dataset:
         """A deterministic random sample of n items (kept in dataset order); all when n is None."""
         if n is None or n >= len(self.items):
             return self

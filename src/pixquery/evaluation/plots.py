@@ -35,7 +35,7 @@ def plot_roc(report: dict, path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 5.5), dpi=120)
     ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="chance")
-    for m, r, label in _runs(report):
+    for _, r, label in _runs(report):
         roc = r["curves"]["roc"]
         auc = r["auc"]
         auc_s = "n/a" if auc is None or auc != auc else f"{auc:.3f}"
@@ -56,7 +56,7 @@ def plot_roc(report: dict, path: Path) -> Path:
 def plot_f1(report: dict, path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for m, r, label in _runs(report):
+    for _, r, label in _runs(report):
         c = r["curves"]["threshold"]
         b = r["best_threshold"]
         (line,) = ax.plot(c["threshold"], c["f1"], lw=1.6, label=f"{label} (best {b['angular']:.4f}, F1 {b['f1']:.3f})")

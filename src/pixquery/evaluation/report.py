@@ -78,7 +78,6 @@ def markdown(report: dict, plots: dict[str, str] | None = None) -> str:
             out.append(f"- {model_label(m)}: {m['images']['failed_count']} image(s) could not be read and were skipped")
     out.append("")
 
-    many = len(report["config"]["templates"]) > 1
     rows51, rows52, rows_thr, rows_ret = [], [], [], []
     ks = report["config"]["retrieval_ks"]
     for m in models:

@@ -26,7 +26,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 from typing import Any
 
-
 from pixquery.errors import PixqueryError
 from pixquery.indexes.base import (
     VectorIndex,

@@ -29,7 +29,7 @@ class MappedFaiss:
             self._path = Path(path)
 
     @classmethod
-    def read(cls, path: Path, mmap: bool) -> "MappedFaiss":
+    def read(cls, path: Path, mmap: bool) -> MappedFaiss:
         if mmap:
             # IO_FLAG_MMAP_IFC maps flat codes and IVF lists; IO_FLAG_MMAP alone copies flat codes.
             index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)

@@ -133,7 +133,7 @@ class FaissHnswIndex:
                          {"index.faiss": write_graph, "labels.npy": save_npy(self._labels)})
 
     @classmethod
-    def from_bundle(cls, b, config) -> "FaissHnswIndex":
+    def from_bundle(cls, b, config) -> FaissHnswIndex:
         """Read a saved index (hnsw.Index.load reads the manifest and picks the backend)."""
         graph = faiss.read_index(str(b.part("index.faiss")))
         return cls(b.dim, config, _graph=graph, _labels=load_npy(b.part("labels.npy")))

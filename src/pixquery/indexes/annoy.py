@@ -152,7 +152,7 @@ class Index:
         write_bundle(path, self.kind, self.dim, self.params(), {"n": len(self._ids)}, parts)
 
     @classmethod
-    def load(cls, path: Path, mmap: bool = False) -> "Index":
+    def load(cls, path: Path, mmap: bool = False) -> Index:
         b = read_bundle(path, cls.kind)
         self = cls(b.dim, Config(**b.params))
         self._ids = np.array(load_npy(b.part("ids.npy")), dtype=np.int64)

@@ -310,7 +310,7 @@ class Index:
         write_bundle(path, self.kind, self.dim, asdict(self.config), state, None, bundles)
 
     @classmethod
-    def load(cls, path: Path, mmap: bool = False) -> "Index":
+    def load(cls, path: Path, mmap: bool = False) -> Index:
         from pixquery.indexes import open_index
 
         b = read_bundle(path, cls.kind)

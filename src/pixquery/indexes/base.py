@@ -42,11 +42,13 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import numpy.typing as npt
 
 FORMAT = "pixquery-index"
 FORMAT_VERSION = 1
@@ -67,7 +69,7 @@ class VectorIndex(Protocol):
 
     def __len__(self) -> int: ...
 
-    def params(self) -> dict:
+    def params(self) -> dict[str, Any]:
         """The parameters that built it (JSON-serialisable), recorded in the catalog."""
         ...
 
@@ -76,7 +78,7 @@ class VectorIndex(Protocol):
         ...
 
     @classmethod
-    def load(cls, path: Path, mmap: bool = False) -> "VectorIndex": ...
+    def load(cls, path: Path, mmap: bool = False) -> VectorIndex: ...
 
 
 @contextmanager
@@ -112,14 +114,14 @@ def _fsync_dir(folder: Path) -> None:
 # ---------------------------------------------------------------- input checks and result padding
 
 
-def as_ids(ids) -> np.ndarray:
+def as_ids(ids: npt.ArrayLike) -> np.ndarray:
     ids = np.ascontiguousarray(np.asarray(ids).reshape(-1), dtype=np.int64)
     if len(ids) and ids.min() < 0:
         raise ValueError("index ids must be >= 0 (-1 marks a missing result)")
     return ids
 
 
-def as_vectors(vectors, dim: int, n: int | None = None) -> np.ndarray:
+def as_vectors(vectors: npt.ArrayLike, dim: int, n: int | None = None) -> np.ndarray:
     v = np.asarray(vectors)
     if v.ndim == 1 and v.size == dim:
         v = v.reshape(1, dim)
@@ -141,7 +143,7 @@ def dedupe_last(ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.nd
     return ids[keep], vectors[keep]
 
 
-def upsert_batch(ids, vectors, dim: int) -> tuple[np.ndarray, np.ndarray]:
+def upsert_batch(ids: npt.ArrayLike, vectors: npt.ArrayLike, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """What every kind's `add` starts with: checked int64 ids and float32 (n, dim) vectors, an id
     given twice keeping its last vector (the batch is an upsert). May be empty."""
     ids = as_ids(ids)
@@ -186,22 +188,22 @@ MANIFEST = "manifest.json"
 class Bundle:
     """A loaded manifest: its fields, and the paths of its parts and nested bundles."""
 
-    def __init__(self, path: Path, manifest: dict):
+    def __init__(self, path: Path, manifest: dict[str, Any]):
         self.path = Path(path)
         self.manifest = manifest
         self.kind: str = manifest["kind"]
         self.dim: int = int(manifest["dim"])
-        self.params: dict = manifest.get("params", {})
-        self.state: dict = manifest.get("state", {})
+        self.params: dict[str, Any] = manifest.get("params", {})
+        self.state: dict[str, Any] = manifest.get("state", {})
 
     def part(self, name: str) -> Path:
-        return self.path / self.manifest["parts"][name]
+        return self.path / str(self.manifest["parts"][name])
 
     def has_part(self, name: str) -> bool:
         return name in self.manifest.get("parts", {})
 
     def bundle(self, name: str) -> Path:
-        return self.path / self.manifest["bundles"][name]
+        return self.path / str(self.manifest["bundles"][name])
 
     def bundle_names(self) -> list[str]:
         return list(self.manifest.get("bundles", {}))
@@ -225,7 +227,8 @@ def read_bundle(path: Path, kind: str | None = None) -> Bundle:
         try:
             manifest = json.loads((path / MANIFEST).read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: not a pixquery index (no {MANIFEST}; was its first save interrupted?)")
+            raise FileNotFoundError(
+                f"{path}: not a pixquery index (no {MANIFEST}; was its first save interrupted?)") from None
         except (OSError, ValueError) as e:
             raise ValueError(f"{path}: unreadable index manifest ({e})") from e
         if manifest.get("format") != FORMAT:
@@ -246,8 +249,8 @@ def write_bundle(
     path: Path,
     kind: str,
     dim: int,
-    params: dict,
-    state: dict | None = None,
+    params: dict[str, Any],
+    state: dict[str, Any] | None = None,
     parts: dict[str, Callable[[Path], None]] | None = None,
     bundles: dict[str, Callable[[Path], None]] | None = None,
 ) -> None:
@@ -360,4 +363,5 @@ def save_npy(arr: np.ndarray) -> Callable[[Path], None]:
 
 
 def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
-    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    array: np.ndarray = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    return array

@@ -215,7 +215,7 @@ class Index:
         write_bundle(path, self.kind, self.dim, self.params(), {"factory": self._factory}, parts)
 
     @classmethod
-    def load(cls, path: Path, mmap: bool = False) -> "Index":
+    def load(cls, path: Path, mmap: bool = False) -> Index:
         path = Path(path)
         if path.is_file():  # pixquery 0.1 saved a bare faiss file
             return cls._load_bare_faiss(path, mmap)
@@ -231,7 +231,7 @@ class Index:
         return self
 
     @classmethod
-    def _load_bare_faiss(cls, path: Path, mmap: bool) -> "Index":
+    def _load_bare_faiss(cls, path: Path, mmap: bool) -> Index:
         """A file written by pixquery 0.1 (a faiss IndexIDMap2 over Flat or SQ)."""
         idx = faiss.read_index(str(path))
         inner = faiss.downcast_index(idx.index)

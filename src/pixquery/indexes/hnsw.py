@@ -45,7 +45,6 @@ from pixquery.indexes.base import (
     write_bundle,
 )
 
-
 BACKENDS = ("hnswlib", "faiss")
 
 
@@ -228,7 +227,7 @@ class HnswlibIndex:
         write_bundle(path, self.kind, self.dim, asdict(self.config), state, {"index.hnsw": write})
 
     @classmethod
-    def from_bundle(cls, b, config: Config) -> "HnswlibIndex":
+    def from_bundle(cls, b, config: Config) -> HnswlibIndex:
         g = _hnswlib().Index(space="ip", dim=b.dim)
         g.load_index(str(b.part("index.hnsw")), max_elements=0, allow_replace_deleted=True)
         return cls(b.dim, config, _graph=g, _state=b.state)

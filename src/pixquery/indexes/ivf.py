@@ -315,7 +315,7 @@ class Index:
         write_bundle(path, self.kind, self.dim, self.params(), state, parts)
 
     @classmethod
-    def load(cls, path: Path, mmap: bool = False) -> "Index":
+    def load(cls, path: Path, mmap: bool = False) -> Index:
         b = read_bundle(path, cls.kind)
         self = cls(b.dim, Config(**b.params))
         self._ids = load_npy(b.part("ids.npy"), mmap=mmap)

@@ -35,26 +35,24 @@ from __future__ import annotations
 
 import atexit
 import logging
-import warnings
 import os
 import secrets
-import tarfile
 import shutil
+import tarfile
 import tempfile
 import time
+import warnings
 import weakref
 from dataclasses import asdict, dataclass, replace
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
-
 import pymilvus  # noqa: F401  (ImportError here -> "install pixquery[milvus]")
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from pixquery.errors import IndexStoreError
-
 from pixquery.indexes.base import (
     as_ids,
     as_vectors,
@@ -260,7 +258,7 @@ def _release_lite(db_file: Path) -> None:
         server_manager_instance.release_server(str(db_file))
 
 
-def _close(client: "_Client | None", db_file: Path | None, tmpdir: Path | None) -> None:
+def _close(client: _Client | None, db_file: Path | None, tmpdir: Path | None) -> None:
     if client is not None:
         try:
             client.close()
@@ -582,7 +580,7 @@ class Index:
                 tar.add(entry, arcname=entry.name)
 
     @classmethod
-    def load(cls, path: Path, mmap: bool = False) -> "Index":
+    def load(cls, path: Path, mmap: bool = False) -> Index:
         """Attach to the collection a saved index names; an embedded one gets a private copy of
         its database file (`mmap` is ignored: Milvus holds its own memory)."""
         b = read_bundle(Path(path), cls.kind)

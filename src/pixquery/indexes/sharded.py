@@ -165,7 +165,7 @@ class Index:
         )
 
     @classmethod
-    def load(cls, path: Path, mmap: bool = False) -> "Index":
+    def load(cls, path: Path, mmap: bool = False) -> Index:
         from pixquery.indexes import load_index
 
         b = read_bundle(path, cls.kind)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -60,14 +60,14 @@ class RegionConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | None) -> "RegionConfig | None":
+    def from_json(cls, text: str | None) -> RegionConfig | None:
         if not text or text == "null":
             return None
         d = json.loads(text)
         d["grids"] = tuple(g if isinstance(g, int) else tuple(g) for g in d.get("grids", ()))
         return cls(**d)
 
-    def resolved(self) -> "RegionConfig":
+    def resolved(self) -> RegionConfig:
         """The same config with the detector's file identity filled in (so a new model file redoes regions)."""
         if not self.detector:
             return self

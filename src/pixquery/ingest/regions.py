@@ -16,8 +16,8 @@ still refers to cannot be deleted (index_image references them), so replacing a 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
-from typing import Iterable, Sequence
 
 import numpy as np
 

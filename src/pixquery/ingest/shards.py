@@ -23,8 +23,8 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from pixquery import _failpoints
 from pixquery.errors import PixqueryError

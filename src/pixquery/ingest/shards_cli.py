@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -41,7 +41,14 @@ class _RichEmbedProgress:
     and each failure as it comes."""
 
     def __init__(self, quiet: bool = False):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         err = _cli().err
         self.err, self.quiet = err, quiet
@@ -158,7 +165,7 @@ def import_(
     library: Optional[Path] = typer.Option(None, "--library", "-L", help="Library folder [default: $PIXQUERY_LIBRARY or ~/.local/share/pixquery]", envvar="PIXQUERY_LIBRARY"),
     store_only: bool = typer.Option(False, "--store-only", help=STORE_ONLY_HELP),
     index_kind: Optional[str] = typer.Option(None, "--index", help="--store-only: the index kind (milvus, the default)"),
-    param: List[str] = typer.Option(None, "--param", metavar="KEY=VALUE", help="--store-only: a milvus parameter: uri, collection, index_type, nlist... (repeatable; fixed by the first import)"),
+    param: list[str] = typer.Option(None, "--param", metavar="KEY=VALUE", help="--store-only: a milvus parameter: uri, collection, index_type, nlist... (repeatable; fixed by the first import)"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary"),
 ):

@@ -10,8 +10,8 @@ and this model has none for it), a video's frames. Files gone from disk are mark
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from pixquery.catalog import Catalog
 from pixquery.ingest import scan as scanning

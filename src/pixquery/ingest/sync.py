@@ -22,10 +22,11 @@ commits, the store it replaced is dropped.
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -35,6 +36,8 @@ from pixquery.catalog import Catalog, IndexRow, ModelRow
 INDEX_DIR = "indexes"
 WRITES_KEY = "index_writes:{model_id}"  # setting: stores being written, reconciled after a crash
 LOAD_BATCH = 20_000  # vectors read from the catalog and sent to a shared store per step
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,11 +73,15 @@ def sync_index(
     stage = on_stage or (lambda s: None)
     row = catalog.active_index(model.id)
     if row is not None and row.kind != kind:
+        log.info("index kind %s -> %s: building a new index from the stored embeddings", row.kind, kind)
         rebuild = True  # a different kind: a new index, built from the stored vectors
+    elif row is not None and rebuild:
+        log.info("index parameters changed: rebuilding the %s index from the stored embeddings", kind)
     index = None
     if row is not None and not rebuild:
         index = _load_matching(catalog, library_dir, row)
         if index is not None and getattr(index, "needs_rebuild", False):
+            log.info("auto index: the collection has grown past what it was chosen for; choosing again")
             index = None  # `auto` chose for a collection a quarter of today's size: choose again
         if index is not None and hasattr(index, "calibration_queries"):
             index.calibration_queries = calibration_queries  # `auto` may measure again on add
@@ -99,6 +106,7 @@ def sync_index(
     elif index is None:
         # Full build: dense ids 0..n-1 in catalog order, so a rebuild equals a fresh build.
         stage(f"building {kind} index of {len(wanted)} vectors")
+        log.info("building a new %s index of %d vectors", kind, len(wanted))
         if row is None or rebuild or row.kind != kind:
             row = catalog.create_index(model.id, kind, params)
         vectors = catalog.vectors_for(model.id, wanted, model.dim)
@@ -216,6 +224,7 @@ def _settle_crashed_writes(catalog: Catalog, model: ModelRow, mine: dict | None,
             orphan = indexes.make_index(store["kind"], store["dim"], uri=store["uri"], collection=store["collection"])
             orphan.drop()
         except Exception as e:  # unreachable now: the mark stays until a later sync can drop it
+            log.warning("could not drop %s, left by an index build that did not finish: %s", store["collection"], e)
             stage(f"could not drop {store['collection']}: {e}")
             return reconcile
     return reconcile
@@ -265,21 +274,30 @@ def _drop_replaced_store(old_path: Path, new_index) -> None:
             return
     try:
         indexes.load_index(old["kind"], old_path).drop()
-    except Exception:
-        pass  # the server is gone: its collection stays (named in no catalog row); nothing else to do
+    except Exception as e:  # the server is gone: its collection stays (named in no catalog row)
+        log.warning("could not drop %s's collection %s, replaced by a rebuild: %s", old["kind"], old["collection"], e)
 
 
 def _load_matching(catalog: Catalog, library_dir: Path, row: IndexRow):
     """The index file of `row` if it exists, loads, and holds exactly what index_image says."""
-    if not row.path or not (library_dir / row.path).exists():
+    if not row.path:
+        return None
+    path = library_dir / row.path
+    if not path.exists():
+        log.warning("%s: the index file is missing; rebuilding it from the stored embeddings", path)
         return None
     try:
-        index = indexes.load_index(row.kind, library_dir / row.path)
-    except Exception:
-        return None  # unreadable: rebuilt from the stored embeddings
+        index = indexes.load_index(row.kind, path)
+    except Exception as e:  # unreadable: rebuilt from the stored embeddings (hours at 10^6+: say why)
+        log.warning("%s: cannot load the %s index (%s); rebuilding it from the stored embeddings", path, row.kind,
+                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return None
     if getattr(index, "shared", False):
         return index  # a shared store is reconciled with the catalog, never rebuilt for a mismatch
-    if len(index) != catalog.count_index_entries(row.id):
+    expected = catalog.count_index_entries(row.id)
+    if len(index) != expected:
+        log.warning("%s: the index holds %d vectors where the catalog maps %d; rebuilding it from the stored embeddings",
+                    path, len(index), expected)
         return None
     return index
 

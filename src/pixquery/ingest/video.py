@@ -30,11 +30,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from datetime import datetime
-from typing import Iterator, Sequence
-
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -40,7 +40,7 @@ def parse_time(text: str) -> float:
 
 
 @video_app.command("info", cls=Command)
-def info(files: List[Path] = typer.Argument(..., metavar="FILES", help="Video files"),
+def info(files: list[Path] = typer.Argument(..., metavar="FILES", help="Video files"),
          as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON")):
     """Duration, frame rate, size and codec, from the file's headers."""
     from pixquery.ingest.video import VideoError, format_timestamp, probe
@@ -97,7 +97,7 @@ def frames(
                 typer.echo(f"{format_timestamp(fr.timestamp)} ({fr.timestamp:9.3f} s)  {row['why']:5}{diff}")
     except VideoError as e:
         typer.echo(f"{file}: {e.reason}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     total = (stats.info.frame_count if stats.info else None) or stats.decoded
     summary = {"sampled": stats.sampled, "frames": total, "decoded": stats.decoded, "cuts": stats.scene_changes,
                "static_skipped": stats.static_skipped, "problem": stats.problem()}
@@ -124,5 +124,5 @@ def frame(
         extract_frame(file, parse_time(at)).save(out)
     except VideoError as e:
         typer.echo(f"{file}: {e.reason}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(str(out))

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pixquery.errors import IndexStoreError, LibraryError, PixqueryError
 
-log = logging.getLogger("pixquery.server")
+log = logging.getLogger(__name__)
 
 
 class ServerBusy(Exception):

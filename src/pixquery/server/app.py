@@ -26,6 +26,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from pixquery import __version__
+from pixquery.server import openapi
 from pixquery.server.api_errors import ApiError, ServerBusy, install_error_handlers
 from pixquery.server.caches import TextEncoder, UploadCache
 from pixquery.server.config import MAX_ID, ServerConfig
@@ -62,6 +63,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.server = server  # for the CLI's start-up messages
     app.add_middleware(Guard, token=config.token, loopback_only_hosts=is_loopback(config.host))
     install_error_handlers(app)
+    openapi.install(app, token_required=config.token is not None)
     app.include_router(status.router)
     app.include_router(search.router(config))
     app.include_router(images.router)

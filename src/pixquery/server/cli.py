@@ -13,6 +13,8 @@ from urllib.parse import quote
 
 import typer
 
+from pixquery import logs
+
 
 def register(app: typer.Typer) -> None:
     app.command(name="serve")(serve)
@@ -45,8 +47,8 @@ def serve(
         token = None
     check_bind(host, token, allow_public)
     lib = Path(library).expanduser() if library else default_library_path()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    logging.getLogger("pixquery").setLevel(logging.INFO)
+    # the server says what it does (model loaded, refused files) at info, or more with -vv
+    logs.configure(min(logging.getLogger("pixquery").getEffectiveLevel(), logging.INFO))
     sock = _listen(host, port)  # before the model loads, and before saying "serving"
     port = sock.getsockname()[1]  # --port 0: the one the system picked
     config = ServerConfig(library=lib, model=model, token=token, host=host, port=port, pool_size=pool, text_batch=text_batch,

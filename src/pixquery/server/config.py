@@ -28,6 +28,7 @@ class ServerConfig:
     text_cache: int = 1024  # recent text-query embeddings kept by the server
     text_batch: int = 1  # >1: concurrent text queries encoded together (no gain measured on 2 busy cores)
     thumbnail_dir: Optional[Path] = None  # default <library>/thumbnails
-    thumbnail_concurrency: int = 2
+    thumbnail_concurrency: int = 2  # thumbnails and video frames decoded at once (worker processes)
+    decode_in_workers: bool = True  # decode them in worker processes: a decoder crash does not take the server down
     warm: bool = True  # load both model towers and the index at start-up
     static_dir: Optional[Path] = None  # serve the page from here instead of the package (development)

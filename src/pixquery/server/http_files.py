@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import re
+from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Iterator
 from urllib.parse import quote
 
 from fastapi import Request
@@ -31,7 +32,7 @@ def etag_matches(request: Request, etag: str) -> bool:
 
 
 def file_response(request: Request, opened: files.OpenedImage) -> Response:
-    """Stream an opened, checked file: ETag / 304, and one byte range (206) for players."""
+    """Stream an opened, checked file: ETag / 304, one byte range (206) for players, 416 when no range fits."""
     st = opened.stat
     etag = f'"{st.st_size}-{st.st_mtime_ns}"'
     ctype = mimetypes.guess_type(opened.real_path)[0] or "application/octet-stream"
@@ -46,38 +47,60 @@ def file_response(request: Request, opened: files.OpenedImage) -> Response:
     start, end, status = 0, st.st_size - 1, 200
     wanted = request.headers.get("range")
     if wanted and request.headers.get("if-range", etag) == etag:
-        span = byte_range(wanted, st.st_size)
-        if span is None:
+        try:
+            span = byte_range(wanted, st.st_size)
+        except RangeNotSatisfiable:
             opened.close()
             return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{st.st_size}"})
-        start, end = span
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{end}/{st.st_size}"
+        if span is not None:
+            start, end = span
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{st.st_size}"
     headers["Content-Length"] = str(max(0, end - start + 1))
     return StreamingResponse(chunks(opened, start, end - start + 1), status_code=status, media_type=ctype, headers=headers,
                              background=BackgroundTask(opened.close))
 
 
+class RangeNotSatisfiable(Exception):
+    """Every range asked for starts beyond the end of the file (answered 416)."""
+
+
+_RANGE_SPEC = re.compile(r"^(?:(\d+)-(\d*)|-(\d+))$")
+
+
 def byte_range(header: str, size: int) -> tuple[int, int] | None:
-    """(first, last) byte of a single 'bytes=a-b' / 'bytes=a-' / 'bytes=-n' range; None when unsatisfiable
-    or not understood (several ranges are answered as unsatisfiable too: players ask for one)."""
-    unit, _, spec = header.strip().partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec or size == 0:
+    """The (first, last) byte to send for a Range header (RFC 9110 section 14), or None to send the whole file.
+
+    One satisfiable range is served (206). A header that is not understood (another unit, bad syntax)
+    is ignored, as is a valid request for several ranges when any of them can be satisfied: the
+    whole file is the answer (200), as RFC 9110 allows; players ask for one range. Raises
+    RangeNotSatisfiable when no range can be (416)."""
+    unit, eq, spec = header.partition("=")
+    if not eq or unit.strip().lower() != "bytes":
         return None
-    first, _, last = spec.strip().partition("-")
-    try:
-        if not first:
-            n = int(last)
-            if n <= 0:
-                return None
-            return max(0, size - n), size - 1
-        a = int(first)
-        b = int(last) if last else size - 1
-    except ValueError:
+    spans = []
+    for element in spec.split(","):
+        element = element.strip(" \t")
+        if not element:  # an empty list element is allowed
+            continue
+        m = _RANGE_SPEC.match(element)
+        if m is None:
+            return None
+        if m.group(3) is not None:  # suffix: the last n bytes
+            n = int(m.group(3))
+            spans.append((max(0, size - n), size - 1) if n > 0 and size > 0 else None)
+            continue
+        a = int(m.group(1))
+        b = int(m.group(2)) if m.group(2) else None
+        if b is not None and b < a:
+            return None  # an invalid range-spec makes the whole header invalid: ignored
+        spans.append((a, size - 1 if b is None else min(b, size - 1)) if a < size else None)
+    if not spans:
         return None
-    if a < 0 or a >= size or b < a:
-        return None
-    return a, min(b, size - 1)
+    satisfiable = [s for s in spans if s is not None]
+    if not satisfiable:
+        raise RangeNotSatisfiable()
+    return satisfiable[0] if len(spans) == 1 else None
 
 
 def chunks(opened: files.OpenedImage, start: int = 0, length: int | None = None, size: int = 256 * 1024) -> Iterator[bytes]:

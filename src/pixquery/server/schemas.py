@@ -108,6 +108,13 @@ ERRORS = {
     401: {"model": ErrorBody, "description": "missing or wrong token"},
     404: {"model": ErrorBody, "description": "no such image (or not servable)"},
     422: {"model": ErrorBody, "description": "invalid parameter"},
+    503: {"model": ErrorBody, "description": "no index yet, the vector store does not answer, or the server is busy (Retry-After)"},
+}
+NOT_MODIFIED = {304: {"description": "not modified (If-None-Match matched the ETag)"}}
+FILE_RESPONSES = {
+    **NOT_MODIFIED,
+    206: {"description": "the byte range asked for (one range; a request for several gets the whole file)"},
+    416: {"description": "no range asked for lies within the file"},
 }
 
 

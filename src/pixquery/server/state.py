@@ -15,6 +15,7 @@ import io
 import logging
 import mimetypes
 import os
+import re
 import threading
 import time
 from datetime import datetime, timezone
@@ -31,11 +32,13 @@ from pixquery.server import files, thumbnails
 from pixquery.server.api_errors import ApiError
 from pixquery.server.caches import TextEncoder, UploadCache
 from pixquery.server.config import MAX_ID, ServerConfig
+from pixquery.server.decoder import DecodeWorkers
 from pixquery.server.pool import LibraryPool
 from pixquery.server.static_page import static_files
 
-log = logging.getLogger("pixquery.server")
+log = logging.getLogger(__name__)
 
+JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 MAX_EXTRA_PARTS = 32  # add + subtract + like + unlike of one search: each is an encode or a catalog read
 BROWSER_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/avif", "image/x-ms-bmp"}
 
@@ -59,8 +62,9 @@ class Server:
             raise LibraryError(f"no library at {lib_path}: run `pixquery index FOLDER --library {lib_path}` first")
         self.pool = LibraryPool(lib_path, config.model, config.pool_size)
         self.encoder = self.pool.encoder
+        self.decoders = DecodeWorkers(config.thumbnail_concurrency) if config.decode_in_workers else None
         self.thumbs = thumbnails.Thumbnails(config.thumbnail_dir or lib_path / "thumbnails",
-                                            concurrency=config.thumbnail_concurrency)
+                                            concurrency=config.thumbnail_concurrency, workers=self.decoders)
         self.uploads = UploadCache(config.upload_cache)
         self.texts = TextEncoder(self.encoder, config.text_cache, config.text_batch)
         self._upload_slots = threading.BoundedSemaphore(max(1, config.upload_concurrency))
@@ -75,6 +79,8 @@ class Server:
         self.encoder.encode_texts(["a photo"])
         cfg = self.encoder.preprocess_cfg
         self.encoder.encode_images(np.zeros((1, 3, cfg.size, cfg.size), np.float32))
+        if self.decoders is not None:
+            self.decoders.warm()
         probe = np.zeros(self.encoder.dim, np.float32)
         probe[0] = 1.0
         for lib in self.pool.libraries:
@@ -110,7 +116,7 @@ class Server:
             raise ApiError(422, str(e)) from None
         if text is None and not (add or subtract or like or unlike) and image_id is None and upload_id is None \
                 and vector is None:
-            raise ApiError(400, "give a query: q (text), add, subtract, like, unlike, image_id or upload_id")
+            raise ApiError(422, "give a query: q (text), add, subtract, like, unlike, image_id or upload_id")
         k = min(int(k), cfg.max_k)
         if offset >= cfg.max_results:
             raise ApiError(422, f"offset must be below {cfg.max_results} (the most results a search returns)")
@@ -229,18 +235,17 @@ class Server:
         return d
 
     def _parse_threshold(self, value: str | None) -> float | str | None:
-        if value is None or value.strip() == "" or value.strip().lower() == "none":
+        """None, 'auto', or an angular distance 0..1 written as a JSON number (what the OpenAPI schema says)."""
+        if value is None:
             return None
-        value = value.strip().lower()
         if value == "auto":
             if self.calibrated_threshold() is None:
                 raise ApiError(400, "threshold=auto: no calibrated threshold is stored for this model (run pixquery eval)")
             return "auto"
-        try:
-            th = float(value)
-        except ValueError:
-            raise ApiError(422, f"threshold must be a number between 0 and 1, or 'auto', not {value[:40]!r}") from None
-        if not 0.0 <= th <= 1.0 or th != th:
+        if not JSON_NUMBER.fullmatch(value):
+            raise ApiError(422, f"threshold must be a number between 0 and 1, or 'auto', not {value[:40]!r}")
+        th = float(value)
+        if not 0.0 <= th <= 1.0:
             raise ApiError(422, "threshold is an angular distance between 0 and 1")
         return th
 
@@ -330,8 +335,18 @@ class Server:
             entries = lib.catalog.count_index_entries(idx.id) if idx else None
         return {"images": images, "index_entries": entries, "indexing": self.indexing()}
 
+    def frame_time(self, video_id: int, t: float) -> float:
+        """The frame time to show for `t`: the nearest frame the index stored for this video (what
+        search hits point at), so that the frame cache holds at most one JPEG per stored frame and
+        size, whatever `t` clients ask for. A video with no stored frame: whole seconds."""
+        with self.pool.get() as lib:
+            nearest = lib.catalog.nearest_frame_time(video_id, t)
+        return float(nearest) if nearest is not None else float(round(t))
+
     def close(self) -> None:
         self.pool.close()
+        if self.decoders is not None:
+            self.decoders.close()
 
 
 def _claims_too_many_pixels(data: bytes, limit: int) -> bool:

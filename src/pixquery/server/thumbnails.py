@@ -8,8 +8,10 @@ then. Writes are atomic (a temporary file in the same folder, fsync, rename), so
 sees half a JPEG and a crash leaves at worst a stray `.tmp` file, which is ignored and cleaned up.
 
 Decoding goes through `pixquery.ingest.decode.load_image` (JPEG draft decoding, EXIF rotation,
-the decompression-bomb guard). At most `concurrency` thumbnails are decoded at once, and two
-requests for the same missing thumbnail make it once.
+the decompression-bomb guard), in the server's decode worker processes when it has them
+(`workers`, pixquery.server.decoder: a decoder crash costs one error answer), else in this
+process. At most `concurrency` thumbnails are decoded at once, and two requests for the same
+missing thumbnail make it once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import BinaryIO
 
 from PIL import Image
 
+from pixquery.errors import BadImage
 from pixquery.ingest.decode import MAX_PIXELS, load_image
 
 SIZES = (256, 1024)  # the grid, the viewer's preview for formats a browser cannot show
@@ -31,8 +34,10 @@ QUALITY = 82
 
 
 class Thumbnails:
-    def __init__(self, root: str | Path, *, quality: int = QUALITY, max_pixels: int = MAX_PIXELS, concurrency: int = 2):
+    def __init__(self, root: str | Path, *, quality: int = QUALITY, max_pixels: int = MAX_PIXELS, concurrency: int = 2,
+                 workers=None):
         self.root = Path(root)
+        self.workers = workers  # a pixquery.server.decoder.DecodeWorkers, or None: decode here
         self.quality = quality
         self.max_pixels = max_pixels
         self._slots = threading.BoundedSemaphore(max(1, concurrency))
@@ -47,22 +52,25 @@ class Thumbnails:
     def path_for(self, image_id: int, key: str) -> Path:
         return self.root / f"{int(image_id) % 256:02x}" / f"{key}.jpg"
 
-    def get(self, image_id: int, source: BinaryIO, st: os.stat_result, size: int = DEFAULT_SIZE) -> tuple[bytes, str]:
-        """(JPEG bytes, key) of the thumbnail of `source` (an open file: the server's safe open).
+    def get(self, image_id: int, source: BinaryIO | str, st: os.stat_result, size: int = DEFAULT_SIZE,
+            name: str = "image") -> tuple[bytes, str]:
+        """(JPEG bytes, key) of the thumbnail of `source`: an open file (decoded in this process), or
+        a path to it (decoder.shared_path of the server's safe open: decoded in a worker when there are workers).
 
-        Raises pixquery.errors.BadImage when the photo cannot be decoded."""
+        Raises pixquery.errors.BadImage when the photo cannot be decoded, DecoderCrashed when it
+        crashed the decoder."""
         if size not in SIZES:
             raise ValueError(f"thumbnail size must be one of {SIZES}")
         key = self.key(image_id, st, size)
         path = self.path_for(image_id, key)
-        return self._cached(path, key, lambda: self._make(source, size), (f"{int(image_id)}-", f"-{size}.jpg")), key
+        return self._cached(path, key, lambda: self._make(source, size, name), (f"{int(image_id)}-", f"-{size}.jpg")), key
 
     @staticmethod
     def frame_key(video_id: int, st: os.stat_result, timestamp: float, size: int) -> str:
         return f"v{int(video_id)}-{st.st_size}-{st.st_mtime_ns}-{round(float(timestamp) * 1000)}-{int(size)}"
 
     def get_frame(self, video_id: int, source_path: str, st: os.stat_result, timestamp: float,
-                  size: int = DEFAULT_SIZE) -> tuple[bytes, str]:
+                  size: int = DEFAULT_SIZE, name: str = "video") -> tuple[bytes, str]:
         """(JPEG bytes, key) of the frame shown `timestamp` seconds into a video (the frame of a hit).
 
         Raises pixquery.ingest.video.VideoError when the video cannot be decoded there."""
@@ -72,10 +80,16 @@ class Thumbnails:
         path = self.root / "videos" / f"{int(video_id) % 256:02x}" / f"{key}.jpg"
 
         def make() -> bytes:
-            from pixquery.ingest.video import extract_frame
+            from pixquery.ingest.video import VideoError, extract_frame
 
-            img = extract_frame(source_path, timestamp)
-            return self._encode(img, size)
+            if self.workers is None:
+                return encode_jpeg(extract_frame(source_path, timestamp), size, self.quality)
+            from pixquery.server.decoder import frame_job
+
+            status, out = self.workers.run(frame_job, source_path, name, float(timestamp), size, self.quality)
+            if status != "ok":
+                raise VideoError(name, out)
+            return out
 
         # Old versions: the same video and size, another file version (any timestamp of it).
         version = f"v{int(video_id)}-{st.st_size}-{st.st_mtime_ns}-"
@@ -101,17 +115,18 @@ class Thumbnails:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def _make(self, source: BinaryIO, size: int) -> bytes:
-        return self._encode(load_image(source, draft_size=size, max_pixels=self.max_pixels, name="image"), size)
+    def _make(self, source: BinaryIO | str, size: int, name: str) -> bytes:
+        if self.workers is None or not isinstance(source, str):
+            if isinstance(source, str):
+                with open(source, "rb") as f:
+                    return self._make(f, size, name)
+            return encode_jpeg(load_image(source, draft_size=size, max_pixels=self.max_pixels, name="image"), size, self.quality)
+        from pixquery.server.decoder import thumbnail_job
 
-    def _encode(self, img: Image.Image, size: int) -> bytes:
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        if img.width > size or img.height > size:
-            img.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=self.quality, optimize=True, progressive=size > 512)
-        return buf.getvalue()
+        status, out = self.workers.run(thumbnail_job, source, name, size, self.max_pixels, self.quality)
+        if status != "ok":
+            raise BadImage("image", out)
+        return out
 
     def _write(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,6 +163,17 @@ class Thumbnails:
                     os.unlink(entry.path)
                 except OSError:
                     pass
+
+
+def encode_jpeg(img: Image.Image, size: int, quality: int = QUALITY) -> bytes:
+    """A picture as a JPEG thumbnail that fits in size x size."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    if img.width > size or img.height > size:
+        img.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality, optimize=True, progressive=size > 512)
+    return buf.getvalue()
 
 
 def _older_than(entry: os.DirEntry, now: float, seconds: float) -> bool:

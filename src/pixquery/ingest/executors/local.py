@@ -32,10 +32,10 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -406,7 +406,7 @@ def run_local(
                     pending.clear()
                     for n, again, h in redo:
                         if stop.is_set():
-                            raise _Stop
+                            raise _Stop from None
                         if isinstance(h, _VideoStream):
                             stream(n, h)
                         else:

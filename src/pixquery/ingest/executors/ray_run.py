@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import pickle
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from pixquery.encoders.base import Encoder
 from pixquery.errors import PixqueryError
 from pixquery.ingest.executors.local import PipelineStats
 from pixquery.ingest.items import DecodeSettings, EmbeddedItem, MediaItem, Piece
+
 
 def _decode_rows(row: dict, settings: DecodeSettings) -> list[dict]:
     """A Ray task's work: one item row -> one row per piece (the Piece pickled, pixels included)."""

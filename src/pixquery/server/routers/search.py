@@ -3,29 +3,45 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, List, Optional
+from typing import Annotated, Optional
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from pixquery.server.config import MAX_ID, ServerConfig
+from pixquery.server.openapi import THRESHOLD_SCHEMA
 from pixquery.server.schemas import ERRORS, ErrorBody, SearchPage
-from pixquery.server.state import ServerDep
 from pixquery.server.api_errors import ApiError
+from pixquery.server.state import MAX_EXTRA_PARTS, ServerDep
 from pixquery.server.uploads import read_upload
 
 MAX_FOLDERS = 64  # `in` parameters per search
-
+# What POST /api/search/image reads (pixquery.server.uploads): a multipart form with the image as
+# the field `file`, or the image's bytes as the body (an image/* type, or application/octet-stream).
+_BYTES = {"type": "string", "format": "binary"}
 UPLOAD_SCHEMA = {
     "requestBody": {
         "required": True,
+        "description": "the image: any format the indexer reads (JPEG, PNG, WebP, HEIC with pillow-heif, ...)",
         "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                               "properties": {"file": {"type": "string", "format": "binary"}}}},
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": ["file"], "properties": {"file": _BYTES}},
+                "encoding": {"file": {"contentType": "image/*, application/octet-stream"}},
+            },
+            "image/*": {"schema": _BYTES},
+            "application/octet-stream": {"schema": _BYTES},
         },
     }
 }
+# OpenAPI link: the answer's upload_id pages on through GET /api/search.
+UPLOAD_LINKS = {"MorePages": {"operationId": "search_api_search_get", "parameters": {"upload_id": "$response.body#/upload_id"}}}
+# The parameters that name what to search for: a search needs at least one of them.
+QUERY_PARAMETERS = ("q", "add", "subtract", "like", "unlike", "image_id", "upload_id")
+# Not blank as Python's str.strip() sees it (what the server strips): a character that is not
+# whitespace, where JSON Schema's (ECMA-262) \s lacks \x1c-\x1f and \x85 and has \ufeff.
+NOT_BLANK = r"[^\s\x1c-\x1f\x85]|\ufeff"
+PHOTO_ID_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
+THRESHOLD_DOC = "angular distance 0..1 above which results are dropped, or 'auto' (the calibrated one; 400 when none is stored)"
 
 
 def filter_params(
@@ -54,21 +70,29 @@ def router(config: ServerConfig) -> APIRouter:
     """The search endpoints; their parameters' defaults and limits come from `config`."""
     api = APIRouter()
     max_q = config.max_query_chars
+    phrase_schema = {"type": "string", "maxLength": max_q, "pattern": NOT_BLANK}
 
-    @api.get("/api/search", response_model=SearchPage, tags=["search"], responses=ERRORS)
+    @api.get("/api/search", response_model=SearchPage, tags=["search"], responses=ERRORS,
+             openapi_extra={"x-at-least-one-of": list(QUERY_PARAMETERS),
+                            "x-max-total-items": {"parameters": ["add", "subtract", "like", "unlike"], "max": MAX_EXTRA_PARTS}})
     def search(
         server: ServerDep,
-        q: Optional[str] = Query(None, max_length=max_q, description=f"a text query (at most {max_q} characters)"),
+        q: Optional[str] = Query(None, max_length=max_q, description=f"a text query (at most {max_q} characters, not blank)",
+                                 json_schema_extra={"pattern": NOT_BLANK}),
         image_id: Optional[int] = Query(None, ge=0, le=MAX_ID, description="search with an image of the library ('more like this')"),
         upload_id: Optional[str] = Query(None, max_length=64, pattern=r"^[0-9a-f]{1,64}$",
                                          description="a previous image upload (from POST /api/search/image)"),
         k: int = Query(config.page_size, ge=1, description=f"results per page (capped at {config.max_k})"),
-        offset: int = Query(0, ge=0, le=config.max_results, description="skip this many results (paging)"),
-        threshold: Optional[str] = Query(None, max_length=32, description="angular distance 0..1 above which results are dropped, or 'auto'"),
-        add: List[str] = Query([], description="a phrase to add to the query, literally (repeatable)"),
-        subtract: List[str] = Query([], description="a phrase to subtract: photos like it go down (repeatable)"),
-        like: List[int] = Query([], description="a photo of the library to add: 'more like this' (repeatable; left out of the results)"),
-        unlike: List[int] = Query([], description="a photo of the library to subtract: 'less like this' (repeatable)"),
+        offset: int = Query(0, ge=0, le=config.max_results - 1, description="skip this many results (paging)"),
+        threshold: Optional[str] = Query(None, max_length=32, description=THRESHOLD_DOC, json_schema_extra=THRESHOLD_SCHEMA),
+        add: list[str] = Query([], description="a phrase to add to the query, literally (repeatable)",
+                               json_schema_extra={"items": phrase_schema}),
+        subtract: list[str] = Query([], description="a phrase to subtract: photos like it go down (repeatable)",
+                                    json_schema_extra={"items": phrase_schema}),
+        like: list[int] = Query([], description="a photo of the library to add: 'more like this' (repeatable; left out of the results)",
+                                json_schema_extra={"items": PHOTO_ID_SCHEMA}),
+        unlike: list[int] = Query([], description="a photo of the library to subtract: 'less like this' (repeatable)",
+                                  json_schema_extra={"items": PHOTO_ID_SCHEMA}),
         image_weight: float = Query(1.0, ge=-100, le=100, description="weight of image_id or upload_id in the query (negative: less like it)"),
         filtering: FilterDep = None,
     ):
@@ -80,17 +104,24 @@ def router(config: ServerConfig) -> APIRouter:
         (docs/search.md). `q` takes the inline syntax: `beach +sunset -people` adds "sunset" and
         subtracts "people"; a hyphen inside a word (`t-shirt`) is part of the word; `\\-`, `\\+`
         or double quotes make a leading `-` / `+` literal. Repeat `add`, `subtract`, `like` and
-        `unlike` for several phrases or photos, e.g. `?q=beach&add=sunset&subtract=people&like=12&unlike=40`."""
+        `unlike` for several phrases or photos, e.g. `?q=beach&add=sunset&subtract=people&like=12&unlike=40`.
+
+        Two rules across parameters, which JSON Schema cannot state (so they are written here and in
+        `x-at-least-one-of` / `x-max-total-items`): give at least one of `q`, `add`, `subtract`,
+        `like`, `unlike`, `image_id` and `upload_id` (none: 422), and at most
+        32 `add`, `subtract`, `like` and `unlike` values in all (more: 422). A `q` whose inline
+        syntax is malformed (`dog +`, an unclosed quote) is answered 400."""
         return server.search(text=q, image_id=image_id, upload_id=upload_id, k=k, offset=offset, threshold=threshold,
                              add=add, subtract=subtract, like=like, unlike=unlike, image_weight=image_weight, **filtering)
 
     @api.post("/api/search/image", response_model=SearchPage, tags=["search"],
-              openapi_extra=UPLOAD_SCHEMA, responses={**ERRORS, 413: {"model": ErrorBody, "description": "upload too large"}})
+              openapi_extra=UPLOAD_SCHEMA, responses={**ERRORS, 200: {"links": UPLOAD_LINKS}, 413: {"model": ErrorBody, "description": "upload too large"},
+                                                      415: {"model": ErrorBody, "description": "not multipart/form-data nor an image body"}})
     async def search_image(
         request: Request,
         server: ServerDep,
         k: int = Query(config.page_size, ge=1, description=f"results per page (capped at {config.max_k})"),
-        threshold: Optional[str] = Query(None, max_length=32),
+        threshold: Optional[str] = Query(None, max_length=32, description=THRESHOLD_DOC, json_schema_extra=THRESHOLD_SCHEMA),
         filtering: FilterDep = None,
     ):
         """Search with a photo: multipart form field `file`, or the image bytes as the body.
