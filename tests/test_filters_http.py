@@ -5,7 +5,6 @@ photos that carry real EXIF dates and GPS (written with Pillow); the page in a r
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest

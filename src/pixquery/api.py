@@ -270,10 +270,10 @@ class Library:
             missing = self.catalog.count_without_meta()
             if missing:
                 progress.stage(f"reading dates, places and cameras of {missing} files indexed before")
-                photos, videos = metadata.backfill(self.catalog, on_progress=progress.reading_metadata)
+                filled_photos, filled_videos = metadata.backfill(self.catalog, on_progress=progress.reading_metadata)
                 if kind == "milvus":  # its rows keep the date beside each vector: re-add them with it
                     with self.catalog.transaction():
-                        self.catalog.mark_stale_for_meta(photos, videos)
+                        self.catalog.mark_stale_for_meta(filled_photos, filled_videos)
 
             report.index = sync_index(self.catalog, self.path, model, kind, params, rebuild=changed_config,
                                       on_stage=progress.stage, on_load=progress.loading,

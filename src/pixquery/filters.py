@@ -64,7 +64,7 @@ class Filter:
     within_km: float = DEFAULT_WITHIN_KM  # with `near`
 
     @classmethod
-    def parse(cls, *, after=None, before=None, folders=(), media=None, camera=None, near=None, within=None) -> "Filter":
+    def parse(cls, *, after=None, before=None, folders=(), media=None, camera=None, near=None, within=None) -> Filter:
         """From user input (strings or typed values); raises PixqueryError naming the bad value."""
         if isinstance(folders, (str, os.PathLike)):
             folders = [folders]

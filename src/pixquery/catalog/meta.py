@@ -3,9 +3,15 @@ over it: the part of the Catalog that ingest/metadata.py writes and pixquery.fil
 
 from __future__ import annotations
 
-from typing import Sequence
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pixquery.filters import Filter
 
 from pixquery.catalog.schema import chunks, marks
 
@@ -13,9 +19,9 @@ META_COLUMNS = ("taken", "utc_offset", "taken_source", "lat", "lon", "make", "mo
 
 
 class MetaTables:
-    db: object  # the sqlite3 connection (set by Catalog)
+    db: sqlite3.Connection  # set by Catalog
 
-    def put_meta(self, meta: dict, *, image_id: int | None = None, video_id: int | None = None) -> None:
+    def put_meta(self, meta: dict[str, Any], *, image_id: int | None = None, video_id: int | None = None) -> None:
         """Store (replace) a photo's or video's metadata (call inside a transaction)."""
         col, owner = ("image_id", image_id) if image_id is not None else ("video_id", video_id)
         values = [meta.get(c) for c in META_COLUMNS]
@@ -27,16 +33,16 @@ class MetaTables:
 
     def images_without_meta(self) -> list[tuple[int, str, int]]:
         """(id, path, mtime_ns) of live photos with no metadata row (indexed before it was read)."""
-        return self.db.execute(
+        return list(self.db.execute(
             """SELECT i.id, i.path, i.mtime_ns FROM image i LEFT JOIN media_meta m ON m.image_id = i.id
                WHERE i.deleted = 0 AND m.image_id IS NULL ORDER BY i.path"""
-        ).fetchall()
+        ))
 
     def videos_without_meta(self) -> list[tuple[int, str, int]]:
-        return self.db.execute(
+        return list(self.db.execute(
             """SELECT v.id, v.path, v.mtime_ns FROM video v LEFT JOIN media_meta m ON m.video_id = v.id
                WHERE v.deleted = 0 AND m.video_id IS NULL ORDER BY v.path"""
-        ).fetchall()
+        ))
 
     def mark_stale_for_meta(self, image_ids: Sequence[int], video_ids: Sequence[int]) -> None:
         """Index entries of these photos and videos (their regions and frames too) must be added
@@ -51,16 +57,18 @@ class MetaTables:
                                     (SELECT id FROM detection WHERE {col} IN ({m}))""", chunk)
 
     def count_without_meta(self) -> int:
-        return self.db.execute(
+        return int(self.db.execute(
             """SELECT (SELECT COUNT(*) FROM image i WHERE i.deleted = 0
                          AND NOT EXISTS (SELECT 1 FROM media_meta m WHERE m.image_id = i.id))
                     + (SELECT COUNT(*) FROM video v WHERE v.deleted = 0
                          AND NOT EXISTS (SELECT 1 FROM media_meta m WHERE m.video_id = v.id))"""
-        ).fetchone()[0]
+        ).fetchone()[0])
 
-    def meta_of(self, image_ids: Sequence[int] = (), video_ids: Sequence[int] = ()) -> tuple[dict[int, dict], dict[int, dict]]:
+    def meta_of(
+        self, image_ids: Sequence[int] = (), video_ids: Sequence[int] = ()
+    ) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
         """({image id: meta}, {video id: meta}) for those that have a row."""
-        out: tuple[dict, dict] = ({}, {})
+        out: tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]] = ({}, {})
         for n, (col, ids) in enumerate((("image_id", image_ids), ("video_id", video_ids))):
             for chunk in chunks(list(ids)):
                 q = f"SELECT {col}, {', '.join(META_COLUMNS)} FROM media_meta WHERE {col} IN ({marks(len(chunk))})"
@@ -68,14 +76,17 @@ class MetaTables:
                     out[n][owner] = dict(zip(META_COLUMNS, values))
         return out
 
-    def taken_of_items(self, items: Sequence[tuple[int | None, int | None]]) -> np.ndarray:
+    def taken_of_items(self, items: Sequence[tuple[int | None, int | None]]) -> np.ndarray[Any, np.dtype[np.int64]]:
         """Wall-clock seconds taken (0 unknown) of (image_id, detection_id) items, in order: the
         `taken` field an index keeps beside each vector (indexes/milvus.py)."""
         taken = np.zeros(len(items), np.int64)
         img_pos: dict[int, list[int]] = {}
         det_pos: dict[int, list[int]] = {}
         for n, (img, det) in enumerate(items):
-            (img_pos.setdefault(img, []) if img is not None else det_pos.setdefault(det, [])).append(n)
+            if img is not None:
+                img_pos.setdefault(img, []).append(n)
+            elif det is not None:
+                det_pos.setdefault(det, []).append(n)
         for chunk in chunks(list(img_pos)):
             q = f"SELECT image_id, taken FROM media_meta WHERE taken IS NOT NULL AND image_id IN ({marks(len(chunk))})"
             for image_id, t in self.db.execute(q, chunk):
@@ -88,14 +99,15 @@ class MetaTables:
                 taken[det_pos[det_id]] = int(t)
         return taken
 
-    def filter_refs(self, index_id: int, flt) -> np.ndarray:
+    def filter_refs(self, index_id: int, flt: Filter) -> np.ndarray[Any, np.dtype[np.int64]]:
         """The index ids (index_ref_id, sorted int64) of this index whose photo, region or video
         frame passes `flt` (a pixquery.filters.Filter). One query, a UNION of whole photos, photo
         regions and video frames, each with inner joins only, so that SQLite can start from the
         selective side: the `taken` index for a date range, the path index for a folder (a range
         of paths, never substr()), the index's own rows otherwise. The distance to `near` is
         refined in numpy on the bounding box's survivors."""
-        parts, args = [], []
+        parts: list[str] = []
+        args: list[Any] = []
         if flt.media != "video":
             parts.append(self._filter_part("image", None, flt, args, index_id))
             parts.append(self._filter_part("image", "d.image_id = f.id", flt, args, index_id))
@@ -107,14 +119,14 @@ class MetaTables:
             return np.empty(0, np.int64)
         if geo:
             arr = np.asarray(rows, dtype=np.float64)
-            refs = arr[flt.close_enough(arr[:, 1], arr[:, 2]), 0].astype(np.int64)
+            refs: np.ndarray[Any, np.dtype[np.int64]] = arr[flt.close_enough(arr[:, 1], arr[:, 2]), 0].astype(np.int64)
         else:
             refs = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         refs.sort()
         return refs
 
     @staticmethod
-    def _filter_part(table: str, detection_of: str | None, flt, args: list, index_id: int) -> str:
+    def _filter_part(table: str, detection_of: str | None, flt: Filter, args: list[Any], index_id: int) -> str:
         """One SELECT of filter_refs: the index entries of `table` rows (f) passing flt: the whole
         photos (detection_of None) or their detections (regions, video frames). Its tables are
         joined in a set order (CROSS JOIN: SQLite's join-order hint) starting from the selective
@@ -130,7 +142,7 @@ class MetaTables:
             conds.append("ii.image_id = f.id")
         conds.append(f"ii.index_id = {int(index_id)}")
         tables["ii"] = "index_image ii"
-        cond_args: list = []
+        cond_args: list[Any] = []
         if flt.folders:
             ors = []
             for folder in flt.folders:
@@ -168,7 +180,7 @@ class MetaTables:
         return f"SELECT {cols} FROM {joined} WHERE {' AND '.join(conds)}"
 
 
-def _wall(dt) -> float:
+def _wall(dt: datetime) -> float:
     from pixquery.ingest.metadata import wall_seconds
 
     return wall_seconds(dt)

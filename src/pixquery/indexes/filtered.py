@@ -21,7 +21,7 @@ ids' stored vectors, from the catalog) scores them all: a filter never hides a p
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
-from typing import Iterable
 
 EXIF_IFD, GPS_IFD = 0x8769, 0x8825
 TAG_MAKE, TAG_MODEL = 0x010F, 0x0110

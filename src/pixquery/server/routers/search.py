@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from pixquery.server.api_errors import ApiError
 from pixquery.server.config import MAX_ID, ServerConfig
 from pixquery.server.openapi import THRESHOLD_SCHEMA
 from pixquery.server.schemas import ERRORS, ErrorBody, SearchPage
-from pixquery.server.api_errors import ApiError
 from pixquery.server.state import MAX_EXTRA_PARTS, ServerDep
 from pixquery.server.uploads import read_upload
 
