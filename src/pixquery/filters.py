@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import numpy as np
 
@@ -23,7 +24,15 @@ MEDIA_TYPES = ("photo", "video")
 SORTS = ("score", "date")
 DEFAULT_WITHIN_KM = 10.0
 EARTH_RADIUS_KM = 6371.0088
-_DATE_FORMATS = ("%Y", "%Y-%m", "%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S")
+# What a date may be written as: a year, a month, a day, a day and a time (minutes or seconds).
+# The HTTP API's schema states these same patterns (server/routers/search.py), so every value
+# they allow parses: a day past its month's end (2019-02-30) counts on into the next month.
+_YEAR = "(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
+_TIME = "(?:[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9])?)"
+DATE_PATTERN = rf"^{_YEAR}(?:-(?:0[1-9]|1[0-2])(?:-(?:0[1-9]|[12][0-9]|3[01]){_TIME}?)?)?$"
+_LAT = r"-?(?:90(?:\.0+)?|[1-8]?[0-9](?:\.[0-9]+)?)"
+_LON = r"-?(?:180(?:\.0+)?|(?:1[0-7][0-9]|[1-9]?[0-9])(?:\.[0-9]+)?)"
+POINT_PATTERN = rf"^{_LAT},{_LON}$"  # LAT,LON in decimal degrees, within range
 
 
 def parse_date(value, name: str = "date") -> datetime:
@@ -33,19 +42,24 @@ def parse_date(value, name: str = "date") -> datetime:
         return value.replace(tzinfo=None)
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day)
-    text = str(value).strip()
-    for fmt in _DATE_FORMATS:
-        try:
-            return datetime.strptime(text, fmt)
-        except ValueError:
-            continue
-    raise PixqueryError(f"{name} must be a date like 2019, 2019-06, 2019-06-15 or 2019-06-15T08:30, not {text!r}")
+    text = str(value)
+    if not re.fullmatch(DATE_PATTERN, text):
+        raise PixqueryError(f"{name} must be a date like 2019, 2019-06, 2019-06-15 or 2019-06-15T08:30, not {text!r}")
+    numbers = [int(n) for n in re.findall(r"[0-9]+", text)]
+    year, month, day, hour, minute, second = numbers + [1, 1, 0, 0, 0][len(numbers) - 1 :]
+    return datetime(year, month, 1) + timedelta(days=day - 1, hours=hour, minutes=minute, seconds=second)
 
 
 def parse_point(value, name: str = "near") -> tuple[float, float]:
-    """"LAT,LON" (decimal degrees) or a (lat, lon) pair."""
+    """"LAT,LON" (decimal degrees, POINT_PATTERN) or a (lat, lon) pair."""
+    if isinstance(value, str):
+        if not re.fullmatch(POINT_PATTERN, value):
+            raise PixqueryError(f"{name} must be LAT,LON in decimal degrees, latitude within -90..90 and longitude "
+                                f"within -180..180 (e.g. 48.8584,2.2945), not {value!r}")
+        lat, lon = (float(x) for x in value.split(","))
+        return lat, lon
     try:
-        lat, lon = (float(x) for x in (value.split(",") if isinstance(value, str) else value))
+        lat, lon = (float(x) for x in value)
     except (TypeError, ValueError):
         raise PixqueryError(f"{name} must be LAT,LON in decimal degrees (e.g. 48.8584,2.2945), not {value!r}") from None
     if not (-90 <= lat <= 90 and -180 <= lon <= 180):
@@ -69,13 +83,13 @@ class Filter:
         if isinstance(folders, (str, os.PathLike)):
             folders = [folders]
         f = cls(
-            after=parse_date(after, "after") if after not in (None, "") else None,
-            before=parse_date(before, "before") if before not in (None, "") else None,
+            after=parse_date(after, "after") if after is not None else None,
+            before=parse_date(before, "before") if before is not None else None,
             folders=tuple(os.path.abspath(os.path.expanduser(os.fspath(p))).rstrip(os.sep) or os.sep
                           for p in folders or () if os.fspath(p)),
             media=(media or None) and str(media).lower(),
             camera=(camera or "").strip() or None,
-            near=parse_point(near) if near not in (None, "") else None,
+            near=parse_point(near) if near is not None else None,
         )
         if f.media is not None and f.media not in MEDIA_TYPES:
             raise PixqueryError(f"type must be one of {', '.join(MEDIA_TYPES)}, not {media!r}")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from pixquery.filters import DATE_PATTERN, POINT_PATTERN
 from pixquery.server.api_errors import ApiError
 from pixquery.server.config import MAX_ID, ServerConfig
 from pixquery.server.openapi import THRESHOLD_SCHEMA
@@ -15,7 +16,10 @@ from pixquery.server.schemas import ERRORS, ErrorBody, SearchPage
 from pixquery.server.state import MAX_EXTRA_PARTS, ServerDep
 from pixquery.server.uploads import read_upload
 
-MAX_FOLDERS = 64  # `in` parameters per search
+# `in` folders per search, and characters of one: all of a search's parameters must fit in the
+# request line the HTTP server reads (16 KiB, percent-encoded).
+MAX_FOLDERS = 8
+MAX_PATH = 256
 # What POST /api/search/image reads (pixquery.server.uploads): a multipart form with the image as
 # the field `file`, or the image's bytes as the body (an image/* type, or application/octet-stream).
 _BYTES = {"type": "string", "format": "binary"}
@@ -45,20 +49,24 @@ THRESHOLD_DOC = "angular distance 0..1 above which results are dropped, or 'auto
 
 
 def filter_params(
-    after: Optional[str] = Query(None, max_length=32, description="taken in or after this period: 2019, 2019-06, 2019-06-15 "
-                                                                 "(wall-clock time where it was taken)"),
-    before: Optional[str] = Query(None, max_length=32, description="taken before this period starts (before=2019-09: up to 31 August)"),
-    folders: list[str] = Query([], alias="in",
-                               description="only files in this folder or below (absolute path; repeat for several)"),
+    # The patterns are stated in the schema and checked by pixquery.filters (same patterns), whose
+    # 422 says in words what a date or a place looks like.
+    after: Optional[str] = Query(None, json_schema_extra={"pattern": DATE_PATTERN}, description="taken in or after this period: 2019, 2019-06, "
+                                 "2019-06-15 or 2019-06-15T08:30 (wall-clock time where it was taken)"),
+    before: Optional[str] = Query(None, json_schema_extra={"pattern": DATE_PATTERN}, description="taken before this period starts (before=2019-09: "
+                                  "up to 31 August); must be later than `after`"),
+    folders: list[str] = Query([], alias="in", description="only files in this folder or below (absolute path; repeat for several)",
+                               json_schema_extra={"maxItems": MAX_FOLDERS, "items": {"type": "string", "maxLength": MAX_PATH}}),
     media: Optional[str] = Query(None, alias="type", pattern="^(photo|video)$", description="photo or video"),
     camera: Optional[str] = Query(None, max_length=200, description="camera make or model contains this (any case)"),
-    near: Optional[str] = Query(None, max_length=64, description="taken near LAT,LON (decimal degrees, EXIF GPS)"),
-    within: Optional[float] = Query(None, gt=0, le=20038, description="with near: within this many km (default 10)"),
+    near: Optional[str] = Query(None, json_schema_extra={"pattern": POINT_PATTERN}, description="taken near LAT,LON (decimal degrees, EXIF GPS)"),
+    within: Optional[float] = Query(None, gt=0, le=20038, description="with `near` only: within this many km (default 10)"),
     sort: str = Query("score", pattern="^(score|date)$", description="score (best first) or date (the page's results, oldest first)"),
-) -> dict:
-    """The filter parameters of a search (pixquery.filters), still k results per page when k pass."""
-    if len(folders) > MAX_FOLDERS or any(len(f) > 4096 for f in folders):
-        raise ApiError(422, f"in: at most {MAX_FOLDERS} folders, each at most 4096 characters")
+) -> dict[str, Any]:
+    """The filter parameters of a search (pixquery.filters), still k results per page when k pass.
+    Two rules across them (422 otherwise): `after` earlier than `before`, `within` only with `near`."""
+    if len(folders) > MAX_FOLDERS or any(len(f) > MAX_PATH for f in folders):
+        raise ApiError(422, f"in: at most {MAX_FOLDERS} folders, each at most {MAX_PATH} characters")
     return {"filters": dict(after=after, before=before, folders=folders, media=media, camera=camera, near=near,
                             within=within), "sort": sort}
 
