@@ -97,7 +97,8 @@ def run(args) -> dict:
 def catalog_filter(n: int) -> list[dict]:
     """The catalog's part: a library of n photos (a 4-d model: the vectors do not matter here) with
     dates spread over ten years, in a temporary folder; how long `Catalog.filter_refs` takes for a
-    date range keeping each selectivity, and for a folder holding that share of the photos."""
+    date range keeping each selectivity, and for folders holding that share of the photos (a tree
+    /photos/D1/D2/D3/: each D3 folder 0.1% of the library, each D2 1%, each D1 10%)."""
     import tempfile
     from datetime import datetime, timedelta
 
@@ -113,8 +114,8 @@ def catalog_filter(n: int) -> list[dict]:
         t = time.perf_counter()
         with cat.transaction():
             model = cat.ensure_model("bench", "bench", 4)
-            ids = cat.add_photos(model.id, [(f"/photos/{i // 1000:04d}/{i:07d}.jpg", 1, 1, None, 4, 3) for i in range(n)],
-                                 np.zeros((n, 4), np.float32))
+            paths = [f"/photos/{i * 10 // n}/{i * 100 // n}/{i * 1000 // n}/{i:07d}.jpg" for i in range(n)]
+            ids = cat.add_photos(model.id, [(p, 1, 1, None, 4, 3) for p in paths], np.zeros((n, 4), np.float32))
             for i, image_id in enumerate(ids):
                 cat.put_meta({"taken": wall_seconds(start) + span * i / n, "taken_source": "exif"}, image_id=image_id)
         index = cat.create_index(model.id, "flat", {})
@@ -124,7 +125,9 @@ def catalog_filter(n: int) -> list[dict]:
         for s in SELECTIVITIES:
             lo = start + timedelta(seconds=span * 0.25)
             dates = Filter(after=lo, before=lo + timedelta(seconds=span * s))
-            folders = Filter(folders=tuple(f"/photos/{j:04d}" for j in range(max(1, int(n * s) // 1000))))
+            levels = {0.001: ["/photos/2/25/250"], 0.01: ["/photos/2/25"], 0.1: ["/photos/2"],
+                      0.5: [f"/photos/{d}" for d in range(5)]}
+            folders = Filter(folders=tuple(levels[s]))
             for what, flt in (("date range", dates), ("folders", folders)):
                 times, found = [], 0
                 for _ in range(3):
