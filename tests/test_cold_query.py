@@ -96,11 +96,11 @@ ARGVS = [
     [QUERY], [QUERY, "-k", "3"], ["-k", "3", QUERY], ["--top=4", QUERY], ["-k5", QUERY], [QUERY, "--json"],
     [QUERY, "-L", "/tmp/x"], [QUERY, "--library=/tmp/y"], ["-L/tmp/z", QUERY], [QUERY, "-m", "m1", "--model", "m2"],
     [QUERY, "--threshold", "0.4"], [QUERY, "--threshold=auto", "--json", "-k", "1"], ["--", "-a dash"],
-    [QUERY, "-k", "-2"], ["-k", "+7", QUERY],
+    [QUERY, "-k", "-2"], ["-k", "+7", QUERY], [QUERY, "--text-only"], ["--semantic-only", QUERY, "--json"],
     [QUERY, "--add", "sunset", "--subtract", "people", "--add=dog"], ["--subtract", "-x", "--", "a +b -c"],
 ]
 DEFERRED = [[], [QUERY, "x"], [QUERY, "--image", "a.jpg"], ["--image", "a.jpg"], [QUERY, "-k", "three"], [QUERY, "-h"],
-            [QUERY, "--help"], [QUERY, "--jsn"], [QUERY, "--json=1"], [QUERY, "-k"], ["-x"], [QUERY, "-i", "a.jpg"]]
+            [QUERY, "--help"], [QUERY, "--jsn"], [QUERY, "--json=1"], [QUERY, "--text-only=1"], [QUERY, "-k"], ["-x"], [QUERY, "-i", "a.jpg"]]
 
 
 @pytest.mark.parametrize("argv", ARGVS, ids=" ".join)

@@ -5,11 +5,15 @@ import shutil
 
 from clirun import pixquery
 from photos import make_photos
+from pixquery.encoders.registry import DEFAULT_MODEL, model_spec
 
 FAKE_REVISION = "0" * 40
 
 
-def _cache_as_hub_download(cache, model_dir, repo="immich-app/ViT-B-32__openai"):
+DEFAULT_REPO = model_spec(DEFAULT_MODEL).repo  # what the demo downloads
+
+
+def _cache_as_hub_download(cache, model_dir, repo=DEFAULT_REPO):
     """Lay a model folder out as huggingface_hub's cache does after a download of `repo`."""
     root = cache / ("models--" + repo.replace("/", "--"))
     (root / "refs").mkdir(parents=True)
@@ -39,9 +43,9 @@ def test_demo_says_random_on_every_run_and_rebuilds_once_the_real_model_is_there
     r = pixquery("demo", "--folder", photos, "-L", lib, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "random-weight" not in r.stdout
-    assert "rebuilding it with ViT-B-32" in r.stdout
+    assert f"rebuilding it with {DEFAULT_MODEL}" in r.stdout
     info = json.loads(pixquery("info", "-L", lib, "--json").stdout)
-    assert info["model"] == "ViT-B-32" and len(info["models"]) == 1 and info["images"] == 4
+    assert info["model"] == DEFAULT_MODEL and len(info["models"]) == 1 and info["images"] == 4
     r = pixquery("demo", "--folder", photos, "-L", lib, env=env)  # and stays so
     assert "rebuilding" not in r.stdout and "indexed 0" in r.stdout
 

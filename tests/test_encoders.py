@@ -285,8 +285,9 @@ def test_cached_hub_model_loads_offline(tiny_vit, tmp_path, monkeypatch):
 
 def test_names_and_unknown_names():
     names = [m["name"] for m in known_models()]
-    assert DEFAULT_MODEL == "ViT-B-32" and names == ["RN50", "RN50x4", "ViT-B-32", "ViT-B-16", "ViT-L-14"]
-    assert all(m["repo"] == f"immich-app/{m['name']}__openai" and m["dim"] > 0 for m in known_models())
+    assert names[:5] == ["RN50", "RN50x4", "ViT-B-32", "ViT-B-16", "ViT-L-14"]  # the study's, first
+    assert all(m["repo"] == f"immich-app/{m['name']}__openai" for m in known_models()[:5])
+    assert DEFAULT_MODEL in names and all(m["dim"] > 0 for m in known_models())
     with pytest.raises(PixqueryError, match="unknown model 'ViT-Z-99'.*ViT-B-32"):
         load_encoder("ViT-Z-99")
     with pytest.raises(PixqueryError, match="model folder not found"):

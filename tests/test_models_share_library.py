@@ -135,6 +135,9 @@ def test_upgrade_keeps_single_model_embeddings_and_redoes_unknown_ones(tmp_path,
             db.execute(f"ALTER TABLE embedding DROP COLUMN {column}")
         for table in ("failure", "shard_loaded", "shard_source"):  # made by migrations 4 and 5
             db.execute(f"DROP TABLE {table}")
+        for statement in ("DROP TRIGGER text_index_forget", "DROP TABLE text_index", "DROP TABLE ocr_scan",
+                          "DROP INDEX detection_text", "ALTER TABLE detection DROP COLUMN score"):  # migration 6 (OCR)
+            db.execute(statement)
         db.execute("PRAGMA user_version = 2")
         db.close()
         with Library.open(library, model=str(models[0])) as lib:  # opening migrates it

@@ -68,6 +68,9 @@ class IndexProgress:
     def reading_metadata(self, done: int, total: int) -> None:
         """Files whose date, place and camera were read so far (a library indexed before they were)."""
 
+    def reading_text(self, done: int, total: int) -> None:
+        """Photos read by the OCR stage so far (`index(ocr=True)`)."""
+
 
 @dataclass
 class IndexReport:
@@ -78,6 +81,9 @@ class IndexReport:
     videos: int = 0  # videos (re)indexed in this run (also counted in indexed)
     frames: int = 0  # video frames embedded in this run
     regions: int = 0  # region embeddings (tiles, detector boxes) of photos and frames made in this run
+    text_photos: int = 0  # photos whose text was read (OCR) in this run
+    text_lines: int = 0  # lines of text found in them
+    ocr_seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     # The failures that are new: not the same file failing for the same reason in an earlier run.
     new_failures: list[tuple[str, str]] = field(default_factory=list)
@@ -94,6 +100,7 @@ class IndexReport:
         return {
             "found": self.found, "indexed": self.indexed, "skipped": self.skipped, "removed": self.removed,
             "videos": self.videos, "frames": self.frames, "regions": self.regions,
+            "text_photos": self.text_photos, "text_lines": self.text_lines, "ocr_seconds": round(self.ocr_seconds, 3),
             "failed": [{"path": p, "reason": r, "new": (p, r) in new} for p, r in self.failed],
             "new_failures": len(self.new_failures), "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
@@ -111,10 +118,12 @@ class Library:
             raise LibraryError(f"no library at {self.path}: make one with `pixquery index FOLDER --library {self.path}`")
         self.catalog = Catalog(self.path / CATALOG_FILE)
         self._model_name = model
+        self._default_model: str | None = None
         if precision is not None and precision not in PRECISIONS:
             raise PixqueryError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self._precision = precision
         self._encoder: Encoder | None = encoder  # given: used instead of loading `model` (see open)
+        self._injected_encoder = encoder is not None
         # (index_id, path, index, index row), or ("store", None, collection, None)
         self._loaded: tuple[Any, ...] | None = None
 
@@ -147,11 +156,20 @@ class Library:
 
     @property
     def model_name(self) -> str:
-        from pixquery.encoders.registry import DEFAULT_MODEL
-
-        name = self._model_name or self.catalog.get_setting("model") or DEFAULT_MODEL
+        name = self._model_name or self.catalog.get_setting("model") or self.default_model()
         # A local folder is remembered by its absolute path, so the library works from any cwd.
         return os.path.abspath(name) if os.path.isdir(os.path.expanduser(name)) else name
+
+    def default_model(self) -> str:
+        """The model of a library that names none: DEFAULT_MODEL for a new one. A library already
+        holding embeddings without a stored model setting was indexed with the default of its time,
+        which was LEGACY_DEFAULT_MODEL (until the default followed bench/models.py's rule, `index`
+        stored a model only when --model was given): it keeps that model."""
+        from pixquery.encoders.registry import DEFAULT_MODEL, LEGACY_DEFAULT_MODEL
+
+        if self._default_model is None:  # decided once, as opened: this instance's own embeddings do not count
+            self._default_model = LEGACY_DEFAULT_MODEL if any(m.dim for m in self.catalog.models()) else DEFAULT_MODEL
+        return self._default_model
 
     @property
     def precision(self) -> str:
@@ -195,6 +213,7 @@ class Library:
         every_seconds: float | None = None,
         engine: str = "local",
         address: str | None = None,
+        ocr: bool | None = None,
     ) -> IndexReport:
         """Add folders (or files) to the library and bring it up to date with the disk.
 
@@ -207,9 +226,12 @@ class Library:
         every `every_seconds`, default: the library's setting, else 2, plus one at each cut).
         engine: where decoding and encoding run: "local" (this machine's cores) or "ray" (a Ray
         cluster at `address`, "auto" or "ray://host:port"; None starts a local Ray for the run);
-        the results are written here, in this library, either way.
+        the results are written here, in this library, either way. ocr: True reads the text in
+        photos (ingest/ocr.py; needs pixquery[ocr]) so that searches match it too, False stops and
+        forgets it, None keeps the library's setting.
         """
         from pixquery.ingest import metadata, pipeline, sources
+        from pixquery.ingest import ocr as ocr_mod
         from pixquery.ingest import regions as region_mod
         from pixquery.ingest import scan as scanning
         from pixquery.ingest import video as video_mod
@@ -233,12 +255,19 @@ class Library:
             assert model is not None  # create=True
             kind, params, changed_config = self._index_config(index, index_params)
             region_cfg = region_mod.choose_config(self.catalog, regions, detector)
+            ocr_cfg = ocr_mod.choose_config(self.catalog, ocr)
+            if ocr_cfg is not None:
+                ocr_cfg = ocr_cfg.resolved()  # fails now, before any work, without the engine
+                reader = ocr_mod.TextReader(ocr_cfg)
             sampling = video_mod.choose_sampling(self.catalog, every_seconds=every_seconds)
             with self.catalog.transaction():
                 for root in roots:
                     if os.path.isdir(root):
                         self.catalog.add_folder(root)
-                if self._model_name:
+                # Stored for the default too (not only for --model): a later change of the default
+                # never changes the model of an existing library. (An injected stand-in encoder
+                # without a model name is no model to remember.)
+                if self._model_name or not self._injected_encoder:
                     self.catalog.set_setting("model", self.model_name)
                 if self._precision:
                     self.catalog.set_setting("precision", self._precision)
@@ -274,6 +303,14 @@ class Library:
                 if kind == "milvus":  # its rows keep the date beside each vector: re-add them with it
                     with self.catalog.transaction():
                         self.catalog.mark_stale_for_meta(filled_photos, filled_videos)
+
+            ocr_mod.apply_config(self.catalog, ocr_cfg)
+            if ocr_cfg is not None:
+                progress.stage("reading text in photos")
+                text = ocr_mod.read_photos(self.catalog, ocr_cfg, reader=reader, on_progress=progress.reading_text,
+                                           on_failure=progress.failure)
+                report.text_photos, report.text_lines, report.ocr_seconds = text.photos, text.lines, text.seconds
+                report.failed.extend(text.failed)
 
             report.index = sync_index(self.catalog, self.path, model, kind, params, rebuild=changed_config,
                                       on_stage=progress.stage, on_load=progress.loading,
@@ -378,6 +415,9 @@ class Library:
         image_weight: float = 1.0,
         k: int = 10,
         threshold: float | str | None = None,
+        text_only: bool = False,
+        semantic_only: bool = False,
+        text_terms: Sequence[str] | None = None,
         after: str | date | None = None,
         before: str | date | None = None,
         folders: Sequence[str | Path] | str | Path = (),
@@ -399,8 +439,9 @@ class Library:
         of their L2-normalised embeddings, normalised. Photos added by id ("more like this") are
         left out of the results.
 
-        threshold: an angular distance (0..1) above which results are dropped, or "auto" for the
-        threshold `pixquery eval` stored for this model.
+        threshold: an angular distance (0..1) above which results are dropped, "auto" for the
+        threshold `pixquery eval` stored for this model, or for a sigmoid-trained model (SigLIP)
+        "p=0.5": the lowest match probability kept (the same meaning for every query and model).
 
         Filters (pixquery.filters; still k results when k pass): after / before a date ("2019",
         "2019-06", "2019-06-15", a date: after keeps that period on, before keeps what is
@@ -409,25 +450,108 @@ class Library:
         case), near (lat, lon) within km (default 10). Or a ready `filter=Filter(...)`.
         sort: "score" (best first) or "date" (the results, oldest first). strategy: how a filtered
         search runs ("auto": chosen from the filter's selectivity; "prefilter", "postfilter").
-        """
-        from pixquery.ingest import video as video_mod
 
+        In a library with OCR on (`index(ocr=True)`), a sentence is also matched against the text
+        read in the photos and the two rankings are fused (fusion.py); results then say which side
+        found them (`found_by`) and the lines of text that matched (`matched`). text_only skips the
+        model (score: the share of the query's words found), semantic_only the text. text_terms:
+        the phrases the text side looks for, when the query's texts come already encoded (the
+        server caches text vectors); default: the query's added phrases.
+        """
         parts = self.query_of(query, image=image, image_id=image_id, vector=vector, add=add, subtract=subtract,
                               image_weight=image_weight)
-        if any(p.kind == query_mod.IMAGE_ID for p in parts):
-            store_only.refuse(self, "image_id")
+        if text_only and semantic_only:
+            raise PixqueryError("--text-only and --semantic-only exclude each other")
         sort = check_sort(sort)
         flt = filter if filter is not None else Filter.parse(after=after, before=before, folders=folders, media=media,
                                                             camera=camera, near=near, within=within)
         if flt.active or sort != "score":
             store_only.refuse(self, "filters and sort")
+        # The text side (OCR) looks for the words of the phrases added; subtracted ones and image
+        # parts are the semantic side's alone.
+        words = " ".join(parts.text_terms() if text_terms is None else text_terms)
+        text_side = bool(words.strip()) and not semantic_only and self._has_text()
+        if text_only:
+            if not words.strip():
+                raise PixqueryError("--text-only needs a text query")
+            if not text_side:
+                raise PixqueryError(f"the library at {self.path} has no text read from its photos: "
+                                    "run pixquery index --ocr first")
+            from pixquery.search import by_date, text_only_results, with_meta
+            from pixquery.text_search import search_text
+
+            hits = [h for h in search_text(self.catalog, words, limit=max(k, 50)) if h.image_id not in parts.liked_photos()]
+            text_results = text_only_results(self.catalog, self._passing(hits, flt), k)
+            with_meta(self.catalog, text_results)
+            if sort == "date":
+                by_date(text_results)
+            return text_results
+        if any(p.kind == query_mod.IMAGE_ID for p in parts):
+            store_only.refuse(self, "image_id")
         index, row = self._index()
         threshold = self._threshold(threshold)
         q = query_mod.combine(self.encoder, parts, lambda part: self._part_vector(part, row))
         if row is None:  # store-only: the paths come from the collection, not from catalog rows
-            return run_store_query(index, q, k, threshold)
-        return run_query(self.catalog, index, row, q, k, threshold, exclude_image=parts.liked_photos(),
-                         merge_gap=video_mod.merge_gap_for(self.catalog), flt=flt, sort=sort, strategy=strategy)
+            results = run_store_query(index, q, k, threshold)
+        else:
+            results = self._run_query(parts, words if text_side else "", index, row, q, k, threshold, flt, sort, strategy)
+        probability = getattr(self.encoder, "match_probability", None)
+        if probability is not None and results and probability(0.0) is not None:
+            for r, p in zip(results, probability([r.score for r in results])):
+                r.probability = float(p)
+        return results
+
+    def _run_query(self, parts: Query, words: str, index: Any, row: Any, q: np.ndarray, k: int,
+                   threshold: float | None, flt: Filter, sort: str, strategy: str) -> Results:
+        """The semantic search of `q` (only what passes `flt`), fused with the text side's hits for
+        `words` when there are any (a library with OCR, a query with words: text_search.py,
+        fusion.py); sort="date" orders the results by date taken."""
+        from pixquery.ingest import video as video_mod
+
+        liked = parts.liked_photos()
+        merge_gap = video_mod.merge_gap_for(self.catalog)
+        if not words:
+            return run_query(self.catalog, index, row, q, k, threshold, exclude_image=liked, merge_gap=merge_gap,
+                             flt=flt, sort=sort, strategy=strategy)
+        from pixquery.search import by_date, fuse_with_text, with_meta
+        from pixquery.text_search import search_text
+
+        depth = max(2 * k, 50)  # fusion needs both lists deeper than the page
+        hits = self._passing([h for h in search_text(self.catalog, words, limit=depth) if h.image_id not in liked], flt)
+        semantic = run_query(self.catalog, index, row, q, depth if hits else k, threshold, exclude_image=liked,
+                             merge_gap=merge_gap, flt=flt, sort="score", strategy=strategy)
+        if not hits:
+            results = semantic
+        else:
+
+            def cosine_of(image_ids: list[int]) -> dict[int, float]:
+                found = {}
+                for image_id in image_ids:
+                    v = self.catalog.image_embedding(row.model_id, int(image_id))
+                    if v is not None:
+                        found[image_id] = float(np.dot(v, q.reshape(-1)))
+                return found
+
+            results = fuse_with_text(self.catalog, semantic, hits, k, cosine_of)
+            with_meta(self.catalog, results)
+        if len(results) > k:
+            del results[k:]
+        if sort == "date":
+            by_date(results)
+        return results
+
+    def _passing(self, hits: list[Any], flt: Filter) -> list[Any]:
+        """The text side's hits (photos) whose photo passes the filter."""
+        if not flt.active:
+            return hits
+        passing = self.catalog.image_ids_passing([h.image_id for h in hits], flt)
+        return [h for h in hits if h.image_id in passing]
+
+    def _has_text(self) -> bool:
+        """Whether OCR is on for this library (text was read, or will be at the next index run)."""
+        from pixquery.catalog.text import SETTING_OCR
+
+        return self.catalog.get_setting(SETTING_OCR) not in (None, "null")
 
     @staticmethod
     def query_of(query: str | Query | None = None, *, image: str | Path | None = None, image_id: int | None = None,
@@ -489,6 +613,8 @@ class Library:
     def _threshold(self, threshold: float | str | None) -> float | None:
         if threshold is None:
             return None
+        if isinstance(threshold, str) and threshold.replace(" ", "").startswith("p="):
+            return self._probability_threshold(threshold.replace(" ", "")[2:])
         if isinstance(threshold, str):
             if threshold != "auto":
                 try:
@@ -507,6 +633,26 @@ class Library:
         if not 0.0 <= float(threshold) <= 1.0:
             raise PixqueryError(f"threshold is an angular distance between 0 and 1, not {threshold}")
         return float(threshold)
+
+    def _probability_threshold(self, text: str) -> float:
+        """A match probability p -> the angular distance it corresponds to for this model:
+        sigmoid(scale * cos + bias) = p  <=>  cos = (logit(p) - bias) / scale."""
+        import math
+
+        from pixquery.search import angular_distance
+
+        try:
+            p = float(text)
+        except ValueError:
+            raise PixqueryError(f"threshold p= needs a probability between 0 and 1, not {text!r}") from None
+        if not 0.0 < p < 1.0:
+            raise PixqueryError(f"threshold p= needs a probability strictly between 0 and 1, not {p}")
+        enc = self.encoder
+        scale, bias = getattr(enc, "logit_scale", None), getattr(enc, "logit_bias", None)
+        if scale is None or bias is None:
+            raise PixqueryError(f"{enc.name} is not sigmoid-trained (SigLIP): it has no match probability; "
+                                "give an angular distance (e.g. --threshold 0.4) or 'auto'")
+        return angular_distance((math.log(p / (1 - p)) - float(bias)) / float(scale))
 
     # -- facts ----------------------------------------------------------------------------
 
@@ -580,6 +726,11 @@ class _StatusFile(IndexProgress):
         self.state.update(stage="scanned", found=found, total=to_embed)
         self._write(force=True)
         self.inner.scanned(found, to_embed, deleted)
+
+    def reading_text(self, done: int, total: int) -> None:
+        self.state.update(stage="reading text", done=done, total=total)
+        self._write()
+        self.inner.reading_text(done, total)
 
     def started_embedding(self, total: int) -> None:
         self.state.update(stage="embedding", total=total)

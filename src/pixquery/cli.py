@@ -177,6 +177,13 @@ class _RichIndexProgress:
         if not self.quiet:
             err.print(f"[dim]{escape(text)}[/dim]")
 
+    def reading_text(self, done, total):
+        if self.task is None and total:
+            self.progress.start()
+            self.task = self.progress.add_task("reading text", total=total, failed="")
+        if self.task is not None:
+            self.progress.update(self.task, completed=done)
+
     def loading(self, done, total):
         if self.task is None and total:
             self.progress.start()
@@ -228,6 +235,8 @@ def index(
     batch_size: Optional[int] = typer.Option(None, help="Images per encoder batch"),
     workers: Optional[int] = typer.Option(None, help="Decoder processes [default: one per core]"),
     regions: Optional[bool] = typer.Option(None, "--regions/--no-regions", help="Also embed tiles of photos and video frames (find small things; results show a box). Kept for later runs"),
+    ocr: Optional[bool] = typer.Option(None, "--ocr/--no-ocr", help="Also read the text in photos, so searches match it (needs pixquery[ocr]). Kept for later runs"),
+    ocr_size: Optional[int] = typer.Option(None, "--ocr-size", help="OCR: the long side, in pixels, text detection sees (default 480; 960 finds smaller text at ~4x the cost). Turns OCR on; kept"),
     detector: Optional[str] = typer.Option(None, "--detector", help="An ONNX object detector whose boxes are embedded too (see docs/video.md)"),
     videos: bool = typer.Option(True, "--videos/--no-videos", help="Index video files too"),
     every: Optional[float] = typer.Option(None, "--every", help="Videos: a frame at least every N seconds (default 2, kept for later runs)"),
@@ -246,6 +255,14 @@ def index(
     params.update(_index_params(dict(M=M, ef_construction=ef_construction, ef_search=ef_search, n_trees=n_trees,
                                      search_k=search_k, nlist=nlist, nprobe=nprobe, storage=storage), param))
     kind = index_kind or settings.index.kind
+    if ocr_size is not None:
+        from pixquery.ingest.ocr import OcrConfig
+
+        if ocr is False:
+            raise PixqueryError("--ocr-size reads text in photos: it cannot go with --no-ocr")
+        if not 64 <= ocr_size <= 4096:
+            raise PixqueryError(f"--ocr-size is a side in pixels between 64 and 4096, not {ocr_size}")
+        ocr = OcrConfig(det_side=ocr_size)
     lib = _open(library, model or settings.model.name, precision or settings.model.precision, create=True)
     ui = _RichIndexProgress(quiet or as_json)
     try:
@@ -253,7 +270,7 @@ def index(
             [str(p) for p in paths] if paths else None, index=kind, index_params=params or None,
             batch_size=batch_size or settings.ingest.batch_size, workers=workers or settings.ingest.workers,
             draft=settings.ingest.draft, progress=ui, regions=regions, detector=detector, videos=videos,
-            every_seconds=every, engine=engine, address=address,
+            every_seconds=every, engine=engine, address=address, ocr=ocr,
         )
     finally:
         ui.close()
@@ -266,6 +283,9 @@ def index(
             f"removed {report.removed}, [bold {'red' if report.failed else 'green'}]failed {len(report.failed)}[/] "
             f"in {report.seconds:.1f}s ({report.images_per_second:.1f} images/s)"
         )
+        if report.text_photos:
+            console.print(f"text: read {report.text_photos} photos, {report.text_lines} lines found "
+                          f"in {report.ocr_seconds:.1f}s ({report.text_photos / max(report.ocr_seconds, 1e-9):.1f} photos/s)")
         if idx:
             console.print(f"index: {idx.kind}, {idx.total} entries, {idx.size_bytes / 1e6:.2f} MB"
                           + (" (rebuilt)" if idx.rebuilt else f" (+{idx.added} -{idx.removed})" if idx.changed else " (unchanged)"))
@@ -320,10 +340,12 @@ def search(
     weight: list[float] = typer.Option([], "--weight", metavar="W",
                                        help="Weight of an --image, the first --weight for the first --image (default 1; negative: less like it)"),
     k: int = typer.Option(10, "-k", "--top", help="Number of results"),
-    threshold: Optional[str] = typer.Option(None, help="Drop results farther than this angular distance (0..1), or 'auto'"),
+    threshold: Optional[str] = typer.Option(None, help="Drop results farther than this angular distance (0..1), 'auto', or for SigLIP models p=PROB (the lowest match probability kept)"),
     library: Optional[Path] = LibraryOpt,
     model: Optional[str] = ModelOpt,
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON"),
+    text_only: bool = typer.Option(False, "--text-only", help="Match only the text read in photos (index --ocr); score: share of the words found"),
+    semantic_only: bool = typer.Option(False, "--semantic-only", help="Match only by meaning (CLIP), not the text read in photos"),
     after: Optional[str] = typer.Option(None, help="Taken in or after this period: 2019, 2019-06, 2019-06-15", rich_help_panel="Filters"),
     before: Optional[str] = typer.Option(None, help="Taken before this period starts (--before 2019-09: up to Aug 31)", rich_help_panel="Filters"),
     folders: Optional[list[Path]] = typer.Option(None, "--in", help="Only files in this folder or below (repeatable)", rich_help_panel="Filters"),
@@ -333,13 +355,14 @@ def search(
     within: Optional[float] = typer.Option(None, help="With --near: within this many km [default: 10]", rich_help_panel="Filters"),
     sort: str = typer.Option("score", help="score (best first) or date (the results, oldest first)"),
 ):
-    """Search the library by text, by image, or by both added and subtracted (a text search is answered by `pixquery daemon` when one runs for the library)."""
+    """Search the library by text, by image, or by both added and subtracted (a text search is answered by `pixquery daemon` when one runs for the library).
+    In a library indexed with --ocr, a text query also matches the text in photos; results show the words that matched."""
     from pixquery.searchcmd import search_command
 
     try:
         search_command(query, image, k, threshold, library, model, as_json, add=add, subtract=subtract, weight=weight,
-                       after=after, before=before, folders=folders, media=media, camera=camera, near=near, within=within,
-                       sort=sort)
+                       text_only=text_only, semantic_only=semantic_only, after=after, before=before, folders=folders,
+                       media=media, camera=camera, near=near, within=within, sort=sort)
     except BrokenPipeError:  # `| head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(EXIT_OK) from None
@@ -428,39 +451,92 @@ def _info_rows(data: dict) -> list:
 
 
 @app.command()
-def models(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON")):
-    """List the models pixquery knows by name (any local model folder works too)."""
-    from pixquery.encoders.registry import DEFAULT_MODEL, known_models
+def models(
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON"),
+    accept: Optional[str] = typer.Option(None, "--accept", metavar="NAME",
+                                         help="Accept NAME's non-commercial licence (once, for this user)"),
+):
+    """List the models pixquery knows by name (any local model folder works too): size, licence,
+    published accuracy and the speed bench/models.py measured."""
+    from pixquery.encoders.registry import DEFAULT_MODEL, accept_licence, known_models
 
+    if accept:
+        spec = accept_licence(accept)
+        console.print(f"accepted for this user: {escape(spec.name)} under {escape(spec.licence)}"
+                      + ("" if spec.commercial else " (not for commercial use)"), soft_wrap=True)
+        return
     rows = known_models()
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return
-    table = Table("name", "source", "dim", "notes", box=None, header_style="bold")
+
+    def num(v, fmt="{:.1f}"):
+        return "—" if v is None else fmt.format(v)
+
+    def licence(m):
+        if m["commercial"]:
+            return m["licence"]
+        return m["licence"] + (" [accepted]" if m["licence_accepted"] else f" [non-commercial: --accept {m['name']}]")
+
+    if _piped():
+        _emit([("name", "dim", "image_px", "download_mb", "images_per_s", "text_ms", "imagenet_top1", "coco_t2i_r1",
+                "licence", "multilingual", "accuracy_source")]
+              + [(m["name"] + (" (default)" if m["name"] == DEFAULT_MODEL else ""), m["dim"], m["image_size"],
+                  num(m["download_mb"], "{}"), num(m["images_per_s"], "{:.2f}"), num(m["text_ms"]),
+                  num(m["imagenet_top1"]), num(m["coco_t2i_r1"]), licence(m), "yes" if m["multilingual"] else "no",
+                  m["accuracy_source"]) for m in rows])
+        return
+    table = Table("name", "dim", "px", "MB", "img/s", "text ms", "ImageNet %", "COCO R@1 %", "licence", box=None,
+                  header_style="bold")
     for m in rows:
-        m = m if isinstance(m, dict) else vars(m)
-        name = m.get("name", "")
-        table.add_row(name + (" (default)" if name == DEFAULT_MODEL else ""), str(m.get("repo", m.get("source", ""))),
-                      str(m.get("dim", "")), str(m.get("notes", "")))
+        name = m["name"] + (" (default)" if m["name"] == DEFAULT_MODEL else "") + (" *" if m["multilingual"] else "")
+        table.add_row(name, str(m["dim"]), str(m["image_size"]), num(m["download_mb"], "{}"),
+                      num(m["images_per_s"], "{:.2f}"), num(m["text_ms"]), num(m["imagenet_top1"]),
+                      num(m["coco_t2i_r1"]), licence(m))
     console.print(table)
+    console.print("* multilingual. Speeds: bench/models.py on pixquery's dev machine (2 shared cores, random weights, "
+                  "bench/results/models.md). Accuracy: published zero-shot ImageNet-1k top-1 and MSCOCO text->image "
+                  "recall@1 (open_clip's results tables; SigLIP 2 paper); --json names each row's source.", soft_wrap=True,
+                  highlight=False)
 
 
 @app.command(cls=Command)
 def export(
-    arch: str = typer.Argument(..., metavar="ARCH", help="open_clip architecture, e.g. ViT-B-32"),
-    out: Path = typer.Argument(..., metavar="OUT", help="Folder to write the ONNX model to"),
+    arch: str = typer.Argument(..., metavar="ARCH", help="open_clip architecture (e.g. ViT-B-32) or a name from `pixquery models`"),
+    out: Optional[Path] = typer.Argument(None, metavar="OUT", help="Folder to write the ONNX model to "
+                                         "[default for a name from `pixquery models`: where --model NAME finds it]"),
     pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag, e.g. openai or laion2b_s34b_b79k"),
     checkpoint: Optional[Path] = typer.Option(None, help="A local checkpoint file instead of --pretrained"),
     random: bool = typer.Option(False, "--random", help="Untrained random weights (for tests: useless for search)"),
+    tokenizer: Optional[Path] = typer.Option(None, help="A Hugging Face tokenizer folder (tokenizer.json) for models "
+                                             "with one (SigLIP, XLM-R, NLLB), instead of downloading it"),
 ):
-    """Write any open_clip model as an ONNX model folder pixquery can use (needs pixquery[torch])."""
+    """Write any open_clip model as an ONNX model folder pixquery can use (needs pixquery[torch]);
+    MobileCLIP's re-parameterisable blocks are folded first."""
+    from pixquery.encoders.registry import exported_dir, model_spec, require_licence
+
+    spec = model_spec(arch)
+    if spec is not None:  # a registry name: its architecture; without OUT, also its weights and folder
+        arch = spec.arch
+        if out is None:
+            pretrained = pretrained or (None if random or checkpoint else spec.pretrained)
+            out = exported_dir(spec.name)
+        if pretrained == spec.pretrained:
+            require_licence(spec)
+        else:  # other weights of the same architecture: not that model, not its licence
+            spec = spec if random else None
+    if out is None:
+        raise PixqueryError("give the folder to write: pixquery export ARCH OUT (OUT may be left out only for a "
+                            "name from `pixquery models`)")
     given = [name for name, v in (("--pretrained", pretrained), ("--checkpoint", checkpoint), ("--random", random)) if v]
     if len(given) != 1:
         raise PixqueryError("give the weights: --pretrained TAG (e.g. openai) or --checkpoint FILE, "
                             "or --random for untrained random weights" + (f" (not {' and '.join(given)})" if given else ""))
     from pixquery.encoders.export import export_open_clip
 
-    path = export_open_clip(arch, pretrained, out, checkpoint=checkpoint)
+    path = export_open_clip(arch, pretrained, out, checkpoint=checkpoint, tokenizer_dir=tokenizer,
+                            preprocess_from=spec.pretrained if spec is not None else None,
+                            registry_name=spec.name if spec is not None and not random else None)
     what = " with RANDOM (untrained) weights: search results will be meaningless" if random else ""
     console.print(f"wrote {escape(str(path or out))}{what}; use it with --model {escape(str(out))}", soft_wrap=True)
 

@@ -173,9 +173,7 @@ class QueryDaemon:
 
     def _library_model(self) -> str:
         """The model a search without --model uses: the library's (as Library.model_name says it)."""
-        from pixquery.encoders.registry import DEFAULT_MODEL
-
-        return normalize_model(self.lib.catalog.get_setting("model") or DEFAULT_MODEL)
+        return normalize_model(self.lib.catalog.get_setting("model") or self.lib.default_model())
 
     def _current(self) -> bool:
         """Whether the loaded encoder still is the library's model (catalog setting, precision, files)."""

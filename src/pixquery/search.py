@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,14 @@ class SearchResult:
     box: tuple[float, float, float, float] | None = None  # relative x0, y0, x1, y1 of a region
     width: int | None = None
     height: int | None = None
+    # sigmoid-trained models (SigLIP): the model's probability that query and picture match,
+    # sigmoid(logit_scale * score + logit_bias); None for CLIP models
+    probability: float | None = None
+    # When the text side ran (a library with OCR, text_search.py / fusion.py): which lists found
+    # it ("semantic", "text" or "semantic+text") and the lines of text in the photo that matched
+    # the query's words, each {"text", "box", "score"}: the why of a text hit.
+    found_by: str | None = None
+    matched: list[dict[str, Any]] | None = None
     taken: str | None = None  # when it was taken, wall clock where taken (ISO 8601, no zone)
     taken_source: str | None = None  # where the date comes from: exif | quicktime | mtime
     lat: float | None = None  # GPS position, decimal degrees
@@ -87,7 +96,7 @@ def run_query(
     query = np.atleast_2d(query).astype(np.float32)
     results = _ranked(index, k, k * 4 + 16, threshold,
                       lambda fetch: _collect(catalog, index, row, query, fetch, k, threshold, exclude, merge_gap))
-    _with_meta(catalog, results)
+    with_meta(catalog, results)
     if sort == "date":
         by_date(results)
     return results
@@ -123,7 +132,7 @@ def by_date(results: Results) -> None:
         r.rank = n
 
 
-def _with_meta(catalog: Catalog, results: list[SearchResult]) -> None:
+def with_meta(catalog: Catalog, results: list[SearchResult]) -> None:
     """Fill in date taken, place and camera of each result (its photo's or video's)."""
     from pixquery.ingest.metadata import wall_datetime
 
@@ -257,3 +266,60 @@ def _with_paths(catalog: Catalog, results: list[SearchResult], k: int) -> list[S
             if r.path:
                 out.append(r)
     return out
+
+
+# -- the text side (OCR) -------------------------------------------------------------------
+
+
+def _matched(hit) -> list[dict]:
+    return [{"text": ln.text, "box": tuple(round(v, 4) for v in ln.box),
+             "score": None if ln.score is None else round(float(ln.score), 4)} for ln in hit.lines]
+
+
+def text_only_results(catalog: Catalog, hits: list, k: int) -> Results:
+    """Text hits as results (`--text-only`): score is the share of the query's words found
+    (text_search.py), distance 1 - score; no model is loaded."""
+    results = [SearchResult(rank=0, score=round(h.score, 6), distance=round(1.0 - h.score, 6), path="",
+                            image_id=h.image_id, found_by="text", matched=_matched(h)) for h in hits]
+    results = _with_paths(catalog, results, k)
+    for n, r in enumerate(results, 1):
+        r.rank = n
+    return Results(results)
+
+
+def fuse_with_text(catalog: Catalog, semantic: Results, hits: list, k: int, cosine_of) -> Results:
+    """The semantic results and the text hits of one query fused into one ranking (fusion.py),
+    each result saying which side found it and the lines that matched. `cosine_of(image_ids)`
+    gives the query's cosine with those photos' stored embeddings, so a photo found by its text
+    alone still shows a real score and distance. The threshold applies to the semantic side
+    only: text found in a photo is evidence of its own."""
+    from pixquery.fusion import TEXT_WEIGHT, fuse
+
+    by_key: dict = {}
+    sem_list = []
+    for n, r in enumerate(semantic):
+        key = ("image", r.image_id) if r.image_id is not None and r.video_id is None else ("result", n)
+        by_key[key] = r
+        sem_list.append((key, 1.0))
+    text_list = [(("image", h.image_id), h.score) for h in hits]
+    text_hit = {("image", h.image_id): h for h in hits}
+    fused = fuse({"semantic": sem_list, "text": text_list}, weights={"text": TEXT_WEIGHT})[: max(1, k)]
+    missing = [f.key[1] for f in fused if f.key not in by_key]
+    cosines = cosine_of(missing) if missing else {}
+    results: list[SearchResult] = []
+    for f in fused:
+        r = by_key.get(f.key)
+        if r is None:
+            cos = cosines.get(f.key[1])
+            if cos is None:
+                continue  # not embedded with this model yet (a library shared by models): not searchable
+            r = SearchResult(rank=0, score=float(cos), distance=angular_distance(cos), path="", image_id=f.key[1])
+        r.found_by = "+".join(name for name in ("semantic", "text") if name in f.ranks)
+        if f.key in text_hit:
+            r.matched = _matched(text_hit[f.key])
+        results.append(r)
+    _with_paths(catalog, [r for r in results if not r.path], len(results))  # fills them in; gone files stay ""
+    results = [r for r in results if r.path]
+    for n, r in enumerate(results, 1):
+        r.rank = n
+    return Results(results, semantic.dropped, semantic.threshold)

@@ -170,24 +170,29 @@ class MediaTables:
     def purge_orphan_detections(self) -> int:
         """Delete retired detections (no embedding left) that no index refers to any more."""
         return self.db.execute(
-            f"""DELETE FROM detection WHERE NOT {_HAS_EMBEDDING.format(d="detection.id")}
+            f"""DELETE FROM detection WHERE kind != 'text' AND NOT {_HAS_EMBEDDING.format(d="detection.id")}
                 AND NOT EXISTS (SELECT 1 FROM index_image ii WHERE ii.detection_id = detection.id)"""
         ).rowcount
 
+    # Text read in photos (kind 'text', catalog/text.py) is not a region: it has no embedding, and
+    # region settings changing or a photo changing leaves it to the OCR pass (which rereads it).
+
     def photo_detection_ids(self, image_ids: Sequence[int] | None = None) -> list[int]:
-        """Ids of the detections of these photos (of every photo when None)."""
+        """Ids of the region detections of these photos (of every photo when None)."""
         if image_ids is None:
-            return [r[0] for r in self.db.execute("SELECT id FROM detection WHERE image_id IS NOT NULL")]
+            return [r[0] for r in self.db.execute("SELECT id FROM detection WHERE image_id IS NOT NULL AND kind != 'text'")]
         ids: list[int] = []
         for chunk in chunks(list(image_ids)):
-            ids += [r[0] for r in self.db.execute(f"SELECT id FROM detection WHERE image_id IN ({marks(len(chunk))})", chunk)]
+            q = f"SELECT id FROM detection WHERE image_id IN ({marks(len(chunk))}) AND kind != 'text'"
+            ids += [r[0] for r in self.db.execute(q, chunk)]
         return ids
 
     def count_photos_with_detections(self) -> int:
-        return int(self.db.execute("SELECT COUNT(DISTINCT image_id) FROM detection WHERE image_id IS NOT NULL").fetchone()[0])
+        return int(self.db.execute(
+            "SELECT COUNT(DISTINCT image_id) FROM detection WHERE image_id IS NOT NULL AND kind != 'text'").fetchone()[0])
 
     def count_detections(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM detection").fetchone()[0])
+        return int(self.db.execute("SELECT COUNT(*) FROM detection WHERE kind != 'text'").fetchone()[0])
 
     def photos_without_detections(self, model_id: int, kinds: Sequence[str]) -> list[tuple[int, str]]:
         """(image id, path) of live photos with no detection of `kinds` embedded by this model."""

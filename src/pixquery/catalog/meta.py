@@ -125,6 +125,22 @@ class MetaTables:
         refs.sort()
         return refs
 
+    def image_ids_passing(self, image_ids: Sequence[int], flt: Filter) -> set[int]:
+        """Those of these photos that pass `flt` (the text side of a search: photos found by the
+        text read in them, pixquery.text_search)."""
+        out: set[int] = set()
+        if flt.media == "video":
+            return out
+        for chunk in chunks(list(image_ids), 500):
+            conds, args, cols, needs_meta = _conditions("image", flt)
+            source = "image f JOIN media_meta m ON m.image_id = f.id" if needs_meta else "image f"
+            q = f"SELECT {cols.replace('ii.index_ref_id', 'f.id')} FROM {source} WHERE f.id IN ({marks(len(chunk))}) AND {' AND '.join(conds)}"
+            rows = self.db.execute(q, [*chunk, *args]).fetchall()
+            if flt.near is not None:
+                rows = [r for r in rows if bool(flt.close_enough(np.array([r[1]]), np.array([r[2]]))[0])]
+            out.update(int(r[0]) for r in rows)
+        return out
+
     @staticmethod
     def _filter_part(table: str, detection_of: str | None, flt: Filter, args: list[Any], index_id: int) -> str:
         """One SELECT of filter_refs: the index entries of `table` rows (f) passing flt: the whole
@@ -132,7 +148,7 @@ class MetaTables:
         joined in a set order (CROSS JOIN: SQLite's join-order hint) starting from the selective
         side: media_meta by its `taken` index for a date range, the file's path index for folders;
         else the index's own rows."""
-        conds = ["f.deleted = 0"]
+        conds, cond_args, cols, needs_meta = _conditions(table, flt)
         tables = {"f": f"{table} f"}
         if detection_of:
             tables["d"] = "detection d"
@@ -142,33 +158,9 @@ class MetaTables:
             conds.append("ii.image_id = f.id")
         conds.append(f"ii.index_id = {int(index_id)}")
         tables["ii"] = "index_image ii"
-        cond_args: list[Any] = []
-        if flt.folders:
-            ors = []
-            for folder in flt.folders:
-                prefix = folder.rstrip("/") + "/"
-                ors.append("f.path = ? OR (f.path >= ? AND f.path < ?)")  # '0' follows '/': every path below
-                cond_args += [folder.rstrip("/") or "/", prefix, prefix[:-1] + "0"]
-            conds.append("(" + " OR ".join(f"({o})" for o in ors) + ")")
-        cols = "ii.index_ref_id"
-        if flt.needs_meta:
+        if needs_meta:
             tables["m"] = "media_meta m"
             conds.append(f"m.{table}_id = f.id")
-            if flt.after is not None:
-                conds.append("m.taken >= ?")
-                cond_args.append(_wall(flt.after))
-            if flt.before is not None:
-                conds.append("m.taken < ?")
-                cond_args.append(_wall(flt.before))
-            if flt.camera:
-                escaped = flt.camera.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                conds.append("(COALESCE(m.make, '') || ' ' || COALESCE(m.model, '')) LIKE ? ESCAPE '\\'")
-                cond_args.append(f"%{escaped}%")
-            box = flt.bounding_box()
-            if box is not None:
-                conds.append("m.lat BETWEEN ? AND ? AND m.lon BETWEEN ? AND ?")
-                cond_args += list(box)
-                cols += ", m.lat, m.lon"
         args += cond_args
         if flt.after is not None or flt.before is not None:
             order = ["m", "f", "d", "ii"]
@@ -178,6 +170,38 @@ class MetaTables:
             return f"SELECT {cols} FROM {', '.join(tables.values())} WHERE {' AND '.join(conds)}"
         joined = " CROSS JOIN ".join(tables[a] for a in order if a in tables)
         return f"SELECT {cols} FROM {joined} WHERE {' AND '.join(conds)}"
+
+
+def _conditions(table: str, flt: Filter) -> tuple[list[str], list[Any], str, bool]:
+    """The WHERE conditions of `flt` on a photo or video row `f` (and its media_meta row `m`):
+    (conditions, their arguments, the columns to select, whether `m` is needed)."""
+    conds = ["f.deleted = 0"]
+    args: list[Any] = []
+    if flt.folders:
+        ors = []
+        for folder in flt.folders:
+            prefix = folder.rstrip("/") + "/"
+            ors.append("f.path = ? OR (f.path >= ? AND f.path < ?)")  # '0' follows '/': every path below
+            args += [folder.rstrip("/") or "/", prefix, prefix[:-1] + "0"]
+        conds.append("(" + " OR ".join(f"({o})" for o in ors) + ")")
+    cols = "ii.index_ref_id"
+    if flt.needs_meta:
+        if flt.after is not None:
+            conds.append("m.taken >= ?")
+            args.append(_wall(flt.after))
+        if flt.before is not None:
+            conds.append("m.taken < ?")
+            args.append(_wall(flt.before))
+        if flt.camera:
+            escaped = flt.camera.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            conds.append("(COALESCE(m.make, '') || ' ' || COALESCE(m.model, '')) LIKE ? ESCAPE '\\'")
+            args.append(f"%{escaped}%")
+        box = flt.bounding_box()
+        if box is not None:
+            conds.append("m.lat BETWEEN ? AND ? AND m.lon BETWEEN ? AND ?")
+            args += list(box)
+            cols += ", m.lat, m.lon"
+    return conds, args, cols, flt.needs_meta
 
 
 def _wall(dt: datetime) -> float:

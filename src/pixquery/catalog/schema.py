@@ -8,6 +8,30 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+# The lexical index of text read in photos (OCR): SQLite FTS5 with the trigram tokenizer, so any
+# sub-string of 3+ characters is found through the index (MATCH, and LIKE '%...%'), with rowid =
+# the detection's id. Case and accents are folded by pixquery before text goes in and before a
+# query is matched (catalog/text.py `fold`), not by the tokenizer's `remove_diacritics`, which
+# needs SQLite >= 3.45: so the table reads the same on every SQLite that has trigram (>= 3.34),
+# and a library moved to another machine still opens. Without trigram, a plain table is scanned
+# with LIKE instead (same answers, slower). A trigger keeps it in step with `detection`, whatever
+# deletes the row (a photo purged, text read again).
+HAS_TRIGRAM = sqlite3.sqlite_version_info >= (3, 34, 0)
+TEXT_INDEX_SQL = (
+    """
+    CREATE VIRTUAL TABLE text_index USING fts5(text, tokenize = 'trigram');
+    """
+    if HAS_TRIGRAM
+    else """
+    CREATE TABLE text_index (rowid INTEGER PRIMARY KEY, text TEXT NOT NULL);
+    """
+) + """
+    CREATE TRIGGER text_index_forget AFTER DELETE ON detection WHEN old.kind = 'text'
+    BEGIN
+        DELETE FROM text_index WHERE rowid = old.id;
+    END;
+"""
+
 # Each entry migrates from version i to i+1. Never edit a released entry: append a new one.
 MIGRATIONS: list[str] = [
     # 0 -> 1: the study's schema (Appendix 1) plus change detection and per-model embeddings.
@@ -157,7 +181,25 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (source_id, partition)
     );
     """,
-    # +1: what a file says about itself (ingest/metadata.py): when it was taken (wall-clock seconds
+    # 5 -> 6: text in photos (OCR, `pixquery index --ocr`). Each line of text found is a detection
+    # of kind 'text' (label: the text as read, score: the recogniser's confidence); `ocr_scan`
+    # records which file version each photo was read from (photos with no text included), so only
+    # new or changed photos are read again. The lexical index is `TEXT_INDEX_SQL` (see there).
+    """
+    ALTER TABLE detection ADD COLUMN score REAL;
+    CREATE INDEX detection_text ON detection(image_id) WHERE kind = 'text';
+    CREATE TABLE ocr_scan (
+        image_id INTEGER PRIMARY KEY REFERENCES image(id) ON DELETE CASCADE,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        config TEXT NOT NULL,        -- the OCR settings it was read with (ingest/ocr.py OcrConfig)
+        lines INTEGER NOT NULL,
+        seconds REAL NOT NULL,
+        scanned_at REAL NOT NULL
+    );
+    """
+    + TEXT_INDEX_SQL,
+    # 6 -> 7: what a file says about itself (ingest/metadata.py): when it was taken (wall-clock seconds
     # where it was taken, see there), from where the date came, GPS position and camera, one row
     # per photo or video. A table of its own, not columns of `image`/`video`: rows there are read
     # with SELECT *, and a library indexed before has no row until its next rescan fills it in

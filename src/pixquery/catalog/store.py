@@ -18,12 +18,13 @@ from pixquery.catalog.rows import ImageRow, IndexRow, Item, ModelRow
 from pixquery.catalog.schema import MIGRATIONS, SCHEMA_VERSION, split_sql
 from pixquery.catalog.schema import chunks as _chunks
 from pixquery.catalog.shards import ShardTables
+from pixquery.catalog.text import TextTables
 from pixquery.errors import LibraryError
 
 MEDIA_PHOTO, MEDIA_REGION, MEDIA_VIDEO = 0, 1, 2  # `media` of index_fields
 
 
-class Catalog(MediaTables, ShardTables, MetaTables):
+class Catalog(MediaTables, ShardTables, TextTables, MetaTables):
     def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
         if readonly and not self.path.exists():

@@ -254,9 +254,10 @@ def short_context_copy(text_model: Path, context: int, cache_dir: str | Path | N
 
 
 OPT_GRAPH, OPT_DATA, OPT_MANIFEST = "model.onnx", "model.onnx.data", "manifest.json"
-# Token ids that every check runs: <start> a dog on a beach <end>, and a shorter one (CLIP's ids;
-# any ids below the vocabulary size with the highest last work for the graphs pixquery makes).
-_CHECK_IDS = ([49406, 320, 1929, 530, 320, 2117, 49407], [49406, 320, 1125, 49407])
+# Token ids that every check runs: any ids below the vocabulary size with the highest last work for
+# the graphs pixquery makes (CLIP reads the highest id); below 100, so within every tokenizer's
+# vocabulary (SigLIP's, XLM-R's and the tiny test tokenizers' too).
+_CHECK_IDS = ([49, 20, 33, 41, 20, 60, 99], [49, 20, 25, 98])
 
 
 def _data_sample(path: Path, size: int) -> str:
@@ -471,7 +472,15 @@ class OnnxClipEncoder:
         self.dim = int(self.config["embed_dim"])
         raw = json.loads((self.model_dir / "visual" / "preprocess_cfg.json").read_text(encoding="utf-8"))
         self.preprocess_cfg = PreprocessConfig.from_dict(raw)
-        self.context_length = int(self.config.get("text_cfg", {}).get("context_length", 77))
+        text_cfg = self.config.get("text_cfg", {})
+        self.context_length = int(text_cfg.get("context_length", 77))
+        # Only a causal text transformer read at CLIP's end token (the highest id) may be run on the
+        # ids up to that token; SigLIP reads the last position, XLM-R/NLLB pool over every token.
+        self._causal_clip_text = "hf_tokenizer_name" not in text_cfg and not text_cfg.get("no_causal_mask")
+        # SigLIP-trained models score a pair as sigmoid(scale * cosine + bias): a probability that
+        # the text matches, with the same meaning for every query (see match_probability).
+        self.logit_scale = self.config.get("logit_scale")
+        self.logit_bias = self.config.get("logit_bias")
         files = [self.model_dir / f for f in REQUIRED]
         self.fingerprint = file_fingerprint(files, extra=precision if precision != "fp32" else "")
         self._sessions: dict[str, object] = {}
@@ -577,7 +586,7 @@ class OnnxClipEncoder:
             raise PixqueryError(f"{self.model_dir / tower / 'model.onnx'}: input {inp.name} is {inp.type}; "
                                 "pixquery feeds float images and integer token ids")
         x = x.astype(_ORT_DTYPES[inp.type], copy=False)
-        if tower == "textual" and len(inp.shape) == 2 and not isinstance(inp.shape[1], int) and len(x):
+        if tower == "textual" and self._causal_clip_text and len(inp.shape) == 2 and not isinstance(inp.shape[1], int) and len(x):
             # A short-context text tower: positions after the last end-of-text token (the highest id,
             # where CLIP reads its output) change nothing through the causal mask.
             x = np.ascontiguousarray(x[:, : int(x.argmax(axis=1).max()) + 1])
@@ -595,6 +604,16 @@ class OnnxClipEncoder:
             out = np.concatenate(parts)
         return l2_normalize(out.reshape(len(x), -1))
 
+    def match_probability(self, cosine):
+        """For a sigmoid-trained model (SigLIP, SigLIP 2, nllb-clip-siglip): the model's own
+        probability that text and image match, sigmoid(logit_scale * cosine + logit_bias), the
+        quantity it was trained on, so one threshold means the same for every query. None for
+        softmax-trained (CLIP) models, whose cosine has no such calibration."""
+        if self.logit_bias is None or self.logit_scale is None:
+            return None
+        z = float(self.logit_scale) * np.asarray(cosine, np.float64) + float(self.logit_bias)
+        return 1.0 / (1.0 + np.exp(-z))
+
     # -- Encoder protocol ---------------------------------------------------------------------------
     def encode_images(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch)
@@ -604,11 +623,10 @@ class OnnxClipEncoder:
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         if self._tokenizer is None:
-            from pixquery.encoders.tokenizer import ClipTokenizer, pad_id_for
+            from pixquery.encoders.tokenizer import tokenizer_for
 
-            textual = self.model_dir / "textual"
-            pad_id = pad_id_for(self.config.get("text_cfg", {}), textual)
-            self._tokenizer = ClipTokenizer(textual / "tokenizer.json", self.context_length, pad_id, cache_dir=self._cache_dir)
+            self._tokenizer = tokenizer_for(self.model_dir / "textual", self.config.get("text_cfg", {}),
+                                            self.context_length, cache_dir=self._cache_dir)
         return self._tokenizer(texts)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -40,7 +40,8 @@ class OpenClipEncoder:
         self.device = device
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.name = f"open_clip:{arch}" + (f"/{pretrained}" if pretrained else "")
-        self.dim = int(model.visual.output_dim)
+        # CLIP's visual tower states its width; timm towers (SigLIP, MobileCLIP) do not, the text tower does
+        self.dim = int(getattr(model.visual, "output_dim", None) or model.text.output_dim)
         self.fingerprint = _weights_fingerprint(model)
         self.preprocess_cfg = PreprocessConfig.from_dict(preprocess_cfg_of(model))
         if self.preprocess_cfg.interpolation not in ("bicubic", "bilinear", "nearest", "lanczos"):

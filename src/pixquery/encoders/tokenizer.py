@@ -147,3 +147,89 @@ def pad_id_for(text_cfg: dict, textual_dir: Path) -> int:
 
     tok = Tokenizer.from_file(str(textual_dir / "tokenizer.json"))
     return tok.token_to_id(pad) if pad is not None and tok.token_to_id(pad) is not None else 0
+
+
+# -- models with a Hugging Face tokenizer (SigLIP, SigLIP 2, XLM-RoBERTa, NLLB) -------------------------
+def _basic_clean(text: str) -> str:
+    """open_clip's basic_clean: ftfy, HTML unescaped twice, stripped."""
+    if not _unchanged_by_ftfy(text):
+        text = (_ftfy() or _light_fix_text)(text)
+    return html.unescape(html.unescape(text)).strip()
+
+
+def _canonicalize(text: str) -> str:
+    """open_clip's canonicalize_text (big_vision's): punctuation removed, lower case, one space."""
+    import string
+
+    text = text.replace("_", " ").translate(str.maketrans("", "", string.punctuation)).lower()
+    return " ".join(text.split()).strip()
+
+
+# open_clip's tokenizer_kwargs "clean" values -> the same function
+CLEANERS = {
+    "canonicalize": lambda t: _canonicalize(_basic_clean(t)),
+    "lower": lambda t: " ".join(_basic_clean(t).split()).strip().lower(),
+    "whitespace": lambda t: " ".join(_basic_clean(t).split()).strip(),
+}
+
+
+class HfTokenizer:
+    """tokenizer.json of a Hugging Face tokenizer -> (n, context_length) int64 ids, as open_clip's
+    HFTokenizer gives them (clean, then `tokenizer(texts, max_length=context_length,
+    padding="max_length", truncation=True)`), with the `tokenizers` library only: no transformers.
+    The special tokens (SigLIP's </s>, Gemma's <bos>, XLM-R's <s> ... </s>) come from the
+    post-processor inside tokenizer.json, the pad token and sides from tokenizer_config.json."""
+
+    def __init__(self, textual_dir: str | Path, context_length: int, *, clean: str = "whitespace",
+                 strip_sep_token: bool = False):
+        if clean not in CLEANERS:
+            raise ValueError(f"unknown tokenizer clean mode {clean!r}; known: {', '.join(CLEANERS)}")
+        self.textual_dir = Path(textual_dir)
+        self.context_length = context_length
+        self.clean = CLEANERS[clean]
+        self.strip_sep_token = strip_sep_token
+        self._tok_obj = None
+        self.pad_id = 0
+        self.sep_id = None
+
+    @property
+    def _tok(self):
+        if self._tok_obj is None:
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(self.textual_dir / "tokenizer.json"))
+            cfg_file = self.textual_dir / "tokenizer_config.json"
+            cfg = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else {}
+
+            def token_of(key):
+                value = cfg.get(key)
+                return value.get("content") if isinstance(value, dict) else value
+
+            pad = token_of("pad_token")
+            self.pad_id = tok.token_to_id(pad) if pad is not None and tok.token_to_id(pad) is not None else 0
+            sep = token_of("sep_token")
+            self.sep_id = tok.token_to_id(sep) if sep is not None else None
+            tok.enable_truncation(max_length=self.context_length, direction=cfg.get("truncation_side", "right"))
+            tok.enable_padding(length=self.context_length, pad_id=self.pad_id, pad_token=pad or "",
+                               direction=cfg.get("padding_side", "right"))
+            self._tok_obj = tok
+        return self._tok_obj
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        encodings = self._tok.encode_batch([self.clean(t) for t in texts])
+        ids = np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), self.context_length)
+        if self.strip_sep_token and self.sep_id is not None:
+            ids[ids == self.sep_id] = 0  # as open_clip's strip_sep_token
+        return ids
+
+
+def tokenizer_for(textual_dir: Path, text_cfg: dict, context_length: int, cache_dir=None):
+    """The tokenizer a model folder's text tower was trained with: open_clip's CLIP BPE (ClipTokenizer)
+    unless its config names a Hugging Face tokenizer (hf_tokenizer_name), with open_clip's
+    tokenizer_kwargs (clean mode, strip_sep_token)."""
+    if "hf_tokenizer_name" not in text_cfg:
+        return ClipTokenizer(textual_dir / "tokenizer.json", context_length, pad_id_for(text_cfg, textual_dir),
+                             cache_dir=cache_dir)
+    kwargs = text_cfg.get("tokenizer_kwargs") or {}
+    return HfTokenizer(textual_dir, context_length, clean=kwargs.get("clean", "whitespace"),
+                       strip_sep_token=bool(kwargs.get("strip_sep_token", False)))

@@ -17,6 +17,12 @@ class Health(BaseModel):
     version: str
 
 
+class MatchedText(BaseModel):
+    text: str = Field(description="a line of text read in the photo (OCR) that matched the query's words")
+    box: list[float] = Field(description="where it is: relative x0, y0, x1, y1")
+    score: Optional[float] = Field(None, description="the OCR's confidence in reading it, 0..1")
+
+
 class Hit(BaseModel):
     rank: int
     score: float = Field(description="cosine similarity, higher is closer")
@@ -35,6 +41,8 @@ class Hit(BaseModel):
     modified: Optional[str] = Field(None, description="file modification time (as indexed), ISO 8601 UTC")
     thumbnail: Optional[str] = Field(None, description="URL of a 256 px JPEG thumbnail (of the frame, for a video)")
     original: Optional[str] = Field(None, description="URL of the original file")
+    found_by: Optional[str] = Field(None, description="libraries with OCR on: semantic, text or semantic+text")
+    matched: Optional[list[MatchedText]] = Field(None, description="the lines of text in the photo that matched the query")
     taken: Optional[str] = Field(None, description="when it was taken, ISO 8601 wall-clock time where it was taken (no zone)")
     taken_source: Optional[str] = Field(None, description="where `taken` comes from: exif, quicktime (a video's container) or mtime")
     lat: Optional[float] = Field(None, description="GPS latitude, decimal degrees (EXIF)")

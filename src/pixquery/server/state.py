@@ -99,12 +99,14 @@ class Server:
     def search(self, *, text: str | None = None, image_id: int | None = None, upload_id: str | None = None,
                vector: np.ndarray | None = None, k: int, offset: int, threshold: str | None,
                add: list[str] = (), subtract: list[str] = (), like: list[int] = (), unlike: list[int] = (),
-               image_weight: float = 1.0, filters: dict | None = None, sort: str = "score") -> dict:
+               image_weight: float = 1.0, match: str = "both", filters: dict | None = None,
+               sort: str = "score") -> dict:
         """One page of results for a combined query (pixquery.query): the text `q` in the inline
         syntax, phrases added / subtracted, photos of the library liked / unliked, and one image
-        (`image_id`, an upload, or a vector) weighted `image_weight`. `filters`: pixquery.filters.
-        Filter.parse's keywords (after, before, folders, media, camera, near, within), from the
-        query parameters; `sort`: score or date."""
+        (`image_id`, an upload, or a vector) weighted `image_weight`. match: "both" (meaning and, in
+        a library with OCR, the text in photos, fused), "text" or "semantic" alone. `filters`:
+        pixquery.filters.Filter.parse's keywords (after, before, folders, media, camera, near,
+        within), from the query parameters; `sort`: score or date."""
         from pixquery.filters import Filter, check_sort
 
         t0 = time.perf_counter()
@@ -122,7 +124,7 @@ class Server:
             raise ApiError(422, f"offset must be below {cfg.max_results} (the most results a search returns)")
         want = min(offset + k, cfg.max_results)
         th = self._parse_threshold(threshold)
-        parts, query = self._query_parts(text, add, subtract, like, unlike, image_id, upload_id, vector, image_weight)
+        parts, query, words = self._query_parts(text, add, subtract, like, unlike, image_id, upload_id, vector, image_weight)
         photo_ids = {p.value for p in parts if p.kind == query_mod.IMAGE_ID}
         with self.pool.get() as lib:
             for pid in sorted(photo_ids):
@@ -130,7 +132,9 @@ class Server:
                 if row is None or row.deleted:
                     raise ApiError(404, f"no image with id {pid}")
             try:
-                res = lib.search(parts, k=want + 1, threshold=th, filter=flt, sort=sort)
+                # the texts reach the Library encoded (cached): their words go beside for the text side
+                res = lib.search(parts, k=want + 1, threshold=th, text_terms=words, text_only=match == "text",
+                                 semantic_only=match == "semantic", filter=flt, sort=sort)
             except LibraryError as e:
                 raise ApiError(503, str(e)) from None
             except IndexStoreError as e:  # the vector store (a Milvus server) is down or refused
@@ -205,7 +209,7 @@ class Server:
         # is most of a search's time)
         encoded = query_mod.Query(query_mod.Part(query_mod.VECTOR, self.texts.encode(p.value), p.weight)
                                   if p.kind == query_mod.TEXT else p for p in parsed)
-        return encoded, described
+        return encoded, described, parsed.text_terms()
 
     @staticmethod
     def _hit(r, row, video: tuple[int, int] | None = None) -> dict:
@@ -215,6 +219,7 @@ class Server:
             "image_id": r.image_id, "video_id": r.video_id, "timestamp": r.timestamp,
             "time_range": list(r.time_range) if getattr(r, "time_range", None) else None,
             "box": list(r.box) if r.box else None, "width": r.width, "height": r.height,
+            "found_by": r.found_by, "matched": r.matched,
             "taken": r.taken, "taken_source": r.taken_source, "lat": r.lat, "lon": r.lon, "camera": r.camera,
             "map": map_url(r.lat, r.lon),
         }

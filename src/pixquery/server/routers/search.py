@@ -102,6 +102,9 @@ def router(config: ServerConfig) -> APIRouter:
         unlike: list[int] = Query([], description="a photo of the library to subtract: 'less like this' (repeatable)",
                                   json_schema_extra={"items": PHOTO_ID_SCHEMA}),
         image_weight: float = Query(1.0, ge=-100, le=100, description="weight of image_id or upload_id in the query (negative: less like it)"),
+        match: str = Query("both", pattern="^(both|text|semantic)$",
+                           description="both: by meaning and, in a library indexed with OCR, by the text in photos (fused); "
+                                       "text or semantic: one of them alone"),
         filtering: FilterDep = None,
     ):
         """Search by text (`q`), by an image of the library (`image_id`) or by an earlier upload
@@ -118,9 +121,14 @@ def router(config: ServerConfig) -> APIRouter:
         `x-at-least-one-of` / `x-max-total-items`): give at least one of `q`, `add`, `subtract`,
         `like`, `unlike`, `image_id` and `upload_id` (none: 422), and at most
         32 `add`, `subtract`, `like` and `unlike` values in all (more: 422). A `q` whose inline
-        syntax is malformed (`dog +`, an unclosed quote) is answered 400."""
+        syntax is malformed (`dog +`, an unclosed quote) is answered 400.
+
+        In a library indexed with OCR (`pixquery index --ocr`), the phrases added are also matched
+        against the text read in the photos; each hit then says `found_by` and, when its text
+        matched, the lines (`matched`: text, box, confidence)."""
         return server.search(text=q, image_id=image_id, upload_id=upload_id, k=k, offset=offset, threshold=threshold,
-                             add=add, subtract=subtract, like=like, unlike=unlike, image_weight=image_weight, **filtering)
+                             add=add, subtract=subtract, like=like, unlike=unlike, image_weight=image_weight,
+                             match=match, **filtering)
 
     @api.post("/api/search/image", response_model=SearchPage, tags=["search"],
               openapi_extra=UPLOAD_SCHEMA, responses={**ERRORS, 200: {"links": UPLOAD_LINKS}, 413: {"model": ErrorBody, "description": "upload too large"},

@@ -17,6 +17,7 @@
     refine: $("refine"), refineText: $("refine-text"), refineClear: $("refine-clear"),
     after: $("after"), before: $("before"), folder: $("folder"), sort: $("sort"), clearFilters: $("clear-filters"),
     vCamera: $("v-camera"), vCameraLabel: $("v-camera-label"), vPlace: $("v-place"), vPlaceLabel: $("v-place-label"), vMap: $("v-map"),
+    vTextBoxes: $("v-text-boxes"), vText: $("v-text"), vTextLabel: $("v-text-label"),
   };
 
   let info = null;        // GET /api/info
@@ -472,6 +473,23 @@
     els.vBox.style.height = `${(y1 - y0) * 100}%`;
   }
 
+  // The lines of text (OCR) that matched the query: outlined on the picture, and listed.
+  function showMatchedText(matched) {
+    els.vTextBoxes.replaceChildren();
+    const lines = matched || [];
+    els.vText.hidden = els.vTextLabel.hidden = !lines.length;
+    els.vText.textContent = lines.map((m) => `“${m.text}”`).join(" · ");
+    for (const m of lines) {
+      const [x0, y0, x1, y1] = m.box;
+      const div = document.createElement("div");
+      div.className = "text-box";
+      div.title = m.text;
+      Object.assign(div.style, { left: `${x0 * 100}%`, top: `${y0 * 100}%`,
+                                 width: `${(x1 - x0) * 100}%`, height: `${(y1 - y0) * 100}%` });
+      els.vTextBoxes.append(div);
+    }
+  }
+
   function stopVideo() {
     els.vVideo.pause();
     els.vVideo.removeAttribute("src");
@@ -504,6 +522,7 @@
     els.vImg.alt = r.name;
     els.vImg.src = r.thumbnail || "";
     showBox(r.box);
+    showMatchedText(r.matched);
     const at = video ? `#t=${(r.time_range ? r.time_range[0] : r.timestamp || 0).toFixed(1)}` : "";
     els.vOriginal.href = (r.original || "#") + at;
     els.vSimilar.hidden = els.vMore.hidden = els.vLess.hidden = r.image_id == null || video;

@@ -1,0 +1,255 @@
+"""The OCR stage: text in photos, read with RapidOCR (PP-OCRv4 detection + recognition as ONNX
+models that ship inside the `rapidocr-onnxruntime` wheel: offline, no download), into the catalog.
+
+Opt-in per library (`pixquery index PATH --ocr`, remembered like regions). It runs after the
+embedding stages of an index run, over the photos whose current file version has not been read
+with the current settings (catalog `ocr_scan`), so a re-run reads only new and changed photos.
+
+Cost is what decides the design. Text detection (a DB segmentation net over the whole picture)
+runs on every photo and is most of the cost; recognition runs only on the boxes found, so photos
+with no text pay for detection alone. Detection sees the photo scaled down to `det_side` pixels
+on its long side (480 by default: PP-OCR's default upscales a photo's short side to 736, ~8x the
+pixels and the cost; bench/results/ocr-accuracy.md has recall and cost for 480 and 960);
+recognition reads each box from the photo at up to `rec_side`, so small text keeps its pixels. The angle classifier
+(upside-down lines) is skipped: photo text is near upright, and it would cost a pass per box.
+
+Video frames are not read (yet): see docs/ocr.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import metadata
+
+import numpy as np
+from PIL import Image
+
+from pixquery.catalog import Catalog
+from pixquery.catalog.text import SETTING_OCR
+from pixquery.errors import BadImage, PixqueryError
+from pixquery.ingest.decode import load_image
+
+ENGINE = "rapidocr-onnxruntime"
+INSTALL_HINT = "pip install 'pixquery[ocr]'"
+
+
+@dataclass(frozen=True)
+class OcrConfig:
+    # Long side, in pixels, of the picture the text detector sees: what OCR costs on every photo.
+    # 480 keeps it below the cost of embedding the photo (bench/results/ocr-accuracy.md); 960
+    # finds smaller text (below ~3% of the photo's width) at ~4x the cost.
+    det_side: int = 480
+    rec_side: int = 2000  # long side of the picture the recognised boxes are cut from
+    det_thresh: float = 0.2  # text-pixel probability (PP-OCR's default 0.3): fainter text is found
+    box_thresh: float = 0.4  # a box's mean probability to keep it (default 0.5)
+    min_score: float = 0.5  # lines read with a lower confidence are dropped
+    engine: str = ENGINE  # with its version, once `resolved()`: a new engine reads every photo again
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> OcrConfig | None:
+        if not text or text == "null":
+            return None
+        return cls(**json.loads(text))
+
+    def resolved(self) -> OcrConfig:
+        """The same settings naming the installed engine's version."""
+        if "==" in self.engine:
+            return self
+        try:
+            version = metadata.version(ENGINE)
+        except metadata.PackageNotFoundError:
+            raise PixqueryError(f"--ocr needs {ENGINE}, which is not installed: {INSTALL_HINT}") from None
+        return OcrConfig(**{**asdict(self), "engine": f"{ENGINE}=={version}"})
+
+
+@dataclass(frozen=True)
+class TextBox:
+    """A line of text read in a picture: the text, its box (relative x0, y0, x1, y1) and the
+    recogniser's confidence (0..1)."""
+
+    text: str
+    box: tuple[float, float, float, float]
+    score: float
+
+
+class TextReader:
+    """Reads the text in a picture. Loads the ONNX sessions once (~0.6 s); not thread-safe."""
+
+    def __init__(self, config: OcrConfig | None = None):
+        self.config = config or OcrConfig()
+        try:
+            from rapidocr_onnxruntime import RapidOCR
+        except ImportError:
+            raise PixqueryError(f"--ocr needs {ENGINE}, which is not installed: {INSTALL_HINT}") from None
+        # limit_type "max": never upscale (the picture handed over is already det_side at most).
+        self._ocr = RapidOCR(
+            det_limit_type="max",
+            det_limit_side_len=self.config.det_side,
+            print_verbose=False,
+            det_thresh=self.config.det_thresh,
+            det_box_thresh=self.config.box_thresh,
+        )
+
+    def detect(self, image: Image.Image) -> np.ndarray:
+        """Text boxes as quadrilaterals (n, 4, 2) in relative coordinates, reading order."""
+        w, h = image.size
+        small = _scaled(image, self.config.det_side)
+        bgr = np.ascontiguousarray(np.asarray(small)[:, :, ::-1])
+        boxes, _ = self._ocr.text_det(bgr)
+        if boxes is None or len(boxes) == 0:
+            return np.zeros((0, 4, 2), np.float32)
+        boxes = np.asarray(self._ocr.sorted_boxes(boxes), dtype=np.float32)
+        return boxes / np.array([small.width, small.height], dtype=np.float32)
+
+    def read(self, image: Image.Image) -> list[TextBox]:
+        """The lines of text in an RGB picture, top to bottom; detection, then recognition of the
+        boxes found only."""
+        quads = self.detect(image)
+        if not len(quads):
+            return []
+        big = _scaled(image, self.config.rec_side)
+        bgr = np.ascontiguousarray(np.asarray(big)[:, :, ::-1])
+        pixels = (quads * np.array([big.width, big.height], dtype=np.float32)).astype(np.float32)
+        crops = self._ocr.get_crop_img_list(bgr, list(pixels))
+        texts, _ = self._ocr.text_rec(crops)
+        out = []
+        for quad, (text, score) in zip(quads, texts):
+            text = " ".join(str(text).split())
+            if not text or float(score) < self.config.min_score:
+                continue
+            x0, y0 = np.clip(quad.min(0), 0.0, 1.0)
+            x1, y1 = np.clip(quad.max(0), 0.0, 1.0)
+            out.append(TextBox(text, (float(x0), float(y0), float(x1), float(y1)), float(score)))
+        return out
+
+
+def _scaled(image: Image.Image, long_side: int) -> Image.Image:
+    w, h = image.size
+    if max(w, h) <= long_side:
+        return image
+    f = long_side / max(w, h)
+    return image.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR)
+
+
+# -- settings -----------------------------------------------------------------------------
+
+
+def saved_config(catalog: Catalog) -> OcrConfig | None:
+    return OcrConfig.from_json(catalog.get_setting(SETTING_OCR))
+
+
+def choose_config(catalog: Catalog, enabled: bool | OcrConfig | None) -> OcrConfig | None:
+    """The OCR settings for an index run: None keeps the library's (a plain `pixquery index`
+    never turns OCR off), False turns it off, True turns it on (saved settings, else defaults)."""
+    if isinstance(enabled, OcrConfig):
+        return enabled
+    saved = saved_config(catalog)
+    if enabled is None:
+        return saved
+    if enabled is False:
+        return None
+    return saved or OcrConfig()
+
+
+def apply_config(catalog: Catalog, config: OcrConfig | None) -> None:
+    """Make `config` the library's OCR settings; off forgets every photo's text. Photos read with
+    other settings are read again by the next `read_photos` (their ocr_scan.config differs)."""
+    if saved_config(catalog) == config:
+        return
+    with catalog.transaction():
+        if config is None:
+            catalog.drop_all_text()
+        catalog.set_setting(SETTING_OCR, config.to_json() if config else "null")
+
+
+# -- the stage ----------------------------------------------------------------------------
+
+
+@dataclass
+class OcrReport:
+    photos: int = 0  # photos read in this run
+    lines: int = 0  # lines of text found in them
+    seconds: float = 0.0
+    failed: list = None  # (path, reason)
+
+
+def read_photos(
+    catalog: Catalog,
+    config: OcrConfig,
+    *,
+    reader: TextReader | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_failure: Callable[[str, str], None] | None = None,
+    batch: int = 16,
+) -> OcrReport:
+    """Read the text of every live photo not read at its current version with `config` (resolved)
+    and store it, one transaction per `batch` photos (a killed run keeps what it committed).
+    A photo that cannot be decoded is reported (the embedding stage reported it too) and skipped."""
+    key = config.to_json()
+    todo = catalog.photos_to_read(key)
+    report = OcrReport(failed=[])
+    if not todo:
+        return report
+    reader = reader or TextReader(config)
+    t0 = time.perf_counter()
+    done: list[tuple[int, list[TextBox], int, int, float]] = []
+
+    def flush() -> None:
+        with catalog.transaction():
+            for image_id, boxes, size, mtime_ns, seconds in done:
+                catalog.replace_photo_text(
+                    image_id,
+                    [(b.text, b.box, b.score) for b in boxes],
+                    size=size,
+                    mtime_ns=mtime_ns,
+                    config=key,
+                    seconds=seconds,
+                )
+        report.photos += len(done)
+        report.lines += sum(len(d[1]) for d in done)
+        done.clear()
+
+    for n, (image_id, path, size, mtime_ns) in enumerate(todo, 1):
+        t = time.perf_counter()
+        try:
+            # JPEG draft: decode at the smallest scale that still gives recognition its pixels.
+            image = load_image(path, draft_size=config.rec_side // 2)
+            boxes = reader.read(image)
+        except BadImage as e:
+            report.failed.append((path, e.reason))
+            if on_failure:
+                on_failure(path, e.reason)
+        except Exception as e:  # an engine bug on one photo must not stop a 100,000-photo run
+            reason = f"text reading failed: {type(e).__name__}: {e}"
+            report.failed.append((path, reason))
+            if on_failure:
+                on_failure(path, reason)
+        else:
+            done.append((image_id, boxes, size, mtime_ns, time.perf_counter() - t))
+        if len(done) >= batch:
+            flush()
+        if on_progress:
+            on_progress(n, len(todo))
+    if done:
+        flush()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+__all__ = [
+    "OcrConfig",
+    "TextBox",
+    "TextReader",
+    "OcrReport",
+    "SETTING_OCR",
+    "saved_config",
+    "choose_config",
+    "apply_config",
+    "read_photos",
+]

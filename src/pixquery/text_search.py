@@ -1,0 +1,155 @@
+"""The lexical side of a query: photos whose text (read by OCR, ingest/ocr.py) matches its words.
+
+A query is folded (lower case, no accents) and split into words; short words (< 3 characters)
+and common English words are ignored, so "a dog on the beach" asks for "dog" and "beach". Each
+word is looked for as a sub-string of a photo's lines of text (the FTS5 trigram index: "RE16"
+finds "RE16 TGK", "tgk" finds it too) and, when that fails, fuzzily, for misreadings: a word of
+4-7 characters may differ by one character, 8+ by two, from a piece of a line (rapidfuzz's
+edit distance to a piece of the line, over candidates that share a trigram with it). A fuzzy
+match counts 0.8 of an exact one.
+
+A photo's text score is the share of the query's words it matches (weighted by their length, so
+"RE16" counts more than "at"), in [0, 1]; photos below `min_coverage` are not text hits. The
+words run together are matched too, against lines without their spaces, so "RE16 TGX" (a code
+with a misread 3-letter part) still finds "RE16 TGK". Each hit
+keeps the lines that matched, with their boxes: the "why" shown to the user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pixquery.catalog import Catalog
+from pixquery.catalog.text import TextLine, fold
+
+MIN_WORD = 3  # the trigram index finds nothing shorter; shorter words are ignored (unless alone)
+FUZZY_MIN = 4  # words this long or longer are also matched fuzzily
+FUZZY_WEIGHT = 0.8  # a fuzzy match counts this much of an exact one
+MIN_COVERAGE = 0.6  # a text hit must match this share of the query's words (by length)
+
+# Words too common to say anything about the text in a photo ("the" is in half of all signs).
+_COMMON = (
+    "a an and are as at be by for from has have in is it its of on or that the this to was "
+    "were with photo photos picture image of some"
+)
+STOPWORDS = frozenset(_COMMON.split())
+
+
+@dataclass
+class TextHit:
+    image_id: int
+    score: float  # share of the query matched, 0..1 (fuzzy matches count FUZZY_WEIGHT)
+    lines: list[TextLine] = field(default_factory=list)  # the lines that matched, best first
+    words: dict = field(default_factory=dict)  # query word -> "exact" | "fuzzy"
+
+
+def query_words(query: str) -> list[str]:
+    """The folded words of `query` the text side looks for."""
+    words = [w.strip(".,;:!?\"'()[]{}") for w in fold(query).split()]
+    words = [w for w in words if w]
+    kept = [w for w in words if len(w) >= MIN_WORD and w not in STOPWORDS]
+    if not kept and len(words) == 1:  # a lone short word ("A4"): look for it anyway
+        kept = words
+    return list(dict.fromkeys(kept))
+
+
+def _allowed_edits(word: str) -> int:
+    return 0 if len(word) < FUZZY_MIN else 1 if len(word) < 8 else 2
+
+
+def misreadings(word: str, text: str, edits: int) -> int | None:
+    """The fewest edits (insertions, deletions, substitutions) that turn some piece of `text`
+    into `word`, if at most `edits`; else None. Pieces of len(word) +- edits are compared, so a
+    line shorter than the word by more than `edits` never matches (a short read word, "and",
+    must not match a long query word, "understand")."""
+    from rapidfuzz.distance import Levenshtein
+
+    n, best = len(word), None
+    for size in range(max(1, n - edits), n + edits + 1):
+        for start in range(0, max(0, len(text) - size) + 1):
+            piece = text[start : start + size]
+            if len(piece) < n - edits:
+                continue
+            d = Levenshtein.distance(word, piece, score_cutoff=edits)
+            if d <= edits and (best is None or d < best):
+                best = d
+                if d == 0:
+                    return 0
+    return best
+
+
+def _fuzzy_matches(word: str, lines: list[TextLine]) -> list[tuple[int, TextLine]]:
+    """(edits, line) of the lines that hold `word` with at most its allowed misreadings: one for
+    a word of 4-7 characters, two from 8."""
+    from rapidfuzz import fuzz
+
+    edits = _allowed_edits(word)
+    # A cheap filter first: partial_ratio aligns the word with its best piece of a line; one
+    # substituted character costs 2 of its 2 * len(word) insertions/deletions.
+    cutoff = 100.0 * (1.0 - edits / len(word)) - 1e-6
+    out = []
+    for line in lines:
+        text = fold(line.text)
+        if fuzz.partial_ratio(word, text, score_cutoff=cutoff):
+            d = misreadings(word, text, edits)
+            if d is not None:
+                out.append((d, line))
+    return out
+
+
+def _match_phrase(catalog: Catalog, phrase: str, per_photo: dict[int, TextHit], limit: int) -> None:
+    """The query's words run together ("re16tgx") against lines with their spaces dropped: a
+    misread short word of a code ("TGK" as "TGX": too short to match fuzzily alone) or a space
+    the recogniser lost or added still finds the line. Raises a photo's score to 1 (exact) or
+    FUZZY_WEIGHT."""
+    edits = _allowed_edits(phrase)
+    for line in catalog.lines_sharing_trigrams(phrase, limit=limit * 5):
+        d = misreadings(phrase, fold(line.text).replace(" ", ""), edits)
+        if d is None:
+            continue
+        hit = per_photo.setdefault(line.image_id, TextHit(line.image_id, 0.0))
+        strength = 1.0 if d == 0 else FUZZY_WEIGHT
+        if strength > hit.score:
+            hit.score = strength
+            hit.words[phrase] = "exact" if d == 0 else "fuzzy"
+        if all(line.detection_id != seen.detection_id for seen in hit.lines):
+            hit.lines.append(line)
+
+
+def search_text(
+    catalog: Catalog, query: str, *, limit: int = 200, fuzzy: bool = True, min_coverage: float = MIN_COVERAGE
+) -> list[TextHit]:
+    """Photos whose text matches `query`, best first (score, then confidence of the lines)."""
+    words = query_words(query)
+    if not words:
+        return []
+    total = sum(len(w) for w in words)
+    per_photo: dict[int, TextHit] = {}
+    for word in words:
+        found: dict[int, tuple[float, list[TextLine]]] = {}
+        for line in catalog.lines_containing(word, limit=limit * 5):
+            found.setdefault(line.image_id, (1.0, []))[1].append(line)
+        if fuzzy and _allowed_edits(word):
+            candidates = [
+                ln for ln in catalog.lines_sharing_trigrams(word, limit=limit * 5) if ln.image_id not in found
+            ]
+            for _, line in sorted(_fuzzy_matches(word, candidates), key=lambda x: x[0]):
+                found.setdefault(line.image_id, (FUZZY_WEIGHT, []))[1].append(line)
+        for image_id, (strength, lines) in found.items():
+            hit = per_photo.setdefault(image_id, TextHit(image_id, 0.0))
+            hit.score += strength * len(word) / total
+            hit.words[word] = "exact" if strength == 1.0 else "fuzzy"
+            for line in lines:
+                if all(line.detection_id != seen.detection_id for seen in hit.lines):
+                    hit.lines.append(line)
+    if fuzzy and len("".join(words)) >= FUZZY_MIN:  # one word too: "re16tgk" is "RE16 TGK" read
+        _match_phrase(catalog, "".join(words), per_photo, limit)
+    hits = [h for h in per_photo.values() if h.score >= min_coverage - 1e-9]
+    for h in hits:
+        h.score = min(1.0, h.score)
+        h.lines.sort(key=lambda ln: -(ln.score or 0.0))
+    hits.sort(key=lambda h: (-h.score, -max((ln.score or 0.0) for ln in h.lines), h.image_id))
+    return hits[:limit]
+
+
+__all__ = ["TextHit", "query_words", "search_text", "STOPWORDS"]
