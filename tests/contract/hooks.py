@@ -8,7 +8,8 @@ pixquery.query.parse_inline is its grammar). A schema-valid ("positive") case th
 of them is mended, so that the positive-data check still holds the server to a 2xx for every
 other parameter. Negative cases are left as generated.
 
-The filters of both search operations have two such rules too (their descriptions say so):
+The filters of both search operations have two rules across parameters too (their descriptions
+say so):
 `after` earlier than `before`, and `within` only with `near` (else 422): mended the same way.
 """
 
