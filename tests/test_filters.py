@@ -309,3 +309,19 @@ def test_filters_on_a_milvus_index_pass_an_expression_and_keep_exactly_what_pass
         index, row = lib._index()
         assert index.count(summer_expr) == 9
         assert _paths(lib.search("x", k=50, after="2019-06", before="2019-09", folders=[root / "beach"])) == {p.name for p in beach}
+
+
+def test_photos_found_by_their_text_pass_the_same_filter(indexed):
+    """The text side of a search (OCR hits are photo ids) is filtered by Catalog.image_ids_passing,
+    which must agree with the index-side filter_refs."""
+    lib, root, beach, city, undated = indexed
+    cat = lib.catalog
+    ids = {Path(r.path).name: r.image_id for r in lib.search("x", k=50)}
+    every = list(ids.values())
+    for flt in (Filter.parse(after="2019-06", before="2019-09"), Filter.parse(folders=[root / "city"]),
+                Filter.parse(camera="canon"), Filter.parse(near=f"{SYDNEY[0]},{SYDNEY[1]}", within=1),
+                Filter.parse(media="video")):
+        passing = {name for name, i in ids.items() if i in cat.image_ids_passing(every, flt)}
+        assert passing == _paths(lib.search("x", k=50, filter=flt)), flt
+    assert {n for n, i in ids.items() if i in cat.image_ids_passing(every, Filter.parse(camera="canon"))} == \
+        {p.name for p in beach}
