@@ -71,6 +71,10 @@ class IndexProgress:
     def reading_text(self, done: int, total: int) -> None:
         """Photos read by the OCR stage so far (`index(ocr=True)`)."""
 
+    def missing_plugin(self, fmt: str, count: int, reason: str) -> None:
+        """`count` files of format `fmt` cannot be indexed here: `reason` names the install command
+        (once per format and run; the files are in the failures too)."""
+
 
 @dataclass
 class IndexReport:
@@ -90,6 +94,8 @@ class IndexReport:
     seconds: float = 0.0
     embed_seconds: float = 0.0
     index: SyncReport | None = None
+    # format -> (what is missing + the install command, files): files whose decoder plugin is missing
+    missing_plugins: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -103,6 +109,8 @@ class IndexReport:
             "text_photos": self.text_photos, "text_lines": self.text_lines, "ocr_seconds": round(self.ocr_seconds, 3),
             "failed": [{"path": p, "reason": r, "new": (p, r) in new} for p, r in self.failed],
             "new_failures": len(self.new_failures), "seconds": round(self.seconds, 3),
+            "missing_plugins": [{"format": f, "files": len(paths), "fix": reason}
+                                for f, (reason, paths) in self.missing_plugins.items()],
             "images_per_second": round(self.images_per_second, 2),
             "index": None if self.index is None else {
                 "kind": self.index.kind, "added": self.index.added, "removed": self.index.removed,
@@ -214,6 +222,7 @@ class Library:
         engine: str = "local",
         address: str | None = None,
         ocr: bool | None = None,
+        exclude: Sequence[str] | None = None,
     ) -> IndexReport:
         """Add folders (or files) to the library and bring it up to date with the disk.
 
@@ -229,7 +238,12 @@ class Library:
         the results are written here, in this library, either way. ocr: True reads the text in
         photos (ingest/ocr.py; needs pixquery[ocr]) so that searches match it too, False stops and
         forgets it, None keeps the library's setting.
+        exclude: gitignore-style globs to leave out of the folders indexed in this run (relative to
+        each), remembered for them ([] forgets theirs; None keeps what each remembers). Files they
+        exclude that were indexed before leave the library. See ingest/exclude.py, which also says
+        what is skipped by default, and .pixqueryignore files.
         """
+        from pixquery.ingest import exclude as excluding
         from pixquery.ingest import metadata, pipeline, sources
         from pixquery.ingest import ocr as ocr_mod
         from pixquery.ingest import regions as region_mod
@@ -251,6 +265,10 @@ class Library:
             for root in roots:
                 if not os.path.exists(root):
                     raise LibraryError(f"{root}: no such file or folder")
+            if exclude is not None:
+                exclude = excluding.check_globs(exclude)
+                if exclude and not any(os.path.isdir(r) for r in roots):
+                    raise PixqueryError("--exclude is for folders: none of the paths given is a folder")
             model = self._model_row(create=True)
             assert model is not None  # create=True
             kind, params, changed_config = self._index_config(index, index_params)
@@ -264,6 +282,8 @@ class Library:
                 for root in roots:
                     if os.path.isdir(root):
                         self.catalog.add_folder(root)
+                        if exclude is not None:
+                            self.catalog.set_folder_excludes(root, exclude)
                 # Stored for the default too (not only for --model): a later change of the default
                 # never changes the model of an existing library. (An injected stand-in encoder
                 # without a model name is no model to remember.)
@@ -276,8 +296,13 @@ class Library:
             plan = sources.plan(self.catalog, roots, model.id, regions=region_cfg, sampling=sampling, videos=videos)
             report.found, report.skipped, report.removed = plan.found, plan.skipped, plan.removed
             report.failed.extend(plan.failed)
+            report.missing_plugins = plan.missing_plugins
+            unsupported = {p for _, paths in plan.missing_plugins.values() for p in paths}
             for path, reason in plan.failed:
-                progress.failure(path, reason)
+                if path not in unsupported:
+                    progress.failure(path, reason)
+            for fmt, (reason, paths) in plan.missing_plugins.items():
+                progress.missing_plugin(fmt, len(paths), reason)
             progress.scanned(plan.found, plan.to_embed, plan.removed)
 
             writer = CatalogWriter(self.catalog, model.id)
@@ -670,6 +695,7 @@ class Library:
             "videos": self.catalog.count_videos(),
             "detections": self.catalog.count_detections(),
             "catalog_bytes": catalog_bytes,
+            "excluded": self._exclusions(),
             "models": models,
         }
         store = store_only.settings(self.catalog)
@@ -691,6 +717,13 @@ class Library:
                 },
             })
         return out
+
+    def _exclusions(self) -> dict[str, object]:
+        """What scans leave out: by default, per folder (--exclude), and the ignore file's name."""
+        from pixquery.ingest import exclude as excluding
+
+        return {"by_default": list(excluding.DEFAULT_SKIPS), "folders": self.catalog.folder_excludes(),
+                "ignore_file": excluding.IGNORE_FILE}
 
 
 class _StatusFile(IndexProgress):
@@ -757,6 +790,9 @@ class _StatusFile(IndexProgress):
         self._write(force=done in (0, total))
         if hasattr(self.inner, "reading_metadata"):  # progress objects written before it existed
             self.inner.reading_metadata(done, total)
+
+    def missing_plugin(self, fmt: str, count: int, reason: str) -> None:
+        self.inner.missing_plugin(fmt, count, reason)
 
     def loading(self, done: int, total: int) -> None:
         self.state.update(loaded=done, to_load=total)

@@ -199,7 +199,11 @@ MIGRATIONS: list[str] = [
     );
     """
     + TEXT_INDEX_SQL,
-    # 6 -> 7: what a file says about itself (ingest/metadata.py): when it was taken (wall-clock seconds
+    # 6 -> 7: each folder's `pixquery index --exclude` globs (a JSON list), applied on every rescan of it.
+    """
+    ALTER TABLE folder ADD COLUMN exclude TEXT NOT NULL DEFAULT '[]';
+    """,
+    # 7 -> 8: what a file says about itself (ingest/metadata.py): when it was taken (wall-clock seconds
     # where it was taken, see there), from where the date came, GPS position and camera, one row
     # per photo or video. A table of its own, not columns of `image`/`video`: rows there are read
     # with SELECT *, and a library indexed before has no row until its next rescan fills it in

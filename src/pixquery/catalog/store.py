@@ -97,6 +97,15 @@ class Catalog(MediaTables, ShardTables, TextTables, MetaTables):
     def folders(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT path FROM folder ORDER BY path")]
 
+    def folder_excludes(self) -> dict[str, list[str]]:
+        """folder -> its remembered --exclude globs (folders with none are left out)."""
+        rows = self.db.execute("SELECT path, exclude FROM folder ORDER BY path")
+        return {p: globs for p, e in rows if (globs := json.loads(e or "[]"))}
+
+    def set_folder_excludes(self, path: str, globs: Sequence[str]) -> None:
+        """Remember `globs` for the folder `path` (added before; call inside a transaction)."""
+        self.db.execute("UPDATE folder SET exclude = ? WHERE path = ?", (json.dumps(list(globs)), path))
+
     # -- images ---------------------------------------------------------------------------
 
     def images_under(self, root: str) -> dict[str, tuple[int, int, int]]:

@@ -446,7 +446,7 @@ def config_json(sampling: SamplingConfig, regions: RegionConfig | None) -> str:
 # -- scanning -----------------------------------------------------------------------------
 
 
-def scan_videos(catalog: Catalog, roots: Sequence[str]) -> scanning.ScanResult:
+def scan_videos(catalog: Catalog, roots: Sequence[str], excludes=None) -> scanning.ScanResult:
     """The video files under `roots` compared with the catalog's videos (new/changed, unchanged,
     deleted), like scan.scan for photos. A root that is a photo file is ignored; folder errors
     are left to the photo scan (which reports them) and only video files' errors are kept."""
@@ -454,7 +454,7 @@ def scan_videos(catalog: Catalog, roots: Sequence[str]) -> scanning.ScanResult:
     known: dict = {}
     for root in roots:
         known.update(catalog.videos_under(root))
-    result = scanning.scan(roots, known, scanning.VIDEO_EXTENSIONS)
+    result = scanning.scan(roots, known, scanning.VIDEO_EXTENSIONS, excludes=excludes)  # root -> --exclude globs
     result.errors = [(p, r) for p, r in result.errors if is_video_path(p)]
     return result
 
