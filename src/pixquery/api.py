@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ import numpy as np
 from pixquery import query as query_mod
 from pixquery.catalog import Catalog, IndexRow, ModelRow
 from pixquery.errors import BadImage, LibraryError, PixqueryError
+from pixquery.filters import Filter, check_sort
 from pixquery.ingest import store_only
 from pixquery.query import Query
 from pixquery.search import Results, SearchResult, run_query, run_store_query
@@ -63,6 +65,9 @@ class IndexProgress:
 
     def loading(self, done: int, total: int) -> None:
         """Vectors loaded so far into an index that is filled in batches (a Milvus collection)."""
+
+    def reading_metadata(self, done: int, total: int) -> None:
+        """Files whose date, place and camera were read so far (a library indexed before they were)."""
 
     def reading_text(self, done: int, total: int) -> None:
         """Photos read by the OCR stage so far (`index(ocr=True)`)."""
@@ -240,8 +245,8 @@ class Library:
         what is skipped by default, and .pixqueryignore files.
         """
         from pixquery.ingest import exclude as excluding
+        from pixquery.ingest import metadata, pipeline, sources
         from pixquery.ingest import ocr as ocr_mod
-        from pixquery.ingest import pipeline, sources
         from pixquery.ingest import regions as region_mod
         from pixquery.ingest import scan as scanning
         from pixquery.ingest import video as video_mod
@@ -316,6 +321,14 @@ class Library:
             report.embed_seconds = stats.seconds
             report.failed.extend(stats.failed)
             report.failed.extend(stats.problems)
+            # Files embedded before their metadata was read (an older library): headers only.
+            missing = self.catalog.count_without_meta()
+            if missing:
+                progress.stage(f"reading dates, places and cameras of {missing} files indexed before")
+                filled_photos, filled_videos = metadata.backfill(self.catalog, on_progress=progress.reading_metadata)
+                if kind == "milvus":  # its rows keep the date beside each vector: re-add them with it
+                    with self.catalog.transaction():
+                        self.catalog.mark_stale_for_meta(filled_photos, filled_videos)
 
             ocr_mod.apply_config(self.catalog, ocr_cfg)
             if ocr_cfg is not None:
@@ -431,6 +444,16 @@ class Library:
         text_only: bool = False,
         semantic_only: bool = False,
         text_terms: Sequence[str] | None = None,
+        after: str | date | None = None,
+        before: str | date | None = None,
+        folders: Sequence[str | Path] | str | Path = (),
+        media: str | None = None,
+        camera: str | None = None,
+        near: str | tuple[float, float] | None = None,
+        within: float | str | None = None,
+        filter: Filter | None = None,
+        sort: str = "score",
+        strategy: str = "auto",
         collapse: bool | float = False,
     ) -> Results:
         """Search by a sentence, an image file, an image already in the library, a raw vector, or
@@ -451,6 +474,14 @@ class Library:
         threshold of `duplicates` (pixquery.duplicates.DEFAULT_THRESHOLD), a number sets it (an
         angular distance).
 
+        Filters (pixquery.filters; still k results when k pass): after / before a date ("2019",
+        "2019-06", "2019-06-15", a date: after keeps that period on, before keeps what is
+        earlier than it; the date taken, as the clock showed where it was taken), folders (files
+        in any of them or below), media "photo" or "video", camera (part of make and model, any
+        case), near (lat, lon) within km (default 10). Or a ready `filter=Filter(...)`.
+        sort: "score" (best first) or "date" (the results, oldest first). strategy: how a filtered
+        search runs ("auto": chosen from the filter's selectivity; "prefilter", "postfilter").
+
         In a library with OCR on (`index(ocr=True)`), a sentence is also matched against the text
         read in the photos and the two rankings are fused (fusion.py); results then say which side
         found them (`found_by`) and the lines of text that matched (`matched`). text_only skips the
@@ -462,6 +493,11 @@ class Library:
                               image_weight=image_weight)
         if text_only and semantic_only:
             raise PixqueryError("--text-only and --semantic-only exclude each other")
+        sort = check_sort(sort)
+        flt = filter if filter is not None else Filter.parse(after=after, before=before, folders=folders, media=media,
+                                                            camera=camera, near=near, within=within)
+        if flt.active or sort != "score":
+            store_only.refuse(self, "filters and sort")
         # The text side (OCR) looks for the words of the phrases added; subtracted ones and image
         # parts are the semantic side's alone.
         words = " ".join(parts.text_terms() if text_terms is None else text_terms)
@@ -472,11 +508,15 @@ class Library:
             if not text_side:
                 raise PixqueryError(f"the library at {self.path} has no text read from its photos: "
                                     "run pixquery index --ocr first")
-            from pixquery.search import text_only_results
+            from pixquery.search import by_date, text_only_results, with_meta
             from pixquery.text_search import search_text
 
             hits = [h for h in search_text(self.catalog, words, limit=max(k, 50)) if h.image_id not in parts.liked_photos()]
-            return text_only_results(self.catalog, hits, k)
+            text_results = text_only_results(self.catalog, self._passing(hits, flt), k)
+            with_meta(self.catalog, text_results)
+            if sort == "date":
+                by_date(text_results)
+            return text_results
         if any(p.kind == query_mod.IMAGE_ID for p in parts):
             store_only.refuse(self, "image_id")
         index, row = self._index()
@@ -489,9 +529,10 @@ class Library:
                                     "which a store-only library does not keep")
             results = run_store_query(index, q, k, threshold)
         elif folding:
-            results = self._collapsed_query(parts, words if text_side else "", index, row, q, k, threshold, collapse)
+            results = self._collapsed_query(parts, words if text_side else "", index, row, q, k, threshold, flt, sort,
+                                            strategy, collapse)
         else:
-            results = self._run_query(parts, words if text_side else "", index, row, q, k, threshold)
+            results = self._run_query(parts, words if text_side else "", index, row, q, k, threshold, flt, sort, strategy)
         probability = getattr(self.encoder, "match_probability", None)
         if probability is not None and results and probability(0.0) is not None:
             for r, p in zip(results, probability([r.score for r in results])):
@@ -499,34 +540,50 @@ class Library:
         return results
 
     def _run_query(self, parts: Query, words: str, index: Any, row: Any, q: np.ndarray, k: int,
-                   threshold: float | None) -> Results:
-        """The semantic search of `q`, fused with the text side's hits for `words` when there are
-        any (a library with OCR, a query with words: text_search.py, fusion.py)."""
+                   threshold: float | None, flt: Filter, sort: str, strategy: str) -> Results:
+        """The semantic search of `q` (only what passes `flt`), fused with the text side's hits for
+        `words` when there are any (a library with OCR, a query with words: text_search.py,
+        fusion.py); sort="date" orders the results by date taken."""
         from pixquery.ingest import video as video_mod
 
         liked = parts.liked_photos()
         merge_gap = video_mod.merge_gap_for(self.catalog)
         if not words:
-            return run_query(self.catalog, index, row, q, k, threshold, exclude_image=liked, merge_gap=merge_gap)
-        from pixquery.search import fuse_with_text
+            return run_query(self.catalog, index, row, q, k, threshold, exclude_image=liked, merge_gap=merge_gap,
+                             flt=flt, sort=sort, strategy=strategy)
+        from pixquery.search import by_date, fuse_with_text, with_meta
         from pixquery.text_search import search_text
 
         depth = max(2 * k, 50)  # fusion needs both lists deeper than the page
-        hits = [h for h in search_text(self.catalog, words, limit=depth) if h.image_id not in liked]
+        hits = self._passing([h for h in search_text(self.catalog, words, limit=depth) if h.image_id not in liked], flt)
         semantic = run_query(self.catalog, index, row, q, depth if hits else k, threshold, exclude_image=liked,
-                             merge_gap=merge_gap)
+                             merge_gap=merge_gap, flt=flt, sort="score", strategy=strategy)
         if not hits:
-            return semantic
+            results = semantic
+        else:
 
-        def cosine_of(image_ids: list[int]) -> dict[int, float]:
-            found = {}
-            for image_id in image_ids:
-                v = self.catalog.image_embedding(row.model_id, int(image_id))
-                if v is not None:
-                    found[image_id] = float(np.dot(v, q.reshape(-1)))
-            return found
+            def cosine_of(image_ids: list[int]) -> dict[int, float]:
+                found = {}
+                for image_id in image_ids:
+                    v = self.catalog.image_embedding(row.model_id, int(image_id))
+                    if v is not None:
+                        found[image_id] = float(np.dot(v, q.reshape(-1)))
+                return found
 
-        return fuse_with_text(self.catalog, semantic, hits, k, cosine_of)
+            results = fuse_with_text(self.catalog, semantic, hits, k, cosine_of)
+            with_meta(self.catalog, results)
+        if len(results) > k:
+            del results[k:]
+        if sort == "date":
+            by_date(results)
+        return results
+
+    def _passing(self, hits: list[Any], flt: Filter) -> list[Any]:
+        """The text side's hits (photos) whose photo passes the filter."""
+        if not flt.active:
+            return hits
+        passing = self.catalog.image_ids_passing([h.image_id for h in hits], flt)
+        return [h for h in hits if h.image_id in passing]
 
     def _has_text(self) -> bool:
         """Whether OCR is on for this library (text was read, or will be at the next index run)."""
@@ -535,7 +592,7 @@ class Library:
         return self.catalog.get_setting(SETTING_OCR) not in (None, "null")
 
     def _collapsed_query(self, parts: Query, words: str, index: Any, row: Any, q: np.ndarray, k: int,
-                         threshold: float | None, collapse: bool | float) -> Results:
+                         threshold: float | None, flt: Filter, sort: str, strategy: str, collapse: bool | float) -> Results:
         """_run_query, then near-duplicates folded into the best of them; fetches more (x4 each
         time) while fewer than k distinct pictures remain and the index has more."""
         from pixquery import duplicates
@@ -544,7 +601,7 @@ class Library:
         k = max(1, int(k))
         fetch = k * 3 + 8
         while True:
-            found = self._run_query(parts, words, index, row, q, fetch, threshold)
+            found = self._run_query(parts, words, index, row, q, fetch, threshold, flt, sort, strategy)
             vectors = self.catalog.photo_vectors(row.model_id, [r.image_id for r in found if r.image_id is not None])
             kept = duplicates.collapse_results(list(found), vectors, near)
             if len(kept) >= k or len(found) < fetch or fetch >= len(index):
@@ -778,6 +835,12 @@ class _StatusFile(IndexProgress):
         self.state.update(stage=text)
         self._write(force=True)
         self.inner.stage(text)
+
+    def reading_metadata(self, done: int, total: int) -> None:
+        self.state.update(stage="reading dates", done=done, total=total)
+        self._write(force=done in (0, total))
+        if hasattr(self.inner, "reading_metadata"):  # progress objects written before it existed
+            self.inner.reading_metadata(done, total)
 
     def missing_plugin(self, fmt: str, count: int, reason: str) -> None:
         self.inner.missing_plugin(fmt, count, reason)

@@ -197,6 +197,13 @@ class _RichIndexProgress:
         if self.task is not None:
             self.progress.update(self.task, completed=done)
 
+    def reading_metadata(self, done, total):
+        if self.task is None and total:
+            self.progress.start()
+            self.task = self.progress.add_task("reading dates", total=total, failed="", unit="file")
+        if self.task is not None:
+            self.progress.update(self.task, completed=done)
+
     def close(self):
         self.progress.stop()
 
@@ -358,6 +365,14 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON"),
     text_only: bool = typer.Option(False, "--text-only", help="Match only the text read in photos (index --ocr); score: share of the words found"),
     semantic_only: bool = typer.Option(False, "--semantic-only", help="Match only by meaning (CLIP), not the text read in photos"),
+    after: Optional[str] = typer.Option(None, help="Taken in or after this period: 2019, 2019-06, 2019-06-15", rich_help_panel="Filters"),
+    before: Optional[str] = typer.Option(None, help="Taken before this period starts (--before 2019-09: up to Aug 31)", rich_help_panel="Filters"),
+    folders: Optional[list[Path]] = typer.Option(None, "--in", help="Only files in this folder or below (repeatable)", rich_help_panel="Filters"),
+    media: Optional[str] = typer.Option(None, "--type", help="photo or video", rich_help_panel="Filters"),
+    camera: Optional[str] = typer.Option(None, help="Camera make or model contains this (any case)", rich_help_panel="Filters"),
+    near: Optional[str] = typer.Option(None, help="Taken near LAT,LON (decimal degrees, from GPS)", rich_help_panel="Filters"),
+    within: Optional[float] = typer.Option(None, help="With --near: within this many km [default: 10]", rich_help_panel="Filters"),
+    sort: str = typer.Option("score", help="score (best first) or date (the results, oldest first)"),
     collapse: bool = typer.Option(False, "--collapse", help="Fold near-duplicate photos into the best of them (see `pixquery duplicates`)"),
     collapse_threshold: Optional[float] = typer.Option(None, "--collapse-threshold", metavar="DISTANCE",
                                                        help="--collapse: near-duplicates at most this angular distance apart [default: that of `duplicates`]"),
@@ -368,7 +383,8 @@ def search(
 
     try:
         search_command(query, image, k, threshold, library, model, as_json, add=add, subtract=subtract, weight=weight,
-                       text_only=text_only, semantic_only=semantic_only, collapse=collapse,
+                       text_only=text_only, semantic_only=semantic_only, after=after, before=before, folders=folders,
+                       media=media, camera=camera, near=near, within=within, sort=sort, collapse=collapse,
                        collapse_threshold=collapse_threshold)
     except BrokenPipeError:  # `| head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -33,6 +33,9 @@ def parse_search(args: list[str]) -> dict | None:
     """The arguments after `search` as search_command's keywords, or None for the full CLI."""
     out: dict = {"query": None, "add": [], "subtract": [], "image": [], "weight": [], "k": 10, "threshold": None,
                  "library": None, "model": None, "as_json": False, "text_only": False, "semantic_only": False,
+                 # the filter options (pixquery.cli) are left to the full command line: these are their defaults
+                 "after": None, "before": None, "folders": (), "media": None, "camera": None, "near": None,
+                 "within": None, "sort": "score",
                  "collapse": False, "collapse_threshold": None}  # --collapse is left to the full CLI
     positional: list[str] = []
     i = 0

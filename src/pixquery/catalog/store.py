@@ -14,6 +14,7 @@ import numpy as np
 
 from pixquery.catalog.duplicates import DuplicateTables
 from pixquery.catalog.media import MediaTables
+from pixquery.catalog.meta import MetaTables
 from pixquery.catalog.rows import ImageRow, IndexRow, Item, ModelRow
 from pixquery.catalog.schema import MIGRATIONS, SCHEMA_VERSION, split_sql
 from pixquery.catalog.schema import chunks as _chunks
@@ -24,7 +25,7 @@ from pixquery.errors import LibraryError
 MEDIA_PHOTO, MEDIA_REGION, MEDIA_VIDEO = 0, 1, 2  # `media` of index_fields
 
 
-class Catalog(MediaTables, ShardTables, TextTables, DuplicateTables):
+class Catalog(MediaTables, ShardTables, TextTables, MetaTables, DuplicateTables):
     def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
         if readonly and not self.path.exists():
@@ -342,8 +343,8 @@ class Catalog(MediaTables, ShardTables, TextTables, DuplicateTables):
     def index_fields(self, items: Sequence[tuple[int | None, int | None]]) -> dict[str, np.ndarray]:
         """The scalar fields an index may store beside each item's vector for filtered search, in
         `items` order: media (MEDIA_PHOTO / MEDIA_REGION / MEDIA_VIDEO), folder (the id of the
-        deepest indexed folder holding the file, -1 if none), taken (unix seconds: the file's
-        modification time until EXIF dates are read)."""
+        deepest indexed folder holding the file, -1 if none), taken (wall-clock seconds when it was
+        taken, ingest/metadata.py; the file's modification time where no metadata was read yet)."""
         n = len(items)
         media = np.zeros(n, np.int8)
         folder = np.full(n, -1, np.int64)
@@ -371,6 +372,8 @@ class Catalog(MediaTables, ShardTables, TextTables, DuplicateTables):
                 pos = det_pos[det_id]
                 media[pos] = MEDIA_VIDEO if is_video else MEDIA_REGION
                 folder[pos], taken[pos] = folder_of(path or ""), (mtime_ns or 0) // 1_000_000_000
+        known = self.taken_of_items(items)
+        taken = np.where(known != 0, known, taken)
         return {"media": media, "folder": folder, "taken": taken}
 
     # -- indexes --------------------------------------------------------------------------
