@@ -310,3 +310,18 @@ def test_http_api_duplicates_and_collapse(planted_library, tmp_path, tiny_model)
         ).json()
         assert not any(x.get("duplicates") for x in by_image["results"] if x["path"] in planted["resized"])
         assert c.get("/api/search", params={"q": "x", "collapse_threshold": 3}).status_code == 422
+
+
+def test_members_are_dated_by_when_taken_when_the_file_says():
+    from types import SimpleNamespace
+
+    from pixquery.duplicates import _member
+
+    row = SimpleNamespace(id=1, path="/p/a.jpg", size=10, width=4, height=3, mtime_ns=1_700_000_000 * 10**9, sha256="x")
+    taken = _member(row, {"taken": 1_500_000_000.0, "taken_source": "exif"})
+    assert taken.date == 1_500_000_000.0 and taken.date_source == "taken" and taken.mtime == 1_700_000_000.0
+    assert taken.to_dict()["date_iso"] == "2017-07-14T02:40:00"  # wall clock where taken: no zone
+    for meta in (None, {"taken": 1_700_000_000.0, "taken_source": "mtime"}, {"taken": None, "taken_source": None}):
+        m = _member(row, meta)
+        assert m.date == 1_700_000_000.0 and m.date_source == "modified"
+        assert m.to_dict()["date_iso"].endswith("+00:00")

@@ -176,11 +176,13 @@ class Member:
     size: int  # bytes
     width: int | None
     height: int | None
-    date: float  # unix seconds: the file's modification time
+    date: float  # seconds: when it was taken (EXIF / the video's container, wall clock there) or else modified (unix)
     sha256: str | None
     distance: float | None = None  # angular distance to the photo to keep (None: no embedding)
     keep: bool = False  # the one suggested to keep
     same_content_as_keep: bool = False  # the very same bytes as the one to keep
+    date_source: str = "modified"  # "taken" (the file says when) or "modified" (its mtime)
+    mtime: float | None = None  # unix seconds, as indexed
 
     @property
     def pixels(self) -> int:
@@ -188,7 +190,11 @@ class Member:
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out["date_iso"] = datetime.fromtimestamp(self.date, timezone.utc).isoformat(timespec="seconds")
+        when = datetime.fromtimestamp(self.date, timezone.utc)
+        # a date taken is the wall clock where it was taken (no zone); a modification time is UTC
+        out["date_iso"] = (when.replace(tzinfo=None) if self.date_source == "taken" else when).isoformat(
+            timespec="seconds"
+        )
         return out
 
 
@@ -287,6 +293,18 @@ def group_ids(
     return [nodes[g].tolist() for g in groups]
 
 
+def _member(row, meta: dict | None) -> Member:
+    """A group member from its image row and its media_meta row: dated by when it was taken when
+    the file says so, else by its modification time."""
+    mtime = row.mtime_ns / 1e9
+    taken = meta.get("taken") if meta else None
+    if taken and meta.get("taken_source") not in (None, "mtime"):
+        date, source = float(taken), "taken"
+    else:
+        date, source = mtime, "modified"
+    return Member(row.id, row.path, row.size, row.width, row.height, date, row.sha256, date_source=source, mtime=mtime)
+
+
 def find_duplicates(
     catalog,
     model_row,
@@ -320,6 +338,7 @@ def find_duplicates(
     id_groups = group_ids(photo_ids, first, second, twins)
     member_ids = [i for g in id_groups for i in g]
     rows = catalog.images(member_ids)
+    meta = catalog.meta_of(member_ids)[0]  # date taken, where the file says (EXIF, a video's container)
     order = np.argsort(photo_ids, kind="stable")  # photo_ids come sorted; this keeps it right if not
     sorted_ids = photo_ids[order]
 
@@ -329,11 +348,7 @@ def find_duplicates(
 
     groups = []
     for ids in id_groups:
-        members = [
-            Member(r.id, r.path, r.size, r.width, r.height, r.mtime_ns / 1e9, r.sha256)
-            for r in (rows.get(i) for i in ids)
-            if r is not None and not r.deleted
-        ]
+        members = [_member(r, meta.get(r.id)) for r in (rows.get(i) for i in ids) if r is not None and not r.deleted]
         if len(members) < 2:
             continue
         vecs = {m.image_id: v for m in members if (v := vector_of(m.image_id)) is not None}

@@ -136,7 +136,9 @@ class DuplicateMember(BaseModel):
     size: int = Field(description="bytes, as indexed")
     width: Optional[int] = None
     height: Optional[int] = None
-    modified: str = Field(description="file modification time (as indexed), ISO 8601 UTC: the date the keep rules use")
+    modified: str = Field(description="file modification time (as indexed), ISO 8601 UTC")
+    date_iso: str = Field(description="the date the keep rules use: when it was taken (wall clock there, no zone) or else `modified`")
+    date_source: str = Field(description="taken (EXIF or a video's container) or modified")
     sha256: Optional[str] = None
     distance: Optional[float] = Field(None, description="angular distance to the photo suggested to keep")
     keep: bool = Field(description="the one suggested to keep (by the keep rule)")

@@ -71,7 +71,9 @@ class ReportCache:
 def _member(m) -> dict:
     d = m.to_dict()
     d["name"] = os.path.basename(m.path)
-    d["modified"] = datetime.fromtimestamp(m.date, timezone.utc).isoformat(timespec="seconds")
+    d["modified"] = datetime.fromtimestamp(m.mtime if m.mtime is not None else m.date, timezone.utc).isoformat(
+        timespec="seconds"
+    )
     d["thumbnail"] = f"/api/images/{m.image_id}/thumbnail"
     d["original"] = f"/api/images/{m.image_id}/original"
     return d

@@ -81,7 +81,7 @@
     const caption = el("figcaption");
     caption.append(el("span", "role", role + dist), el("span", "name", m.name),
                    el("span", "facts", [m.width && m.height ? `${m.width} × ${m.height} px` : "", fmtBytes(m.size)].filter(Boolean).join(" · ")),
-                   el("span", "date", fmtDate(m.modified)), el("span", "path", m.path));
+                   el("span", "date", `${fmtDate(m.date_iso)} (${m.date_source})`), el("span", "path", m.path));
     card.append(link, caption);
     return card;
   }
