@@ -486,7 +486,8 @@ def run_local(
                     last = g.last
                     vecs = np.concatenate(g.vectors) if g.vectors else np.zeros((0, getattr(encoder, "dim", 0)), np.float32)
                     finished.append(EmbeddedItem(last.item, g.regions, vecs, sha256=last.sha256, width=last.width,
-                                                 height=last.height, problem=last.problem, info=last.info))
+                                                 height=last.height, problem=last.problem, info=last.info,
+                                                 text=last.text, text_seconds=last.text_seconds))
             give_slots(len(finished))
             if finished:
                 tw = time.perf_counter()
