@@ -6,7 +6,8 @@
 The set is bench/ocr_accuracy.py's (same seed, same photos and texts; built once into --keep and
 reused). For each variant (`name:field=value,...` of ingest/ocr.py's OcrConfig): the share of
 photos whose text OCR read exactly (case, accents, spaces ignored; what bounds search recall), for
-24-96 px text, split into contrasting and low-contrast, and 12-16 px; then, on the photos without
+24-96 px text, split into contrasting and low-contrast, and 12-16 px; for low-contrast text
+whether detection found it (a box covering half of it: detection's share of the misses); then, on the photos without
 text, the median seconds of detection alone (decode included), the share of them where detection
 found a (false) box (each costs a recognition), and the median seconds of the whole read. No
 library, no embedding: use bench/ocr_accuracy.py for search recall of the chosen settings.
@@ -30,6 +31,15 @@ from ocr_accuracy import PHOTOS, build_set  # noqa: E402
 from pixquery.catalog.text import fold  # noqa: E402
 from pixquery.ingest.decode import load_image  # noqa: E402
 from pixquery.ingest.ocr import OcrConfig, TextReader  # noqa: E402
+
+
+def covers(quad: np.ndarray, box) -> bool:
+    """A detected box (relative quadrilateral) covers half or more of the text's true box."""
+    x0, y0 = quad.min(0)
+    x1, y1 = quad.max(0)
+    ix = max(0.0, min(x1, box[2]) - max(x0, box[0]))
+    iy = max(0.0, min(y1, box[3]) - max(y0, box[1]))
+    return ix * iy >= 0.5 * (box[2] - box[0]) * (box[3] - box[1])
 
 
 def parse_variant(spec: str) -> tuple[str, OcrConfig]:
@@ -60,16 +70,20 @@ def main() -> None:
         truth_file.write_text(json.dumps(truths, default=lambda o: o.item()))  # numpy scalars
     truths = json.loads(truth_file.read_text())
     plain = sorted((args.keep / "photos" / "plain").iterdir())[: args.plain]
-    print("| variant | settings | read 24-96 | contrasting | low contrast | read 12-16 | detect s/photo (no text) | "
+    print("| variant | settings | read 24-96 | contrasting | low contrast | read 12-16 | low contrast: box found | "
+          "detect s/photo (no text) | "
           "no-text photos with a box | read s/photo (no text) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for spec in args.variant:
         name, config = parse_variant(spec)
         reader = TextReader(config, threads=1)
         reader.read(load_image(plain[0]))  # sessions warm
-        ok = {}
+        ok, found = {}, {}
         for t in truths:
-            lines = reader.read(load_image(t["path"], draft_size=config.rec_side // 2))
+            image = load_image(t["path"], draft_size=config.rec_side // 2)
+            quads = reader.detect(image)
+            found[t["path"]] = any(covers(q, t["box"]) for q in quads)
+            lines = reader.recognise(image, quads) if len(quads) else []
             ok[t["path"]] = fold(t["text"]).replace(" ", "") in "".join(fold(b.text).replace(" ", "") for b in lines)
         det, full, boxed = [], [], 0
         for p in plain:
@@ -82,14 +96,15 @@ def main() -> None:
             reader.read(load_image(p, draft_size=config.rec_side // 2))
             full.append(time.perf_counter() - t0)
 
-        def rate(pred) -> str:
-            sel = [ok[t["path"]] for t in truths if pred(t)]
+        def rate(pred, of=ok) -> str:
+            sel = [of[t["path"]] for t in truths if pred(t)]
             return f"{sum(sel) / max(len(sel), 1):.2f} ({len(sel)})"
 
         settings = {k: v for k, v in dataclasses.asdict(config).items() if v != getattr(OcrConfig(), k)}
         print(f"| {name} | {json.dumps(settings)} | {rate(lambda t: t['size'] >= 24)} | "
               f"{rate(lambda t: t['size'] >= 24 and not t['low_contrast'])} | "
               f"{rate(lambda t: t['size'] >= 24 and t['low_contrast'])} | {rate(lambda t: t['size'] < 24)} | "
+              f"{rate(lambda t: t['size'] >= 24 and t['low_contrast'], found)} | "
               f"{np.median(det):.3f} | {boxed / len(plain):.2f} | {np.median(full):.3f} |", flush=True)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 

@@ -51,6 +51,10 @@ class OcrConfig:
     # equalised locally (CLAHE), so text a few levels off its background stands out; "both": on
     # the two, boxes merged (twice the detection cost). bench/results/ocr-accuracy.md compares them.
     contrast: str = "none"
+    # Each box found, before recognition: "none" as it is; "stretch": its luminance stretched to
+    # the full range (faint text on a plain background reads like printed text). Costs ~nothing:
+    # boxes only.
+    rec_contrast: str = "none"
     engine: str = ENGINE  # with its version, once `resolved()`: a new engine reads every photo again
 
     def to_json(self) -> str:
@@ -92,6 +96,8 @@ class TextReader:
         self.config = config or OcrConfig()
         if self.config.contrast not in CONTRASTS:
             raise PixqueryError(f"OCR contrast must be one of {', '.join(CONTRASTS)}, not {self.config.contrast!r}")
+        if self.config.rec_contrast not in ("none", "stretch"):
+            raise PixqueryError(f"OCR rec_contrast must be none or stretch, not {self.config.rec_contrast!r}")
         try:
             from rapidocr_onnxruntime import RapidOCR
         except ImportError:
@@ -146,6 +152,8 @@ class TextReader:
         bgr = np.ascontiguousarray(np.asarray(big)[:, :, ::-1])
         pixels = (quads * np.array([big.width, big.height], dtype=np.float32)).astype(np.float32)
         crops = self._ocr.get_crop_img_list(bgr, list(pixels))
+        if self.config.rec_contrast == "stretch":
+            crops = [_stretched(c) for c in crops]
         texts, _ = self._ocr.text_rec(crops)
         out = []
         for quad, (text, score) in zip(quads, texts):
@@ -169,6 +177,17 @@ def _equalised(rgb: np.ndarray) -> np.ndarray:
     lab = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2LAB)
     lab[:, :, 0] = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(8, 8)).apply(lab[:, :, 0])
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+def _stretched(bgr: np.ndarray) -> np.ndarray:
+    """A box's pixels with their luminance range (2nd to 98th percentile) stretched to 0..255,
+    colour kept as offsets: what was 40 levels apart becomes ~255 apart."""
+    grey = bgr.astype(np.float32).mean(axis=2)
+    lo, hi = np.percentile(grey, (2, 98))
+    if hi - lo < 8:  # flat: nothing to stretch
+        return bgr
+    out = (bgr.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def _overlapping(quads: np.ndarray, others: np.ndarray) -> np.ndarray:
