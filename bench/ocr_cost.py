@@ -2,7 +2,7 @@
 
     python bench/ocr_cost.py --folder /tmp/ocr-set/photos/plain --model models/random-vit-b-32 --rounds 2
 
-Each round indexes the folder into fresh libraries, one after another on the same photos (so the
+After one warm-up run (not counted), each round indexes the folder into fresh libraries, one after another on the same photos (so the
 load of a shared machine falls on all alike):
   - without OCR;
   - with OCR as pixquery runs it: text detection in the decode workers, on the pixels decoded for
@@ -27,6 +27,7 @@ from machine import describe, markdown  # noqa: E402
 
 from pixquery.api import Library  # noqa: E402
 from pixquery.ingest import ocr as ocr_mod  # noqa: E402
+from pixquery.ingest.executors import local as local_executor  # noqa: E402
 from pixquery.ingest.ocr import OcrConfig  # noqa: E402
 
 
@@ -37,12 +38,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--det-side", type=int, default=OcrConfig().det_side)
     ap.add_argument("--contrast", default=OcrConfig().contrast)
+    ap.add_argument("--nice", type=int, default=None,
+                    help="the decode workers' niceness above the encoder's (default pixquery's: 10); on a machine "
+                    "loaded by other work, niced workers get less of the cores than the pass in this process")
     args = ap.parse_args()
+    if args.nice is not None:
+        local_executor.DEFAULT_NICE = args.nice
     config = OcrConfig(det_side=args.det_side, contrast=args.contrast)
     n = len(list(args.folder.iterdir()))
     work = Path(tempfile.mkdtemp(prefix="pixquery-ocr-cost-"))
     times: dict[str, list[float]] = {"none": [], "workers": [], "after": []}
     boxed = []
+    # A warm-up run first (file cache, model files, the OCR engine's imports), not counted: the
+    # first run of a session was 2-7x slower than the rounds after it here.
+    with Library.open(work / "warm-up", model=args.model) as lib:
+        lib.index([args.folder], ocr=config)
     load0 = os.getloadavg()
     for r in range(args.rounds):
         for mode in times:
@@ -60,7 +70,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     load1 = os.getloadavg()
     print(f"\n{n} photos without text ({args.folder}), model {args.model}, OCR {config.to_json()}, "
-          f"{args.rounds} rounds (medians); load average {load0[0]:.1f} before, {load1[0]:.1f} after\n")
+          f"decoders' nice {local_executor.DEFAULT_NICE}, {args.rounds} rounds (medians); load average {load0[0]:.1f} before, {load1[0]:.1f} after\n")
     print("| indexing | seconds | photos/s | speed vs without OCR |")
     print("|---|---|---|---|")
     for name, k in (("without OCR", "none"), ("--ocr (detection in the decode workers)", "workers"),

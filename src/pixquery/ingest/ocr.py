@@ -1,9 +1,13 @@
 """The OCR stage: text in photos, read with RapidOCR (PP-OCRv4 detection + recognition as ONNX
 models that ship inside the `rapidocr-onnxruntime` wheel: offline, no download), into the catalog.
 
-Opt-in per library (`pixquery index PATH --ocr`, remembered like regions). It runs after the
-embedding stages of an index run, over the photos whose current file version has not been read
-with the current settings (catalog `ocr_scan`), so a re-run reads only new and changed photos.
+Opt-in per library (`pixquery index PATH --ocr`, remembered like regions). The photos an index
+run embeds are read in their decode workers (ingest/workers.py `read_text`): detection on the
+pixels already decoded for the crops, beside the encoder, and the writer stores the lines with the
+embedding. `read_photos` (this module) then reads, in this process, the photos the run did not
+decode: OCR turned on or its settings changed for photos embedded before. Which photos are read
+at their current file version with the current settings is in the catalog (`ocr_scan`), so a
+re-run reads only new and changed photos.
 
 Cost is what decides the design. Text detection (a DB segmentation net over the whole picture)
 runs on every photo and is most of the cost; recognition runs only on the boxes found, so photos
