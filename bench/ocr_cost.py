@@ -38,10 +38,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--det-side", type=int, default=OcrConfig().det_side)
     ap.add_argument("--contrast", default=OcrConfig().contrast)
-    ap.add_argument("--nice", type=int, default=None,
-                    help="the decode workers' niceness above the encoder's when they read text (default pixquery's "
-                    "OCR_NICE, 0); on a machine "
-                    "loaded by other work, niced workers get less of the cores than the pass in this process")
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=None,
+        help="the decode workers' niceness above the encoder's when they read text (default pixquery's "
+        "OCR_NICE, 0); on a machine "
+        "loaded by other work, niced workers get less of the cores than the pass in this process",
+    )
     args = ap.parse_args()
     if args.nice is not None:
         local_executor.OCR_NICE = args.nice
@@ -70,17 +74,24 @@ def main() -> None:
             print(f"round {r + 1} {mode}: {times[mode][-1]:.1f}s", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     load1 = os.getloadavg()
-    print(f"\n{n} photos without text ({args.folder}), model {args.model}, OCR {config.to_json()}, "
-          f"decoders' nice with OCR {local_executor.OCR_NICE}, {args.rounds} rounds (medians); load average {load0[0]:.1f} before, {load1[0]:.1f} after\n")
+    print(
+        f"\n{n} photos without text ({args.folder}), model {args.model}, OCR {config.to_json()}, "
+        f"decoders' nice with OCR {local_executor.OCR_NICE}, {args.rounds} rounds (medians); load average {load0[0]:.1f} before, {load1[0]:.1f} after\n"
+    )
     print("| indexing | seconds | photos/s | speed vs without OCR |")
     print("|---|---|---|---|")
-    for name, k in (("without OCR", "none"), ("--ocr (detection in the decode workers)", "workers"),
-                    ("earlier design: OCR pass after embedding, in the main process", "after")):
+    for name, k in (
+        ("without OCR", "none"),
+        ("--ocr (detection in the decode workers)", "workers"),
+        ("earlier design: OCR pass after embedding, in the main process", "after"),
+    ):
         print(f"| {name} | {med[k]:.1f} | {n / med[k]:.2f} | {med['none'] / med[k]:.2f} |")
     for k in ("workers", "after"):
         per_round = [a / b for a, b in zip(times["none"], times[k])]
-        print(f"\n{k}: speed vs without OCR, round by round: {', '.join(f'{x:.2f}' for x in per_round)} "
-              f"(median {statistics.median(per_round):.2f})")
+        print(
+            f"\n{k}: speed vs without OCR, round by round: {', '.join(f'{x:.2f}' for x in per_round)} "
+            f"(median {statistics.median(per_round):.2f})"
+        )
     print(f"\nphotos where detection found a (false) box, so recognition ran: {boxed} of {n}")
     print(markdown(describe(("numpy", "pillow", "onnxruntime", "rapidocr-onnxruntime", "opencv-python"))))
 

@@ -70,9 +70,11 @@ def main() -> None:
         truth_file.write_text(json.dumps(truths, default=lambda o: o.item()))  # numpy scalars
     truths = json.loads(truth_file.read_text())
     plain = sorted((args.keep / "photos" / "plain").iterdir())[: args.plain]
-    print("| variant | settings | read 24-96 | contrasting | low contrast | read 12-16 | low contrast: box found | "
-          "detect s/photo (no text) | "
-          "no-text photos with a box | read s/photo (no text) |")
+    print(
+        "| variant | settings | read 24-96 | contrasting | low contrast | read 12-16 | low contrast: box found | "
+        "detect s/photo (no text) | "
+        "no-text photos with a box | read s/photo (no text) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for spec in args.variant:
         name, config = parse_variant(spec)
@@ -101,11 +103,14 @@ def main() -> None:
             return f"{sum(sel) / max(len(sel), 1):.2f} ({len(sel)})"
 
         settings = {k: v for k, v in dataclasses.asdict(config).items() if v != getattr(OcrConfig(), k)}
-        print(f"| {name} | {json.dumps(settings)} | {rate(lambda t: t['size'] >= 24)} | "
-              f"{rate(lambda t: t['size'] >= 24 and not t['low_contrast'])} | "
-              f"{rate(lambda t: t['size'] >= 24 and t['low_contrast'])} | {rate(lambda t: t['size'] < 24)} | "
-              f"{rate(lambda t: t['size'] >= 24 and t['low_contrast'], found)} | "
-              f"{np.median(det):.3f} | {boxed / len(plain):.2f} | {np.median(full):.3f} |", flush=True)
+        print(
+            f"| {name} | {json.dumps(settings)} | {rate(lambda t: t['size'] >= 24)} | "
+            f"{rate(lambda t: t['size'] >= 24 and not t['low_contrast'])} | "
+            f"{rate(lambda t: t['size'] >= 24 and t['low_contrast'])} | {rate(lambda t: t['size'] < 24)} | "
+            f"{rate(lambda t: t['size'] >= 24 and t['low_contrast'], found)} | "
+            f"{np.median(det):.3f} | {boxed / len(plain):.2f} | {np.median(full):.3f} |",
+            flush=True,
+        )
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 

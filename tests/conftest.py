@@ -29,6 +29,7 @@ OPTIONAL = {
     "ocr": (("rapidocr_onnxruntime", "rapidfuzz"), "the [ocr] extra: pip install 'pixquery[ocr]'"),
     "milvus_standalone": (("pymilvus", "milvus"), "a Milvus standalone server: pip install "
                           "'pixquery[milvus,milvus-standalone]' (linux x86_64)"),
+    "formats": (("rawpy", "tifffile"), "camera RAW: pip install 'pixquery[formats,dev]'"),
 }
 
 

@@ -138,6 +138,8 @@ def test_upgrade_keeps_single_model_embeddings_and_redoes_unknown_ones(tmp_path,
         for statement in ("DROP TRIGGER text_index_forget", "DROP TABLE text_index", "DROP TABLE ocr_scan",
                           "DROP INDEX detection_text", "ALTER TABLE detection DROP COLUMN score"):  # migration 6 (OCR)
             db.execute(statement)
+        db.execute("ALTER TABLE folder DROP COLUMN exclude")  # migration 7 (--exclude globs per folder)
+        db.execute("DROP TABLE media_meta")  # migration 8 (date taken, GPS, camera)
         db.execute("PRAGMA user_version = 2")
         db.close()
         with Library.open(library, model=str(models[0])) as lib:  # opening migrates it

@@ -104,3 +104,24 @@ def test_every_command_works_after_a_plain_install(plain, tmp_path, tiny_model):
         import sqlite3
 
         assert sqlite3.connect(catalog).execute("SELECT COUNT(*) FROM embedding").fetchone()[0] == 0
+
+
+@pytest.mark.slow
+def test_a_plain_install_reads_heic_and_names_the_extra_for_raw(plain, tmp_path, tiny_model):
+    """HEIC (iPhones) works on the default install; camera RAW needs the [formats] extra, and a
+    RAW file found without it is reported, with the command, not skipped silently."""
+    from photo_formats import heic
+
+    raw_missing = subprocess.run([str(plain / "python"), "-c", "import rawpy"], capture_output=True)
+    assert raw_missing.returncode != 0  # rawpy is the [formats] extra, not a default dependency
+    photos = tmp_path / "phone"
+    make_photos(photos, 1)
+    heic(photos / "iphone.heic", seed=7)
+    (photos / "camera.dng").write_bytes(b"II*\x00" + b"\x00" * 100)  # never opened without rawpy
+    r = _run(plain, "index", photos, "-L", tmp_path / "lib", "-m", tiny_model)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "indexed 2" in r.stdout  # the JPEG and the HEIC
+    assert "1 camera RAW file not indexed" in r.stdout
+    assert "rawpy is not installed: pip install 'pixquery[formats]'" in r.stdout
+    r = _run(plain, "search", "--image", photos / "iphone.heic", "-L", tmp_path / "lib", "-k", "1")
+    assert r.returncode == 0 and str(photos / "iphone.heic") in r.stdout, r.stdout + r.stderr

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ import numpy as np
 from pixquery import query as query_mod
 from pixquery.catalog import Catalog, IndexRow, ModelRow
 from pixquery.errors import BadImage, LibraryError, PixqueryError
+from pixquery.filters import Filter, check_sort
 from pixquery.ingest import store_only
 from pixquery.query import Query
 from pixquery.search import Results, SearchResult, run_query, run_store_query
@@ -63,8 +65,15 @@ class IndexProgress:
     def loading(self, done: int, total: int) -> None:
         """Vectors loaded so far into an index that is filled in batches (a Milvus collection)."""
 
+    def reading_metadata(self, done: int, total: int) -> None:
+        """Files whose date, place and camera were read so far (a library indexed before they were)."""
+
     def reading_text(self, done: int, total: int) -> None:
         """Photos read by the OCR stage so far (`index(ocr=True)`)."""
+
+    def missing_plugin(self, fmt: str, count: int, reason: str) -> None:
+        """`count` files of format `fmt` cannot be indexed here: `reason` names the install command
+        (once per format and run; the files are in the failures too)."""
 
 
 @dataclass
@@ -85,6 +94,8 @@ class IndexReport:
     seconds: float = 0.0
     embed_seconds: float = 0.0
     index: SyncReport | None = None
+    # format -> (what is missing + the install command, files): files whose decoder plugin is missing
+    missing_plugins: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -98,6 +109,8 @@ class IndexReport:
             "text_photos": self.text_photos, "text_lines": self.text_lines, "ocr_seconds": round(self.ocr_seconds, 3),
             "failed": [{"path": p, "reason": r, "new": (p, r) in new} for p, r in self.failed],
             "new_failures": len(self.new_failures), "seconds": round(self.seconds, 3),
+            "missing_plugins": [{"format": f, "files": len(paths), "fix": reason}
+                                for f, (reason, paths) in self.missing_plugins.items()],
             "images_per_second": round(self.images_per_second, 2),
             "index": None if self.index is None else {
                 "kind": self.index.kind, "added": self.index.added, "removed": self.index.removed,
@@ -209,6 +222,7 @@ class Library:
         engine: str = "local",
         address: str | None = None,
         ocr: bool | None = None,
+        exclude: Sequence[str] | None = None,
     ) -> IndexReport:
         """Add folders (or files) to the library and bring it up to date with the disk.
 
@@ -224,11 +238,16 @@ class Library:
         the results are written here, in this library, either way. ocr: True reads the text in
         photos (ingest/ocr.py; needs pixquery[ocr]) so that searches match it too, False stops and
         forgets it, None keeps the library's setting.
+        exclude: gitignore-style globs to leave out of the folders indexed in this run (relative to
+        each), remembered for them ([] forgets theirs; None keeps what each remembers). Files they
+        exclude that were indexed before leave the library. See ingest/exclude.py, which also says
+        what is skipped by default, and .pixqueryignore files.
         """
         import dataclasses
 
+        from pixquery.ingest import exclude as excluding
+        from pixquery.ingest import metadata, pipeline, sources
         from pixquery.ingest import ocr as ocr_mod
-        from pixquery.ingest import pipeline, sources
         from pixquery.ingest import regions as region_mod
         from pixquery.ingest import scan as scanning
         from pixquery.ingest import video as video_mod
@@ -248,6 +267,10 @@ class Library:
             for root in roots:
                 if not os.path.exists(root):
                     raise LibraryError(f"{root}: no such file or folder")
+            if exclude is not None:
+                exclude = excluding.check_globs(exclude)
+                if exclude and not any(os.path.isdir(r) for r in roots):
+                    raise PixqueryError("--exclude is for folders: none of the paths given is a folder")
             model = self._model_row(create=True)
             assert model is not None  # create=True
             kind, params, changed_config = self._index_config(index, index_params)
@@ -260,6 +283,8 @@ class Library:
                 for root in roots:
                     if os.path.isdir(root):
                         self.catalog.add_folder(root)
+                        if exclude is not None:
+                            self.catalog.set_folder_excludes(root, exclude)
                 # Stored for the default too (not only for --model): a later change of the default
                 # never changes the model of an existing library. (An injected stand-in encoder
                 # without a model name is no model to remember.)
@@ -272,8 +297,13 @@ class Library:
             plan = sources.plan(self.catalog, roots, model.id, regions=region_cfg, sampling=sampling, videos=videos)
             report.found, report.skipped, report.removed = plan.found, plan.skipped, plan.removed
             report.failed.extend(plan.failed)
+            report.missing_plugins = plan.missing_plugins
+            unsupported = {p for _, paths in plan.missing_plugins.values() for p in paths}
             for path, reason in plan.failed:
-                progress.failure(path, reason)
+                if path not in unsupported:
+                    progress.failure(path, reason)
+            for fmt, (reason, paths) in plan.missing_plugins.items():
+                progress.missing_plugin(fmt, len(paths), reason)
             progress.scanned(plan.found, plan.to_embed, plan.removed)
 
             items = plan.items
@@ -300,6 +330,14 @@ class Library:
             report.embed_seconds = stats.seconds
             report.failed.extend(stats.failed)
             report.failed.extend(stats.problems)
+            # Files embedded before their metadata was read (an older library): headers only.
+            missing = self.catalog.count_without_meta()
+            if missing:
+                progress.stage(f"reading dates, places and cameras of {missing} files indexed before")
+                filled_photos, filled_videos = metadata.backfill(self.catalog, on_progress=progress.reading_metadata)
+                if kind == "milvus":  # its rows keep the date beside each vector: re-add them with it
+                    with self.catalog.transaction():
+                        self.catalog.mark_stale_for_meta(filled_photos, filled_videos)
 
             ocr_mod.apply_config(self.catalog, ocr_cfg)
             if ocr_cfg is not None:
@@ -417,6 +455,16 @@ class Library:
         text_only: bool = False,
         semantic_only: bool = False,
         text_terms: Sequence[str] | None = None,
+        after: str | date | None = None,
+        before: str | date | None = None,
+        folders: Sequence[str | Path] | str | Path = (),
+        media: str | None = None,
+        camera: str | None = None,
+        near: str | tuple[float, float] | None = None,
+        within: float | str | None = None,
+        filter: Filter | None = None,
+        sort: str = "score",
+        strategy: str = "auto",
     ) -> Results:
         """Search by a sentence, an image file, an image already in the library, a raw vector, or
         a weighted combination of them (pixquery.query).
@@ -432,6 +480,14 @@ class Library:
         threshold `pixquery eval` stored for this model, or for a sigmoid-trained model (SigLIP)
         "p=0.5": the lowest match probability kept (the same meaning for every query and model).
 
+        Filters (pixquery.filters; still k results when k pass): after / before a date ("2019",
+        "2019-06", "2019-06-15", a date: after keeps that period on, before keeps what is
+        earlier than it; the date taken, as the clock showed where it was taken), folders (files
+        in any of them or below), media "photo" or "video", camera (part of make and model, any
+        case), near (lat, lon) within km (default 10). Or a ready `filter=Filter(...)`.
+        sort: "score" (best first) or "date" (the results, oldest first). strategy: how a filtered
+        search runs ("auto": chosen from the filter's selectivity; "prefilter", "postfilter").
+
         In a library with OCR on (`index(ocr=True)`), a sentence is also matched against the text
         read in the photos and the two rankings are fused (fusion.py); results then say which side
         found them (`found_by`) and the lines of text that matched (`matched`). text_only skips the
@@ -443,6 +499,11 @@ class Library:
                               image_weight=image_weight)
         if text_only and semantic_only:
             raise PixqueryError("--text-only and --semantic-only exclude each other")
+        sort = check_sort(sort)
+        flt = filter if filter is not None else Filter.parse(after=after, before=before, folders=folders, media=media,
+                                                            camera=camera, near=near, within=within)
+        if flt.active or sort != "score":
+            store_only.refuse(self, "filters and sort")
         # The text side (OCR) looks for the words of the phrases added; subtracted ones and image
         # parts are the semantic side's alone.
         words = " ".join(parts.text_terms() if text_terms is None else text_terms)
@@ -453,11 +514,15 @@ class Library:
             if not text_side:
                 raise PixqueryError(f"the library at {self.path} has no text read from its photos: "
                                     "run pixquery index --ocr first")
-            from pixquery.search import text_only_results
+            from pixquery.search import by_date, text_only_results, with_meta
             from pixquery.text_search import search_text
 
             hits = [h for h in search_text(self.catalog, words, limit=max(k, 50)) if h.image_id not in parts.liked_photos()]
-            return text_only_results(self.catalog, hits, k)
+            text_results = text_only_results(self.catalog, self._passing(hits, flt), k)
+            with_meta(self.catalog, text_results)
+            if sort == "date":
+                by_date(text_results)
+            return text_results
         if any(p.kind == query_mod.IMAGE_ID for p in parts):
             store_only.refuse(self, "image_id")
         index, row = self._index()
@@ -466,7 +531,7 @@ class Library:
         if row is None:  # store-only: the paths come from the collection, not from catalog rows
             results = run_store_query(index, q, k, threshold)
         else:
-            results = self._run_query(parts, words if text_side else "", index, row, q, k, threshold)
+            results = self._run_query(parts, words if text_side else "", index, row, q, k, threshold, flt, sort, strategy)
         probability = getattr(self.encoder, "match_probability", None)
         if probability is not None and results and probability(0.0) is not None:
             for r, p in zip(results, probability([r.score for r in results])):
@@ -474,34 +539,50 @@ class Library:
         return results
 
     def _run_query(self, parts: Query, words: str, index: Any, row: Any, q: np.ndarray, k: int,
-                   threshold: float | None) -> Results:
-        """The semantic search of `q`, fused with the text side's hits for `words` when there are
-        any (a library with OCR, a query with words: text_search.py, fusion.py)."""
+                   threshold: float | None, flt: Filter, sort: str, strategy: str) -> Results:
+        """The semantic search of `q` (only what passes `flt`), fused with the text side's hits for
+        `words` when there are any (a library with OCR, a query with words: text_search.py,
+        fusion.py); sort="date" orders the results by date taken."""
         from pixquery.ingest import video as video_mod
 
         liked = parts.liked_photos()
         merge_gap = video_mod.merge_gap_for(self.catalog)
         if not words:
-            return run_query(self.catalog, index, row, q, k, threshold, exclude_image=liked, merge_gap=merge_gap)
-        from pixquery.search import fuse_with_text
+            return run_query(self.catalog, index, row, q, k, threshold, exclude_image=liked, merge_gap=merge_gap,
+                             flt=flt, sort=sort, strategy=strategy)
+        from pixquery.search import by_date, fuse_with_text, with_meta
         from pixquery.text_search import search_text
 
         depth = max(2 * k, 50)  # fusion needs both lists deeper than the page
-        hits = [h for h in search_text(self.catalog, words, limit=depth) if h.image_id not in liked]
+        hits = self._passing([h for h in search_text(self.catalog, words, limit=depth) if h.image_id not in liked], flt)
         semantic = run_query(self.catalog, index, row, q, depth if hits else k, threshold, exclude_image=liked,
-                             merge_gap=merge_gap)
+                             merge_gap=merge_gap, flt=flt, sort="score", strategy=strategy)
         if not hits:
-            return semantic
+            results = semantic
+        else:
 
-        def cosine_of(image_ids: list[int]) -> dict[int, float]:
-            found = {}
-            for image_id in image_ids:
-                v = self.catalog.image_embedding(row.model_id, int(image_id))
-                if v is not None:
-                    found[image_id] = float(np.dot(v, q.reshape(-1)))
-            return found
+            def cosine_of(image_ids: list[int]) -> dict[int, float]:
+                found = {}
+                for image_id in image_ids:
+                    v = self.catalog.image_embedding(row.model_id, int(image_id))
+                    if v is not None:
+                        found[image_id] = float(np.dot(v, q.reshape(-1)))
+                return found
 
-        return fuse_with_text(self.catalog, semantic, hits, k, cosine_of)
+            results = fuse_with_text(self.catalog, semantic, hits, k, cosine_of)
+            with_meta(self.catalog, results)
+        if len(results) > k:
+            del results[k:]
+        if sort == "date":
+            by_date(results)
+        return results
+
+    def _passing(self, hits: list[Any], flt: Filter) -> list[Any]:
+        """The text side's hits (photos) whose photo passes the filter."""
+        if not flt.active:
+            return hits
+        passing = self.catalog.image_ids_passing([h.image_id for h in hits], flt)
+        return [h for h in hits if h.image_id in passing]
 
     def _has_text(self) -> bool:
         """Whether OCR is on for this library (text was read, or will be at the next index run)."""
@@ -626,6 +707,7 @@ class Library:
             "videos": self.catalog.count_videos(),
             "detections": self.catalog.count_detections(),
             "catalog_bytes": catalog_bytes,
+            "excluded": self._exclusions(),
             "models": models,
         }
         store = store_only.settings(self.catalog)
@@ -647,6 +729,13 @@ class Library:
                 },
             })
         return out
+
+    def _exclusions(self) -> dict[str, object]:
+        """What scans leave out: by default, per folder (--exclude), and the ignore file's name."""
+        from pixquery.ingest import exclude as excluding
+
+        return {"by_default": list(excluding.DEFAULT_SKIPS), "folders": self.catalog.folder_excludes(),
+                "ignore_file": excluding.IGNORE_FILE}
 
 
 class _StatusFile(IndexProgress):
@@ -707,6 +796,15 @@ class _StatusFile(IndexProgress):
         self.state.update(stage=text)
         self._write(force=True)
         self.inner.stage(text)
+
+    def reading_metadata(self, done: int, total: int) -> None:
+        self.state.update(stage="reading dates", done=done, total=total)
+        self._write(force=done in (0, total))
+        if hasattr(self.inner, "reading_metadata"):  # progress objects written before it existed
+            self.inner.reading_metadata(done, total)
+
+    def missing_plugin(self, fmt: str, count: int, reason: str) -> None:
+        self.inner.missing_plugin(fmt, count, reason)
 
     def loading(self, done: int, total: int) -> None:
         self.state.update(loaded=done, to_load=total)

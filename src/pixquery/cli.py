@@ -151,10 +151,13 @@ class _RichIndexProgress:
             console=err, transient=False, disable=quiet,
         )
         self.task = None
+        self.unsupported = 0  # files whose format's plugin is missing (api calls missing_plugin first)
 
     def scanned(self, found, to_embed, deleted):
         if not self.quiet:
-            err.print(f"found {found} images: {to_embed} to embed, {found - to_embed} unchanged, {deleted} removed from disk")
+            unchanged = found - to_embed - self.unsupported
+            plugins = f", {self.unsupported} need a plugin (below)" if self.unsupported else ""
+            err.print(f"found {found} images: {to_embed} to embed, {unchanged} unchanged{plugins}, {deleted} removed from disk")
 
     def started_embedding(self, total):
         if total:
@@ -168,6 +171,9 @@ class _RichIndexProgress:
     def failure(self, path, reason):
         if not self.quiet:
             self.progress.console.print(f"[red]failed[/red] {escape(path)}: {escape(reason)}")
+
+    def missing_plugin(self, fmt, count, reason):
+        self.unsupported += count  # said once per format in the summary, where it is seen
 
     def stage(self, text):
         if self.task is not None:
@@ -188,6 +194,13 @@ class _RichIndexProgress:
         if self.task is None and total:
             self.progress.start()
             self.task = self.progress.add_task("loading index", total=total, failed="", unit="vec")
+        if self.task is not None:
+            self.progress.update(self.task, completed=done)
+
+    def reading_metadata(self, done, total):
+        if self.task is None and total:
+            self.progress.start()
+            self.task = self.progress.add_task("reading dates", total=total, failed="", unit="file")
         if self.task is not None:
             self.progress.update(self.task, completed=done)
 
@@ -233,6 +246,10 @@ def index(
     detector: Optional[str] = typer.Option(None, "--detector", help="An ONNX object detector whose boxes are embedded too (see docs/video.md)"),
     videos: bool = typer.Option(True, "--videos/--no-videos", help="Index video files too"),
     every: Optional[float] = typer.Option(None, "--every", help="Videos: a frame at least every N seconds (default 2, kept for later runs)"),
+    exclude: list[str] = typer.Option(None, "--exclude", metavar="GLOB",
+                                      help="Leave out what this .gitignore-style glob matches in the folders "
+                                           "(repeatable; kept for later runs; .pixqueryignore files work too)"),
+    clear_exclude: bool = typer.Option(False, "--clear-exclude", help="Forget the folders' --exclude globs"),
     engine: str = typer.Option("local", "--engine", help="Where decoding and encoding run: local (this machine) or ray (a Ray cluster; needs pixquery[ray])"),
     address: Optional[str] = typer.Option(None, "--address", help="ray: the cluster, 'auto' or ray://HOST:PORT [default: start a local Ray for the run]"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
@@ -243,6 +260,8 @@ def index(
 
     _state["on_interrupt"] = ": what was indexed so far is kept; run the same command to resume"
 
+    if exclude and clear_exclude:
+        raise PixqueryError("give --exclude GLOB (the folders' new globs) or --clear-exclude, not both")
     settings = Settings.load(config)
     params = dict(settings.index.params)
     params.update(_index_params(dict(M=M, ef_construction=ef_construction, ef_search=ef_search, n_trees=n_trees,
@@ -264,6 +283,7 @@ def index(
             batch_size=batch_size or settings.ingest.batch_size, workers=workers or settings.ingest.workers,
             draft=settings.ingest.draft, progress=ui, regions=regions, detector=detector, videos=videos,
             every_seconds=every, engine=engine, address=address, ocr=ocr,
+            exclude=[] if clear_exclude else (list(exclude) if exclude else None),
         )
     finally:
         ui.close()
@@ -283,11 +303,17 @@ def index(
             console.print(f"index: {idx.kind}, {idx.total} entries, {idx.size_bytes / 1e6:.2f} MB"
                           + (" (rebuilt)" if idx.rebuilt else f" (+{idx.added} -{idx.removed})" if idx.changed else " (unchanged)"))
         new = set(report.new_failures)
-        for path, reason in report.failed[:50]:
+        # Files whose format's plugin is missing: one line per format (each file is in --json).
+        for fmt, (reason, paths) in report.missing_plugins.items():
+            console.print(f"  [red]✗[/] {len(paths)} {escape(fmt)} file{'s' if len(paths) != 1 else ''} not indexed "
+                          f"(e.g. {escape(paths[0])}): {escape(reason)}", soft_wrap=True)
+        unsupported = {p for _, paths in report.missing_plugins.values() for p in paths}
+        listed = [(p, r) for p, r in report.failed if p not in unsupported]
+        for path, reason in listed[:50]:
             known = "" if (path, reason) in new else " [dim](failed before, unchanged since)[/]"
             console.print(f"  [red]✗[/] {escape(path)}: {escape(reason)}{known}")
-        if len(report.failed) > 50:
-            console.print(f"  ... and {len(report.failed) - 50} more (use --json for the full list)")
+        if len(listed) > 50:
+            console.print(f"  ... and {len(listed) - 50} more (use --json for the full list)")
     if not as_json:
         _warn_if_random(lib)  # last, where it is seen (and after the options were checked)
     lib.close()
@@ -339,6 +365,14 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON"),
     text_only: bool = typer.Option(False, "--text-only", help="Match only the text read in photos (index --ocr); score: share of the words found"),
     semantic_only: bool = typer.Option(False, "--semantic-only", help="Match only by meaning (CLIP), not the text read in photos"),
+    after: Optional[str] = typer.Option(None, help="Taken in or after this period: 2019, 2019-06, 2019-06-15", rich_help_panel="Filters"),
+    before: Optional[str] = typer.Option(None, help="Taken before this period starts (--before 2019-09: up to Aug 31)", rich_help_panel="Filters"),
+    folders: Optional[list[Path]] = typer.Option(None, "--in", help="Only files in this folder or below (repeatable)", rich_help_panel="Filters"),
+    media: Optional[str] = typer.Option(None, "--type", help="photo or video", rich_help_panel="Filters"),
+    camera: Optional[str] = typer.Option(None, help="Camera make or model contains this (any case)", rich_help_panel="Filters"),
+    near: Optional[str] = typer.Option(None, help="Taken near LAT,LON (decimal degrees, from GPS)", rich_help_panel="Filters"),
+    within: Optional[float] = typer.Option(None, help="With --near: within this many km [default: 10]", rich_help_panel="Filters"),
+    sort: str = typer.Option("score", help="score (best first) or date (the results, oldest first)"),
 ):
     """Search the library by text, by image, or by both added and subtracted (a text search is answered by `pixquery daemon` when one runs for the library).
     In a library indexed with --ocr, a text query also matches the text in photos; results show the words that matched."""
@@ -346,7 +380,8 @@ def search(
 
     try:
         search_command(query, image, k, threshold, library, model, as_json, add=add, subtract=subtract, weight=weight,
-                       text_only=text_only, semantic_only=semantic_only)
+                       text_only=text_only, semantic_only=semantic_only, after=after, before=before, folders=folders,
+                       media=media, camera=camera, near=near, within=within, sort=sort)
     except BrokenPipeError:  # `| head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(EXIT_OK) from None
@@ -390,6 +425,12 @@ def info(library: Optional[Path] = LibraryOpt, model: Optional[str] = ModelOpt,
     console.print(f"[bold]folders[/]  {escape(', '.join(data['folders']) or '(none)')}")
     console.print(f"[bold]images[/]   {data['images']}    videos {data['videos']}    regions/frames {data['detections']}")
     console.print(f"[bold]catalog[/]  {data['catalog_bytes'] / 1e6:.2f} MB")
+    ex = data.get("excluded") or {}
+    if ex:
+        console.print(f"[bold]skipped[/]  always: {escape(', '.join(ex['by_default']))}; and what "
+                      f"{escape(ex['ignore_file'])} files say", soft_wrap=True)
+        for folder, globs in ex["folders"].items():
+            console.print(f"[bold]excluded[/] in {escape(folder)}: {escape(' '.join(globs))}", soft_wrap=True)
     if data.get("store_only"):
         so = data["store_only"]
         console.print(f"[bold]store-only[/] {so['vectors']} vectors from {so['shards']} shards in {so['kind']} collection "
@@ -414,6 +455,10 @@ def _info_rows(data: dict) -> list:
     rows += [("folder", f) for f in data["folders"]]
     rows += [("images", data["images"]), ("videos", data["videos"]), ("regions_frames", data["detections"]),
              ("catalog_bytes", data["catalog_bytes"])]
+    ex = data.get("excluded") or {}
+    if ex:
+        rows += [("skipped_by_default", s) for s in ex["by_default"]] + [("ignore_file", ex["ignore_file"])]
+        rows += [(f"exclude.{folder}", json.dumps(globs)) for folder, globs in ex["folders"].items()]
     if data.get("store_only"):
         so = data["store_only"]
         rows += [("store_only.kind", so["kind"]), ("store_only.params", json.dumps(so["params"], sort_keys=True)),

@@ -32,7 +32,10 @@ _REPEATABLE = {"add", "subtract"}
 def parse_search(args: list[str]) -> dict | None:
     """The arguments after `search` as search_command's keywords, or None for the full CLI."""
     out: dict = {"query": None, "add": [], "subtract": [], "image": [], "weight": [], "k": 10, "threshold": None,
-                 "library": None, "model": None, "as_json": False, "text_only": False, "semantic_only": False}
+                 "library": None, "model": None, "as_json": False, "text_only": False, "semantic_only": False,
+                 # the filter options (pixquery.cli) are left to the full command line: these are their defaults
+                 "after": None, "before": None, "folders": (), "media": None, "camera": None, "near": None,
+                 "within": None, "sort": "score"}
     positional: list[str] = []
     i = 0
     while i < len(args):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pixquery.catalog import Catalog, IndexRow
+from pixquery.filters import Filter
 
 
 def angular_distance(cosine: float) -> float:
@@ -43,6 +44,11 @@ class SearchResult:
     # the query's words, each {"text", "box", "score"}: the why of a text hit.
     found_by: str | None = None
     matched: list[dict[str, Any]] | None = None
+    taken: str | None = None  # when it was taken, wall clock where taken (ISO 8601, no zone)
+    taken_source: str | None = None  # where the date comes from: exif | quicktime | mtime
+    lat: float | None = None  # GPS position, decimal degrees
+    lon: float | None = None
+    camera: str | None = None  # make and model
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -66,14 +72,21 @@ def run_query(
     threshold: float | None = None,
     exclude_image: int | Collection[int] | None = None,
     merge_gap: float | None = None,
+    flt: Filter | None = None,
+    sort: str = "score",
+    strategy: str = "auto",
 ) -> Results:
     """Search `index` (described by `row`) and turn hits into results, best first, one per photo;
     hits of one video closer than `merge_gap` seconds become one result with a time range.
-    exclude_image: photo id(s) left out (those a "more like this" query started from)."""
+    exclude_image: photo id(s) left out (those a "more like this" query started from).
+    `flt` keeps only what passes it (still k results when k pass: indexes/filtered.py, with
+    `strategy`); sort="date" orders the results (those within the threshold) by date taken."""
     from pixquery.ingest.video import DEFAULT_MERGE_GAP
 
     merge_gap = DEFAULT_MERGE_GAP if merge_gap is None else merge_gap
     k = max(1, int(k))
+    if flt is not None and flt.active:
+        index = filtered_view(catalog, index, row, flt, strategy)
     exclude = frozenset() if exclude_image is None else frozenset(
         [exclude_image] if isinstance(exclude_image, int) else exclude_image)
     # Regions and video frames put several hits on one file (a long video can fill the whole first
@@ -81,8 +94,60 @@ def run_query(
     # Over-fetch, and fetch 4x more while fewer than k distinct live results remain and the index
     # has more to give (below the threshold, when there is one).
     query = np.atleast_2d(query).astype(np.float32)
-    return _ranked(index, k, k * 4 + 16, threshold,
-                   lambda fetch: _collect(catalog, index, row, query, fetch, k, threshold, exclude, merge_gap))
+    results = _ranked(index, k, k * 4 + 16, threshold,
+                      lambda fetch: _collect(catalog, index, row, query, fetch, k, threshold, exclude, merge_gap))
+    with_meta(catalog, results)
+    if sort == "date":
+        by_date(results)
+    return results
+
+
+def filtered_view(catalog: Catalog, index, row: IndexRow, flt: Filter, strategy: str = "auto"):
+    """`index` seen through the ids that pass `flt` (indexes/filtered.py): exact where the index
+    cannot reach them, with the stored vectors of this index's model; a Milvus collection
+    evaluates what it can of the filter itself."""
+    from pixquery.indexes.filtered import FilteredIndex, allowed_mask
+
+    refs = catalog.filter_refs(row.id, flt)
+    model = catalog.model(row.model_id)
+
+    def exact(ids: np.ndarray) -> np.ndarray:
+        items = catalog.resolve(row.id, ids.tolist())
+        out = np.zeros((len(ids), model.dim), np.float32)  # gone since: scores 0, dropped later
+        live = [n for n, ref in enumerate(ids.tolist()) if ref in items]
+        if live:
+            found = [items[int(ids[n])] for n in live]
+            out[live] = catalog.vectors_for(model.id, [(it.image_id, it.detection_id) for it in found], model.dim)
+        return out
+
+    expression = flt.milvus_expression() if getattr(index, "kind", "") == "milvus" else ""
+    return FilteredIndex(index, allowed_mask(refs, row.next_ref_id), strategy=strategy, exact=exact,
+                         expression=expression)
+
+
+def by_date(results: Results) -> None:
+    """Order results by date taken, oldest first (undated last), and number them again."""
+    results.sort(key=lambda r: (r.taken is None, r.taken or "", -r.score))
+    for n, r in enumerate(results, 1):
+        r.rank = n
+
+
+def with_meta(catalog: Catalog, results: list[SearchResult]) -> None:
+    """Fill in date taken, place and camera of each result (its photo's or video's)."""
+    from pixquery.ingest.metadata import wall_datetime
+
+    images, videos = catalog.meta_of([r.image_id for r in results if r.image_id is not None and r.video_id is None],
+                                     [r.video_id for r in results if r.video_id is not None])
+    for r in results:
+        m = videos.get(r.video_id) if r.video_id is not None else images.get(r.image_id)
+        if not m:
+            continue
+        if m["taken"] is not None:
+            r.taken = wall_datetime(m["taken"]).isoformat(timespec="seconds")
+            r.taken_source = m["taken_source"]
+        r.lat, r.lon = m["lat"], m["lon"]
+        make, model = m["make"] or "", m["model"] or ""
+        r.camera = (model if make and model.lower().startswith(make.lower()) else f"{make} {model}").strip() or None
 
 
 def run_store_query(index, query: np.ndarray, k: int, threshold: float | None = None) -> Results:

@@ -124,7 +124,8 @@ def _default_library() -> Path:
     return Path(base) / "pixquery"
 
 
-def _in_process(query, k, threshold, library, model, as_json, text_only=False, semantic_only=False):
+def _in_process(query, k, threshold, library, model, as_json, text_only=False, semantic_only=False, filters=None,
+                sort="score"):
     from pixquery.api import Library
 
     with Library.open(library, model=model, create=False) as lib:
@@ -135,7 +136,8 @@ def _in_process(query, k, threshold, library, model, as_json, text_only=False, s
             if not as_json and getattr(enc, "random_weights", False):
                 warn_random(lib.model_name)
         t0 = time.perf_counter()
-        results = lib.search(query, k=k, threshold=threshold, text_only=text_only, semantic_only=semantic_only)
+        results = lib.search(query, k=k, threshold=threshold, text_only=text_only, semantic_only=semantic_only,
+                             sort=sort, **(filters or {}))
         ms = (time.perf_counter() - t0) * 1000
         return Found.of(results), ms
 
@@ -166,33 +168,39 @@ def _combined(query: str | None, add, subtract, images, weights):
 
 def search_command(query: str | None, image, k: int, threshold: str | None, library: Path | None,
                    model: str | None, as_json: bool, add=(), subtract=(), weight=(), text_only: bool = False,
-                   semantic_only: bool = False) -> None:
+                   semantic_only: bool = False, *, sort: str = "score", **filters) -> None:
     """Search and print (the body of `pixquery search`); raises PixqueryError for a user error.
     image: a path or a list of paths (--image, repeatable), weight: their --weight values.
-    text_only / semantic_only: match only the text read in photos (OCR) / only by meaning."""
+    text_only / semantic_only: match only the text read in photos (OCR) / only by meaning.
+    `filters`: Library.search's filter keywords (after, before, folders, media, camera, near, within)."""
     images = [] if image is None else [image] if isinstance(image, (str, Path)) else list(image)
     if query is None and not (images or add or subtract):
         raise PixqueryError("give a text query or --image PATH")
     combined = _combined(query, add, subtract, images, list(weight))
+    filters = {key: [str(f) for f in v] if key == "folders" else v
+               for key, v in filters.items() if v not in (None, "", [], ())}
+    filtered = bool(filters) or sort != "score"  # the daemon answers plain searches only
     # The daemon answers text-only queries: the combined one travels in the inline syntax. It
     # searches both sides (semantic and, with OCR, text): one side alone is searched here.
     inline = query if query is not None and len(combined) == 1 and not images else combined.to_inline()
-    plain = inline is not None and not text_only and not semantic_only
+    plain = inline is not None and not text_only and not semantic_only and not filtered
     got = _from_daemon(inline, k, threshold, library, model) if plain else None
     if got is not None:
         found, random_weights, model_name, ms = got
         if random_weights and not as_json:
             warn_random(model_name)
     else:
-        found, ms = _in_process(combined, k, threshold, library, model, as_json, text_only, semantic_only)
+        found, ms = _in_process(combined, k, threshold, library, model, as_json, text_only, semantic_only, filters, sort)
     if as_json:
         print(json.dumps({"query": query, "image": str(images[0]) if images else None, "parts": combined.to_dicts(),
-                          "threshold": found.threshold,
-                          "dropped_by_threshold": found.dropped, "results": found.results}, indent=2))
+                          "threshold": found.threshold, "dropped_by_threshold": found.dropped,
+                          "filters": filters or None, "sort": sort, "results": found.results}, indent=2))
         return
     rows = [(r["rank"], f"{r['score']:.4f}", f"{r['distance']:.4f}", where) for r, where in zip(found.results, found.locations)]
     texts = [matched_text(r) for r in found.results]
-    if piped():  # one result a line: rank, score, distance, location (`| cut -f4`), and matched text if any
+    if filtered:  # a filtered or date-sorted search shows when each was taken (after the path: cut -f4 stays the path)
+        rows = [(*row, r.get("taken", "").replace("T", " ")) for row, r in zip(rows, found.results)]
+    if piped():  # one result a line: rank, score, distance, location (`| cut -f4`), [taken], and matched text if any
         write_rows(row + ((text,) if text else ()) for row, text in zip(rows, texts))
     else:
         from rich.console import Console
@@ -200,13 +208,13 @@ def search_command(query: str | None, image, k: int, threshold: str | None, libr
         from rich.table import Table
 
         table = Table(show_header=True, header_style="bold", box=None)
-        for col, just in (("#", "right"), ("score", "right"), ("distance", "right")):
+        for col, just in (("#", "right"), ("score", "right"), ("distance", "right")) + ((("taken", "left"),) if filtered else ()):
             table.add_column(col, justify=just, no_wrap=True)
         table.add_column("path", overflow="fold")  # a path is never cut short: it is the answer
         if any(texts):
             table.add_column("text matched", overflow="fold")
         for row, text in zip(rows, texts):
-            table.add_row(*map(str, row[:3]), escape(row[3]), *([escape(text)] if any(texts) else []))
+            table.add_row(*map(str, row[:3] + row[4:]), escape(row[3]), *([escape(text)] if any(texts) else []))
         Console().print(table)
     note = f"{len(found.results)} results in {ms:.0f} ms"
     if found.threshold is not None:

@@ -14,7 +14,8 @@ fully written index file.
 Every SQL statement of pixquery lives in this package (a CI check keeps it so): `schema.py`
 (migrations), `store.py` (the Catalog: connection, settings, folders, photos, failures, models,
 embeddings, indexes), `media.py` (videos and detections: regions and frames), `shards.py` (the
-shard folders a store-only library loaded into its Milvus collection), `rows.py`.
+shard folders a store-only library loaded into its Milvus collection), `meta.py` (date taken, GPS,
+camera, and the search filters over them), `rows.py`.
 """
 
 from pixquery.catalog.rows import DetectionRow, ImageRow, IndexRow, Item, ModelRow, VideoRow

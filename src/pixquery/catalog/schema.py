@@ -199,6 +199,30 @@ MIGRATIONS: list[str] = [
     );
     """
     + TEXT_INDEX_SQL,
+    # 6 -> 7: each folder's `pixquery index --exclude` globs (a JSON list), applied on every rescan of it.
+    """
+    ALTER TABLE folder ADD COLUMN exclude TEXT NOT NULL DEFAULT '[]';
+    """,
+    # 7 -> 8: what a file says about itself (ingest/metadata.py): when it was taken (wall-clock seconds
+    # where it was taken, see there), from where the date came, GPS position and camera, one row
+    # per photo or video. A table of its own, not columns of `image`/`video`: rows there are read
+    # with SELECT *, and a library indexed before has no row until its next rescan fills it in
+    # (headers only, nothing re-embedded).
+    """
+    CREATE TABLE media_meta (
+        image_id INTEGER UNIQUE REFERENCES image(id) ON DELETE CASCADE,
+        video_id INTEGER UNIQUE REFERENCES video(id) ON DELETE CASCADE,
+        taken REAL,                  -- wall-clock seconds (local time where taken, counted as UTC)
+        utc_offset INTEGER,          -- minutes east of UTC, when known
+        taken_source TEXT NOT NULL,  -- exif | quicktime | mtime
+        lat REAL,
+        lon REAL,
+        make TEXT,
+        model TEXT,
+        CHECK ((image_id IS NULL) <> (video_id IS NULL))
+    );
+    CREATE INDEX media_meta_taken ON media_meta(taken);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

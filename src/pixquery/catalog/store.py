@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from pixquery.catalog.media import MediaTables
+from pixquery.catalog.meta import MetaTables
 from pixquery.catalog.rows import ImageRow, IndexRow, Item, ModelRow
 from pixquery.catalog.schema import MIGRATIONS, SCHEMA_VERSION, split_sql
 from pixquery.catalog.schema import chunks as _chunks
@@ -23,7 +24,7 @@ from pixquery.errors import LibraryError
 MEDIA_PHOTO, MEDIA_REGION, MEDIA_VIDEO = 0, 1, 2  # `media` of index_fields
 
 
-class Catalog(MediaTables, ShardTables, TextTables):
+class Catalog(MediaTables, ShardTables, TextTables, MetaTables):
     def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
         if readonly and not self.path.exists():
@@ -95,6 +96,15 @@ class Catalog(MediaTables, ShardTables, TextTables):
 
     def folders(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT path FROM folder ORDER BY path")]
+
+    def folder_excludes(self) -> dict[str, list[str]]:
+        """folder -> its remembered --exclude globs (folders with none are left out)."""
+        rows = self.db.execute("SELECT path, exclude FROM folder ORDER BY path")
+        return {p: globs for p, e in rows if (globs := json.loads(e or "[]"))}
+
+    def set_folder_excludes(self, path: str, globs: Sequence[str]) -> None:
+        """Remember `globs` for the folder `path` (added before; call inside a transaction)."""
+        self.db.execute("UPDATE folder SET exclude = ? WHERE path = ?", (json.dumps(list(globs)), path))
 
     # -- images ---------------------------------------------------------------------------
 
@@ -332,8 +342,8 @@ class Catalog(MediaTables, ShardTables, TextTables):
     def index_fields(self, items: Sequence[tuple[int | None, int | None]]) -> dict[str, np.ndarray]:
         """The scalar fields an index may store beside each item's vector for filtered search, in
         `items` order: media (MEDIA_PHOTO / MEDIA_REGION / MEDIA_VIDEO), folder (the id of the
-        deepest indexed folder holding the file, -1 if none), taken (unix seconds: the file's
-        modification time until EXIF dates are read)."""
+        deepest indexed folder holding the file, -1 if none), taken (wall-clock seconds when it was
+        taken, ingest/metadata.py; the file's modification time where no metadata was read yet)."""
         n = len(items)
         media = np.zeros(n, np.int8)
         folder = np.full(n, -1, np.int64)
@@ -361,6 +371,8 @@ class Catalog(MediaTables, ShardTables, TextTables):
                 pos = det_pos[det_id]
                 media[pos] = MEDIA_VIDEO if is_video else MEDIA_REGION
                 folder[pos], taken[pos] = folder_of(path or ""), (mtime_ns or 0) // 1_000_000_000
+        known = self.taken_of_items(items)
+        taken = np.where(known != 0, known, taken)
         return {"media": media, "folder": folder, "taken": taken}
 
     # -- indexes --------------------------------------------------------------------------

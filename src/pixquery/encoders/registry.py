@@ -99,7 +99,7 @@ _MODELS: dict[str, ModelSpec] = {
         # their own tokenizers, squashed (not centre-cropped) 0.5-mean images.
         _S("ViT-B-16-SigLIP", "immich-app/ViT-B-16-SigLIP__webli", 768, "SigLIP, English",
            family="siglip", arch="ViT-B-16-SigLIP", pretrained="webli", licence=APACHE_SIGLIP,
-           coco_t2i_r1=47.8),
+           imagenet_top1=76.0, coco_t2i_r1=47.8),
         _S("ViT-B-32-SigLIP2-256", "immich-app/ViT-B-32-SigLIP2-256__webli", 768,
            "SigLIP 2, multilingual, 256 px", family="siglip2", arch="ViT-B-32-SigLIP2-256", pretrained="webli",
            image_size=256, licence=APACHE_SIGLIP, multilingual=True, accuracy_source=SIGLIP2_PAPER),

@@ -296,6 +296,12 @@ class Index:
             return empty_results(len(queries), int(k))
         return self._inner.search(queries, k)
 
+    def search_among(self, queries, k: int, allowed):
+        """The chosen index's filtered search (indexes/filtered.py); None if it has none."""
+        if self._inner is None or not hasattr(self._inner, "search_among"):
+            return None
+        return self._inner.search_among(queries, k, allowed)
+
     def save(self, path: Path) -> None:
         bundles = {}
         if self._inner is not None:

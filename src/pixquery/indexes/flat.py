@@ -179,6 +179,34 @@ class Index:
         ids = np.where(pos >= 0, self._ids[np.clip(pos, 0, None)], -1)
         return pad_results(scores, ids, k)
 
+    def search_among(self, queries, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Search only the ids `allowed` (a boolean array by id) marks: faiss skips the others
+        before scoring them (IDSelectorBitmap over positions). None where the storage cannot
+        (pq4 fast scan): the caller searches wider instead (indexes/filtered.py)."""
+        from pixquery.indexes.filtered import bitmap_selector, mask_of_labels
+
+        queries = as_vectors(queries, self.dim)
+        k = int(k)
+        n = len(self._ids)
+        if n == 0 or not len(queries):
+            return empty_results(len(queries), k)
+        by_pos = mask_of_labels(allowed, self._ids)
+        kk = min(k, max(1, int(by_pos.sum())))
+        sel, _bits = bitmap_selector(by_pos)
+        index = self._fx.index
+        if isinstance(index, faiss.IndexRefine):
+            base = faiss.SearchParameters(sel=sel)
+            params = faiss.IndexRefineSearchParameters(base_index_params=base)
+            params.k_factor = float(max(self.config.rerank, self.config.rerank_min / kk, 1.0))
+        else:
+            params = faiss.SearchParameters(sel=sel)
+        try:
+            scores, pos = _faiss.search(index, queries, kk, params)
+        except RuntimeError:  # "does not support search params with a selector"
+            return None
+        ids = np.where(pos >= 0, self._ids[np.clip(pos, 0, None)], -1)
+        return pad_results(scores, ids, k)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: Path) -> None:
         parts = {"ids.npy": save_npy(self._ids)}

@@ -268,6 +268,35 @@ class Index:
         ids = np.where(pos >= 0, self._ids[np.clip(pos, 0, None)], -1)
         return pad_results(scores, ids, k)
 
+    def search_among(self, queries, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Search only the ids `allowed` (a boolean array by id) marks. With a fraction s of the
+        vectors allowed, nprobe / s cells are scanned (all of them at most), so about as many
+        allowed vectors are scored as an unfiltered search scores; the others are skipped before
+        scoring (IDSelectorBitmap). None where the storage cannot take a selector."""
+        from pixquery.indexes.filtered import bitmap_selector, mask_of_labels
+
+        queries = as_vectors(queries, self.dim)
+        k = int(k)
+        if not self._live or not len(queries):
+            return empty_results(len(queries), k)
+        by_pos = mask_of_labels(allowed, self._ids)
+        n_allowed = int(by_pos.sum())
+        if not n_allowed:
+            return empty_results(len(queries), k)
+        kk = min(k, n_allowed)
+        nlist = self._parts(self._fx.index)[0].nlist
+        nprobe = min(nlist, math.ceil(self.config.nprobe * self._live / n_allowed))
+        params, sp = self.search_params(kk, nprobe)
+        sp.nprobe = nprobe
+        sel, _bits = bitmap_selector(by_pos)
+        sp.sel = sel
+        try:
+            scores, pos = _faiss.search(self._fx.index, queries, kk, params)
+        except RuntimeError:
+            return None
+        ids = np.where(pos >= 0, self._ids[np.clip(pos, 0, None)], -1)
+        return pad_results(scores, ids, k)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: Path) -> None:
         parts = {"ids.npy": save_npy(np.asarray(self._ids))}

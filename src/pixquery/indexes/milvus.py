@@ -272,6 +272,7 @@ def _close(client: _Client | None, db_file: Path | None, tmpdir: Path | None) ->
 
 class Index:
     kind = "milvus"
+    max_k = MAX_TOPK  # the most hits one search may ask for (indexes/filtered.py searches wider up to it)
     scalar_fields = tuple(FIELDS)  # stored beside each vector: add(..., fields=...)
 
     def __init__(self, dim: int, config: Config | None = None, *, _db_file: Path | None = None):

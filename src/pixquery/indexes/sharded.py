@@ -135,6 +135,20 @@ class Index:
             return results[0]
         return merge_results(results, k)
 
+    def search_among(self, queries, k: int, allowed):
+        """Each shard's filtered search, merged (indexes/filtered.py); None if a shard has none."""
+        queries = as_vectors(queries, self.dim)
+        k = int(k)
+        shards = [s for s, held in zip(self._shards, self._ids) if len(held)]
+        if not all(hasattr(s, "search_among") for s in shards):
+            return None
+        results = [s.search_among(queries, k, allowed) for s in shards]
+        if any(r is None for r in results):
+            return None
+        if not results or not len(queries):
+            return empty_results(len(queries), k)
+        return results[0] if len(results) == 1 else merge_results(results, k)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: Path) -> None:
         counts = [len(i) for i in self._ids]

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pixquery.encoders.base import PreprocessConfig
 from pixquery.errors import BadImage
+from pixquery.ingest import formats
 
 # PIL refuses images above 2x its MAX_IMAGE_PIXELS; we decide ourselves (before decoding) so
 # the reason names the file and its size. 178 MP is far above any camera (a 108 MP phone fits).
@@ -56,9 +57,16 @@ def open_header(source) -> Iterator[Image.Image]:
     yield _identify(fp, "")
 
 
+class PluginMissing(Exception):
+    """The file is of a format whose decoder plugin is not installed here (the message says which)."""
+
+
 def _identify(fp, filename: str) -> Image.Image:
     """The core of `Image.open`: the first registered format plugin that accepts the file."""
     prefix = fp.read(16)
+    heif_problem = None
+    if prefix[4:8] == b"ftyp" and prefix[8:12] in formats.HEIF_BRANDS:
+        heif_problem = formats.heif_opener()  # pillow-heif's plugin, registered on the first HEIF seen
     tried = set()
     for load_plugins in (Image.preinit, Image.init):  # the common formats first, then all
         load_plugins()
@@ -76,6 +84,8 @@ def _identify(fp, filename: str) -> Image.Image:
                 return factory(fp, filename)
             except (SyntaxError, IndexError, TypeError, struct.error):
                 continue  # not this format after all (as Image.open treats these)
+    if heif_problem:
+        raise PluginMissing(formats.not_decodable(formats.HEIF, f"pillow-heif {heif_problem}"))
     raise UnidentifiedImageError(f"cannot identify image file {filename or fp!r}")
 
 _RESAMPLE = {
@@ -119,24 +129,75 @@ def load_image(source, draft_size: int | None = None, max_pixels: int = MAX_PIXE
 def _load(source, draft_size: int | None, max_pixels: int, name) -> tuple[Image.Image, int, int]:
     """load_image plus the photo's own size (EXIF rotation applied, before any draft scaling)."""
     name = name or source
+    # Camera RAW goes to LibRaw: most RAW formats are TIFF inside, and Pillow would show their
+    # first TIFF image (a thumbnail). Known by the file name's extension, or, for a file without
+    # one (an upload, a server thumbnail), by its first bytes or, for a DNG, its DNGVersion tag.
+    if formats.is_raw_name(name) or _starts_like_raw(source):
+        return _load_raw(source, draft_size, max_pixels, name)
+    try:
+        return load_pillow(source, draft_size, max_pixels, name, dng_is_raw=True)
+    except _IsDNG:
+        return _load_raw(source, draft_size, max_pixels, name)
+
+
+def _load_raw(source, draft_size, max_pixels, name):
+    from pixquery.ingest.raw import load_raw
+
+    if hasattr(source, "seek"):
+        source.seek(0)
+    return load_raw(source, draft_size, max_pixels, name)
+
+
+def _starts_like_raw(source) -> bool:
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as f:
+                prefix = f.read(16)
+        elif hasattr(source, "seek") and hasattr(source, "tell"):
+            pos = source.tell()
+            prefix = source.read(16)
+            source.seek(pos)
+        else:
+            return False
+    except (OSError, ValueError):
+        return False  # the decoder that follows says what is wrong with the file
+    return formats.sniff_raw(prefix)
+
+
+class _IsDNG(Exception):
+    """Pillow opened a TIFF that is a DNG: LibRaw must decode it."""
+
+
+def load_pillow(source, draft_size: int | None, max_pixels: int, name, rotate: bool = True,
+                dng_is_raw: bool = False) -> tuple[Image.Image, int, int]:
+    """A picture Pillow (or a registered plugin: pillow-heif) reads: `_load` without RAW.
+    rotate=False leaves the pixels as stored (a RAW preview, turned by its camera's own flag).
+    dng_is_raw: raise _IsDNG for a TIFF that is a DNG (checked before anything is decoded)."""
     try:
         # PIL's own guard raises inside Image.open with no size in the message; ours below names
         # the size, before anything is decoded (header parsing allocates nothing).
         with open_header(source) as img:
+            if dng_is_raw and img.format == "TIFF" and formats.DNG_VERSION_TAG in getattr(img, "tag_v2", {}):
+                raise _IsDNG()
             w, h = img.size
             if w * h > max_pixels:
                 raise BadImage(name, f"image is {w}x{h} pixels, above the {max_pixels:,}-pixel limit (decompression bomb?)")
-            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+            if rotate and img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 w, h = h, w
-            if draft_size and img.format == "JPEG":
+            if draft_size and img.format in ("JPEG", "HEIF"):
                 # JPEG can decode at 1/2, 1/4 or 1/8 scale for free; draft picks the smallest scale
                 # that keeps both sides >= draft_size, so the crop still has full resolution.
+                # A HEIC's draft (pillow-heif >= 1.8) is its smallest embedded thumbnail (a phone's
+                # is 320x240 or larger) with both sides >= draft_size, when it is a scaled copy.
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
-            img = ImageOps.exif_transpose(img)
+            if rotate:
+                img = ImageOps.exif_transpose(img)
             return _to_rgb(img), w, h
-    except BadImage:
+    except (BadImage, _IsDNG):
         raise
+    except PluginMissing as e:
+        raise BadImage(name, str(e)) from None
     except FileNotFoundError:
         raise BadImage(name, "file not found") from None
     except PermissionError:

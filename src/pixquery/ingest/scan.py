@@ -2,20 +2,27 @@
 
 A file counts as changed when its size or mtime differs from what the catalog recorded; that is
 what rclip and most photo tools use, and it costs one stat() per file. Symlinked folders are
-followed, but each real folder is visited once, so symlink loops end.
+followed, but each real folder is visited once, so symlink loops end. Hidden names, app caches,
+--exclude globs and .pixqueryignore files leave files and folders out (ingest/exclude.py); a file
+left out that the catalog knows counts as gone from disk.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pixquery.ingest import exclude as excluding
+from pixquery.ingest import formats
+
+# Pillow's formats, plus HEIC/HEIF, AVIF and camera RAW (ingest/formats.py): found whether or not
+# their plugin is installed here, so that a missing one is reported, never a silent gap.
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
-)
+) | formats.EXTENSIONS
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".3gp"})
 
 
@@ -46,8 +53,11 @@ def normalize_root(path: str | Path) -> str:
     return os.path.abspath(os.path.expanduser(str(path)))
 
 
-def walk(root: str, extensions: frozenset[str], errors: list[tuple[str, str]], unreadable: list[str] | None = None) -> Iterable[FileEntry]:
-    """Yield media files under `root` (a folder or a single file), sorted, each real file once."""
+def walk(root: str, extensions: frozenset[str], errors: list[tuple[str, str]], unreadable: list[str] | None = None,
+         exclude: Sequence[str] = ()) -> Iterable[FileEntry]:
+    """Yield media files under `root` (a folder or a single file), sorted, each real file once.
+    Left out: what ingest/exclude.py skips by default, the `exclude` globs (relative to `root`)
+    and what .pixqueryignore files say. A file given as `root` itself is never left out."""
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[tuple[int, int]] = set()
 
@@ -79,9 +89,9 @@ def walk(root: str, extensions: frozenset[str], errors: list[tuple[str, str]], u
             errors.append((root, "not a supported image or video file"))
         return
 
-    stack = [root]
+    stack = [(root, excluding.Rules.for_root(root, exclude))]
     while stack:
-        folder = stack.pop()
+        folder, rules = stack.pop()
         try:
             fst = os.stat(folder)
         except OSError as e:
@@ -100,6 +110,10 @@ def walk(root: str, extensions: frozenset[str], errors: list[tuple[str, str]], u
             if unreadable is not None:
                 unreadable.append(folder)
             continue
+        names = {c.name for c in children}
+        if folder != root and excluding.is_library_folder(names):
+            continue  # a pixquery library kept among the photos: its thumbnails are not photos
+        rules = rules.entering(folder, names, errors)
         subfolders = []
         for child in children:
             if child.name.startswith("."):
@@ -115,20 +129,25 @@ def walk(root: str, extensions: frozenset[str], errors: list[tuple[str, str]], u
                     errors.append((child.path, f"cannot read: {e.strerror or e}"))
                 continue
             if stat.S_ISDIR(cst.st_mode):
-                subfolders.append(child.path)
+                if not excluding.skipped_by_default(child.name, True) and not rules.excluded(child.path, True):
+                    subfolders.append((child.path, rules))
             elif stat.S_ISREG(cst.st_mode) and Path(child.name).suffix.lower() in extensions:
+                if rules.excluded(child.path, False):
+                    continue
                 e = entry_for(child.path, cst)
                 if e:
                     yield e
         stack.extend(reversed(subfolders))
 
 
-def scan(roots: Iterable[str], known: dict[str, tuple[int, int, int]], extensions: frozenset[str] = IMAGE_EXTENSIONS) -> ScanResult:
-    """Compare what is on disk under `roots` with `known` (path -> (id, size, mtime_ns) from the catalog)."""
+def scan(roots: Iterable[str], known: dict[str, tuple[int, int, int]], extensions: frozenset[str] = IMAGE_EXTENSIONS,
+         excludes: Mapping[str, Sequence[str]] | None = None) -> ScanResult:
+    """Compare what is on disk under `roots` with `known` (path -> (id, size, mtime_ns) from the catalog).
+    `excludes`: root -> its --exclude globs."""
     result = ScanResult()
     on_disk: set[str] = set()
     for root in roots:
-        for entry in walk(root, extensions, result.errors, result.unreadable):
+        for entry in walk(root, extensions, result.errors, result.unreadable, (excludes or {}).get(root, ())):
             if entry.path in on_disk:
                 continue
             on_disk.add(entry.path)

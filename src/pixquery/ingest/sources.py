@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pixquery.catalog import Catalog
+from pixquery.ingest import formats
 from pixquery.ingest import scan as scanning
 from pixquery.ingest import video as video_mod
 from pixquery.ingest.crops import REGION_KINDS, RegionConfig
@@ -28,6 +29,9 @@ class Plan:
     removed: int = 0  # files gone from disk (marked deleted)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): unreadable, unsupported
     regions_dropped: int = 0  # photos whose regions went because the region settings changed
+    # Files of a format whose decoder plugin is not installed here, by format: (what is missing and
+    # the install command, paths). Also in `failed`, each with that reason; reported once per format.
+    missing_plugins: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
 
     @property
     def to_embed(self) -> int:
@@ -38,11 +42,12 @@ class Plan:
 def plan(catalog: Catalog, roots: Sequence[str], model_id: int, *, regions: RegionConfig | None,
          sampling: video_mod.SamplingConfig | None, videos: bool = True) -> Plan:
     """Scan `roots` and compare with the catalog: the items this model must embed. Marks files gone
-    from disk as deleted (soft: indexes drop them at their next sync) and applies the region
-    settings (a change drops every photo's regions, to be made again)."""
+    from disk (or now excluded) as deleted (soft: indexes drop them at their next sync) and applies
+    the region settings (a change drops every photo's regions, to be made again)."""
     from pixquery.ingest.regions import apply_config
 
     out = Plan()
+    excludes = catalog.folder_excludes()
     regions = regions.resolved() if regions else None
     out.regions_dropped = apply_config(catalog, regions)
 
@@ -51,16 +56,31 @@ def plan(catalog: Catalog, roots: Sequence[str], model_id: int, *, regions: Regi
     known: dict = {}
     for root in photo_roots:
         known.update(catalog.images_under(root))
-    scanned = scanning.scan(photo_roots, known)
+    scanned = scanning.scan(photo_roots, known, excludes=excludes)
     out.found, out.removed = scanned.found, len(scanned.deleted)
     out.failed.extend(scanned.errors)
     current = catalog.image_ids_with_current_embedding(model_id)
     lacking = {i for i, _ in catalog.photos_without_detections(model_id, REGION_KINDS)} if regions else set()
+    problems: dict = {}  # format -> why it cannot be decoded here (None: it can), asked once per run
+
+    def decodable(path: str) -> bool:
+        fmt = formats.format_of(path)
+        if fmt is None:
+            return True
+        if fmt not in problems:
+            problems[fmt] = formats.missing(fmt)
+        if problems[fmt] is None:
+            return True
+        out.missing_plugins.setdefault(fmt.name, (formats.fix(fmt, problems[fmt]), []))[1].append(path)
+        out.failed.append((path, formats.not_decodable(fmt, problems[fmt])))
+        return False
+
     for e in scanned.to_embed:  # new or changed
-        out.items.append(MediaItem(e.path, e.size, e.mtime_ns, PHOTO, whole=True, regions=regions is not None))
+        if decodable(e.path):
+            out.items.append(MediaItem(e.path, e.size, e.mtime_ns, PHOTO, whole=True, regions=regions is not None))
     for image_id, e in scanned.unchanged:
         whole, more = image_id not in current, image_id in lacking
-        if whole or more:
+        if (whole or more) and decodable(e.path):
             out.items.append(MediaItem(e.path, e.size, e.mtime_ns, PHOTO, whole=whole, regions=more, reuse=True))
     if scanned.deleted:
         with catalog.transaction():
@@ -68,7 +88,7 @@ def plan(catalog: Catalog, roots: Sequence[str], model_id: int, *, regions: Regi
 
     # videos
     if videos:
-        vs = video_mod.scan_videos(catalog, roots)
+        vs = video_mod.scan_videos(catalog, roots, excludes=excludes)
         out.found += vs.found
         out.removed += len(vs.deleted)
         out.failed.extend(vs.errors)
@@ -87,7 +107,8 @@ def plan(catalog: Catalog, roots: Sequence[str], model_id: int, *, regions: Regi
             out.failed.extend((e.path, reason) for e, _ in todo)
         else:
             out.items.extend(MediaItem(e.path, e.size, e.mtime_ns, VIDEO, reuse=reuse) for e, reuse in todo)
-    out.skipped = out.found - sum(1 for i in out.items if i.whole)
+    unsupported = sum(len(paths) for _, paths in out.missing_plugins.values())
+    out.skipped = out.found - sum(1 for i in out.items if i.whole) - unsupported
     return out
 
 

@@ -49,6 +49,8 @@ CANNOT = {
                "(`pixquery import DIR --store-only` with other --param values, or without --store-only)",
     "image_id": "it has no image ids (no catalog rows): search with --image PATH instead",
     "import": "its vectors live only in its collection: import shards with --store-only, or into another library",
+    "filters and sort": "it keeps no dates, places or folders per file (no catalog rows): search it without "
+                        "filters, or import the shards into a library without --store-only",
 }
 
 

@@ -32,6 +32,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,6 +100,7 @@ class VideoInfo:
     start_time: float  # seconds of the stream's first frame (timestamps are relative to it)
     rotation: int = 0  # degrees counterclockwise the player turns the picture (phones: -90); width
     # and height are of the picture as shown, after that turn
+    created: datetime | None = None  # the container's creation time (QuickTime/MP4 creation_time), aware
 
 
 def _info(container, stream) -> VideoInfo:
@@ -113,7 +115,10 @@ def _info(container, stream) -> VideoInfo:
     frames = stream.frames or (int(round(duration * fps)) if duration and fps else None)
     start = float(stream.start_time * tb) if stream.start_time is not None and tb is not None else 0.0
     cc = stream.codec_context
-    return VideoInfo(duration, fps, cc.width, cc.height, frames, cc.name, start)
+    from pixquery.ingest.metadata import quicktime_time
+
+    return VideoInfo(duration, fps, cc.width, cc.height, frames, cc.name, start,
+                     created=quicktime_time({**dict(stream.metadata or {}), **dict(container.metadata or {})}))
 
 
 def _rotated(info: VideoInfo, rotation: int) -> VideoInfo:
@@ -441,7 +446,7 @@ def config_json(sampling: SamplingConfig, regions: RegionConfig | None) -> str:
 # -- scanning -----------------------------------------------------------------------------
 
 
-def scan_videos(catalog: Catalog, roots: Sequence[str]) -> scanning.ScanResult:
+def scan_videos(catalog: Catalog, roots: Sequence[str], excludes=None) -> scanning.ScanResult:
     """The video files under `roots` compared with the catalog's videos (new/changed, unchanged,
     deleted), like scan.scan for photos. A root that is a photo file is ignored; folder errors
     are left to the photo scan (which reports them) and only video files' errors are kept."""
@@ -449,7 +454,7 @@ def scan_videos(catalog: Catalog, roots: Sequence[str]) -> scanning.ScanResult:
     known: dict = {}
     for root in roots:
         known.update(catalog.videos_under(root))
-    result = scanning.scan(roots, known, scanning.VIDEO_EXTENSIONS)
+    result = scanning.scan(roots, known, scanning.VIDEO_EXTENSIONS, excludes=excludes)  # root -> --exclude globs
     result.errors = [(p, r) for p, r in result.errors if is_video_path(p)]
     return result
 

@@ -49,7 +49,7 @@ def info(files: list[Path] = typer.Argument(..., metavar="FILES", help="Video fi
     for f in files:
         try:
             i = probe(f)
-            out.append({"path": str(f), **i.__dict__})
+            out.append({"path": str(f), **i.__dict__, "created": i.created.isoformat() if i.created else None})
             if not as_json:
                 fps = f"{i.fps:.3g} fps" if i.fps else "? fps"
                 dur = format_timestamp(i.duration) if i.duration is not None else "?"

@@ -26,6 +26,7 @@ from pixquery.errors import BadImage
 from pixquery.ingest.crops import crops_of, draft_size
 from pixquery.ingest.decode import MAX_PIXELS, load, normalize
 from pixquery.ingest.items import VIDEO, DecodeSettings, MediaItem, Piece, failed
+from pixquery.ingest.metadata import photo_metadata, video_metadata
 
 VIDEO_PIECE_CROPS = 16  # a video's crops are sent on in pieces of about this many
 
@@ -57,8 +58,10 @@ def photo_piece(item: MediaItem, data: bytes, settings: DecodeSettings, *, max_p
     img, width, height = load(io.BytesIO(data), draft, name=item.path, max_pixels=max_pixels)
     crops = crops_of(img, cfg, whole=item.whole, regions=regions)
     pixels = normalize(np.stack([c.pixels for c in crops]), cfg)
+    # Date taken, GPS, camera from the same bytes (the header only: nothing decoded twice).
+    meta = photo_metadata(data, item.mtime_ns)
     piece = Piece(item, [c.region for c in crops], pixels, sha256=hashlib.sha256(data).hexdigest(), width=width,
-                  height=height)
+                  height=height, info={"meta": meta})
     if ocr is not None:
         t = time.perf_counter()
         piece.text = read_text(item, data, img, max(width, height), ocr, max_pixels)
@@ -155,7 +158,8 @@ def decode_video(item: MediaItem, settings: DecodeSettings) -> Iterator[Piece]:
     duration = stats.decoded_seconds if problem and stats.stopped_early else (info.duration or stats.decoded_seconds)
     facts = {"width": info.width, "height": info.height, "duration": duration, "fps": info.fps,
              "frame_count": info.frame_count, "decoded_frames": stats.decoded,
-             "total_frames": info.frame_count or stats.decoded, "decode_seconds": stats.seconds}
+             "total_frames": info.frame_count or stats.decoded, "decode_seconds": stats.seconds,
+             "meta": video_metadata(info.created, item.mtime_ns)}
     yield Piece(item, regions, normalize(np.stack(pixels), cfg) if pixels else None, final=True,
                 width=info.width, height=info.height, problem=problem, info=facts)
 

@@ -1,6 +1,6 @@
 """The write stage: embedded items into the catalog, one transaction per batch.
 
-A photo: its `image` row (file version, content hash, size), this model's embedding of the whole
+A photo: its `image` row (file version, content hash, size) and metadata (date taken, GPS, camera), this model's embedding of the whole
 picture (tied to that file version), its regions as detections and, when the decode worker read
 it (OCR on), its text lines (replacing what an older version of the file said). A video: its `video` row and
 its frames (and their regions) as detections, replacing the old ones. A killed run keeps every
@@ -53,6 +53,8 @@ class CatalogWriter:
             for e in photos:
                 it = e.item
                 image_id = cat.upsert_image(it.path, it.size, it.mtime_ns, e.sha256, e.width, e.height)
+                if e.info and e.info.get("meta"):
+                    cat.put_meta(e.info["meta"], image_id=image_id)
                 regions = [n for n, r in enumerate(e.regions) if r.kind in REGION_KINDS]
                 for n, r in enumerate(e.regions):
                     if r.kind == WHOLE:
@@ -82,6 +84,8 @@ class CatalogWriter:
         video_id = self.catalog.upsert_video(it.path, it.size, it.mtime_ns, width=info.get("width", e.width),
                                              height=info.get("height", e.height), duration=info.get("duration"),
                                              fps=info.get("fps"), frame_count=info.get("frame_count"))
+        if info.get("meta"):
+            self.catalog.put_meta(info["meta"], video_id=video_id)
         store_detections(self.catalog, self.model_id, video_id=video_id, regions=e.regions, vectors=e.vectors,
                          kinds=VIDEO_KINDS, reuse=it.reuse)
         counts.videos += 1

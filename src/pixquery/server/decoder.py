@@ -51,7 +51,7 @@ def thumbnail_job(path: str, name: str, size: int, max_pixels: int, quality: int
     _failpoints.hit("thumbnail_worker/" + name)  # crash tests: this worker dies on this file
     try:
         with open(path, "rb") as f:
-            img = load_image(f, draft_size=size, max_pixels=max_pixels, name="image")
+            img = load_image(f, draft_size=size, max_pixels=max_pixels, name=name or "image")  # RAW known by extension
         return "ok", encode_jpeg(img, size, quality)
     except BadImage as e:
         return "bad", e.reason

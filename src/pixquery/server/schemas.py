@@ -43,10 +43,17 @@ class Hit(BaseModel):
     original: Optional[str] = Field(None, description="URL of the original file")
     found_by: Optional[str] = Field(None, description="libraries with OCR on: semantic, text or semantic+text")
     matched: Optional[list[MatchedText]] = Field(None, description="the lines of text in the photo that matched the query")
+    taken: Optional[str] = Field(None, description="when it was taken, ISO 8601 wall-clock time where it was taken (no zone)")
+    taken_source: Optional[str] = Field(None, description="where `taken` comes from: exif, quicktime (a video's container) or mtime")
+    lat: Optional[float] = Field(None, description="GPS latitude, decimal degrees (EXIF)")
+    lon: Optional[float] = Field(None, description="GPS longitude, decimal degrees (EXIF)")
+    camera: Optional[str] = Field(None, description="camera make and model (EXIF)")
+    map: Optional[str] = Field(None, description="OpenStreetMap URL of where it was taken (photos with GPS)")
 
 
 class SearchPage(BaseModel):
-    query: dict = Field(description="what was searched: {text}, {image_id} or {upload_id}")
+    query: dict = Field(description="what was searched: {text}, {image_id} or {upload_id}; with `filters` "
+                                    "(as understood: after, before, in, type, camera, near, within) and `sort` when given")
     k: int = Field(description="page size actually used (requests above max_k are capped)")
     offset: int
     results: list[Hit]

@@ -43,6 +43,13 @@ MAX_EXTRA_PARTS = 32  # add + subtract + like + unlike of one search: each is an
 BROWSER_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/avif", "image/x-ms-bmp"}
 
 
+def map_url(lat: float | None, lon: float | None) -> str | None:
+    """Where a photo was taken, on OpenStreetMap (a marker at the point, street-level zoom)."""
+    if lat is None or lon is None:
+        return None
+    return f"https://www.openstreetmap.org/?mlat={lat:.6f}&mlon={lon:.6f}#map=16/{lat:.6f}/{lon:.6f}"
+
+
 class Server:
     """The state behind the endpoints (one per app)."""
 
@@ -92,13 +99,23 @@ class Server:
     def search(self, *, text: str | None = None, image_id: int | None = None, upload_id: str | None = None,
                vector: np.ndarray | None = None, k: int, offset: int, threshold: str | None,
                add: list[str] = (), subtract: list[str] = (), like: list[int] = (), unlike: list[int] = (),
-               image_weight: float = 1.0, match: str = "both") -> dict:
+               image_weight: float = 1.0, match: str = "both", filters: dict | None = None,
+               sort: str = "score") -> dict:
         """One page of results for a combined query (pixquery.query): the text `q` in the inline
         syntax, phrases added / subtracted, photos of the library liked / unliked, and one image
         (`image_id`, an upload, or a vector) weighted `image_weight`. match: "both" (meaning and, in
-        a library with OCR, the text in photos, fused), "text" or "semantic" alone."""
+        a library with OCR, the text in photos, fused), "text" or "semantic" alone. `filters`:
+        pixquery.filters.Filter.parse's keywords (after, before, folders, media, camera, near,
+        within), from the query parameters; `sort`: score or date."""
+        from pixquery.filters import Filter, check_sort
+
         t0 = time.perf_counter()
         cfg = self.config
+        try:
+            flt = Filter.parse(**(filters or {}))
+            sort = check_sort(sort)
+        except PixqueryError as e:
+            raise ApiError(422, str(e)) from None
         if text is None and not (add or subtract or like or unlike) and image_id is None and upload_id is None \
                 and vector is None:
             raise ApiError(422, "give a query: q (text), add, subtract, like, unlike, image_id or upload_id")
@@ -117,7 +134,7 @@ class Server:
             try:
                 # the texts reach the Library encoded (cached): their words go beside for the text side
                 res = lib.search(parts, k=want + 1, threshold=th, text_terms=words, text_only=match == "text",
-                                 semantic_only=match == "semantic")
+                                 semantic_only=match == "semantic", filter=flt, sort=sort)
             except LibraryError as e:
                 raise ApiError(503, str(e)) from None
             except IndexStoreError as e:  # the vector store (a Milvus server) is down or refused
@@ -129,6 +146,10 @@ class Server:
             videos = lib.catalog.video_versions([r.video_id for r in page if r.video_id is not None])
         more = len(res) > want and want < cfg.max_results
         hits = [self._hit(r, rows.get(r.image_id), videos.get(r.video_id)) for r in page]
+        if flt.active:
+            query["filters"] = flt.to_params()
+        if sort != "score":
+            query["sort"] = sort
         return {
             "query": query, "k": k, "offset": offset, "results": hits,
             "next_offset": want if more else None, "threshold": res.threshold, "dropped": res.dropped,
@@ -199,6 +220,8 @@ class Server:
             "time_range": list(r.time_range) if getattr(r, "time_range", None) else None,
             "box": list(r.box) if r.box else None, "width": r.width, "height": r.height,
             "found_by": r.found_by, "matched": r.matched,
+            "taken": r.taken, "taken_source": r.taken_source, "lat": r.lat, "lon": r.lon, "camera": r.camera,
+            "map": map_url(r.lat, r.lon),
         }
         if r.video_id is not None:
             version = f"{video[0]}-{video[1]}" if video else "0"

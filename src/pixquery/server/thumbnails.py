@@ -120,7 +120,8 @@ class Thumbnails:
             if isinstance(source, str):
                 with open(source, "rb") as f:
                     return self._make(f, size, name)
-            return encode_jpeg(load_image(source, draft_size=size, max_pixels=self.max_pixels, name="image"), size, self.quality)
+            # the file's name: its extension tells a camera RAW file (NEF, ARW, ...) from a TIFF
+            return encode_jpeg(load_image(source, draft_size=size, max_pixels=self.max_pixels, name=name or "image"), size, self.quality)
         from pixquery.server.decoder import thumbnail_job
 
         status, out = self.workers.run(thumbnail_job, source, name, size, self.max_pixels, self.quality)

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
+from typing import Annotated, Any, Optional
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from pixquery.filters import DATE_PATTERN, POINT_PATTERN
+from pixquery.server.api_errors import ApiError
 from pixquery.server.config import MAX_ID, ServerConfig
 from pixquery.server.openapi import THRESHOLD_SCHEMA
 from pixquery.server.schemas import ERRORS, ErrorBody, SearchPage
 from pixquery.server.state import MAX_EXTRA_PARTS, ServerDep
 from pixquery.server.uploads import read_upload
 
+# `in` folders per search, and characters of one: all of a search's parameters must fit in the
+# request line the HTTP server reads (16 KiB, percent-encoded).
+MAX_FOLDERS = 8
+MAX_PATH = 256
 # What POST /api/search/image reads (pixquery.server.uploads): a multipart form with the image as
 # the field `file`, or the image's bytes as the body (an image/* type, or application/octet-stream).
 _BYTES = {"type": "string", "format": "binary"}
@@ -40,6 +46,32 @@ QUERY_PARAMETERS = ("q", "add", "subtract", "like", "unlike", "image_id", "uploa
 NOT_BLANK = r"[^\s\x1c-\x1f\x85]|\ufeff"
 PHOTO_ID_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
 THRESHOLD_DOC = "angular distance 0..1 above which results are dropped, or 'auto' (the calibrated one; 400 when none is stored)"
+
+
+def filter_params(
+    # The patterns are stated in the schema and checked by pixquery.filters (same patterns), whose
+    # 422 says in words what a date or a place looks like.
+    after: Optional[str] = Query(None, json_schema_extra={"pattern": DATE_PATTERN}, description="taken in or after this period: 2019, 2019-06, "
+                                 "2019-06-15 or 2019-06-15T08:30 (wall-clock time where it was taken)"),
+    before: Optional[str] = Query(None, json_schema_extra={"pattern": DATE_PATTERN}, description="taken before this period starts (before=2019-09: "
+                                  "up to 31 August); must be later than `after`"),
+    folders: list[str] = Query([], alias="in", description="only files in this folder or below (absolute path; repeat for several)",
+                               json_schema_extra={"maxItems": MAX_FOLDERS, "items": {"type": "string", "maxLength": MAX_PATH}}),
+    media: Optional[str] = Query(None, alias="type", pattern="^(photo|video)$", description="photo or video"),
+    camera: Optional[str] = Query(None, max_length=200, description="camera make or model contains this (any case)"),
+    near: Optional[str] = Query(None, json_schema_extra={"pattern": POINT_PATTERN}, description="taken near LAT,LON (decimal degrees, EXIF GPS)"),
+    within: Optional[float] = Query(None, gt=0, le=20038, description="with `near` only: within this many km (default 10)"),
+    sort: str = Query("score", pattern="^(score|date)$", description="score (best first) or date (the page's results, oldest first)"),
+) -> dict[str, Any]:
+    """The filter parameters of a search (pixquery.filters), still k results per page when k pass.
+    Two rules across them (422 otherwise): `after` earlier than `before`, `within` only with `near`."""
+    if len(folders) > MAX_FOLDERS or any(len(f) > MAX_PATH for f in folders):
+        raise ApiError(422, f"in: at most {MAX_FOLDERS} folders, each at most {MAX_PATH} characters")
+    return {"filters": dict(after=after, before=before, folders=folders, media=media, camera=camera, near=near,
+                            within=within), "sort": sort}
+
+
+FilterDep = Annotated[dict, Depends(filter_params)]
 
 
 def router(config: ServerConfig) -> APIRouter:
@@ -73,9 +105,11 @@ def router(config: ServerConfig) -> APIRouter:
         match: str = Query("both", pattern="^(both|text|semantic)$",
                            description="both: by meaning and, in a library indexed with OCR, by the text in photos (fused); "
                                        "text or semantic: one of them alone"),
+        filtering: FilterDep = None,
     ):
         """Search by text (`q`), by an image of the library (`image_id`) or by an earlier upload
-        (`upload_id`), or by any combination of them with added and subtracted phrases and photos.
+        (`upload_id`), or by any combination of them with added and subtracted phrases and photos;
+        optionally filtered (after, before, in, type, camera, near + within) and sorted by date.
 
         A combined query is the weighted sum of its parts' normalised embeddings, normalised
         (docs/search.md). `q` takes the inline syntax: `beach +sunset -people` adds "sunset" and
@@ -94,7 +128,7 @@ def router(config: ServerConfig) -> APIRouter:
         matched, the lines (`matched`: text, box, confidence)."""
         return server.search(text=q, image_id=image_id, upload_id=upload_id, k=k, offset=offset, threshold=threshold,
                              add=add, subtract=subtract, like=like, unlike=unlike, image_weight=image_weight,
-                             match=match)
+                             match=match, **filtering)
 
     @api.post("/api/search/image", response_model=SearchPage, tags=["search"],
               openapi_extra=UPLOAD_SCHEMA, responses={**ERRORS, 200: {"links": UPLOAD_LINKS}, 413: {"model": ErrorBody, "description": "upload too large"},
@@ -104,6 +138,7 @@ def router(config: ServerConfig) -> APIRouter:
         server: ServerDep,
         k: int = Query(config.page_size, ge=1, description=f"results per page (capped at {config.max_k})"),
         threshold: Optional[str] = Query(None, max_length=32, description=THRESHOLD_DOC, json_schema_extra=THRESHOLD_SCHEMA),
+        filtering: FilterDep = None,
     ):
         """Search with a photo: multipart form field `file`, or the image bytes as the body.
 
@@ -114,8 +149,8 @@ def router(config: ServerConfig) -> APIRouter:
         if vector is None:
             vector = await run_in_threadpool(server.embed_upload, data)
             server.uploads.put(upload_id, vector)
-        page = await run_in_threadpool(lambda: server.search(vector=vector, k=k, offset=0, threshold=threshold))
-        page["query"] = {"upload_id": upload_id}
+        page = await run_in_threadpool(lambda: server.search(vector=vector, k=k, offset=0, threshold=threshold, **filtering))
+        page["query"] = {"upload_id": upload_id, **{key: v for key, v in page["query"].items() if key in ("filters", "sort")}}
         page["upload_id"] = upload_id
         return page
 

@@ -15,6 +15,8 @@
     vWhen: $("v-when"), vWhenLabel: $("v-when-label"), vSimilar: $("v-similar"), vOriginal: $("v-original"),
     vClose: $("v-close"), vPrev: $("v-prev"), vNext: $("v-next"), vMore: $("v-more"), vLess: $("v-less"),
     refine: $("refine"), refineText: $("refine-text"), refineClear: $("refine-clear"),
+    after: $("after"), before: $("before"), folder: $("folder"), sort: $("sort"), clearFilters: $("clear-filters"),
+    vCamera: $("v-camera"), vCameraLabel: $("v-camera-label"), vPlace: $("v-place"), vPlaceLabel: $("v-place-label"), vMap: $("v-map"),
     vTextBoxes: $("v-text-boxes"), vText: $("v-text"), vTextLabel: $("v-text-label"),
   };
 
@@ -88,6 +90,39 @@
     els.threshold.title = calibrated !== null ? `calibrated threshold: ${calibrated.toFixed(3)}` : "no calibrated threshold stored";
   }
 
+  // -- filters: a date range (inclusive days), a folder, the order --------------------------------
+  // The API's `before` is exclusive (the start of the period given): the day after the "To" day.
+  function dayAfter(iso) {
+    const d = new Date(iso + "T00:00:00Z");
+    d.setUTCDate(d.getUTCDate() + 1);
+    return d.toISOString().slice(0, 10);
+  }
+
+  function filterParams(p) {
+    if (els.after.value) p.set("after", els.after.value);
+    if (els.before.value) p.set("before", dayAfter(els.before.value));
+    if (els.folder.value) p.append("in", els.folder.value);
+    if (els.sort.value !== "score") p.set("sort", els.sort.value);
+    return p;
+  }
+
+  function filtersOn() {
+    return !!(els.after.value || els.before.value || els.folder.value || els.sort.value !== "score");
+  }
+
+  function showFolders(folders) {
+    const chosen = els.folder.dataset.want || els.folder.value;
+    for (const f of folders || []) {
+      if ([...els.folder.options].some((o) => o.value === f)) continue;
+      const o = document.createElement("option");
+      o.value = f;
+      o.textContent = f;
+      els.folder.append(o);
+    }
+    if (chosen) els.folder.value = chosen;
+    delete els.folder.dataset.want;
+  }
+
   // -- library facts and indexing progress ---------------------------------------------------
   async function loadInfo() {
     try {
@@ -103,6 +138,7 @@
     else els.libIndex.append("no index yet: run ", bold("pixquery index FOLDER"));
     els.libImages.innerHTML = "";
     els.libImages.append(bold(info.images.toLocaleString()), " images");
+    showFolders(info.folders);
     if (info.calibrated_threshold != null && calibrated === null) {
       calibrated = info.calibrated_threshold;
       const min = parseFloat(els.threshold.min), max = parseFloat(els.threshold.max);
@@ -165,6 +201,7 @@
     p.set("offset", offset);
     const t = thresholdParam();
     if (t !== null) p.set("threshold", t);
+    filterParams(p);
     return "/api/search?" + p.toString();
   }
 
@@ -256,6 +293,13 @@
     const refined = search.like.length + search.unlike.length;
     if (refined) text += ` with ${refined} photo${refined === 1 ? "" : "s"} added or subtracted`;
     if (page.threshold != null) text += ` within distance ${page.threshold.toFixed(2)}`;
+    const f = (page.query && page.query.filters) || null;
+    if (f) {
+      if (f.after || f.before) text += `, taken ${f.after ? "from " + els.after.value : ""}${f.after && f.before ? " " : ""}${f.before ? "to " + els.before.value : ""}`;
+      if (f.in) text += ` in ${f.in.join(", ")}`;
+    }
+    if (page.query && page.query.sort === "date") text += ", by date";
+    if (!n && f) text += ": widen the filters to see more";
     if (!n && page.threshold != null) text += ": raise the distance slider to see more";
     setMessage(text + (n ? ". Hover for scores, Enter or click to open." : "."));
   }
@@ -278,7 +322,8 @@
       tile.className = "tile";
       tile.setAttribute("role", "listitem");
       tile.dataset.index = i;
-      tile.title = `${r.name}\nscore ${r.score.toFixed(3)} · distance ${r.distance.toFixed(3)}`;
+      tile.title = `${r.name}${r.taken ? "\ntaken " + fmtDate(r.taken) : ""}\nscore ${r.score.toFixed(3)} · distance ${r.distance.toFixed(3)}`;
+      if (r.taken) tile.dataset.taken = r.taken;
       const img = document.createElement("img");
       img.loading = "lazy";
       img.decoding = "async";
@@ -340,6 +385,7 @@
     const p = new URLSearchParams({ k: Math.min(PAGE, limit()) });
     const t = thresholdParam();
     if (t !== null) p.set("threshold", t);
+    filterParams(p);
     try {
       const page = await api("/api/search/image?" + p.toString(), { method: "POST", body });
       if (mySeq !== seq) { els.grid.dataset.stale = ++stale; return; }
@@ -369,6 +415,11 @@
     const t = thresholdParam();
     if (t !== null) p.set("t", t);
     if (limit() !== 60) p.set("n", limit());
+    if (els.after.value) p.set("from", els.after.value);
+    if (els.before.value) p.set("to", els.before.value);
+    if (els.folder.value) p.set("in", els.folder.value);
+    if (els.sort.value !== "score") p.set("sort", els.sort.value);
+    els.clearFilters.hidden = !filtersOn();
     const h = "#" + p.toString();
     if (typing) {
       // A run of typing is one history entry (the latest query), not one per keystroke.
@@ -386,6 +437,12 @@
     const p = new URLSearchParams(location.hash.slice(1));
     if (p.has("t")) els.threshold.value = p.get("t");
     if (p.has("n")) els.limit.value = p.get("n");
+    els.after.value = p.get("from") || "";
+    els.before.value = p.get("to") || "";
+    if (p.get("in") && ![...els.folder.options].some((o) => o.value === p.get("in"))) showFolders([p.get("in")]);
+    els.folder.value = p.get("in") || "";
+    els.sort.value = p.get("sort") === "date" ? "date" : "score";
+    els.clearFilters.hidden = !filtersOn();
     showThreshold();
     const ids = (key) => (p.get(key) || "").split(",").filter((x) => /^\d+$/.test(x)).map((id) => ({ id, name: `photo ${id}` }));
     const refine = { like: ids("like"), unlike: ids("unlike") };
@@ -448,7 +505,14 @@
     els.vName.textContent = r.name;
     els.vPath.textContent = r.path;
     els.vSize.textContent = [r.width && r.height ? `${r.width} × ${r.height} px` : "", fmtBytes(r.size)].filter(Boolean).join(" · ");
-    els.vDate.textContent = fmtDate(r.modified);
+    els.vDate.textContent = r.taken && r.taken_source !== "mtime" ? `${fmtDate(r.taken)} (taken)` : fmtDate(r.modified);
+    els.vCamera.textContent = r.camera || "";
+    els.vCamera.hidden = els.vCameraLabel.hidden = !r.camera;
+    els.vPlace.hidden = els.vPlaceLabel.hidden = !r.map;
+    if (r.map) {
+      els.vMap.href = r.map;
+      els.vMap.textContent = `${r.lat.toFixed(5)}, ${r.lon.toFixed(5)} (map)`;
+    }
     els.vScore.textContent = `${r.score.toFixed(4)} (distance ${r.distance.toFixed(4)}, rank ${r.rank})`;
     els.vWhen.hidden = els.vWhenLabel.hidden = !video;
     if (video) {
@@ -485,7 +549,8 @@
       if (viewerIndex !== i) return;
       els.vImg.src = meta.preview;
       els.vSize.textContent = [meta.width && meta.height ? `${meta.width} × ${meta.height} px` : "", fmtBytes(meta.size)].filter(Boolean).join(" · ");
-      els.vDate.textContent = meta.taken ? `${fmtDate(meta.taken)} (taken)` : `${fmtDate(meta.modified)} (modified)`;
+      els.vDate.textContent = r.taken && r.taken_source !== "mtime" ? `${fmtDate(r.taken)} (taken)`
+        : meta.taken ? `${fmtDate(meta.taken)} (taken)` : `${fmtDate(meta.modified)} (modified)`;
       els.vPath.textContent = meta.path;
     } catch (e) {
       els.vDate.textContent = e.message;
@@ -609,6 +674,13 @@
   els.threshold.addEventListener("input", showThreshold);
   els.threshold.addEventListener("change", rerun);
   els.limit.addEventListener("change", rerun);
+  for (const el of [els.after, els.before, els.folder, els.sort]) el.addEventListener("change", () => { els.clearFilters.hidden = !filtersOn(); rerun(); });
+  els.clearFilters.addEventListener("click", () => {
+    els.after.value = els.before.value = els.folder.value = "";
+    els.sort.value = "score";
+    els.clearFilters.hidden = true;
+    rerun();
+  });
 
   function rerun() {
     if (!search) return;
@@ -642,7 +714,7 @@
   function queryToHash() {
     const given = new URLSearchParams(location.search);
     const p = new URLSearchParams();
-    for (const key of ["q", "image", "like", "unlike", "t", "n"]) if (given.get(key)) p.set(key, given.get(key));
+    for (const key of ["q", "image", "like", "unlike", "t", "n", "from", "to", "in", "sort"]) if (given.get(key)) p.set(key, given.get(key));
     if (!p.toString() || location.hash.length > 1) return;
     history.replaceState(null, "", location.pathname + "#" + p.toString());
   }
