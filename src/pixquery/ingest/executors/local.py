@@ -49,7 +49,7 @@ DEFAULT_DECODER = "process"
 DEFAULT_NICE = 10  # decoders' niceness above the encoder's (0 = same priority)
 # With OCR on, the decoders also detect text: work as heavy as the encoder's, not filler for its
 # idle moments. Niced, it got the cores only when every other process on the machine let it
-# (a shared 2-core machine: 0.40 of the speed without OCR at nice 10, 0.57 at 0;
+# (a shared 2-core machine under load: 0.40 of the speed without OCR at nice 10, 0.57-0.61 at 0;
 # bench/results/ocr-accuracy.md). On a machine of its own the total work is the same either way.
 OCR_NICE = 0
 DIED = "the decoder process died on this file (crash in an image codec, or out of memory)"
