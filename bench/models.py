@@ -300,9 +300,10 @@ def write(rows: dict[str, dict], desc: dict, load: tuple, args, command: str) ->
         "- The SigLIP, XLM-R and NLLB rows ran with a small stand-in tokenizer of the same kind (the real",
         "  vocabularies cannot be downloaded here): the towers' cost does not depend on it, tokenising does a little.",
         "- download MB is the two fp32 ONNX towers as exported here; immich's files are within a few % of it.",
-        '- Accuracy rows marked "no published figure found offline": nllb-clip-base-siglip, MobileCLIP2-S0 and',
+        '- Accuracy rows marked "no published figure found offline": nllb-clip-base-siglip and',
         "  ViT-B-32-SigLIP2-256 have figures in their model cards / papers that could not be read from this",
-        "  machine; they are left empty rather than quoted from memory.",
+        "  machine; they are left empty rather than quoted from memory. MobileCLIP2-S0's ImageNet figure is",
+        "  from Apple's model card; it publishes no COCO recall@1 there.",
         "",
         "![speed vs accuracy](models-speed-accuracy.png)",
     ]

@@ -30,6 +30,7 @@ from pixquery.errors import ModelNotAvailable, PixqueryError
 # Sources of the accuracy columns (ImageNet-1k zero-shot top-1 %, COCO 5k text->image recall@1 %).
 OPEN_CLIP_TABLES = ("open_clip docs/openclip_results.csv (ImageNet 1k) and "
                     "docs/openclip_retrieval_results.csv (MSCOCO image retr. R@1)")
+MOBILECLIP2_CARD = "Apple's MobileCLIP2 model cards (apple/MobileCLIP2-B on Hugging Face), Checkpoints table"
 SIGLIP2_PAPER = "SigLIP 2 paper (Tschannen et al. 2025, arXiv 2502.14786), Table 1, B/16 at 224 px"
 
 # Licences: `commercial` False means a research-only / non-commercial licence, which is never a
@@ -118,7 +119,7 @@ _MODELS: dict[str, ModelSpec] = {
         # Apple's MobileCLIP2: small re-parameterisable image tower; research-only weights.
         _S("MobileCLIP2-S0", "", 512, "FastViT-MCi0 image tower, 256 px; `pixquery export` re-parameterises it",
            family="mobileclip2", arch="MobileCLIP2-S0", pretrained="dfndr2b", image_size=256,
-           licence=APPLE_AMLR, commercial=False),
+           licence=APPLE_AMLR, commercial=False, imagenet_top1=71.5, accuracy_source=MOBILECLIP2_CARD),
     )
 }
 
