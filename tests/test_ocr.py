@@ -315,3 +315,65 @@ def test_the_viewer_outlines_the_words_that_matched(tmp_path, tiny_model):
             assert not problems, problems
         finally:
             browser.close()
+
+
+@pytest.mark.ocr
+def test_the_decode_workers_read_text_from_the_pixels_they_decoded(tmp_path):
+    """A photo's text is read in its decode worker: detection on the draft-decoded pixels, and
+    recognition (only where detection found boxes) from a bigger decode of the same bytes."""
+    from pixquery.encoders.base import PreprocessConfig
+    from pixquery.ingest.items import DecodeSettings, MediaItem
+    from pixquery.ingest.ocr import OcrConfig
+    from pixquery.ingest.workers import decode_photo
+
+    big = background(0).resize((2000, 1500))  # JPEG draft decodes it at 1/2 or less for the crops
+    big, box = with_text(big, "RE16 TGK", xy=(200, 300), size=120)
+    big.save(tmp_path / "car.jpg", quality=92)
+    background(1).resize((2000, 1500)).save(tmp_path / "plain.jpg", quality=92)
+    settings = DecodeSettings(PreprocessConfig(), ocr=OcrConfig().resolved())
+
+    def item(name, read_text=True):
+        path = str(tmp_path / name)
+        return MediaItem(path, os.path.getsize(path), 0, read_text=read_text)
+
+    piece = decode_photo(item("car.jpg"), settings)
+    assert piece.failure is None and piece.pixels is not None and (piece.width, piece.height) == (2000, 1500)
+    assert [b.text.replace(" ", "") for b in piece.text] == ["RE16TGK"]
+    assert overlap(piece.text[0].box, box) > 0.5 and piece.text_seconds > 0
+    assert decode_photo(item("plain.jpg"), settings).text == []  # read: no text in it
+    assert decode_photo(item("car.jpg", read_text=False), settings).text is None  # not asked to read it
+
+
+@pytest.mark.ocr
+def test_index_reads_text_in_the_decode_workers_and_the_ocr_pass_only_what_was_not_decoded(
+    tmp_path, tiny_model, monkeypatch
+):
+    from pixquery.api import Library
+    from pixquery.ingest import ocr as ocr_mod
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    with_text(background(0), "RE16 TGK")[0].save(photos / "car.jpg", quality=92)
+    for n in range(1, 4):
+        background(n).save(photos / f"plain{n}.jpg", quality=92)
+
+    def no_pass(*args, **kwargs):  # the pass after the run runs in this process; the workers do not
+        raise AssertionError("the OCR pass read a photo that a decode worker had decoded")
+
+    with monkeypatch.context() as m:
+        m.setattr(ocr_mod, "TextReader", no_pass)
+        lib = Library.open(tmp_path / "lib", model=str(tiny_model))
+        report = lib.index([photos], ocr=True)
+    assert report.failed == [] and report.indexed == 4
+    assert (report.text_photos, report.text_lines) == (4, 1)
+    hits = lib.search("RE16", k=1, text_only=True)
+    assert [Path(h.path).name for h in hits] == ["car.jpg"]
+    lib.close()
+
+    # OCR turned on for photos indexed before: nothing to decode, so the pass after reads them
+    other = Library.open(tmp_path / "lib2", model=str(tiny_model))
+    assert other.index([photos]).text_photos == 0
+    report = other.index([photos], ocr=True)
+    assert report.indexed == 0 and (report.text_photos, report.text_lines) == (4, 1)
+    assert [Path(h.path).name for h in other.search("TGK", k=1, text_only=True)] == ["car.jpg"]
+    other.close()

@@ -88,7 +88,7 @@ class IndexReport:
     regions: int = 0  # region embeddings (tiles, detector boxes) of photos and frames made in this run
     text_photos: int = 0  # photos whose text was read (OCR) in this run
     text_lines: int = 0  # lines of text found in them
-    ocr_seconds: float = 0.0
+    ocr_seconds: float = 0.0  # reading text: the decode workers' time (summed) and the OCR pass's
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     # The failures that are new: not the same file failing for the same reason in an earlier run.
     new_failures: list[tuple[str, str]] = field(default_factory=list)
@@ -244,13 +244,15 @@ class Library:
         exclude that were indexed before leave the library. See ingest/exclude.py, which also says
         what is skipped by default, and .pixqueryignore files.
         """
+        import dataclasses
+
         from pixquery.ingest import exclude as excluding
         from pixquery.ingest import metadata, pipeline, sources
         from pixquery.ingest import ocr as ocr_mod
         from pixquery.ingest import regions as region_mod
         from pixquery.ingest import scan as scanning
         from pixquery.ingest import video as video_mod
-        from pixquery.ingest.items import DecodeSettings
+        from pixquery.ingest.items import VIDEO, DecodeSettings
         from pixquery.ingest.sync import sync_index
         from pixquery.ingest.write import CatalogWriter
 
@@ -277,7 +279,6 @@ class Library:
             ocr_cfg = ocr_mod.choose_config(self.catalog, ocr)
             if ocr_cfg is not None:
                 ocr_cfg = ocr_cfg.resolved()  # fails now, before any work, without the engine
-                reader = ocr_mod.TextReader(ocr_cfg)
             sampling = video_mod.choose_sampling(self.catalog, every_seconds=every_seconds)
             with self.catalog.transaction():
                 for root in roots:
@@ -306,12 +307,21 @@ class Library:
                 progress.missing_plugin(fmt, len(paths), reason)
             progress.scanned(plan.found, plan.to_embed, plan.removed)
 
-            writer = CatalogWriter(self.catalog, model.id)
+            items = plan.items
+            if ocr_cfg is not None:
+                # The decode workers read the text of the photos they decode anyway (new and
+                # changed files, and unread ones): detection on the same pixels, beside the encoder.
+                # Photos not embedded in this run are read by the OCR pass below.
+                unread = {path for _, path, _, _ in self.catalog.photos_to_read(ocr_cfg.to_json())}
+                items = [dataclasses.replace(it, read_text=True)
+                         if it.kind != VIDEO and (it.whole or it.path in unread) else it for it in items]
+            writer = CatalogWriter(self.catalog, model.id, ocr_key=ocr_cfg.to_json() if ocr_cfg else None)
             settings = DecodeSettings(self.encoder.preprocess_cfg, draft=draft,
-                                      regions=region_cfg.resolved() if region_cfg else None, sampling=sampling)
+                                      regions=region_cfg.resolved() if region_cfg else None, sampling=sampling,
+                                      ocr=ocr_cfg)
             progress.started_embedding(len(plan.items))
             ray_only = {"model": self.model_name} if engine == "ray" else {}  # each node loads it by name
-            stats = pipeline.run(plan.items, self.encoder, settings, writer, engine=engine, address=address,
+            stats = pipeline.run(items, self.encoder, settings, writer, engine=engine, address=address,
                                  batch_size=batch_size, workers=workers, on_progress=progress.advance,
                                  on_failure=progress.failure, **ray_only)
             sources.saved_after_run(self.catalog, region_cfg, sampling, videos)
@@ -333,9 +343,11 @@ class Library:
             ocr_mod.apply_config(self.catalog, ocr_cfg)
             if ocr_cfg is not None:
                 progress.stage("reading text in photos")
-                text = ocr_mod.read_photos(self.catalog, ocr_cfg, reader=reader, on_progress=progress.reading_text,
+                text = ocr_mod.read_photos(self.catalog, ocr_cfg, on_progress=progress.reading_text,
                                            on_failure=progress.failure)
-                report.text_photos, report.text_lines, report.ocr_seconds = text.photos, text.lines, text.seconds
+                report.text_photos = counts.text_photos + text.photos
+                report.text_lines = counts.text_lines + text.lines
+                report.ocr_seconds = counts.text_seconds + text.seconds  # the workers' time summed
                 report.failed.extend(text.failed)
 
             report.index = sync_index(self.catalog, self.path, model, kind, params, rebuild=changed_config,

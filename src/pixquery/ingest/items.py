@@ -30,6 +30,7 @@ class MediaItem:
     whole: bool = True  # photos: embed the whole picture (this model has no current embedding of it)
     regions: bool = False  # photos: embed its regions too (tiles, detector boxes)
     reuse: bool = False  # the file is unchanged (another model embedded it): keep its detection ids
+    read_text: bool = False  # photos: read its text too (OCR on, and not read at this version)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class DecodeSettings:
     draft: bool = True  # JPEG draft mode: decode at the smallest scale that keeps full resolution
     regions: RegionConfig | None = None  # resolved (detector fingerprint filled in), or None: off
     sampling: object | None = None  # video.SamplingConfig (videos only)
+    ocr: object | None = None  # ocr.OcrConfig (resolved): photos with `read_text` are read, or None
 
 
 @dataclass
@@ -57,6 +59,8 @@ class Piece:
     failure: str | None = None  # the item failed: nothing of it is written (with `final`)
     problem: str | None = None  # a video that decoded in part: what decoded is kept, this is reported
     info: dict | None = None  # videos (final piece): duration, fps, frame_count, and decode figures
+    text: list | None = None  # photos read (`read_text`): ocr.TextBox lines, maybe none; None: not read
+    text_seconds: float = 0.0  # the worker's time reading it
 
     @property
     def n(self) -> int:
@@ -75,6 +79,8 @@ class EmbeddedItem:
     height: int | None = None
     problem: str | None = None
     info: dict | None = None
+    text: list | None = None  # as Piece.text
+    text_seconds: float = 0.0
 
 
 def failed(item: MediaItem, reason: str) -> Piece:

@@ -1,9 +1,13 @@
 """The OCR stage: text in photos, read with RapidOCR (PP-OCRv4 detection + recognition as ONNX
 models that ship inside the `rapidocr-onnxruntime` wheel: offline, no download), into the catalog.
 
-Opt-in per library (`pixquery index PATH --ocr`, remembered like regions). It runs after the
-embedding stages of an index run, over the photos whose current file version has not been read
-with the current settings (catalog `ocr_scan`), so a re-run reads only new and changed photos.
+Opt-in per library (`pixquery index PATH --ocr`, remembered like regions). The photos an index
+run embeds are read in their decode workers (ingest/workers.py `read_text`): detection on the
+pixels already decoded for the crops, beside the encoder, and the writer stores the lines with the
+embedding. `read_photos` (this module) then reads, in this process, the photos the run did not
+decode: OCR turned on or its settings changed for photos embedded before. Which photos are read
+at their current file version with the current settings is in the catalog (`ocr_scan`), so a
+re-run reads only new and changed photos.
 
 Cost is what decides the design. Text detection (a DB segmentation net over the whole picture)
 runs on every photo and is most of the cost; recognition runs only on the boxes found, so photos
@@ -46,6 +50,15 @@ class OcrConfig:
     det_thresh: float = 0.2  # text-pixel probability (PP-OCR's default 0.3): fainter text is found
     box_thresh: float = 0.4  # a box's mean probability to keep it (default 0.5)
     min_score: float = 0.5  # lines read with a lower confidence are dropped
+    unclip: float = 1.6  # how far a detected text region is grown into its box (PP-OCR's default)
+    # "none": detect on the photo as it is; "clahe": on a copy with its luminance contrast
+    # equalised locally (CLAHE), so text a few levels off its background stands out; "both": on
+    # the two, boxes merged (twice the detection cost). bench/results/ocr-accuracy.md compares them.
+    contrast: str = "none"
+    # Each box found, before recognition: "none" as it is; "stretch": its luminance stretched to
+    # the full range (faint text on a plain background reads like printed text). Costs ~nothing:
+    # boxes only.
+    rec_contrast: str = "none"
     engine: str = ENGINE  # with its version, once `resolved()`: a new engine reads every photo again
 
     def to_json(self) -> str:
@@ -81,8 +94,14 @@ class TextBox:
 class TextReader:
     """Reads the text in a picture. Loads the ONNX sessions once (~0.6 s); not thread-safe."""
 
-    def __init__(self, config: OcrConfig | None = None):
+    def __init__(self, config: OcrConfig | None = None, *, threads: int | None = None):
+        """threads: ONNX Runtime's threads per model (None: its default, every core); the decode
+        workers use 1 each, as many workers as cores running side by side."""
         self.config = config or OcrConfig()
+        if self.config.contrast not in CONTRASTS:
+            raise PixqueryError(f"OCR contrast must be one of {', '.join(CONTRASTS)}, not {self.config.contrast!r}")
+        if self.config.rec_contrast not in ("none", "stretch"):
+            raise PixqueryError(f"OCR rec_contrast must be none or stretch, not {self.config.rec_contrast!r}")
         try:
             from rapidocr_onnxruntime import RapidOCR
         except ImportError:
@@ -94,18 +113,33 @@ class TextReader:
             print_verbose=False,
             det_thresh=self.config.det_thresh,
             det_box_thresh=self.config.box_thresh,
+            det_unclip_ratio=self.config.unclip,
+            **({"intra_op_num_threads": threads, "inter_op_num_threads": 1} if threads else {}),
         )
 
     def detect(self, image: Image.Image) -> np.ndarray:
         """Text boxes as quadrilaterals (n, 4, 2) in relative coordinates, reading order."""
-        w, h = image.size
         small = _scaled(image, self.config.det_side)
-        bgr = np.ascontiguousarray(np.asarray(small)[:, :, ::-1])
-        boxes, _ = self._ocr.text_det(bgr)
-        if boxes is None or len(boxes) == 0:
+        rgb = np.asarray(small)
+        quads = []
+        if self.config.contrast in ("none", "both"):
+            quads.append(self._detect_pixels(rgb))
+        if self.config.contrast in ("clahe", "both"):
+            found = self._detect_pixels(_equalised(rgb))
+            if self.config.contrast == "both" and len(quads[0]):
+                found = found[~_overlapping(found, quads[0])]
+            quads.append(found)
+        boxes = np.concatenate(quads) if len(quads) > 1 else quads[0]
+        if not len(boxes):
             return np.zeros((0, 4, 2), np.float32)
         boxes = np.asarray(self._ocr.sorted_boxes(boxes), dtype=np.float32)
         return boxes / np.array([small.width, small.height], dtype=np.float32)
+
+    def _detect_pixels(self, rgb: np.ndarray) -> np.ndarray:
+        boxes, _ = self._ocr.text_det(np.ascontiguousarray(rgb[:, :, ::-1]))
+        if boxes is None or len(boxes) == 0:
+            return np.zeros((0, 4, 2), np.float32)
+        return np.asarray(boxes, dtype=np.float32)
 
     def read(self, image: Image.Image) -> list[TextBox]:
         """The lines of text in an RGB picture, top to bottom; detection, then recognition of the
@@ -113,10 +147,17 @@ class TextReader:
         quads = self.detect(image)
         if not len(quads):
             return []
+        return self.recognise(image, quads)
+
+    def recognise(self, image: Image.Image, quads: np.ndarray) -> list[TextBox]:
+        """The text in each box found by `detect` (relative quadrilaterals), read from `image`
+        (which may be a bigger decode of the same photo than the one detection saw)."""
         big = _scaled(image, self.config.rec_side)
         bgr = np.ascontiguousarray(np.asarray(big)[:, :, ::-1])
         pixels = (quads * np.array([big.width, big.height], dtype=np.float32)).astype(np.float32)
         crops = self._ocr.get_crop_img_list(bgr, list(pixels))
+        if self.config.rec_contrast == "stretch":
+            crops = [_stretched(c) for c in crops]
         texts, _ = self._ocr.text_rec(crops)
         out = []
         for quad, (text, score) in zip(quads, texts):
@@ -127,6 +168,43 @@ class TextReader:
             x1, y1 = np.clip(quad.max(0), 0.0, 1.0)
             out.append(TextBox(text, (float(x0), float(y0), float(x1), float(y1)), float(score)))
         return out
+
+
+CONTRASTS = ("none", "clahe", "both")
+
+
+def _equalised(rgb: np.ndarray) -> np.ndarray:
+    """The picture with its luminance equalised locally (CLAHE on L of L*a*b*, 8x8 tiles), colour
+    kept: faint text (a few levels off its background) gets the contrast the detector needs."""
+    import cv2  # comes with rapidocr-onnxruntime
+
+    lab = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2LAB)
+    lab[:, :, 0] = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(8, 8)).apply(lab[:, :, 0])
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+def _stretched(bgr: np.ndarray) -> np.ndarray:
+    """A box's pixels with their luminance range (2nd to 98th percentile) stretched to 0..255,
+    colour kept as offsets: what was 40 levels apart becomes ~255 apart."""
+    grey = bgr.astype(np.float32).mean(axis=2)
+    lo, hi = np.percentile(grey, (2, 98))
+    if hi - lo < 8:  # flat: nothing to stretch
+        return bgr
+    out = (bgr.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _overlapping(quads: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """For each quadrilateral of `quads`, whether its bounding box overlaps one of `others` by
+    more than half of the smaller box (the same text found twice)."""
+    a0, a1 = quads.min(1), quads.max(1)
+    b0, b1 = others.min(1), others.max(1)
+    lo = np.maximum(a0[:, None], b0[None])
+    hi = np.minimum(a1[:, None], b1[None])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
+    area_a = np.prod(a1 - a0, axis=1)[:, None]
+    area_b = np.prod(b1 - b0, axis=1)[None]
+    return (inter > 0.5 * np.minimum(area_a, area_b)).any(axis=1)
 
 
 def _scaled(image: Image.Image, long_side: int) -> Image.Image:

@@ -2,8 +2,10 @@
 
 They run in worker processes (local executor) or Ray tasks, so everything here is a plain
 function of its arguments. A photo is read once (hashed and decoded from the same bytes) and
-decoded once, at the smallest JPEG draft scale that still gives every crop full resolution; a
-video is sampled with PyAV and comes out as pieces of a few frames each, as it decodes.
+decoded once, at the smallest JPEG draft scale that still gives every crop full resolution (and,
+with OCR on, text detection its `det_side`); text detection runs here on those same pixels, in
+parallel with the encoder, and only a photo where it found text is decoded again, bigger, for
+recognition (ingest/ocr.py); a video is sampled with PyAV and comes out as pieces of a few frames each, as it decodes.
 Failures never raise: they come back as a piece with `failure` (or, for a video that decoded in
 part, `problem`), the reason naming what went wrong.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -45,14 +49,54 @@ def photo_piece(item: MediaItem, data: bytes, settings: DecodeSettings, *, max_p
         raise BadImage(item.path, "empty file (0 bytes)")
     cfg = settings.preprocess
     regions = settings.regions if item.regions else None
-    img, width, height = load(io.BytesIO(data), draft_size(cfg, regions) if settings.draft else None, name=item.path,
-                              max_pixels=max_pixels)
+    ocr = settings.ocr if item.read_text else None
+    draft = draft_size(cfg, regions) if settings.draft else None
+    if draft and ocr is not None:
+        # JPEG draft keeps the short side >= draft: 3/4 of det_side gives detection its long side
+        # (a 4:3 or wider photo) at one scale step more, not the full decode.
+        draft = max(draft, ocr.det_side * 3 // 4)
+    img, width, height = load(io.BytesIO(data), draft, name=item.path, max_pixels=max_pixels)
     crops = crops_of(img, cfg, whole=item.whole, regions=regions)
     pixels = normalize(np.stack([c.pixels for c in crops]), cfg)
     # Date taken, GPS, camera from the same bytes (the header only: nothing decoded twice).
     meta = photo_metadata(data, item.mtime_ns)
-    return Piece(item, [c.region for c in crops], pixels, sha256=hashlib.sha256(data).hexdigest(), width=width, height=height,
-                 info={"meta": meta})
+    piece = Piece(item, [c.region for c in crops], pixels, sha256=hashlib.sha256(data).hexdigest(), width=width,
+                  height=height, info={"meta": meta})
+    if ocr is not None:
+        t = time.perf_counter()
+        piece.text = read_text(item, data, img, max(width, height), ocr, max_pixels)
+        piece.text_seconds = time.perf_counter() - t
+    return piece
+
+
+_readers = threading.local()  # per worker (process or thread): TextReader is not thread-safe
+
+
+def _reader(config):
+    from pixquery.ingest.ocr import TextReader
+
+    cached = getattr(_readers, "reader", None)
+    if cached is None or cached.config != config:
+        # One ONNX Runtime thread: the workers are as many as the cores and run side by side.
+        cached = _readers.reader = TextReader(config, threads=1)
+    return cached
+
+
+def read_text(item: MediaItem, data: bytes, img, own_side: int, config, max_pixels: int = MAX_PIXELS) -> list | None:
+    """The photo's lines of text (ocr.TextBox): detection on `img` (the pixels already decoded
+    for the crops), then, only where it found boxes, recognition from a bigger decode of `data`.
+    None when reading failed: the OCR pass after the run reads it again and reports why."""
+    try:
+        reader = _reader(config)
+        quads = reader.detect(img)
+        if not len(quads):
+            return []
+        big = img
+        if max(img.size) < min(config.rec_side, own_side):  # decoded small (JPEG draft): again, bigger
+            big, _, _ = load(io.BytesIO(data), config.rec_side // 2, name=item.path, max_pixels=max_pixels)
+        return reader.recognise(big, quads)
+    except Exception:  # a reading failure must not lose the photo's embedding
+        return None
 
 
 def decode_photo(item: MediaItem, settings: DecodeSettings) -> Piece:

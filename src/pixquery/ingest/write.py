@@ -1,7 +1,8 @@
 """The write stage: embedded items into the catalog, one transaction per batch.
 
 A photo: its `image` row (file version, content hash, size) and metadata (date taken, GPS, camera), this model's embedding of the whole
-picture (tied to that file version) and its regions as detections. A video: its `video` row and
+picture (tied to that file version), its regions as detections and, when the decode worker read
+it (OCR on), its text lines (replacing what an older version of the file said). A video: its `video` row and
 its frames (and their regions) as detections, replacing the old ones. A killed run keeps every
 batch it committed; the next run finds those files done and embeds only the rest.
 """
@@ -29,13 +30,17 @@ class WriteCounts:
     decoded_frames: int = 0
     total_frames: int = 0
     decode_seconds: float = 0.0
+    text_photos: int = 0  # photos whose text the decode workers read (OCR on)
+    text_lines: int = 0
+    text_seconds: float = 0.0  # the workers' time reading it, summed
 
 
 class CatalogWriter:
     """`writer(items)`: store a batch of embedded items for one model, all or nothing."""
 
-    def __init__(self, catalog: Catalog, model_id: int):
-        self.catalog, self.model_id = catalog, model_id
+    def __init__(self, catalog: Catalog, model_id: int, ocr_key: str | None = None):
+        """ocr_key: the OCR settings (OcrConfig.to_json(), resolved) the workers read text with."""
+        self.catalog, self.model_id, self.ocr_key = catalog, model_id, ocr_key
         self.counts = WriteCounts()
 
     def __call__(self, items: list[EmbeddedItem]) -> None:
@@ -60,6 +65,12 @@ class CatalogWriter:
                     store_detections(cat, self.model_id, image_id=image_id, regions=[e.regions[n] for n in regions],
                                      vectors=e.vectors[regions], kinds=REGION_KINDS, reuse=True)
                     counts.regions += len(regions)
+                if e.text is not None and self.ocr_key is not None:
+                    cat.replace_photo_text(image_id, [(b.text, b.box, b.score) for b in e.text], size=it.size,
+                                           mtime_ns=it.mtime_ns, config=self.ocr_key, seconds=e.text_seconds)
+                    counts.text_photos += 1
+                    counts.text_lines += len(e.text)
+                    counts.text_seconds += e.text_seconds
             cat.mark_stale(image_ids=restale)
             for e in items:
                 if e.item.kind == VIDEO:

@@ -47,6 +47,11 @@ DECODERS = ("process", "thread")
 # Defaults, read at each call (benchmarks change them to compare variants through Library.index):
 DEFAULT_DECODER = "process"
 DEFAULT_NICE = 10  # decoders' niceness above the encoder's (0 = same priority)
+# With OCR on, the decoders also detect text: work as heavy as the encoder's, not filler for its
+# idle moments. Niced, it got the cores only when every other process on the machine let it
+# (a shared 2-core machine under load: 0.40 of the speed without OCR at nice 10, 0.57-0.61 at 0;
+# bench/results/ocr-accuracy.md). On a machine of its own the total work is the same either way.
+OCR_NICE = 0
 DIED = "the decoder process died on this file (crash in an image codec, or out of memory)"
 
 
@@ -282,7 +287,7 @@ def run_local(
     after each batch and each failure, on_failure once per file that could not be used (or, for
     a video written in part, once with what went wrong). decoder: "process" (the default: a
     crashing codec cannot take the run down) or "thread". nice: how much lower the decoders' CPU
-    priority is than the encoder's (default 10). window: most items in flight at once (default:
+    priority is than the encoder's (default 10; 0 when they read text, `settings.ocr`). window: most items in flight at once (default:
     3 batches). batch_size None: the encoder's `preferred_batch_size` if it has one.
     """
     stats = PipelineStats()
@@ -294,7 +299,8 @@ def run_local(
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     decoder = decoder or DEFAULT_DECODER
-    nice = DEFAULT_NICE if nice is None else nice
+    if nice is None:
+        nice = OCR_NICE if settings.ocr is not None else DEFAULT_NICE
     workers = workers or default_workers()
     window = max(window or default_window(batch_size, workers), batch_size + 1)
     stats.window = window
@@ -486,7 +492,8 @@ def run_local(
                     last = g.last
                     vecs = np.concatenate(g.vectors) if g.vectors else np.zeros((0, getattr(encoder, "dim", 0)), np.float32)
                     finished.append(EmbeddedItem(last.item, g.regions, vecs, sha256=last.sha256, width=last.width,
-                                                 height=last.height, problem=last.problem, info=last.info))
+                                                 height=last.height, problem=last.problem, info=last.info,
+                                                 text=last.text, text_seconds=last.text_seconds))
             give_slots(len(finished))
             if finished:
                 tw = time.perf_counter()

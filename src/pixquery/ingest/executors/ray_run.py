@@ -144,7 +144,7 @@ def run_ray(
                     final.item, regions, np.concatenate(vecs) if vecs else np.zeros((0, encoder.dim), np.float32),
                     sha256=first.sha256, width=first.width if first.width is not None else final.width,
                     height=first.height if first.height is not None else final.height, problem=final.problem,
-                    info=final.info)
+                    info=final.info, text=final.text, text_seconds=final.text_seconds)
                 if final.problem:
                     stats.problems.append((final.item.path, final.problem))
                     if on_failure:
