@@ -49,7 +49,25 @@ from machine import describe, markdown  # noqa: E402
 
 PEERS = Path(os.environ.get("PIXQUERY_PEERS", "/work/peers"))
 RCLIP_SUBDIR = "ViT-B-32-256-datacomp_s34b_b86k"
-WORDS = ["dog", "cat", "beach", "mountain", "car", "red", "blue", "old", "city", "night", "snow", "birthday", "cake", "tree", "river", "bridge", "child"]
+WORDS = [
+    "dog",
+    "cat",
+    "beach",
+    "mountain",
+    "car",
+    "red",
+    "blue",
+    "old",
+    "city",
+    "night",
+    "snow",
+    "birthday",
+    "cake",
+    "tree",
+    "river",
+    "bridge",
+    "child",
+]
 
 
 def pct(values, q):
@@ -59,7 +77,13 @@ def pct(values, q):
 def base_env() -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", NO_COLOR="1")
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed package has its bytecode compiled
-    for key in ("PIXQUERY_FULL_CLI", "PIXQUERY_NO_DAEMON", "PIXQUERY_ORT_OPTIMIZED_COPY", "PIXQUERY_FAST_TOKENIZER", "PIXQUERY_LIBRARY"):
+    for key in (
+        "PIXQUERY_FULL_CLI",
+        "PIXQUERY_NO_DAEMON",
+        "PIXQUERY_ORT_OPTIMIZED_COPY",
+        "PIXQUERY_FAST_TOKENIZER",
+        "PIXQUERY_LIBRARY",
+    ):
         env.pop(key, None)
     return env
 
@@ -68,7 +92,9 @@ def export_base(commit: str, dest: Path) -> Path:
     if not (dest / "src" / "pixquery").is_dir():
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "src"], check=True, capture_output=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", commit, "src"], check=True, capture_output=True
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest / "src"
 
@@ -78,13 +104,22 @@ def ensure_rclip_data(args, work: Path) -> Path:
     (data / RCLIP_SUBDIR).mkdir(parents=True, exist_ok=True)
     (data / "tokenizer").mkdir(exist_ok=True)
     src = PEERS / "rclip-data"
-    for rel in (f"{RCLIP_SUBDIR}/visual.onnx", f"{RCLIP_SUBDIR}/textual.onnx", "tokenizer/bpe_simple_vocab_16e6.txt.gz"):
+    for rel in (
+        f"{RCLIP_SUBDIR}/visual.onnx",
+        f"{RCLIP_SUBDIR}/textual.onnx",
+        "tokenizer/bpe_simple_vocab_16e6.txt.gz",
+    ):
         if not (data / rel).exists():
             (data / rel).symlink_to(src / rel)
     if not (data / "db.sqlite3").exists():
         print("rclip: indexing the photos once (its database) ...", flush=True)
-        subprocess.run([str(PEERS / "rclip-venv" / "bin" / "rclip"), "-f", "-t", "1", "a photo"], cwd=args.photos,
-                       env=dict(base_env(), RCLIP_DATADIR=str(data)), check=True, capture_output=True)
+        subprocess.run(
+            [str(PEERS / "rclip-venv" / "bin" / "rclip"), "-f", "-t", "1", "a photo"],
+            cwd=args.photos,
+            env=dict(base_env(), RCLIP_DATADIR=str(data)),
+            check=True,
+            capture_output=True,
+        )
     return data
 
 
@@ -92,15 +127,31 @@ def ensure_library(args, work: Path) -> Path:
     lib = work / "lib"
     if not (lib / "catalog.sqlite").exists():
         print("pixquery: indexing the photos once ...", flush=True)
-        subprocess.run([sys.executable, "-m", "pixquery.cli", "index", str(args.photos), "-L", str(lib), "-m",
-                        str(Path(args.model).resolve()), "-q"], env=dict(base_env(), PYTHONPATH=str(REPO / "src")), check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pixquery.cli",
+                "index",
+                str(args.photos),
+                "-L",
+                str(lib),
+                "-m",
+                str(Path(args.model).resolve()),
+                "-q",
+            ],
+            env=dict(base_env(), PYTHONPATH=str(REPO / "src")),
+            check=True,
+        )
     return lib
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="models/random-vit-b-32")
-    ap.add_argument("--photos", type=Path, required=True, help="a folder of photos (rclip indexes the folder it runs in)")
+    ap.add_argument(
+        "--photos", type=Path, required=True, help="a folder of photos (rclip indexes the folder it runs in)"
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/pixquery-cold-bench"))
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--base", default=None, help="commit of the 'before' row (default: none)")
@@ -121,7 +172,11 @@ def main() -> int:
         base_src = export_base(args.base, work / f"base-{args.base[:12]}")
         configs[f"before ({args.base[:7]})"] = (search, dict(env, PYTHONPATH=str(base_src)), None)
     local = dict(env, PYTHONPATH=here_src, PIXQUERY_NO_DAEMON="1")
-    configs["quick entry, lazy imports"] = (search, dict(local, PIXQUERY_ORT_OPTIMIZED_COPY="0", PIXQUERY_FAST_TOKENIZER="0"), None)
+    configs["quick entry, lazy imports"] = (
+        search,
+        dict(local, PIXQUERY_ORT_OPTIMIZED_COPY="0", PIXQUERY_FAST_TOKENIZER="0"),
+        None,
+    )
     configs["+ pre-optimised tower"] = (search, dict(local, PIXQUERY_FAST_TOKENIZER="0"), None)
     configs["+ fast tokenizer (default, in process)"] = (search, local, None)
     configs["(the same through typer)"] = (search, dict(local, PIXQUERY_FULL_CLI="1"), None)
@@ -137,8 +192,12 @@ def main() -> int:
         argv, _, _ = configs[name]
         return argv + [query] + (tail if argv is search else [])
 
-    daemon = subprocess.Popen([sys.executable, "-m", "pixquery.cli", "daemon", "-L", str(lib)], env=dict(env, PYTHONPATH=here_src),
-                              stderr=subprocess.PIPE, text=True)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "pixquery.cli", "daemon", "-L", str(lib)],
+        env=dict(env, PYTHONPATH=here_src),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = daemon.stderr.readline()
         if "answering" not in line:
@@ -147,7 +206,9 @@ def main() -> int:
         outputs = {}
         for name, (_argv, cenv, cwd) in configs.items():
             for _ in range(2):
-                r = subprocess.run(argv_for(name, "a photo of a dog"), env=cenv, cwd=cwd, capture_output=True, text=True)
+                r = subprocess.run(
+                    argv_for(name, "a photo of a dog"), env=cenv, cwd=cwd, capture_output=True, text=True
+                )
                 if r.returncode != 0:
                     raise SystemExit(f"{name} failed: {r.stderr}")
             outputs[name] = r.stdout
@@ -166,7 +227,9 @@ def main() -> int:
             for name in order:
                 argv, cenv, cwd = configs[name]
                 t0 = time.perf_counter()
-                r = subprocess.run(argv_for(name, query), env=cenv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                r = subprocess.run(
+                    argv_for(name, query), env=cenv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+                )
                 times[name].append(time.perf_counter() - t0)
                 if r.returncode != 0:
                     raise SystemExit(f"{name} failed on round {i}")
@@ -181,28 +244,60 @@ def main() -> int:
     rows = []
     for name, v in times.items():
         p50 = float(np.median(v))
-        rows.append({"config": name, "p50_s": p50, "p90_s": pct(v, 90), "p99_s": pct(v, 99), "min_s": float(min(v)),
-                     "rclip_n_over_this": (rclip_p50 / p50) if rclip_p50 else None, "runs": len(v)})
+        rows.append(
+            {
+                "config": name,
+                "p50_s": p50,
+                "p90_s": pct(v, 90),
+                "p99_s": pct(v, 99),
+                "min_s": float(min(v)),
+                "rclip_n_over_this": (rclip_p50 / p50) if rclip_p50 else None,
+                "runs": len(v),
+            }
+        )
     machine = describe()
-    cmd = (f"flock /tmp/pixquery-bench.lock python bench/cold_query.py --model {args.model} --photos PHOTOS "
-           f"--rounds {args.rounds}" + (f" --base {args.base}" if args.base else ""))
-    lines = ["# Cold CLI query: pixquery vs rclip (one process per query, interleaved)", "",
-             f"Command: `{cmd}` (PHOTOS: {len(list(args.photos.iterdir()))} files)", "",
-             markdown(machine),
-             f"Load average (1, 5, 15 min) before: {load_before}; after: {load_after}; 1-min load during the run: "
-             f"median {np.median(loads):.2f}, max {max(loads):.2f}. {args.rounds} rounds in {seconds:.0f} s.", "",
-             f"Same result paths from every pixquery configuration (warm-up query): {'yes' if same else 'NO'}.", "",
-             "| configuration | p50 (s) | p90 (s) | p99 (s) | min (s) | rclip -n p50 / this p50 |", "|---|---:|---:|---:|---:|---:|"]
+    cmd = (
+        f"flock /tmp/pixquery-bench.lock python bench/cold_query.py --model {args.model} --photos PHOTOS "
+        f"--rounds {args.rounds}" + (f" --base {args.base}" if args.base else "")
+    )
+    lines = [
+        "# Cold CLI query: pixquery vs rclip (one process per query, interleaved)",
+        "",
+        f"Command: `{cmd}` (PHOTOS: {len(list(args.photos.iterdir()))} files)",
+        "",
+        markdown(machine),
+        f"Load average (1, 5, 15 min) before: {load_before}; after: {load_after}; 1-min load during the run: "
+        f"median {np.median(loads):.2f}, max {max(loads):.2f}. {args.rounds} rounds in {seconds:.0f} s.",
+        "",
+        f"Same result paths from every pixquery configuration (warm-up query): {'yes' if same else 'NO'}.",
+        "",
+        "| configuration | p50 (s) | p90 (s) | p99 (s) | min (s) | rclip -n p50 / this p50 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         ratio = f"{r['rclip_n_over_this']:.2f}x" if r["rclip_n_over_this"] else ""
-        lines.append(f"| {r['config']} | {r['p50_s']:.3f} | {r['p90_s']:.3f} | {r['p99_s']:.3f} | {r['min_s']:.3f} | {ratio} |")
+        lines.append(
+            f"| {r['config']} | {r['p50_s']:.3f} | {r['p90_s']:.3f} | {r['p99_s']:.3f} | {r['min_s']:.3f} | {ratio} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"machine": machine, "command": cmd, "rows": rows, "times": times,
-                                                         "load_before": load_before, "load_after": load_after,
-                                                         "load_during": loads, "same_paths": same}, indent=2))
+    args.out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "machine": machine,
+                "command": cmd,
+                "rows": rows,
+                "times": times,
+                "load_before": load_before,
+                "load_after": load_after,
+                "load_during": loads,
+                "same_paths": same,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -70,7 +70,9 @@ def run(args) -> dict:
                 mask_ms = (time.perf_counter() - t) * 1000
                 truth = exact_top(x, rows, q)
                 for strategy in args.strategies:
-                    view = FilteredIndex(index, mask, strategy=strategy)  # no exact fallback: measure the strategy itself
+                    view = FilteredIndex(
+                        index, mask, strategy=strategy
+                    )  # no exact fallback: measure the strategy itself
                     view.search(q[:1], K)  # warm
                     times, found, used = [], [], set()
                     for qi in q:
@@ -82,14 +84,25 @@ def run(args) -> dict:
                     found = np.array(found)
                     recall = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found.tolist(), truth.tolist())]))
                     short = float(np.mean((found < 0).sum(axis=1)))
-                    row = {"kind": kind, "shape": shape, "selectivity": s, "allowed": int(len(rows)), "strategy": strategy,
-                           "p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
-                           "recall_at_10": recall, "missing_per_query": short, "mask_ms": mask_ms,
-                           "used": sorted(used)}
+                    row = {
+                        "kind": kind,
+                        "shape": shape,
+                        "selectivity": s,
+                        "allowed": int(len(rows)),
+                        "strategy": strategy,
+                        "p50_ms": float(np.percentile(times, 50)),
+                        "p95_ms": float(np.percentile(times, 95)),
+                        "recall_at_10": recall,
+                        "missing_per_query": short,
+                        "mask_ms": mask_ms,
+                        "used": sorted(used),
+                    }
                     out["rows"].append(row)
-                    print(f"  {kind:5s} {shape:6s} s={s:<6g} {strategy:10s} p50 {row['p50_ms']:8.2f} ms  "
-                          f"p95 {row['p95_ms']:8.2f} ms  recall@10 {recall:.3f}  missing {short:.2f}  {','.join(sorted(used))}",
-                          flush=True)
+                    print(
+                        f"  {kind:5s} {shape:6s} s={s:<6g} {strategy:10s} p50 {row['p50_ms']:8.2f} ms  "
+                        f"p95 {row['p95_ms']:8.2f} ms  recall@10 {recall:.3f}  missing {short:.2f}  {','.join(sorted(used))}",
+                        flush=True,
+                    )
         del index
     return out
 
@@ -119,14 +132,27 @@ def catalog_filter(n: int) -> list[dict]:
             for i, image_id in enumerate(ids):
                 cat.put_meta({"taken": wall_seconds(start) + span * i / n, "taken_source": "exif"}, image_id=image_id)
         index = cat.create_index(model.id, "flat", {})
-        cat.commit_index(index.id, path="x", added=[(i, (image_id, None)) for i, image_id in enumerate(ids)], removed_refs=[],
-                         clear=True, params={}, size_bytes=0, build_seconds=0, next_ref_id=n)
+        cat.commit_index(
+            index.id,
+            path="x",
+            added=[(i, (image_id, None)) for i, image_id in enumerate(ids)],
+            removed_refs=[],
+            clear=True,
+            params={},
+            size_bytes=0,
+            build_seconds=0,
+            next_ref_id=n,
+        )
         print(f"catalog of {n} photos made in {time.perf_counter() - t:.0f}s", flush=True)
         for s in SELECTIVITIES:
             lo = start + timedelta(seconds=span * 0.25)
             dates = Filter(after=lo, before=lo + timedelta(seconds=span * s))
-            levels = {0.001: ["/photos/2/25/250"], 0.01: ["/photos/2/25"], 0.1: ["/photos/2"],
-                      0.5: [f"/photos/{d}" for d in range(5)]}
+            levels = {
+                0.001: ["/photos/2/25/250"],
+                0.01: ["/photos/2/25"],
+                0.1: ["/photos/2"],
+                0.5: [f"/photos/{d}" for d in range(5)],
+            }
             folders = Filter(folders=tuple(levels[s]))
             for what, flt in (("date range", dates), ("folders", folders)):
                 times, found = [], 0
@@ -141,17 +167,25 @@ def catalog_filter(n: int) -> list[dict]:
 
 
 def markdown(res: dict, desc: dict, command: str) -> str:
-    lines = [f"# Filtered search: prefilter vs postfilter at {res['n']:,} vectors", "",
-             f"Command: `{command}`", "",
-             f"{res['queries']} real CLIP ViT-B/32 text queries (bench/synthetic.py), one at a time, k={res['k']}. "
-             "recall@10 against the exact top 10 among the allowed vectors. `prefilter`: faiss IDSelectorBitmap "
-             "(IVF: nprobe / selectivity cells); `postfilter`: search k / selectivity wider, 4x more until 10 pass. "
-             "Neither with the exact fallback pixquery adds when an index returns too few.", "",
-             ]
+    lines = [
+        f"# Filtered search: prefilter vs postfilter at {res['n']:,} vectors",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"{res['queries']} real CLIP ViT-B/32 text queries (bench/synthetic.py), one at a time, k={res['k']}. "
+        "recall@10 against the exact top 10 among the allowed vectors. `prefilter`: faiss IDSelectorBitmap "
+        "(IVF: nprobe / selectivity cells); `postfilter`: search k / selectivity wider, 4x more until 10 pass. "
+        "Neither with the exact fallback pixquery adds when an index returns too few.",
+        "",
+    ]
     rows = res["rows"]
     present = [st for st in STRATEGIES if any(r["strategy"] == st for r in rows)]
-    head = ["index", "allowed set", "selectivity"] + [f"{st} p50 ms" for st in present] + \
-        [f"{st} recall@10" for st in present] + [f"{st} p95 ms" for st in present]
+    head = (
+        ["index", "allowed set", "selectivity"]
+        + [f"{st} p50 ms" for st in present]
+        + [f"{st} recall@10" for st in present]
+        + [f"{st} p95 ms" for st in present]
+    )
     if "auto" in present:
         head.append("auto used")
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -166,14 +200,29 @@ def markdown(res: dict, desc: dict, command: str) -> str:
             cells.append(", ".join(by["auto"].get("used", [])) if "auto" in by else "")
         lines.append("| " + " | ".join(cells) + " |")
     if res.get("catalog"):
-        lines += ["", f"## The catalog's part: which ids pass ({res['catalog_n']:,} photos)", "",
-                  "`Catalog.filter_refs` (one SQL query over index_image, image and media_meta) before every filtered "
-                  "search; median of 3.", "", "| filter | selectivity | ids passing | ms |", "|---|---|---|---|"]
-        lines += [f"| {r['filter']} | {r['selectivity']:.1%} | {r['passed']:,} | {r['ms']:.1f} |" for r in res["catalog"]]
-    lines += ["", f"`auto` (what pixquery runs, indexes/filtered.py): the prefilter below selectivity {PREFILTER_BELOW}; "
-              "above it one postfilter search (k / selectivity x 1.2 + 16 hits), then the prefilter when fewer "
-              "than k of those pass; the postfilter alone where the index has no prefilter (annoy, hnswlib, Milvus).", "",
-              "## Machine", "", machine.markdown(desc) + (f" {desc['note']}" if desc.get("note") else "")]
+        lines += [
+            "",
+            f"## The catalog's part: which ids pass ({res['catalog_n']:,} photos)",
+            "",
+            "`Catalog.filter_refs` (one SQL query over index_image, image and media_meta) before every filtered "
+            "search; median of 3.",
+            "",
+            "| filter | selectivity | ids passing | ms |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['filter']} | {r['selectivity']:.1%} | {r['passed']:,} | {r['ms']:.1f} |" for r in res["catalog"]
+        ]
+    lines += [
+        "",
+        f"`auto` (what pixquery runs, indexes/filtered.py): the prefilter below selectivity {PREFILTER_BELOW}; "
+        "above it one postfilter search (k / selectivity x 1.2 + 16 hits), then the prefilter when fewer "
+        "than k of those pass; the postfilter alone where the index has no prefilter (annoy, hnswlib, Milvus).",
+        "",
+        "## Machine",
+        "",
+        machine.markdown(desc) + (f" {desc['note']}" if desc.get("note") else ""),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -185,7 +234,9 @@ def main() -> None:
     ap.add_argument("--shapes", default="random,range")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "filtered-search"))
-    ap.add_argument("--catalog-n", type=int, default=0, help="also time the catalog's filter query on a library of this many photos")
+    ap.add_argument(
+        "--catalog-n", type=int, default=0, help="also time the catalog's filter query on a library of this many photos"
+    )
     ap.add_argument("--note", default="", help="a line about the machine (e.g. shared with other work)")
     args = ap.parse_args()
     args.kinds = args.kinds.split(",")

@@ -94,7 +94,9 @@ def machine_info() -> dict:
     for idx in range(4):
         p = Path(f"/sys/devices/system/cpu/cpu0/cache/index{idx}")
         try:
-            caches[f"L{(p / 'level').read_text().strip()}{(p / 'type').read_text().strip()[0]}"] = (p / "size").read_text().strip()
+            caches[f"L{(p / 'level').read_text().strip()}{(p / 'type').read_text().strip()[0]}"] = (
+                (p / "size").read_text().strip()
+            )
         except OSError:
             pass
     return {
@@ -127,7 +129,9 @@ def measure_bandwidth(mib: int = 512) -> dict:
     """Read bandwidth (bytes/s) of a dot product over two large arrays, 1 and all threads."""
     out = {}
     for threads in (1, CORES):
-        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        env = dict(
+            os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)
+        )
         code = BANDWIDTH_PROBE % (mib * 2**20 // 4)
         r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         out[f"{threads}_thread"] = float(r.stdout.strip())
@@ -274,8 +278,18 @@ class StudyAnnoy:
 
 
 class Bench:
-    def __init__(self, n: int, eval_q: np.ndarray, truth10: np.ndarray, truth1000: np.ndarray, q1000: np.ndarray,
-                 extra: np.ndarray, workdir: Path, quick: bool, kinds: set[str] | None = None):
+    def __init__(
+        self,
+        n: int,
+        eval_q: np.ndarray,
+        truth10: np.ndarray,
+        truth1000: np.ndarray,
+        q1000: np.ndarray,
+        extra: np.ndarray,
+        workdir: Path,
+        quick: bool,
+        kinds: set[str] | None = None,
+    ):
         self.n = n
         self.eval_q = eval_q
         self.truth10 = truth10
@@ -287,8 +301,19 @@ class Bench:
         self.quick = quick
         self.kinds = kinds  # None: every configuration; else only families whose first word is listed
 
-    def run(self, name: str, family: str, build, knob: str | None = None, values=(None,), *, big_k: bool = True,
-            add: bool = True, note: str = "", target=None):
+    def run(
+        self,
+        name: str,
+        family: str,
+        build,
+        knob: str | None = None,
+        values=(None,),
+        *,
+        big_k: bool = True,
+        add: bool = True,
+        note: str = "",
+        target=None,
+    ):
         """Build with build() -> index, then measure it for each knob value."""
         if self.kinds is not None and family.split()[0] not in self.kinds:
             return
@@ -306,8 +331,11 @@ class Bench:
         info["kind"] = getattr(index, "kind", family)
         info["params"] = index.params() if hasattr(index, "params") else {}
         # load: read into RAM, and memory-mapped (+ first query, which touches the pages it needs)
-        loader = (lambda mmap: ix.load_index(info["kind"], path, mmap=mmap)) if hasattr(index, "params") else (
-            lambda mmap, index=index: index.load(path))  # bound: `index` is deleted below
+        loader = (
+            (lambda mmap: ix.load_index(info["kind"], path, mmap=mmap))
+            if hasattr(index, "params")
+            else (lambda mmap, index=index: index.load(path))
+        )  # bound: `index` is deleted below
         gc.collect()
         r0 = rss_mb()
         t0 = time.perf_counter()
@@ -341,8 +369,10 @@ class Bench:
             row["label"] = name if knob is None else f"{name} {knob}={v}"
             self._measure(index, row, big_k)
             self.rows.append(row)
-            log(f"{row['label']}: R@10 {row['recall10']:.4f} p50 {row['p50_ms']:.3f} ms"
-                + (f" | R@1000 {row['recall1000']:.4f} p50 {row['p50_ms_1000']:.2f} ms" if big_k else ""))
+            log(
+                f"{row['label']}: R@10 {row['recall10']:.4f} p50 {row['p50_ms']:.3f} ms"
+                + (f" | R@1000 {row['recall1000']:.4f} p50 {row['p50_ms_1000']:.2f} ms" if big_k else "")
+            )
         shutil_rmtree(path)
         del index, holder
         gc.collect()
@@ -387,18 +417,32 @@ def real_vectors_table() -> list[dict]:
     truth = ids[np.argsort(-(q @ base.T), axis=1)[:, :10]]
     out = []
     configs = [
-        ("flat", {}), ("flat", {"storage": "float16"}), ("flat", {"storage": "int8"}), ("flat", {"storage": "pq4"}),
-        ("hnsw", {}), ("annoy", {}), ("annoy", {"n_trees": 100, "search_k": 10000}), ("ivf", {}),
-        ("ivf", {"nprobe": 8}), ("sharded", {"shard_size": 100}), ("auto", {}),
+        ("flat", {}),
+        ("flat", {"storage": "float16"}),
+        ("flat", {"storage": "int8"}),
+        ("flat", {"storage": "pq4"}),
+        ("hnsw", {}),
+        ("annoy", {}),
+        ("annoy", {"n_trees": 100, "search_k": 10000}),
+        ("ivf", {}),
+        ("ivf", {"nprobe": 8}),
+        ("sharded", {"shard_size": 100}),
+        ("auto", {}),
     ]
     flat = ix.build_index("flat", 512, ids, base)
     _, fi = flat.search(q, 10)
     for kind, params in configs:
         index = ix.build_index(kind, 512, ids, base, **params)
         _, found = index.search(q, 10)
-        out.append({"kind": kind, "params": params, "recall10": recall_at(found, truth),
-                    "identical_to_flat": bool((found == fi).all()),
-                    "effective": {k: v for k, v in index.params().items() if k != "chosen"}})
+        out.append(
+            {
+                "kind": kind,
+                "params": params,
+                "recall10": recall_at(found, truth),
+                "identical_to_flat": bool((found == fi).all()),
+                "effective": {k: v for k, v in index.params().items() if k != "chosen"},
+            }
+        )
     return out
 
 
@@ -407,7 +451,7 @@ def real_vectors_table() -> list[dict]:
 
 def configs_20k(b: Bench, x: np.ndarray, ids: np.ndarray, calib: np.ndarray):
     dim = x.shape[1]
-    B = lambda kind, **p: (lambda: ix.build_index(kind, dim, ids, x, **p))  # noqa: E731
+    B = lambda kind, **p: lambda: ix.build_index(kind, dim, ids, x, **p)  # noqa: E731
     # the study, as configured
     b.run("study Flat (faiss default threads)", "study", lambda: StudyFlat(x), add=False)
     b.run("study HNSW efC40 efS16", "study", lambda: StudyHNSW(x), add=False)
@@ -438,12 +482,13 @@ def configs_20k(b: Bench, x: np.ndarray, ids: np.ndarray, calib: np.ndarray):
         b.run(f"sharded {size}/shard", "sharded", B("sharded", shard_size=size), big_k=size >= 256, add=size >= 256)
 
 
-def configs_1m(b: Bench, x: np.ndarray, ids: np.ndarray, calib: np.ndarray, with_auto: bool, with_hnsw: bool,
-               nlist: int):
+def configs_1m(
+    b: Bench, x: np.ndarray, ids: np.ndarray, calib: np.ndarray, with_auto: bool, with_hnsw: bool, nlist: int
+):
     """~20 min on 2 cores. The study's Annoy (1024 trees) is left out: ~14 GB and hours to build at 1M;
     flat float16 and int8 are measured at 20k only."""
     dim = x.shape[1]
-    B = lambda kind, **p: (lambda: ix.build_index(kind, dim, ids, x, **p))  # noqa: E731
+    B = lambda kind, **p: lambda: ix.build_index(kind, dim, ids, x, **p)  # noqa: E731
     b.run("study Flat (faiss default threads)", "study", lambda: StudyFlat(x), add=False)
     b.run("flat float32", "flat", B("flat"))
     name = f"ivf{nlist or ''} float16"
@@ -540,17 +585,28 @@ def probe_milvus_types(dim: int = 64, uri: str = "") -> dict:
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
             ip = client.prepare_index_params()
             cfg = mv.Config(uri=uri, index_type=t, nlist=16, M=16)
-            ip.add_index(field_name="vector", index_type=t, metric_type="IP",
-                         params=mv.Index._build_params(types.SimpleNamespace(config=cfg, dim=dim)))
+            ip.add_index(
+                field_name="vector",
+                index_type=t,
+                metric_type="IP",
+                params=mv.Index._build_params(types.SimpleNamespace(config=cfg, dim=dim)),
+            )
             try:
                 client.create_collection(name, schema=schema, index_params=ip)
                 client.insert(name, [{"id": i, "vector": row} for i, row in enumerate(v.tolist())])
-                res = client.search(name, data=v[:20].tolist(), limit=10,
-                                    search_params=mv.Index._search_params(types.SimpleNamespace(config=cfg), 10))
+                res = client.search(
+                    name,
+                    data=v[:20].tolist(),
+                    limit=10,
+                    search_params=mv.Index._search_params(types.SimpleNamespace(config=cfg), 10),
+                )
                 found = np.array([[h["id"] for h in hits] for hits in res])
                 desc = client.describe_index(name, "vector")
-                out[t] = {"ok": True, "reported": {k: desc.get(k) for k in ("index_type", "nlist", "M", "efConstruction") if k in desc},
-                          "recall10": recall_at(found, truth)}
+                out[t] = {
+                    "ok": True,
+                    "reported": {k: desc.get(k) for k in ("index_type", "nlist", "M", "efConstruction") if k in desc},
+                    "recall10": recall_at(found, truth),
+                }
             except Exception as e:  # noqa: BLE001  (the engine's refusal is the result)
                 msg = str(getattr(e, "message", "") or e)
                 out[t] = {"ok": False, "error": msg[:200]}
@@ -594,7 +650,8 @@ class MilvusBench:
         row["qps_batch"] = len(self.q) / (time.perf_counter() - t0)
         row["recall10"] = recall_at(found, self.truth)
         row["p50_ms"], row["p99_ms"], row["lat_n"], row["server_cpu_ms_per_query"] = _lat_with_cpu(
-            index.search, self.q, 10, pid, self.budget)
+            index.search, self.q, 10, pid, self.budget
+        )
         row["load_avg"] = round(os.getloadavg()[0], 2)
 
     def milvus(self, index_type: str, knob: str | None = None, values=(None,), **params):
@@ -612,11 +669,18 @@ class MilvusBench:
         index.search(self.q[:1], 10)  # ready to serve
         build_s = time.perf_counter() - t0
         pid = milvus_server_pid(index._db)
-        info = {"name": name, "engine": "milvus-lite", "index": index_type, "build_s": build_s, "insert_s": insert_s,
-                "params": index.params(), "server_pid": pid,
-                "size_bytes": _du(index._db.parent),  # the milvus-lite database file (SQLite) and its journal
-                "server_rss_mb": _proc_kb(pid, "VmRSS") / 1024 if pid else None,
-                "client_rss_delta_mb": rss_mb() - rss0}
+        info = {
+            "name": name,
+            "engine": "milvus-lite",
+            "index": index_type,
+            "build_s": build_s,
+            "insert_s": insert_s,
+            "params": index.params(),
+            "server_pid": pid,
+            "size_bytes": _du(index._db.parent),  # the milvus-lite database file (SQLite) and its journal
+            "server_rss_mb": _proc_kb(pid, "VmRSS") / 1024 if pid else None,
+            "client_rss_delta_mb": rss_mb() - rss0,
+        }
         # reopening: milvus-lite rebuilds the collection from its file when it loads it
         c = index._client
         c.release_collection(index.config.collection)
@@ -632,8 +696,10 @@ class MilvusBench:
             row["server_rss_mb"] = _proc_kb(pid, "VmRSS") / 1024 if pid else None
             row["server_peak_mb"] = _proc_kb(pid, "VmHWM") / 1024 if pid else None
             self.rows.append(row)
-            log(f"{row['label']}: R@10 {row['recall10']:.4f} p50 {row['p50_ms']:.3f} ms p99 {row['p99_ms']:.3f} "
-                f"server {row['server_rss_mb']:.0f} MB (peak {row['server_peak_mb']:.0f})")
+            log(
+                f"{row['label']}: R@10 {row['recall10']:.4f} p50 {row['p50_ms']:.3f} ms p99 {row['p99_ms']:.3f} "
+                f"server {row['server_rss_mb']:.0f} MB (peak {row['server_peak_mb']:.0f})"
+            )
         index.close()
         del index
         gc.collect()
@@ -651,9 +717,15 @@ class MilvusBench:
         index.save(path)
         size = ix.index_size(path)
         shutil_rmtree(path)
-        info = {"name": name, "engine": "faiss" if kind in ("flat", "ivf") or params.get("backend") == "faiss" else kind,
-                "index": kind, "build_s": build_s, "params": index.params(), "size_bytes": size,
-                "client_rss_delta_mb": rss_delta}
+        info = {
+            "name": name,
+            "engine": "faiss" if kind in ("flat", "ivf") or params.get("backend") == "faiss" else kind,
+            "index": kind,
+            "build_s": build_s,
+            "params": index.params(),
+            "size_bytes": size,
+            "client_rss_delta_mb": rss_delta,
+        }
         for v in values:
             if knob:
                 setattr(index.config, knob, v)
@@ -718,7 +790,13 @@ def milvus_configs(mb: MilvusBench, n: int, accepted: set[str], faiss_nlist: int
         mb.milvus("AUTOINDEX")
     for t in ("IVF_SQ8", "IVF_PQ", "HNSW", "DISKANN"):  # a server's types, if this engine ever takes them
         if t in accepted:
-            knob, vals = ("ef", [64, 256]) if t == "HNSW" else ("search_list", [100]) if t == "DISKANN" else ("nprobe", [32, 128])
+            knob, vals = (
+                ("ef", [64, 256])
+                if t == "HNSW"
+                else ("search_list", [100])
+                if t == "DISKANN"
+                else ("nprobe", [32, 128])
+            )
             mb.milvus(t, knob, vals[:1] if quick else vals, **({"nlist": nlist} if t.startswith("IVF") else {}))
     # faiss, in this process, one thread per query: exact, IVF (same structure as IVF_FLAT), HNSW
     mb.inprocess("faiss flat float32 (exact)", "flat", None, [None])
@@ -738,19 +816,32 @@ def milvus_summary(rows: list[dict], n: int) -> dict:
         m = min((r for r in mil if r["recall10"] >= floor), key=lambda r: r["p50_ms"], default=None)
         f = min((r for r in fai if r["recall10"] >= floor), key=lambda r: r["p50_ms"], default=None)
         fi = min((r for r in ivf if r["recall10"] >= floor), key=lambda r: r["p50_ms"], default=None)
-        out["at_recall"].append({
-            "floor": floor, "milvus": m and m["label"], "milvus_p50": m and m["p50_ms"], "milvus_recall": m and m["recall10"],
-            "faiss": f and f["label"], "faiss_p50": f and f["p50_ms"], "faiss_recall": f and f["recall10"],
-            "ratio": (m["p50_ms"] / f["p50_ms"]) if m and f else None,
-            "faiss_ivf": fi and fi["label"], "ratio_vs_ivf": (m["p50_ms"] / fi["p50_ms"]) if m and fi else None})
+        out["at_recall"].append(
+            {
+                "floor": floor,
+                "milvus": m and m["label"],
+                "milvus_p50": m and m["p50_ms"],
+                "milvus_recall": m and m["recall10"],
+                "faiss": f and f["label"],
+                "faiss_p50": f and f["p50_ms"],
+                "faiss_recall": f and f["recall10"],
+                "ratio": (m["p50_ms"] / f["p50_ms"]) if m and f else None,
+                "faiss_ivf": fi and fi["label"],
+                "ratio_vs_ivf": (m["p50_ms"] / fi["p50_ms"]) if m and fi else None,
+            }
+        )
     at95 = next(a for a in out["at_recall"] if a["floor"] == 0.95)
     out["target"] = {
         "target": f"N={n:,}: a Milvus index with recall@10 >= 0.95 within 3x faiss's p50 at recall >= 0.95",
         "met": at95["ratio"] is not None and at95["ratio"] <= 3.0,
-        "measured": (f"{at95['milvus']}: p50 {at95['milvus_p50']:.2f} ms vs {at95['faiss']}: {at95['faiss_p50']:.3f} ms "
-                     f"-> {at95['ratio']:.1f}x" if at95["ratio"] is not None else
-                     f"no Milvus configuration reached recall@10 0.95 (best: "
-                     f"{max(mil, key=lambda r: r['recall10'])['label'] if mil else '-'})")}
+        "measured": (
+            f"{at95['milvus']}: p50 {at95['milvus_p50']:.2f} ms vs {at95['faiss']}: {at95['faiss_p50']:.3f} ms "
+            f"-> {at95['ratio']:.1f}x"
+            if at95["ratio"] is not None
+            else f"no Milvus configuration reached recall@10 0.95 (best: "
+            f"{max(mil, key=lambda r: r['recall10'])['label'] if mil else '-'})"
+        ),
+    }
     # does the search knob change anything? (milvus-lite answers from its own interim index)
     knob = {}
     for r in mil:
@@ -761,8 +852,10 @@ def milvus_summary(rows: list[dict], n: int) -> dict:
 
 
 def fmt_milvus_table(rows: list[dict]) -> list[str]:
-    lines = ["| configuration | build s | reopen s | on disk MB | memory MB | p50 ms | p99 ms | server CPU ms/query | batch q/s | R@10 | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| configuration | build s | reopen s | on disk MB | memory MB | p50 ms | p99 ms | server CPU ms/query | batch q/s | R@10 | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["engine"] == "milvus-lite":
             mem = f"server {r['server_rss_mb']:.0f} (peak {r['server_peak_mb']:.0f}) + client {r['client_rss_delta_mb']:.0f}"
@@ -770,33 +863,56 @@ def fmt_milvus_table(rows: list[dict]) -> list[str]:
             cpu = f"{r['server_cpu_ms_per_query']:.2f}" if r.get("server_cpu_ms_per_query") is not None else "-"
         else:
             mem, reopen, cpu = f"{r['client_rss_delta_mb']:.0f}", "-", "(in process)"
-        lines.append(f"| {r['label']} | {r['build_s']:.1f} | {reopen} | {r['size_bytes'] / 2**20:.0f} | {mem} | "
-                     f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {cpu} | {r['qps_batch']:.0f} | {r['recall10']:.4f} | {r['load_avg']} |")
+        lines.append(
+            f"| {r['label']} | {r['build_s']:.1f} | {reopen} | {r['size_bytes'] / 2**20:.0f} | {mem} | "
+            f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {cpu} | {r['qps_batch']:.0f} | {r['recall10']:.4f} | {r['load_avg']} |"
+        )
     return lines
 
 
 def write_milvus_report(out: Path, res: dict):
     n, m, s = res["n"], res["machine"], res["summary"]
-    L = [f"# Milvus (embedded milvus-lite) against faiss, N = {n:,}", "",
-         f"Run {m['date']} by `{res['command']}` ({res['wall_s'] / 60:.1f} min).", "",
-         "## Machine", "",
-         f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}, Python {m['python']}; "
-         f"{', '.join(f'{k} {v}' for k, v in m['versions'].items())}. Shared with other jobs: load average "
-         f"{m['load_avg_start']} at the start, {res['load_avg_end']} at the end (1-minute load per row in the table).", "",
-         "## Data", "",
-         f"{n:,} synthetic CLIP-like image vectors (512-d, bench/synthetic.py, seed 0) queried with the {res['n_eval']} "
-         "real CLIP ViT-B/32 text vectors of bench/indexes.py; recall@10 against exact inner-product search.", "",
-         "## Index types the embedded engine accepts", "",
-         "Probed at run time (a 2,000-row collection per type, metric IP):", "",
-         "| index type | accepted | what milvus-lite says |", "|---|---|---|"]
+    L = [
+        f"# Milvus (embedded milvus-lite) against faiss, N = {n:,}",
+        "",
+        f"Run {m['date']} by `{res['command']}` ({res['wall_s'] / 60:.1f} min).",
+        "",
+        "## Machine",
+        "",
+        f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}, Python {m['python']}; "
+        f"{', '.join(f'{k} {v}' for k, v in m['versions'].items())}. Shared with other jobs: load average "
+        f"{m['load_avg_start']} at the start, {res['load_avg_end']} at the end (1-minute load per row in the table).",
+        "",
+        "## Data",
+        "",
+        f"{n:,} synthetic CLIP-like image vectors (512-d, bench/synthetic.py, seed 0) queried with the {res['n_eval']} "
+        "real CLIP ViT-B/32 text vectors of bench/indexes.py; recall@10 against exact inner-product search.",
+        "",
+        "## Index types the embedded engine accepts",
+        "",
+        "Probed at run time (a 2,000-row collection per type, metric IP):",
+        "",
+        "| index type | accepted | what milvus-lite says |",
+        "|---|---|---|",
+    ]
     for t, p in res["probe"].items():
         said = json.dumps(p["reported"]) if p["ok"] else p["error"]
         L.append(f"| {t} | {'yes' if p['ok'] else 'no'} | {said} |")
-    L += ["", "## Target", "", "| target | measured | met |", "|---|---|---|",
-          f"| {s['target']['target']} | {s['target']['measured']} | {'yes' if s['target']['met'] else '**no**'} |", "",
-          "## Latency ratio Milvus / faiss at equal recall", "",
-          "Fastest p50 on each side among the configurations below that reach the recall floor.", "",
-          "| recall@10 floor | Milvus (p50 ms) | faiss (p50 ms) | ratio milvus/faiss | ratio vs faiss IVF |", "|---|---|---|---|---|"]
+    L += [
+        "",
+        "## Target",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        f"| {s['target']['target']} | {s['target']['measured']} | {'yes' if s['target']['met'] else '**no**'} |",
+        "",
+        "## Latency ratio Milvus / faiss at equal recall",
+        "",
+        "Fastest p50 on each side among the configurations below that reach the recall floor.",
+        "",
+        "| recall@10 floor | Milvus (p50 ms) | faiss (p50 ms) | ratio milvus/faiss | ratio vs faiss IVF |",
+        "|---|---|---|---|---|",
+    ]
     for a in s["at_recall"]:
         mcell = f"{a['milvus']} ({a['milvus_p50']:.2f})" if a["milvus"] else "none reaches it"
         fcell = f"{a['faiss']} ({a['faiss_p50']:.3f})" if a["faiss"] else "none reaches it"
@@ -804,26 +920,45 @@ def write_milvus_report(out: Path, res: dict):
         rivf = f"{a['ratio_vs_ivf']:.1f}x" if a["ratio_vs_ivf"] else "-"
         L.append(f"| {a['floor']} | {mcell} | {fcell} | {ratio} | {rivf} |")
     rf = res.get("rpc_floor")
-    L += ["", "## All configurations", "",
-          "build s: from an empty collection to the first answered query (Milvus: inserts of <= 2,000 rows per call "
-          "through pixquery's `milvus` kind, flush, first search). reopen s: release and load the collection again "
-          "(milvus-lite rebuilds it from its file). on disk: Milvus's database file; faiss: the saved index. memory: "
-          "Milvus: RSS of the milvus-lite server process (its peak so far) + growth of this process; faiss: growth of "
-          "this process after the build. p50/p99: single queries (faiss: one thread; Milvus: whatever its server uses, "
-          "see its CPU ms per query), p50 the lowest of three rounds' medians. batch q/s: all queries in one call.", ""]
+    L += [
+        "",
+        "## All configurations",
+        "",
+        "build s: from an empty collection to the first answered query (Milvus: inserts of <= 2,000 rows per call "
+        "through pixquery's `milvus` kind, flush, first search). reopen s: release and load the collection again "
+        "(milvus-lite rebuilds it from its file). on disk: Milvus's database file; faiss: the saved index. memory: "
+        "Milvus: RSS of the milvus-lite server process (its peak so far) + growth of this process; faiss: growth of "
+        "this process after the build. p50/p99: single queries (faiss: one thread; Milvus: whatever its server uses, "
+        "see its CPU ms per query), p50 the lowest of three rounds' medians. batch q/s: all queries in one call.",
+        "",
+    ]
     L += fmt_milvus_table(res["rows"])
     if rf:
-        L += ["", f"Fixed cost of a Milvus query here (pymilvus + gRPC over a Unix socket + milvus-lite, FLAT over "
-                  f"{rf['rows']:,} rows): p50 {rf['p50_ms']:.2f} ms, p99 {rf['p99_ms']:.2f} ms."]
+        L += [
+            "",
+            f"Fixed cost of a Milvus query here (pymilvus + gRPC over a Unix socket + milvus-lite, FLAT over "
+            f"{rf['rows']:,} rows): p50 {rf['p50_ms']:.2f} ms, p99 {rf['p99_ms']:.2f} ms.",
+        ]
     if res.get("interim_threshold"):
-        L += ["", "milvus-lite IVF_FLAT (nlist 1024) on the first rows of the same vectors, each side of 100,000 rows:", "",
-              "| rows | recall@10, nprobe 8 | p50 ms | recall@10, nprobe 512 | p50 ms |", "|---|---|---|---|---|"]
+        L += [
+            "",
+            "milvus-lite IVF_FLAT (nlist 1024) on the first rows of the same vectors, each side of 100,000 rows:",
+            "",
+            "| rows | recall@10, nprobe 8 | p50 ms | recall@10, nprobe 512 | p50 ms |",
+            "|---|---|---|---|---|",
+        ]
         for t in res["interim_threshold"]:
             a, b = t["nprobe8"], t["nprobe512"]
-            L.append(f"| {t['rows']:,} | {a['recall10']:.4f} | {a['p50_ms']:.2f} | {b['recall10']:.4f} | {b['p50_ms']:.2f} |")
+            L.append(
+                f"| {t['rows']:,} | {a['recall10']:.4f} | {a['p50_ms']:.2f} | {b['recall10']:.4f} | {b['p50_ms']:.2f} |"
+            )
     if s["knob_effect"]:
-        L += ["", "Recall@10 across the swept search knob, per Milvus build: " +
-              "; ".join(f"{k}: {v}" for k, v in s["knob_effect"].items()) + "."]
+        L += [
+            "",
+            "Recall@10 across the swept search knob, per Milvus build: "
+            + "; ".join(f"{k}: {v}" for k, v in s["knob_effect"].items())
+            + ".",
+        ]
     if res.get("notes"):
         L += ["", "## Notes", ""] + [f"* {x}" for x in res["notes"]]
     L.append("")
@@ -861,7 +996,9 @@ def run_milvus(args, res: dict, x, ids, eval_q, truth10, n: int):
     t = res["summary"]["target"]
     log(("MET    " if t["met"] else "NOT MET"), t["target"], "--", t["measured"])
     for a in res["summary"]["at_recall"]:
-        log(f"recall >= {a['floor']}: milvus {a['milvus']} {a['milvus_p50']} ms | faiss {a['faiss']} {a['faiss_p50']} ms | ratio {a['ratio']}")
+        log(
+            f"recall >= {a['floor']}: milvus {a['milvus']} {a['milvus_p50']} ms | faiss {a['faiss']} {a['faiss_p50']} ms | ratio {a['ratio']}"
+        )
     log(f"wrote {stem}.md, .json")
     if args.workdir is None:
         shutil_rmtree(work)
@@ -897,8 +1034,24 @@ class ServerBench(MilvusBench):
     create the new one, wait until every row is indexed), the server restarted (when started here:
     its RSS is then that index's alone) and the collection loaded before measuring."""
 
-    def __init__(self, x, ids, eval_q, truth10, workdir: Path, quick: bool, uri: str, srv, pid, nlist: int,
-                 hnsw_M: int, hnsw_efc: int, max_load: float, quiet_wait: float, save=lambda: None):
+    def __init__(
+        self,
+        x,
+        ids,
+        eval_q,
+        truth10,
+        workdir: Path,
+        quick: bool,
+        uri: str,
+        srv,
+        pid,
+        nlist: int,
+        hnsw_M: int,
+        hnsw_efc: int,
+        max_load: float,
+        quiet_wait: float,
+        save=lambda: None,
+    ):
         super().__init__(x, ids, eval_q, truth10, workdir, quick)
         self.uri, self.srv, self._pid0 = uri, srv, pid
         self.nlist, self.hnsw_M, self.hnsw_efc = nlist, hnsw_M, hnsw_efc
@@ -924,9 +1077,17 @@ class ServerBench(MilvusBench):
     def _config(self, index_type: str, **kw):
         from pixquery.indexes import milvus as mv
 
-        return mv.Config(uri=self.uri, collection=self.coll, index_type=index_type, consistency="Bounded",
-                         timeout=600, nlist=self.nlist, M=self.hnsw_M if index_type == "HNSW" else 0,
-                         ef_construction=self.hnsw_efc, **kw)
+        return mv.Config(
+            uri=self.uri,
+            collection=self.coll,
+            index_type=index_type,
+            consistency="Bounded",
+            timeout=600,
+            nlist=self.nlist,
+            M=self.hnsw_M if index_type == "HNSW" else 0,
+            ef_construction=self.hnsw_efc,
+            **kw,
+        )
 
     def segments(self) -> list[dict]:
         """The loaded segments as the query node reports them (rows, index name)."""
@@ -935,8 +1096,10 @@ class ServerBench(MilvusBench):
         alias = f"bench{os.getpid()}"
         connections.connect(alias, uri=self.uri, timeout=60)
         try:
-            return [{"id": s.segmentID, "rows": s.num_rows, "state": int(s.state), "index": s.index_name}
-                    for s in utility.get_query_segment_info(self.coll, using=alias)]
+            return [
+                {"id": s.segmentID, "rows": s.num_rows, "state": int(s.state), "index": s.index_name}
+                for s in utility.get_query_segment_info(self.coll, using=alias)
+            ]
         finally:
             connections.disconnect(alias)
 
@@ -964,8 +1127,10 @@ class ServerBench(MilvusBench):
         d["server_peak_mb"] = self.srv.peak_mb() if self.srv else None
         c.close()
         self.data = d
-        log(f"milvus server: inserted in {d['insert_s']:.1f} s ({d['rows_per_s']:.0f} rows/s), flush "
-            f"{d['flush_s']:.1f} s, compaction {d['compact_s']:.1f} s")
+        log(
+            f"milvus server: inserted in {d['insert_s']:.1f} s ({d['rows_per_s']:.0f} rows/s), flush "
+            f"{d['flush_s']:.1f} s, compaction {d['compact_s']:.1f} s"
+        )
 
     def _build_failures(self) -> list[str]:
         """The index node's "failed to build index" lines in the server's log (a server started here):
@@ -1018,14 +1183,24 @@ class ServerBench(MilvusBench):
         desc = self._wait_index(c)
         index_s = time.perf_counter() - t0
         c.close()
-        info = {"name": name, "engine": self.engine, "index": index_type, "params": dict(build),
-                "index_s": index_s, "build_s": self.data["load_s_total"] + index_s, **self.data,
-                "described": {k: desc.get(k) for k in ("index_type", "nlist", "m", "nbits", "M", "efConstruction")
-                              if k in desc},
-                "server_rss_built_mb": self.srv.rss_mb() if self.srv else None,
-                "server_peak_build_mb": self.srv.peak_mb() if self.srv else None}
-        log(f"{name}: index built in {index_s:.1f} s; server RSS {info['server_rss_built_mb']} MB, "
-            f"peak since start {info['server_peak_build_mb']} MB")
+        info = {
+            "name": name,
+            "engine": self.engine,
+            "index": index_type,
+            "params": dict(build),
+            "index_s": index_s,
+            "build_s": self.data["load_s_total"] + index_s,
+            **self.data,
+            "described": {
+                k: desc.get(k) for k in ("index_type", "nlist", "m", "nbits", "M", "efConstruction") if k in desc
+            },
+            "server_rss_built_mb": self.srv.rss_mb() if self.srv else None,
+            "server_peak_build_mb": self.srv.peak_mb() if self.srv else None,
+        }
+        log(
+            f"{name}: index built in {index_s:.1f} s; server RSS {info['server_rss_built_mb']} MB, "
+            f"peak since start {info['server_peak_build_mb']} MB"
+        )
         if self.srv:  # a fresh process: its RSS after loading is this index's
             info["restart_s"] = self.srv.restart()
         info["server_rss_empty_mb"] = self.srv.rss_mb() if self.srv else None
@@ -1043,8 +1218,10 @@ class ServerBench(MilvusBench):
         info["segments"] = [{"rows": s["rows"], "index": s["index"]} for s in segs]
         info["server_pid"] = self.pid
         info["server_rss_mb"] = _proc_kb(self.pid, "VmRSS") / 1024 if self.pid else None
-        log(f"{name}: loaded in {info['reload_s']:.1f} s, {len(segs)} segments "
-            f"{[s['rows'] for s in segs]}, server RSS {info['server_rss_mb']} MB")
+        log(
+            f"{name}: loaded in {info['reload_s']:.1f} s, {len(segs)} segments "
+            f"{[s['rows'] for s in segs]}, server RSS {info['server_rss_mb']} MB"
+        )
         for v in values:
             if knob:
                 setattr(index.config, knob, v)
@@ -1053,9 +1230,11 @@ class ServerBench(MilvusBench):
             row["server_rss_mb"] = _proc_kb(self.pid, "VmRSS") / 1024 if self.pid else None
             row["server_peak_mb"] = _proc_kb(self.pid, "VmHWM") / 1024 if self.pid else None
             self.rows.append(row)
-            log(f"{row['label']}: R@10 {row['recall10']:.4f} p50 {row['p50_ms']:.3f} ms p99 {row['p99_ms']:.3f} "
+            log(
+                f"{row['label']}: R@10 {row['recall10']:.4f} p50 {row['p50_ms']:.3f} ms p99 {row['p99_ms']:.3f} "
                 f"server CPU {row['server_cpu_ms_per_query']:.2f} ms/q, RSS {row['server_rss_mb']:.0f} MB, load "
-                f"{row['load_before']} -> {row['load_avg']}")
+                f"{row['load_before']} -> {row['load_avg']}"
+            )
         index.close()
         self.save()
 
@@ -1065,7 +1244,9 @@ class ServerBench(MilvusBench):
         (pixquery's default: each search waits for the server's next time tick)."""
         from pixquery.indexes import milvus as mv
 
-        index = mv.Index(self.x.shape[1], mv.Config(uri=self.uri, index_type="FLAT", consistency="Bounded", timeout=600))
+        index = mv.Index(
+            self.x.shape[1], mv.Config(uri=self.uri, index_type="FLAT", consistency="Bounded", timeout=600)
+        )
         index.add(self.ids[:1000], self.x[:1000])
         index._client.flush(index.config.collection)
         index.search(self.q[:1], 10)
@@ -1073,7 +1254,9 @@ class ServerBench(MilvusBench):
         for cons in ("Bounded", "Strong"):
             index.config.consistency = cons
             load = wait_load(self.max_load, self.quiet_wait)
-            p50, p99, n, cpu = _lat_with_cpu(index.search, self.q, 10, self.pid, self.budget if cons == "Bounded" else 3.0)
+            p50, p99, n, cpu = _lat_with_cpu(
+                index.search, self.q, 10, self.pid, self.budget if cons == "Bounded" else 3.0
+            )
             out[cons] = {"p50_ms": p50, "p99_ms": p99, "n": n, "server_cpu_ms_per_query": cpu, "load": load}
         index.drop()
         index.close()
@@ -1089,73 +1272,124 @@ class ServerBench(MilvusBench):
 def server_summary(rows: list[dict], n: int) -> dict:
     """milvus_summary, plus per Milvus index type the fastest configuration at recall@10 >= 0.95."""
     out = milvus_summary(rows, n)
-    fai95 = min((r for r in rows if not r["engine"].startswith("milvus") and r["recall10"] >= 0.95),
-                key=lambda r: r["p50_ms"], default=None)
+    fai95 = min(
+        (r for r in rows if not r["engine"].startswith("milvus") and r["recall10"] >= 0.95),
+        key=lambda r: r["p50_ms"],
+        default=None,
+    )
     per = []
     for t in dict.fromkeys(r["index"] for r in rows if r["engine"].startswith("milvus")):
         rs = [r for r in rows if r["engine"].startswith("milvus") and r["index"] == t]
         best = min((r for r in rs if r["recall10"] >= 0.95), key=lambda r: r["p50_ms"], default=None)
         top = max(rs, key=lambda r: r["recall10"])
-        per.append({"index": t, "best95": best and best["label"], "p50": best and best["p50_ms"],
-                    "recall": best and best["recall10"], "max_recall": top["recall10"], "max_recall_label": top["label"],
-                    "ratio": best["p50_ms"] / fai95["p50_ms"] if best and fai95 else None,
-                    "rss_mb": rs[0].get("server_rss_mb"), "index_s": rs[0].get("index_s")})
+        per.append(
+            {
+                "index": t,
+                "best95": best and best["label"],
+                "p50": best and best["p50_ms"],
+                "recall": best and best["recall10"],
+                "max_recall": top["recall10"],
+                "max_recall_label": top["label"],
+                "ratio": best["p50_ms"] / fai95["p50_ms"] if best and fai95 else None,
+                "rss_mb": rs[0].get("server_rss_mb"),
+                "index_s": rs[0].get("index_s"),
+            }
+        )
     out["per_type"] = per
-    out["faiss95"] = fai95 and {"label": fai95["label"], "p50": fai95["p50_ms"], "recall": fai95["recall10"],
-                                "mem_mb": fai95["client_rss_delta_mb"]}
+    out["faiss95"] = fai95 and {
+        "label": fai95["label"],
+        "p50": fai95["p50_ms"],
+        "recall": fai95["recall10"],
+        "mem_mb": fai95["client_rss_delta_mb"],
+    }
     return out
 
 
 def fmt_server_table(rows: list[dict]) -> list[str]:
-    lines = ["| configuration | build s (insert+flush+compact / index) | reopen s | segments | memory MB | p50 ms | p99 ms "
-             "| server CPU ms/query | batch q/s | R@10 | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| configuration | build s (insert+flush+compact / index) | reopen s | segments | memory MB | p50 ms | p99 ms "
+        "| server CPU ms/query | batch q/s | R@10 | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["engine"].startswith("milvus"):
             build = f"{r['build_s']:.0f} ({r['load_s_total']:.0f} / {r['index_s']:.0f})"
             segs = r.get("segments") or []
             seg = f"{len(segs)}: " + "+".join(f"{s['rows'] // 1000}k" for s in segs)
-            mem = (f"server {r['server_rss_mb']:.0f} (peak {r['server_peak_mb']:.0f}; building "
-                   f"{r['server_peak_build_mb']:.0f})" if r.get("server_peak_build_mb") else
-                   f"server {r['server_rss_mb']:.0f}" if r.get("server_rss_mb") else "-")
+            mem = (
+                f"server {r['server_rss_mb']:.0f} (peak {r['server_peak_mb']:.0f}; building "
+                f"{r['server_peak_build_mb']:.0f})"
+                if r.get("server_peak_build_mb")
+                else f"server {r['server_rss_mb']:.0f}"
+                if r.get("server_rss_mb")
+                else "-"
+            )
             cpu = f"{r['server_cpu_ms_per_query']:.2f}" if r.get("server_cpu_ms_per_query") is not None else "-"
             reopen = f"{r['reload_s']:.1f}"
         else:
-            build, seg, mem, cpu, reopen = (f"{r['build_s']:.1f}", "-", f"{r['client_rss_delta_mb']:.0f}",
-                                            "(in process)", "-")
+            build, seg, mem, cpu, reopen = (
+                f"{r['build_s']:.1f}",
+                "-",
+                f"{r['client_rss_delta_mb']:.0f}",
+                "(in process)",
+                "-",
+            )
         load = f"{r.get('load_before', '')}/{r['load_avg']}" if r.get("load_before") is not None else f"{r['load_avg']}"
-        lines.append(f"| {r['label']} | {build} | {reopen} | {seg} | {mem} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
-                     f"{cpu} | {r['qps_batch']:.0f} | {r['recall10']:.4f} | {load} |")
+        lines.append(
+            f"| {r['label']} | {build} | {reopen} | {seg} | {mem} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
+            f"{cpu} | {r['qps_batch']:.0f} | {r['recall10']:.4f} | {load} |"
+        )
     return lines
 
 
 def write_server_report(out: Path, res: dict):
     n, m, s, sv = res["n"], res["machine"], res["summary"], res["server"]
-    L = [f"# Milvus {sv['version']} standalone server against faiss, N = {n:,}", "",
-         f"Run {m['date']} by `{res['command']}` ({res['wall_s'] / 60:.1f} min).", "",
-         "## Machine and server", "",
-         f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}, Python {m['python']}; "
-         f"{', '.join(f'{k} {v}' for k, v in m['versions'].items())}. Shared with other jobs: load average "
-         f"{m['load_avg_start']} at the start, {res['load_avg_end']} at the end; each row gives the 1-minute load "
-         f"when its measurement started / ended (latency waits up to {res['quiet_wait']:.0f} s for the load to "
-         f"fall to {res['max_load']}).", "",
-         f"Server: {sv['what']}. {sv.get('config', '')}", "",
-         "## Data", "",
-         f"{n:,} synthetic CLIP-like image vectors (512-d, bench/synthetic.py, seed 0) queried with the {res['n_eval']} "
-         "real CLIP ViT-B/32 text vectors of bench/indexes.py; recall@10 against exact inner-product search. "
-         "Milvus searches with consistency Bounded (see the fixed cost below for Strong).", "",
-         "## Index types the server accepts", "",
-         "Probed at run time (a 2,000-row collection per type, metric IP; acceptance only):", "",
-         "| index type | accepted | what the server says |", "|---|---|---|"]
+    L = [
+        f"# Milvus {sv['version']} standalone server against faiss, N = {n:,}",
+        "",
+        f"Run {m['date']} by `{res['command']}` ({res['wall_s'] / 60:.1f} min).",
+        "",
+        "## Machine and server",
+        "",
+        f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}, Python {m['python']}; "
+        f"{', '.join(f'{k} {v}' for k, v in m['versions'].items())}. Shared with other jobs: load average "
+        f"{m['load_avg_start']} at the start, {res['load_avg_end']} at the end; each row gives the 1-minute load "
+        f"when its measurement started / ended (latency waits up to {res['quiet_wait']:.0f} s for the load to "
+        f"fall to {res['max_load']}).",
+        "",
+        f"Server: {sv['what']}. {sv.get('config', '')}",
+        "",
+        "## Data",
+        "",
+        f"{n:,} synthetic CLIP-like image vectors (512-d, bench/synthetic.py, seed 0) queried with the {res['n_eval']} "
+        "real CLIP ViT-B/32 text vectors of bench/indexes.py; recall@10 against exact inner-product search. "
+        "Milvus searches with consistency Bounded (see the fixed cost below for Strong).",
+        "",
+        "## Index types the server accepts",
+        "",
+        "Probed at run time (a 2,000-row collection per type, metric IP; acceptance only):",
+        "",
+        "| index type | accepted | what the server says |",
+        "|---|---|---|",
+    ]
     for t, p in res["probe"].items():
         said = json.dumps(p["reported"]) if p["ok"] else p["error"]
         L.append(f"| {t} | {'yes' if p['ok'] else 'no'} | {said} |")
-    L += ["", "## Target", "", "| target | measured | met |", "|---|---|---|",
-          f"| {s['target']['target']} | {s['target']['measured']} | {'yes' if s['target']['met'] else '**no**'} |", "",
-          "## Latency ratio Milvus / faiss at equal recall", "",
-          "Fastest p50 on each side among the configurations below that reach the recall floor.", "",
-          "| recall@10 floor | Milvus (p50 ms) | faiss (p50 ms) | ratio milvus/faiss | ratio vs faiss IVF |",
-          "|---|---|---|---|---|"]
+    L += [
+        "",
+        "## Target",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        f"| {s['target']['target']} | {s['target']['measured']} | {'yes' if s['target']['met'] else '**no**'} |",
+        "",
+        "## Latency ratio Milvus / faiss at equal recall",
+        "",
+        "Fastest p50 on each side among the configurations below that reach the recall floor.",
+        "",
+        "| recall@10 floor | Milvus (p50 ms) | faiss (p50 ms) | ratio milvus/faiss | ratio vs faiss IVF |",
+        "|---|---|---|---|---|",
+    ]
     for a in s["at_recall"]:
         mcell = f"{a['milvus']} ({a['milvus_p50']:.2f})" if a["milvus"] else "none reaches it"
         fcell = f"{a['faiss']} ({a['faiss_p50']:.3f})" if a["faiss"] else "none reaches it"
@@ -1163,41 +1397,60 @@ def write_server_report(out: Path, res: dict):
         rivf = f"{a['ratio_vs_ivf']:.1f}x" if a["ratio_vs_ivf"] else "-"
         L.append(f"| {a['floor']} | {mcell} | {fcell} | {ratio} | {rivf} |")
     f95 = s.get("faiss95")
-    L += ["", "## Per Milvus index type, at recall@10 >= 0.95", "",
-          f"Against faiss's fastest at that recall: {f95['label']}, {f95['p50']:.3f} ms p50, recall {f95['recall']:.4f}, "
-          f"{f95['mem_mb']:.0f} MB." if f95 else "faiss reaches no 0.95.", "",
-          "| Milvus index | fastest config >= 0.95 | p50 ms | recall@10 | ratio vs faiss | best recall reached | "
-          "index build s | server RSS MB (loaded) |", "|---|---|---|---|---|---|---|---|"]
+    L += [
+        "",
+        "## Per Milvus index type, at recall@10 >= 0.95",
+        "",
+        f"Against faiss's fastest at that recall: {f95['label']}, {f95['p50']:.3f} ms p50, recall {f95['recall']:.4f}, "
+        f"{f95['mem_mb']:.0f} MB."
+        if f95
+        else "faiss reaches no 0.95.",
+        "",
+        "| Milvus index | fastest config >= 0.95 | p50 ms | recall@10 | ratio vs faiss | best recall reached | "
+        "index build s | server RSS MB (loaded) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for p in s["per_type"]:
         ratio = f"{p['ratio']:.1f}x" if p["ratio"] else "-"
         rss = f"{p['rss_mb']:.0f}" if p["rss_mb"] else "-"
-        L.append(f"| {p['index']} | {p['best95']} | {p['p50']:.2f} | {p['recall']:.4f} | {ratio} | "
-                 f"{p['max_recall']:.4f} | {p['index_s']:.0f} | {rss} |" if p["best95"] else
-                 f"| {p['index']} | none | - | - | - | {p['max_recall']:.4f} ({p['max_recall_label']}) | "
-                 f"{p['index_s']:.0f} | {rss} |")
+        L.append(
+            f"| {p['index']} | {p['best95']} | {p['p50']:.2f} | {p['recall']:.4f} | {ratio} | "
+            f"{p['max_recall']:.4f} | {p['index_s']:.0f} | {rss} |"
+            if p["best95"]
+            else f"| {p['index']} | none | - | - | - | {p['max_recall']:.4f} ({p['max_recall_label']}) | "
+            f"{p['index_s']:.0f} | {rss} |"
+        )
     for t, why in res.get("failed", {}).items():
         L.append(f"| {t} | not measured: {why} | - | - | - | - | - | - |")
     d = res.get("data", {})
-    L += ["", "## All configurations", "",
-          f"build s: Milvus: inserting the {n:,} rows through pixquery's `milvus` kind (upserts of <= 2,000 rows: "
-          f"{d.get('insert_s', 0):.0f} s, {d.get('rows_per_s', 0):.0f} rows/s), flush ({d.get('flush_s', 0):.0f} s) and a "
-          f"manual compaction that merges the small sealed segments ({d.get('compact_s', 0):.0f} s), done once, plus "
-          "building that index type on every sealed segment (create_index until describe_index reports every row "
-          "indexed and none pending); faiss: the build in this process. reopen s: load the collection into a freshly "
-          "restarted server until the query node serves every segment with its index, and one search. segments: "
-          "the sealed segments loaded (rows). memory: Milvus: RSS of the milvus process after that load "
-          "(peak since its restart; peak of the process that built the index); faiss: growth of this process "
-          "after the build. p50/p99: single queries (faiss: one thread; Milvus: whatever its server uses, see its "
-          "CPU ms per query), p50 the lowest of three rounds' medians. batch q/s: all queries in one call.", ""]
+    L += [
+        "",
+        "## All configurations",
+        "",
+        f"build s: Milvus: inserting the {n:,} rows through pixquery's `milvus` kind (upserts of <= 2,000 rows: "
+        f"{d.get('insert_s', 0):.0f} s, {d.get('rows_per_s', 0):.0f} rows/s), flush ({d.get('flush_s', 0):.0f} s) and a "
+        f"manual compaction that merges the small sealed segments ({d.get('compact_s', 0):.0f} s), done once, plus "
+        "building that index type on every sealed segment (create_index until describe_index reports every row "
+        "indexed and none pending); faiss: the build in this process. reopen s: load the collection into a freshly "
+        "restarted server until the query node serves every segment with its index, and one search. segments: "
+        "the sealed segments loaded (rows). memory: Milvus: RSS of the milvus process after that load "
+        "(peak since its restart; peak of the process that built the index); faiss: growth of this process "
+        "after the build. p50/p99: single queries (faiss: one thread; Milvus: whatever its server uses, see its "
+        "CPU ms per query), p50 the lowest of three rounds' medians. batch q/s: all queries in one call.",
+        "",
+    ]
     L += fmt_server_table(res["rows"])
     rf = res.get("rpc_floor")
     if rf:
         b, st = rf["Bounded"], rf["Strong"]
-        L += ["", f"Fixed cost of a Milvus query here (pymilvus + gRPC over loopback + the server, brute force over "
-                  f"{rf['rows']:,} flushed rows): consistency Bounded p50 {b['p50_ms']:.2f} ms, p99 {b['p99_ms']:.2f} ms "
-                  f"(server CPU {b['server_cpu_ms_per_query']:.2f} ms/query); consistency Strong (pixquery's default) "
-                  f"p50 {st['p50_ms']:.1f} ms, p99 {st['p99_ms']:.1f} ms: a Strong search waits for the server's next "
-                  "time tick (proxy.timeTickInterval 200 ms)."]
+        L += [
+            "",
+            f"Fixed cost of a Milvus query here (pymilvus + gRPC over loopback + the server, brute force over "
+            f"{rf['rows']:,} flushed rows): consistency Bounded p50 {b['p50_ms']:.2f} ms, p99 {b['p99_ms']:.2f} ms "
+            f"(server CPU {b['server_cpu_ms_per_query']:.2f} ms/query); consistency Strong (pixquery's default) "
+            f"p50 {st['p50_ms']:.1f} ms, p99 {st['p99_ms']:.1f} ms: a Strong search waits for the server's next "
+            "time tick (proxy.timeTickInterval 200 ms).",
+        ]
     if res.get("notes"):
         L += ["", "## Notes", ""] + [f"* {x}" for x in res["notes"]]
     L.append("")
@@ -1231,16 +1484,26 @@ def run_milvus_server(args, res: dict, x, ids, eval_q, truth10, n: int):
         c = MilvusClient(uri=uri, timeout=60)
         ver = c.get_server_version()
         c.close()
-        what = (f"Milvus {ver} standalone (the `milvus` package's embedded Milvus: one process with its coordinators, "
-                "query / data / index nodes, an embedded etcd, RocksMQ and local storage), on this machine's "
-                f"{CORES} cores beside the benchmark")
-        what += (f", started by this run from {args.milvus_server} on free ports {srv.ports}" if srv else f", at {uri}")
-        res["server"] = {"version": ver, "uri": uri, "pid": pid, "what": what,
-                         "config": ("Configuration: the package's defaults (segment maxSize 512 MB, sealProportion "
-                                    "0.23, queryNode.segcore.interimIndex on) with queryNode.enableDisk=true "
-                                    "(DISKANN)" + "".join(f", {kv}" for kv in (args.milvus_config or [])) + "."
-                                    if srv else ""),
-                         "rss_idle_mb": ms.proc_kb(pid, "VmRSS") / 1024}
+        what = (
+            f"Milvus {ver} standalone (the `milvus` package's embedded Milvus: one process with its coordinators, "
+            "query / data / index nodes, an embedded etcd, RocksMQ and local storage), on this machine's "
+            f"{CORES} cores beside the benchmark"
+        )
+        what += f", started by this run from {args.milvus_server} on free ports {srv.ports}" if srv else f", at {uri}"
+        res["server"] = {
+            "version": ver,
+            "uri": uri,
+            "pid": pid,
+            "what": what,
+            "config": (
+                "Configuration: the package's defaults (segment maxSize 512 MB, sealProportion "
+                "0.23, queryNode.segcore.interimIndex on) with queryNode.enableDisk=true "
+                "(DISKANN)" + "".join(f", {kv}" for kv in (args.milvus_config or [])) + "."
+                if srv
+                else ""
+            ),
+            "rss_idle_mb": ms.proc_kb(pid, "VmRSS") / 1024,
+        }
         log(f"milvus server {ver} at {uri}, pid {pid}, RSS {res['server']['rss_idle_mb']:.0f} MB")
         log("milvus: probing the index types of the server")
         res["probe"] = probe_milvus_types(uri=uri)
@@ -1263,8 +1526,23 @@ def run_milvus_server(args, res: dict, x, ids, eval_q, truth10, n: int):
             if res["summary"]:
                 write_server_report(Path(f"{stem}.md"), res)
 
-        mb = ServerBench(x, ids, eval_q, truth10, work, args.quick, uri, srv, pid, nlist, 16, args.hnsw_efc,
-                         args.max_load, args.quiet_wait, save)
+        mb = ServerBench(
+            x,
+            ids,
+            eval_q,
+            truth10,
+            work,
+            args.quick,
+            uri,
+            srv,
+            pid,
+            nlist,
+            16,
+            args.hnsw_efc,
+            args.max_load,
+            args.quiet_wait,
+            save,
+        )
         res["rpc_floor"] = mb.rpc_floor()
         log("milvus fixed cost per query:", res["rpc_floor"])
         mb.load_data()
@@ -1288,14 +1566,23 @@ def run_milvus_server(args, res: dict, x, ids, eval_q, truth10, n: int):
     npr = [16] if args.quick else ([8, 16, 32, 64, 128, 256] if n < 500_000 else [32, 64, 128, 256, 384])
     mb.inprocess(f"faiss ivf{faiss_nlist} float32", "ivf", "nprobe", npr, nlist=faiss_nlist, storage="float32")
     efs = [64] if args.quick else ([16, 32, 64, 128, 256, 512] if n < 500_000 else [64, 128, 256, 512, 1024, 2048])
-    mb.inprocess(f"faiss hnsw M16 efC{args.hnsw_efc}", "hnsw", "ef_search", efs, M=16, ef_construction=args.hnsw_efc,
-                 backend="faiss")
+    mb.inprocess(
+        f"faiss hnsw M16 efC{args.hnsw_efc}",
+        "hnsw",
+        "ef_search",
+        efs,
+        M=16,
+        ef_construction=args.hnsw_efc,
+        backend="faiss",
+    )
     save()
     t = res["summary"]["target"]
     log(("MET    " if t["met"] else "NOT MET"), t["target"], "--", t["measured"])
     for a in res["summary"]["at_recall"]:
-        log(f"recall >= {a['floor']}: milvus {a['milvus']} {a['milvus_p50']} ms | faiss {a['faiss']} {a['faiss_p50']} ms "
-            f"| ratio {a['ratio']}")
+        log(
+            f"recall >= {a['floor']}: milvus {a['milvus']} {a['milvus_p50']} ms | faiss {a['faiss']} {a['faiss_p50']} ms "
+            f"| ratio {a['ratio']}"
+        )
     log(f"wrote {stem}.md, .json")
     if args.workdir is None:
         shutil_rmtree(work)
@@ -1312,35 +1599,51 @@ def targets(rows: list[dict], n: int, bw: dict | None, dim: int) -> list[dict]:
     if n < 100_000:
         d = by.get("auto (no queries given)")
         if d:
-            out.append({"target": "N=20,120, k=10: the default index (auto) reaches recall@10 >= 0.99 at <= 0.3 ms p50",
-                        "measured": f"recall@10 {d['recall10']:.4f}, p50 {d['p50_ms']:.3f} ms (chose {d['params']['chosen']['kind']} "
-                                    f"{json.dumps(d['params']['chosen']['params'])})",
-                        "met": d["recall10"] >= 0.99 and d["p50_ms"] <= 0.3})
+            out.append(
+                {
+                    "target": "N=20,120, k=10: the default index (auto) reaches recall@10 >= 0.99 at <= 0.3 ms p50",
+                    "measured": f"recall@10 {d['recall10']:.4f}, p50 {d['p50_ms']:.3f} ms (chose {d['params']['chosen']['kind']} "
+                    f"{json.dumps(d['params']['chosen']['params'])})",
+                    "met": d["recall10"] >= 0.99 and d["p50_ms"] <= 0.3,
+                }
+            )
         ok = [r for r in rows if r.get("recall1000", 0) >= 0.99 and r["family"] != "study" and "p50_ms_1000" in r]
         if ok and study_flat:
             best = min(ok, key=lambda r: r["p50_ms_1000"])
             ratio = study_flat["p50_ms_1000"] / best["p50_ms_1000"]
             ratio_flat = flat["p50_ms_1000"] / best["p50_ms_1000"] if flat else float("nan")
-            out.append({"target": "N=20,120, k=1000: recall@1000 >= 0.99 at least 4x faster than the study's Flat (same run)",
-                        "measured": f"{best['label']}: recall@1000 {best['recall1000']:.4f}, p50 {best['p50_ms_1000']:.3f} ms; "
-                                    f"study Flat {study_flat['p50_ms_1000']:.3f} ms -> {ratio:.1f}x; "
-                                    f"(our one-thread exact flat {flat['p50_ms_1000']:.3f} ms -> {ratio_flat:.1f}x)",
-                        "met": ratio >= 4})
+            out.append(
+                {
+                    "target": "N=20,120, k=1000: recall@1000 >= 0.99 at least 4x faster than the study's Flat (same run)",
+                    "measured": f"{best['label']}: recall@1000 {best['recall1000']:.4f}, p50 {best['p50_ms_1000']:.3f} ms; "
+                    f"study Flat {study_flat['p50_ms_1000']:.3f} ms -> {ratio:.1f}x; "
+                    f"(our one-thread exact flat {flat['p50_ms_1000']:.3f} ms -> {ratio_flat:.1f}x)",
+                    "met": ratio >= 4,
+                }
+            )
     else:
         ok = [r for r in rows if r["recall10"] >= 0.95 and r["size_bytes"] <= 1.1e9 and r["family"] != "study"]
         if ok:
             best = min(ok, key=lambda r: r["p50_ms"])
-            out.append({"target": "N=1,000,000, k=10: recall@10 >= 0.95 at <= 2 ms p50, index <= 1.1 GB in memory",
-                        "measured": f"{best['label']}: recall@10 {best['recall10']:.4f}, p50 {best['p50_ms']:.3f} ms, "
-                                    f"{best['size_bytes'] / 1e9:.3f} GB on disk, RSS +{best['rss_load_mb'] / 1e3 * 1.048576:.3f} GB when loaded",
-                        "met": best["p50_ms"] <= 2.0})
+            out.append(
+                {
+                    "target": "N=1,000,000, k=10: recall@10 >= 0.95 at <= 2 ms p50, index <= 1.1 GB in memory",
+                    "measured": f"{best['label']}: recall@10 {best['recall10']:.4f}, p50 {best['p50_ms']:.3f} ms, "
+                    f"{best['size_bytes'] / 1e9:.3f} GB on disk, RSS +{best['rss_load_mb'] / 1e3 * 1.048576:.3f} GB when loaded",
+                    "met": best["p50_ms"] <= 2.0,
+                }
+            )
         if flat and bw:
             scanned = n * dim * 4
             bound = scanned / bw["1_thread"] * 1e3
-            out.append({"target": "N=1,000,000: exact flat search within 1.5x of the memory-bandwidth bound",
-                        "measured": f"{scanned / 1e9:.3f} GB scanned / {bw['1_thread'] / 1e9:.1f} GB/s (one thread) = "
-                                    f"{bound:.1f} ms bound; flat float32 p50 {flat['p50_ms']:.1f} ms = {flat['p50_ms'] / bound:.2f}x",
-                        "met": flat["p50_ms"] <= 1.5 * bound})
+            out.append(
+                {
+                    "target": "N=1,000,000: exact flat search within 1.5x of the memory-bandwidth bound",
+                    "measured": f"{scanned / 1e9:.3f} GB scanned / {bw['1_thread'] / 1e9:.1f} GB/s (one thread) = "
+                    f"{bound:.1f} ms bound; flat float32 p50 {flat['p50_ms']:.1f} ms = {flat['p50_ms'] / bound:.2f}x",
+                    "met": flat["p50_ms"] <= 1.5 * bound,
+                }
+            )
     return out
 
 
@@ -1353,11 +1656,13 @@ def fmt_table(rows: list[dict], big_k: bool) -> list[str]:
     lines = [head, sep]
     for r in rows:
         add = f"{r['add_s']:.2f}" if "add_s" in r else "-"
-        line = (f"| {r['label']} | {r['build_s']:.1f} | {add} | {r['size_bytes'] / 2**20:.1f} | "
-                f"{r['load_s']:.2f} ({r['load_mmap_s']:.3f}) | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
-                f"{r['qps_batch']:.0f} | {r['recall10']:.4f} |")
+        line = (
+            f"| {r['label']} | {r['build_s']:.1f} | {add} | {r['size_bytes'] / 2**20:.1f} | "
+            f"{r['load_s']:.2f} ({r['load_mmap_s']:.3f}) | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
+            f"{r['qps_batch']:.0f} | {r['recall10']:.4f} |"
+        )
         if big_k:
-            line += (f" {r['recall1000']:.4f} | {r['p50_ms_1000']:.2f} |" if "recall1000" in r else " - | - |")
+            line += f" {r['recall1000']:.4f} | {r['p50_ms_1000']:.2f} |" if "recall1000" in r else " - | - |"
         lines.append(line)
     return lines
 
@@ -1367,57 +1672,91 @@ def write_report(out: Path, res: dict):
     m = res["machine"]
     L = [f"# Index benchmark, N = {n:,}", ""]
     L += [f"Run {m['date']} by `{res['command']}` ({res['wall_s'] / 60:.1f} min).", ""]
-    L += ["## Machine", "",
-          f"{m['cpu']}, {m['cores']} cores, caches {m['caches']}, {m['ram_gib']} GiB RAM, {m['os']}, Python {m['python']}; "
-          f"{', '.join(f'{k} {v}' for k, v in m['versions'].items())}. The machine is shared with other engineers' jobs: "
-          f"load average {m['load_avg_start']} at the start, {res['load_avg_end']} at the end (each row records its own); "
-          "latency p50 is the lowest of three rounds' medians to damp that noise.", ""]
+    L += [
+        "## Machine",
+        "",
+        f"{m['cpu']}, {m['cores']} cores, caches {m['caches']}, {m['ram_gib']} GiB RAM, {m['os']}, Python {m['python']}; "
+        f"{', '.join(f'{k} {v}' for k, v in m['versions'].items())}. The machine is shared with other engineers' jobs: "
+        f"load average {m['load_avg_start']} at the start, {res['load_avg_end']} at the end (each row records its own); "
+        "latency p50 is the lowest of three rounds' medians to damp that noise.",
+        "",
+    ]
     if res.get("bandwidth"):
         bw = res["bandwidth"]
-        L += [f"Memory read bandwidth (dot product over 2 x 512 MiB): {bw['1_thread'] / 1e9:.1f} GB/s one thread, "
-              f"{bw[f'{CORES}_thread'] / 1e9:.1f} GB/s {CORES} threads.", ""]
-    L += ["## Data", "",
-          f"{n:,} synthetic CLIP-like image vectors (512-d, bench/synthetic.py) queried with real CLIP ViT-B/32 text vectors "
-          f"(prompt-ensembled ImageNet class names): {res['n_eval']} evaluation queries for recall@10 and latency, "
-          f"{res['n_q1000']} of them for recall@1000; 200 other text vectors calibrate `auto (200 text queries)`. "
-          "Recall is against exact inner-product search.", ""]
+        L += [
+            f"Memory read bandwidth (dot product over 2 x 512 MiB): {bw['1_thread'] / 1e9:.1f} GB/s one thread, "
+            f"{bw[f'{CORES}_thread'] / 1e9:.1f} GB/s {CORES} threads.",
+            "",
+        ]
+    L += [
+        "## Data",
+        "",
+        f"{n:,} synthetic CLIP-like image vectors (512-d, bench/synthetic.py) queried with real CLIP ViT-B/32 text vectors "
+        f"(prompt-ensembled ImageNet class names): {res['n_eval']} evaluation queries for recall@10 and latency, "
+        f"{res['n_q1000']} of them for recall@1000; 200 other text vectors calibrate `auto (200 text queries)`. "
+        "Recall is against exact inner-product search.",
+        "",
+    ]
     cal = res.get("calibration")
     if cal:
-        L += ["Synthetic vs real statistics (`python bench/synthetic.py`):", "",
-              "| statistic | real CLIP text vectors | synthetic images | target for images |", "|---|---|---|---|",
-              f"| norm of the mean vector | {cal['text']['norm_of_mean']:.3f} | {cal['images']['norm_of_mean']:.3f} | ~0.7 (cone) |",
-              f"| mean pairwise cosine | {cal['text']['mean_pairwise_cos']:.3f} | {cal['images']['mean_pairwise_cos']:.3f} | ~0.5 |",
-              f"| nearest-neighbour cosine | {cal['text']['top1_nn_cos']:.3f} | {cal['images']['top1_nn_cos']:.3f} | high (bursts) |",
-              f"| PCA components for 50% / 90% variance | {cal['text']['pca_50pct']} / {cal['text']['pca_90pct']} | "
-              f"{cal['images']['pca_50pct']} / {cal['images']['pca_90pct']} | power law |",
-              f"| image-text cosine, matching / unrelated | - | {cal['image_text_cos_matching']:.3f} / {cal['image_text_cos_unrelated']:.3f} | ~0.30 / ~0.18 |",
-              f"| zero-shot top-1 with the real text classifier | - | {cal['zero_shot_top1']:.3f} | 0.63 (ViT-B/32) |",
-              f"| same-class / other-class image cosine | - | {cal['same_class_cos']:.3f} / {cal['diff_class_cos']:.3f} | assumed ~0.68 / ~0.49 |",
-              ""]
+        L += [
+            "Synthetic vs real statistics (`python bench/synthetic.py`):",
+            "",
+            "| statistic | real CLIP text vectors | synthetic images | target for images |",
+            "|---|---|---|---|",
+            f"| norm of the mean vector | {cal['text']['norm_of_mean']:.3f} | {cal['images']['norm_of_mean']:.3f} | ~0.7 (cone) |",
+            f"| mean pairwise cosine | {cal['text']['mean_pairwise_cos']:.3f} | {cal['images']['mean_pairwise_cos']:.3f} | ~0.5 |",
+            f"| nearest-neighbour cosine | {cal['text']['top1_nn_cos']:.3f} | {cal['images']['top1_nn_cos']:.3f} | high (bursts) |",
+            f"| PCA components for 50% / 90% variance | {cal['text']['pca_50pct']} / {cal['text']['pca_90pct']} | "
+            f"{cal['images']['pca_50pct']} / {cal['images']['pca_90pct']} | power law |",
+            f"| image-text cosine, matching / unrelated | - | {cal['image_text_cos_matching']:.3f} / {cal['image_text_cos_unrelated']:.3f} | ~0.30 / ~0.18 |",
+            f"| zero-shot top-1 with the real text classifier | - | {cal['zero_shot_top1']:.3f} | 0.63 (ViT-B/32) |",
+            f"| same-class / other-class image cosine | - | {cal['same_class_cos']:.3f} / {cal['diff_class_cos']:.3f} | assumed ~0.68 / ~0.49 |",
+            "",
+        ]
     L += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for t in res["targets"]:
         L.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |")
-    L += ["", "## All configurations", "",
-          "Search-time knobs are swept without rebuilding (build, add, size and load are per build). `add 1%` adds "
-          f"{res.get('add_n', '?')} new vectors to the loaded index and runs one query (annoy: that rebuilds the forest). "
-          "p50/p99: single queries, one thread (the study's Flat and HNSW use faiss's default of all cores). "
-          "batch q/s: all evaluation queries in one call, all cores.", ""]
+    L += [
+        "",
+        "## All configurations",
+        "",
+        "Search-time knobs are swept without rebuilding (build, add, size and load are per build). `add 1%` adds "
+        f"{res.get('add_n', '?')} new vectors to the loaded index and runs one query (annoy: that rebuilds the forest). "
+        "p50/p99: single queries, one thread (the study's Flat and HNSW use faiss's default of all cores). "
+        "batch q/s: all evaluation queries in one call, all cores.",
+        "",
+    ]
     L += fmt_table(res["rows"], big_k=True)
     if res.get("auto"):
         L += ["", "## What auto chose", ""]
         for label, p in res["auto"].items():
             c = p["chosen"]
-            L.append(f"* **{label}**: {c['kind']} {json.dumps(c['params'])}, measured recall@{c.get('k', 10)} "
-                     f"{c['recall']} on {c.get('queries', '')} ({c.get('n_queries', '')} queries), p50 {c.get('p50_ms', '-')} ms. "
-                     "Candidates: " + "; ".join(
-                        f"{x['kind']} {json.dumps({k: v for k, v in x['params'].items() if k in ('storage', 'M', 'ef_search', 'nprobe', 'rerank_min', 'nlist')})}"
-                        f" recall {x.get('recall', '-')} p50 {x.get('p50_ms', '-')} ms build {x.get('build_s', '-')} s" for x in c.get("candidates", [])))
+            L.append(
+                f"* **{label}**: {c['kind']} {json.dumps(c['params'])}, measured recall@{c.get('k', 10)} "
+                f"{c['recall']} on {c.get('queries', '')} ({c.get('n_queries', '')} queries), p50 {c.get('p50_ms', '-')} ms. "
+                "Candidates: "
+                + "; ".join(
+                    f"{x['kind']} {json.dumps({k: v for k, v in x['params'].items() if k in ('storage', 'M', 'ef_search', 'nprobe', 'rerank_min', 'nlist')})}"
+                    f" recall {x.get('recall', '-')} p50 {x.get('p50_ms', '-')} ms build {x.get('build_s', '-')} s"
+                    for x in c.get("candidates", [])
+                )
+            )
     if res.get("real"):
-        L += ["", "## The 1000 real CLIP ViT-B/32 vectors (900 indexed, 100 held out as queries, k=10)", "",
-              "| kind | params | recall@10 | ids and order identical to flat |", "|---|---|---|---|"]
+        L += [
+            "",
+            "## The 1000 real CLIP ViT-B/32 vectors (900 indexed, 100 held out as queries, k=10)",
+            "",
+            "| kind | params | recall@10 | ids and order identical to flat |",
+            "|---|---|---|---|",
+        ]
         for r in res["real"]:
             L.append(f"| {r['kind']} | {json.dumps(r['params'])} | {r['recall10']:.3f} | {r['identical_to_flat']} |")
-    L += ["", f"Frontier: indexes-{n}-frontier.png (recall vs single-query queries/s, one thread; the study's configs as stars).", ""]
+    L += [
+        "",
+        f"Frontier: indexes-{n}-frontier.png (recall vs single-query queries/s, one thread; the study's configs as stars).",
+        "",
+    ]
     out.write_text("\n".join(L))
 
 
@@ -1440,8 +1779,15 @@ def plot(rows: list[dict], path: Path, n: int):
     fams: dict[str, list[dict]] = {}
     for r in rows:
         fams.setdefault(r["family"] if r["family"] not in ("study", "auto", "flat") else r["label"], []).append(r)
-    palette = {"flat": "#2ca02c", "hnsw": "#9467bd", "faiss": "#c5b0d5", "ivf": "#ff7f0e", "annoy": "#1f77b4",
-               "sharded": "#7f7f7f", "auto": "#d62728"}
+    palette = {
+        "flat": "#2ca02c",
+        "hnsw": "#9467bd",
+        "faiss": "#c5b0d5",
+        "ivf": "#ff7f0e",
+        "annoy": "#1f77b4",
+        "sharded": "#7f7f7f",
+        "auto": "#d62728",
+    }
     shades: dict[str, int] = {}
 
     def colour(fam: str):
@@ -1474,7 +1820,7 @@ def plot(rows: list[dict], path: Path, n: int):
         ax.set_xscale(FuncScale(ax, (fwd, inv)))
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(t) for t in ticks[:-1]] + ["1.0"], fontsize=8)
-        ax.set_xlim(-0.05, 1 - 10 ** -4.25)  # recall 1.0 is drawn at 0.9999
+        ax.set_xlim(-0.05, 1 - 10**-4.25)  # recall 1.0 is drawn at 0.9999
         ax.set_yscale("log")
         ax.set_xlabel(f"recall@{k} of text queries against exact search (axis in 'nines')")
         ax.set_ylabel(f"queries/s, one query at a time, one thread, k={k}")
@@ -1512,32 +1858,62 @@ def main(argv=None):
     ap.add_argument("--hnsw-1m", action="store_true", help="also build hnsw at 1M (~6 min)")
     ap.add_argument("--nlist-1m", type=int, default=0, help="IVF cells at 1M (0: the kind's default, 8192)")
     ap.add_argument("--replot", action="store_true", help="rewrite the .md and .png from the .json only")
-    ap.add_argument("--kinds", default=None,
-                    help="comma list of kinds to run (default: every kind but milvus, as before). `milvus` runs each "
-                         "index type the embedded milvus-lite accepts beside faiss flat / IVF / HNSW and writes "
-                         "indexes-milvus-<N>.md/.json; other names (flat, ivf, hnsw, annoy, sharded, auto, study, "
-                         "faiss) keep only those rows of the usual run")
-    ap.add_argument("--faiss-nlist", type=int, default=0,
-                    help="--kinds milvus: IVF cells for faiss ivf and Milvus IVF_* (0: ivf's default, 8 sqrt(n))")
+    ap.add_argument(
+        "--kinds",
+        default=None,
+        help="comma list of kinds to run (default: every kind but milvus, as before). `milvus` runs each "
+        "index type the embedded milvus-lite accepts beside faiss flat / IVF / HNSW and writes "
+        "indexes-milvus-<N>.md/.json; other names (flat, ivf, hnsw, annoy, sharded, auto, study, "
+        "faiss) keep only those rows of the usual run",
+    )
+    ap.add_argument(
+        "--faiss-nlist",
+        type=int,
+        default=0,
+        help="--kinds milvus: IVF cells for faiss ivf and Milvus IVF_* (0: ivf's default, 8 sqrt(n))",
+    )
     ap.add_argument("--note", action="append", help="--kinds milvus: a line for the report's notes (repeatable)")
-    ap.add_argument("--milvus-uri", default="",
-                    help="--kinds milvus: measure the Milvus server at this uri (http://HOST:PORT) instead of milvus-lite; "
-                         "writes indexes-milvus-standalone-<N>.md/.json")
-    ap.add_argument("--milvus-server", default="",
-                    help="--kinds milvus: start a Milvus standalone with this `milvus-server` script (the `milvus` "
-                         "package) on free ports in a temp folder, restart it before loading each index (its RSS "
-                         "is then that index's), stop it at the end; as --milvus-uri otherwise")
-    ap.add_argument("--milvus-config", action="append",
-                    help="--milvus-server: one more server setting, key=value (milvus.yaml's dotted key; repeatable)")
-    ap.add_argument("--milvus-types", default="", help="--milvus-uri/--milvus-server: only these index types (comma list)")
-    ap.add_argument("--milvus-nlist", type=int, default=0,
-                    help="--milvus-uri/--milvus-server: nlist of Milvus IVF_* per segment (0: ivf's default below "
-                         "500,000 rows, 4096 from there)")
-    ap.add_argument("--hnsw-efc", type=int, default=200,
-                    help="--milvus-uri/--milvus-server: efConstruction of Milvus HNSW and faiss hnsw (M 16)")
-    ap.add_argument("--max-load", type=float, default=3.0,
-                    help="--milvus-uri/--milvus-server: before each latency measurement wait for the 1-minute load "
-                         "average to fall to this (the machine is shared) ...")
+    ap.add_argument(
+        "--milvus-uri",
+        default="",
+        help="--kinds milvus: measure the Milvus server at this uri (http://HOST:PORT) instead of milvus-lite; "
+        "writes indexes-milvus-standalone-<N>.md/.json",
+    )
+    ap.add_argument(
+        "--milvus-server",
+        default="",
+        help="--kinds milvus: start a Milvus standalone with this `milvus-server` script (the `milvus` "
+        "package) on free ports in a temp folder, restart it before loading each index (its RSS "
+        "is then that index's), stop it at the end; as --milvus-uri otherwise",
+    )
+    ap.add_argument(
+        "--milvus-config",
+        action="append",
+        help="--milvus-server: one more server setting, key=value (milvus.yaml's dotted key; repeatable)",
+    )
+    ap.add_argument(
+        "--milvus-types", default="", help="--milvus-uri/--milvus-server: only these index types (comma list)"
+    )
+    ap.add_argument(
+        "--milvus-nlist",
+        type=int,
+        default=0,
+        help="--milvus-uri/--milvus-server: nlist of Milvus IVF_* per segment (0: ivf's default below "
+        "500,000 rows, 4096 from there)",
+    )
+    ap.add_argument(
+        "--hnsw-efc",
+        type=int,
+        default=200,
+        help="--milvus-uri/--milvus-server: efConstruction of Milvus HNSW and faiss hnsw (M 16)",
+    )
+    ap.add_argument(
+        "--max-load",
+        type=float,
+        default=3.0,
+        help="--milvus-uri/--milvus-server: before each latency measurement wait for the 1-minute load "
+        "average to fall to this (the machine is shared) ...",
+    )
     ap.add_argument("--quiet-wait", type=float, default=60.0, help="... for at most this many seconds")
     args = ap.parse_args(argv)
     n = args.n
@@ -1562,8 +1938,11 @@ def main(argv=None):
         write_report(Path(f"{stem}.md"), res)
         plot(res["rows"], Path(f"{stem}-frontier.png"), n)
         return
-    res = {"n": n, "command": " ".join(["bench/indexes.py"] + (argv if argv is not None else sys.argv[1:])),
-           "machine": machine_info()}
+    res = {
+        "n": n,
+        "command": " ".join(["bench/indexes.py"] + (argv if argv is not None else sys.argv[1:])),
+        "machine": machine_info(),
+    }
     log("machine:", res["machine"]["cpu"], res["machine"]["cores"], "cores")
     if not run_std:  # --kinds milvus only: its own data, report and files
         log("data: generating", n)
@@ -1604,7 +1983,7 @@ def main(argv=None):
     work = Path(args.workdir or tempfile.mkdtemp(prefix="pixquery-bench-"))
     b = Bench(n, eval_q, truth10, truth1000, q1000, extra, work, args.quick, std_kinds)
     if args.quick:
-        B = lambda kind, **p: (lambda: ix.build_index(kind, x.shape[1], ids, x, **p))  # noqa: E731
+        B = lambda kind, **p: lambda: ix.build_index(kind, x.shape[1], ids, x, **p)  # noqa: E731
         b.run("study Flat (faiss default threads)", "study", lambda: StudyFlat(x), add=False)
         b.run("flat float32", "flat", B("flat"))
         b.run("auto (no queries given)", "auto", B("auto"))

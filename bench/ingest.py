@@ -78,7 +78,11 @@ class Variant:
             raise SystemExit(f"unknown variant settings {sorted(unknown)} in {spec!r}")
 
     def __enter__(self):
-        self.saved = (pipeline.DEFAULT_DECODER, pipeline.DEFAULT_NICE, {k: os.environ.get(v) for k, v in ENV_KEYS.items()})
+        self.saved = (
+            pipeline.DEFAULT_DECODER,
+            pipeline.DEFAULT_NICE,
+            {k: os.environ.get(v) for k, v in ENV_KEYS.items()},
+        )
         pipeline.DEFAULT_DECODER = self.settings.get("decoder", pipeline.DEFAULT_DECODER)
         pipeline.DEFAULT_NICE = int(self.settings.get("nice", pipeline.DEFAULT_NICE))
         for key, env in ENV_KEYS.items():
@@ -99,7 +103,9 @@ class Variant:
         return int(self.settings["workers"]) if "workers" in self.settings else None
 
 
-def end_to_end(model: str, files: list[Path], batch_size: int, workers: int | None, precision: str) -> tuple[float, dict]:
+def end_to_end(
+    model: str, files: list[Path], batch_size: int, workers: int | None, precision: str
+) -> tuple[float, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "photos"
         folder.mkdir()
@@ -134,10 +140,14 @@ def make_large(files: list[Path], out: Path, megapixels: float = 12.0) -> list[P
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="models/random-vit-b-32")
-    ap.add_argument("--photos", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/imagenet-sample-images/images")
+    ap.add_argument(
+        "--photos", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/imagenet-sample-images/images"
+    )
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--large", type=int, default=0, help="also measure N photos upscaled to 12 MP")
-    ap.add_argument("--large-dir", type=Path, default=None, help="keep the 12 MP copies here (default: a temporary folder)")
+    ap.add_argument(
+        "--large-dir", type=Path, default=None, help="keep the 12 MP copies here (default: a temporary folder)"
+    )
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--precision", default="fp32")
@@ -181,14 +191,28 @@ def main() -> int:
         for v in variants:
             e2e = statistics.median(runs[(label, v.name)])
             ratios = [e / c for e, c in zip(runs[(label, v.name)], runs[(label, "ceiling")])]
-            rows.append({"set": label, "images": len(group), "variant": v.name, "settings": v.settings,
-                         "encoder_only": ceiling, "end_to_end": e2e, "ratio": e2e / ceiling,
-                         "ratio_per_rep": ratios, "ceiling_runs": runs[(label, "ceiling")], "end_to_end_runs": runs[(label, v.name)]})
+            rows.append(
+                {
+                    "set": label,
+                    "images": len(group),
+                    "variant": v.name,
+                    "settings": v.settings,
+                    "encoder_only": ceiling,
+                    "end_to_end": e2e,
+                    "ratio": e2e / ceiling,
+                    "ratio_per_rep": ratios,
+                    "ceiling_runs": runs[(label, "ceiling")],
+                    "end_to_end_runs": runs[(label, v.name)],
+                }
+            )
     machine = describe()
-    cmd = (f"python bench/ingest.py --model {args.model} --batch-size {args.batch_size} --reps {args.reps}"
-           + (f" --limit {args.limit}" if args.limit else "") + (f" --large {args.large}" if args.large else "")
-           + (f" --precision {args.precision}" if args.precision != "fp32" else "")
-           + "".join(f" --variant {v}" for v in args.variant))
+    cmd = (
+        f"python bench/ingest.py --model {args.model} --batch-size {args.batch_size} --reps {args.reps}"
+        + (f" --limit {args.limit}" if args.limit else "")
+        + (f" --large {args.large}" if args.large else "")
+        + (f" --precision {args.precision}" if args.precision != "fp32" else "")
+        + "".join(f" --variant {v}" for v in args.variant)
+    )
     lines = [
         "# Ingest: end to end vs encoder alone",
         "",
@@ -202,14 +226,29 @@ def main() -> int:
         "| set | images | variant | encoder alone (img/s) | end to end (img/s) | ratio | per-repetition ratios |",
         "|---|---:|---|---:|---:|---:|---|",
     ]
-    lines += [f"| {r['set']} | {r['images']} | {r['variant']} | {r['encoder_only']:.2f} | {r['end_to_end']:.2f} | {r['ratio']:.3f} | "
-              + ", ".join(f"{x:.3f}" for x in r["ratio_per_rep"]) + " |" for r in rows]
-    for line in lines[-len(rows) - 2:]:
+    lines += [
+        f"| {r['set']} | {r['images']} | {r['variant']} | {r['encoder_only']:.2f} | {r['end_to_end']:.2f} | {r['ratio']:.3f} | "
+        + ", ".join(f"{x:.3f}" for x in r["ratio_per_rep"])
+        + " |"
+        for r in rows
+    ]
+    for line in lines[-len(rows) - 2 :]:
         print(line)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps({"machine": machine, "model": args.model, "command": cmd,
-                                                         "load_before": load_before, "load_after": load_after, "rows": rows}, indent=2))
+    args.out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "machine": machine,
+                "model": args.model,
+                "command": cmd,
+                "load_before": load_before,
+                "load_after": load_after,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.out.with_suffix('.md')}")
     return 0
 

@@ -76,8 +76,12 @@ def run_ray(model: str, files: list[FileEntry], batch_size: int, address: str | 
     assert n == len(files), (n, len(files))
     # first_result_seconds: actors started, model loaded, first batch through (the fixed cost a
     # bigger job amortises). Results come in bursts, so no "steady" rate is derived from them.
-    return {"images_per_second": n / dt, "seconds": dt, "first_result_seconds": first,
-            "ray_start_seconds": t_up - t_start}
+    return {
+        "images_per_second": n / dt,
+        "seconds": dt,
+        "first_result_seconds": first,
+        "ray_start_seconds": t_up - t_start,
+    }
 
 
 class TwoNodes:
@@ -98,13 +102,36 @@ class TwoNodes:
                     s.bind(("127.0.0.1", 0))
                     ports.append(s.getsockname()[1])
             (self.base / name).mkdir()
-            cmd = [str(Path(sys.executable).parent / "ray"), "start", "--num-cpus", "2", "--temp-dir", str(self.base / name),
-                   "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--object-store-memory", str(1 << 30),
-                   "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
-                   "--dashboard-agent-listen-port", str(ports[2]), "--dashboard-agent-grpc-port", str(ports[3]),
-                   "--runtime-env-agent-port", str(ports[4]), "--metrics-export-port", str(ports[5])]
-            cmd += (["--head", "--port", str(ports[6]), "--include-dashboard=false", "--dashboard-port", str(ports[7])]
-                    if name == "head" else ["--address", self.address])
+            cmd = [
+                str(Path(sys.executable).parent / "ray"),
+                "start",
+                "--num-cpus",
+                "2",
+                "--temp-dir",
+                str(self.base / name),
+                "--node-ip-address",
+                "127.0.0.1",
+                "--disable-usage-stats",
+                "--object-store-memory",
+                str(1 << 30),
+                "--node-manager-port",
+                str(ports[0]),
+                "--object-manager-port",
+                str(ports[1]),
+                "--dashboard-agent-listen-port",
+                str(ports[2]),
+                "--dashboard-agent-grpc-port",
+                str(ports[3]),
+                "--runtime-env-agent-port",
+                str(ports[4]),
+                "--metrics-export-port",
+                str(ports[5]),
+            ]
+            cmd += (
+                ["--head", "--port", str(ports[6]), "--include-dashboard=false", "--dashboard-port", str(ports[7])]
+                if name == "head"
+                else ["--address", self.address]
+            )
             subprocess.run(cmd, env=self.env, check=True, capture_output=True, timeout=120)
             if name == "head":
                 self.address = f"127.0.0.1:{ports[6]}"
@@ -115,7 +142,9 @@ class TwoNodes:
         pids = set()
         for d in Path("/proc").iterdir():
             try:
-                if d.name.isdigit() and mark in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                if d.name.isdigit() and mark in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    errors="replace"
+                ):
                     pids.add(int(d.name))
             except OSError:
                 pass
@@ -156,15 +185,29 @@ def main() -> int:
         load.append(load_avg())
     med = {k: statistics.median(r["images_per_second"] for r in v) for k, v in runs.items()}
     first = {k: statistics.median(r["first_result_seconds"] for r in v) for k, v in runs.items() if k != "local"}
-    out = {"machine": describe(("numpy", "pillow", "onnxruntime", "ray", "pyarrow")), "photos": len(files),
-           "model": args.model, "batch_size": args.batch_size, "reps": args.reps, "load_avg": load, "runs": runs,
-           "median_images_per_second": med, "median_first_result_seconds": first,
-           "ratio_to_local": {k: med[k] / med["local"] for k in med if k != "local"}}
+    out = {
+        "machine": describe(("numpy", "pillow", "onnxruntime", "ray", "pyarrow")),
+        "photos": len(files),
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "reps": args.reps,
+        "load_avg": load,
+        "runs": runs,
+        "median_images_per_second": med,
+        "median_first_result_seconds": first,
+        "ratio_to_local": {k: med[k] / med["local"] for k in med if k != "local"},
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(out, indent=2))
-    lines = [f"# Ray engine vs local pipeline ({len(files)} photos, {Path(args.model).name}, batch {args.batch_size})", "",
-             markdown(out["machine"]), f"Load average before/after each repetition: {', '.join(load)}.", "",
-             "| engine | images/s (whole call) | first result after (s) | ratio to local |", "|---|---|---|---|"]
+    lines = [
+        f"# Ray engine vs local pipeline ({len(files)} photos, {Path(args.model).name}, batch {args.batch_size})",
+        "",
+        markdown(out["machine"]),
+        f"Load average before/after each repetition: {', '.join(load)}.",
+        "",
+        "| engine | images/s (whole call) | first result after (s) | ratio to local |",
+        "|---|---|---|---|",
+    ]
     for k in med:
         ratio = "1.00" if k == "local" else f"{out['ratio_to_local'][k]:.2f}"
         st = f"{first[k]:.1f}" if k in first else "-"

@@ -63,7 +63,7 @@ def vit_b_32(torch):
         def __init__(self, width=768, layers=12, heads=12, patch=32, size=224, out=512):
             super().__init__()
             self.conv1 = nn.Conv2d(3, width, patch, patch, bias=False)
-            scale = width ** -0.5
+            scale = width**-0.5
             self.class_embedding = nn.Parameter(scale * torch.randn(width))
             self.positional_embedding = nn.Parameter(scale * torch.randn((size // patch) ** 2 + 1, width))
             self.ln_pre, self.ln_post = nn.LayerNorm(width), nn.LayerNorm(width)
@@ -115,12 +115,22 @@ def entries(files):
 def e2e(encoder, files, batch_size, workers=None, decoder=None) -> tuple[float, dict]:
     got = [0]
     t0 = time.perf_counter()
-    stats = embed_files(entries(files), encoder, lambda b: got.__setitem__(0, got[0] + len(b)), batch_size=batch_size,
-                        workers=workers, decoder=decoder)
+    stats = embed_files(
+        entries(files),
+        encoder,
+        lambda b: got.__setitem__(0, got[0] + len(b)),
+        batch_size=batch_size,
+        workers=workers,
+        decoder=decoder,
+    )
     seconds = time.perf_counter() - t0
     assert got[0] == len(files), (got[0], stats.failed[:3])
-    return len(files) / seconds, {"wait_decode_s": round(stats.wait_decode_seconds, 2), "encode_s": round(stats.encode_seconds, 2),
-                                  "seconds": round(seconds, 2), "workers": workers}
+    return len(files) / seconds, {
+        "wait_decode_s": round(stats.wait_decode_seconds, 2),
+        "encode_s": round(stats.encode_seconds, 2),
+        "seconds": round(seconds, 2),
+        "workers": workers,
+    }
 
 
 def ceiling(encoder, tensors, batch_size, torch, n) -> float:
@@ -156,18 +166,48 @@ def cpu_study(args, torch, model, files, large, results):
         onnx_path.parent.mkdir(parents=True, exist_ok=True)
         m = copy.deepcopy(model).float().cpu().eval()
         with torch.enable_grad():
-            torch.onnx.export(m, (torch.randn(2, 3, 224, 224),), str(onnx_path), input_names=["image"], output_names=["embedding"],
-                              dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}}, opset_version=17, dynamo=False)
-        (mdir / "visual" / "preprocess_cfg.json").write_text(json.dumps({"size": 224, "mean": list(PreprocessConfig().mean),
-                                                                          "std": list(PreprocessConfig().std), "interpolation": "bicubic",
-                                                                          "resize_mode": "shortest"}))
+            torch.onnx.export(
+                m,
+                (torch.randn(2, 3, 224, 224),),
+                str(onnx_path),
+                input_names=["image"],
+                output_names=["embedding"],
+                dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        (mdir / "visual" / "preprocess_cfg.json").write_text(
+            json.dumps(
+                {
+                    "size": 224,
+                    "mean": list(PreprocessConfig().mean),
+                    "std": list(PreprocessConfig().std),
+                    "interpolation": "bicubic",
+                    "resize_mode": "shortest",
+                }
+            )
+        )
         (mdir / "config.json").write_text(json.dumps({"embed_dim": 512, "text_cfg": {"context_length": 77}}))
         (mdir / "textual").mkdir(exist_ok=True)
         (mdir / "textual" / "model.onnx").write_bytes(b"unused")  # the image-only study never loads it
         if not (mdir / "textual" / "tokenizer.json").exists():
             (mdir / "textual" / "tokenizer.json").write_text("{}")
-    cmd = [sys.executable, str(HERE / "ingest_gpu.py"), "--cpu-child", str(mdir), "--photos", str(args.photos),
-           "--large-dir", str(args.large_dir), "--limit", str(args.cpu_limit), "--large", str(args.cpu_large), "--reps", str(args.cpu_reps)]
+    cmd = [
+        sys.executable,
+        str(HERE / "ingest_gpu.py"),
+        "--cpu-child",
+        str(mdir),
+        "--photos",
+        str(args.photos),
+        "--large-dir",
+        str(args.large_dir),
+        "--limit",
+        str(args.cpu_limit),
+        "--large",
+        str(args.cpu_large),
+        "--reps",
+        str(args.cpu_reps),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.cpu_timeout)
     print(r.stdout[-6000:], r.stderr[-3000:], flush=True)
     try:
@@ -196,20 +236,38 @@ def cpu_child(args):
     for e in encs.values():
         e.warm_up(("visual",))
     cfg = encs[False].preprocess_cfg
-    tensors = {k: normalize(np.stack([decode_file(f, cfg).pixels for f in fs]), cfg) for k, fs in (("photos", photos), ("12mp", large))}
+    tensors = {
+        k: normalize(np.stack([decode_file(f, cfg).pixels for f in fs]), cfg)
+        for k, fs in (("photos", photos), ("12mp", large))
+    }
     runs: dict = {}
     for rep in range(args.reps):
         for label, fs in (("photos", photos), ("12mp", large)):
             for sp, enc in encs.items():
-                runs.setdefault(f"{label} ceiling spin={sp}", []).append(ceiling(enc, tensors[label], 32, None, len(fs)))
+                runs.setdefault(f"{label} ceiling spin={sp}", []).append(
+                    ceiling(enc, tensors[label], 32, None, len(fs))
+                )
             for name, v in CPU_VARIANTS.items():
                 enc = encs[v["spin"]]
                 got = [0]
                 t0 = time.perf_counter()
-                embed_files(entries(fs), enc, lambda b, got=got: got.__setitem__(0, got[0] + len(b)), batch_size=32,
-                            workers=v["workers"], decoder=v["decoder"], nice=v["nice"])
+                embed_files(
+                    entries(fs),
+                    enc,
+                    lambda b, got=got: got.__setitem__(0, got[0] + len(b)),
+                    batch_size=32,
+                    workers=v["workers"],
+                    decoder=v["decoder"],
+                    nice=v["nice"],
+                )
                 runs.setdefault(f"{label} {name}", []).append(len(fs) / (time.perf_counter() - t0))
-            print(rep, label, {k: round(v[-1], 2) for k, v in runs.items() if k.startswith(label)}, file=sys.stderr, flush=True)
+            print(
+                rep,
+                label,
+                {k: round(v[-1], 2) for k, v in runs.items() if k.startswith(label)},
+                file=sys.stderr,
+                flush=True,
+            )
     print(json.dumps({k: {"median": statistics.median(v), "runs": v} for k, v in runs.items()}))
 
 
@@ -219,7 +277,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp")))
     ap.add_argument("--large", type=int, default=100)
     ap.add_argument("--large-dir", type=Path, default=Path("/tmp/pixquery-12mp"))
-    ap.add_argument("--repeat", type=int, default=10, help="index the photo list this many times over (GPU runs are short)")
+    ap.add_argument(
+        "--repeat", type=int, default=10, help="index the photo list this many times over (GPU runs are short)"
+    )
     ap.add_argument("--batch-sizes", default="64,128,256,512")
     ap.add_argument("--e2e-configs", default="process:,thread:", help="decoder:workers,... (workers empty: default)")
     ap.add_argument("--cpu-study", default=None)
@@ -238,8 +298,11 @@ def main() -> int:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    results: dict = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "torch": torch.__version__,
-                     "cpus": os.cpu_count()}
+    results: dict = {
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+    }
     try:
         import onnxruntime as ort
 
@@ -278,7 +341,10 @@ def main() -> int:
                 workers = int(workers) if workers else None
                 v, info = e2e(encs[dt], fs, bs, workers, decoder)
                 results["end_to_end"].setdefault(f"{label} {dt} b{bs} {decoder} x{workers or 'default'}", []).append(v)
-                print(f"end to end {label} ({len(fs)}) {dt} batch {bs} {decoder} x{workers or 'default'}: {v:.0f} img/s {info}", flush=True)
+                print(
+                    f"end to end {label} ({len(fs)}) {dt} batch {bs} {decoder} x{workers or 'default'}: {v:.0f} img/s {info}",
+                    flush=True,
+                )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ingest_gpu.json").write_text(json.dumps(results, indent=2))
     if args.cpu_study:

@@ -52,10 +52,28 @@ def encode_all(encoder, tensors: np.ndarray, batch_size: int) -> tuple[float, np
     return len(tensors) / (time.perf_counter() - t0), np.concatenate(out)
 
 
-QUERIES = ["a dog", "a cat on a sofa", "a red sports car", "a bird on a branch", "a beach at sunset", "a bowl of soup",
-           "a snowy mountain", "a person playing guitar", "a ship at sea", "a close-up of a flower", "a fish", "a tree",
-           "an old building", "a plane in the sky", "a computer keyboard", "a pizza", "a horse in a field", "a bicycle",
-           "a clock", "a spider web"]
+QUERIES = [
+    "a dog",
+    "a cat on a sofa",
+    "a red sports car",
+    "a bird on a branch",
+    "a beach at sunset",
+    "a bowl of soup",
+    "a snowy mountain",
+    "a person playing guitar",
+    "a ship at sea",
+    "a close-up of a flower",
+    "a fish",
+    "a tree",
+    "an old building",
+    "a plane in the sky",
+    "a computer keyboard",
+    "a pizza",
+    "a horse in a field",
+    "a bicycle",
+    "a clock",
+    "a spider web",
+]
 
 
 def int8_agreement(encoders: dict, vectors: dict) -> dict:
@@ -67,9 +85,16 @@ def int8_agreement(encoders: dict, vectors: dict) -> dict:
         tops = [set(np.argsort(-(vectors[p] @ encoders[p].encode_texts([q])[0]))[:10]) for p in ("fp32", "int8")]
         overlaps.append(len(tops[0] & tops[1]) / 10)
     text_cos = [float(encoders["fp32"].encode_texts([q])[0] @ encoders["int8"].encode_texts([q])[0]) for q in QUERIES]
-    return {"images": len(cos), "image_cosine_mean": float(cos.mean()), "image_cosine_min": float(cos.min()),
-            "text_cosine_mean": float(np.mean(text_cos)), "text_cosine_min": float(np.min(text_cos)),
-            "top10_overlap_mean": float(np.mean(overlaps)), "top10_overlap_min": float(np.min(overlaps)), "queries": len(QUERIES)}
+    return {
+        "images": len(cos),
+        "image_cosine_mean": float(cos.mean()),
+        "image_cosine_min": float(cos.min()),
+        "text_cosine_mean": float(np.mean(text_cos)),
+        "text_cosine_min": float(np.min(text_cos)),
+        "top10_overlap_mean": float(np.mean(overlaps)),
+        "top10_overlap_min": float(np.min(overlaps)),
+        "queries": len(QUERIES),
+    }
 
 
 def link_folder(files: list[Path], folder: Path) -> Path:
@@ -114,8 +139,26 @@ class Pixquery(Tool):
         self.name = f"pixquery {precision}"
 
     def command(self, folder, work):
-        return ([sys.executable, "-m", "pixquery.cli", "index", str(folder), "-L", str(work / "lib"), "-m", str(self.model),
-                 "--precision", self.precision, "--batch-size", str(self.batch_size), "--json"], {}, None)
+        return (
+            [
+                sys.executable,
+                "-m",
+                "pixquery.cli",
+                "index",
+                str(folder),
+                "-L",
+                str(work / "lib"),
+                "-m",
+                str(self.model),
+                "--precision",
+                self.precision,
+                "--batch-size",
+                str(self.batch_size),
+                "--json",
+            ],
+            {},
+            None,
+        )
 
     def check(self, work, n, r):
         report = json.loads(r.stdout)
@@ -144,9 +187,12 @@ class Rclip(Tool):
         if self.size is None:
             cmd = [str(self.exe / "rclip"), "-f", "-t", "1", "a photo"]
         else:  # same code, its preprocessing told the model's input size (a setting, not a code change)
-            cmd = [str(self.exe / "python"), "-c",
-                   f"import sys, rclip.utils.preprocess as p; p.IMAGE_SIZE = {self.size}; from rclip.main import main; "
-                   "sys.argv = ['rclip', '-f', '-t', '1', 'a photo']; main()"]
+            cmd = [
+                str(self.exe / "python"),
+                "-c",
+                f"import sys, rclip.utils.preprocess as p; p.IMAGE_SIZE = {self.size}; from rclip.main import main; "
+                "sys.argv = ['rclip', '-f', '-t', '1', 'a photo']; main()",
+            ]
         return cmd, {"RCLIP_DATADIR": str(data)}, folder
 
     def check(self, work, n, r):
@@ -173,9 +219,30 @@ class ClipRetrieval(Tool):
         return None
 
     def command(self, folder, work):
-        return ([str(self.exe), "inference", "--input_dataset", str(folder), "--output_folder", str(work / "out"),
-                 "--input_format", "files", "--clip_model", str(self.state_dict), "--batch_size", str(self.batch_size),
-                 "--enable_text", "False", "--enable_metadata", "False", "--use_jit", "False"], {}, None)
+        return (
+            [
+                str(self.exe),
+                "inference",
+                "--input_dataset",
+                str(folder),
+                "--output_folder",
+                str(work / "out"),
+                "--input_format",
+                "files",
+                "--clip_model",
+                str(self.state_dict),
+                "--batch_size",
+                str(self.batch_size),
+                "--enable_text",
+                "False",
+                "--enable_metadata",
+                "False",
+                "--use_jit",
+                "False",
+            ],
+            {},
+            None,
+        )
 
     def check(self, work, n, r):
         got = sum(len(np.load(p, mmap_mode="r")) for p in (work / "out" / "img_emb").glob("*.npy"))
@@ -201,9 +268,13 @@ def main() -> int:
 
     from pixquery.encoders.registry import load_encoder
 
-    all_tools = [Pixquery(args.model, "fp32", args.batch_size), Pixquery(args.model, "int8", args.batch_size),
-                 Rclip(args.rclip_data, None), Rclip(args.rclip_data_224, 224),
-                 ClipRetrieval(args.clip_retrieval_model, args.batch_size)]
+    all_tools = [
+        Pixquery(args.model, "fp32", args.batch_size),
+        Pixquery(args.model, "int8", args.batch_size),
+        Rclip(args.rclip_data, None),
+        Rclip(args.rclip_data_224, 224),
+        ClipRetrieval(args.clip_retrieval_model, args.batch_size),
+    ]
     wanted = [t.strip() for t in args.tools.split(",")]
     tools, skipped = [], {}
     for t in all_tools:
@@ -219,8 +290,10 @@ def main() -> int:
     if args.large:
         sets.append(("12 MP photos", make_large(files[: args.large], args.large_dir or tmp / "12mp")))
     folders = {label: (link_folder(group, tmp / f"set{i}"), len(group)) for i, (label, group) in enumerate(sets)}
-    small = {label: (link_folder(group[: args.startup_photos], tmp / f"small{i}"), len(group[: args.startup_photos]))
-             for i, (label, group) in enumerate(sets)}
+    small = {
+        label: (link_folder(group[: args.startup_photos], tmp / f"small{i}"), len(group[: args.startup_photos]))
+        for i, (label, group) in enumerate(sets)
+    }
 
     encoders = {p: load_encoder(str(args.model), precision=p) for p in ("fp32", "int8")}
     tensors = {label: preprocessed(encoders["fp32"], group) for label, group in sets}
@@ -243,9 +316,14 @@ def main() -> int:
                 whole = t.run(folder, n, tmp / "work")
                 start = t.run(sfolder, sn, tmp / "work")
                 runs.setdefault((label, t.name), []).append(n / whole)
-                runs.setdefault((label, t.name + " after start-up"), []).append((n - sn) / (whole - start) if whole > start else float("nan"))
-                print(f"rep {rep + 1} {label:>12} {t.name:>15}: {n / whole:6.2f} img/s whole run "
-                      f"({whole:.1f} s; {sn} photos: {start:.1f} s)  [load {load_avg()}]", flush=True)
+                runs.setdefault((label, t.name + " after start-up"), []).append(
+                    (n - sn) / (whole - start) if whole > start else float("nan")
+                )
+                print(
+                    f"rep {rep + 1} {label:>12} {t.name:>15}: {n / whole:6.2f} img/s whole run "
+                    f"({whole:.1f} s; {sn} photos: {start:.1f} s)  [load {load_avg()}]",
+                    flush=True,
+                )
     load_after = load_avg()
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -260,8 +338,14 @@ def main() -> int:
         ceiling = med[(label, "encoder alone fp32")]
         faster = max(peers, key=lambda p: med[(label, p)]) if peers else None
         for name in [t.name for t in tools] + ["encoder alone fp32", "encoder alone int8"]:
-            row = {"set": label, "images": len(group), "tool": name, "images_per_s": med[(label, name)],
-                   "runs": runs[(label, name)], "after_startup": med.get((label, name + " after start-up"))}
+            row = {
+                "set": label,
+                "images": len(group),
+                "tool": name,
+                "images_per_s": med[(label, name)],
+                "runs": runs[(label, name)],
+                "after_startup": med.get((label, name + " after start-up")),
+            }
             if name.startswith("pixquery"):
                 row["vs_ceiling"] = row["images_per_s"] / ceiling
                 for p in peers:
@@ -270,24 +354,44 @@ def main() -> int:
         rows.append({"set": label, "faster_peer": faster})
 
     machine = describe()
-    cmd = (f"python bench/ingest_vs_peers.py --reps {args.reps} --large {args.large}"
-           + (f" --limit {args.limit}" if args.limit else "") + f" --batch-size {args.batch_size}")
-    lines = ["# Indexing speed: pixquery vs rclip and clip-retrieval", "",
-             f"Command: `flock /tmp/pixquery-bench.lock {cmd}`", "", markdown(machine),
-             f"Load average (1, 5, 15 min) before: {load_before}; after: {load_after}.", "",
-             f"Medians of {args.reps} interleaved repetitions. images/s = photos / wall time of the whole process "
-             f"(start-up included); 'after start-up' = (N - {args.startup_photos}) / (T_N - T_{args.startup_photos}).", ""]
+    cmd = (
+        f"python bench/ingest_vs_peers.py --reps {args.reps} --large {args.large}"
+        + (f" --limit {args.limit}" if args.limit else "")
+        + f" --batch-size {args.batch_size}"
+    )
+    lines = [
+        "# Indexing speed: pixquery vs rclip and clip-retrieval",
+        "",
+        f"Command: `flock /tmp/pixquery-bench.lock {cmd}`",
+        "",
+        markdown(machine),
+        f"Load average (1, 5, 15 min) before: {load_before}; after: {load_after}.",
+        "",
+        f"Medians of {args.reps} interleaved repetitions. images/s = photos / wall time of the whole process "
+        f"(start-up included); 'after start-up' = (N - {args.startup_photos}) / (T_N - T_{args.startup_photos}).",
+        "",
+    ]
     for skipped_name, why in skipped.items():
         lines.append(f"Not run: {skipped_name}: {why}")
     for label, group in sets:
-        lines += ["", f"## {label} ({len(group)})", "",
-                  "| tool | images/s (whole run) | after start-up | " + " | ".join(f"pixquery / {p}" for p in peers) + " | / encoder alone fp32 |",
-                  "|---|---:|---:|" + "---:|" * len(peers) + "---:|"]
+        lines += [
+            "",
+            f"## {label} ({len(group)})",
+            "",
+            "| tool | images/s (whole run) | after start-up | "
+            + " | ".join(f"pixquery / {p}" for p in peers)
+            + " | / encoder alone fp32 |",
+            "|---|---:|---:|" + "---:|" * len(peers) + "---:|",
+        ]
         for r in rows:
             if r.get("set") != label or "tool" not in r:
                 continue
             ratios = " | ".join(f"{r[f'x {p}']:.2f}x" if f"x {p}" in r else "" for p in peers)
-            after = f"{r['after_startup']:.2f}" if r.get("after_startup") == r.get("after_startup") and r.get("after_startup") else ""
+            after = (
+                f"{r['after_startup']:.2f}"
+                if r.get("after_startup") == r.get("after_startup") and r.get("after_startup")
+                else ""
+            )
             vs = f"{r['vs_ceiling']:.3f}" if "vs_ceiling" in r else ""
             lines.append(f"| {r['tool']} | {r['images_per_s']:.2f} | {after} | {ratios} | {vs} |")
         faster = next(r["faster_peer"] for r in rows if r.get("set") == label and "faster_peer" in r)
@@ -296,20 +400,35 @@ def main() -> int:
     if "error" in agreement:
         lines += ["", f"int8 agreement not computed: {agreement['error']}"]
     else:
-        lines += ["", "## int8 agreement with fp32 (same photos, random weights)", "",
-              f"Image embeddings: cosine mean {agreement['image_cosine_mean']:.5f}, min {agreement['image_cosine_min']:.5f} "
-                  f"({agreement['images']} photos); text embeddings: mean {agreement['text_cosine_mean']:.5f}, min "
-              f"{agreement['text_cosine_min']:.5f}; top-10 results of {agreement['queries']} text queries over the photos: "
-              f"overlap mean {agreement['top10_overlap_mean']:.2f}, min {agreement['top10_overlap_min']:.2f}.",
-              "Random weights make every embedding nearly alike (pairwise cosine ~0.7), so the top-10 overlap is a",
-              "harsh test here; the effect of int8 on accuracy with real weights is not yet measured, so int8 stays opt-in."]
+        lines += [
+            "",
+            "## int8 agreement with fp32 (same photos, random weights)",
+            "",
+            f"Image embeddings: cosine mean {agreement['image_cosine_mean']:.5f}, min {agreement['image_cosine_min']:.5f} "
+            f"({agreement['images']} photos); text embeddings: mean {agreement['text_cosine_mean']:.5f}, min "
+            f"{agreement['text_cosine_min']:.5f}; top-10 results of {agreement['queries']} text queries over the photos: "
+            f"overlap mean {agreement['top10_overlap_mean']:.2f}, min {agreement['top10_overlap_min']:.2f}.",
+            "Random weights make every embedding nearly alike (pairwise cosine ~0.7), so the top-10 overlap is a",
+            "harsh test here; the effect of int8 on accuracy with real weights is not yet measured, so int8 stays opt-in.",
+        ]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"machine": machine, "command": cmd, "load_before": load_before,
-                                                         "load_after": load_after, "rows": rows, "skipped": skipped,
-                                                         "int8_agreement": agreement}, indent=2))
+    args.out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "machine": machine,
+                "command": cmd,
+                "load_before": load_before,
+                "load_after": load_after,
+                "rows": rows,
+                "skipped": skipped,
+                "int8_agreement": agreement,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.out.with_suffix('.md')}")
     return 0
 

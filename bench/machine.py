@@ -44,5 +44,7 @@ def describe(packages=("numpy", "pillow", "onnxruntime", "faiss-cpu", "torch")) 
 
 def markdown(desc: dict) -> str:
     v = ", ".join(f"{k} {x}" for k, x in desc["versions"].items())
-    return (f"Machine: {desc['cpu']}, {desc['cores']} cores, {desc['memory_gib']} GiB RAM, "
-            f"Python {desc['python']}, {desc['os']}; {v}. Run {desc['date']}.")
+    return (
+        f"Machine: {desc['cpu']}, {desc['cores']} cores, {desc['memory_gib']} GiB RAM, "
+        f"Python {desc['python']}, {desc['os']}; {v}. Run {desc['date']}."
+    )

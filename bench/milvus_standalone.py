@@ -29,8 +29,18 @@ import tempfile
 import time
 from pathlib import Path
 
-PORT_OPTIONS = ("proxy", "etcd", "root-coord", "proxy-internal", "query-coord", "query-node", "index-coord",
-                "index-node", "data-coord", "data-node")
+PORT_OPTIONS = (
+    "proxy",
+    "etcd",
+    "root-coord",
+    "proxy-internal",
+    "query-coord",
+    "query-node",
+    "index-coord",
+    "index-node",
+    "data-coord",
+    "data-node",
+)
 
 
 def free_ports(n: int, lo: int = 42000, hi: int = 60000) -> list[int]:
@@ -111,8 +121,14 @@ def proc_kb(pid: int | None, key: str) -> int:
 class Standalone:
     """One Milvus standalone server in a private data folder, on free ports."""
 
-    def __init__(self, server_bin: str | Path, data_dir: Path | None = None, extra_config: tuple[str, ...] = (),
-                 start_timeout: float = 300.0, log=print):
+    def __init__(
+        self,
+        server_bin: str | Path,
+        data_dir: Path | None = None,
+        extra_config: tuple[str, ...] = (),
+        start_timeout: float = 300.0,
+        log=print,
+    ):
         self.bin = str(server_bin)
         self.own_dir = data_dir is None
         self.root = Path(data_dir or tempfile.mkdtemp(prefix="pixquery-milvus-srv-"))
@@ -137,7 +153,8 @@ class Standalone:
             f"listen-client-urls: http://127.0.0.1:{c}\nadvertise-client-urls: http://127.0.0.1:{c}\n"
             f"listen-peer-urls: http://127.0.0.1:{peer}\ninitial-advertise-peer-urls: http://127.0.0.1:{peer}\n"
             f"initial-cluster: default=http://127.0.0.1:{peer}\nquota-backend-bytes: 4294967296\n"
-            "auto-compaction-mode: revision\nauto-compaction-retention: '1000'\n")
+            "auto-compaction-mode: revision\nauto-compaction-retention: '1000'\n"
+        )
         return p
 
     def start(self) -> float:

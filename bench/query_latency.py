@@ -28,7 +28,25 @@ from machine import describe, markdown  # noqa: E402
 
 from pixquery.encoders.onnx import OnnxClipEncoder  # noqa: E402
 
-WORDS = ["dog", "cat", "beach", "mountain", "car", "red", "blue", "old", "city", "night", "snow", "birthday", "cake", "tree", "river", "bridge", "child"]
+WORDS = [
+    "dog",
+    "cat",
+    "beach",
+    "mountain",
+    "car",
+    "red",
+    "blue",
+    "old",
+    "city",
+    "night",
+    "snow",
+    "birthday",
+    "cake",
+    "tree",
+    "river",
+    "bridge",
+    "child",
+]
 
 
 def main() -> int:
@@ -45,7 +63,9 @@ def main() -> int:
         for t, short in [(t, True) for t in threads] + [(max(threads), False)]:
             enc = OnnxClipEncoder(args.model, precision=p, text_threads=t, short_context=short)
             enc.warm_up(("textual",))
-            configs[f"{p}, {t} thread{'s' if t > 1 else ''}, {'query length' if short else 'full 77-token context'}"] = enc
+            configs[
+                f"{p}, {t} thread{'s' if t > 1 else ''}, {'query length' if short else 'full 77-token context'}"
+            ] = enc
     rng = np.random.default_rng(0)
     times: dict[str, list[float]] = {k: [] for k in configs}
     hits: dict[str, list[float]] = {k: [] for k in configs}
@@ -60,19 +80,35 @@ def main() -> int:
             enc.encode_texts([q])
             hits[k].append((time.perf_counter() - t0) * 1e3)
     load_after = load_avg()
-    rows = [{"config": k, "p50_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)), "cached_p50_ms": float(np.median(hits[k]))}
-            for k, v in times.items()]
+    rows = [
+        {
+            "config": k,
+            "p50_ms": float(np.median(v)),
+            "p90_ms": float(np.percentile(v, 90)),
+            "cached_p50_ms": float(np.median(hits[k])),
+        }
+        for k, v in times.items()
+    ]
     machine = describe()
-    lines = ["# Text-query latency (warm encoder, tokenisation included)", "",
-             f"Command: `flock /tmp/pixquery-bench.lock python bench/query_latency.py --model {args.model} --queries {args.queries}`", "",
-             markdown(machine), f"Load average before: {load_before}; after: {load_after}.", "",
-             "| precision, text threads, length | p50 (ms) | p90 (ms) | repeated query, from the cache: p50 (ms) |", "|---|---:|---:|---:|"]
+    lines = [
+        "# Text-query latency (warm encoder, tokenisation included)",
+        "",
+        f"Command: `flock /tmp/pixquery-bench.lock python bench/query_latency.py --model {args.model} --queries {args.queries}`",
+        "",
+        markdown(machine),
+        f"Load average before: {load_before}; after: {load_after}.",
+        "",
+        "| precision, text threads, length | p50 (ms) | p90 (ms) | repeated query, from the cache: p50 (ms) |",
+        "|---|---:|---:|---:|",
+    ]
     lines += [f"| {r['config']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['cached_p50_ms']:.3f} |" for r in rows]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": rows, "load_before": load_before, "load_after": load_after}, indent=2))
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"machine": machine, "rows": rows, "load_before": load_before, "load_after": load_after}, indent=2)
+    )
     return 0
 
 

@@ -40,13 +40,60 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/machine.py
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-" + os.urandom(8).hex()
 
-SUBJECTS = ["a dog", "a cat", "a red sports car", "a bicycle", "a sailing boat", "a lighthouse", "an old man", "two children",
-            "a bowl of soup", "a birthday cake", "a mountain lake", "a city street", "a wooden bridge", "a horse",
-            "a parrot", "a tractor", "a guitar", "a snowman", "a castle", "a waterfall", "a train", "a teddy bear",
-            "a plate of pasta", "a sunflower", "a fishing net", "a tent", "a hot air balloon", "a church", "a desk", "a kite"]
-PLACES = ["on a beach", "in the snow", "at night", "in the rain", "in a forest", "in a kitchen", "at sunset",
-          "in a garden", "on a table", "in the desert", "by the sea", "in a park", "on a street", "in fog", "indoors",
-          "from above", "in autumn", "under a bridge", "next to a window", "in a field"]
+SUBJECTS = [
+    "a dog",
+    "a cat",
+    "a red sports car",
+    "a bicycle",
+    "a sailing boat",
+    "a lighthouse",
+    "an old man",
+    "two children",
+    "a bowl of soup",
+    "a birthday cake",
+    "a mountain lake",
+    "a city street",
+    "a wooden bridge",
+    "a horse",
+    "a parrot",
+    "a tractor",
+    "a guitar",
+    "a snowman",
+    "a castle",
+    "a waterfall",
+    "a train",
+    "a teddy bear",
+    "a plate of pasta",
+    "a sunflower",
+    "a fishing net",
+    "a tent",
+    "a hot air balloon",
+    "a church",
+    "a desk",
+    "a kite",
+]
+PLACES = [
+    "on a beach",
+    "in the snow",
+    "at night",
+    "in the rain",
+    "in a forest",
+    "in a kitchen",
+    "at sunset",
+    "in a garden",
+    "on a table",
+    "in the desert",
+    "by the sea",
+    "in a park",
+    "on a street",
+    "in fog",
+    "indoors",
+    "from above",
+    "in autumn",
+    "under a bridge",
+    "next to a window",
+    "in a field",
+]
 STYLES = ["", "a photo of ", "a blurry photo of ", "a close-up of ", "a black and white photo of "]
 
 
@@ -90,9 +137,30 @@ class Server:
         env.pop("PIXQUERY_TOKEN", None)
         self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pixquery.server", "--library", str(library), "--model", model, "--host", "127.0.0.1",
-             "--port", str(self.port), "--token", TOKEN, "--pool", str(pool), "--text-batch", str(text_batch)],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            [
+                sys.executable,
+                "-m",
+                "pixquery.server",
+                "--library",
+                str(library),
+                "--model",
+                model,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--token",
+                TOKEN,
+                "--pool",
+                str(pool),
+                "--text-batch",
+                str(text_batch),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -170,8 +238,16 @@ class _Connection:
         self.reader = self.writer = None
 
 
-async def _run_clients(url: str, headers: dict, queries: list[str], clients: int, k: int, expect: int, time_limit: float,
-                       answers: dict | None = None) -> dict:
+async def _run_clients(
+    url: str,
+    headers: dict,
+    queries: list[str],
+    clients: int,
+    k: int,
+    expect: int,
+    time_limit: float,
+    answers: dict | None = None,
+) -> dict:
     from urllib.parse import urlencode
 
     host, port = url.removeprefix("http://").split(":")
@@ -221,8 +297,16 @@ async def _run_clients(url: str, headers: dict, queries: list[str], clients: int
     return {"latencies": latencies, "errors": errors, "wall": wall, "unsent": unsent}
 
 
-def run_load(url: str, headers: dict, queries: list[str], clients: int = 20, k: int = 30, expect: int = 30,
-             time_limit: float = 300.0, answers: dict | None = None) -> dict:
+def run_load(
+    url: str,
+    headers: dict,
+    queries: list[str],
+    clients: int = 20,
+    k: int = 30,
+    expect: int = 30,
+    time_limit: float = 300.0,
+    answers: dict | None = None,
+) -> dict:
     """Send `queries` from `clients` concurrent clients; returns counts, q/s and latency percentiles (ms).
     answers: a dict to fill with query -> the paths answered, in order; a query answered differently
     by two requests under load counts as an error."""
@@ -235,9 +319,16 @@ def run_load(url: str, headers: dict, queries: list[str], clients: int = 20, k: 
         return lat[min(len(lat) - 1, max(0, round(p / 100 * len(lat) + 0.5) - 1))] * 1000
 
     return {
-        "queries": len(queries), "ok": len(lat), "errors": len(queries) - len(lat), "error_samples": raw["errors"][:5],
-        "clients": clients, "wall_s": round(raw["wall"], 3), "qps": round(len(lat) / raw["wall"], 1) if raw["wall"] else 0.0,
-        "p50_ms": round(pct(50), 2), "p90_ms": round(pct(90), 2), "p99_ms": round(pct(99), 2),
+        "queries": len(queries),
+        "ok": len(lat),
+        "errors": len(queries) - len(lat),
+        "error_samples": raw["errors"][:5],
+        "clients": clients,
+        "wall_s": round(raw["wall"], 3),
+        "qps": round(len(lat) / raw["wall"], 1) if raw["wall"] else 0.0,
+        "p50_ms": round(pct(50), 2),
+        "p90_ms": round(pct(90), 2),
+        "p99_ms": round(pct(99), 2),
         "max_ms": round(lat[-1] * 1000, 2) if lat else float("nan"),
         "mean_ms": round(statistics.fmean(lat) * 1000, 2) if lat else float("nan"),
     }
@@ -272,9 +363,12 @@ def build_library(folder: Path, model: str, photos: int, source: Path | None) ->
 def code_version() -> str:
     """The commit, and the source files that differ from it (this tree is shared while it runs)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True,
-                               timeout=10).stdout.split("\n")
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.split("\n")
         changed = [line[3:] for line in dirty if line.strip()]
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -292,20 +386,33 @@ def machine() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--library", type=Path, help="an existing library (default: build one in a temporary folder)")
-    ap.add_argument("--model", default=str(ROOT / "models" / "random-vit-b-32"),
-                    help="model (default: the full-size random-weight ViT-B/32: real compute, meaningless results)")
+    ap.add_argument(
+        "--model",
+        default=str(ROOT / "models" / "random-vit-b-32"),
+        help="model (default: the full-size random-weight ViT-B/32: real compute, meaningless results)",
+    )
     ap.add_argument("--photos", type=int, default=200, help="photos in the built library")
-    ap.add_argument("--photo-source", default=None,
-                    help="folder of real photos to index (default: ../shared/data/imagenet-sample-images if present; "
-                         "'synthetic' for generated ones)")
+    ap.add_argument(
+        "--photo-source",
+        default=None,
+        help="folder of real photos to index (default: ../shared/data/imagenet-sample-images if present; "
+        "'synthetic' for generated ones)",
+    )
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--k", type=int, default=30)
-    ap.add_argument("--configs", default="1:1,1:16,4:16",
-                    help="server settings to compare, POOL:TEXT_BATCH (pixquery serve --pool P --text-batch B)")
+    ap.add_argument(
+        "--configs",
+        default="1:1,1:16,4:16",
+        help="server settings to compare, POOL:TEXT_BATCH (pixquery serve --pool P --text-batch B)",
+    )
     ap.add_argument("--mixes", default="unique,repeated")
-    ap.add_argument("--single", type=int, default=200,
-                    help="also send this many unique queries from one client (one person typing), first setting only; 0: skip")
+    ap.add_argument(
+        "--single",
+        type=int,
+        default=200,
+        help="also send this many unique queries from one client (one person typing), first setting only; 0: skip",
+    )
     ap.add_argument("--time-limit", type=float, default=300.0, help="seconds per run")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve-load.md")
     ap.add_argument("--no-write", action="store_true")
@@ -328,18 +435,33 @@ def main() -> None:
             raise SystemExit(f"the library at {lib_path} has no images")
         expect = min(args.k, n_images)
         rows = []
-        runs = [(config, mix, args.clients, args.queries) for config in args.configs.split(",") for mix in args.mixes.split(",")]
+        runs = [
+            (config, mix, args.clients, args.queries)
+            for config in args.configs.split(",")
+            for mix in args.mixes.split(",")
+        ]
         if args.single:
             runs.insert(0, (args.configs.split(",")[0], "unique", 1, args.single))
         for config, mix, clients, n_queries in runs:
             pool, batch = (int(x) for x in config.split(":"))
-            server = Server(lib_path, args.model, pool, Path(tmp) / f"server-{pool}-{batch}-{mix}.log", text_batch=batch)
+            server = Server(
+                lib_path, args.model, pool, Path(tmp) / f"server-{pool}-{batch}-{mix}.log", text_batch=batch
+            )
             try:
                 run_load(server.url, server.headers, ["warm up"], clients=1, k=args.k, expect=expect)
                 cpu0, load0 = server.cpu_seconds(), os.getloadavg()[0]
-                result = run_load(server.url, server.headers, query_mix(mix, n_queries, seed=clients), clients=clients,
-                                  k=args.k, expect=expect, time_limit=args.time_limit)
-                result["server_cpu_ms_per_query"] = round((server.cpu_seconds() - cpu0) / max(1, result["ok"]) * 1000, 2)
+                result = run_load(
+                    server.url,
+                    server.headers,
+                    query_mix(mix, n_queries, seed=clients),
+                    clients=clients,
+                    k=args.k,
+                    expect=expect,
+                    time_limit=args.time_limit,
+                )
+                result["server_cpu_ms_per_query"] = round(
+                    (server.cpu_seconds() - cpu0) / max(1, result["ok"]) * 1000, 2
+                )
                 result["load_avg"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
             finally:
                 server.stop()
@@ -348,9 +470,17 @@ def main() -> None:
             print(json.dumps(result), file=sys.stderr, flush=True)
         code_end = code_version()
         code = code_start if code_end == code_start else f"{code_start} at the start, {code_end} at the end"
-        report = {"machine": machine(), "code": code, "model": args.model, "images": n_images, "index_kind": index_kind, "k": args.k,
-                  "photo_source": str(source) if source else "synthetic (tests/photos.py)", "runs": rows,
-                  "command": "python bench/serve_load.py " + " ".join(sys.argv[1:])}
+        report = {
+            "machine": machine(),
+            "code": code,
+            "model": args.model,
+            "images": n_images,
+            "index_kind": index_kind,
+            "k": args.k,
+            "photo_source": str(source) if source else "synthetic (tests/photos.py)",
+            "runs": rows,
+            "command": "python bench/serve_load.py " + " ".join(sys.argv[1:]),
+        }
     print(json.dumps(report, indent=2))
     if not args.no_write:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -363,30 +493,40 @@ def markdown(r: dict) -> str:
     m = r["machine"]
     vers = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     lines = [
-        "# `pixquery serve` under load (loopback)", "",
-        f"Command: `{r['command'].strip()}`", "",
+        "# `pixquery serve` under load (loopback)",
+        "",
+        f"Command: `{r['command'].strip()}`",
+        "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, Python {m['python']}, {m['os']}; {vers}. "
-        f"Run {m['date']}, code {r.get('code', 'unknown')}. The clients (one asyncio process, a minimal HTTP/1.1 keep-alive client) share the cores with the server.", "",
+        f"Run {m['date']}, code {r.get('code', 'unknown')}. The clients (one asyncio process, a minimal HTTP/1.1 keep-alive client) share the cores with the server.",
+        "",
         f"Library: {r['images']} photos ({r['photo_source']}), {r.get('index_kind', 'flat')} index; model `{Path(r['model']).name}`; "
-        f"every query asks for k={r['k']} results (one page of the search page).", "",
+        f"every query asks for k={r['k']} results (one page of the search page).",
+        "",
         "| pool | text batch | query mix | clients | queries | errors | wall (s) | queries/s | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | server CPU ms/query | load avg (start, end) |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for x in r["runs"]:
-        lines.append(f"| {x['pool']} | {x['text_batch']} | {x['mix']} | {x['clients']} | {x['queries']} | {x['errors']} | {x['wall_s']} | "
-                     f"{x['qps']} | {x['p50_ms']} | {x['p90_ms']} | {x['p99_ms']} | {x['max_ms']} | {x['server_cpu_ms_per_query']} | "
-                     f"{x['load_avg'][0]}, {x['load_avg'][1]} |")
-    lines += ["", "- pool: `pixquery serve --pool N`, Library objects (SQLite connections + loaded index) serving requests; "
-              "1 is a single lock. Text encoding runs outside the pool in every case.",
-              "- text batch: `--text-batch B`, text queries waiting at the same moment encoded in one model call (1: one call each).",
-              "- load avg: the machine's 1-minute load average when the run started and ended (other work shares these cores).",
-              "- unique: every query a different sentence (every query runs the text tower). repeated: drawn from 50 sentences "
-              "(answered from the encoder's query cache after the first time).",
-              "",
-              "How to read it: in the unique mix the server CPU per query is one run of the text tower plus a few ms for HTTP, "
-              "index and catalog; the one-client row is what a person typing sees. With 20 clients the latency is mostly "
-              "queueing (clients / queries per second). In the repeated mix the p99 and max are the first asks of the 50 "
-              "sentences, queued behind each other at the start; the other queries are cache hits.", ""]
+        lines.append(
+            f"| {x['pool']} | {x['text_batch']} | {x['mix']} | {x['clients']} | {x['queries']} | {x['errors']} | {x['wall_s']} | "
+            f"{x['qps']} | {x['p50_ms']} | {x['p90_ms']} | {x['p99_ms']} | {x['max_ms']} | {x['server_cpu_ms_per_query']} | "
+            f"{x['load_avg'][0]}, {x['load_avg'][1]} |"
+        )
+    lines += [
+        "",
+        "- pool: `pixquery serve --pool N`, Library objects (SQLite connections + loaded index) serving requests; "
+        "1 is a single lock. Text encoding runs outside the pool in every case.",
+        "- text batch: `--text-batch B`, text queries waiting at the same moment encoded in one model call (1: one call each).",
+        "- load avg: the machine's 1-minute load average when the run started and ended (other work shares these cores).",
+        "- unique: every query a different sentence (every query runs the text tower). repeated: drawn from 50 sentences "
+        "(answered from the encoder's query cache after the first time).",
+        "",
+        "How to read it: in the unique mix the server CPU per query is one run of the text tower plus a few ms for HTTP, "
+        "index and catalog; the one-client row is what a person typing sees. With 20 clients the latency is mostly "
+        "queueing (clients / queries per second). In the repeated mix the p99 and max are the first asks of the 50 "
+        "sentences, queued behind each other at the start; the other queries are cache hits.",
+        "",
+    ]
     for x in r["runs"]:
         if x["error_samples"]:
             lines.append(f"Errors (pool {x['pool']}, {x['mix']}): " + "; ".join(x["error_samples"]))

@@ -145,7 +145,13 @@ def images(n: int, seed: int = 0, chunk: int = 100_000, with_labels: bool = Fals
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
         sc = scene_of[lo:hi]
-        x = A_CONE * sp.u_img + B_SEM * sem[scene_cls[sc]] + G_CLASS * class_vec[scene_cls[sc]] + C_SCENE * scene_vec[sc] + C_PHOTO * sp.noise(rng, hi - lo)
+        x = (
+            A_CONE * sp.u_img
+            + B_SEM * sem[scene_cls[sc]]
+            + G_CLASS * class_vec[scene_cls[sc]]
+            + C_SCENE * scene_vec[sc]
+            + C_PHOTO * sp.noise(rng, hi - lo)
+        )
         # bursts: a near-copy of the previous photo of the same scene
         burst = rng.random(hi - lo) < BURST
         burst[0] = False

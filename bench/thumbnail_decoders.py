@@ -54,7 +54,11 @@ def run_round(paths: list[Path], thumbs_root: Path, workers, threads: int) -> fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--photos", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared/data/imagenet-sample-images")
+    ap.add_argument(
+        "--photos",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent.parent / "shared/data/imagenet-sample-images",
+    )
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
@@ -83,15 +87,19 @@ def main() -> None:
 
     m = describe(("pillow", "numpy"))
     lines = [
-        "# Thumbnails: in the server's process vs in decode worker processes", "",
+        "# Thumbnails: in the server's process vs in decode worker processes",
+        "",
         f"{len(paths)} photos ({source}), 256 px JPEG thumbnails, "
-        f"cold cache, median of {args.rounds} rounds. Starting the 2 workers (forkserver, imports): {start_s:.2f} s.", "",
+        f"cold cache, median of {args.rounds} rounds. Starting the 2 workers (forkserver, imports): {start_s:.2f} s.",
+        "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, {m['date']}; "
         f"shared with other engineers' work: load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
-        "(on 2 cores: the figures are noisy; run it on an idle machine for a ratio to trust).", "",
+        "(on 2 cores: the figures are noisy; run it on an idle machine for a ratio to trust).",
+        "",
         "| request threads | in-process thumbnails/s | worker thumbnails/s | time ratio workers / in-process |",
         "|---|---|---|---|",
-        *[f"| {t} | {a:.1f} | {b:.1f} | {r:.2f} |" for t, a, b, r in rows], "",
+        *[f"| {t} | {a:.1f} | {b:.1f} | {r:.2f} |" for t, a, b, r in rows],
+        "",
         "Command: `python bench/thumbnail_decoders.py " + " ".join(sys.argv[1:]) + "`",
     ]
     text = "\n".join(lines) + "\n"

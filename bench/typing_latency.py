@@ -74,8 +74,12 @@ def library(model: str, photos: int, source: Path, cache: Path | None) -> Path:
     from pixquery.encoders.onnx import OnnxClipEncoder
 
     fingerprint = OnnxClipEncoder(model).fingerprint
-    root = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pixquery-bench" / \
-        f"typing-{Path(model).name}-{fingerprint}-{photos}"
+    root = (
+        cache
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        / "pixquery-bench"
+        / f"typing-{Path(model).name}-{fingerprint}-{photos}"
+    )
     lib_path = root / "library"
     if (lib_path / "catalog.sqlite").exists():
         with Library.open(lib_path, model=model, create=False) as lib:
@@ -95,7 +99,10 @@ def library(model: str, photos: int, source: Path, cache: Path | None) -> Path:
     t0 = time.perf_counter()
     with Library.open(lib_path, model=model) as lib:
         report = lib.index([str(pics)])
-    print(f"indexed {report.indexed} photos with {model} in {time.perf_counter() - t0:.0f}s -> {lib_path}", file=sys.stderr)
+    print(
+        f"indexed {report.indexed} photos with {model} in {time.perf_counter() - t0:.0f}s -> {lib_path}",
+        file=sys.stderr,
+    )
     return lib_path
 
 
@@ -138,7 +145,9 @@ async def _get(conn: _Connection, target: str) -> tuple[int, bytes, str]:
     conn.writer.write(f"GET {target} HTTP/1.1\r\nHost: {conn.host}:{conn.port}\r\n{conn.extra}\r\n".encode())
     await conn.writer.drain()
     head = (await conn.reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-    length = next(int(line.split(":", 1)[1]) for line in head.split("\r\n") if line.lower().startswith("content-length:"))
+    length = next(
+        int(line.split(":", 1)[1]) for line in head.split("\r\n") if line.lower().startswith("content-length:")
+    )
     body = await conn.reader.readexactly(length)
     return int(head.split()[1]), body, head
 
@@ -153,8 +162,15 @@ def _server_timing(head: str) -> float | None:
     return None
 
 
-def debounce_table(rtts: list[float], sentences: list[str], delays=(0, 100, 150, 200, 300), wpms=(40, 60, 80),
-                   jitter: float = 0.45, seed: int = 0, reps: int = 50) -> list[dict]:
+def debounce_table(
+    rtts: list[float],
+    sentences: list[str],
+    delays=(0, 100, 150, 200, 300),
+    wpms=(40, 60, 80),
+    jitter: float = 0.45,
+    seed: int = 0,
+    reps: int = 50,
+) -> list[dict]:
     """What a debounce delay does to a typist (a model, stated): a key every 60000 / (5 * wpm) ms at
     the median, each interval log-normal around it (sigma `jitter`); a request goes when the box has
     been still for `delay` ms after a key, and on the last key after `delay`; its answer takes a
@@ -181,8 +197,16 @@ def debounce_table(rtts: list[float], sentences: list[str], delays=(0, 100, 150,
                 requests += len(sends)
                 late += sum(1 for a, nxt in zip(answers, sends[1:]) if a > nxt)  # a newer search had started
                 waits.append(answers[-1] - events[-1])
-            out.append({"wpm": wpm, "key_ms": round(median), "delay_ms": delay, "requests_per_key": round(requests / keys, 2),
-                        "superseded_per_sentence": round(late / len(sentences) / reps, 2), "wait_after_last_key_ms": round(statistics.median(waits))})
+            out.append(
+                {
+                    "wpm": wpm,
+                    "key_ms": round(median),
+                    "delay_ms": delay,
+                    "requests_per_key": round(requests / keys, 2),
+                    "superseded_per_sentence": round(late / len(sentences) / reps, 2),
+                    "wait_after_last_key_ms": round(statistics.median(waits)),
+                }
+            )
     return out
 
 
@@ -195,22 +219,37 @@ def pct(values: list[float], p: float) -> float:
 
 def summary(values: list[float]) -> dict:
     v = [x for x in values if x is not None]
-    return {"n": len(v), "p50": pct(v, 50), "p90": pct(v, 90), "p99": pct(v, 99), "max": round(max(v), 2) if v else None,
-            "mean": round(statistics.fmean(v), 2) if v else None}
+    return {
+        "n": len(v),
+        "p50": pct(v, 50),
+        "p90": pct(v, 90),
+        "p99": pct(v, 99),
+        "max": round(max(v), 2) if v else None,
+        "mean": round(statistics.fmean(v), 2) if v else None,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ROOT / "models" / "random-vit-b-32"),
-                    help="model folder (default: the full-size random-weight ViT-B/32: real compute, meaningless ranks)")
+    ap.add_argument(
+        "--model",
+        default=str(ROOT / "models" / "random-vit-b-32"),
+        help="model folder (default: the full-size random-weight ViT-B/32: real compute, meaningless ranks)",
+    )
     ap.add_argument("--photos", type=int, default=1000)
     ap.add_argument("--photo-source", type=Path, default=ROOT.parent / "shared" / "data" / "imagenet-sample-images")
     ap.add_argument("--library-cache", type=Path, default=None, help="folder that keeps the built library between runs")
-    ap.add_argument("--sentences", type=int, default=len(SENTENCES), help=f"how many of the {len(SENTENCES)} sentences to type")
+    ap.add_argument(
+        "--sentences", type=int, default=len(SENTENCES), help=f"how many of the {len(SENTENCES)} sentences to type"
+    )
     ap.add_argument("--interval", type=float, default=150, help="ms between keystrokes (a request per keystroke)")
     ap.add_argument("--k", type=int, default=30)
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="repeat with a fresh server each time (the same prefixes, again new to that server)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat with a fresh server each time (the same prefixes, again new to that server)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "typing.md")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -227,34 +266,53 @@ def main() -> None:
         try:
             asyncio.run(_type(server.url, server.headers, ["warm up the server"], args.k, 0, min(args.k, args.photos)))
             cpu0 = server.cpu_seconds()
-            rows = asyncio.run(_type(server.url, server.headers, queries, args.k, args.interval / 1000, min(args.k, args.photos)))
+            rows = asyncio.run(
+                _type(server.url, server.headers, queries, args.k, args.interval / 1000, min(args.k, args.photos))
+            )
             cpu = (server.cpu_seconds() - cpu0) / len(rows) * 1000
         finally:
             server.stop()
         load1 = os.getloadavg()
-        run = {"round": r + 1, "load_avg_start": [round(x, 2) for x in load0], "load_avg_end": [round(x, 2) for x in load1],
-               "server_cpu_ms_per_query": round(cpu, 2)}
+        run = {
+            "round": r + 1,
+            "load_avg_start": [round(x, 2) for x in load0],
+            "load_avg_end": [round(x, 2) for x in load1],
+            "server_cpu_ms_per_query": round(cpu, 2),
+        }
         for key in ("server_ms", "handler_ms", "client_ms"):
             run[key] = summary([x[key] for x in rows])
         run["by_tokens"] = {}
         for lo, hi in ((1, 4), (5, 8), (9, 12)):
             sel = [x for x in rows if lo <= n_tokens[x["q"]] <= hi]
             if sel:
-                run["by_tokens"][f"{lo}-{hi}"] = {"n": len(sel), "server_p50": pct([x["server_ms"] for x in sel], 50),
-                                                  "client_p50": pct([x["client_ms"] for x in sel], 50)}
-        run["rows"] = [[x["q"], n_tokens[x["q"]], x["server_ms"], x["handler_ms"], round(x["client_ms"], 2)] for x in rows]
+                run["by_tokens"][f"{lo}-{hi}"] = {
+                    "n": len(sel),
+                    "server_p50": pct([x["server_ms"] for x in sel], 50),
+                    "client_p50": pct([x["client_ms"] for x in sel], 50),
+                }
+        run["rows"] = [
+            [x["q"], n_tokens[x["q"]], x["server_ms"], x["handler_ms"], round(x["client_ms"], 2)] for x in rows
+        ]
         runs.append(run)
         print(json.dumps({k: v for k, v in run.items() if k != "rows"}), file=sys.stderr, flush=True)
     code_end = code_version()
     debounce = debounce_table([x[4] for run in runs for x in run["rows"]], SENTENCES[: args.sentences])
     report = {
-        "machine": machine(), "code": code_start if code_end == code_start else f"{code_start} at the start, {code_end} at the end",
-        "model": Path(args.model).name, "photos": args.photos, "photo_source": str(args.photo_source), "k": args.k,
-        "interval_ms": args.interval, "queries": len(queries),
-        "row_fields": ["query", "tokens", "server_ms", "handler_ms", "client_ms"], "sentences": SENTENCES[: args.sentences],
-        "target_ms_p50": 50, "runs": runs, "debounce": debounce,
-        "command": "python bench/typing_latency.py " + " ".join(a if not a.startswith(str(Path.home())) else "~" + a[len(str(Path.home())):]
-                                                       for a in sys.argv[1:]),
+        "machine": machine(),
+        "code": code_start if code_end == code_start else f"{code_start} at the start, {code_end} at the end",
+        "model": Path(args.model).name,
+        "photos": args.photos,
+        "photo_source": str(args.photo_source),
+        "k": args.k,
+        "interval_ms": args.interval,
+        "queries": len(queries),
+        "row_fields": ["query", "tokens", "server_ms", "handler_ms", "client_ms"],
+        "sentences": SENTENCES[: args.sentences],
+        "target_ms_p50": 50,
+        "runs": runs,
+        "debounce": debounce,
+        "command": "python bench/typing_latency.py "
+        + " ".join(a if not a.startswith(str(Path.home())) else "~" + a[len(str(Path.home())) :] for a in sys.argv[1:]),
     }
     print(markdown(report))
     if not args.no_write:
@@ -278,43 +336,69 @@ def markdown(r: dict) -> str:
     m = r["machine"]
     vers = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     lines = [
-        "# Search as you type: each keystroke's query, answered by `pixquery serve`", "",
-        f"Command: `{r['command'].strip()}`", "",
+        "# Search as you type: each keystroke's query, answered by `pixquery serve`",
+        "",
+        f"Command: `{r['command'].strip()}`",
+        "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, Python {m['python']}, {m['os']}; {vers}. "
         f"Run {m['date']}, code {r['code']}. Client and server share the cores (and the machine is shared with other work: "
-        "see the load averages).", "",
+        "see the load averages).",
+        "",
         f"Library: {r['photos']} photos ({r['photo_source']}), model `{r['model']}`, k={r['k']}. "
         f"{len(r['sentences'])} sentences typed a character at a time: {r['queries']} distinct prefixes, each sent once "
-        f"(new to the server: no query-cache hit), one request at a time, a keystroke every {r['interval_ms']:.0f} ms.", "",
+        f"(new to the server: no query-cache hit), one request at a time, a keystroke every {r['interval_ms']:.0f} ms.",
+        "",
         "| round | load avg (1, 5, 15 min) start -> end | what | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | mean (ms) |",
         "|---:|---|---|---:|---:|---:|---:|---:|",
     ]
-    names = {"server_ms": "server: search (took_ms)", "handler_ms": "server: whole request (Server-Timing)",
-             "client_ms": "client round trip"}
+    names = {
+        "server_ms": "server: search (took_ms)",
+        "handler_ms": "server: whole request (Server-Timing)",
+        "client_ms": "client round trip",
+    }
     for x in r["runs"]:
         load = f"{', '.join(map(str, x['load_avg_start']))} -> {', '.join(map(str, x['load_avg_end']))}"
         for key, name in names.items():
             s = x[key]
-            lines.append(f"| {x['round']} | {load} | {name} | {s['p50']} | {s['p90']} | {s['p99']} | {s['max']} | {s['mean']} |")
+            lines.append(
+                f"| {x['round']} | {load} | {name} | {s['p50']} | {s['p90']} | {s['p99']} | {s['max']} | {s['mean']} |"
+            )
             load = ""
-    lines += ["", "Server CPU per query (ms), by round: " + ", ".join(str(x["server_cpu_ms_per_query"]) for x in r["runs"]) + ".", "",
-              "By query length (tokens, start and end included; the text tower runs at the query's own length), p50 ms:", "",
-              "| round | tokens | queries | server | client |", "|---:|---|---:|---:|---:|"]
+    lines += [
+        "",
+        "Server CPU per query (ms), by round: " + ", ".join(str(x["server_cpu_ms_per_query"]) for x in r["runs"]) + ".",
+        "",
+        "By query length (tokens, start and end included; the text tower runs at the query's own length), p50 ms:",
+        "",
+        "| round | tokens | queries | server | client |",
+        "|---:|---|---:|---:|---:|",
+    ]
     for x in r["runs"]:
         for b, s in x["by_tokens"].items():
             lines.append(f"| {x['round']} | {b} | {s['n']} | {s['server_p50']} | {s['client_p50']} |")
-    lines += ["", "The page's debounce, modelled with these round trips (debounce_table: a key every 60000 / (5 x wpm) ms at the median, "
-              "log-normal intervals; a request once the box is still for the delay). Requests per keystroke is the server's work; "
-              "superseded: answers that came after a newer search had started (aborted by the page); wait: median time from the "
-              "last keystroke to the final results.", "",
-              "| typist | delay (ms) | requests / keystroke | superseded / sentence | wait after last key (ms) |", "|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "The page's debounce, modelled with these round trips (debounce_table: a key every 60000 / (5 x wpm) ms at the median, "
+        "log-normal intervals; a request once the box is still for the delay). Requests per keystroke is the server's work; "
+        "superseded: answers that came after a newer search had started (aborted by the page); wait: median time from the "
+        "last keystroke to the final results.",
+        "",
+        "| typist | delay (ms) | requests / keystroke | superseded / sentence | wait after last key (ms) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for d in r.get("debounce", []):
-        lines.append(f"| {d['wpm']} wpm ({d['key_ms']} ms/key) | {d['delay_ms']} | {d['requests_per_key']} | "
-                     f"{d['superseded_per_sentence']} | {d['wait_after_last_key_ms']} |")
+        lines.append(
+            f"| {d['wpm']} wpm ({d['key_ms']} ms/key) | {d['delay_ms']} | {d['requests_per_key']} | "
+            f"{d['superseded_per_sentence']} | {d['wait_after_last_key_ms']} |"
+        )
     best = min(x["client_ms"]["p50"] for x in r["runs"])
     worst = max(x["client_ms"]["p50"] for x in r["runs"])
-    lines += ["", f"Target: each keystroke's query answered in <= {r['target_ms_p50']} ms p50. Client round trip p50 "
-              f"{best} to {worst} ms over the rounds: {'met' if worst <= r['target_ms_p50'] else 'NOT met'}.", ""]
+    lines += [
+        "",
+        f"Target: each keystroke's query answered in <= {r['target_ms_p50']} ms p50. Client round trip p50 "
+        f"{best} to {worst} ms over the rounds: {'met' if worst <= r['target_ms_p50'] else 'NOT met'}.",
+        "",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -51,7 +51,11 @@ SHARED_PHOTOS = ROOT.parent / "shared" / "data" / "imagenet-sample-images" / "im
 
 
 def source_photos(n: int, seed: int = 0) -> list[Image.Image]:
-    files = sorted(p for p in SHARED_PHOTOS.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if SHARED_PHOTOS.exists() else []
+    files = (
+        sorted(p for p in SHARED_PHOTOS.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if SHARED_PHOTOS.exists()
+        else []
+    )
     if files:
         rng = np.random.default_rng(seed)
         return [Image.open(files[i]).convert("RGB") for i in rng.choice(len(files), n, replace=False)]
@@ -106,7 +110,9 @@ def make_film(path: Path, seconds: int, scene_seconds: int = 10, size=(1280, 720
             cw, ch = w * 1.15 / zoom, h * 1.15 / zoom
             x0 = (src.width - cw) * (0.2 + 0.6 * p)
             y0 = (src.height - ch) / 2
-            arr = np.asarray(src.resize((w, h), Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch)), dtype=np.int16)
+            arr = np.asarray(
+                src.resize((w, h), Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch)), dtype=np.int16
+            )
             arr = np.clip(arr + noise[n % len(noise)], 0, 255).astype(np.uint8)
             _mux(out, stream, arr, n)
             n += 1
@@ -114,7 +120,9 @@ def make_film(path: Path, seconds: int, scene_seconds: int = 10, size=(1280, 720
     return path
 
 
-def make_cctv(path: Path, seconds: int, size=(640, 360), fps: int = 15, walks=((30, 40), (95, 105), (160, 170))) -> Path:
+def make_cctv(
+    path: Path, seconds: int, size=(640, 360), fps: int = 15, walks=((30, 40), (95, 105), (160, 170))
+) -> Path:
     """A fixed camera: one scene, sensor noise, a dark person-sized block crossing it a few times."""
     w, h = size
     scene = np.asarray(source_photos(1, seed=7)[0].resize(size, Image.Resampling.BILINEAR), dtype=np.int16)
@@ -168,7 +176,11 @@ def photo_pipeline(model: str, n: int, tmp: Path) -> dict:
         shutil.rmtree(folder)
     shutil.rmtree(tmp / "photolib", ignore_errors=True)
     folder.mkdir()
-    files = sorted(p for p in SHARED_PHOTOS.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:n] if SHARED_PHOTOS.exists() else []
+    files = (
+        sorted(p for p in SHARED_PHOTOS.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:n]
+        if SHARED_PHOTOS.exists()
+        else []
+    )
     if files:
         for f in files:
             (folder / f.name).symlink_to(f.resolve())
@@ -191,11 +203,19 @@ def decode_only(path: Path, sampling: SamplingConfig) -> dict:
     n = sum(1 for _ in sample_frames(path, sampling, stats))
     seconds = time.perf_counter() - t0
     info = stats.info
-    return {"frames": info.frame_count, "decoded": stats.decoded, "sampled": n, "seconds": seconds,
-            "video_frames_per_second": info.frame_count / seconds, "realtime": (info.duration or 0) / seconds}
+    return {
+        "frames": info.frame_count,
+        "decoded": stats.decoded,
+        "sampled": n,
+        "seconds": seconds,
+        "video_frames_per_second": info.frame_count / seconds,
+        "realtime": (info.duration or 0) / seconds,
+    }
 
 
-def index_run(encoder, path: Path, tmp: Path, name: str, sampling: SamplingConfig, regions: RegionConfig | None = None) -> dict:
+def index_run(
+    encoder, path: Path, tmp: Path, name: str, sampling: SamplingConfig, regions: RegionConfig | None = None
+) -> dict:
     lib = tmp / f"lib-{name}"
     shutil.rmtree(lib, ignore_errors=True)
     cat = Catalog(lib / "catalog.sqlite")
@@ -208,14 +228,20 @@ def index_run(encoder, path: Path, tmp: Path, name: str, sampling: SamplingConfi
     cat.close()
     assert rep.indexed == 1, rep.failed
     return {
-        "frames": rep.total_frames, "decoded": rep.decoded_frames, "embedded_frames": rep.frames, "regions": rep.regions,
-        "seconds": seconds, "video_seconds": rep.video_seconds,
+        "frames": rep.total_frames,
+        "decoded": rep.decoded_frames,
+        "embedded_frames": rep.frames,
+        "regions": rep.regions,
+        "seconds": seconds,
+        "video_seconds": rep.video_seconds,
         "embedded_per_second": rep.embedded / seconds,
         "video_frames_per_second": rep.total_frames / seconds,
         "realtime": rep.video_seconds / seconds,
         "efficiency": rep.frames / rep.total_frames,
-        "decode_seconds": rep.decode_seconds, "encode_seconds": rep.encode_seconds,
-        "cpu_seconds": t["cpu_seconds"], "cpu_ms_per_embedding": 1000 * t["cpu_seconds"] / max(1, rep.embedded),
+        "decode_seconds": rep.decode_seconds,
+        "encode_seconds": rep.encode_seconds,
+        "cpu_seconds": t["cpu_seconds"],
+        "cpu_ms_per_embedding": 1000 * t["cpu_seconds"] / max(1, rep.embedded),
     }
 
 
@@ -233,17 +259,28 @@ def main() -> int:
     ap.add_argument("--cctv-seconds", type=int, default=240)
     ap.add_argument("--photos", type=int, default=96, help="photos for the photo pipeline's images/s")
     ap.add_argument("--regions-seconds", type=int, default=20, help="length of the clip indexed with regions (0: skip)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of encoder / photos / videos; the best is kept")
-    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "pixquery-bench-videos",
-                    help="where the generated test videos are kept between runs")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds of encoder / photos / videos; the best is kept"
+    )
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "pixquery-bench-videos",
+        help="where the generated test videos are kept between runs",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "video")
     args = ap.parse_args()
 
     model_note = ""
     if not Path(args.model).exists() and "/" in args.model:
         fallback = ROOT / "models" / "tiny-vit-b-32"
-        print(f"{args.model} not found (scripts/make_tiny_models.py --full writes it): using {fallback}", file=sys.stderr)
-        args.model, model_note = str(fallback), " (TINY model: full-size weights were not available; speeds are not ViT-B/32's)"
+        print(
+            f"{args.model} not found (scripts/make_tiny_models.py --full writes it): using {fallback}", file=sys.stderr
+        )
+        args.model, model_note = (
+            str(fallback),
+            " (TINY model: full-size weights were not available; speeds are not ViT-B/32's)",
+        )
     encoder = load_encoder(args.model)
     encoder.encode_images(np.zeros((2, 3, encoder.preprocess_cfg.size, encoder.preprocess_cfg.size), "float32"))
     tmp = Path(tempfile.mkdtemp(prefix="pixquery-bench-video-"))
@@ -268,38 +305,54 @@ def main() -> int:
             rounds["photos"].append(photo_pipeline(args.model, args.photos, tmp))
             for vname, path in videos.items():
                 rounds.setdefault(f"{vname} / default", []).append(index_run(encoder, path, tmp, vname, default))
-            print(f"round {r + 1}: encoder {rounds['encoder'][-1]['images_per_second']:.2f} img/s, "
-                  f"photos {rounds['photos'][-1]['images_per_second']:.2f} img/s, "
-                  + ", ".join(f"{k} {v[-1]['embedded_per_second']:.2f} embedded/s" for k, v in rounds.items() if "/" in k),
-                  flush=True)
+            print(
+                f"round {r + 1}: encoder {rounds['encoder'][-1]['images_per_second']:.2f} img/s, "
+                f"photos {rounds['photos'][-1]['images_per_second']:.2f} img/s, "
+                + ", ".join(
+                    f"{k} {v[-1]['embedded_per_second']:.2f} embedded/s" for k, v in rounds.items() if "/" in k
+                ),
+                flush=True,
+            )
         results["encoder"] = best(rounds["encoder"], "images_per_second")
         results["photos"] = best(rounds["photos"], "images_per_second")
         results["index"] = {k: best(v, "embedded_per_second") for k, v in rounds.items() if "/" in k}
 
-        variants = {"keyframes only": SamplingConfig(keyframes_only=True), "static skipping off": SamplingConfig(static_threshold=0.0)}
+        variants = {
+            "keyframes only": SamplingConfig(keyframes_only=True),
+            "static skipping off": SamplingConfig(static_threshold=0.0),
+        }
         results["decode"] = {}
         for vname, path in videos.items():
             for label, cfg in {"default": default, **variants}.items():
                 d = decode_only(path, cfg)
                 results["decode"][f"{vname} / {label}"] = d
-                print(f"decode {vname:5} {label:20}: {d['video_frames_per_second']:7.1f} frames/s, {d['realtime']:5.1f}x real time, "
-                      f"{d['sampled']} sampled", flush=True)
+                print(
+                    f"decode {vname:5} {label:20}: {d['video_frames_per_second']:7.1f} frames/s, {d['realtime']:5.1f}x real time, "
+                    f"{d['sampled']} sampled",
+                    flush=True,
+                )
                 if label != "default":
                     r = index_run(encoder, path, tmp, f"{vname}-{label.replace(' ', '_')}", cfg)
                     results["index"][f"{vname} / {label}"] = r
             for label in ("default", *variants):
                 r = results["index"][f"{vname} / {label}"]
-                print(f"index  {vname:5} {label:20}: {r['embedded_frames']} of {r['frames']} frames embedded "
-                      f"({100 * r['efficiency']:.2f}%), {r['embedded_per_second']:.2f} embedded/s, "
-                      f"{r['video_frames_per_second']:.1f} video frames/s, {r['realtime']:.1f}x real time", flush=True)
+                print(
+                    f"index  {vname:5} {label:20}: {r['embedded_frames']} of {r['frames']} frames embedded "
+                    f"({100 * r['efficiency']:.2f}%), {r['embedded_per_second']:.2f} embedded/s, "
+                    f"{r['video_frames_per_second']:.1f} video frames/s, {r['realtime']:.1f}x real time",
+                    flush=True,
+                )
         if args.regions_seconds:
             clip = args.cache / f"clip-{args.regions_seconds}s.mp4"
             if not clip.exists():
                 make_film(clip.with_suffix(".tmp.mp4"), args.regions_seconds).rename(clip)
             r = index_run(encoder, clip, tmp, "regions", default, RegionConfig())
             results["index"]["film clip / default + regions (tiles 2, 3)"] = r
-            print(f"regions: {r['embedded_frames']} frames + {r['regions']} regions, {r['embedded_per_second']:.2f} embedded/s, "
-                  f"{r['realtime']:.2f}x real time", flush=True)
+            print(
+                f"regions: {r['embedded_frames']} frames + {r['regions']} regions, {r['embedded_per_second']:.2f} embedded/s, "
+                f"{r['realtime']:.2f}x real time",
+                flush=True,
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     results["load_after"] = os.getloadavg()
@@ -308,9 +361,11 @@ def main() -> int:
     results["machine"] = machine
     img_s = results["photos"]["images_per_second"]
     enc = results["encoder"]
-    cmd = (f"flock /tmp/pixquery-bench.lock python bench/video.py --model {os.path.relpath(args.model, ROOT)} "
-           f"--film-seconds {args.film_seconds} --cctv-seconds {args.cctv_seconds} --photos {args.photos} "
-           f"--regions-seconds {args.regions_seconds} --rounds {args.rounds}")
+    cmd = (
+        f"flock /tmp/pixquery-bench.lock python bench/video.py --model {os.path.relpath(args.model, ROOT)} "
+        f"--film-seconds {args.film_seconds} --cctv-seconds {args.cctv_seconds} --photos {args.photos} "
+        f"--regions-seconds {args.regions_seconds} --rounds {args.rounds}"
+    )
     load = f"load average {results['load_before'][0]:.1f} before, {results['load_after'][0]:.1f} after"
     lines = [
         "# Video indexing: speed against the photo pipeline, and sampling efficiency",
@@ -331,7 +386,9 @@ def main() -> int:
         "|---|---|---:|---:|---:|---:|",
     ]
     for k, v in results["videos"].items():
-        lines.append(f"| {k} | {v['width']}x{v['height']} | {v['fps']:.0f} | {v['duration']:.0f} s | {v['frame_count']} | {v['bytes']:,} |")
+        lines.append(
+            f"| {k} | {v['width']}x{v['height']} | {v['fps']:.0f} | {v['duration']:.0f} s | {v['frame_count']} | {v['bytes']:,} |"
+        )
     lines += [
         "",
         f"Photo pipeline (`Library.index`, {results['photos']['photos']} photos): **{img_s:.2f} images/s** "
@@ -344,7 +401,9 @@ def main() -> int:
         "|---|---:|---:|---:|---:|",
     ]
     for k, d in results["decode"].items():
-        lines.append(f"| {k} | {d['video_frames_per_second']:.0f} | {d['realtime']:.1f} | {d['decoded']} | {d['sampled']} |")
+        lines.append(
+            f"| {k} | {d['video_frames_per_second']:.0f} | {d['realtime']:.1f} | {d['decoded']} | {d['sampled']} |"
+        )
     lines += [
         "",
         "Indexing (`update_videos`: decode + sample + embed + catalog), in one process:",

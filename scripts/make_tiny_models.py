@@ -31,7 +31,11 @@ _TEXT = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "la
 TINY = {
     "vit": (
         "tiny-vit-b-32",
-        {"embed_dim": 32, "vision_cfg": {"image_size": 224, "patch_size": 32, "width": 64, "head_width": 32, "layers": 2}, "text_cfg": _TEXT},
+        {
+            "embed_dim": 32,
+            "vision_cfg": {"image_size": 224, "patch_size": 32, "width": 64, "head_width": 32, "layers": 2},
+            "text_cfg": _TEXT,
+        },
     ),
     # A list of layers makes open_clip build a ModifiedResNet (attention-pool head) as for RN50.
     "rn50": (
@@ -42,8 +46,22 @@ TINY = {
 # open_clip's own configs for these names (model_configs/ViT-B-32.json, RN50.json).
 _FULL_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
 FULL = {
-    "vit": ("random-vit-b-32", {"embed_dim": 512, "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32}, "text_cfg": _FULL_TEXT}),
-    "rn50": ("random-rn50", {"embed_dim": 1024, "vision_cfg": {"image_size": 224, "layers": [3, 4, 6, 3], "width": 64, "patch_size": None}, "text_cfg": _FULL_TEXT}),
+    "vit": (
+        "random-vit-b-32",
+        {
+            "embed_dim": 512,
+            "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32},
+            "text_cfg": _FULL_TEXT,
+        },
+    ),
+    "rn50": (
+        "random-rn50",
+        {
+            "embed_dim": 1024,
+            "vision_cfg": {"image_size": 224, "layers": [3, 4, 6, 3], "width": 64, "patch_size": None},
+            "text_cfg": _FULL_TEXT,
+        },
+    ),
 }
 
 

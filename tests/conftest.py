@@ -22,13 +22,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 OPTIONAL = {
     "torch": (("torch", "open_clip"), "the [torch] extra: pip install 'pixquery[torch]'"),
     "ann": (("annoy", "hnswlib"), "the [ann] extra, compiled from source: pip install 'pixquery[ann]'"),
-    "ray": (("ray", "pyarrow", "fsspec", "s3fs", "moto", "boto3"),
-            "a real Ray cluster and S3 API server: pip install 'pixquery[cluster-tests]'"),
-    "milvus": (("pymilvus", "milvus_lite"), "the [milvus] extra: pip install 'pixquery[milvus]' "
-               "(or [milvus-lite3] in a venv of its own: bash scripts/test-milvus-lite3.sh)"),
+    "ray": (
+        ("ray", "pyarrow", "fsspec", "s3fs", "moto", "boto3"),
+        "a real Ray cluster and S3 API server: pip install 'pixquery[cluster-tests]'",
+    ),
+    "milvus": (
+        ("pymilvus", "milvus_lite"),
+        "the [milvus] extra: pip install 'pixquery[milvus]' "
+        "(or [milvus-lite3] in a venv of its own: bash scripts/test-milvus-lite3.sh)",
+    ),
     "ocr": (("rapidocr_onnxruntime", "rapidfuzz"), "the [ocr] extra: pip install 'pixquery[ocr]'"),
-    "milvus_standalone": (("pymilvus", "milvus"), "a Milvus standalone server: pip install "
-                          "'pixquery[milvus,milvus-standalone]' (linux x86_64)"),
+    "milvus_standalone": (
+        ("pymilvus", "milvus"),
+        "a Milvus standalone server: pip install 'pixquery[milvus,milvus-standalone]' (linux x86_64)",
+    ),
     "formats": (("rawpy", "tifffile"), "camera RAW: pip install 'pixquery[formats,dev]'"),
 }
 

@@ -36,8 +36,21 @@ class MilvusServer:
         try:
             from milvus_lite.server import Server  # 2.5.x
         except ImportError:  # 3.x
-            return ([sys.executable, "-m", "milvus_lite", "server", "--data-dir", db,
-                     "--host", "127.0.0.1", "--port", str(self.port)], dict(os.environ))
+            return (
+                [
+                    sys.executable,
+                    "-m",
+                    "milvus_lite",
+                    "server",
+                    "--data-dir",
+                    db,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                dict(os.environ),
+            )
         server = Server(db, f"127.0.0.1:{self.port}")
         env = {**os.environ, "LD_LIBRARY_PATH": f"{server._bin_path}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
         return server.args, env
@@ -47,8 +60,14 @@ class MilvusServer:
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args, env = self._command()
-        self.proc = subprocess.Popen(args, env=env, cwd=str(self.data_dir), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            args,
+            env=env,
+            cwd=str(self.data_dir),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.time() + timeout
         while True:
             assert self.proc.poll() is None, f"milvus-lite server exited with {self.proc.returncode}"
@@ -123,7 +142,9 @@ class MilvusStandalone:
         # query nodes load DISKANN indexes only with enableDisk (index nodes build them by default)
         disk = "  enableDisk: false # enable querynode load disk index"
         assert disk in template, "the milvus package's config template changed: update tests/milvus_server.py"
-        self._server.config.template_text = template.replace(disk, "  enableDisk: true # enable querynode load disk index", 1)
+        self._server.config.template_text = template.replace(
+            disk, "  enableDisk: true # enable querynode load disk index", 1
+        )
 
     def start(self) -> MilvusStandalone:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,16 @@ from test_server_support import REPO, TOKEN, build_library, running_server
 
 N_PHOTOS = 40
 OUT = REPO / "test-output"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _chromium() -> str:
@@ -79,7 +87,9 @@ def _wait_tiles(page, n: int) -> None:
 
 def _wait_score_shown(page, n: int) -> None:
     """The n-th tile's score is fully shown (hovered: its opacity transition has ended)."""
-    page.wait_for_function("(n) => getComputedStyle(document.querySelectorAll('#grid .tile .score')[n]).opacity === '1'", arg=n)
+    page.wait_for_function(
+        "(n) => getComputedStyle(document.querySelectorAll('#grid .tile .score')[n]).opacity === '1'", arg=n
+    )
 
 
 def _wait_painted(page) -> None:
@@ -88,7 +98,9 @@ def _wait_painted(page) -> None:
 
 
 def _wait_loaded(page, selector: str) -> None:
-    page.wait_for_function("(s) => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; }", arg=selector)
+    page.wait_for_function(
+        "(s) => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; }", arg=selector
+    )
 
 
 def test_search_page_end_to_end(page, served):
@@ -97,8 +109,11 @@ def test_search_page_end_to_end(page, served):
     OUT.mkdir(exist_ok=True)
     # An index run going on (in another process) shows as a progress bar, and goes away when it ends.
     status = served.lib_path / STATUS_FILE
-    status.write_text(json.dumps({"pid": os.getpid(), "stage": "embedding", "done": 12, "total": 50, "failed": 0,
-                                  "started_at": time.time()}))
+    status.write_text(
+        json.dumps(
+            {"pid": os.getpid(), "stage": "embedding", "done": 12, "total": 50, "failed": 0, "started_at": time.time()}
+        )
+    )
     try:
         response = page.goto(f"{served.url}/?token={TOKEN}")  # sets the cookie, redirects to /
         assert response.ok and page.url == served.url + "/"
@@ -122,8 +137,10 @@ def test_search_page_end_to_end(page, served):
     page.locator("#sentinel").scroll_into_view_if_needed()
     _wait_tiles(page, N_PHOTOS)
     # the last page said so (its next_offset is null: nothing more will be asked), none in flight
-    page.wait_for_function(f"() => document.getElementById('message').textContent.startsWith('{N_PHOTOS} results')"
-                           " && !document.getElementById('grid').hasAttribute('aria-busy')")
+    page.wait_for_function(
+        f"() => document.getElementById('message').textContent.startsWith('{N_PHOTOS} results')"
+        " && !document.getElementById('grid').hasAttribute('aria-busy')"
+    )
     assert _tiles(page) == N_PHOTOS  # all 40 photos (the limit is 60), no duplicates
     names = page.eval_on_selector_all("#grid .tile img", "els => els.map(e => e.alt)")
     assert len(set(names)) == N_PHOTOS
@@ -176,8 +193,12 @@ def test_search_page_end_to_end(page, served):
     # Upload a photo (the file picker): the same photo comes first, with score 1.
     upload = served.photos / "photo_0010.jpg"
     page.set_input_files("#file", str(upload))
-    page.wait_for_function("() => document.getElementById('query-caption').textContent === 'photos like photo_0010.jpg'")
-    page.wait_for_function("() => document.querySelector('#grid .tile img') && document.querySelector('#grid .tile img').alt === 'photo_0010.jpg'")
+    page.wait_for_function(
+        "() => document.getElementById('query-caption').textContent === 'photos like photo_0010.jpg'"
+    )
+    page.wait_for_function(
+        "() => document.querySelector('#grid .tile img') && document.querySelector('#grid .tile img').alt === 'photo_0010.jpg'"
+    )
     assert page.locator("#grid .tile").first.locator(".score").inner_text() == "1.000"
     _wait_loaded(page, "#query-thumb")
 
@@ -194,7 +215,9 @@ def test_search_page_end_to_end(page, served):
         {"url": f"/api/images/{_image_id(served, dropped)}/original", "name": "dropped.jpg"},
     )
     page.wait_for_function("() => document.getElementById('query-caption').textContent === 'photos like dropped.jpg'")
-    page.wait_for_function("() => document.querySelector('#grid .tile img') && document.querySelector('#grid .tile img').alt === 'photo_0020.jpg'")
+    page.wait_for_function(
+        "() => document.querySelector('#grid .tile img') && document.querySelector('#grid .tile img').alt === 'photo_0020.jpg'"
+    )
     assert page.is_hidden("#drop")
 
     page.fill("#q", "a dog playing in the snow")
@@ -202,17 +225,25 @@ def test_search_page_end_to_end(page, served):
     page.wait_for_function("() => document.getElementById('message').textContent.includes('a dog playing in the snow')")
     # The distance slider: at its lowest no photo is close enough to the text, and the page says why;
     # back at its top (off), the results return.
-    page.eval_on_selector("#threshold", "e => { e.value = e.min; e.dispatchEvent(new Event('input')); e.dispatchEvent(new Event('change')); }")
+    page.eval_on_selector(
+        "#threshold",
+        "e => { e.value = e.min; e.dispatchEvent(new Event('input')); e.dispatchEvent(new Event('change')); }",
+    )
     page.wait_for_function("() => document.getElementById('message').textContent.includes('raise the distance slider')")
     assert _tiles(page) == 0
-    page.eval_on_selector("#threshold", "e => { e.value = e.max; e.dispatchEvent(new Event('input')); e.dispatchEvent(new Event('change')); }")
+    page.eval_on_selector(
+        "#threshold",
+        "e => { e.value = e.max; e.dispatchEvent(new Event('input')); e.dispatchEvent(new Event('change')); }",
+    )
     assert page.inner_text("#threshold-value") == "off"
 
     page.wait_for_function("() => document.querySelectorAll('#grid .tile').length >= 30")
     assert page.is_hidden("#query-image")  # a text search: no query photo shown
 
     # The screenshot for the issue: a text search, the second tile hovered.
-    page.wait_for_function("() => Array.from(document.querySelectorAll('#grid .tile img')).slice(0, 12).every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('#grid .tile img')).slice(0, 12).every(i => i.complete && i.naturalWidth > 0)"
+    )
     page.locator("#grid .tile").nth(1).hover()
     _wait_score_shown(page, 1)
     page.screenshot(path=str(OUT / "browser-search.png"))
@@ -227,8 +258,10 @@ def test_reload_restores_the_search_from_the_url(page, served):
     _wait_tiles(page, 30)
     assert page.input_value("#q") == "a cat" and page.input_value("#limit") == "30"
     # the search is over (it said how many, nothing in flight), and the result count capped it
-    page.wait_for_function("() => document.getElementById('message').textContent.startsWith('30 results')"
-                           " && !document.getElementById('grid').hasAttribute('aria-busy')")
+    page.wait_for_function(
+        "() => document.getElementById('message').textContent.startsWith('30 results')"
+        " && !document.getElementById('grid').hasAttribute('aria-busy')"
+    )
     assert _tiles(page) == 30  # the result count caps what is loaded
     assert page.problems == [], page.problems
 
@@ -322,7 +355,9 @@ def test_video_hit_plays_at_the_matching_moment(page, served, tiny_model):
     page.keyboard.press("Escape")
     page.wait_for_selector("#viewer", state="hidden")
     # the dialog hides at once; its "close" event (which stops the player) comes a task later
-    page.wait_for_function("() => { const v = document.getElementById('v-video'); return v.paused && !v.getAttribute('src'); }")
+    page.wait_for_function(
+        "() => { const v = document.getElementById('v-video'); return v.paused && !v.getAttribute('src'); }"
+    )
     assert page.problems == [], page.problems
 
 
@@ -370,7 +405,9 @@ def _api_names(served, q: str) -> list[str]:
 
 
 def _wait_results_for(page, q: str) -> None:
-    page.wait_for_function("(q) => document.getElementById('message').textContent.includes(`results for “${q}”`)", arg=q)
+    page.wait_for_function(
+        "(q) => document.getElementById('message').textContent.includes(`results for “${q}”`)", arg=q
+    )
 
 
 def test_search_as_you_type(page, served):
@@ -383,14 +420,16 @@ def test_search_as_you_type(page, served):
     slow, final = "a red ca", "a red car"
     assert _api_names(served, slow) != _api_names(served, final)  # else the check below proves nothing
     held = []
-    page.route(lambda url: _q(url) == slow, lambda route: held.append(route))  # the answer to `slow` waits until released
+    page.route(
+        lambda url: _q(url) == slow, lambda route: held.append(route)
+    )  # the answer to `slow` waits until released
 
     box = page.locator("#q")
     entries = page.evaluate("history.length")
     with page.expect_request(lambda r: _q(r.url) == slow):
         box.press_sequentially(slow, delay=20)  # faster than the debounce: one request, after the pause
     with page.expect_event("requestfailed", predicate=lambda r: _q(r.url) == slow):
-        box.press_sequentially(final[len(slow):])  # the new search aborts the request in flight
+        box.press_sequentially(final[len(slow) :])  # the new search aborts the request in flight
     _wait_results_for(page, final)
     assert len(held) == 1
     try:
@@ -434,9 +473,12 @@ def test_search_as_you_type(page, served):
     assert sent[n:] == ["a green tree"], sent[n:]  # nothing for the unchanged query's Enter before it, one for it
 
     # An error is shown; typing goes on and the next query is answered.
-    page.route(lambda url: _q(url) == "a green trees",
-               lambda route: route.fulfill(status=500, content_type="application/json",
-                                           body=json.dumps({"error": "the index exploded", "status": 500})))
+    page.route(
+        lambda url: _q(url) == "a green trees",
+        lambda route: route.fulfill(
+            status=500, content_type="application/json", body=json.dumps({"error": "the index exploded", "status": 500})
+        ),
+    )
     box.press_sequentially("s")
     page.wait_for_selector("#message.error")
     assert page.inner_text("#message") == "the index exploded"
@@ -468,14 +510,16 @@ def test_a_late_answer_never_replaces_a_newer_one(page, served):
     box = page.locator("#q")
     with page.expect_request(lambda r: _q(r.url) == slow):
         box.press_sequentially(slow, delay=20)
-    box.press_sequentially(final[len(slow):], delay=20)
+    box.press_sequentially(final[len(slow) :], delay=20)
     _wait_results_for(page, final)
     shown = _names(page)
     assert shown == _api_names(served, final)
     with page.expect_response(lambda r: _q(r.url) == slow):
         held[0].continue_()  # the stale answer now reaches the page
     # the page has dealt with it: dropped it (counted), or (the bug this test is for) rendered it
-    page.wait_for_function("(q) => document.getElementById('grid').dataset.stale === '1' || window.__renders.includes(q)", arg=slow)
+    page.wait_for_function(
+        "(q) => document.getElementById('grid').dataset.stale === '1' || window.__renders.includes(q)", arg=slow
+    )
     assert _names(page) == shown
     renders = page.evaluate("window.__renders")
     assert renders[-1] == final and slow not in renders, renders
@@ -500,7 +544,9 @@ def test_duplicates_page_and_folded_search(browser, tmp_path, tiny_model):
         lib.index([str(photos)], workers=1)
         original = min(planted["resized"], key=len)
     threshold = _calibrate(lib_path, tiny_model, planted)
-    with running_server(lib_path, tiny_model, tmp_path / "server.log", extra=("--duplicate-threshold", f"{threshold:.6f}")) as served:
+    with running_server(
+        lib_path, tiny_model, tmp_path / "server.log", extra=("--duplicate-threshold", f"{threshold:.6f}")
+    ) as served:
         context = browser.new_context(viewport={"width": 1100, "height": 800})
         page = context.new_page()
         page.set_default_timeout(20_000)
@@ -524,11 +570,15 @@ def test_duplicates_page_and_folded_search(browser, tmp_path, tiny_model):
             assert "KB" in text and "near-duplicate · distance 0.0" in text
             exact = page.locator(".dup-group[data-kind='exact']")
             assert exact.count() == 1 and "same bytes" in exact.inner_text()
-            page.wait_for_function("() => [...document.querySelectorAll('.dup-member img')].every(i => i.complete && i.naturalWidth > 0)")
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.dup-member img')].every(i => i.complete && i.naturalWidth > 0)"
+            )
             page.screenshot(path=str(OUT / "duplicates-page.png"), full_page=True)
 
             page.select_option("#keep", "newest")  # another rule: a copy (2023) is kept
-            page.wait_for_function("() => location.hash.includes('keep=newest') && document.getElementById('groups').dataset.loaded === '3' && document.querySelector('.dup-member.keep .name')?.textContent.includes('_')")
+            page.wait_for_function(
+                "() => location.hash.includes('keep=newest') && document.getElementById('groups').dataset.loaded === '3' && document.querySelector('.dup-member.keep .name')?.textContent.includes('_')"
+            )
             assert "copies" in page.locator(".dup-group").nth(0).locator(".dup-member.keep .path").inner_text()
             page.check("#exact")
             page.wait_for_selector("#groups[data-loaded='1']")

@@ -27,8 +27,11 @@ def api_names(page, params: list[tuple[str, str]]) -> list[str]:
 def wait_for(page, params, n):
     """Until the grid shows exactly the API's first n answers for `params`."""
     want = api_names(page, params + [("k", str(n))])
-    page.wait_for_function("(want) => { const got = Array.from(document.querySelectorAll('#grid .tile img')).map(e => e.alt);"
-                           " return got.length >= want.length && want.every((w, i) => got[i] === w); }", arg=want)
+    page.wait_for_function(
+        "(want) => { const got = Array.from(document.querySelectorAll('#grid .tile img')).map(e => e.alt);"
+        " return got.length >= want.length && want.every((w, i) => got[i] === w); }",
+        arg=want,
+    )
     return want
 
 

@@ -27,9 +27,11 @@ def test_index_image_needs_exactly_one_of_image_and_detection(cat):
     with cat.transaction():
         m = cat.ensure_model("m", "fp", 4)
         img = cat.upsert_image("/a.jpg", 1, 1, None, 10, 10)
-        idx = cat.db.execute('INSERT INTO "index"(model_id, kind) VALUES (?, ?) RETURNING id', (m.id, "flat")).fetchone()[0]
+        idx = cat.db.execute(
+            'INSERT INTO "index"(model_id, kind) VALUES (?, ?) RETURNING id', (m.id, "flat")
+        ).fetchone()[0]
         det = cat.db.execute("INSERT INTO detection(image_id) VALUES (?) RETURNING id", (img,)).fetchone()[0]
-    ins = 'INSERT INTO index_image(index_id, index_ref_id, image_id, detection_id) VALUES (?, ?, ?, ?)'
+    ins = "INSERT INTO index_image(index_id, index_ref_id, image_id, detection_id) VALUES (?, ?, ?, ?)"
     cat.db.execute(ins, (idx, 0, img, None))
     cat.db.execute(ins, (idx, 1, None, det))
     for bad in ((idx, 2, img, det), (idx, 3, None, None)):
@@ -87,7 +89,9 @@ def test_no_sql_outside_the_catalog_package():
     from pathlib import Path
 
     src = Path(__file__).resolve().parent.parent / "src" / "pixquery"
-    sql = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\S+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|INDEX))\b", re.S | re.I)
+    sql = re.compile(
+        r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\S+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|INDEX))\b", re.S | re.I
+    )
     offenders = []
     for path in src.rglob("*.py"):
         if "catalog" in path.relative_to(src).parts[:1]:
@@ -95,7 +99,11 @@ def test_no_sql_outside_the_catalog_package():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and sql.search(node.value):
                 offenders.append(f"{path.relative_to(src)}:{node.lineno}: {node.value[:60]!r}")
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("execute", "executemany"):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("execute", "executemany")
+            ):
                 offenders.append(f"{path.relative_to(src)}:{node.lineno}: .{node.func.attr}(...)")
     assert offenders == []
 
@@ -122,8 +130,10 @@ def test_add_photos_writes_the_rows_upsert_and_put_embedding_write(tmp_path):
         return sorted(c.db.execute(sql).fetchall())
 
     img = "SELECT path, size, mtime_ns, sha256, width, height, deleted FROM image"
-    emb = ("SELECT i.path, e.vector, e.source_size, e.source_mtime_ns, e.source_sha256 "
-           "FROM embedding e JOIN image i ON i.id = e.image_id")
+    emb = (
+        "SELECT i.path, e.vector, e.source_size, e.source_mtime_ns, e.source_sha256 "
+        "FROM embedding e JOIN image i ON i.id = e.image_id"
+    )
     assert rows(bulk, img) == rows(one, img)
     assert rows(bulk, emb) == rows(one, emb)
     assert bulk.image_ids_with_current_embedding(m2.id) == set(ids)

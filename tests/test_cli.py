@@ -69,8 +69,15 @@ def test_unreadable_file_is_reported(photos, tmp_path, tiny_model):
 
 
 def test_offline_missing_model_is_one_clear_error(tmp_path, photos):
-    r = pixquery("index", photos, "-L", tmp_path / "lib", "-m", "ViT-B-32",
-                 env={"HF_HOME": str(tmp_path / "empty-hf-cache"), "HF_HUB_OFFLINE": "1"})
+    r = pixquery(
+        "index",
+        photos,
+        "-L",
+        tmp_path / "lib",
+        "-m",
+        "ViT-B-32",
+        env={"HF_HOME": str(tmp_path / "empty-hf-cache"), "HF_HUB_OFFLINE": "1"},
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert "ViT-B-32" in r.stderr and "immich-app" in r.stderr
@@ -90,7 +97,9 @@ def test_usage_errors_are_clear(tmp_path, tiny_model):
 
 def test_config_file(photos, tmp_path, tiny_model):
     cfg = tmp_path / "pixquery.toml"
-    cfg.write_text(f'[model]\nname = "{tiny_model}"\n[index]\nkind = "flat"\nstorage = "float16"\n[ingest]\nbatch_size = 4\n')
+    cfg.write_text(
+        f'[model]\nname = "{tiny_model}"\n[index]\nkind = "flat"\nstorage = "float16"\n[ingest]\nbatch_size = 4\n'
+    )
     r = pixquery("index", photos, "-L", tmp_path / "lib", "--config", cfg, "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(pixquery("info", "-L", tmp_path / "lib", "--json").stdout)
@@ -134,11 +143,14 @@ def test_help_and_h_and_version():
     assert r.returncode == 0 and r.stdout.strip() == f"pixquery {__version__}"
 
 
-@pytest.mark.parametrize("args, message", [
-    (("serch", "x"), "No such command 'serch'"),
-    (("search", "x", "-k", "abc"), "'-k'"),
-    (("index", "--bogus"), "No such option: --bogus"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("serch", "x"), "No such command 'serch'"),
+        (("search", "x", "-k", "abc"), "'-k'"),
+        (("index", "--bogus"), "No such option: --bogus"),
+    ],
+)
 def test_usage_errors_are_short(args, message):
     r = pixquery(*args)
     out = _clean(r)
@@ -156,13 +168,31 @@ def test_ctrl_c_says_how_to_resume(tmp_path, tiny_model):
     lib = tmp_path / "lib"
     env = dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="200", NO_COLOR="1")
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "pixquery.cli", "index", str(tmp_path / "many"), "-L", str(lib),
-                                 "-m", str(tiny_model), "--batch-size", "4", "--workers", "1"],
-                                stdout=out, stderr=err, env=env)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pixquery.cli",
+                "index",
+                str(tmp_path / "many"),
+                "-L",
+                str(lib),
+                "-m",
+                str(tiny_model),
+                "--batch-size",
+                "4",
+                "--workers",
+                "1",
+            ],
+            stdout=out,
+            stderr=err,
+            env=env,
+        )
     try:
         deadline = time.monotonic() + 120
         while not (lib / STATUS_FILE).exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)  # the status file appears once the run has the library
+
         def embedded() -> int:
             try:
                 return json.loads((lib / STATUS_FILE).read_text()).get("done", 0)
@@ -223,10 +253,13 @@ def test_piped_search_and_info_are_plain_lines(tmp_path, tiny_model):
     import sys
 
     cmd = f"{sys.executable} -m pixquery.cli search 'a beach' -L '{lib}' -k 6"
-    out = subprocess.run(f"{cmd} | cut -f4 | xargs -d '\\n' ls -1d", shell=True, capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        f"{cmd} | cut -f4 | xargs -d '\\n' ls -1d", shell=True, capture_output=True, text=True, env=env
+    )
     assert out.returncode == 0 and set(out.stdout.splitlines()) == on_disk, out.stderr
-    out = subprocess.run(f"set -o pipefail; {cmd} | head -1", shell=True, capture_output=True, text=True, env=env,
-                         executable="/bin/bash")
+    out = subprocess.run(
+        f"set -o pipefail; {cmd} | head -1", shell=True, capture_output=True, text=True, env=env, executable="/bin/bash"
+    )
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
 
 
@@ -271,8 +304,14 @@ def test_export_offline_fails_fast(tmp_path):
 
     pytest.importorskip("open_clip")
     t0 = time.monotonic()
-    r = pixquery("export", "ViT-B-32", tmp_path / "out", "--pretrained", "openai",
-                 env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HOME": str(tmp_path)})
+    r = pixquery(
+        "export",
+        "ViT-B-32",
+        tmp_path / "out",
+        "--pretrained",
+        "openai",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HOME": str(tmp_path)},
+    )
     _clean(r)
     assert r.returncode == 2, r.stderr
     assert "not cached" in r.stderr and "HF_HUB_OFFLINE is set" in r.stderr and "--checkpoint FILE" in r.stderr
@@ -285,9 +324,23 @@ def test_export_without_network_fails_fast(tmp_path):
 
     pytest.importorskip("open_clip")
     t0 = time.monotonic()  # HF_ENDPOINT: a host that never resolves (.invalid), so no real download is tried
-    r = pixquery("export", "ViT-B-32", tmp_path / "out", "--pretrained", "laion2b_s34b_b79k",
-                 env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "https://hub.invalid", "HF_HOME": str(tmp_path / "hf"),
-                      "HOME": str(tmp_path), "HTTPS_PROXY": "", "https_proxy": "", "ALL_PROXY": "", "all_proxy": ""})
+    r = pixquery(
+        "export",
+        "ViT-B-32",
+        tmp_path / "out",
+        "--pretrained",
+        "laion2b_s34b_b79k",
+        env={
+            "HF_HUB_OFFLINE": "0",
+            "HF_ENDPOINT": "https://hub.invalid",
+            "HF_HOME": str(tmp_path / "hf"),
+            "HOME": str(tmp_path),
+            "HTTPS_PROXY": "",
+            "https_proxy": "",
+            "ALL_PROXY": "",
+            "all_proxy": "",
+        },
+    )
     _clean(r)
     assert r.returncode == 2, r.stderr
     assert "cannot reach hub.invalid" in r.stderr and "--checkpoint FILE" in r.stderr
@@ -296,8 +349,22 @@ def test_export_without_network_fails_fast(tmp_path):
 
 # -- help texts and exit codes (issue 11 item 13) ------------------------------------------------------
 
-COMMANDS = ["index", "search", "info", "models", "reindex", "demo", "export", "eval", "serve", "daemon",
-            "video", "video info", "video frames", "video frame"]
+COMMANDS = [
+    "index",
+    "search",
+    "info",
+    "models",
+    "reindex",
+    "demo",
+    "export",
+    "eval",
+    "serve",
+    "daemon",
+    "video",
+    "video info",
+    "video frames",
+    "video frame",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -311,7 +378,9 @@ def test_every_help_is_plain_and_complete(command):
     assert not re.search(r"\{\w+\}", out), out  # {dataset}: typer's notation for a required argument
     assert "[OPTIONS]" in out  # square brackets survive (no Rich markup)
     usage = r.stdout.split("\n\n")[0]
-    assert re.fullmatch(r"Usage: pixquery [a-z ]+\[OPTIONS\]( [A-Z\[\]. ]+)?( COMMAND \[ARGS\]\.\.\.)?", usage.strip()), usage
+    assert re.fullmatch(
+        r"Usage: pixquery [a-z ]+\[OPTIONS\]( [A-Z\[\]. ]+)?( COMMAND \[ARGS\]\.\.\.)?", usage.strip()
+    ), usage
     for line in r.stdout.splitlines():  # every option says what it does
         if re.match(r"^  -", line):
             name = re.match(r"^\s+(-[^ ]*(?:, -[^ ]*)?(?: / [^ ]+)?(?: [A-Z<][^ ]*)?)", line).group(1)

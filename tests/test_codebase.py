@@ -81,14 +81,14 @@ def test_the_sql_detector_finds_the_catalogs_statements_and_ignores_english():
     # It finds SQL where SQL is: each catalog module that talks to SQLite, in every form used there.
     store = sql_in((CATALOG / "store.py").read_text())
     assert any("SQL" in f for f in store) and any(".execute() call" in f for f in store)
-    planted = '''
+    planted = """
 import sqlite3
 Q = f"SELECT {', '.join(cols)} FROM image WHERE id = ?"
 def f(db, ids):
     db.execute("DELETE FROM image WHERE id IN (%s)" % ids)
     db.executemany("INSERT OR IGNORE INTO tag(name) VALUES (?)", ids)
     return "UPDATE image SET deleted = 1", "CREATE UNIQUE INDEX i ON t(x)", "PRAGMA user_version"
-'''
+"""
     found = sql_in(planted)
     assert len([f for f in found if ": SQL " in f]) == 6, found
     assert sum(".execute" in f for f in found) == 2 and any("import sqlite3" in f for f in found)

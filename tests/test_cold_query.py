@@ -93,14 +93,41 @@ def test_token_ids_are_the_same_with_and_without_the_skip(tiny_model, monkeypatc
 
 # -- the quick entry parses as typer does -------------------------------------------------------------
 ARGVS = [
-    [QUERY], [QUERY, "-k", "3"], ["-k", "3", QUERY], ["--top=4", QUERY], ["-k5", QUERY], [QUERY, "--json"],
-    [QUERY, "-L", "/tmp/x"], [QUERY, "--library=/tmp/y"], ["-L/tmp/z", QUERY], [QUERY, "-m", "m1", "--model", "m2"],
-    [QUERY, "--threshold", "0.4"], [QUERY, "--threshold=auto", "--json", "-k", "1"], ["--", "-a dash"],
-    [QUERY, "-k", "-2"], ["-k", "+7", QUERY], [QUERY, "--text-only"], ["--semantic-only", QUERY, "--json"],
-    [QUERY, "--add", "sunset", "--subtract", "people", "--add=dog"], ["--subtract", "-x", "--", "a +b -c"],
+    [QUERY],
+    [QUERY, "-k", "3"],
+    ["-k", "3", QUERY],
+    ["--top=4", QUERY],
+    ["-k5", QUERY],
+    [QUERY, "--json"],
+    [QUERY, "-L", "/tmp/x"],
+    [QUERY, "--library=/tmp/y"],
+    ["-L/tmp/z", QUERY],
+    [QUERY, "-m", "m1", "--model", "m2"],
+    [QUERY, "--threshold", "0.4"],
+    [QUERY, "--threshold=auto", "--json", "-k", "1"],
+    ["--", "-a dash"],
+    [QUERY, "-k", "-2"],
+    ["-k", "+7", QUERY],
+    [QUERY, "--text-only"],
+    ["--semantic-only", QUERY, "--json"],
+    [QUERY, "--add", "sunset", "--subtract", "people", "--add=dog"],
+    ["--subtract", "-x", "--", "a +b -c"],
 ]
-DEFERRED = [[], [QUERY, "x"], [QUERY, "--image", "a.jpg"], ["--image", "a.jpg"], [QUERY, "-k", "three"], [QUERY, "-h"],
-            [QUERY, "--help"], [QUERY, "--jsn"], [QUERY, "--json=1"], [QUERY, "--text-only=1"], [QUERY, "-k"], ["-x"], [QUERY, "-i", "a.jpg"]]
+DEFERRED = [
+    [],
+    [QUERY, "x"],
+    [QUERY, "--image", "a.jpg"],
+    ["--image", "a.jpg"],
+    [QUERY, "-k", "three"],
+    [QUERY, "-h"],
+    [QUERY, "--help"],
+    [QUERY, "--jsn"],
+    [QUERY, "--json=1"],
+    [QUERY, "--text-only=1"],
+    [QUERY, "-k"],
+    ["-x"],
+    [QUERY, "-i", "a.jpg"],
+]
 
 
 @pytest.mark.parametrize("argv", ARGVS, ids=" ".join)
@@ -134,13 +161,26 @@ def test_library_from_the_environment(monkeypatch):
 
 
 # -- in process: same output as the full command line, fewer imports --------------------------------
-@pytest.mark.parametrize("args", [[QUERY, "-k", "4"], [QUERY, "-k", "4", "--json"], [QUERY, "--threshold", "0.49", "--json"],
-                                  [QUERY, "--threshold", "2"], [" "], [QUERY, "-m", "no-such-model"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [QUERY, "-k", "4"],
+        [QUERY, "-k", "4", "--json"],
+        [QUERY, "--threshold", "0.49", "--json"],
+        [QUERY, "--threshold", "2"],
+        [" "],
+        [QUERY, "-m", "no-such-model"],
+    ],
+)
 def test_quick_search_prints_what_the_full_cli_prints(library, args):
     quick = _search(library, *args, env={"PIXQUERY_NO_DAEMON": "1"})
     full = _search(library, *args, env={"PIXQUERY_NO_DAEMON": "1", "PIXQUERY_FULL_CLI": "1"})
     ms = re.compile(r" in \d+ ms")
-    assert (quick.returncode, quick.stdout, ms.sub("", quick.stderr)) == (full.returncode, full.stdout, ms.sub("", full.stderr))
+    assert (quick.returncode, quick.stdout, ms.sub("", quick.stderr)) == (
+        full.returncode,
+        full.stdout,
+        ms.sub("", full.stderr),
+    )
 
 
 def test_quick_search_imports_no_typer_no_pil_no_ingest(library):
@@ -148,8 +188,21 @@ def test_quick_search_imports_no_typer_no_pil_no_ingest(library):
     assert r.returncode == 0, r.stderr
     mods = _imported(r.stderr)
     assert "onnxruntime" in mods and "numpy" in mods  # it did search in process
-    assert not {"typer", "rich", "PIL", "ftfy", "tokenizers", "fastapi", "torch", "pixquery.ingest.pipeline", "multiprocessing",
-                "pixquery.daemon"} & mods
+    assert (
+        not {
+            "typer",
+            "rich",
+            "PIL",
+            "ftfy",
+            "tokenizers",
+            "fastapi",
+            "torch",
+            "pixquery.ingest.pipeline",
+            "multiprocessing",
+            "pixquery.daemon",
+        }
+        & mods
+    )
     assert len(r.stdout.splitlines()) == 3
 
 
@@ -164,8 +217,13 @@ class Daemon:
     def __init__(self, lib, *args, env=None):
         self.lib = lib
         full_env = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
-        self.proc = subprocess.Popen([sys.executable, "-m", "pixquery.cli", "daemon", "-L", str(lib), *map(str, args)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pixquery.cli", "daemon", "-L", str(lib), *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -218,9 +276,15 @@ def test_daemon_answers_with_the_same_results(library, daemon):
     assert "onnxruntime" not in mods and "numpy" not in mods and "typer" not in mods  # answered by the daemon
     _same_results(json.loads(r.stdout)["results"], in_process)
     # plain lines, the threshold, and a user error come back as they would in process
-    for args in ([QUERY, "-k", "4"], [QUERY, "--threshold", "0.49", "--json"], [QUERY, "--threshold", "2"], [" "],
-                 ["beach +sunset -people", "--json"], ["beach", "--add", "sunset", "--subtract", "people", "--json"],
-                 ["beach +"]):  # combined queries reach the daemon in the inline syntax
+    for args in (
+        [QUERY, "-k", "4"],
+        [QUERY, "--threshold", "0.49", "--json"],
+        [QUERY, "--threshold", "2"],
+        [" "],
+        ["beach +sunset -people", "--json"],
+        ["beach", "--add", "sunset", "--subtract", "people", "--json"],
+        ["beach +"],
+    ):  # combined queries reach the daemon in the inline syntax
         via = _search(library, *args)
         local = _search(library, *args, env={"PIXQUERY_NO_DAEMON": "1"})
         assert via.returncode == local.returncode
@@ -230,7 +294,9 @@ def test_daemon_answers_with_the_same_results(library, daemon):
             assert a == b
         else:
             assert via.stdout.count("\n") == local.stdout.count("\n")
-            assert [line.split("\t")[3] for line in via.stdout.splitlines()] == [line.split("\t")[3] for line in local.stdout.splitlines()] or via.returncode
+            assert [line.split("\t")[3] for line in via.stdout.splitlines()] == [
+                line.split("\t")[3] for line in local.stdout.splitlines()
+            ] or via.returncode
             assert via.stderr.split(" results in ")[0] == local.stderr.split(" results in ")[0]
     assert d.proc.poll() is None
 
@@ -296,17 +362,31 @@ def test_the_daemon_follows_the_librarys_model(tmp_path, tiny_model, tiny_rn50, 
 
 def test_one_daemon_per_library_and_stop(library, daemon):
     d = daemon()
-    second = subprocess.run([sys.executable, "-m", "pixquery.cli", "daemon", "-L", str(library)], capture_output=True,
-                            text=True, timeout=120, env=dict(os.environ, NO_COLOR="1"))
+    second = subprocess.run(
+        [sys.executable, "-m", "pixquery.cli", "daemon", "-L", str(library)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, NO_COLOR="1"),
+    )
     assert second.returncode == 2 and "already answers" in second.stderr
     assert (library / "query.sock").exists()  # the second one did not take the first one's socket
-    r = subprocess.run([sys.executable, "-m", "pixquery.cli", "daemon", "-L", str(library), "--stop"], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "pixquery.cli", "daemon", "-L", str(library), "--stop"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert d.proc.wait(timeout=30) == 0
     assert not (library / "query.sock").exists()
-    r = subprocess.run([sys.executable, "-m", "pixquery.cli", "daemon", "-L", str(library), "--stop"], capture_output=True,
-                       text=True, timeout=60, env=dict(os.environ, NO_COLOR="1"))
+    r = subprocess.run(
+        [sys.executable, "-m", "pixquery.cli", "daemon", "-L", str(library), "--stop"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, NO_COLOR="1"),
+    )
     assert r.returncode == 2 and "no pixquery daemon" in r.stderr
 
 
@@ -331,8 +411,17 @@ def _fake_daemon(path: Path, reply: bytes | None):
     return srv
 
 
-@pytest.mark.parametrize("reply", [b"garbage\n", b"[1, 2]\n", b'{"v": 99, "ok": true}\n', b"", b'{"v": 1, "ok": false}\n',
-                                   b'{"v": 1, "ok": true, "results": [{"rank": 1}], "locations": []}\n'])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"garbage\n",
+        b"[1, 2]\n",
+        b'{"v": 99, "ok": true}\n',
+        b"",
+        b'{"v": 1, "ok": false}\n',
+        b'{"v": 1, "ok": true, "results": [{"rank": 1}], "locations": []}\n',
+    ],
+)
 def test_a_foreign_or_broken_daemon_is_ignored(library, reply):
     expected = _results(_search(library, QUERY, "--json", env={"PIXQUERY_NO_DAEMON": "1"}))
     srv = _fake_daemon(library / "query.sock", reply)
@@ -366,14 +455,89 @@ def test_a_long_library_path_gets_a_private_runtime_socket(tmp_path, monkeypatch
     deep = tmp_path / ("x" * 60) / ("y" * 60)
     path = daemon.socket_path(deep)
     assert path.parent == tmp_path / "run" and path.name.endswith(".sock")
-    assert daemon.socket_path(deep) == path and daemon.socket_path(tmp_path / "lib") == (tmp_path / "lib" / "query.sock").resolve()
+    assert (
+        daemon.socket_path(deep) == path
+        and daemon.socket_path(tmp_path / "lib") == (tmp_path / "lib" / "query.sock").resolve()
+    )
     assert daemon.ask(deep, {"op": "ping"}) is None  # nothing there: no error, no wait
 
 
 # -- tokenizer: plain ASCII in pure Python, same ids as `tokenizers` ---------------------------------
 def _fuzz_texts(n=3000, seed=1):
     rng = random.Random(seed)
-    words = ["a", "an", "the", "dog", "dogs", "cat's", "photo", "of", "on", "at", "beach", "sunset", "red", "sports", "car", "2024", "1999", "o'clock", "don't", "we're", "you've", "i'm", "they'll", "he'd", "it's", "x-ray", "e-mail", "#tag", "@user", "$5", "50%", "(a)", "[b]", "{c}", "<d>", "...", "!!", "??", "--", "__", "==", "++", "**", "~~", "``", "\\", "/", "|", ";", ":", ",", ".", "aaaa", "zzzz", "qqq", "supercalifragilisticexpialidocious", "3.14", "1,000", "hello_world", "CamelCase", "ALLCAPS", "<start_of_text>", "<end_of_text>", "<|startoftext|>", "<|endoftext|>", "'s", "'t", "'re", "&amp;", "café", "日本"]
+    words = [
+        "a",
+        "an",
+        "the",
+        "dog",
+        "dogs",
+        "cat's",
+        "photo",
+        "of",
+        "on",
+        "at",
+        "beach",
+        "sunset",
+        "red",
+        "sports",
+        "car",
+        "2024",
+        "1999",
+        "o'clock",
+        "don't",
+        "we're",
+        "you've",
+        "i'm",
+        "they'll",
+        "he'd",
+        "it's",
+        "x-ray",
+        "e-mail",
+        "#tag",
+        "@user",
+        "$5",
+        "50%",
+        "(a)",
+        "[b]",
+        "{c}",
+        "<d>",
+        "...",
+        "!!",
+        "??",
+        "--",
+        "__",
+        "==",
+        "++",
+        "**",
+        "~~",
+        "``",
+        "\\",
+        "/",
+        "|",
+        ";",
+        ":",
+        ",",
+        ".",
+        "aaaa",
+        "zzzz",
+        "qqq",
+        "supercalifragilisticexpialidocious",
+        "3.14",
+        "1,000",
+        "hello_world",
+        "CamelCase",
+        "ALLCAPS",
+        "<start_of_text>",
+        "<end_of_text>",
+        "<|startoftext|>",
+        "<|endoftext|>",
+        "'s",
+        "'t",
+        "'re",
+        "&amp;",
+        "café",
+        "日本",
+    ]
     texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 12))) for _ in range(n)]
     texts += ["".join(rng.choice(string.printable) for _ in range(rng.randint(0, 40))) for _ in range(n)]
     return texts + ["word " * 100, "x" * 500, "", "   "]
@@ -416,8 +580,13 @@ def test_fast_bpe_reads_hugging_faces_clip_layout(tiny_model, tmp_path):
     d["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in d["model"]["merges"]]
     split = d["pre_tokenizer"]["pretokenizers"][0]["pattern"]
     split["Regex"] = split["Regex"].replace("<start_of_text>|<end_of_text>", r"<\|startoftext\|>|<\|endoftext\|>")
-    d["post_processor"] = {"type": "RobertaProcessing", "sep": ["<|endoftext|>", vocab["<|endoftext|>"]],
-                           "cls": ["<|startoftext|>", vocab["<|startoftext|>"]], "trim_offsets": False, "add_prefix_space": False}
+    d["post_processor"] = {
+        "type": "RobertaProcessing",
+        "sep": ["<|endoftext|>", vocab["<|endoftext|>"]],
+        "cls": ["<|startoftext|>", vocab["<|startoftext|>"]],
+        "trim_offsets": False,
+        "add_prefix_space": False,
+    }
     hf = tmp_path / "hf" / "textual" / "tokenizer.json"
     hf.parent.mkdir(parents=True)
     hf.write_text(json.dumps(d))
@@ -438,8 +607,13 @@ def test_fast_bpe_copy_damaged_is_made_again_and_another_layout_is_left_alone(ti
     assert (ClipTokenizer(tj)(texts) == expected).all()
     copy = _paths(tj, None)[0]
     good = copy.read_bytes()
-    for damage in (b"", good[: len(good) // 2], good[:-10] + b"0123456789", b"garbage\n" + good,
-                   good.split(b"\n", 1)[0] + b"\nN"):  # a "not for this layout" body with another file's checksum
+    for damage in (
+        b"",
+        good[: len(good) // 2],
+        good[:-10] + b"0123456789",
+        b"garbage\n" + good,
+        good.split(b"\n", 1)[0] + b"\nN",
+    ):  # a "not for this layout" body with another file's checksum
         copy.write_bytes(damage)
         tok = ClipTokenizer(tj)
         assert (tok(texts) == expected).all()

@@ -28,8 +28,9 @@ from test_server_support import TOKEN, build_library, running_server
 
 CONTRACT = Path(__file__).resolve().parent / "contract"
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("schemathesis") is None,
-                                reason="schemathesis is not installed (the dev extra)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("schemathesis") is None, reason="schemathesis is not installed (the dev extra)"
+)
 
 
 def _schemathesis() -> list[str]:
@@ -65,20 +66,46 @@ def served(tmp_path_factory, tiny_model):
 def test_every_operation_keeps_the_openapi_contract(served):
     seed = os.environ.get("PIXQUERY_CONTRACT_SEED", "20261129")
     examples = os.environ.get("PIXQUERY_CONTRACT_EXAMPLES", "25")
-    cmd = [*_schemathesis(), "--no-color", "--config-file", str(CONTRACT / "schemathesis.toml"), "run",
-           f"{served.url}/api/openapi.json", "--header", f"Authorization: Bearer {TOKEN}",
-           "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
-           "--max-examples", examples, "--seed", seed, "--workers", "1", "--request-timeout", "30",
-           "--report", "junit", "--report-dir", str(served.root / "schemathesis-report")]
-    env = dict(os.environ, SCHEMATHESIS_HOOKS="hooks",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(CONTRACT), os.environ.get("PYTHONPATH")])))
+    cmd = [
+        *_schemathesis(),
+        "--no-color",
+        "--config-file",
+        str(CONTRACT / "schemathesis.toml"),
+        "run",
+        f"{served.url}/api/openapi.json",
+        "--header",
+        f"Authorization: Bearer {TOKEN}",
+        "--checks",
+        "all",
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--max-examples",
+        examples,
+        "--seed",
+        seed,
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(served.root / "schemathesis-report"),
+    ]
+    env = dict(
+        os.environ,
+        SCHEMATHESIS_HOOKS="hooks",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(CONTRACT), os.environ.get("PYTHONPATH")])),
+    )
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=served.root, timeout=400)
     out = run.stdout + run.stderr
     assert run.returncode == 0, f"schemathesis found contract violations (seed {seed}):\n{out[-20000:]}"
     # It really ran: every operation of the schema was tested, in every phase, with no failure.
     with served.client() as client:
         paths = client.get("/api/openapi.json").json()["paths"]
-    operations = sum(1 for item in paths.values() for method in item if method in ("get", "post", "put", "patch", "delete"))
+    operations = sum(
+        1 for item in paths.values() for method in item if method in ("get", "post", "put", "patch", "delete")
+    )
     assert operations >= 10 and f"Tested: {operations}" in out, out[-3000:]
     for phase in ("Coverage", "Fuzzing", "Stateful"):
         assert f"✅ {phase}" in out, f"{phase} did not pass:\n{out[-5000:]}"

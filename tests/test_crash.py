@@ -28,8 +28,12 @@ def photo_dir(tmp_path_factory):
 def check_consistent(lib_dir, n_expected):
     db = sqlite3.connect(lib_dir / "catalog.sqlite")
     images = db.execute("SELECT COUNT(*) FROM image WHERE deleted = 0").fetchone()[0]
-    dup = db.execute("SELECT COUNT(*) FROM (SELECT image_id FROM index_image GROUP BY index_id, image_id HAVING COUNT(*) > 1)").fetchone()[0]
-    orphans = db.execute("SELECT COUNT(*) FROM index_image ii LEFT JOIN image i ON i.id = ii.image_id WHERE i.id IS NULL").fetchone()[0]
+    dup = db.execute(
+        "SELECT COUNT(*) FROM (SELECT image_id FROM index_image GROUP BY index_id, image_id HAVING COUNT(*) > 1)"
+    ).fetchone()[0]
+    orphans = db.execute(
+        "SELECT COUNT(*) FROM index_image ii LEFT JOIN image i ON i.id = ii.image_id WHERE i.id IS NULL"
+    ).fetchone()[0]
     active = db.execute('SELECT id, path FROM "index" WHERE active = 1').fetchall()
     entries = db.execute("SELECT COUNT(*) FROM index_image WHERE index_id = ?", (active[0][0],)).fetchone()[0]
     db.close()
@@ -45,7 +49,9 @@ def test_kill_at_failpoint_then_resume(photo_dir, tmp_path, tiny_model, failpoin
     first = sorted(photo_dir.glob("*.jpg"))[:20]
     r = pixquery("index", *first, "-L", lib, "-m", tiny_model, "--batch-size", "8")
     assert r.returncode == 0, r.stderr
-    r = pixquery("index", photo_dir, "-L", lib, "-m", tiny_model, "--batch-size", "8", env={"PIXQUERY_FAILPOINT": failpoint})
+    r = pixquery(
+        "index", photo_dir, "-L", lib, "-m", tiny_model, "--batch-size", "8", env={"PIXQUERY_FAILPOINT": failpoint}
+    )
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
     # what was indexed before is still searchable right after the crash
     r = pixquery("search", "x", "-L", lib, "-m", tiny_model, "-k", "100", "--json")
@@ -73,7 +79,20 @@ def _embedded(catalog) -> int:
 @pytest.mark.parametrize("kill_after", [4, 28, 52])  # the first batch, the middle, near the end
 def test_kill_mid_run_then_resume(photo_dir, tmp_path, tiny_model, kill_after):
     lib = tmp_path / "lib"
-    cmd = [sys.executable, "-m", "pixquery.cli", "index", str(photo_dir), "-L", str(lib), "-m", str(tiny_model), "--batch-size", "4", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pixquery.cli",
+        "index",
+        str(photo_dir),
+        "-L",
+        str(lib),
+        "-m",
+        str(tiny_model),
+        "--batch-size",
+        "4",
+        "-q",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     # Kill when the catalog shows `kill_after` photos committed: a known point, not a guessed time.
     deadline = time.monotonic() + 120
@@ -86,7 +105,9 @@ def test_kill_mid_run_then_resume(photo_dir, tmp_path, tiny_model, kill_after):
     alive = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert alive and proc.returncode == -signal.SIGKILL, f"the run ended ({proc.returncode}) before {kill_after} were embedded"
+    assert alive and proc.returncode == -signal.SIGKILL, (
+        f"the run ended ({proc.returncode}) before {kill_after} were embedded"
+    )
     kept = _embedded(lib / "catalog.sqlite")
     assert kill_after <= seen <= kept < 60  # killed mid-run, and every batch committed before the kill is kept
     r = pixquery("index", photo_dir, "-L", lib, "-m", tiny_model, "--json")

@@ -33,7 +33,10 @@ def test_reasons_are_specific(files):
     assert "truncated" in reason("truncated")
 
 
-@pytest.mark.parametrize("case", ["cmyk", "sixteen_bit", "palette_alpha", "rgba", "animated_gif", "exif_rotated", "unicode_spaces", "grey", "webp"])
+@pytest.mark.parametrize(
+    "case",
+    ["cmyk", "sixteen_bit", "palette_alpha", "rgba", "animated_gif", "exif_rotated", "unicode_spaces", "grey", "webp"],
+)
 def test_valid_odd_files_decode(files, case):
     d = decode_file(files[case], CFG)
     assert d.pixels.shape == (224, 224, 3) and d.pixels.dtype == np.uint8
@@ -158,13 +161,18 @@ def test_nothing_in_src_assigns_pil_max_image_pixels():
                 targets = node.targets
             elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
                 targets = [node.target]
-            elif (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setattr"
-                  and any(isinstance(a, ast.Constant) and a.value == "MAX_IMAGE_PIXELS" for a in node.args)):
+            elif (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) == "setattr"
+                and any(isinstance(a, ast.Constant) and a.value == "MAX_IMAGE_PIXELS" for a in node.args)
+            ):
                 offenders.append(f"{path}:{node.lineno}")
             for t in targets:
                 for sub in ast.walk(t):
                     if isinstance(sub, (ast.Attribute, ast.Name)) and "MAX_IMAGE_PIXELS" in (
-                            getattr(sub, "attr", None), getattr(sub, "id", None)):
+                        getattr(sub, "attr", None),
+                        getattr(sub, "id", None),
+                    ):
                         offenders.append(f"{path}:{node.lineno}")
     assert offenders == [], "assigns Image.MAX_IMAGE_PIXELS: " + ", ".join(offenders)
 

@@ -19,7 +19,9 @@ def _cache_as_hub_download(cache, model_dir, repo=DEFAULT_REPO):
     (root / "refs").mkdir(parents=True)
     (root / "refs" / "main").write_text(FAKE_REVISION)
     snapshot = root / "snapshots" / FAKE_REVISION
-    shutil.copytree(model_dir, snapshot, ignore=shutil.ignore_patterns("*.safetensors", "*.int8.*", "*.ctx*", "*.opt.*"))
+    shutil.copytree(
+        model_dir, snapshot, ignore=shutil.ignore_patterns("*.safetensors", "*.int8.*", "*.ctx*", "*.opt.*")
+    )
     config = json.loads((snapshot / "config.json").read_text())
     config.pop("random_weights", None)  # stands in for the real weights
     (snapshot / "config.json").write_text(json.dumps(config))

@@ -111,8 +111,9 @@ def test_fixed_batch_export_is_looped(tiny_vit, tmp_path):
     from pixquery.encoders.export import export_open_clip
 
     cfg = json.loads((tiny_vit / "config.json").read_text())
-    fixed = export_open_clip("tiny", None, tmp_path / "fixed", tiny_vit / "open_clip_model.safetensors",
-                             model_cfg=cfg, dynamic_batch=False)
+    fixed = export_open_clip(
+        "tiny", None, tmp_path / "fixed", tiny_vit / "open_clip_model.safetensors", model_cfg=cfg, dynamic_batch=False
+    )
     one, dyn = load_encoder(fixed), load_encoder(tiny_vit)
     for tower, encode, batch in (("visual", "encode_images", _images(3)), ("textual", "encode_texts", SENTENCES[:3])):
         a, b = getattr(one, encode)(batch), getattr(dyn, encode)(batch)
@@ -124,11 +125,24 @@ def test_fixed_batch_export_is_looped(tiny_vit, tmp_path):
 ROOT = Path(__file__).resolve().parent.parent
 # Other shapes than the tiny models': QuickGELU, another MLP ratio and depth, several bottlenecks per stage.
 OTHER_CFGS = {
-    "vit-quickgelu": {"embed_dim": 24, "quick_gelu": True,
-                      "vision_cfg": {"image_size": 224, "patch_size": 16, "width": 48, "head_width": 16, "layers": 3, "mlp_ratio": 2.0},
-                      "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 1}},
-    "rn-2121": {"embed_dim": 16, "vision_cfg": {"image_size": 224, "layers": [2, 1, 2, 1], "width": 16, "head_width": 128},
-                "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1, "mlp_ratio": 2.0}},
+    "vit-quickgelu": {
+        "embed_dim": 24,
+        "quick_gelu": True,
+        "vision_cfg": {
+            "image_size": 224,
+            "patch_size": 16,
+            "width": 48,
+            "head_width": 16,
+            "layers": 3,
+            "mlp_ratio": 2.0,
+        },
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 1},
+    },
+    "rn-2121": {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 224, "layers": [2, 1, 2, 1], "width": 16, "head_width": 128},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1, "mlp_ratio": 2.0},
+    },
 }
 
 
@@ -137,12 +151,18 @@ def test_tiny_models_are_written_without_torch_and_deterministically(tmp_path):
     immich's input/output names, a dynamic batch axis and opset 17, byte-identical on a second run."""
     import onnx
 
-    code = ("import runpy, sys; sys.modules['torch'] = None; sys.modules['open_clip'] = None\n"
-            "script = sys.argv[1]; sys.argv = [script, '--out', sys.argv[2]]\n"
-            "runpy.run_path(script, run_name='__main__')\n")
+    code = (
+        "import runpy, sys; sys.modules['torch'] = None; sys.modules['open_clip'] = None\n"
+        "script = sys.argv[1]; sys.argv = [script, '--out', sys.argv[2]]\n"
+        "runpy.run_path(script, run_name='__main__')\n"
+    )
     for out in ("a", "b"):
-        run = subprocess.run([sys.executable, "-c", code, str(ROOT / "scripts" / "make_tiny_models.py"), str(tmp_path / out)],
-                             capture_output=True, text=True, timeout=300)
+        run = subprocess.run(
+            [sys.executable, "-c", code, str(ROOT / "scripts" / "make_tiny_models.py"), str(tmp_path / out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert run.returncode == 0, run.stderr
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
@@ -150,20 +170,37 @@ def test_tiny_models_are_written_without_torch_and_deterministically(tmp_path):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     for name, embed in (("tiny-vit-b-32", 32), ("tiny-rn50", 48)):
         model = tmp_path / "a" / name
-        for f in ("config.json", "visual/model.onnx", "visual/preprocess_cfg.json", "textual/model.onnx", "textual/tokenizer.json",
-                  "textual/tokenizer_config.json", "textual/special_tokens_map.json", "open_clip_model.safetensors", "open_clip_config.json"):
+        for f in (
+            "config.json",
+            "visual/model.onnx",
+            "visual/preprocess_cfg.json",
+            "textual/model.onnx",
+            "textual/tokenizer.json",
+            "textual/tokenizer_config.json",
+            "textual/special_tokens_map.json",
+            "open_clip_model.safetensors",
+            "open_clip_config.json",
+        ):
             assert (model / f).is_file(), f
-        for tower, inp, elem, shape in (("visual", "image", onnx.TensorProto.FLOAT, ["batch", 3, 224, 224]),
-                                        ("textual", "text", onnx.TensorProto.INT32, ["batch", 77])):
+        for tower, inp, elem, shape in (
+            ("visual", "image", onnx.TensorProto.FLOAT, ["batch", 3, 224, 224]),
+            ("textual", "text", onnx.TensorProto.INT32, ["batch", 77]),
+        ):
             m = onnx.load(str(model / tower / "model.onnx"))
             onnx.checker.check_model(m)
             assert [o.version for o in m.opset_import] == [17]
             (i,), (o,) = m.graph.input, m.graph.output
             assert i.name == inp and i.type.tensor_type.elem_type == elem
             assert [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] == shape
-            assert o.name == "embedding" and [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] == ["batch", embed]
+            assert o.name == "embedding" and [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] == [
+                "batch",
+                embed,
+            ]
         enc = load_encoder(model)
-        assert enc.encode_images(_images(3)).shape == (3, embed) and enc.encode_texts(["a dog", "a cat"]).shape == (2, embed)
+        assert enc.encode_images(_images(3)).shape == (3, embed) and enc.encode_texts(["a dog", "a cat"]).shape == (
+            2,
+            embed,
+        )
 
 
 def test_tokenizer_gives_clips_ids_without_open_clip(tiny_vit):

@@ -21,8 +21,12 @@ def _img(path: Path, color=(200, 30, 30)):
 def test_labels_csv_with_classes_csv(tmp_path):
     _img(tmp_path / "images/a.png")
     _img(tmp_path / "images/b.png")
-    (tmp_path / "classes.csv").write_text("class_index,wnid,clip_name\n0,n01440764,tench\n1,n01443537,goldfish\n2,n0000002,great_white shark\n")
-    (tmp_path / "labels.csv").write_text("filename,class_index,wnid\nimages/a.png,1,n01443537\nimages/b.png,0,n01440764\n")
+    (tmp_path / "classes.csv").write_text(
+        "class_index,wnid,clip_name\n0,n01440764,tench\n1,n01443537,goldfish\n2,n0000002,great_white shark\n"
+    )
+    (tmp_path / "labels.csv").write_text(
+        "filename,class_index,wnid\nimages/a.png,1,n01443537\nimages/b.png,0,n01440764\n"
+    )
     ds = load_dataset(tmp_path)
     assert ds.kind == "labels-csv"
     assert ds.class_names == ["tench", "goldfish", "great white shark"]  # all classes, "_" shown as space
@@ -94,7 +98,9 @@ OBJ = "<object><name>{}</name><bndbox><xmin>0</xmin><ymin>0</ymin><xmax>4</xmax>
 
 def _det(root: Path, name: str, wnids: list[str], image=True):
     (root / "Annotations").mkdir(parents=True, exist_ok=True)
-    (root / "Annotations" / f"{name}.xml").write_text(DET_XML.format(name=name, objects="".join(OBJ.format(w) for w in wnids)))
+    (root / "Annotations" / f"{name}.xml").write_text(
+        DET_XML.format(name=name, objects="".join(OBJ.format(w) for w in wnids))
+    )
     if image:
         _img(root / "Data" / f"{name}.JPEG")
 
@@ -109,7 +115,10 @@ def test_imagenet_det_multi_label_with_map_det(tmp_path):
     ds = load_dataset(tmp_path)
     assert ds.kind == "imagenet-det"
     assert ds.class_names == ["accordion", "airplane", "ant"]
-    assert {it.path.stem: it.labels for it in ds.items} == {"ILSVRC2013_val_00000001": (0, 1), "ILSVRC2013_val_00000002": (2,)}
+    assert {it.path.stem: it.labels for it in ds.items} == {
+        "ILSVRC2013_val_00000001": (0, 1),
+        "ILSVRC2013_val_00000002": (2,),
+    }
     notes = " ".join(ds.notes)
     assert "without objects" in notes and "image was not found" in notes and "outside the class list" in notes
 

@@ -93,12 +93,25 @@ def test_perfect_separation_report_numbers(tmp_path):
     csv_path = make_dataset(tmp_path, n_classes=6, per_class=5)
     ds = load_dataset(csv_path)
     assert ds.class_names == [f"class {c}" for c in range(6)]
-    config = EvalConfig(templates=resolve_templates("{},photo"), indexes=["flat"],
-                        index_params={"flat": [{"storage": "float32"}, {"storage": "int8"}]},
-                        index_k=5, index_queries=12, workers=1, batch_size=8)
+    config = EvalConfig(
+        templates=resolve_templates("{},photo"),
+        indexes=["flat"],
+        index_params={"flat": [{"storage": "float32"}, {"storage": "int8"}]},
+        index_k=5,
+        index_queries=12,
+        workers=1,
+        batch_size=8,
+    )
     report = evaluate(ds, [ClassColourEncoder(6, sigma=0.0)], config)
     files = write_report(report, tmp_path / "report")
-    for name in ("report.json", "report.md", "roc.png", "f1_threshold.png", "accuracy_speed.png", "index_recall_query.png"):
+    for name in (
+        "report.json",
+        "report.md",
+        "roc.png",
+        "f1_threshold.png",
+        "accuracy_speed.png",
+        "index_recall_query.png",
+    ):
         assert files[name].is_file() and files[name].stat().st_size > 0, name
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     (m,) = data["models"]
@@ -110,8 +123,12 @@ def test_perfect_separation_report_numbers(tmp_path):
         assert r["auc"] == 1.0
         b = r["best_threshold"]
         assert b["f1"] == 1.0 and b["precision"] == 1.0 and b["recall"] == 1.0
-        assert r["pairs"] == {"positive": 30, "negative": 150, "positive_distance_mean": pytest.approx(0, abs=1e-3),
-                              "negative_distance_mean": pytest.approx(0.5, abs=1e-3)}
+        assert r["pairs"] == {
+            "positive": 30,
+            "negative": 150,
+            "positive_distance_mean": pytest.approx(0, abs=1e-3),
+            "negative_distance_mean": pytest.approx(0.5, abs=1e-3),
+        }
         # positives at ~0, negatives at ~0.5: the best threshold is midway
         assert b["angular"] == pytest.approx(0.25, abs=1e-3)
         assert b["cosine"] == pytest.approx(math.cos(0.25 * math.pi), abs=1e-3)
@@ -146,9 +163,9 @@ def test_noise_gives_the_expected_accuracy(tmp_path):
     # AUC of a noisy but informative model: expected value by simulating the same model
     rng = np.random.default_rng(7)
     z = rng.standard_normal((20000, n_classes)) * sigma
-    rest = np.sqrt(sigma ** 2 * rng.chisquare(64 - n_classes, 20000))[:, None]  # dims outside the classes
+    rest = np.sqrt(sigma**2 * rng.chisquare(64 - n_classes, 20000))[:, None]  # dims outside the classes
     v = np.eye(n_classes)[np.zeros(20000, int)] + z
-    cos = v / np.sqrt((v ** 2).sum(1, keepdims=True) + rest ** 2)
+    cos = v / np.sqrt((v**2).sum(1, keepdims=True) + rest**2)
     from pixquery.evaluation.metrics import angular_distance, roc_auc
 
     pos = np.zeros_like(cos, bool)
@@ -189,6 +206,8 @@ def test_cli_reports_bad_input_clearly(tmp_path):
     res = CliRunner().invoke(app, ["eval", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "dataset not found" in res.output
     assert parse_index_params(["hnsw:M=8,16;ef_search=32", "flat:storage=int8"]) == {
-        "hnsw": [{"M": 8, "ef_search": 32}, {"M": 16, "ef_search": 32}], "flat": [{"storage": "int8"}]}
+        "hnsw": [{"M": 8, "ef_search": 32}, {"M": 16, "ef_search": 32}],
+        "flat": [{"storage": "int8"}],
+    }
     with pytest.raises(Exception, match="KIND:NAME"):
         parse_index_params(["hnsw"])

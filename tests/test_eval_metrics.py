@@ -11,11 +11,13 @@ from pixquery.evaluation import metrics as M
 
 
 def test_topk_single_label_hand_computed():
-    scores = np.array([
-        [0.9, 0.1, 0.3, 0.2],  # label 0: rank 0
-        [0.9, 0.1, 0.3, 0.2],  # label 2: rank 1
-        [0.1, 0.2, 0.3, 0.4],  # label 0: rank 3
-    ])
+    scores = np.array(
+        [
+            [0.9, 0.1, 0.3, 0.2],  # label 0: rank 0
+            [0.9, 0.1, 0.3, 0.2],  # label 2: rank 1
+            [0.1, 0.2, 0.3, 0.4],  # label 0: rank 3
+        ]
+    )
     labels = [{0}, {2}, {0}]
     assert M.label_ranks(scores, labels).tolist() == [0, 1, 3]
     acc = M.topk_accuracy(scores, labels, ks=(1, 2, 3, 4))
@@ -36,11 +38,13 @@ def test_ties_rank_lower_index_first():
 
 
 def test_multi_label_counts_when_any_label_is_predicted():
-    scores = np.array([
-        [0.1, 0.8, 0.3],  # labels {0, 2}: ranks 2 and 1 -> best 1
-        [0.7, 0.2, 0.6],  # labels {1, 2}: ranks 2 and 1 -> best 1
-        [0.2, 0.5, 0.9],  # labels {0, 2}: rank of 2 is 0
-    ])
+    scores = np.array(
+        [
+            [0.1, 0.8, 0.3],  # labels {0, 2}: ranks 2 and 1 -> best 1
+            [0.7, 0.2, 0.6],  # labels {1, 2}: ranks 2 and 1 -> best 1
+            [0.2, 0.5, 0.9],  # labels {0, 2}: rank of 2 is 0
+        ]
+    )
     labels = [{0, 2}, {1, 2}, {0, 2}]
     assert M.label_ranks(scores, labels).tolist() == [1, 1, 0]
     assert M.topk_accuracy(scores, labels, ks=(1, 2)) == {1: pytest.approx(1 / 3), 2: 1.0}
@@ -133,11 +137,13 @@ def test_downsample_keeps_ends():
 
 
 def test_retrieval_hand_computed_with_ties():
-    scores = np.array([
-        [0.9, 0.8, 0.8, 0.1],  # relevant {1, 3}: order 0,1,2,3 -> hits 0,1,0,1
-        [0.9, 0.8, 0.8, 0.1],  # relevant {2}: tie with image 1, which ranks first -> hit at 3
-        [0.5, 0.5, 0.5, 0.5],  # no relevant image: skipped
-    ])
+    scores = np.array(
+        [
+            [0.9, 0.8, 0.8, 0.1],  # relevant {1, 3}: order 0,1,2,3 -> hits 0,1,0,1
+            [0.9, 0.8, 0.8, 0.1],  # relevant {2}: tie with image 1, which ranks first -> hit at 3
+            [0.5, 0.5, 0.5, 0.5],  # no relevant image: skipped
+        ]
+    )
     rel = [{1, 3}, {2}, set()]
     r = M.retrieval_metrics(scores, rel, ks=(1, 2, 3))
     assert r["queries"] == 2

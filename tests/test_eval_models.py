@@ -22,7 +22,14 @@ def _app():
 
 
 def _check_report(out: Path, models: int, runs_per_model: int, items: int) -> dict:
-    for name in ("report.json", "report.md", "roc.png", "f1_threshold.png", "accuracy_speed.png", "index_recall_query.png"):
+    for name in (
+        "report.json",
+        "report.md",
+        "roc.png",
+        "f1_threshold.png",
+        "accuracy_speed.png",
+        "index_recall_query.png",
+    ):
         f = out / name
         assert f.is_file() and f.stat().st_size > 1000, name
         if name.endswith(".png"):
@@ -53,8 +60,22 @@ def _check_report(out: Path, models: int, runs_per_model: int, items: int) -> di
 def test_eval_cli_tiny_model_small_sample(tmp_path, tiny_model):
     data_dir = shared_data("imagenet-val-1300")
     out = tmp_path / "report"
-    res = CliRunner().invoke(_app(), ["eval", str(data_dir), "--models", str(tiny_model), "--limit", "40",
-                                      "--out", str(out), "--indexes", "flat", "--no-store"])
+    res = CliRunner().invoke(
+        _app(),
+        [
+            "eval",
+            str(data_dir),
+            "--models",
+            str(tiny_model),
+            "--limit",
+            "40",
+            "--out",
+            str(out),
+            "--indexes",
+            "flat",
+            "--no-store",
+        ],
+    )
     assert res.exit_code == 0, res.output
     _check_report(out, models=1, runs_per_model=1, items=40)
 
@@ -69,8 +90,21 @@ def test_eval_cli_tiny_models_full_imagenet_val_1300(tmp_path, tiny_model, tiny_
     data_dir = shared_data("imagenet-val-1300")
     out = tmp_path / "report"
     lib = tmp_path / "lib"
-    res = CliRunner().invoke(_app(), ["eval", str(data_dir), "--models", f"{tiny_model},{tiny_rn50}",
-                                      "--templates", "{},photo", "--out", str(out), "--library", str(lib)])
+    res = CliRunner().invoke(
+        _app(),
+        [
+            "eval",
+            str(data_dir),
+            "--models",
+            f"{tiny_model},{tiny_rn50}",
+            "--templates",
+            "{},photo",
+            "--out",
+            str(out),
+            "--library",
+            str(lib),
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = _check_report(out, models=2, runs_per_model=2, items=1300)
     # random weights: near chance (1/1000 top-1), far from a real model's 0.6

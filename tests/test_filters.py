@@ -33,8 +33,15 @@ def _dms(value: float):
     return (IFDRational(d), IFDRational(m), IFDRational(s, 100))
 
 
-def exif_jpeg(path: Path, seed: int, taken: str | None = None, offset: str | None = None, gps=None,
-              make: str | None = None, model: str | None = None) -> Path:
+def exif_jpeg(
+    path: Path,
+    seed: int,
+    taken: str | None = None,
+    offset: str | None = None,
+    gps=None,
+    make: str | None = None,
+    model: str | None = None,
+) -> Path:
     """A real JPEG with real EXIF (Pillow writes the IFDs), random pixels."""
     rng = np.random.default_rng(seed)
     img = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
@@ -62,10 +69,30 @@ def photo_tree(tmp_path):
     """beach/ (summer 2019, Paris GPS, a Canon), city/ (winter 2019 and summer 2020, Sydney GPS, a
     Pixel), undated/ (no EXIF: the mtime, set to 2019-07-01)."""
     root = tmp_path / "photos"
-    beach = [exif_jpeg(root / "beach" / f"b{i}.jpg", i, f"2019:{6 + i % 3:02d}:{10 + i} 12:00:00", "+02:00",
-                       EIFFEL, "Canon", "Canon EOS 5D") for i in range(6)]
-    city = [exif_jpeg(root / "city" / f"c{i}.jpg", 100 + i, f"{2019 + i % 2}:{1 if i % 2 == 0 else 7:02d}:05 09:00:00",
-                      None, SYDNEY, "Google", "Pixel 7") for i in range(6)]
+    beach = [
+        exif_jpeg(
+            root / "beach" / f"b{i}.jpg",
+            i,
+            f"2019:{6 + i % 3:02d}:{10 + i} 12:00:00",
+            "+02:00",
+            EIFFEL,
+            "Canon",
+            "Canon EOS 5D",
+        )
+        for i in range(6)
+    ]
+    city = [
+        exif_jpeg(
+            root / "city" / f"c{i}.jpg",
+            100 + i,
+            f"{2019 + i % 2}:{1 if i % 2 == 0 else 7:02d}:05 09:00:00",
+            None,
+            SYDNEY,
+            "Google",
+            "Pixel 7",
+        )
+        for i in range(6)
+    ]
     undated = [exif_jpeg(root / "undated" / f"u{i}.jpg", 200 + i) for i in range(3)]
     t = datetime(2019, 7, 1, 12).timestamp()
     for p in undated:
@@ -81,18 +108,30 @@ def _paths(results):
 
 
 def test_filter_parses_periods_and_rejects_bad_values():
-    f = Filter.parse(after="2019-06", before="2019-09", folders=["~/x", "/a/b/"], media="Photo", camera=" canon ",
-                     near="48.85,2.29", within="5")
+    f = Filter.parse(
+        after="2019-06",
+        before="2019-09",
+        folders=["~/x", "/a/b/"],
+        media="Photo",
+        camera=" canon ",
+        near="48.85,2.29",
+        within="5",
+    )
     assert f.after == datetime(2019, 6, 1) and f.before == datetime(2019, 9, 1)
     assert f.folders == (os.path.expanduser("~/x"), "/a/b") and f.media == "photo" and f.camera == "canon"
     assert f.near == (48.85, 2.29) and f.within_km == 5.0 and f.active
     assert not Filter.parse().active
     assert Filter.parse(after="2019").after == datetime(2019, 1, 1)
     assert Filter.parse(before="2019-06-15T08:30").before == datetime(2019, 6, 15, 8, 30)
-    for kw, words in [({"after": "June"}, "after must be a date"), ({"near": "91,0"}, "latitude"),
-                      ({"near": "abc"}, "LAT,LON"), ({"media": "gif"}, "type must be one of"),
-                      ({"within": "3"}, "within needs near"), ({"near": "1,1", "within": "-2"}, "positive"),
-                      ({"after": "2020", "before": "2019"}, "must be earlier")]:
+    for kw, words in [
+        ({"after": "June"}, "after must be a date"),
+        ({"near": "91,0"}, "latitude"),
+        ({"near": "abc"}, "LAT,LON"),
+        ({"media": "gif"}, "type must be one of"),
+        ({"within": "3"}, "within needs near"),
+        ({"near": "1,1", "within": "-2"}, "positive"),
+        ({"after": "2020", "before": "2019"}, "must be earlier"),
+    ]:
         with pytest.raises(PixqueryError, match=words):
             Filter.parse(**kw)
 
@@ -107,7 +146,9 @@ def test_haversine_distance():
 
 
 def test_exif_date_offset_gps_and_camera_are_read(tmp_path):
-    p = exif_jpeg(tmp_path / "a.jpg", 1, "2019:07:14 10:30:05", "-05:30", (-33.8568, -70.5), "NIKON CORPORATION", "NIKON D750")
+    p = exif_jpeg(
+        tmp_path / "a.jpg", 1, "2019:07:14 10:30:05", "-05:30", (-33.8568, -70.5), "NIKON CORPORATION", "NIKON D750"
+    )
     m = metadata.photo_metadata(p.read_bytes(), 0)
     assert m["taken_source"] == "exif" and metadata.wall_datetime(m["taken"]) == datetime(2019, 7, 14, 10, 30, 5)
     assert m["utc_offset"] == -330
@@ -165,7 +206,9 @@ def test_date_folder_camera_and_place_filters_keep_exactly_what_passes(indexed):
     lib, root, beach, city, undated = indexed
     summer = lib.search("a beach", k=50, after="2019-06", before="2019-09")
     assert _paths(summer) == {p.name for p in beach} | {p.name for p in undated}
-    assert _paths(lib.search("x", k=50, after="2019-06", before="2019-09", folders=[root / "beach"])) == {p.name for p in beach}
+    assert _paths(lib.search("x", k=50, after="2019-06", before="2019-09", folders=[root / "beach"])) == {
+        p.name for p in beach
+    }
     assert _paths(lib.search("x", k=50, before="2019-06")) == {"c0.jpg", "c2.jpg", "c4.jpg"}
     assert _paths(lib.search("x", k=50, after="2020")) == {"c1.jpg", "c3.jpg", "c5.jpg"}
     assert _paths(lib.search("x", k=50, camera="pixel")) == {p.name for p in city}
@@ -175,8 +218,9 @@ def test_date_folder_camera_and_place_filters_keep_exactly_what_passes(indexed):
     assert _paths(lib.search("x", k=50, media="video")) == set()
     assert len(lib.search("x", k=50, media="photo")) == 15
     # several folders: either one
-    assert _paths(lib.search("x", k=50, folders=[root / "beach", root / "undated"])) == \
-        {p.name for p in beach} | {p.name for p in undated}
+    assert _paths(lib.search("x", k=50, folders=[root / "beach", root / "undated"])) == {p.name for p in beach} | {
+        p.name for p in undated
+    }
     # k of them when k pass, best first among them
     three = lib.search("x", k=3, folders=[root / "city"])
     assert len(three) == 3 and _paths(three) <= {p.name for p in city}
@@ -210,13 +254,17 @@ def test_an_older_library_gets_its_metadata_on_the_next_rescan_without_re_embedd
     report = lib.index(workers=1)
     assert report.indexed == 0 and report.skipped == 15  # nothing re-embedded
     assert cat.count_without_meta() == 0
-    assert _paths(lib.search("x", k=50, after="2019-06", before="2019-09", folders=[root / "beach"])) == {p.name for p in beach}
+    assert _paths(lib.search("x", k=50, after="2019-06", before="2019-09", folders=[root / "beach"])) == {
+        p.name for p in beach
+    }
 
 
 # -- exactness of the two strategies ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind,params", [("flat", {}), ("flat", {"storage": "float16"}), ("ivf", {"nlist": 64, "nprobe": 4})])
+@pytest.mark.parametrize(
+    "kind,params", [("flat", {}), ("flat", {"storage": "float16"}), ("ivf", {"nlist": 64, "nprobe": 4})]
+)
 @pytest.mark.parametrize("selectivity", [0.001, 0.01, 0.1, 0.5])
 def test_filtered_search_returns_k_when_k_pass(kind, params, selectivity):
     rng = np.random.default_rng(7)
@@ -261,8 +309,23 @@ def test_cli_search_with_date_and_folder_filters(photo_tree, library_dir, tiny_m
     root, beach, city, undated = photo_tree
     r = pixquery("index", root, "-L", library_dir, "-m", tiny_model)
     assert r.returncode == 0, r.stderr
-    r = pixquery("search", "beach", "-L", library_dir, "-m", tiny_model, "--after", "2019-06", "--before", "2019-09",
-                 "--in", root / "beach", "--json", "-k", "50")
+    r = pixquery(
+        "search",
+        "beach",
+        "-L",
+        library_dir,
+        "-m",
+        tiny_model,
+        "--after",
+        "2019-06",
+        "--before",
+        "2019-09",
+        "--in",
+        root / "beach",
+        "--json",
+        "-k",
+        "50",
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert {Path(x["path"]).name for x in out["results"]} == {p.name for p in beach}
@@ -289,16 +352,23 @@ def test_filters_on_a_milvus_index_pass_an_expression_and_keep_exactly_what_pass
         index, row = lib._index()
         assert index.kind == "milvus"
         # the collection's date field is the EXIF date, not the file's mtime
-        assert index.count(f"taken >= {int(metadata.wall_seconds(datetime(2019, 6, 1)))} and "
-                           f"taken < {int(metadata.wall_seconds(datetime(2019, 9, 1)))}") == 9
+        assert (
+            index.count(
+                f"taken >= {int(metadata.wall_seconds(datetime(2019, 6, 1)))} and "
+                f"taken < {int(metadata.wall_seconds(datetime(2019, 9, 1)))}"
+            )
+            == 9
+        )
         summer = lib.search("x", k=50, after="2019-06", before="2019-09", folders=[root / "beach"])
         assert _paths(summer) == {p.name for p in beach}
         assert _paths(lib.search("x", k=2, camera="pixel")) <= {p.name for p in city}
         assert len(lib.search("x", k=2, camera="pixel")) == 2
         assert _paths(lib.search("x", k=50, before="2019-06")) == {"c0.jpg", "c2.jpg", "c4.jpg"}
         # an older library: no metadata rows, and the collection's date field was the mtime then
-        summer_expr = (f"taken >= {int(metadata.wall_seconds(datetime(2019, 6, 1)))} and "
-                       f"taken < {int(metadata.wall_seconds(datetime(2019, 9, 1)))}")
+        summer_expr = (
+            f"taken >= {int(metadata.wall_seconds(datetime(2019, 6, 1)))} and "
+            f"taken < {int(metadata.wall_seconds(datetime(2019, 9, 1)))}"
+        )
         with lib.catalog.transaction():
             lib.catalog.db.execute("DELETE FROM media_meta")
         lib.reindex()  # rebuilt from stored vectors: no metadata, so the mtimes go in
@@ -308,7 +378,9 @@ def test_filters_on_a_milvus_index_pass_an_expression_and_keep_exactly_what_pass
         assert report.indexed == 0  # the rescan re-adds the stored vectors with their dates, embeds nothing
         index, row = lib._index()
         assert index.count(summer_expr) == 9
-        assert _paths(lib.search("x", k=50, after="2019-06", before="2019-09", folders=[root / "beach"])) == {p.name for p in beach}
+        assert _paths(lib.search("x", k=50, after="2019-06", before="2019-09", folders=[root / "beach"])) == {
+            p.name for p in beach
+        }
 
 
 def test_photos_found_by_their_text_pass_the_same_filter(indexed):
@@ -318,10 +390,15 @@ def test_photos_found_by_their_text_pass_the_same_filter(indexed):
     cat = lib.catalog
     ids = {Path(r.path).name: r.image_id for r in lib.search("x", k=50)}
     every = list(ids.values())
-    for flt in (Filter.parse(after="2019-06", before="2019-09"), Filter.parse(folders=[root / "city"]),
-                Filter.parse(camera="canon"), Filter.parse(near=f"{SYDNEY[0]},{SYDNEY[1]}", within=1),
-                Filter.parse(media="video")):
+    for flt in (
+        Filter.parse(after="2019-06", before="2019-09"),
+        Filter.parse(folders=[root / "city"]),
+        Filter.parse(camera="canon"),
+        Filter.parse(near=f"{SYDNEY[0]},{SYDNEY[1]}", within=1),
+        Filter.parse(media="video"),
+    ):
         passing = {name for name, i in ids.items() if i in cat.image_ids_passing(every, flt)}
         assert passing == _paths(lib.search("x", k=50, filter=flt)), flt
-    assert {n for n, i in ids.items() if i in cat.image_ids_passing(every, Filter.parse(camera="canon"))} == \
-        {p.name for p in beach}
+    assert {n for n, i in ids.items() if i in cat.image_ids_passing(every, Filter.parse(camera="canon"))} == {
+        p.name for p in beach
+    }

@@ -21,7 +21,15 @@ def served(tmp_path_factory, tiny_model):
     photos = root / "photos"
     # summer 2019 in Paris (beach/), winter 2019 (city/), 2021 (trip/): 8 + 8 + 8
     for i in range(8):
-        exif_jpeg(photos / "beach" / f"b{i}.jpg", i, f"2019:0{6 + i % 3}:{10 + i} 12:00:00", "+02:00", EIFFEL, "Canon", "Canon EOS R")
+        exif_jpeg(
+            photos / "beach" / f"b{i}.jpg",
+            i,
+            f"2019:0{6 + i % 3}:{10 + i} 12:00:00",
+            "+02:00",
+            EIFFEL,
+            "Canon",
+            "Canon EOS R",
+        )
         exif_jpeg(photos / "city" / f"c{i}.jpg", 50 + i, f"2019:01:{10 + i} 09:00:00")
         exif_jpeg(photos / "trip" / f"t{i}.jpg", 90 + i, f"2021:05:{10 + i} 18:00:00")
     lib_path = root / "library"
@@ -56,8 +64,10 @@ def test_filters_as_query_parameters(api, served):
     url = urlparse(hit["map"])
     assert url.netloc == "www.openstreetmap.org" and parse_qs(url.query)["mlat"] == [f"{hit['lat']:.6f}"]
 
-    both = api.get("/api/search", params=[("q", "x"), ("k", 50), ("in", str(served.photos / "city")),
-                                          ("in", str(served.photos / "trip"))]).json()
+    both = api.get(
+        "/api/search",
+        params=[("q", "x"), ("k", 50), ("in", str(served.photos / "city")), ("in", str(served.photos / "trip"))],
+    ).json()
     assert _names(both) == {f"c{i}.jpg" for i in range(8)} | {f"t{i}.jpg" for i in range(8)}
     assert all(h["map"] is None for h in both["results"])
     # paging a filtered search: k per page, no repeats, all of them
@@ -76,8 +86,12 @@ def test_filters_as_query_parameters(api, served):
 
 
 def test_bad_filter_values_are_one_line_errors(api):
-    for params, words in [({"after": "yesterday"}, "after must be a date"), ({"near": "200,1"}, "latitude"),
-                          ({"after": "2020", "before": "2019"}, "must be earlier"), ({"within": "5"}, "within needs near")]:
+    for params, words in [
+        ({"after": "yesterday"}, "after must be a date"),
+        ({"near": "200,1"}, "latitude"),
+        ({"after": "2020", "before": "2019"}, "must be earlier"),
+        ({"within": "5"}, "within needs near"),
+    ]:
         r = api.get("/api/search", params={"q": "x", **params})
         assert r.status_code == 422 and words in r.json()["error"], (params, r.text)
     assert api.get("/api/search", params={"q": "x", "type": "gif"}).status_code == 422
@@ -131,8 +145,10 @@ def test_page_date_range_folder_and_map_link(browser, served):
         page.dispatch_event("#after", "change")
         page.fill("#before", "2019-08-31")
         page.dispatch_event("#before", "change")
-        page.wait_for_function("() => document.querySelectorAll('#grid .tile').length === 8 && "
-                               "!document.getElementById('grid').hasAttribute('aria-busy')")
+        page.wait_for_function(
+            "() => document.querySelectorAll('#grid .tile').length === 8 && "
+            "!document.getElementById('grid').hasAttribute('aria-busy')"
+        )
         names = set(page.eval_on_selector_all("#grid .tile img", "els => els.map(e => e.alt)"))
         assert names == {f"b{i}.jpg" for i in range(8)}
         assert "from=2019-06-01" in page.url and "to=2019-08-31" in page.url
@@ -152,8 +168,10 @@ def test_page_date_range_folder_and_map_link(browser, served):
         page.wait_for_function("() => document.querySelectorAll('#grid .tile').length === 24")
         page.select_option("#folder", str(served.photos / "trip"))
         page.select_option("#sort", "date")
-        page.wait_for_function("() => { const t = [...document.querySelectorAll('#grid .tile img')].map(e => e.alt);"
-                               " return t.length === 8 && t.every(n => n.startsWith('t')); }")
+        page.wait_for_function(
+            "() => { const t = [...document.querySelectorAll('#grid .tile img')].map(e => e.alt);"
+            " return t.length === 8 && t.every(n => n.startsWith('t')); }"
+        )
         taken = page.eval_on_selector_all("#grid .tile", "els => els.map(e => e.dataset.taken)")
         assert taken == sorted(taken) and all(t.startswith("2021-05") for t in taken)
         # the filters survive a reload (they are in the URL)

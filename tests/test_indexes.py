@@ -115,15 +115,19 @@ CASES = [
     ("ivf", {"nlist": 16, "nprobe": 12, "storage": "int8"}, 0.9),
     ("ivf", {"nlist": 16, "nprobe": 12, "storage": "pq", "pq_m": 8, "rerank": 10}, 0.9),
     ("sharded", {"shard_size": 300}, 1.0),
-    pytest.param("sharded", {"shards": 3, "inner": "hnsw", "inner_params": {"M": 16, "ef_search": 200}}, 0.97, marks=ann),
+    pytest.param(
+        "sharded", {"shards": 3, "inner": "hnsw", "inner_params": {"M": 16, "ef_search": 200}}, 0.97, marks=ann
+    ),
     ("sharded", {"shards": 3, "inner": "hnsw", "inner_params": {"M": 16, "ef_search": 200, "backend": "faiss"}}, 0.97),
     ("auto", {"exact_max": 4096}, 1.0),
     pytest.param("milvus", {"index_type": "FLAT"}, 1.0, marks=milvus),
     pytest.param("milvus", {"index_type": "IVF_FLAT", "nlist": 16, "nprobe": 16}, 1.0, marks=milvus),
     pytest.param("milvus", {"index_type": "HNSW", "M": 16, "ef_construction": 200, "ef": 128}, 0.99, marks=milvus_hnsw),
 ]
-CASE_IDS = [f"{k}-{'-'.join(f'{a}={b}' for a, b in p.items()) or 'default'}"
-            for k, p, _ in (c.values if hasattr(c, "values") else c for c in CASES)]
+CASE_IDS = [
+    f"{k}-{'-'.join(f'{a}={b}' for a, b in p.items()) or 'default'}"
+    for k, p, _ in (c.values if hasattr(c, "values") else c for c in CASES)
+]
 
 
 def check_results(scores, ids, nq, k):
@@ -234,7 +238,9 @@ EXACT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kind,params", EXACT_CASES, ids=[getattr(c, "values", c)[0] + str(i) for i, c in enumerate(EXACT_CASES)])
+@pytest.mark.parametrize(
+    "kind,params", EXACT_CASES, ids=[getattr(c, "values", c)[0] + str(i) for i, c in enumerate(EXACT_CASES)]
+)
 def test_identical_to_flat_when_recall_is_one(kind, params):
     n = 500
     x, ids = VECTORS[:n], IDS[:n]
@@ -413,7 +419,9 @@ SAVER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("kind,n", [("flat", 150_000), pytest.param("hnsw", 20_000, marks=ann), pytest.param("annoy", 40_000, marks=ann)])
+@pytest.mark.parametrize(
+    "kind,n", [("flat", 150_000), pytest.param("hnsw", 20_000, marks=ann), pytest.param("annoy", 40_000, marks=ann)]
+)
 def test_kill_9_during_save_leaves_a_loadable_index(kind, n, tmp_path):
     script = tmp_path / "saver.py"
     script.write_text(SAVER)
@@ -465,7 +473,8 @@ def plain_install_env(tmp_path) -> dict:
     for name in ("hnswlib", "annoy"):
         (stubs / name).mkdir(parents=True)
         (stubs / name / "__init__.py").write_text(
-            f"raise ModuleNotFoundError(\"No module named {name!r} (plain install)\", name={name!r})\n")
+            f'raise ModuleNotFoundError("No module named {name!r} (plain install)", name={name!r})\n'
+        )
     path = [str(stubs)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return dict(os.environ, PYTHONPATH=os.pathsep.join(path))
 
@@ -513,8 +522,13 @@ def test_auto_past_its_hnsw_threshold_on_a_plain_install(tmp_path):
     script.write_text(PLAIN_AUTO)
     env = plain_install_env(tmp_path)
     env["PYTHONPATH"] += os.pathsep + os.path.dirname(__file__)
-    r = subprocess.run([sys.executable, str(script), str(tmp_path / "auto"), str(tmp_path / "graph")],
-                       capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "auto"), str(tmp_path / "graph")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     # auto measured an hnsw it could import (faiss's), and its choice searches like flat
@@ -533,8 +547,17 @@ def test_index_hnsw_command_on_a_plain_install_says_how_to_install(tmp_path, tin
     make_photos(tmp_path / "photos", 2)
     env = plain_install_env(tmp_path)
     for kind, library in (("hnsw", "hnswlib"), ("annoy", "annoy")):
-        r = pixquery("index", tmp_path / "photos", "-L", tmp_path / f"lib-{kind}", "-m", tiny_model,
-                     "--index", kind, env={"PYTHONPATH": env["PYTHONPATH"]})
+        r = pixquery(
+            "index",
+            tmp_path / "photos",
+            "-L",
+            tmp_path / f"lib-{kind}",
+            "-m",
+            tiny_model,
+            "--index",
+            kind,
+            env={"PYTHONPATH": env["PYTHONPATH"]},
+        )
         assert r.returncode == 2, (r.stdout, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr  # before any photo is embedded
@@ -555,11 +578,15 @@ def milvus_server(tmp_path):
 
 
 @milvus
-@pytest.mark.parametrize("params", [
-    {"index_type": "FLAT"},
-    {"index_type": "IVF_FLAT", "nlist": 8, "nprobe": 8},
-    pytest.param({"index_type": "HNSW", "M": 16, "ef_construction": 200, "ef": 600}, marks=milvus_hnsw),
-], ids=lambda p: p["index_type"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"index_type": "FLAT"},
+        {"index_type": "IVF_FLAT", "nlist": 8, "nprobe": 8},
+        pytest.param({"index_type": "HNSW", "M": 16, "ef_construction": 200, "ef": 600}, marks=milvus_hnsw),
+    ],
+    ids=lambda p: p["index_type"],
+)
 def test_milvus_contract_against_a_server_process(milvus_server, params, tmp_path):
     n, k = 500, 10
     x, ids = VECTORS[:n], IDS[:n]
@@ -652,8 +679,10 @@ def test_milvus_index_type_the_engine_lacks_is_one_clear_error(where, request):
     if not lacking:
         from importlib.metadata import version
 
-        pytest.skip(f"milvus-lite {version('milvus-lite')} accepts every index type pixquery offers "
-                    f"({', '.join(INDEX_TYPES)}): none to refuse")
+        pytest.skip(
+            f"milvus-lite {version('milvus-lite')} accepts every index type pixquery offers "
+            f"({', '.join(INDEX_TYPES)}): none to refuse"
+        )
     t = lacking[0]
     uri = request.getfixturevalue("milvus_server") if where == "server" else ""
     with pytest.raises(PixqueryError) as e:
@@ -703,15 +732,19 @@ def standalone(tmp_path_factory):
 
 
 @milvus_standalone
-@pytest.mark.parametrize("params, floor", [
-    ({"index_type": "FLAT"}, 1.0),
-    ({"index_type": "IVF_FLAT", "nlist": 16, "nprobe": 16}, 1.0),
-    ({"index_type": "HNSW", "M": 16, "ef_construction": 200, "ef": 200}, 0.98),
-    ({"index_type": "IVF_SQ8", "nlist": 16, "nprobe": 16}, 0.9),
-    ({"index_type": "IVF_PQ", "nlist": 16, "nprobe": 16, "M": 8}, 0.5),
-    # DISKANN is accepted but never built by this standalone (indexed_rows stays 0 after 300 s, with
-    # the query nodes' enableDisk on): not tested, see docs/indexes.md.
-], ids=lambda p: p["index_type"] if isinstance(p, dict) else None)
+@pytest.mark.parametrize(
+    "params, floor",
+    [
+        ({"index_type": "FLAT"}, 1.0),
+        ({"index_type": "IVF_FLAT", "nlist": 16, "nprobe": 16}, 1.0),
+        ({"index_type": "HNSW", "M": 16, "ef_construction": 200, "ef": 200}, 0.98),
+        ({"index_type": "IVF_SQ8", "nlist": 16, "nprobe": 16}, 0.9),
+        ({"index_type": "IVF_PQ", "nlist": 16, "nprobe": 16, "M": 8}, 0.5),
+        # DISKANN is accepted but never built by this standalone (indexed_rows stays 0 after 300 s, with
+        # the query nodes' enableDisk on): not tested, see docs/indexes.md.
+    ],
+    ids=lambda p: p["index_type"] if isinstance(p, dict) else None,
+)
 def test_milvus_standalone_builds_each_index_type_and_keeps_the_contract(standalone, params, floor):
     """Every index type pixquery offers, really built by a Milvus server (the milvus-lite engines
     never build one: every search there is exact or the interim index): the contract holds, and the

@@ -54,8 +54,12 @@ def active_index(lib) -> tuple[int, str, dict]:
     db = sqlite3.connect(lib / "catalog.sqlite")
     try:
         index_id, path = db.execute('SELECT id, path FROM "index" WHERE active = 1').fetchone()
-        refs = {r: (i, d) for r, i, d in db.execute(
-            "SELECT index_ref_id, image_id, detection_id FROM index_image WHERE index_id = ?", (index_id,))}
+        refs = {
+            r: (i, d)
+            for r, i, d in db.execute(
+                "SELECT index_ref_id, image_id, detection_id FROM index_image WHERE index_id = ?", (index_id,)
+            )
+        }
     finally:
         db.close()
     manifest = json.loads((lib / path / "manifest.json").read_text())
@@ -67,8 +71,13 @@ def collection_rows(server, name) -> dict[int, dict]:
 
     client = MilvusClient(uri=server.uri, timeout=10)
     try:
-        rows = client.query(name, filter="id >= 0", output_fields=["id", "vector", "media", "folder", "taken"],
-                            consistency_level="Strong", limit=16384)
+        rows = client.query(
+            name,
+            filter="id >= 0",
+            output_fields=["id", "vector", "media", "folder", "taken"],
+            consistency_level="Strong",
+            limit=16384,
+        )
     finally:
         client.close()
     return {int(r["id"]): r for r in rows}
@@ -84,7 +93,7 @@ def check_collection_equals_catalog(lib, server, n_photos: int) -> str:
     db = sqlite3.connect(lib / "catalog.sqlite")
     try:
         for ref, (image_id, _) in refs.items():
-            blob, = db.execute("SELECT vector FROM embedding WHERE image_id = ?", (image_id,)).fetchone()
+            (blob,) = db.execute("SELECT vector FROM embedding WHERE image_id = ?", (image_id,)).fetchone()
             np.testing.assert_allclose(rows[ref]["vector"], np.frombuffer(blob, np.float32), atol=1e-6)
     finally:
         db.close()
@@ -94,8 +103,21 @@ def check_collection_equals_catalog(lib, server, n_photos: int) -> str:
 
 def index(photos, lib, model, server, *extra, env=None, **params):
     paths = photos if isinstance(photos, list) else [photos]
-    return pixquery("index", *paths, "-L", lib, "-m", model, "--batch-size", "8", "--index", "milvus",
-                    *milvus_params(server, **params), *extra, env=env)
+    return pixquery(
+        "index",
+        *paths,
+        "-L",
+        lib,
+        "-m",
+        model,
+        "--batch-size",
+        "8",
+        "--index",
+        "milvus",
+        *milvus_params(server, **params),
+        *extra,
+        env=env,
+    )
 
 
 def test_library_on_a_milvus_server_follows_the_catalog(photos, tmp_path, tiny_model, any_server):
@@ -110,8 +132,10 @@ def test_library_on_a_milvus_server_follows_the_catalog(photos, tmp_path, tiny_m
     r = pixquery("index", photos, "-L", flat_lib, "-m", tiny_model, "--index", "flat")
     assert r.returncode == 0, r.stderr
     for query in ("a red sunset", "two dogs"):
-        got = [json.loads(pixquery("search", query, "-L", d, "-k", "10", "--json").stdout)["results"]
-               for d in (lib, flat_lib)]
+        got = [
+            json.loads(pixquery("search", query, "-L", d, "-k", "10", "--json").stdout)["results"]
+            for d in (lib, flat_lib)
+        ]
         assert [x["path"] for x in got[0]] == [x["path"] for x in got[1]]
         np.testing.assert_allclose([x["score"] for x in got[0]], [x["score"] for x in got[1]], atol=1e-5)
 
@@ -119,11 +143,15 @@ def test_library_on_a_milvus_server_follows_the_catalog(photos, tmp_path, tiny_m
     _, name, refs = active_index(lib)
     rows = collection_rows(server, name)
     db = sqlite3.connect(lib / "catalog.sqlite")
-    folder_id, = db.execute("SELECT id FROM folder").fetchone()
+    (folder_id,) = db.execute("SELECT id FROM folder").fetchone()
     mtimes = dict(db.execute("SELECT id, mtime_ns FROM image"))
     db.close()
     for ref, (image_id, _) in refs.items():
-        assert (rows[ref]["media"], rows[ref]["folder"], rows[ref]["taken"]) == (0, folder_id, mtimes[image_id] // 10**9)
+        assert (rows[ref]["media"], rows[ref]["folder"], rows[ref]["taken"]) == (
+            0,
+            folder_id,
+            mtimes[image_id] // 10**9,
+        )
 
     # changes on disk: the collection follows (removed ids deleted, new ones added), same collection
     gone = sorted(photos.glob("*.jpg"))[:4]
@@ -144,7 +172,9 @@ def test_library_on_a_milvus_server_follows_the_catalog(photos, tmp_path, tiny_m
             p.unlink()
 
     # another index type: a new collection, and the one it replaced is dropped
-    r = pixquery("reindex", "-L", lib, "--index", "milvus", *milvus_params(server, index_type="IVF_FLAT", nlist=4, nprobe=4))
+    r = pixquery(
+        "reindex", "-L", lib, "--index", "milvus", *milvus_params(server, index_type="IVF_FLAT", nlist=4, nprobe=4)
+    )
     assert r.returncode == 0, r.stderr
     assert check_collection_equals_catalog(lib, server, 23) != name
 
@@ -201,8 +231,15 @@ def test_killed_during_a_full_load_leaves_no_orphan(photos, tmp_path, tiny_model
     assert r.returncode == 0, r.stderr
     old = check_collection_equals_catalog(lib, server, 24)
     # a rebuild into a new collection, killed after its first batch: the old one stays active
-    r = pixquery("reindex", "-L", lib, "--index", "milvus", *milvus_params(server, index_type="IVF_FLAT", nlist=4),
-                 env={"PIXQUERY_FAILPOINT": "index_load_batch"})
+    r = pixquery(
+        "reindex",
+        "-L",
+        lib,
+        "--index",
+        "milvus",
+        *milvus_params(server, index_type="IVF_FLAT", nlist=4),
+        env={"PIXQUERY_FAILPOINT": "index_load_batch"},
+    )
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     assert len(server.collections()) == 2
     r = pixquery("search", "x", "-L", lib, "-k", "30", "--json")

@@ -52,8 +52,18 @@ def _index(photos: Path, lib: Path, model: Path, *args) -> None:
 def _milvus_library(root: Path, model: Path, uri: str, n: int, *params: str) -> tuple[Path, Path]:
     photos, lib = root / "photos", root / "library"
     make_photos(photos, n)
-    _index(photos, lib, model, "--index", "milvus", "--param", f"uri={uri}", "--param", "index_type=FLAT",
-           *[a for p in params for a in ("--param", p)])
+    _index(
+        photos,
+        lib,
+        model,
+        "--index",
+        "milvus",
+        "--param",
+        f"uri={uri}",
+        "--param",
+        "index_type=FLAT",
+        *[a for p in params for a in ("--param", p)],
+    )
     return lib, photos
 
 
@@ -70,8 +80,12 @@ def _same_hits(a: list, b: list) -> None:
 
 def test_two_servers_over_one_collection_agree_and_follow_an_index_run(tmp_path, tiny_model, milvus):
     lib, photos = _milvus_library(tmp_path, tiny_model, milvus.uri, 24)
-    with running_server(lib, tiny_model, tmp_path / "a.log") as a, running_server(lib, tiny_model, tmp_path / "b.log") as b, \
-            a.client() as ca, b.client() as cb:
+    with (
+        running_server(lib, tiny_model, tmp_path / "a.log") as a,
+        running_server(lib, tiny_model, tmp_path / "b.log") as b,
+        a.client() as ca,
+        b.client() as cb,
+    ):
         assert ca.get("/api/info").json()["index"]["kind"] == "milvus"
         for q in QUERIES:
             first = _hits(ca, q, 10)
@@ -127,8 +141,10 @@ def test_milvus_outage_is_a_503_and_the_same_server_recovers(tmp_path, tiny_mode
             upload = f.read()
         # the first search after the kill (its call times out), then a search by photo (after the
         # failed reconnect: the next call connects first)
-        for ask in (lambda: c.get("/api/search", params={"q": "a dog on a beach", "k": 5}),
-                    lambda: c.post("/api/search/image", files={"file": ("q.jpg", upload, "image/jpeg")}, params={"k": 3})):
+        for ask in (
+            lambda: c.get("/api/search", params={"q": "a dog on a beach", "k": 5}),
+            lambda: c.post("/api/search/image", files={"file": ("q.jpg", upload, "image/jpeg")}, params={"k": 3}),
+        ):
             t0 = time.monotonic()
             r = ask()
             took = time.monotonic() - t0
@@ -176,12 +192,23 @@ def test_real_photos_flat_and_milvus_give_the_same_top10(tmp_path, tiny_model, m
     flat = tmp_path / "flat"
     _index(photos, flat, tiny_model, "--index", "flat")
     libraries = {"flat": flat}
-    for name, params in {"milvus FLAT": ["index_type=FLAT"],
-                         "milvus IVF_FLAT": ["index_type=IVF_FLAT", "nlist=16", "nprobe=16"]}.items():
+    for name, params in {
+        "milvus FLAT": ["index_type=FLAT"],
+        "milvus IVF_FLAT": ["index_type=IVF_FLAT", "nlist=16", "nprobe=16"],
+    }.items():
         lib = tmp_path / name.replace(" ", "-")
         shutil.copytree(flat, lib)  # the same stored embeddings, re-indexed: nothing is embedded again
-        r = pixquery("reindex", "-L", lib, "--index", "milvus", "--param", f"uri={milvus.uri}",
-                     *[a for p in params for a in ("--param", p)], timeout=120)
+        r = pixquery(
+            "reindex",
+            "-L",
+            lib,
+            "--index",
+            "milvus",
+            "--param",
+            f"uri={milvus.uri}",
+            *[a for p in params for a in ("--param", p)],
+            timeout=120,
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         libraries[name] = lib
 

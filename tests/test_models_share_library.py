@@ -135,8 +135,13 @@ def test_upgrade_keeps_single_model_embeddings_and_redoes_unknown_ones(tmp_path,
             db.execute(f"ALTER TABLE embedding DROP COLUMN {column}")
         for table in ("failure", "shard_loaded", "shard_source"):  # made by migrations 4 and 5
             db.execute(f"DROP TABLE {table}")
-        for statement in ("DROP TRIGGER text_index_forget", "DROP TABLE text_index", "DROP TABLE ocr_scan",
-                          "DROP INDEX detection_text", "ALTER TABLE detection DROP COLUMN score"):  # migration 6 (OCR)
+        for statement in (
+            "DROP TRIGGER text_index_forget",
+            "DROP TABLE text_index",
+            "DROP TABLE ocr_scan",
+            "DROP INDEX detection_text",
+            "ALTER TABLE detection DROP COLUMN score",
+        ):  # migration 6 (OCR)
             db.execute(statement)
         db.execute("ALTER TABLE folder DROP COLUMN exclude")  # migration 7 (--exclude globs per folder)
         db.execute("DROP TABLE media_meta")  # migration 8 (date taken, GPS, camera)

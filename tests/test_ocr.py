@@ -281,8 +281,10 @@ def test_the_viewer_outlines_the_words_that_matched(tmp_path, tiny_model):
         lib.index([str(photos)], workers=1, ocr=True)
     # no folding of near-duplicates on the page: the tiny random model puts these plain backgrounds
     # closer than the default threshold (meant for real CLIP)
-    with running_server(lib_path, tiny_model, tmp_path / "server.log", extra=("--duplicate-threshold", "0")) as server, \
-            sync_api.sync_playwright() as p:
+    with (
+        running_server(lib_path, tiny_model, tmp_path / "server.log", extra=("--duplicate-threshold", "0")) as server,
+        sync_api.sync_playwright() as p,
+    ):
         browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         try:
             page = browser.new_context(viewport={"width": 1000, "height": 650}).new_page()

@@ -14,8 +14,13 @@ import pytest
 from pixquery.encoders import onnx as onnx_encoder
 from pixquery.encoders.onnx import OnnxClipEncoder, optimized_copy_paths
 
-QUERIES = ["a dog", "a photo of a red sports car parked near the beach at sunset, seen from above", "x",
-           "ünïcödé & <b>html</b>", "a dog"]
+QUERIES = [
+    "a dog",
+    "a photo of a red sports car parked near the beach at sunset, seen from above",
+    "x",
+    "ünïcödé & <b>html</b>",
+    "a dog",
+]
 
 
 def _fresh_copy(model, dest):
@@ -36,7 +41,9 @@ def model(tiny_model, tmp_path):
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 @pytest.mark.parametrize("short_context", [True, False])
 def test_same_embeddings_as_the_plain_session(model, precision, short_context):
-    plain = OnnxClipEncoder(model, precision=precision, short_context=short_context, optimized_copy=False).encode_texts(QUERIES)
+    plain = OnnxClipEncoder(model, precision=precision, short_context=short_context, optimized_copy=False).encode_texts(
+        QUERIES
+    )
     for prepack in (True, False):
         enc = OnnxClipEncoder(model, precision=precision, short_context=short_context, prepack=prepack)
         out = enc.encode_texts(QUERIES)
@@ -52,7 +59,9 @@ def test_made_once_then_reused_and_loaded_unoptimised(model, monkeypatch):
     folder = _opt_folder(enc)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["max_abs_diff"] <= 1e-6 and manifest["onnxruntime"] == ort.__version__
-    assert (folder / "model.onnx.data").stat().st_size > 0.9 * sum(f.stat().st_size for f in (model / "textual").glob("model.ctx.*.onnx"))
+    assert (folder / "model.onnx.data").stat().st_size > 0.9 * sum(
+        f.stat().st_size for f in (model / "textual").glob("model.ctx.*.onnx")
+    )
     stamps = {f.name: f.stat().st_mtime_ns for f in folder.iterdir()}
     levels = []
     real = ort.InferenceSession
@@ -64,7 +73,9 @@ def test_made_once_then_reused_and_loaded_unoptimised(model, monkeypatch):
     monkeypatch.setattr(ort, "InferenceSession", spy)
     again = OnnxClipEncoder(model)
     again.encode_texts(["a cat"])
-    assert levels == [(str(folder / "model.onnx"), ort.GraphOptimizationLevel.ORT_DISABLE_ALL)]  # one session, no optimising
+    assert levels == [
+        (str(folder / "model.onnx"), ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    ]  # one session, no optimising
     assert {f.name: f.stat().st_mtime_ns for f in folder.iterdir()} == stamps
 
 
@@ -104,8 +115,18 @@ def _half_written(folder):  # as left by a crash before the rename, under the fi
     (folder / "model.onnx.data").write_bytes(b"")
 
 
-@pytest.mark.parametrize("damage", [_corrupt_data_start, _truncate_data, _corrupt_data_middle, _garbage_graph,
-                                    _manifest_of_another_source, _no_manifest, _half_written])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _corrupt_data_start,
+        _truncate_data,
+        _corrupt_data_middle,
+        _garbage_graph,
+        _manifest_of_another_source,
+        _no_manifest,
+        _half_written,
+    ],
+)
 def test_a_corrupt_or_stale_copy_is_made_again_never_used(model, damage, monkeypatch, caplog):
     expected = OnnxClipEncoder(model, optimized_copy=False).encode_texts(QUERIES)
     enc = OnnxClipEncoder(model)
@@ -128,8 +149,9 @@ def test_a_corrupt_or_stale_copy_is_made_again_never_used(model, damage, monkeyp
     assert _opt_folder(again) == folder
     assert "corrupt or stale" in caplog.text
     # made again: the same bytes as the first time, and the damaged copy never reached a session
-    assert {f.name: f.read_bytes() for f in folder.iterdir() if f.name != "manifest.json"} == \
-        {k: v for k, v in good.items() if k != "manifest.json"}
+    assert {f.name: f.read_bytes() for f in folder.iterdir() if f.name != "manifest.json"} == {
+        k: v for k, v in good.items() if k != "manifest.json"
+    }
     assert loaded and all(x == good["model.onnx.data"][:16] for x in loaded)
 
 

@@ -69,8 +69,15 @@ def test_results_come_in_input_order_with_hashes_and_sizes(photo_files, decoder)
     entries = entries_for(photo_files)
     got, write = _collect()
     progress = []
-    stats = embed_files(entries, StubEncoder(), write, batch_size=7, workers=2, decoder=decoder,
-                        on_progress=lambda d, f: progress.append((d, f)))
+    stats = embed_files(
+        entries,
+        StubEncoder(),
+        write,
+        batch_size=7,
+        workers=2,
+        decoder=decoder,
+        on_progress=lambda d, f: progress.append((d, f)),
+    )
     assert [e.entry for e in got] == entries
     assert stats.embedded == 40 and stats.failed == [] and stats.batches == 6
     import hashlib
@@ -105,8 +112,9 @@ def test_never_holds_more_than_its_window_of_decoded_images(photo_files, monkeyp
 
     monkeypatch.setattr(local, "decode_photo", counting_job)
     got, write = _collect()
-    stats = embed_files(entries_for(photo_files), Counting(delay=0.03), write, batch_size=4, workers=3,
-                        decoder="thread", window=10)
+    stats = embed_files(
+        entries_for(photo_files), Counting(delay=0.03), write, batch_size=4, workers=3, decoder="thread", window=10
+    )
     assert stats.embedded == 40 and len(got) == 40
     assert stats.window == 10
     assert worst[0] <= 10, f"{worst[0]} decoded images were alive at once; the window is 10"
@@ -126,8 +134,15 @@ def test_failures_are_reported_per_file_and_the_rest_is_embedded(tmp_path, photo
     gone.unlink()  # scanned, then deleted before decoding
     failures = []
     got, write = _collect()
-    stats = embed_files(entries, StubEncoder(), write, batch_size=3, workers=2, decoder="process",
-                        on_failure=lambda p, r: failures.append((p, r)))
+    stats = embed_files(
+        entries,
+        StubEncoder(),
+        write,
+        batch_size=3,
+        workers=2,
+        decoder="process",
+        on_failure=lambda p, r: failures.append((p, r)),
+    )
     assert [e.entry.path for e in got] == [str(p) for p in list(photo_files[:9])]
     assert failures == stats.failed
     reasons = dict(failures)
@@ -146,7 +161,9 @@ def test_writer_exception_stops_the_run_and_propagates(photo_files):
 
     t0 = time.perf_counter()
     with pytest.raises(OSError, match="disk full"):
-        embed_files(entries_for(photo_files) * 5, StubEncoder(delay=0.01), write, batch_size=4, workers=2, decoder="thread")
+        embed_files(
+            entries_for(photo_files) * 5, StubEncoder(delay=0.01), write, batch_size=4, workers=2, decoder="thread"
+        )
     assert time.perf_counter() - t0 < 10
     assert len(calls) == 2  # nothing written after the failure
     assert not [t for t in threading.enumerate() if t.name.startswith("pixquery-")]
@@ -174,8 +191,15 @@ def test_a_decoder_process_that_dies_fails_only_its_file(photo_files, monkeypatc
     try:
         failures = []
         got, write = _collect()
-        stats = embed_files(entries_for(files), StubEncoder(), write, batch_size=4, workers=2, decoder="process",
-                            on_failure=lambda p, r: failures.append((p, r)))
+        stats = embed_files(
+            entries_for(files),
+            StubEncoder(),
+            write,
+            batch_size=4,
+            workers=2,
+            decoder="process",
+            on_failure=lambda p, r: failures.append((p, r)),
+        )
     finally:
         monkeypatch.delenv("PIXQUERY_FAILPOINT")
         fs._forkserver._stop()
@@ -215,8 +239,16 @@ def test_a_submit_to_a_pool_already_broken_fails_only_the_file_that_died(photo_f
     try:
         failures = []
         got, write = _collect()
-        stats = embed_files(entries_for(files), StubEncoder(), write, batch_size=4, workers=2, decoder="process",
-                            window=len(files), on_failure=lambda p, r: failures.append((p, r)))
+        stats = embed_files(
+            entries_for(files),
+            StubEncoder(),
+            write,
+            batch_size=4,
+            workers=2,
+            decoder="process",
+            window=len(files),
+            on_failure=lambda p, r: failures.append((p, r)),
+        )
     finally:
         monkeypatch.delenv("PIXQUERY_FAILPOINT")
         fs._forkserver._stop()
@@ -249,14 +281,20 @@ def test_int8_through_library_index_agrees_with_fp32(tiny_model, tmp_path):
     emb = {}
     for p, lib in libs.items():
         mid = lib.catalog.model_by_fingerprint(lib.encoder.fingerprint).id
-        emb[p] = {os.path.basename(r.path): lib.catalog.image_embedding(mid, r.image_id) for r in lib.search(query="a dog", k=24)}
+        emb[p] = {
+            os.path.basename(r.path): lib.catalog.image_embedding(mid, r.image_id)
+            for r in lib.search(query="a dog", k=24)
+        }
     cos = np.array([float(emb["fp32"][k] @ emb["int8"][k]) for k in emb["fp32"]])
     overlaps = []
     for q in ("a dog", "a red car", "mountains at sunset"):
         top = {p: {r.path for r in lib.search(query=q, k=10)} for p, lib in libs.items()}
         overlaps.append(len(top["fp32"] & top["int8"]) / 10)
-    print(f"\nint8 vs fp32 through Library.index: image cosine min {cos.min():.5f} mean {cos.mean():.5f}; "
-          f"top-10 overlap {np.mean(overlaps):.2f}", end="")
+    print(
+        f"\nint8 vs fp32 through Library.index: image cosine min {cos.min():.5f} mean {cos.mean():.5f}; "
+        f"top-10 overlap {np.mean(overlaps):.2f}",
+        end="",
+    )
     assert cos.min() > 0.98
     for lib in libs.values():
         lib.close()

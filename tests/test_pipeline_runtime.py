@@ -34,7 +34,10 @@ def test_cuda_is_tried_first_and_falls_back_to_the_cpu(tiny_model, fake_cuda, ca
     enc = OnnxClipEncoder(tiny_model)
     out = enc.encode_images(np.zeros((2, 3, 224, 224), np.float32))
     assert out.shape == (2, enc.dim)
-    assert [names for names, _ in fake_cuda] == [["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]]
+    assert [names for names, _ in fake_cuda] == [
+        ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        ["CPUExecutionProvider"],
+    ]
     assert enc.providers == {"visual": "CPUExecutionProvider"} and enc.device == "cpu"
     assert enc.preferred_batch_size == 32
     assert "GPU execution provider failed" in caplog.text
@@ -86,7 +89,9 @@ def test_pipeline_takes_the_encoders_preferred_batch_size(tiny_model, tmp_path):
 def _fresh_copy(model, dest):
     import shutil
 
-    return shutil.copytree(model, dest, ignore=shutil.ignore_patterns("*.int8.*", "*.ctx.*", "*.opt.*", "*.none", "*.safetensors"))
+    return shutil.copytree(
+        model, dest, ignore=shutil.ignore_patterns("*.int8.*", "*.ctx.*", "*.opt.*", "*.none", "*.safetensors")
+    )
 
 
 def test_short_context_text_tower_gives_the_same_embeddings(tiny_model, tmp_path):

@@ -21,8 +21,12 @@ def plain(tmp_path_factory):
     env_dir = tmp_path_factory.mktemp("plain") / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
-    r = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-cache-dir", str(REPO)],
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [str(py), "-m", "pip", "install", "--quiet", "--no-cache-dir", str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if r.returncode != 0 and "No matching distribution" in r.stderr + r.stdout:
         pytest.skip(f"the package registry is not reachable: {r.stderr.strip().splitlines()[-1]}")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -32,8 +36,9 @@ def plain(tmp_path_factory):
 def _run(bin_dir, *args, **kw):
     env = dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="200", NO_COLOR="1")
     env.pop("PYTHONPATH", None)
-    return subprocess.run([str(bin_dir / "pixquery"), *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300, **kw)
+    return subprocess.run(
+        [str(bin_dir / "pixquery"), *map(str, args)], capture_output=True, text=True, env=env, timeout=300, **kw
+    )
 
 
 # Every command path of the installed CLI, read from its click tree (so a command added later is
@@ -65,8 +70,21 @@ def test_every_command_works_after_a_plain_install(plain, tmp_path, tiny_model):
     paths = command_paths(plain)
     names = {" ".join(p) for p in paths}
     # the walk found the tree: the top level, the commands the README lists, and nested ones
-    assert {"", "index", "search", "info", "models", "reindex", "demo", "export", "serve", "eval", "daemon",
-            "video", "video info"} <= names, names
+    assert {
+        "",
+        "index",
+        "search",
+        "info",
+        "models",
+        "reindex",
+        "demo",
+        "export",
+        "serve",
+        "eval",
+        "daemon",
+        "video",
+        "video info",
+    } <= names, names
     top = _run(plain, "--help")
     assert top.returncode == 0, top.stderr
     for path in paths:
@@ -77,9 +95,15 @@ def test_every_command_works_after_a_plain_install(plain, tmp_path, tiny_model):
         assert r.returncode == 0 and "Traceback" not in r.stderr, (path, r.stderr)
         assert r.stdout.startswith("Usage: pixquery" + "".join(" " + w for w in path)), (path, r.stdout[:200])
     # the features behind serve, video and eval import (no extra needed)
-    check = subprocess.run([str(plain / "python"), "-c",
-                            "import pixquery.server.app, pixquery.evaluation.plots, av, matplotlib, fastapi, uvicorn"],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [
+            str(plain / "python"),
+            "-c",
+            "import pixquery.server.app, pixquery.evaluation.plots, av, matplotlib, fastapi, uvicorn",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert check.returncode == 0, check.stderr
     torch = subprocess.run([str(plain / "python"), "-c", "import torch"], capture_output=True)
     assert torch.returncode != 0  # the default runtime has no torch

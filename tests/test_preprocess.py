@@ -41,8 +41,13 @@ def _reference(cfg: PreprocessConfig):
     import open_clip
 
     return open_clip.image_transform(
-        cfg.size, is_train=False, mean=cfg.mean, std=cfg.std, resize_mode=cfg.resize_mode,
-        interpolation=cfg.interpolation, fill_color=cfg.fill_color,
+        cfg.size,
+        is_train=False,
+        mean=cfg.mean,
+        std=cfg.std,
+        resize_mode=cfg.resize_mode,
+        interpolation=cfg.interpolation,
+        fill_color=cfg.fill_color,
     )
 
 

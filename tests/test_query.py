@@ -26,34 +26,43 @@ def texts(query: Query) -> list[tuple[str, float]]:
     return [(p.value, p.weight) for p in query]
 
 
-@pytest.mark.parametrize("inline, parts", [
-    ("beach +sunset -people", [("beach", 1), ("sunset", 1), ("people", -1)]),
-    ("a red t-shirt", [("a red t-shirt", 1)]),  # a hyphen inside a word is not an operator
-    ("black-and-white photo -people", [("black-and-white photo", 1), ("people", -1)]),
-    ("a dog on the beach -people on bikes +sunset", [("a dog on the beach", 1), ("people on bikes", -1), ("sunset", 1)]),
-    ("beach - people + sunset", [("beach", 1), ("people", -1), ("sunset", 1)]),  # lone operators
-    ("-people", [("people", -1)]),
-    ("C++ code", [("C++ code", 1)]),
-    (r"\-5 degrees \+1", [("-5 degrees +1", 1)]),  # escaped operators are literal
-    ('"-5 degrees" +snow', [("-5 degrees", 1), ("snow", 1)]),  # so is quoted text
-    ('beach -"red car"', [("beach", 1), ("red car", -1)]),
-    (r'a \"quoted\" word \\ here', [('a "quoted" word \\ here', 1)]),
-    ("  lots   of\tspace  ", [("lots of space", 1)]),
-])
+@pytest.mark.parametrize(
+    "inline, parts",
+    [
+        ("beach +sunset -people", [("beach", 1), ("sunset", 1), ("people", -1)]),
+        ("a red t-shirt", [("a red t-shirt", 1)]),  # a hyphen inside a word is not an operator
+        ("black-and-white photo -people", [("black-and-white photo", 1), ("people", -1)]),
+        (
+            "a dog on the beach -people on bikes +sunset",
+            [("a dog on the beach", 1), ("people on bikes", -1), ("sunset", 1)],
+        ),
+        ("beach - people + sunset", [("beach", 1), ("people", -1), ("sunset", 1)]),  # lone operators
+        ("-people", [("people", -1)]),
+        ("C++ code", [("C++ code", 1)]),
+        (r"\-5 degrees \+1", [("-5 degrees +1", 1)]),  # escaped operators are literal
+        ('"-5 degrees" +snow', [("-5 degrees", 1), ("snow", 1)]),  # so is quoted text
+        ('beach -"red car"', [("beach", 1), ("red car", -1)]),
+        (r"a \"quoted\" word \\ here", [('a "quoted" word \\ here', 1)]),
+        ("  lots   of\tspace  ", [("lots of space", 1)]),
+    ],
+)
 def test_parse_inline(inline, parts):
     q = parse_inline(inline)
     assert texts(q) == parts
     assert Query.parse(q.to_inline()) == q  # written back, it reads the same
 
 
-@pytest.mark.parametrize("inline, message", [
-    ("", "the query is empty"),
-    ("   ", "the query is empty"),
-    ("beach +", "nothing after '+'"),
-    ("beach + -people", "nothing after '+'"),
-    ('beach "sunset', "unclosed quote"),
-    ('beach +""', "an empty part"),
-])
+@pytest.mark.parametrize(
+    "inline, message",
+    [
+        ("", "the query is empty"),
+        ("   ", "the query is empty"),
+        ("beach +", "nothing after '+'"),
+        ("beach + -people", "nothing after '+'"),
+        ('beach "sunset', "unclosed quote"),
+        ('beach +""', "an empty part"),
+    ],
+)
 def test_parse_inline_errors(inline, message):
     with pytest.raises(PixqueryError, match=re.escape(message)):
         parse_inline(inline)
@@ -122,7 +131,9 @@ PHOTOS = {
 }
 NAMES = list(PHOTOS)
 # plus a little fixed noise on every axis, so that no two photos tie on any query
-X = np.stack([unit(np.array(v) + 0.05 * np.random.default_rng(n).uniform(size=DIM)) for n, v in enumerate(PHOTOS.values())])
+X = np.stack(
+    [unit(np.array(v) + 0.05 * np.random.default_rng(n).uniform(size=DIM)) for n, v in enumerate(PHOTOS.values())]
+)
 
 
 @pytest.fixture
@@ -132,7 +143,9 @@ def known(tmp_path):
     lib = Library.open(tmp_path / "lib", encoder=enc)
     with lib.catalog.transaction():
         model = lib.catalog.ensure_model(enc.name, enc.fingerprint, DIM)
-        ids = lib.catalog.add_photos(model.id, [(f"/photos/{n}", 1, 1, None, 4, 3) for n in NAMES], X.astype(np.float32))
+        ids = lib.catalog.add_photos(
+            model.id, [(f"/photos/{n}", 1, 1, None, 4, 3) for n in NAMES], X.astype(np.float32)
+        )
     sync_index(lib.catalog, lib.path, model, "flat", {})
     yield lib, dict(zip(NAMES, ids)), enc
     lib.close()
@@ -206,8 +219,12 @@ def test_library_photos_with_weights(known):
     """An image part by photo id ("more like this" / "less like this"), weighted, with text."""
     lib, ids, _ = known
     q = unit(e("beach") + 0.5 * X[NAMES.index("sunset.jpg")] - 0.7 * X[NAMES.index("beach_people.jpg")])
-    got = ranked(lib.search(Query.parse("beach").plus_photo(ids["sunset.jpg"], 0.5)
-                            .plus_photo(ids["beach_people.jpg"], -0.7), k=len(NAMES)))
+    got = ranked(
+        lib.search(
+            Query.parse("beach").plus_photo(ids["sunset.jpg"], 0.5).plus_photo(ids["beach_people.jpg"], -0.7),
+            k=len(NAMES),
+        )
+    )
     # a photo added as "more like this" is left out of the results; one subtracted stays (last)
     assert_same_ranking(got, by_hand(q, exclude={"sunset.jpg"}))
     assert got[-1][0] in {"people.jpg", "beach_people.jpg", "city_people.jpg"}

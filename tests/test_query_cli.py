@@ -64,9 +64,11 @@ def assert_ranking(got, want):
 def test_inline_query_ranks_as_the_individual_encodings(indexed):
     lib, _ = indexed
     out, got = search_json(lib, "beach +sunset -people")
-    assert out["parts"] == [{"kind": "text", "value": "beach", "weight": 1.0},
-                            {"kind": "text", "value": "sunset", "weight": 1.0},
-                            {"kind": "text", "value": "people", "weight": -1.0}]
+    assert out["parts"] == [
+        {"kind": "text", "value": "beach", "weight": 1.0},
+        {"kind": "text", "value": "sunset", "weight": 1.0},
+        {"kind": "text", "value": "people", "weight": -1.0},
+    ]
     assert_ranking(got, by_hand(lib, [("text", "beach", 1), ("text", "sunset", 1), ("text", "people", -1)]))
     _, plain = search_json(lib, "beach")
     assert [p for p, _ in plain] != [p for p, _ in got]  # the added and subtracted parts changed the order
@@ -87,14 +89,17 @@ def test_options_with_a_weighted_image(indexed):
     assert_ranking(got, by_hand(lib, [("image", ref, -1)]))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["beach +"], "nothing after '+' in the query 'beach +'"),
-    (['beach "sunset'], "unclosed quote"),
-    (["beach -beach"], "cancel out"),
-    (["beach", "--weight", "2"], "1 --weight for 0 --image"),
-    (["beach", "--image", "no-such.jpg"], "no-such.jpg: cannot read"),
-    (["beach", "--weight", "heavy", "--image", "x.jpg"], "Invalid value for '--weight'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["beach +"], "nothing after '+' in the query 'beach +'"),
+        (['beach "sunset'], "unclosed quote"),
+        (["beach -beach"], "cancel out"),
+        (["beach", "--weight", "2"], "1 --weight for 0 --image"),
+        (["beach", "--image", "no-such.jpg"], "no-such.jpg: cannot read"),
+        (["beach", "--weight", "heavy", "--image", "x.jpg"], "Invalid value for '--weight'"),
+    ],
+)
 def test_bad_queries_are_one_line_errors(indexed, args, message):
     lib, _ = indexed
     r = pixquery("search", *args, "-L", lib)

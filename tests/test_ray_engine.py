@@ -73,11 +73,31 @@ class Cluster:
         tmp = self.base / name
         tmp.mkdir()
         ports = _free_ports(8)
-        cmd = [RAY, "start", "--num-cpus", "2", "--temp-dir", str(tmp), "--node-ip-address", "127.0.0.1",
-               "--disable-usage-stats", "--object-store-memory", str(200 << 20),
-               "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
-               "--dashboard-agent-listen-port", str(ports[2]), "--dashboard-agent-grpc-port", str(ports[3]),
-               "--runtime-env-agent-port", str(ports[4]), "--metrics-export-port", str(ports[5])]
+        cmd = [
+            RAY,
+            "start",
+            "--num-cpus",
+            "2",
+            "--temp-dir",
+            str(tmp),
+            "--node-ip-address",
+            "127.0.0.1",
+            "--disable-usage-stats",
+            "--object-store-memory",
+            str(200 << 20),
+            "--node-manager-port",
+            str(ports[0]),
+            "--object-manager-port",
+            str(ports[1]),
+            "--dashboard-agent-listen-port",
+            str(ports[2]),
+            "--dashboard-agent-grpc-port",
+            str(ports[3]),
+            "--runtime-env-agent-port",
+            str(ports[4]),
+            "--metrics-export-port",
+            str(ports[5]),
+        ]
         if head:
             cmd += ["--head", "--port", str(ports[6]), "--include-dashboard=false", "--dashboard-port", str(ports[7])]
         else:
@@ -96,8 +116,13 @@ class Cluster:
     def wait_nodes(self, n: int, timeout: float = 60) -> None:
         end = time.monotonic() + timeout
         while True:
-            out = subprocess.run([sys.executable, "-c", _COUNT_NODES, self.address], env=self.env,
-                                 capture_output=True, text=True, timeout=120)
+            out = subprocess.run(
+                [sys.executable, "-c", _COUNT_NODES, self.address],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             if out.returncode == 0 and int(out.stdout.split()[-1]) == n:
                 return
             if time.monotonic() > end:
@@ -175,17 +200,30 @@ def s3(tmp_path_factory):
     port = _free_ports(1)[0]
     log = tmp_path_factory.mktemp("moto") / "server.log"
     with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     try:
         _wait_port(port)
-        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-               "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_CONFIG_FILE": "/nonexistent",
-               "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+        env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_CONFIG_FILE": "/nonexistent",
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+        }
         import boto3
 
-        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                              aws_secret_access_key="testing", region_name="us-east-1")
+        client = boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
         client.create_bucket(Bucket="photos-bucket")
         yield {"env": env, "client": client, "bucket": "photos-bucket"}
     finally:
@@ -203,8 +241,15 @@ def cluster(s3):
     base = Path(tempfile.mkdtemp(prefix="pxray", dir="/tmp"))  # short: Ray's socket paths have a limit
     token = base / "auth_token"
     token.write_text(secrets.token_hex(32))
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0",
-               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), **s3["env"])
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO / "src"),
+        HF_HUB_OFFLINE="1",
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token),
+        **s3["env"],
+    )
     env.pop("RAY_ADDRESS", None)
     c = Cluster(base, env)
     try:
@@ -264,8 +309,9 @@ def test_cluster_workers_run_this_checkout(cluster):
         "        break\n"
         "print(sorted(seen))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, cluster.address], env=cluster.env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code, cluster.address], env=cluster.env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     seen = eval(out.stdout.strip().splitlines()[-1])
     assert {f for f, _ in seen} == {str(REPO / "src" / "pixquery" / "__init__.py")}
@@ -287,8 +333,16 @@ def both_ways(cluster, tiny_model, tmp_path_factory):
     out = base / "shards"
     ray = embed(cluster, photos, "--out", out, "-m", tiny_model, "--partition-size", "4", "--batch-size", "3", "--json")
     imp = pixquery("import", out, "-L", base / "ray", "--json")
-    return {"base": base, "photos": photos, "awkward": awkward, "local": local, "ray": ray, "import": imp,
-            "out": out, "model": tiny_model}
+    return {
+        "base": base,
+        "photos": photos,
+        "awkward": awkward,
+        "local": local,
+        "ray": ray,
+        "import": imp,
+        "out": out,
+        "model": tiny_model,
+    }
 
 
 def test_local_and_ray_give_the_same_library(both_ways):
@@ -328,7 +382,9 @@ def test_bad_files_are_reported_through_ray_as_locally(both_ways):
 
     in_shards = {}
     for _, t in iter_shard_rows(str(b["out"])):
-        for path, err, emb in zip(t.column("path").to_pylist(), t.column("error").to_pylist(), t.column("embedding").to_pylist()):
+        for path, err, emb in zip(
+            t.column("path").to_pylist(), t.column("error").to_pylist(), t.column("embedding").to_pylist()
+        ):
             if err is not None:
                 assert emb is None
                 in_shards[path] = err
@@ -367,8 +423,19 @@ def test_shards_are_complete_and_described(both_ways):
     t = pq.read_table(out / "part-000000.parquet")
     emb = t.schema.field("embedding").type
     assert pa.types.is_fixed_size_list(emb) and emb.value_type == pa.float32() and emb.list_size > 0
-    assert t.column_names == ["path", "size", "mtime_ns", "sha256", "width", "height", "model", "fingerprint",
-                              "embedding", "error", "partition"]
+    assert t.column_names == [
+        "path",
+        "size",
+        "mtime_ns",
+        "sha256",
+        "width",
+        "height",
+        "model",
+        "fingerprint",
+        "embedding",
+        "error",
+        "partition",
+    ]
     meta = json.loads(t.schema.metadata[b"pixquery"])
     assert meta["model_spec"] == str(both_ways["model"]) and meta["fingerprint"] == t.column("fingerprint")[0].as_py()
     paths = _shard_paths(out)
@@ -406,8 +473,26 @@ def test_driver_killed_mid_job_resumes_only_missing_shards(cluster, tiny_model, 
 def test_worker_node_killed_mid_job_loses_nothing(cluster, tiny_model, tmp_path):
     photos = make_photos(tmp_path / "photos", 40, size=(640, 480))
     out = tmp_path / "shards"
-    cmd = [sys.executable, "-m", "pixquery.cli", "embed", str(tmp_path / "photos"), "--out", str(out), "-m", str(tiny_model),
-           "--partition-size", "2", "--batch-size", "2", "--concurrency", "1", "--json", "--address", cluster.address]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pixquery.cli",
+        "embed",
+        str(tmp_path / "photos"),
+        "--out",
+        str(out),
+        "-m",
+        str(tiny_model),
+        "--partition-size",
+        "2",
+        "--batch-size",
+        "2",
+        "--concurrency",
+        "1",
+        "--json",
+        "--address",
+        cluster.address,
+    ]
     proc = subprocess.Popen(cmd, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         end = time.monotonic() + 120
@@ -441,12 +526,23 @@ def test_s3_source_and_shards(cluster, s3, tiny_model, tmp_path):
         client.upload_file(str(p), bucket, f"photos/{p.name}")
     client.put_object(Bucket=bucket, Key="photos/.hidden/skip.jpg", Body=photos[0].read_bytes())
     client.put_object(Bucket=bucket, Key="photos/readme.txt", Body=b"not a photo")
-    res = embed(cluster, f"s3://{bucket}/photos", "--out", f"s3://{bucket}/shards", "-m", tiny_model,
-                "--partition-size", "2", "--json")
+    res = embed(
+        cluster,
+        f"s3://{bucket}/photos",
+        "--out",
+        f"s3://{bucket}/shards",
+        "-m",
+        tiny_model,
+        "--partition-size",
+        "2",
+        "--json",
+    )
     assert res.returncode == 1, res.stderr[-3000:]  # the truncated photo
     rep = json.loads(res.stdout)
     assert rep["files"] == 6 and rep["written_partitions"] == 3
-    assert [(f["path"], f["reason"].split(":")[0]) for f in rep["failed"]] == [(f"s3://{bucket}/photos/truncated.jpg", "cannot decode")]
+    assert [(f["path"], f["reason"].split(":")[0]) for f in rep["failed"]] == [
+        (f"s3://{bucket}/photos/truncated.jpg", "cannot decode")
+    ]
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="shards/")["Contents"])
     assert keys == ["shards/manifest.parquet"] + [f"shards/part-{i:06d}.parquet" for i in range(3)]
     # A re-run finds every shard and does nothing.
@@ -494,14 +590,18 @@ def test_shard_writer_counts_a_redone_batch_once(tmp_path, tiny_model):
                 ok, dec, sha = ray_exec.decode_uri(path, info.preprocess_cfg)
                 rows.append((sha, dec.width, dec.height))
             n = chunk.num_rows
-            yield (chunk.drop_columns(["error"])
-                   .append_column("sha256", pa.array([r[0] for r in rows]))
-                   .append_column("width", pa.array([r[1] for r in rows], pa.int32()))
-                   .append_column("height", pa.array([r[2] for r in rows], pa.int32()))
-                   .append_column("error", pa.array([None] * n, pa.string()))
-                   .append_column("embedding", pa.array([[0.5] * info.dim] * n, pa.list_(pa.float32(), info.dim))))
+            yield (
+                chunk.drop_columns(["error"])
+                .append_column("sha256", pa.array([r[0] for r in rows]))
+                .append_column("width", pa.array([r[1] for r in rows], pa.int32()))
+                .append_column("height", pa.array([r[2] for r in rows], pa.int32()))
+                .append_column("error", pa.array([None] * n, pa.string()))
+                .append_column("embedding", pa.array([[0.5] * info.dim] * n, pa.list_(pa.float32(), info.dim)))
+            )
 
-    rep = embed_to_shards(str(tmp_path / "photos"), str(tmp_path / "out"), model=str(tiny_model), partition_size=2, stream=stream)
+    rep = embed_to_shards(
+        str(tmp_path / "photos"), str(tmp_path / "out"), model=str(tiny_model), partition_size=2, stream=stream
+    )
     assert rep.written_partitions == 3 and rep.embedded == 5
     assert _shard_paths(tmp_path / "out") == sorted(str(p) for p in photos)
 
@@ -515,8 +615,21 @@ def test_ctrl_c_with_a_local_ray_then_resume(cluster, tiny_model, tmp_path):
     out = tmp_path / "shards"
     ray_tmp = Path(tempfile.mkdtemp(prefix="pxloc", dir="/tmp"))
     env = dict(cluster.env, RAY_TMPDIR=str(ray_tmp), COLUMNS="200")
-    cmd = [sys.executable, "-m", "pixquery.cli", "embed", str(tmp_path / "photos"), "--out", str(out), "-m", str(tiny_model),
-           "--partition-size", "2", "--batch-size", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pixquery.cli",
+        "embed",
+        str(tmp_path / "photos"),
+        "--out",
+        str(out),
+        "-m",
+        str(tiny_model),
+        "--partition-size",
+        "2",
+        "--batch-size",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         end = time.monotonic() + 120
@@ -529,7 +642,9 @@ def test_ctrl_c_with_a_local_ray_then_resume(cluster, tiny_model, tmp_path):
         assert "interrupted: the shards written so far are kept" in stderr
         written = len(list(out.glob("part-*")))
         assert 1 <= written < 80
-        assert list(ray_tmp.glob("ray/session_*")), "the local Ray did not use RAY_TMPDIR: the next check proves nothing"
+        assert list(ray_tmp.glob("ray/session_*")), (
+            "the local Ray did not use RAY_TMPDIR: the next check proves nothing"
+        )
         time.sleep(2)
         assert not [p for p, (_, c) in _processes().items() if str(ray_tmp) in c and _alive(p)]  # its Ray is gone
         again = subprocess.run(cmd + ["--json"], env=env, capture_output=True, text=True, timeout=300)
@@ -575,7 +690,9 @@ def test_text_list_source(cluster, tiny_model, tmp_path):
     assert res.returncode == 1, res.stderr[-3000:]
     rep = json.loads(res.stdout)
     assert rep["files"] == 4 and rep["embedded"] == 3
-    assert rep["failed"] == [{"path": str(tmp_path / "photos" / "gone.jpg"), "reason": "cannot read: No such file or directory"}]
+    assert rep["failed"] == [
+        {"path": str(tmp_path / "photos" / "gone.jpg"), "reason": "cannot read: No such file or directory"}
+    ]
     assert _shard_paths(tmp_path / "out") == sorted([str(p) for p in photos] + [str(tmp_path / "photos" / "gone.jpg")])
 
 
@@ -591,12 +708,18 @@ def _library_state(library: Path) -> dict:
     videos = {r[0]: r[1:] for r in db.execute("SELECT path, size, mtime_ns, width, height, frame_count FROM video")}
     vectors = {}
     for path, kind, ts, x0, y0, x1, y1, blob in db.execute(
-            """SELECT COALESCE(i.path, di.path, dv.path), COALESCE(d.kind, 'whole'), d.timestamp,
+        """SELECT COALESCE(i.path, di.path, dv.path), COALESCE(d.kind, 'whole'), d.timestamp,
                       d.x0, d.y0, d.x1, d.y1, e.vector
                FROM embedding e LEFT JOIN image i ON i.id = e.image_id
                LEFT JOIN detection d ON d.id = e.detection_id
-               LEFT JOIN image di ON di.id = d.image_id LEFT JOIN video dv ON dv.id = d.video_id"""):
-        key = (path, kind, None if ts is None else round(ts, 3), None if x0 is None else tuple(round(v, 4) for v in (x0, y0, x1, y1)))
+               LEFT JOIN image di ON di.id = d.image_id LEFT JOIN video dv ON dv.id = d.video_id"""
+    ):
+        key = (
+            path,
+            kind,
+            None if ts is None else round(ts, 3),
+            None if x0 is None else tuple(round(v, 4) for v in (x0, y0, x1, y1)),
+        )
         vectors[key] = np.frombuffer(blob, np.float32)
     db.close()
     return {"images": images, "videos": videos, "vectors": vectors}
@@ -614,8 +737,19 @@ def test_index_engine_ray_writes_the_same_library_as_local(cluster, tiny_model, 
     runs = {}
     for engine in ("local", "ray"):
         extra = ("--engine", "ray", "--address", cluster.address) if engine == "ray" else ()
-        r = pixquery("index", media, "-L", tmp_path / engine, "-m", tiny_model, "--regions", "--json", *extra,
-                     env=cluster.env, timeout=600)
+        r = pixquery(
+            "index",
+            media,
+            "-L",
+            tmp_path / engine,
+            "-m",
+            tiny_model,
+            "--regions",
+            "--json",
+            *extra,
+            env=cluster.env,
+            timeout=600,
+        )
         assert r.returncode == 1, r.stderr[-3000:]  # the broken file, and nothing else
         runs[engine] = json.loads(r.stdout)
     local, ray = runs["local"], runs["ray"]
@@ -632,8 +766,18 @@ def test_index_engine_ray_writes_the_same_library_as_local(cluster, tiny_model, 
     t = pixquery("search", "a dog", "-L", tmp_path / "local", "-k", "5")
     assert s.returncode == 0 and s.stdout == t.stdout, s.stderr
     # a second run through Ray has nothing to do
-    r = pixquery("index", "-L", tmp_path / "ray", "--engine", "ray", "--address", cluster.address, "--json",
-                 env=cluster.env, timeout=600)
+    r = pixquery(
+        "index",
+        "-L",
+        tmp_path / "ray",
+        "--engine",
+        "ray",
+        "--address",
+        cluster.address,
+        "--json",
+        env=cluster.env,
+        timeout=600,
+    )
     assert r.returncode == 0 and json.loads(r.stdout)["indexed"] == 0, r.stderr[-3000:]
 
 
@@ -644,8 +788,24 @@ def test_index_engine_ray_survives_a_worker_node_killed_mid_run(cluster, tiny_mo
 
     make_photos(tmp_path / "photos", 80, size=(640, 480))  # enough work left when the node dies
     lib = tmp_path / "lib"
-    cmd = [sys.executable, "-m", "pixquery.cli", "index", str(tmp_path / "photos"), "-L", str(lib), "-m", str(tiny_model),
-           "--engine", "ray", "--address", cluster.address, "--batch-size", "2", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pixquery.cli",
+        "index",
+        str(tmp_path / "photos"),
+        "-L",
+        str(lib),
+        "-m",
+        str(tiny_model),
+        "--engine",
+        "ray",
+        "--address",
+        cluster.address,
+        "--batch-size",
+        "2",
+        "--json",
+    ]
     proc = subprocess.Popen(cmd, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     status = lib / "indexing.json"
     try:

@@ -28,8 +28,15 @@ def _covered(boxes, w, h):
 
 @pytest.mark.parametrize(
     "size,grid,shape",
-    [((300, 300), 2, (2, 2)), ((300, 300), 3, (3, 3)), ((400, 300), 2, (3, 2)), ((400, 300), 3, (5, 3)),
-     ((1920, 1080), 2, (4, 2)), ((1080, 1920), 2, (2, 4)), ((1920, 1080), 3, (6, 3))],
+    [
+        ((300, 300), 2, (2, 2)),
+        ((300, 300), 3, (3, 3)),
+        ((400, 300), 2, (3, 2)),
+        ((400, 300), 3, (5, 3)),
+        ((1920, 1080), 2, (4, 2)),
+        ((1080, 1920), 2, (2, 4)),
+        ((1920, 1080), 3, (6, 3)),
+    ],
 )
 def test_square_tiles_cover_the_picture_with_overlap(size, grid, shape):
     w, h = size
@@ -101,21 +108,35 @@ def make_tiny_detector(path, *, names=("boxes", "scores", "labels"), pixels=Fals
         helper.make_node("Mul", ["mean", "w"], ["wx"]),
         helper.make_node("Add", ["wx", "b"], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], ["s"]),
-        helper.make_node("Constant", [], [names[0]], value=helper.make_tensor("bv", TensorProto.FLOAT, [3, 4], boxes.flatten())),
+        helper.make_node(
+            "Constant", [], [names[0]], value=helper.make_tensor("bv", TensorProto.FLOAT, [3, 4], boxes.flatten())
+        ),
     ]
-    inits = [helper.make_tensor("w", TensorProto.FLOAT, [3], [10, 10, -10]), helper.make_tensor("b", TensorProto.FLOAT, [3], [-5, -8, 5])]
+    inits = [
+        helper.make_tensor("w", TensorProto.FLOAT, [3], [10, 10, -10]),
+        helper.make_tensor("b", TensorProto.FLOAT, [3], [-5, -8, 5]),
+    ]
     outputs = [helper.make_tensor_value_info(names[0], TensorProto.FLOAT, [3, 4])]
     if class_scores:  # (N, C): per-class scores, the class with the max wins
         nodes.append(helper.make_node("Unsqueeze", ["s", "ax"], ["s1"]))
         nodes.append(helper.make_node("Concat", ["s1", "half"], [names[1]], axis=1))
-        inits += [helper.make_tensor("ax", TensorProto.INT64, [1], [1]), helper.make_tensor("half", TensorProto.FLOAT, [3, 1], [0.5, 0.5, 0.5])]
+        inits += [
+            helper.make_tensor("ax", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("half", TensorProto.FLOAT, [3, 1], [0.5, 0.5, 0.5]),
+        ]
         outputs.append(helper.make_tensor_value_info(names[1], TensorProto.FLOAT, [3, 2]))
     else:
         nodes.append(helper.make_node("Identity", ["s"], [names[1]]))
         outputs.append(helper.make_tensor_value_info(names[1], TensorProto.FLOAT, [3]))
-        nodes.append(helper.make_node("Constant", [], [names[2]], value=helper.make_tensor("lv", TensorProto.INT64, [3], [2, 0, 1])))
+        nodes.append(
+            helper.make_node(
+                "Constant", [], [names[2]], value=helper.make_tensor("lv", TensorProto.INT64, [3], [2, 0, 1])
+            )
+        )
         outputs.append(helper.make_tensor_value_info(names[2], TensorProto.INT64, [3]))
-    graph = helper.make_graph(nodes, "tiny_detector", [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)], outputs, inits)
+    graph = helper.make_graph(
+        nodes, "tiny_detector", [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)], outputs, inits
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -144,7 +165,9 @@ def test_onnx_detector_conventions(tmp_path):
 
     # pixel boxes, unnamed outputs (by position), per-class scores, a symbolic input size, a
     # labels file beside the model
-    path = make_tiny_detector(tmp_path / "yolo.onnx", names=("out0", "out1", "-"), pixels=True, class_scores=True, static=False)
+    path = make_tiny_detector(
+        tmp_path / "yolo.onnx", names=("out0", "out1", "-"), pixels=True, class_scores=True, static=False
+    )
     (tmp_path / "labels.txt").write_text("person\nbackground\n")
     det = load_detector(f"onnx:{path}", input_size=(64, 64))
     found = sorted(det.detect(BRIGHT), key=lambda d: -d.score)
@@ -292,7 +315,9 @@ def test_video_frame_tiles_and_detections(tmp_path, tiny_model):
     cfg = RegionConfig(grids=(2,), detector=str(make_tiny_detector(tmp_path / "det.onnx")), min_score=0.5)
     report = lib.index([tmp_path / "videos"], regions=cfg)
     assert report.frames == 4  # 0, 2, 3 (cut), 5
-    rows = lib.catalog.db.execute("SELECT kind, COUNT(*), COUNT(DISTINCT timestamp) FROM detection WHERE video_id IS NOT NULL GROUP BY kind").fetchall()
+    rows = lib.catalog.db.execute(
+        "SELECT kind, COUNT(*), COUNT(DISTINCT timestamp) FROM detection WHERE video_id IS NOT NULL GROUP BY kind"
+    ).fetchall()
     counts = {k: (n, t) for k, n, t in rows}
     assert counts["frame"] == (4, 4) and counts["tile"] == (4 * 8, 4)  # 16:9 at 2: 4x2 tiles a frame
     assert counts["detector"][1] == 4

@@ -59,8 +59,16 @@ def setup(tmp_path_factory, tiny_model):
     with cat.transaction():
         cat.mark_deleted([ids["photo_0004.jpg"]])  # deleted, not yet purged
     cat.close()
-    with running_server(lib_path, tiny_model, root / "server.log", extra=["--max-upload-mb", str(MAX_UPLOAD_MB)]) as server:
-        server.ids, server.photos, server.outside, server.lib_path, server.model = ids, photos, outside, lib_path, tiny_model
+    with running_server(
+        lib_path, tiny_model, root / "server.log", extra=["--max-upload-mb", str(MAX_UPLOAD_MB)]
+    ) as server:
+        server.ids, server.photos, server.outside, server.lib_path, server.model = (
+            ids,
+            photos,
+            outside,
+            lib_path,
+            tiny_model,
+        )
         yield server
 
 
@@ -94,31 +102,55 @@ def _is_json_error(body: bytes, status: int) -> bool:
 
 # -- token --------------------------------------------------------------------------------------
 
-PROTECTED = ["/api/health", "/api/info", "/api/search?q=dog", "/api/images/1", "/api/images/1/thumbnail",
-             "/api/images/1/original", "/api/openapi.json", "/api/docs", "/static/app.js", "/nothing",
-             "/api/duplicates", "/duplicates", "/static/duplicates.js"]
+PROTECTED = [
+    "/api/health",
+    "/api/info",
+    "/api/search?q=dog",
+    "/api/images/1",
+    "/api/images/1/thumbnail",
+    "/api/images/1/original",
+    "/api/openapi.json",
+    "/api/docs",
+    "/static/app.js",
+    "/nothing",
+    "/api/duplicates",
+    "/duplicates",
+    "/static/duplicates.js",
+]
 
 
 @pytest.mark.parametrize("path", PROTECTED)
 def test_missing_token_is_refused(setup, path):
     r = httpx.get(setup.url + path)
     assert r.status_code == 401
-    assert r.json() == {"error": "this pixquery server needs a token (send it as 'Authorization: Bearer TOKEN')", "status": 401}
+    assert r.json() == {
+        "error": "this pixquery server needs a token (send it as 'Authorization: Bearer TOKEN')",
+        "status": 401,
+    }
     assert r.headers["www-authenticate"].startswith("Bearer")
 
 
 @pytest.mark.parametrize("how", ["bearer", "header", "cookie", "query", "empty-bearer", "basic", "prefix", "case"])
 def test_wrong_token_is_refused(setup, how):
-    wrong = {"bearer": {"Authorization": "Bearer nope"}, "header": {"X-Pixquery-Token": "nope"},
-             "cookie": {"Cookie": "pixquery_token=nope"}, "query": {}, "empty-bearer": {"Authorization": "Bearer"}, "basic": {"Authorization": "Basic dGVzdDp0ZXN0"},
-             "prefix": {"Authorization": f"Bearer {TOKEN[:-1]}"}, "case": {"Authorization": f"Bearer {TOKEN.upper()}"}}[how]
+    wrong = {
+        "bearer": {"Authorization": "Bearer nope"},
+        "header": {"X-Pixquery-Token": "nope"},
+        "cookie": {"Cookie": "pixquery_token=nope"},
+        "query": {},
+        "empty-bearer": {"Authorization": "Bearer"},
+        "basic": {"Authorization": "Basic dGVzdDp0ZXN0"},
+        "prefix": {"Authorization": f"Bearer {TOKEN[:-1]}"},
+        "case": {"Authorization": f"Bearer {TOKEN.upper()}"},
+    }[how]
     params = {"token": TOKEN} if how == "query" else {}  # the token in an API URL is not accepted
     r = httpx.get(setup.url + "/api/info", headers=wrong, params=params)
     assert r.status_code == 401 and r.json()["status"] == 401
 
 
-@pytest.mark.parametrize("headers", [{"Authorization": f"Bearer {TOKEN}"}, {"X-Pixquery-Token": TOKEN},
-                                     {"Cookie": f"pixquery_token={TOKEN}"}])
+@pytest.mark.parametrize(
+    "headers",
+    [{"Authorization": f"Bearer {TOKEN}"}, {"X-Pixquery-Token": TOKEN}, {"Cookie": f"pixquery_token={TOKEN}"}],
+)
 def test_right_token_in_each_place_is_accepted(setup, headers):
     assert httpx.get(setup.url + "/api/info", headers=headers).status_code == 200
 
@@ -149,7 +181,17 @@ def test_public_bind_without_token_is_refused(tmp_path, setup):
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     env.pop("PIXQUERY_TOKEN", None)
-    cmd = [sys.executable, "-m", "pixquery.server", "--library", str(setup.lib_path), "--host", "0.0.0.0", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pixquery.server",
+        "--library",
+        str(setup.lib_path),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(port),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 2
     assert "refusing to listen on 0.0.0.0 without a token" in r.stderr and "--allow-public" in r.stderr
@@ -206,8 +248,12 @@ def test_a_path_in_the_query_is_ignored(setup, api):
 
 
 def _all_refused(api, image_id):
-    for url in (f"/api/images/{image_id}", f"/api/images/{image_id}/original", f"/api/images/{image_id}/thumbnail",
-                f"/api/images/{image_id}/thumbnail?size=1024"):
+    for url in (
+        f"/api/images/{image_id}",
+        f"/api/images/{image_id}/original",
+        f"/api/images/{image_id}/thumbnail",
+        f"/api/images/{image_id}/thumbnail?size=1024",
+    ):
         r = api.get(url)
         assert r.status_code == 404, (url, r.status_code)
         assert r.json() == {"error": f"no image with id {image_id}", "status": 404}
@@ -238,7 +284,9 @@ def test_deleted_image_is_refused(setup, api):
     _all_refused(api, image_id)
     r = api.get("/api/search", params={"image_id": image_id})
     assert r.status_code == 404
-    assert image_id not in [h["image_id"] for h in api.get("/api/search", params={"q": "x", "k": 100}).json()["results"]]
+    assert image_id not in [
+        h["image_id"] for h in api.get("/api/search", params={"q": "x", "k": 100}).json()["results"]
+    ]
 
 
 def test_never_indexed_id_is_refused(setup, api):
@@ -316,13 +364,17 @@ def test_oversized_multipart_streamed_without_length(api):
     boundary = "b0undary"
 
     def body():
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jpg\"\r\n"
-               "Content-Type: image/jpeg\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
         for _ in range(40):
             yield b"\x00" * 65536
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    r = api.post("/api/search/image", content=body(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    r = api.post(
+        "/api/search/image", content=body(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     assert r.status_code == 413
 
 
@@ -331,11 +383,14 @@ def _png_bomb_header_only(w: int, h: int) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _png_bomb_real(w: int, h: int) -> bytes:
     """A complete, valid greyscale PNG of w x h black pixels: tiny on the wire, w*h bytes decoded."""
+
     def chunk(tag, data):
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
@@ -359,9 +414,16 @@ def test_decompression_bomb_upload(api, kind):
     assert time.monotonic() - t0 < 10  # refused from the header, not after decoding 144 MP
 
 
-@pytest.mark.parametrize("case, status", [
-    ("not-an-image", 400), ("truncated", 400), ("empty", 400), ("text-type", 415), ("no-file-field", 422),
-])
+@pytest.mark.parametrize(
+    "case, status",
+    [
+        ("not-an-image", 400),
+        ("truncated", 400),
+        ("empty", 400),
+        ("text-type", 415),
+        ("no-file-field", 422),
+    ],
+)
 def test_bad_uploads(api, case, status):
     if case == "not-an-image":
         r = api.post("/api/search/image", files={"file": ("x.jpg", b"hello, I am text" * 100, "image/jpeg")})
@@ -381,11 +443,17 @@ def test_bad_uploads(api, case, status):
 def test_multipart_limits(api):
     """The form parser's limits: one file, a few fields, small non-file fields; over them, a 400."""
     jpeg = _jpeg()
-    two = api.post("/api/search/image", files=[("file", ("a.jpg", jpeg, "image/jpeg")), ("more", ("b.jpg", jpeg, "image/jpeg"))])
+    two = api.post(
+        "/api/search/image", files=[("file", ("a.jpg", jpeg, "image/jpeg")), ("more", ("b.jpg", jpeg, "image/jpeg"))]
+    )
     assert two.status_code == 400 and "files" in two.json()["error"], two.text
-    many = api.post("/api/search/image", data={f"f{i}": "x" for i in range(50)}, files={"file": ("a.jpg", jpeg, "image/jpeg")})
+    many = api.post(
+        "/api/search/image", data={f"f{i}": "x" for i in range(50)}, files={"file": ("a.jpg", jpeg, "image/jpeg")}
+    )
     assert many.status_code == 400 and "fields" in many.json()["error"], many.text
-    long_field = api.post("/api/search/image", data={"note": "x" * 100_000}, files={"file": ("a.jpg", jpeg, "image/jpeg")})
+    long_field = api.post(
+        "/api/search/image", data={"note": "x" * 100_000}, files={"file": ("a.jpg", jpeg, "image/jpeg")}
+    )
     assert long_field.status_code == 400 and "part" in long_field.json()["error"], long_field.text
     ok = api.post("/api/search/image", data={"note": "holiday"}, files={"file": ("a.jpg", jpeg, "image/jpeg")})
     assert ok.status_code == 200 and ok.json()["results"]
@@ -421,8 +489,13 @@ def test_videos_follow_the_same_rules(setup, api):
         cat.close()
     urls = [f"/api/videos/{video_id}/original", f"/api/videos/{video_id}/frame?t=0.5"]
     assert [api.get(u).status_code for u in urls] == [200, 200]
-    for path in ("/api/videos/../../etc/passwd", "/api/videos/-1/original", "/api/videos/1.0/frame",
-                 "/api/videos/%2e%2e%2fetc%2fpasswd/original", f"/api/videos/{video_id}/frame?t=nan"):
+    for path in (
+        "/api/videos/../../etc/passwd",
+        "/api/videos/-1/original",
+        "/api/videos/1.0/frame",
+        "/api/videos/%2e%2e%2fetc%2fpasswd/original",
+        f"/api/videos/{video_id}/frame?t=nan",
+    ):
         status, body = _raw_get(setup, path)
         assert status in (404, 422) and _is_json_error(body, status), path
     saved = setup.outside / "clip-saved.mp4"

@@ -64,12 +64,27 @@ def test_health_and_info(api, tiny_model):
 def test_openapi_schema_lists_every_endpoint(api):
     schema = api.get("/api/openapi.json").json()
     paths = schema["paths"]
-    for path in ("/api/health", "/api/info", "/api/status", "/api/search", "/api/search/image",
-                 "/api/images/{image_id}", "/api/images/{image_id}/thumbnail", "/api/images/{image_id}/original",
-                 "/api/duplicates"):
+    for path in (
+        "/api/health",
+        "/api/info",
+        "/api/status",
+        "/api/search",
+        "/api/search/image",
+        "/api/images/{image_id}",
+        "/api/images/{image_id}/thumbnail",
+        "/api/images/{image_id}/original",
+        "/api/duplicates",
+    ):
         assert path in paths, path
     assert "multipart/form-data" in paths["/api/search/image"]["post"]["requestBody"]["content"]
-    assert {p["name"] for p in paths["/api/search"]["get"]["parameters"]} >= {"q", "image_id", "upload_id", "k", "offset", "threshold"}
+    assert {p["name"] for p in paths["/api/search"]["get"]["parameters"]} >= {
+        "q",
+        "image_id",
+        "upload_id",
+        "k",
+        "offset",
+        "threshold",
+    }
 
 
 # -- search -------------------------------------------------------------------------------------
@@ -236,8 +251,13 @@ def test_exif_date_taken(api, served, tmp_path):
 
 def test_thumbnail_is_cached_with_caching_headers(api, served):
     image_id = _photo_id(served, "photo_0007.jpg")
-    hit = next(h for h in api.get("/api/search", params={"image_id": _photo_id(served, "photo_0006.jpg"), "k": N_PHOTOS}).json()["results"]
-               if h["image_id"] == image_id)
+    hit = next(
+        h
+        for h in api.get("/api/search", params={"image_id": _photo_id(served, "photo_0006.jpg"), "k": N_PHOTOS}).json()[
+            "results"
+        ]
+        if h["image_id"] == image_id
+    )
     r = api.get(hit["thumbnail"])
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     assert r.headers["cache-control"] == "private, max-age=31536000, immutable"
@@ -285,31 +305,34 @@ def test_original(api, served):
 # -- errors are JSON, never a 500 ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("params, status", [
-    ({}, 422),
-    ({"q": ""}, 400),
-    ({"q": "   "}, 400),
-    ({"q": "x" * 501}, 422),
-    ({"q": "dog +"}, 400),  # the inline syntax: an operator with nothing after it
-    ({"q": "dog", "add": ""}, 400),
-    ({"q": "dog", "like": -1}, 422),
-    ({"q": "dog", "k": 0}, 422),
-    ({"q": "dog", "k": "ten"}, 422),
-    ({"q": "dog", "offset": -1}, 422),
-    ({"q": "dog", "threshold": "1.5"}, 422),
-    ({"q": "dog", "threshold": "-0.1"}, 422),
-    ({"q": "dog", "threshold": "nan"}, 422),
-    ({"q": "dog", "threshold": "much"}, 422),
-    ({"q": "dog", "threshold": "AUTO"}, 422),
-    ({"q": "dog", "threshold": ""}, 422),
-    ({"q": "dog", "threshold": "0x1"}, 422),
-    ({"q": "dog", "threshold": "1_0"}, 422),
-    ({"q": "dog", "offset": 1000}, 422),
-    ({"image_id": "abc"}, 422),
-    ({"image_id": -3}, 422),
-    ({"image_id": 2 ** 70}, 422),
-    ({"upload_id": "../../etc/passwd"}, 422),
-])
+@pytest.mark.parametrize(
+    "params, status",
+    [
+        ({}, 422),
+        ({"q": ""}, 400),
+        ({"q": "   "}, 400),
+        ({"q": "x" * 501}, 422),
+        ({"q": "dog +"}, 400),  # the inline syntax: an operator with nothing after it
+        ({"q": "dog", "add": ""}, 400),
+        ({"q": "dog", "like": -1}, 422),
+        ({"q": "dog", "k": 0}, 422),
+        ({"q": "dog", "k": "ten"}, 422),
+        ({"q": "dog", "offset": -1}, 422),
+        ({"q": "dog", "threshold": "1.5"}, 422),
+        ({"q": "dog", "threshold": "-0.1"}, 422),
+        ({"q": "dog", "threshold": "nan"}, 422),
+        ({"q": "dog", "threshold": "much"}, 422),
+        ({"q": "dog", "threshold": "AUTO"}, 422),
+        ({"q": "dog", "threshold": ""}, 422),
+        ({"q": "dog", "threshold": "0x1"}, 422),
+        ({"q": "dog", "threshold": "1_0"}, 422),
+        ({"q": "dog", "offset": 1000}, 422),
+        ({"image_id": "abc"}, 422),
+        ({"image_id": -3}, 422),
+        ({"image_id": 2**70}, 422),
+        ({"upload_id": "../../etc/passwd"}, 422),
+    ],
+)
 def test_bad_parameters_give_a_json_4xx(api, params, status):
     r = api.get("/api/search", params=params)
     assert r.status_code == status, r.text
@@ -367,7 +390,14 @@ def test_new_index_is_picked_up_without_restart(api, served):
 def test_indexing_progress_is_reported(api, served):
     from pixquery.api import STATUS_FILE
 
-    status = {"pid": os.getpid(), "stage": "embedding", "done": 40, "total": 100, "failed": 1, "started_at": time.time()}
+    status = {
+        "pid": os.getpid(),
+        "stage": "embedding",
+        "done": 40,
+        "total": 100,
+        "failed": 1,
+        "started_at": time.time(),
+    }
     path = served.lib_path / STATUS_FILE
     path.write_text(json.dumps(status))
     try:
@@ -402,7 +432,14 @@ def test_host_header_check():
 
     for ok in ("127.0.0.1:8765", "localhost:8765", "localhost", "[::1]:8765", "127.0.0.1", "LOCALHOST:1"):
         assert _loopback_host_header(ok), ok
-    for bad in ("evil.example:8765", "evil.example", "127.0.0.1.evil.example", "", "localhost.evil.example:80", "[::2]:80"):
+    for bad in (
+        "evil.example:8765",
+        "evil.example",
+        "127.0.0.1.evil.example",
+        "",
+        "localhost.evil.example:80",
+        "[::2]:80",
+    ):
         assert not _loopback_host_header(bad), bad
 
 
@@ -478,7 +515,10 @@ def test_preview_of_a_format_browsers_cannot_show(api, served):
     assert preview.headers["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(preview.content)).size == (400, 300)
     original = api.get(meta["original"])
-    assert original.headers["content-type"] == "image/tiff" and original.content == (served.photos / "scan.tif").read_bytes()
+    assert (
+        original.headers["content-type"] == "image/tiff"
+        and original.content == (served.photos / "scan.tif").read_bytes()
+    )
 
 
 def test_library_without_an_index_answers_503(tmp_path, tiny_model):
@@ -497,8 +537,13 @@ def test_serve_refuses_a_missing_library(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "pixquery.server", "--library", str(tmp_path / "nowhere")],
-                       capture_output=True, text=True, timeout=120, env=dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="300"))
+    r = subprocess.run(
+        [sys.executable, "-m", "pixquery.server", "--library", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="300"),
+    )
     assert r.returncode == 2
     assert f"no library at {tmp_path / 'nowhere'}" in r.stderr
     assert not (tmp_path / "nowhere").exists()  # and nothing was created there
@@ -508,8 +553,13 @@ def test_serve_is_a_pixquery_command():
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "pixquery.cli", "serve", "--help"], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, COLUMNS="200", NO_COLOR="1"))
+    r = subprocess.run(
+        [sys.executable, "-m", "pixquery.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, COLUMNS="200", NO_COLOR="1"),
+    )
     assert r.returncode == 0
     for option in ("--library", "--model", "--host", "--port", "--token", "--allow-public", "PIXQUERY_TOKEN"):
         assert option in r.stdout
@@ -583,9 +633,24 @@ def test_serve_on_a_busy_port_says_so_before_serving(tmp_path, tiny_model):
         holder.bind(("127.0.0.1", 0))
         holder.listen(1)
         port = holder.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "pixquery.cli", "serve", "--library", str(lib_path), "--model", str(tiny_model),
-                            "--port", str(port)], capture_output=True, text=True, timeout=120,
-                           env=dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="80"))
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pixquery.cli",
+                "serve",
+                "--library",
+                str(lib_path),
+                "--model",
+                str(tiny_model),
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="80"),
+        )
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr + r.stdout
     assert f"port {port} is in use" in r.stderr and "--port" in r.stderr

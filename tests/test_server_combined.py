@@ -54,16 +54,18 @@ def by_hand(lib, texts=(), photos=(), exclude=()):
 
 
 def assert_ranking(hits, want):
-    assert [h["image_id"] for h in hits] == [i for i, _ in want[:len(hits)]]
-    np.testing.assert_allclose([h["score"] for h in hits], [s for _, s in want[:len(hits)]], rtol=0, atol=2e-6)
+    assert [h["image_id"] for h in hits] == [i for i, _ in want[: len(hits)]]
+    np.testing.assert_allclose([h["score"] for h in hits], [s for _, s in want[: len(hits)]], rtol=0, atol=2e-6)
 
 
 def test_inline_syntax_in_q(served, lib):
     page = served.api.get("/api/search", params={"q": "beach +sunset -people", "k": N_PHOTOS}).json()
     assert page["query"]["text"] == "beach +sunset -people"
-    assert page["query"]["parts"] == [{"kind": "text", "value": "beach", "weight": 1.0},
-                                      {"kind": "text", "value": "sunset", "weight": 1.0},
-                                      {"kind": "text", "value": "people", "weight": -1.0}]
+    assert page["query"]["parts"] == [
+        {"kind": "text", "value": "beach", "weight": 1.0},
+        {"kind": "text", "value": "sunset", "weight": 1.0},
+        {"kind": "text", "value": "people", "weight": -1.0},
+    ]
     assert_ranking(page["results"], by_hand(lib, [("beach", 1), ("sunset", 1), ("people", -1)]))
     # the same query in repeated parameters gives the same page
     params = [("q", "beach"), ("add", "sunset"), ("subtract", "people"), ("k", str(N_PHOTOS))]
@@ -80,8 +82,10 @@ def test_more_and_less_like_a_result(served, lib):
     liked, disliked = first[3]["image_id"], first[0]["image_id"]
     params = [("q", "a dog"), ("like", str(liked)), ("unlike", str(disliked)), ("k", str(N_PHOTOS))]
     page = served.api.get("/api/search", params=params).json()
-    assert page["query"]["parts"][1:] == [{"kind": "image_id", "value": liked, "weight": 1.0},
-                                          {"kind": "image_id", "value": disliked, "weight": -1.0}]
+    assert page["query"]["parts"][1:] == [
+        {"kind": "image_id", "value": liked, "weight": 1.0},
+        {"kind": "image_id", "value": disliked, "weight": -1.0},
+    ]
     want = by_hand(lib, [("a dog", 1)], [(liked, 1), (disliked, -1)], exclude={liked})
     assert_ranking(page["results"], want)
     ids = [h["image_id"] for h in page["results"]]
@@ -94,15 +98,18 @@ def test_more_and_less_like_a_result(served, lib):
     assert_ranking(more["results"], want[5:])
 
 
-@pytest.mark.parametrize("params, status, message", [
-    ({"q": "beach +"}, 400, "nothing after '+'"),
-    ({"q": 'beach "sunset'}, 400, "unclosed quote"),
-    ({"q": "beach -beach"}, 400, "cancel out"),
-    ({"add": "   "}, 400, "empty"),
-    ({"q": "dog", "like": 987654}, 404, "no image with id 987654"),
-    ({"q": "dog", "unlike": 2 ** 70}, 422, ""),
-    ([("q", "dog")] + [("add", "x")] * 33, 422, "at most 32"),
-])
+@pytest.mark.parametrize(
+    "params, status, message",
+    [
+        ({"q": "beach +"}, 400, "nothing after '+'"),
+        ({"q": 'beach "sunset'}, 400, "unclosed quote"),
+        ({"q": "beach -beach"}, 400, "cancel out"),
+        ({"add": "   "}, 400, "empty"),
+        ({"q": "dog", "like": 987654}, 404, "no image with id 987654"),
+        ({"q": "dog", "unlike": 2**70}, 422, ""),
+        ([("q", "dog")] + [("add", "x")] * 33, 422, "at most 32"),
+    ],
+)
 def test_bad_combined_queries_are_json_errors(served, params, status, message):
     r = served.api.get("/api/search", params=params)
     assert r.status_code == status, r.text

@@ -138,7 +138,9 @@ def test_frame_cache_stays_bounded_whatever_t_clients_ask(video_server):
     cat = _catalog(video_server.lib_path)
     try:
         (video_id,) = [v for v in range(1, 10) if cat.video(v) is not None]
-        stored = {r[0] for r in cat.db.execute("SELECT DISTINCT timestamp FROM detection WHERE video_id = ?", (video_id,))}
+        stored = {
+            r[0] for r in cat.db.execute("SELECT DISTINCT timestamp FROM detection WHERE video_id = ?", (video_id,))
+        }
     finally:
         cat.close()
     assert 2 <= len(stored) < 50
@@ -166,8 +168,10 @@ def test_a_file_that_kills_the_decoder_costs_one_error_not_the_server(tmp_path, 
     monkeypatch.setenv("PIXQUERY_FAILPOINT", "thumbnail_worker/photo_0002.jpg")
     with running_server(lib_path, tiny_model, root / "server.log") as server, server.client() as api:
         r = api.get(f"/api/images/{bad}/thumbnail")
-        assert r.status_code == 422 and r.json() == {"error": "cannot make a thumbnail: the decoder crashed on this file",
-                                                     "status": 422}
+        assert r.status_code == 422 and r.json() == {
+            "error": "cannot make a thumbnail: the decoder crashed on this file",
+            "status": 422,
+        }
         ok = api.get(f"/api/images/{good}/thumbnail")
         assert ok.status_code == 200 and Image.open(io.BytesIO(ok.content)).size == (256, 192)
         assert api.get(f"/api/images/{bad}/thumbnail").status_code == 422  # again: still an answer

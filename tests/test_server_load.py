@@ -34,8 +34,9 @@ def test_20_clients_2000_queries_zero_errors(tmp_path, tiny_model):
     with running_server(lib_path, tiny_model, tmp_path / "server.log") as server:
         headers = {"Authorization": f"Bearer {server.token}"}
         queries = bench.query_mix("unique", 1000) + bench.query_mix("repeated", 1000)
-        result = bench.run_load(server.url, headers, queries, clients=20, k=30, expect=30, time_limit=180,
-                                answers=answers)
+        result = bench.run_load(
+            server.url, headers, queries, clients=20, k=30, expect=30, time_limit=180, answers=answers
+        )
         # Under load every query was answered as it is alone (a shared encoder or library object
         # misused by concurrent requests would answer some query with another's results).
         alone = {}

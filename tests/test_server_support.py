@@ -65,13 +65,27 @@ class ServerProcess:
             return ""
 
 
-def start_server(lib_path: Path, model: Path, log_path: Path, token: str | None = TOKEN, extra=(), timeout: float = 90) -> ServerProcess:
+def start_server(
+    lib_path: Path, model: Path, log_path: Path, token: str | None = TOKEN, extra=(), timeout: float = 90
+) -> ServerProcess:
     """Start `pixquery serve` and wait until it answers /api/health (or fail with its log)."""
     last_error = None
     for _attempt in range(3):  # a free port can be taken between free_port() and the bind
         port = free_port()
-        args = [sys.executable, "-m", "pixquery.server", "--library", str(lib_path), "--model", str(model),
-                "--host", "127.0.0.1", "--port", str(port), *extra]
+        args = [
+            sys.executable,
+            "-m",
+            "pixquery.server",
+            "--library",
+            str(lib_path),
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *extra,
+        ]
         if token:
             args += ["--token", token]
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")

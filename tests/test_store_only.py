@@ -45,8 +45,9 @@ def shards(tmp_path_factory, tiny_model):
     base = tmp_path_factory.mktemp("store")
     make_photos(base / "photos", 11, size=(64, 48))
     (base / "photos" / "bad.jpg").write_bytes(b"not a jpeg")
-    rep = embed_to_shards(str(base / "photos"), str(base / "shards"), model=str(tiny_model), partition_size=3,
-                          stream=_in_process_stream)
+    rep = embed_to_shards(
+        str(base / "photos"), str(base / "shards"), model=str(tiny_model), partition_size=3, stream=_in_process_stream
+    )
     assert rep.written_partitions == 4 and rep.embedded == 11 and len(rep.failed) == 1
     with Library.open(base / "catalog") as lib:
         lib.catalog.set_setting("index", json.dumps({"kind": "flat", "params": {}}))
@@ -90,8 +91,14 @@ def _same_as_flat(base, lib_dir) -> None:
 
 def _one_line_error(r, *words) -> None:
     assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = [line for line in r.stderr.splitlines() if line.strip() and "pkg_resources" not in line
-             and "UserWarning" not in line and "random-weight test model" not in line]
+    lines = [
+        line
+        for line in r.stderr.splitlines()
+        if line.strip()
+        and "pkg_resources" not in line
+        and "UserWarning" not in line
+        and "random-weight test model" not in line
+    ]
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert "Traceback" not in r.stderr
     for w in words:
@@ -101,7 +108,9 @@ def _one_line_error(r, *words) -> None:
 @pytest.fixture(scope="module")
 def file_store(shards):
     """A store-only library whose collection is a milvus-lite file in the library folder."""
-    r = pixquery("import", shards / "shards", "-L", shards / "so", "--store-only", "--param", "index_type=FLAT", "--json")
+    r = pixquery(
+        "import", shards / "shards", "-L", shards / "so", "--store-only", "--param", "index_type=FLAT", "--json"
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return shards / "so", json.loads(r.stdout)
 
@@ -116,12 +125,20 @@ def test_store_only_import_into_a_milvus_lite_file(shards, file_store):
     a = pixquery("search", "a dog", "-L", lib_dir, "-k", "4")
     b = pixquery("search", "a dog", "-L", shards / "catalog", "-k", "4")
     assert a.returncode == 0, a.stderr
-    assert [line.split("\t")[3] for line in a.stdout.splitlines()] == [line.split("\t")[3] for line in b.stdout.splitlines()]
+    assert [line.split("\t")[3] for line in a.stdout.splitlines()] == [
+        line.split("\t")[3] for line in b.stdout.splitlines()
+    ]
     # A re-run skips every shard; the collection is unchanged.
     again = pixquery("import", shards / "shards", "-L", lib_dir, "--store-only", "--json")
     assert again.returncode == 0, again.stderr[-3000:]
     rep2 = json.loads(again.stdout)
-    assert (rep2["shards"], rep2["skipped_shards"], rep2["vectors"], rep2["total"], rep2["failed_before"]) == (0, 4, 0, 11, 1)
+    assert (rep2["shards"], rep2["skipped_shards"], rep2["vectors"], rep2["total"], rep2["failed_before"]) == (
+        0,
+        4,
+        0,
+        11,
+        1,
+    )
     info = json.loads(pixquery("info", "-L", lib_dir, "--json").stdout)
     assert info["images"] == 0 and info["store_only"]["vectors"] == 11 and info["store_only"]["shards"] == 4
 
@@ -129,14 +146,22 @@ def test_store_only_import_into_a_milvus_lite_file(shards, file_store):
 def test_what_a_store_only_library_cannot_do(shards, file_store, tiny_rn50):
     lib_dir, _ = file_store
     s = shards / "shards"
-    _one_line_error(pixquery("index", shards / "photos", "-L", lib_dir), "is store-only", "no file versions to rescan",
-                    "pixquery embed")
+    _one_line_error(
+        pixquery("index", shards / "photos", "-L", lib_dir),
+        "is store-only",
+        "no file versions to rescan",
+        "pixquery embed",
+    )
     _one_line_error(pixquery("index", "-L", lib_dir, "--regions"), "is store-only", "regions or videos")
-    _one_line_error(pixquery("reindex", "-L", lib_dir, "--index", "flat"), "is store-only", "live only in the collection")
+    _one_line_error(
+        pixquery("reindex", "-L", lib_dir, "--index", "flat"), "is store-only", "live only in the collection"
+    )
     _one_line_error(pixquery("import", s, "-L", lib_dir), "is store-only", "--store-only")
     _one_line_error(pixquery("search", "a dog", "-L", lib_dir, "-m", tiny_rn50), "is store-only", "-m ")
-    _one_line_error(pixquery("import", s, "-L", lib_dir, "--store-only", "--param", "uri=http://127.0.0.1:9"),
-                    "leave out --param uri")
+    _one_line_error(
+        pixquery("import", s, "-L", lib_dir, "--store-only", "--param", "uri=http://127.0.0.1:9"),
+        "leave out --param uri",
+    )
     # Only into an empty library, only with a kind that stores paths, --param only with --store-only.
     _one_line_error(pixquery("import", s, "-L", shards / "catalog", "--store-only"), "11 images in its catalog")
     _one_line_error(pixquery("import", s, "-L", shards / "other", "--store-only", "--index", "flat"), "milvus")
@@ -179,8 +204,22 @@ def test_store_only_on_a_server_killed_mid_import_resumes(shards, tmp_path):
 
     lib_dir = tmp_path / "lib"
     with MilvusServer(tmp_path / "served") as server:
-        args = ("import", shards / "shards", "-L", lib_dir, "--store-only", "--index", "milvus",
-                "--param", f"uri={server.uri}", "--param", "collection=photos", "--param", "index_type=FLAT", "--json")
+        args = (
+            "import",
+            shards / "shards",
+            "-L",
+            lib_dir,
+            "--store-only",
+            "--index",
+            "milvus",
+            "--param",
+            f"uri={server.uri}",
+            "--param",
+            "collection=photos",
+            "--param",
+            "index_type=FLAT",
+            "--json",
+        )
         killed = pixquery(*args, env={"PIXQUERY_FAILPOINT": "store_only/after_shard_load:2"})
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
         with Library.open(lib_dir) as lib:

@@ -79,7 +79,10 @@ def test_static_scene_is_sampled_sparsely(tmp_path):
     # at most for max_static_seconds; the moving scene after it is sampled every time.
     path = make_video(tmp_path / "static.mp4", [Scene(8.0, 0, motion=False), Scene(4.0, 0, motion=True)])
     stats = DecodeStats()
-    times = [round(f.timestamp, 2) for f in sample_frames(path, stats=stats, every_seconds=1.0, max_static_seconds=5.0, scene_threshold=0)]
+    times = [
+        round(f.timestamp, 2)
+        for f in sample_frames(path, stats=stats, every_seconds=1.0, max_static_seconds=5.0, scene_threshold=0)
+    ]
     static = [t for t in times if t < 8.0]
     assert static == [0.0, 5.0], times  # 1..4 skipped, 5.0 kept (5 s without a sample), 6, 7 skipped
     assert [t for t in times if t >= 8.0] == [8.0, 9.0, 10.0, 11.0]
@@ -191,8 +194,9 @@ class Lib:
     def update(self, roots, sampling=None, regions=None, batch_size=32):
         """Library.index: plan, run the stages, write, sync the index, purge."""
         every = (sampling or SamplingConfig()).every_seconds
-        report = self.library.index([str(r) for r in roots], index="flat", regions=regions, every_seconds=every,
-                                    batch_size=batch_size)
+        report = self.library.index(
+            [str(r) for r in roots], index="flat", regions=regions, every_seconds=every, batch_size=batch_size
+        )
         report.embedded = report.frames + report.regions
         self.sync = report.index
         return report
@@ -211,7 +215,9 @@ class Lib:
         return self.catalog.db.execute(
             """SELECT d.timestamp FROM detection d JOIN video v ON v.id = d.video_id
                WHERE v.path = ? AND d.kind = 'frame' AND EXISTS (SELECT 1 FROM embedding e WHERE e.detection_id = d.id)
-               ORDER BY d.timestamp""", (str(path),)).fetchall()
+               ORDER BY d.timestamp""",
+            (str(path),),
+        ).fetchall()
 
     def consistent(self):
         """Every index entry points at a live embedding and every live embedding is indexed once."""
@@ -237,8 +243,15 @@ def test_query_from_a_known_frame_returns_its_video_and_time(tmp_path, encoder):
     assert report.frames == lib.count("SELECT COUNT(*) FROM detection WHERE kind = 'frame'") == report.embedded
     assert lib.sync.total == report.frames
     # video rows: size, duration, fps from the file
-    row = lib.catalog.db.execute("SELECT width, height, duration, fps, frame_count FROM video WHERE path = ?", (str(a),)).fetchone()
-    assert row[:2] == (160, 96) and row[2] == pytest.approx(10.5, abs=0.15) and row[3] == pytest.approx(10.0) and row[4] == 105
+    row = lib.catalog.db.execute(
+        "SELECT width, height, duration, fps, frame_count FROM video WHERE path = ?", (str(a),)
+    ).fetchone()
+    assert (
+        row[:2] == (160, 96)
+        and row[2] == pytest.approx(10.5, abs=0.15)
+        and row[3] == pytest.approx(10.0)
+        and row[4] == 105
+    )
     for path, t in ((a, 5.5), (a, 9.0), (b, 3.0)):
         q = lib.embed(extract_frame(path, t))
         results = lib.search(q, k=5)
@@ -252,7 +265,9 @@ def test_query_from_a_known_frame_returns_its_video_and_time(tmp_path, encoder):
 
     merged = merge_video_hits(lib.search(lib.embed(extract_frame(a, 5.5)), k=50), gap_seconds=3.0)
     best = merged[0]
-    assert best.path == str(a) and best.timestamp == pytest.approx(5.5) and best.time_range[0] <= 5.5 <= best.time_range[1]
+    assert (
+        best.path == str(a) and best.timestamp == pytest.approx(5.5) and best.time_range[0] <= 5.5 <= best.time_range[1]
+    )
     assert best.time_range[1] > best.time_range[0]
     for x in merged:
         for y in merged:
@@ -279,7 +294,9 @@ def test_broken_videos_index_what_they_can_and_report_the_rest(tmp_path, encoder
     assert lib.count("SELECT COUNT(*) FROM video") == 2
     lib.consistent()
     again = lib.update([folder])
-    assert again.indexed == 0 and set(dict(again.failed)) == {str(folder / n) for n in ("late_cut.mp4", "notes.mp4", "empty.mov")}
+    assert again.indexed == 0 and set(dict(again.failed)) == {
+        str(folder / n) for n in ("late_cut.mp4", "notes.mp4", "empty.mov")
+    }
 
 
 def test_reindex_after_change_and_delete(tmp_path, encoder):
@@ -336,8 +353,13 @@ def test_a_killed_run_never_leaves_half_a_video(tmp_path, encoder):
     dying = Dies(encoder, after=2)  # a: 7 frames = 2 batches of <= 4; b dies in its first batch
     items = [MediaItem(e.path, e.size, e.mtime_ns, VIDEO) for e in (entry(a), entry(b))]
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run(items, dying, DecodeSettings(encoder.preprocess_cfg, sampling=SamplingConfig()),
-                     CatalogWriter(lib.catalog, lib.model.id), batch_size=4)
+        pipeline.run(
+            items,
+            dying,
+            DecodeSettings(encoder.preprocess_cfg, sampling=SamplingConfig()),
+            CatalogWriter(lib.catalog, lib.model.id),
+            batch_size=4,
+        )
     assert lib.count("SELECT COUNT(*) FROM video") == 1
     assert len(lib.frames(a)) == 7 and lib.frames(b) == []
     report = lib.update([folder])  # the next run does b, and only b
@@ -381,19 +403,36 @@ def test_without_pyav_videos_are_reported_not_fatal(tmp_path, encoder, monkeypat
 def _hit(rank, score, video_id=None, ts=None, image_id=None, path="x"):
     from pixquery.search import SearchResult
 
-    return SearchResult(rank=rank, score=score, distance=0.0, path=path, image_id=image_id, video_id=video_id,
-                        detection_id=rank, timestamp=ts)
+    return SearchResult(
+        rank=rank,
+        score=score,
+        distance=0.0,
+        path=path,
+        image_id=image_id,
+        video_id=video_id,
+        detection_id=rank,
+        timestamp=ts,
+    )
 
 
 def test_merge_video_hits():
     from pixquery.ingest.video import describe_location, merge_video_hits
     from pixquery.search import Results
 
-    hits = Results([
-        _hit(1, 0.9, video_id=1, ts=12.0), _hit(2, 0.8, image_id=5), _hit(3, 0.7, video_id=1, ts=10.0),
-        _hit(4, 0.6, video_id=1, ts=14.0), _hit(5, 0.5, video_id=2, ts=12.0), _hit(6, 0.4, video_id=1, ts=60.0),
-        _hit(7, 0.3, video_id=1, ts=16.5), _hit(8, 0.2, video_id=1, ts=63.0),
-    ], dropped=3, threshold=0.4)
+    hits = Results(
+        [
+            _hit(1, 0.9, video_id=1, ts=12.0),
+            _hit(2, 0.8, image_id=5),
+            _hit(3, 0.7, video_id=1, ts=10.0),
+            _hit(4, 0.6, video_id=1, ts=14.0),
+            _hit(5, 0.5, video_id=2, ts=12.0),
+            _hit(6, 0.4, video_id=1, ts=60.0),
+            _hit(7, 0.3, video_id=1, ts=16.5),
+            _hit(8, 0.2, video_id=1, ts=63.0),
+        ],
+        dropped=3,
+        threshold=0.4,
+    )
     merged = merge_video_hits(hits, gap_seconds=3.0)
     assert isinstance(merged, Results) and (merged.dropped, merged.threshold) == (3, 0.4)
     got = [(r.rank, r.score, r.video_id, r.timestamp, r.time_range) for r in merged]

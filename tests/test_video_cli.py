@@ -27,7 +27,13 @@ def test_video_commands(tmp_path):
     r = pixquery("video", "frames", video, "--json", "--save", tmp_path / "frames")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
-    assert [(f["timestamp"], f["why"]) for f in data["frames"]] == [(0.0, "clock"), (2.0, "clock"), (3.0, "cut"), (5.0, "clock"), (5.5, "cut")]
+    assert [(f["timestamp"], f["why"]) for f in data["frames"]] == [
+        (0.0, "clock"),
+        (2.0, "clock"),
+        (3.0, "cut"),
+        (5.0, "clock"),
+        (5.5, "cut"),
+    ]
     assert data["summary"]["cuts"] == 2 and data["summary"]["frames"] == 75
     assert all(Image.open(f["file"]).size == (160, 96) for f in data["frames"])
 

@@ -48,7 +48,9 @@ def test_library_indexes_photos_and_videos(media, tmp_path, tiny_model):
             assert r.path.endswith((".mp4", ".mkv"))
     # a known frame finds its video and time
     cfg = lib.encoder.preprocess_cfg
-    q = lib.encoder.encode_images(normalize(resize_crop(extract_frame(media / "clips" / "a.mp4", 5.5), cfg)[None], cfg))[0]
+    q = lib.encoder.encode_images(
+        normalize(resize_crop(extract_frame(media / "clips" / "a.mp4", 5.5), cfg)[None], cfg)
+    )[0]
     top = lib.search(vector=q, k=3)[0]
     assert top.path == str(media / "clips" / "a.mp4") and top.timestamp == pytest.approx(5.5) and top.score > 0.999
     # incremental: nothing to do; then a video deleted, one changed
@@ -102,7 +104,8 @@ def test_a_long_video_does_not_crowd_out_other_results(tmp_path, tiny_model):
     assert report.failed == [] and report.frames >= 50
     blob = lib.catalog.db.execute(
         "SELECT e.vector FROM embedding e JOIN detection d ON d.id = e.detection_id WHERE d.video_id IS NOT NULL "
-        "ORDER BY d.timestamp LIMIT 1 OFFSET 30").fetchone()[0]
+        "ORDER BY d.timestamp LIMIT 1 OFFSET 30"
+    ).fetchone()[0]
     q = np.frombuffer(blob, dtype=np.float32)
     index, row = lib._index()
     _, refs = index.search(q[None], 4 * 5 + 16)

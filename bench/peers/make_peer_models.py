@@ -65,8 +65,16 @@ def make_rclip(out: Path, arch: str, seed: int) -> None:
             ("textual.onnx", Textual(), torch.randint(0, 1000, (2, 77), dtype=torch.int64)),
         ):
             tmp = folder / (name + ".tmp")
-            torch.onnx.export(module, (example,), str(tmp), input_names=["input"], output_names=["output"],
-                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=17, dynamo=False)
+            torch.onnx.export(
+                module,
+                (example,),
+                str(tmp),
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
             tmp.replace(folder / name)
             print(f"{folder / name}  ({arch}, {size} px)")
     vocab = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"

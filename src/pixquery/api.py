@@ -105,26 +105,51 @@ class IndexReport:
     def to_dict(self) -> dict[str, Any]:
         new = set(self.new_failures)
         return {
-            "found": self.found, "indexed": self.indexed, "skipped": self.skipped, "removed": self.removed,
-            "videos": self.videos, "frames": self.frames, "regions": self.regions,
-            "text_photos": self.text_photos, "text_lines": self.text_lines, "ocr_seconds": round(self.ocr_seconds, 3),
+            "found": self.found,
+            "indexed": self.indexed,
+            "skipped": self.skipped,
+            "removed": self.removed,
+            "videos": self.videos,
+            "frames": self.frames,
+            "regions": self.regions,
+            "text_photos": self.text_photos,
+            "text_lines": self.text_lines,
+            "ocr_seconds": round(self.ocr_seconds, 3),
             "failed": [{"path": p, "reason": r, "new": (p, r) in new} for p, r in self.failed],
-            "new_failures": len(self.new_failures), "seconds": round(self.seconds, 3),
-            "missing_plugins": [{"format": f, "files": len(paths), "fix": reason}
-                                for f, (reason, paths) in self.missing_plugins.items()],
+            "new_failures": len(self.new_failures),
+            "seconds": round(self.seconds, 3),
+            "missing_plugins": [
+                {"format": f, "files": len(paths), "fix": reason} for f, (reason, paths) in self.missing_plugins.items()
+            ],
             "images_per_second": round(self.images_per_second, 2),
-            "index": None if self.index is None else {
-                "kind": self.index.kind, "added": self.index.added, "removed": self.index.removed,
-                "total": self.index.total, "rebuilt": self.index.rebuilt, "size_bytes": self.index.size_bytes},
+            "index": None
+            if self.index is None
+            else {
+                "kind": self.index.kind,
+                "added": self.index.added,
+                "removed": self.index.removed,
+                "total": self.index.total,
+                "rebuilt": self.index.rebuilt,
+                "size_bytes": self.index.size_bytes,
+            },
         }
 
 
 class Library:
-    def __init__(self, path: Path, model: str | None = None, precision: str | None = None, *, create: bool = True,
-                 encoder: Encoder | None = None):
+    def __init__(
+        self,
+        path: Path,
+        model: str | None = None,
+        precision: str | None = None,
+        *,
+        create: bool = True,
+        encoder: Encoder | None = None,
+    ):
         self.path = Path(path)
         if not create and not (self.path / CATALOG_FILE).is_file():
-            raise LibraryError(f"no library at {self.path}: make one with `pixquery index FOLDER --library {self.path}`")
+            raise LibraryError(
+                f"no library at {self.path}: make one with `pixquery index FOLDER --library {self.path}`"
+            )
         self.catalog = Catalog(self.path / CATALOG_FILE)
         self._model_name = model
         self._default_model: str | None = None
@@ -137,8 +162,15 @@ class Library:
         self._loaded: tuple[Any, ...] | None = None
 
     @classmethod
-    def open(cls, path: str | Path | None = None, model: str | None = None, precision: str | None = None, *,
-             create: bool = True, encoder: Encoder | None = None) -> Library:
+    def open(
+        cls,
+        path: str | Path | None = None,
+        model: str | None = None,
+        precision: str | None = None,
+        *,
+        create: bool = True,
+        encoder: Encoder | None = None,
+    ) -> Library:
         """Open (or create) a library. `model`: a name from `pixquery models`, or a local model folder.
         `precision`: "fp32" or "int8"; None uses the library's (what its last `index` with a
         precision chose; fp32 for a new library). Model and precision given here are remembered
@@ -146,8 +178,13 @@ class Library:
         create=False: raise LibraryError("no library at ...") instead of creating a missing one.
         encoder: an object with the Encoder protocol (pixquery.encoders.base) to use instead of
         loading a model, e.g. a stand-in that maps words to known vectors in a test."""
-        return cls(Path(path).expanduser() if path else default_library_path(), model, precision, create=create,
-                   encoder=encoder)
+        return cls(
+            Path(path).expanduser() if path else default_library_path(),
+            model,
+            precision,
+            create=create,
+            encoder=encoder,
+        )
 
     def close(self) -> None:
         if self._loaded is not None and self._loaded[0] == "store":
@@ -313,17 +350,35 @@ class Library:
                 # changed files, and unread ones): detection on the same pixels, beside the encoder.
                 # Photos not embedded in this run are read by the OCR pass below.
                 unread = {path for _, path, _, _ in self.catalog.photos_to_read(ocr_cfg.to_json())}
-                items = [dataclasses.replace(it, read_text=True)
-                         if it.kind != VIDEO and (it.whole or it.path in unread) else it for it in items]
+                items = [
+                    dataclasses.replace(it, read_text=True)
+                    if it.kind != VIDEO and (it.whole or it.path in unread)
+                    else it
+                    for it in items
+                ]
             writer = CatalogWriter(self.catalog, model.id, ocr_key=ocr_cfg.to_json() if ocr_cfg else None)
-            settings = DecodeSettings(self.encoder.preprocess_cfg, draft=draft,
-                                      regions=region_cfg.resolved() if region_cfg else None, sampling=sampling,
-                                      ocr=ocr_cfg)
+            settings = DecodeSettings(
+                self.encoder.preprocess_cfg,
+                draft=draft,
+                regions=region_cfg.resolved() if region_cfg else None,
+                sampling=sampling,
+                ocr=ocr_cfg,
+            )
             progress.started_embedding(len(plan.items))
             ray_only = {"model": self.model_name} if engine == "ray" else {}  # each node loads it by name
-            stats = pipeline.run(items, self.encoder, settings, writer, engine=engine, address=address,
-                                 batch_size=batch_size, workers=workers, on_progress=progress.advance,
-                                 on_failure=progress.failure, **ray_only)
+            stats = pipeline.run(
+                items,
+                self.encoder,
+                settings,
+                writer,
+                engine=engine,
+                address=address,
+                batch_size=batch_size,
+                workers=workers,
+                on_progress=progress.advance,
+                on_failure=progress.failure,
+                **ray_only,
+            )
             sources.saved_after_run(self.catalog, region_cfg, sampling, videos)
             counts = writer.counts
             report.indexed = counts.photos + counts.videos
@@ -343,16 +398,25 @@ class Library:
             ocr_mod.apply_config(self.catalog, ocr_cfg)
             if ocr_cfg is not None:
                 progress.stage("reading text in photos")
-                text = ocr_mod.read_photos(self.catalog, ocr_cfg, on_progress=progress.reading_text,
-                                           on_failure=progress.failure)
+                text = ocr_mod.read_photos(
+                    self.catalog, ocr_cfg, on_progress=progress.reading_text, on_failure=progress.failure
+                )
                 report.text_photos = counts.text_photos + text.photos
                 report.text_lines = counts.text_lines + text.lines
                 report.ocr_seconds = counts.text_seconds + text.seconds  # the workers' time summed
                 report.failed.extend(text.failed)
 
-            report.index = sync_index(self.catalog, self.path, model, kind, params, rebuild=changed_config,
-                                      on_stage=progress.stage, on_load=progress.loading,
-                                      calibration_queries=self._calibration_queries)
+            report.index = sync_index(
+                self.catalog,
+                self.path,
+                model,
+                kind,
+                params,
+                rebuild=changed_config,
+                on_stage=progress.stage,
+                on_load=progress.loading,
+                calibration_queries=self._calibration_queries,
+            )
             with self.catalog.transaction():
                 self.catalog.purge_deleted()
                 self.catalog.purge_deleted_videos()  # and retired regions/frames
@@ -361,7 +425,12 @@ class Library:
         report.seconds = time.perf_counter() - t0
         return report
 
-    def reindex(self, index: str | None = None, index_params: dict[str, Any] | None = None, progress: IndexProgress | None = None) -> SyncReport:
+    def reindex(
+        self,
+        index: str | None = None,
+        index_params: dict[str, Any] | None = None,
+        progress: IndexProgress | None = None,
+    ) -> SyncReport:
         """Rebuild the index (another kind or parameters) from stored embeddings: nothing is re-embedded."""
         from pixquery.ingest.sync import sync_index
 
@@ -372,8 +441,17 @@ class Library:
             if model is None:
                 raise LibraryError(f"nothing embedded with {self.model_name} yet: run pixquery index first")
             kind, params, _ = self._index_config(index, index_params)
-            report = sync_index(self.catalog, self.path, model, kind, params, rebuild=True, on_stage=progress.stage,
-                                on_load=progress.loading, calibration_queries=self._calibration_queries)
+            report = sync_index(
+                self.catalog,
+                self.path,
+                model,
+                kind,
+                params,
+                rebuild=True,
+                on_stage=progress.stage,
+                on_load=progress.loading,
+                calibration_queries=self._calibration_queries,
+            )
             with self.catalog.transaction():
                 self.catalog.set_setting("index", json.dumps({"kind": kind, "params": params}, sort_keys=True))
             return report
@@ -421,8 +499,10 @@ class Library:
         store = store_only.settings(self.catalog)
         if store is not None:
             if self.encoder.fingerprint != store["fingerprint"]:
-                raise LibraryError(f"{store_only.describe(self)} of vectors of {store['model']}: search it with "
-                                   f"that model (-m {store['model']}), not {self.model_name}")
+                raise LibraryError(
+                    f"{store_only.describe(self)} of vectors of {store['model']}: search it with "
+                    f"that model (-m {store['model']}), not {self.model_name}"
+                )
             if self._loaded is None:
                 self._loaded = ("store", None, store_only.open_store(self), None)
             return self._loaded[2], None
@@ -501,13 +581,19 @@ class Library:
         the phrases the text side looks for, when the query's texts come already encoded (the
         server caches text vectors); default: the query's added phrases.
         """
-        parts = self.query_of(query, image=image, image_id=image_id, vector=vector, add=add, subtract=subtract,
-                              image_weight=image_weight)
+        parts = self.query_of(
+            query, image=image, image_id=image_id, vector=vector, add=add, subtract=subtract, image_weight=image_weight
+        )
         if text_only and semantic_only:
             raise PixqueryError("--text-only and --semantic-only exclude each other")
         sort = check_sort(sort)
-        flt = filter if filter is not None else Filter.parse(after=after, before=before, folders=folders, media=media,
-                                                            camera=camera, near=near, within=within)
+        flt = (
+            filter
+            if filter is not None
+            else Filter.parse(
+                after=after, before=before, folders=folders, media=media, camera=camera, near=near, within=within
+            )
+        )
         if flt.active or sort != "score":
             store_only.refuse(self, "filters and sort")
         # The text side (OCR) looks for the words of the phrases added; subtracted ones and image
@@ -518,12 +604,15 @@ class Library:
             if not words.strip():
                 raise PixqueryError("--text-only needs a text query")
             if not text_side:
-                raise PixqueryError(f"the library at {self.path} has no text read from its photos: "
-                                    "run pixquery index --ocr first")
+                raise PixqueryError(
+                    f"the library at {self.path} has no text read from its photos: run pixquery index --ocr first"
+                )
             from pixquery.search import by_date, text_only_results, with_meta
             from pixquery.text_search import search_text
 
-            hits = [h for h in search_text(self.catalog, words, limit=max(k, 50)) if h.image_id not in parts.liked_photos()]
+            hits = [
+                h for h in search_text(self.catalog, words, limit=max(k, 50)) if h.image_id not in parts.liked_photos()
+            ]
             text_results = text_only_results(self.catalog, self._passing(hits, flt), k)
             with_meta(self.catalog, text_results)
             if sort == "date":
@@ -537,22 +626,38 @@ class Library:
         folding = collapse is not False and collapse is not None
         if row is None:  # store-only: the paths come from the collection, not from catalog rows
             if folding:
-                raise PixqueryError("collapsing near-duplicates needs the photos' embeddings in the catalog, "
-                                    "which a store-only library does not keep")
+                raise PixqueryError(
+                    "collapsing near-duplicates needs the photos' embeddings in the catalog, "
+                    "which a store-only library does not keep"
+                )
             results = run_store_query(index, q, k, threshold)
         elif folding:
-            results = self._collapsed_query(parts, words if text_side else "", index, row, q, k, threshold, flt, sort,
-                                            strategy, collapse)
+            results = self._collapsed_query(
+                parts, words if text_side else "", index, row, q, k, threshold, flt, sort, strategy, collapse
+            )
         else:
-            results = self._run_query(parts, words if text_side else "", index, row, q, k, threshold, flt, sort, strategy)
+            results = self._run_query(
+                parts, words if text_side else "", index, row, q, k, threshold, flt, sort, strategy
+            )
         probability = getattr(self.encoder, "match_probability", None)
         if probability is not None and results and probability(0.0) is not None:
             for r, p in zip(results, probability([r.score for r in results])):
                 r.probability = float(p)
         return results
 
-    def _run_query(self, parts: Query, words: str, index: Any, row: Any, q: np.ndarray, k: int,
-                   threshold: float | None, flt: Filter, sort: str, strategy: str) -> Results:
+    def _run_query(
+        self,
+        parts: Query,
+        words: str,
+        index: Any,
+        row: Any,
+        q: np.ndarray,
+        k: int,
+        threshold: float | None,
+        flt: Filter,
+        sort: str,
+        strategy: str,
+    ) -> Results:
         """The semantic search of `q` (only what passes `flt`), fused with the text side's hits for
         `words` when there are any (a library with OCR, a query with words: text_search.py,
         fusion.py); sort="date" orders the results by date taken."""
@@ -561,15 +666,37 @@ class Library:
         liked = parts.liked_photos()
         merge_gap = video_mod.merge_gap_for(self.catalog)
         if not words:
-            return run_query(self.catalog, index, row, q, k, threshold, exclude_image=liked, merge_gap=merge_gap,
-                             flt=flt, sort=sort, strategy=strategy)
+            return run_query(
+                self.catalog,
+                index,
+                row,
+                q,
+                k,
+                threshold,
+                exclude_image=liked,
+                merge_gap=merge_gap,
+                flt=flt,
+                sort=sort,
+                strategy=strategy,
+            )
         from pixquery.search import by_date, fuse_with_text, with_meta
         from pixquery.text_search import search_text
 
         depth = max(2 * k, 50)  # fusion needs both lists deeper than the page
         hits = self._passing([h for h in search_text(self.catalog, words, limit=depth) if h.image_id not in liked], flt)
-        semantic = run_query(self.catalog, index, row, q, depth if hits else k, threshold, exclude_image=liked,
-                             merge_gap=merge_gap, flt=flt, sort="score", strategy=strategy)
+        semantic = run_query(
+            self.catalog,
+            index,
+            row,
+            q,
+            depth if hits else k,
+            threshold,
+            exclude_image=liked,
+            merge_gap=merge_gap,
+            flt=flt,
+            sort="score",
+            strategy=strategy,
+        )
         if not hits:
             results = semantic
         else:
@@ -603,8 +730,20 @@ class Library:
 
         return self.catalog.get_setting(SETTING_OCR) not in (None, "null")
 
-    def _collapsed_query(self, parts: Query, words: str, index: Any, row: Any, q: np.ndarray, k: int,
-                         threshold: float | None, flt: Filter, sort: str, strategy: str, collapse: bool | float) -> Results:
+    def _collapsed_query(
+        self,
+        parts: Query,
+        words: str,
+        index: Any,
+        row: Any,
+        q: np.ndarray,
+        k: int,
+        threshold: float | None,
+        flt: Filter,
+        sort: str,
+        strategy: str,
+        collapse: bool | float,
+    ) -> Results:
         """_run_query, then near-duplicates folded into the best of them; fetches more (x4 each
         time) while fewer than k distinct pictures remain and the index has more."""
         from pixquery import duplicates
@@ -624,9 +763,15 @@ class Library:
             r.rank = n
         return Results(kept, found.dropped, found.threshold)
 
-    def duplicates(self, *, threshold: float | None = None, keep: str = "largest", near: bool = True,
-                   nprobe: int | None = None,
-                   progress: Callable[[str, int, int], None] | None = None) -> DuplicateReport:
+    def duplicates(
+        self,
+        *,
+        threshold: float | None = None,
+        keep: str = "largest",
+        near: bool = True,
+        nprobe: int | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> DuplicateReport:
         """Groups of copies: the same bytes (content hash) and, with near=True, photos whose
         embeddings are within `threshold` (an angular distance; default
         pixquery.duplicates.DEFAULT_THRESHOLD), largest group first, each with the one to keep
@@ -638,13 +783,21 @@ class Library:
         dup.check_keep(keep)
         store_only.refuse(self, "duplicates")
         model = self._model_row(create=False) if near else None
-        return dup.find_duplicates(self.catalog, model, threshold=threshold, keep=keep, near=near, nprobe=nprobe,
-                                   progress=progress)
+        return dup.find_duplicates(
+            self.catalog, model, threshold=threshold, keep=keep, near=near, nprobe=nprobe, progress=progress
+        )
 
     @staticmethod
-    def query_of(query: str | Query | None = None, *, image: str | Path | None = None, image_id: int | None = None,
-                 vector: np.ndarray | None = None,
-                 add: Sequence[str] = (), subtract: Sequence[str] = (), image_weight: float = 1.0) -> Query:
+    def query_of(
+        query: str | Query | None = None,
+        *,
+        image: str | Path | None = None,
+        image_id: int | None = None,
+        vector: np.ndarray | None = None,
+        add: Sequence[str] = (),
+        subtract: Sequence[str] = (),
+        image_weight: float = 1.0,
+    ) -> Query:
         """The Query that search() runs for these arguments (the inline syntax of a string parsed)."""
         if isinstance(add, str) or isinstance(subtract, str):
             raise PixqueryError("add and subtract take a list of phrases, not one string")
@@ -708,7 +861,9 @@ class Library:
                 try:
                     threshold = float(threshold)
                 except ValueError:
-                    raise PixqueryError(f"threshold must be a number between 0 and 1 or 'auto', not {threshold!r}") from None
+                    raise PixqueryError(
+                        f"threshold must be a number between 0 and 1 or 'auto', not {threshold!r}"
+                    ) from None
             else:
                 enc = self.encoder
                 value = self.catalog.get_threshold(enc.name, enc.fingerprint)
@@ -738,8 +893,10 @@ class Library:
         enc = self.encoder
         scale, bias = getattr(enc, "logit_scale", None), getattr(enc, "logit_bias", None)
         if scale is None or bias is None:
-            raise PixqueryError(f"{enc.name} is not sigmoid-trained (SigLIP): it has no match probability; "
-                                "give an angular distance (e.g. --threshold 0.4) or 'auto'")
+            raise PixqueryError(
+                f"{enc.name} is not sigmoid-trained (SigLIP): it has no match probability; "
+                "give an angular distance (e.g. --threshold 0.4) or 'auto'"
+            )
         return angular_distance((math.log(p / (1 - p)) - float(bias)) / float(scale))
 
     # -- facts ----------------------------------------------------------------------------
@@ -764,29 +921,49 @@ class Library:
         store = store_only.settings(self.catalog)
         if store is not None:
             shards, vectors, failed = self.catalog.loaded_totals()
-            out["store_only"] = {"kind": store["kind"], "params": store["params"], "shards": shards,
-                                 "vectors": vectors, "failed": failed,
-                                 "sources": [uri for _, uri, _ in self.catalog.shard_sources()]}
+            out["store_only"] = {
+                "kind": store["kind"],
+                "params": store["params"],
+                "shards": shards,
+                "vectors": vectors,
+                "failed": failed,
+                "sources": [uri for _, uri, _ in self.catalog.shard_sources()],
+            }
         for m in self.catalog.models():
             n = self.catalog.count_embeddings(m.id)
             idx = self.catalog.active_index(m.id)
-            models.append({
-                "name": m.name, "fingerprint": m.fingerprint, "dim": m.dim, "embeddings": n,
-                "threshold": m.threshold,
-                "index": None if idx is None else {
-                    "kind": idx.kind, "params": idx.params, "entries": self.catalog.count_index_entries(idx.id),
-                    "size_bytes": idx.size_bytes, "build_seconds": idx.build_seconds, "built_at": idx.built_at,
-                    "recall": idx.recall, "path": idx.path,
-                },
-            })
+            models.append(
+                {
+                    "name": m.name,
+                    "fingerprint": m.fingerprint,
+                    "dim": m.dim,
+                    "embeddings": n,
+                    "threshold": m.threshold,
+                    "index": None
+                    if idx is None
+                    else {
+                        "kind": idx.kind,
+                        "params": idx.params,
+                        "entries": self.catalog.count_index_entries(idx.id),
+                        "size_bytes": idx.size_bytes,
+                        "build_seconds": idx.build_seconds,
+                        "built_at": idx.built_at,
+                        "recall": idx.recall,
+                        "path": idx.path,
+                    },
+                }
+            )
         return out
 
     def _exclusions(self) -> dict[str, object]:
         """What scans leave out: by default, per folder (--exclude), and the ignore file's name."""
         from pixquery.ingest import exclude as excluding
 
-        return {"by_default": list(excluding.DEFAULT_SKIPS), "folders": self.catalog.folder_excludes(),
-                "ignore_file": excluding.IGNORE_FILE}
+        return {
+            "by_default": list(excluding.DEFAULT_SKIPS),
+            "folders": self.catalog.folder_excludes(),
+            "ignore_file": excluding.IGNORE_FILE,
+        }
 
 
 class _StatusFile(IndexProgress):
@@ -795,7 +972,14 @@ class _StatusFile(IndexProgress):
 
     def __init__(self, path: Path, inner: IndexProgress):
         self.path, self.inner = path, inner
-        self.state = {"pid": os.getpid(), "stage": "starting", "done": 0, "total": 0, "failed": 0, "started_at": time.time()}
+        self.state = {
+            "pid": os.getpid(),
+            "stage": "starting",
+            "done": 0,
+            "total": 0,
+            "failed": 0,
+            "started_at": time.time(),
+        }
         self._last = 0.0
 
     def __enter__(self) -> _StatusFile:
@@ -876,7 +1060,9 @@ class _FileLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise LibraryError(f"another pixquery process is indexing the library at {self.path.parent}; wait for it to finish") from None
+            raise LibraryError(
+                f"another pixquery process is indexing the library at {self.path.parent}; wait for it to finish"
+            ) from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, str(os.getpid()).encode())
         return self

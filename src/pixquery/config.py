@@ -1,15 +1,15 @@
 """One typed settings tree (model, index, ingest), read from a TOML file and overridden by flags.
 
-    [model]
-    name = "ViT-B-32"          # or a local model folder
-    precision = "int8"         # or "fp32"; unset: the library's (fp32 for a new one)
-    [index]
-    kind = "hnsw"
-    M = 32
-    ef_construction = 200
-    [ingest]
-    batch_size = 32
-    workers = 2                # decoder processes (default: one per core)
+[model]
+name = "ViT-B-32"          # or a local model folder
+precision = "int8"         # or "fp32"; unset: the library's (fp32 for a new one)
+[index]
+kind = "hnsw"
+M = 32
+ef_construction = 200
+[ingest]
+batch_size = 32
+workers = 2                # decoder processes (default: one per core)
 """
 
 from __future__ import annotations

@@ -110,7 +110,9 @@ def ask(library: str | os.PathLike, request: dict, timeout: float | None = None)
         except ValueError:
             timeout = 10.0
     try:
-        answer = _exchange(path, dict(request, v=PROTOCOL, library=os.path.realpath(os.path.expanduser(library))), timeout)
+        answer = _exchange(
+            path, dict(request, v=PROTOCOL, library=os.path.realpath(os.path.expanduser(library))), timeout
+        )
     except (OSError, ValueError):  # no socket, nobody listening (a dead daemon), a timeout, garbage
         return None
     if not answer or answer.get("v") != PROTOCOL:
@@ -125,8 +127,7 @@ class QueryDaemon:
     """Answers search requests for one library from a resident Library (text tower warm, index
     loaded). One request at a time: a warm text query takes ~10 ms."""
 
-    def __init__(self, library: str | os.PathLike, model: str | None = None, *, idle_exit: float = 0.0,
-                 log=None):
+    def __init__(self, library: str | os.PathLike, model: str | None = None, *, idle_exit: float = 0.0, log=None):
         self.library = Path(os.path.realpath(os.path.expanduser(library)))
         self.model = normalize_model(model)
         self.idle_exit = idle_exit
@@ -201,18 +202,35 @@ class QueryDaemon:
             self._load()
         try:
             t0 = time.perf_counter()
-            results = self.lib.search(request.get("query"), k=int(request.get("k", 10)), threshold=request.get("threshold"))
+            results = self.lib.search(
+                request.get("query"), k=int(request.get("k", 10)), threshold=request.get("threshold")
+            )
             ms = (time.perf_counter() - t0) * 1000
         except PixqueryError as e:
-            return {"v": PROTOCOL, "ok": False, "user_error": True, "error": str(e), "model": self.lib.model_name,
-                    "random_weights": bool(getattr(self.lib.encoder, "random_weights", False))}
+            return {
+                "v": PROTOCOL,
+                "ok": False,
+                "user_error": True,
+                "error": str(e),
+                "model": self.lib.model_name,
+                "random_weights": bool(getattr(self.lib.encoder, "random_weights", False)),
+            }
         from pixquery.searchcmd import Found
 
         enc = self.lib.encoder
         found = Found.of(results)
-        return {"v": PROTOCOL, "ok": True, "model": self.lib.model_name, "fingerprint": enc.fingerprint,
-                "random_weights": bool(getattr(enc, "random_weights", False)), "threshold": found.threshold,
-                "dropped": found.dropped, "results": found.results, "locations": found.locations, "search_ms": ms}
+        return {
+            "v": PROTOCOL,
+            "ok": True,
+            "model": self.lib.model_name,
+            "fingerprint": enc.fingerprint,
+            "random_weights": bool(getattr(enc, "random_weights", False)),
+            "threshold": found.threshold,
+            "dropped": found.dropped,
+            "results": found.results,
+            "locations": found.locations,
+            "search_ms": ms,
+        }
 
     def _handle(self, conn: socket.socket) -> None:
         conn.settimeout(5.0)
@@ -310,8 +328,10 @@ def run(library: str | os.PathLike, model: str | None = None, *, idle_exit: floa
             raise KeyboardInterrupt
 
         signal.signal(signal.SIGTERM, stop)
-        daemon.log(f"answering searches of {daemon.library} with {daemon.lib.model_name} on {daemon.path} "
-                   f"(ready in {time.perf_counter() - t0:.1f} s)")
+        daemon.log(
+            f"answering searches of {daemon.library} with {daemon.lib.model_name} on {daemon.path} "
+            f"(ready in {time.perf_counter() - t0:.1f} s)"
+        )
         if ready:
             ready(daemon)
         try:

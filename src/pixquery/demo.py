@@ -54,7 +54,9 @@ def collection(folder: Path | None = None) -> tuple[list[str], str]:
     except ImportError:
         pass
     if not found:
-        raise PixqueryError("no demo photos found: run `pixquery demo --folder ~/Pictures` with a folder of your own photos")
+        raise PixqueryError(
+            "no demo photos found: run `pixquery demo --folder ~/Pictures` with a folder of your own photos"
+        )
     return found, "sample photos shipped inside installed packages"
 
 
@@ -101,16 +103,20 @@ def run(model: str | None, folder: Path | None, library: Path | None, console: C
     console.print(f"[bold]model:[/] {escape(lib.model_name)}   [bold]library:[/] {escape(str(library))}")
     report = lib.index(paths, progress=progress)
     progress.close()
-    console.print(f"indexed {report.indexed}, skipped {report.skipped} unchanged, failed {len(report.failed)} "
-                  f"({report.images_per_second:.1f} images/s)")
+    console.print(
+        f"indexed {report.indexed}, skipped {report.skipped} unchanged, failed {len(report.failed)} "
+        f"({report.images_per_second:.1f} images/s)"
+    )
     for q in QUERIES:
         results = lib.search(q, k=3)
         console.print(f"\n[bold cyan]{q}[/]")
         for r in results:
             console.print(f"  {r.rank}. {r.score:.3f}  {escape(r.path)}", soft_wrap=True)
     info = lib.info()
-    console.print(f"\n{info['images']} images in {escape(info['library'])}; try: "
-                  f"pixquery search --library {escape(str(library))} \"a cat\"")
+    console.print(
+        f"\n{info['images']} images in {escape(info['library'])}; try: "
+        f'pixquery search --library {escape(str(library))} "a cat"'
+    )
     lib.close()
 
 
@@ -123,8 +129,10 @@ def _tied_to_model(lib, library: Path, console: Console, ours: bool):
     made_with = lib.catalog.get_setting(DEMO_SETTING) or (lib.catalog.get_setting("model") if ours else None)
     fresh = lib.catalog.count_images() == 0 and not lib.catalog.models()
     if made_with is not None and made_with != lib.model_name:
-        console.print(f"[yellow]the demo library was made with {escape(made_with)}; rebuilding it with "
-                      f"{escape(lib.model_name)}[/]")
+        console.print(
+            f"[yellow]the demo library was made with {escape(made_with)}; rebuilding it with "
+            f"{escape(lib.model_name)}[/]"
+        )
         model = lib.model_name
         lib.close()
         for name in (CATALOG_FILE, CATALOG_FILE + "-wal", CATALOG_FILE + "-shm"):

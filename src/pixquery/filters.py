@@ -36,7 +36,7 @@ POINT_PATTERN = rf"^{_LAT},{_LON}$"  # LAT,LON in decimal degrees, within range
 
 
 def parse_date(value, name: str = "date") -> datetime:
-    """"2019", "2019-06", "2019-06-15", "2019-06-15T08:30[:00]", or a date/datetime -> the start of
+    """ "2019", "2019-06", "2019-06-15", "2019-06-15T08:30[:00]", or a date/datetime -> the start of
     that period, as a naive (wall-clock) datetime."""
     if isinstance(value, datetime):
         return value.replace(tzinfo=None)
@@ -51,11 +51,13 @@ def parse_date(value, name: str = "date") -> datetime:
 
 
 def parse_point(value, name: str = "near") -> tuple[float, float]:
-    """"LAT,LON" (decimal degrees, POINT_PATTERN) or a (lat, lon) pair."""
+    """ "LAT,LON" (decimal degrees, POINT_PATTERN) or a (lat, lon) pair."""
     if isinstance(value, str):
         if not re.fullmatch(POINT_PATTERN, value):
-            raise PixqueryError(f"{name} must be LAT,LON in decimal degrees, latitude within -90..90 and longitude "
-                                f"within -180..180 (e.g. 48.8584,2.2945), not {value!r}")
+            raise PixqueryError(
+                f"{name} must be LAT,LON in decimal degrees, latitude within -90..90 and longitude "
+                f"within -180..180 (e.g. 48.8584,2.2945), not {value!r}"
+            )
         lat, lon = (float(x) for x in value.split(","))
         return lat, lon
     try:
@@ -85,8 +87,11 @@ class Filter:
         f = cls(
             after=parse_date(after, "after") if after is not None else None,
             before=parse_date(before, "before") if before is not None else None,
-            folders=tuple(os.path.abspath(os.path.expanduser(os.fspath(p))).rstrip(os.sep) or os.sep
-                          for p in folders or () if os.fspath(p)),
+            folders=tuple(
+                os.path.abspath(os.path.expanduser(os.fspath(p))).rstrip(os.sep) or os.sep
+                for p in folders or ()
+                if os.fspath(p)
+            ),
             media=(media or None) and str(media).lower(),
             camera=(camera or "").strip() or None,
             near=parse_point(near) if near is not None else None,
@@ -104,7 +109,9 @@ class Filter:
                 raise PixqueryError("within needs near=LAT,LON (the centre)")
             f = replace(f, within_km=km)
         if f.after and f.before and f.after >= f.before:
-            raise PixqueryError(f"after ({f.after:%Y-%m-%d %H:%M}) must be earlier than before ({f.before:%Y-%m-%d %H:%M})")
+            raise PixqueryError(
+                f"after ({f.after:%Y-%m-%d %H:%M}) must be earlier than before ({f.before:%Y-%m-%d %H:%M})"
+            )
         return f
 
     @property

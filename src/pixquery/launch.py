@@ -17,12 +17,16 @@ import sys
 # option -> (destination, takes a value); the `search` options of pixquery.cli (test_cli checks that
 # both parsers read the same arguments the same way)
 _SEARCH_OPTIONS = {
-    "-k": ("k", True), "--top": ("k", True),
-    "-L": ("library", True), "--library": ("library", True),
-    "-m": ("model", True), "--model": ("model", True),
+    "-k": ("k", True),
+    "--top": ("k", True),
+    "-L": ("library", True),
+    "--library": ("library", True),
+    "-m": ("model", True),
+    "--model": ("model", True),
     "--threshold": ("threshold", True),
     "--json": ("as_json", False),
-    "--add": ("add", True), "--subtract": ("subtract", True),  # repeatable: a list
+    "--add": ("add", True),
+    "--subtract": ("subtract", True),  # repeatable: a list
     "--text-only": ("text_only", False),
     "--semantic-only": ("semantic_only", False),
 }
@@ -31,12 +35,31 @@ _REPEATABLE = {"add", "subtract"}
 
 def parse_search(args: list[str]) -> dict | None:
     """The arguments after `search` as search_command's keywords, or None for the full CLI."""
-    out: dict = {"query": None, "add": [], "subtract": [], "image": [], "weight": [], "k": 10, "threshold": None,
-                 "library": None, "model": None, "as_json": False, "text_only": False, "semantic_only": False,
-                 # the filter options (pixquery.cli) are left to the full command line: these are their defaults
-                 "after": None, "before": None, "folders": (), "media": None, "camera": None, "near": None,
-                 "within": None, "sort": "score",
-                 "collapse": False, "collapse_threshold": None}  # --collapse is left to the full CLI
+    out: dict = {
+        "query": None,
+        "add": [],
+        "subtract": [],
+        "image": [],
+        "weight": [],
+        "k": 10,
+        "threshold": None,
+        "library": None,
+        "model": None,
+        "as_json": False,
+        "text_only": False,
+        "semantic_only": False,
+        # the filter options (pixquery.cli) are left to the full command line: these are their defaults
+        "after": None,
+        "before": None,
+        "folders": (),
+        "media": None,
+        "camera": None,
+        "near": None,
+        "within": None,
+        "sort": "score",
+        "collapse": False,
+        "collapse_threshold": None,
+    }  # --collapse is left to the full CLI
     positional: list[str] = []
     i = 0
     while i < len(args):
@@ -49,7 +72,12 @@ def parse_search(args: list[str]) -> dict | None:
             positional.append(arg)
             continue
         name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
-        if name not in _SEARCH_OPTIONS and not arg.startswith("--") and arg[:2] in _SEARCH_OPTIONS and _SEARCH_OPTIONS[arg[:2]][1]:
+        if (
+            name not in _SEARCH_OPTIONS
+            and not arg.startswith("--")
+            and arg[:2] in _SEARCH_OPTIONS
+            and _SEARCH_OPTIONS[arg[:2]][1]
+        ):
             name, eq, value = arg[:2], "=", arg[2:]  # -k5, -L/path (click's short form)
         if name not in _SEARCH_OPTIONS:
             return None
@@ -91,7 +119,9 @@ def _error(message: str) -> int:
         from rich.markup import escape
     except ImportError:  # pragma: no cover - rich comes with pixquery
         escape = str
-    say(f"[bold red]error:[/] {escape(message)}", f"error: {message}", highlight=False, soft_wrap=True)  # as pixquery.cli.run
+    say(
+        f"[bold red]error:[/] {escape(message)}", f"error: {message}", highlight=False, soft_wrap=True
+    )  # as pixquery.cli.run
     return 2
 
 

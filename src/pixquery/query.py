@@ -170,7 +170,7 @@ def _quote(phrase: str) -> str:
 
 
 def parse_inline(text: str) -> Query:
-    """"beach +sunset -people" -> Query(text "beach" +1, "sunset" +1, "people" -1). See the module
+    """ "beach +sunset -people" -> Query(text "beach" +1, "sunset" +1, "people" -1). See the module
     docstring for the rules; raises PixqueryError (one line, naming the problem) for an unclosed
     quote, an operator with nothing after it, or an empty query."""
     if text is None or not str(text).strip():
@@ -194,7 +194,9 @@ def parse_inline(text: str) -> Query:
         nonlocal sign, phrase, pending
         end_word()
         if pending is not None:
-            raise PixqueryError(f"nothing after {pending!r} in the query {text!r} (write \\{pending} for a literal {pending})")
+            raise PixqueryError(
+                f"nothing after {pending!r} in the query {text!r} (write \\{pending} for a literal {pending})"
+            )
         flush()
         sign, phrase, pending = (1.0 if op == "+" else -1.0), [], op
 
@@ -203,7 +205,7 @@ def parse_inline(text: str) -> Query:
         if joined:
             parts.append((sign, joined))
         elif phrase:  # only empty quotes: nothing to search for in that part
-            raise PixqueryError(f"an empty part (\"\") in the query {text!r}")
+            raise PixqueryError(f'an empty part ("") in the query {text!r}')
 
     while i < len(text):
         c = text[i]
@@ -233,14 +235,18 @@ def parse_inline(text: str) -> Query:
         raise PixqueryError(f"unclosed quote in the query {text!r}")
     end_word()
     if pending is not None:
-        raise PixqueryError(f"nothing after {pending!r} in the query {text!r} (write \\{pending} for a literal {pending})")
+        raise PixqueryError(
+            f"nothing after {pending!r} in the query {text!r} (write \\{pending} for a literal {pending})"
+        )
     flush()
     if not parts:
         raise PixqueryError("the query is empty")
     return Query(Part(TEXT, phrase_text, weight) for weight, phrase_text in parts)
 
 
-def combine(encoder, parts: Sequence[Part] | Query, embed_other: Callable[[Part], np.ndarray] | None = None) -> np.ndarray:
+def combine(
+    encoder, parts: Sequence[Part] | Query, embed_other: Callable[[Part], np.ndarray] | None = None
+) -> np.ndarray:
     """The query vector of `parts`: normalize(sum w_i * normalize(e_i)).
 
     Texts are embedded by `encoder.encode_texts`, in one batch (a phrase given twice, once);

@@ -88,15 +88,23 @@ def run_query(
     k = max(1, int(k))
     if flt is not None and flt.active:
         index = filtered_view(catalog, index, row, flt, strategy)
-    exclude = frozenset() if exclude_image is None else frozenset(
-        [exclude_image] if isinstance(exclude_image, int) else exclude_image)
+    exclude = (
+        frozenset()
+        if exclude_image is None
+        else frozenset([exclude_image] if isinstance(exclude_image, int) else exclude_image)
+    )
     # Regions and video frames put several hits on one file (a long video can fill the whole first
     # page with its frames), and deleted files may still be in the index until the next sync.
     # Over-fetch, and fetch 4x more while fewer than k distinct live results remain and the index
     # has more to give (below the threshold, when there is one).
     query = np.atleast_2d(query).astype(np.float32)
-    results = _ranked(index, k, k * 4 + 16, threshold,
-                      lambda fetch: _collect(catalog, index, row, query, fetch, k, threshold, exclude, merge_gap))
+    results = _ranked(
+        index,
+        k,
+        k * 4 + 16,
+        threshold,
+        lambda fetch: _collect(catalog, index, row, query, fetch, k, threshold, exclude, merge_gap),
+    )
     with_meta(catalog, results)
     if sort == "date":
         by_date(results)
@@ -122,8 +130,9 @@ def filtered_view(catalog: Catalog, index, row: IndexRow, flt: Filter, strategy:
         return out
 
     expression = flt.milvus_expression() if getattr(index, "kind", "") == "milvus" else ""
-    return FilteredIndex(index, allowed_mask(refs, row.next_ref_id), strategy=strategy, exact=exact,
-                         expression=expression)
+    return FilteredIndex(
+        index, allowed_mask(refs, row.next_ref_id), strategy=strategy, exact=exact, expression=expression
+    )
 
 
 def by_date(results: Results) -> None:
@@ -137,8 +146,10 @@ def with_meta(catalog: Catalog, results: list[SearchResult]) -> None:
     """Fill in date taken, place and camera of each result (its photo's or video's)."""
     from pixquery.ingest.metadata import wall_datetime
 
-    images, videos = catalog.meta_of([r.image_id for r in results if r.image_id is not None and r.video_id is None],
-                                     [r.video_id for r in results if r.video_id is not None])
+    images, videos = catalog.meta_of(
+        [r.image_id for r in results if r.image_id is not None and r.video_id is None],
+        [r.video_id for r in results if r.video_id is not None],
+    )
     for r in results:
         m = videos.get(r.video_id) if r.video_id is not None else images.get(r.image_id)
         if not m:
@@ -179,7 +190,9 @@ def _ranked(index, k: int, first_fetch: int, threshold: float | None, collect) -
     return Results(results, dropped, threshold)
 
 
-def _collect_from_store(index, query: np.ndarray, fetch: int, threshold: float | None) -> tuple[list[SearchResult], int, bool]:
+def _collect_from_store(
+    index, query: np.ndarray, fetch: int, threshold: float | None
+) -> tuple[list[SearchResult], int, bool]:
     scores, ids = index.search(query, fetch)
     hits = [(s, i) for s, i in zip(scores[0].tolist(), ids[0].tolist()) if i >= 0]
     files = index.get([i for _, i in hits], ("path", "width", "height"))
@@ -195,14 +208,31 @@ def _collect_from_store(index, query: np.ndarray, fetch: int, threshold: float |
         if threshold is not None and dist > threshold:
             dropped += 1
             continue
-        results.append(SearchResult(rank=0, score=float(score), distance=dist, path=f["path"],
-                                    width=f.get("width") or None, height=f.get("height") or None))
+        results.append(
+            SearchResult(
+                rank=0,
+                score=float(score),
+                distance=dist,
+                path=f["path"],
+                width=f.get("width") or None,
+                height=f.get("height") or None,
+            )
+        )
     past = threshold is not None and bool(hits) and angular_distance(hits[-1][0]) > threshold
     return results, dropped, past
 
 
-def _collect(catalog: Catalog, index, row: IndexRow, query: np.ndarray, fetch: int, k: int, threshold: float | None,
-             exclude: frozenset, merge_gap: float) -> tuple[list[SearchResult], int, bool]:
+def _collect(
+    catalog: Catalog,
+    index,
+    row: IndexRow,
+    query: np.ndarray,
+    fetch: int,
+    k: int,
+    threshold: float | None,
+    exclude: frozenset,
+    merge_gap: float,
+) -> tuple[list[SearchResult], int, bool]:
     """The best `fetch` hits as results (one per photo, video hits merged, live files only, best
     first; with paths read for the first k of them only), how many the threshold dropped, and
     whether the hits went past the threshold."""
@@ -230,8 +260,13 @@ def _collect(catalog: Catalog, index, row: IndexRow, query: np.ndarray, fetch: i
                 continue
             image_id, video_id, ts, box = d.image_id, d.video_id, d.timestamp, d.box
             key = ("image", image_id) if image_id is not None else ("video", video_id, item.detection_id)
-            hit = dict(image_id=image_id, video_id=video_id, detection_id=item.detection_id, timestamp=ts,
-                       box=None if box == (0.0, 0.0, 1.0, 1.0) else box)
+            hit = dict(
+                image_id=image_id,
+                video_id=video_id,
+                detection_id=item.detection_id,
+                timestamp=ts,
+                box=None if box == (0.0, 0.0, 1.0, 1.0) else box,
+            )
         if hit.get("image_id") in exclude:
             continue
         if key in best:
@@ -273,15 +308,31 @@ def _with_paths(catalog: Catalog, results: list[SearchResult], k: int) -> list[S
 
 
 def _matched(hit) -> list[dict]:
-    return [{"text": ln.text, "box": tuple(round(v, 4) for v in ln.box),
-             "score": None if ln.score is None else round(float(ln.score), 4)} for ln in hit.lines]
+    return [
+        {
+            "text": ln.text,
+            "box": tuple(round(v, 4) for v in ln.box),
+            "score": None if ln.score is None else round(float(ln.score), 4),
+        }
+        for ln in hit.lines
+    ]
 
 
 def text_only_results(catalog: Catalog, hits: list, k: int) -> Results:
     """Text hits as results (`--text-only`): score is the share of the query's words found
     (text_search.py), distance 1 - score; no model is loaded."""
-    results = [SearchResult(rank=0, score=round(h.score, 6), distance=round(1.0 - h.score, 6), path="",
-                            image_id=h.image_id, found_by="text", matched=_matched(h)) for h in hits]
+    results = [
+        SearchResult(
+            rank=0,
+            score=round(h.score, 6),
+            distance=round(1.0 - h.score, 6),
+            path="",
+            image_id=h.image_id,
+            found_by="text",
+            matched=_matched(h),
+        )
+        for h in hits
+    ]
     results = _with_paths(catalog, results, k)
     for n, r in enumerate(results, 1):
         r.rank = n

@@ -63,7 +63,10 @@ def warn_random(model_name: str) -> None:
     if _styled(sys.stderr):
         from rich.markup import escape
 
-        say(f"[yellow]warning: {escape(model_name)} is a random-weight test model: its rankings are meaningless[/]", text)
+        say(
+            f"[yellow]warning: {escape(model_name)} is a random-weight test model: its rankings are meaningless[/]",
+            text,
+        )
     else:
         say(text, text)
 
@@ -80,7 +83,9 @@ class Found:
         from pixquery.ingest.video import describe_location
 
         # where: path @ 00:12:31 (00:12:25-00:12:40) [box x0,y0,x1,y1]
-        return cls([r.to_dict() for r in results], [describe_location(r) for r in results], results.threshold, results.dropped)
+        return cls(
+            [r.to_dict() for r in results], [describe_location(r) for r in results], results.threshold, results.dropped
+        )
 
 
 def _from_daemon(query: str, k: int, threshold, library, model):
@@ -95,15 +100,20 @@ def _from_daemon(query: str, k: int, threshold, library, model):
     if not os.path.lexists(daemon.socket_path(lib)):
         return None
     t0 = time.perf_counter()
-    answer = daemon.ask(lib, {"op": "search", "query": query, "k": k, "threshold": threshold,
-                              "model": daemon.normalize_model(model)})
+    answer = daemon.ask(
+        lib, {"op": "search", "query": query, "k": k, "threshold": threshold, "model": daemon.normalize_model(model)}
+    )
     ms = (time.perf_counter() - t0) * 1000
     if not answer:
         return None
     if answer.get("ok"):
         try:
-            found = Found(list(answer["results"]), [str(x) for x in answer["locations"]], answer["threshold"],
-                          int(answer["dropped"]))
+            found = Found(
+                list(answer["results"]),
+                [str(x) for x in answer["locations"]],
+                answer["threshold"],
+                int(answer["dropped"]),
+            )
             if len(found.results) != len(found.locations) or not all(isinstance(r, dict) for r in found.results):
                 return None
             return found, bool(answer.get("random_weights")), str(answer.get("model")), ms
@@ -124,8 +134,19 @@ def _default_library() -> Path:
     return Path(base) / "pixquery"
 
 
-def _in_process(query, k, threshold, library, model, as_json, text_only=False, semantic_only=False, filters=None,
-                sort="score", collapse=False):
+def _in_process(
+    query,
+    k,
+    threshold,
+    library,
+    model,
+    as_json,
+    text_only=False,
+    semantic_only=False,
+    filters=None,
+    sort="score",
+    collapse=False,
+):
     from pixquery.api import Library
 
     with Library.open(library, model=model, create=False) as lib:
@@ -136,16 +157,25 @@ def _in_process(query, k, threshold, library, model, as_json, text_only=False, s
             if not as_json and getattr(enc, "random_weights", False):
                 warn_random(lib.model_name)
         t0 = time.perf_counter()
-        results = lib.search(query, k=k, threshold=threshold, text_only=text_only, semantic_only=semantic_only,
-                             sort=sort, collapse=collapse, **(filters or {}))
+        results = lib.search(
+            query,
+            k=k,
+            threshold=threshold,
+            text_only=text_only,
+            semantic_only=semantic_only,
+            sort=sort,
+            collapse=collapse,
+            **(filters or {}),
+        )
         ms = (time.perf_counter() - t0) * 1000
         return Found.of(results), ms
 
 
 def matched_text(result: dict) -> str:
     """The lines of text that matched a query, as the CLI prints them: '"RE16 TGK" [box 0.04,0.13,0.48,0.22]; ...'."""
-    return "; ".join(f'"{m["text"]}" [box ' + ",".join(f"{v:.2f}" for v in m["box"]) + "]"
-                     for m in result.get("matched") or [])
+    return "; ".join(
+        f'"{m["text"]}" [box ' + ",".join(f"{v:.2f}" for v in m["box"]) + "]" for m in result.get("matched") or []
+    )
 
 
 def _combined(query: str | None, add, subtract, images, weights):
@@ -154,8 +184,10 @@ def _combined(query: str | None, add, subtract, images, weights):
     from pixquery.query import Query, parse_inline
 
     if len(weights) > len(images):
-        raise PixqueryError(f"{len(weights)} --weight for {len(images)} --image: each --weight is the "
-                            "weight of one --image, the first --weight for the first --image")
+        raise PixqueryError(
+            f"{len(weights)} --weight for {len(images)} --image: each --weight is the "
+            "weight of one --image, the first --weight for the first --image"
+        )
     q = parse_inline(query) if query is not None else Query()
     for text in add:
         q = q.plus(text)
@@ -166,10 +198,25 @@ def _combined(query: str | None, add, subtract, images, weights):
     return q
 
 
-def search_command(query: str | None, image, k: int, threshold: str | None, library: Path | None,
-                   model: str | None, as_json: bool, add=(), subtract=(), weight=(), text_only: bool = False,
-                   semantic_only: bool = False, *, sort: str = "score", collapse: bool = False,
-                   collapse_threshold: float | None = None, **filters) -> None:
+def search_command(
+    query: str | None,
+    image,
+    k: int,
+    threshold: str | None,
+    library: Path | None,
+    model: str | None,
+    as_json: bool,
+    add=(),
+    subtract=(),
+    weight=(),
+    text_only: bool = False,
+    semantic_only: bool = False,
+    *,
+    sort: str = "score",
+    collapse: bool = False,
+    collapse_threshold: float | None = None,
+    **filters,
+) -> None:
     """Search and print (the body of `pixquery search`); raises PixqueryError for a user error.
     image: a path or a list of paths (--image, repeatable), weight: their --weight values.
     text_only / semantic_only: match only the text read in photos (OCR) / only by meaning.
@@ -184,8 +231,9 @@ def search_command(query: str | None, image, k: int, threshold: str | None, libr
     if collapse and collapse_threshold is not None:
         collapse = collapse_threshold
     combined = _combined(query, add, subtract, images, list(weight))
-    filters = {key: [str(f) for f in v] if key == "folders" else v
-               for key, v in filters.items() if v not in (None, "", [], ())}
+    filters = {
+        key: [str(f) for f in v] if key == "folders" else v for key, v in filters.items() if v not in (None, "", [], ())
+    }
     filtered = bool(filters) or sort != "score"  # the daemon answers plain searches only
     # The daemon answers text-only queries: the combined one travels in the inline syntax. It
     # searches both sides (semantic and, with OCR, text): one side alone is searched here.
@@ -197,16 +245,35 @@ def search_command(query: str | None, image, k: int, threshold: str | None, libr
         if random_weights and not as_json:
             warn_random(model_name)
     else:
-        found, ms = _in_process(combined, k, threshold, library, model, as_json, text_only, semantic_only, filters, sort,
-                                collapse)
+        found, ms = _in_process(
+            combined, k, threshold, library, model, as_json, text_only, semantic_only, filters, sort, collapse
+        )
     if as_json:
-        print(json.dumps({"query": query, "image": str(images[0]) if images else None, "parts": combined.to_dicts(),
-                          "threshold": found.threshold, "dropped_by_threshold": found.dropped,
-                          "filters": filters or None, "sort": sort, "results": found.results}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "query": query,
+                    "image": str(images[0]) if images else None,
+                    "parts": combined.to_dicts(),
+                    "threshold": found.threshold,
+                    "dropped_by_threshold": found.dropped,
+                    "filters": filters or None,
+                    "sort": sort,
+                    "results": found.results,
+                },
+                indent=2,
+            )
+        )
         return
-    rows = [(r["rank"], f"{r['score']:.4f}", f"{r['distance']:.4f}",
-             where + (f" (+{len(r['duplicates'])} near-duplicates)" if r.get("duplicates") else ""))
-            for r, where in zip(found.results, found.locations)]
+    rows = [
+        (
+            r["rank"],
+            f"{r['score']:.4f}",
+            f"{r['distance']:.4f}",
+            where + (f" (+{len(r['duplicates'])} near-duplicates)" if r.get("duplicates") else ""),
+        )
+        for r, where in zip(found.results, found.locations)
+    ]
     texts = [matched_text(r) for r in found.results]
     if filtered:  # a filtered or date-sorted search shows when each was taken (after the path: cut -f4 stays the path)
         rows = [(*row, r.get("taken", "").replace("T", " ")) for row, r in zip(rows, found.results)]
@@ -218,7 +285,9 @@ def search_command(query: str | None, image, k: int, threshold: str | None, libr
         from rich.table import Table
 
         table = Table(show_header=True, header_style="bold", box=None)
-        for col, just in (("#", "right"), ("score", "right"), ("distance", "right")) + ((("taken", "left"),) if filtered else ()):
+        for col, just in (("#", "right"), ("score", "right"), ("distance", "right")) + (
+            (("taken", "left"),) if filtered else ()
+        ):
             table.add_column(col, justify=just, no_wrap=True)
         table.add_column("path", overflow="fold")  # a path is never cut short: it is the answer
         if any(texts):

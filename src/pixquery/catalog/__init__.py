@@ -23,4 +23,14 @@ from pixquery.catalog.rows import DetectionRow, ImageRow, IndexRow, Item, ModelR
 from pixquery.catalog.schema import MIGRATIONS, SCHEMA_VERSION
 from pixquery.catalog.store import Catalog
 
-__all__ = ["Catalog", "MIGRATIONS", "SCHEMA_VERSION", "DetectionRow", "ImageRow", "IndexRow", "Item", "ModelRow", "VideoRow"]
+__all__ = [
+    "Catalog",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "DetectionRow",
+    "ImageRow",
+    "IndexRow",
+    "Item",
+    "ModelRow",
+    "VideoRow",
+]

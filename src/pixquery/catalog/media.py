@@ -19,7 +19,9 @@ from pixquery.catalog.rows import DetectionRow, VideoRow
 from pixquery.catalog.schema import chunks, marks
 
 # "some model embedded this detection", as seeks on the (model_id, detection_id) index.
-_HAS_EMBEDDING = "EXISTS (SELECT 1 FROM embedding e WHERE e.model_id IN (SELECT id FROM model) AND e.detection_id = {d})"
+_HAS_EMBEDDING = (
+    "EXISTS (SELECT 1 FROM embedding e WHERE e.model_id IN (SELECT id FROM model) AND e.detection_id = {d})"
+)
 
 
 class MediaTables:
@@ -36,18 +38,30 @@ class MediaTables:
         )
         return {p: (i, s, m) for p, i, s, m in rows}
 
-    def upsert_video(self, path: str, size: int, mtime_ns: int, *, width: int | None, height: int | None,
-                     duration: float | None, fps: float | None, frame_count: int | None) -> int:
+    def upsert_video(
+        self,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        *,
+        width: int | None,
+        height: int | None,
+        duration: float | None,
+        fps: float | None,
+        frame_count: int | None,
+    ) -> int:
         """Insert or refresh one video row (inside a transaction). Returns its id."""
-        return int(self.db.execute(
-            """INSERT INTO video(path, size, mtime_ns, sha256, width, height, duration, fps, frame_count, indexed_at, deleted)
+        return int(
+            self.db.execute(
+                """INSERT INTO video(path, size, mtime_ns, sha256, width, height, duration, fps, frame_count, indexed_at, deleted)
                VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, 0)
                ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = NULL,
                  width = excluded.width, height = excluded.height, duration = excluded.duration, fps = excluded.fps,
                  frame_count = excluded.frame_count, indexed_at = excluded.indexed_at, deleted = 0
                RETURNING id""",
-            (path, size, mtime_ns, width, height, duration, fps, frame_count, time.time()),
-        ).fetchone()[0])
+                (path, size, mtime_ns, width, height, duration, fps, frame_count, time.time()),
+            ).fetchone()[0]
+        )
 
     def mark_videos_deleted(self, video_ids: Iterable[int]) -> None:
         """Soft delete (inside a transaction): every index drops their frames at its next sync
@@ -78,7 +92,8 @@ class MediaTables:
 
     def video(self, video_id: int) -> VideoRow | None:
         row = self.db.execute(
-            "SELECT id, path, size, mtime_ns, width, height, duration, deleted FROM video WHERE id = ?", (int(video_id),)
+            "SELECT id, path, size, mtime_ns, width, height, duration, deleted FROM video WHERE id = ?",
+            (int(video_id),),
         ).fetchone()
         return VideoRow(*row) if row else None
 
@@ -121,24 +136,37 @@ class MediaTables:
                 out[did] = DetectionRow(did, img, vid, ts, (x0, y0, x1, y1))
         return out
 
-    def embedded_detections_of(self, *, image_id: int | None = None, video_id: int | None = None,
-                               kinds: Sequence[str]) -> list[tuple[int, str, float | None, tuple[float, float, float, float], str | None]]:
+    def embedded_detections_of(
+        self, *, image_id: int | None = None, video_id: int | None = None, kinds: Sequence[str]
+    ) -> list[tuple[int, str, float | None, tuple[float, float, float, float], str | None]]:
         """(id, kind, timestamp, box, label) of this photo's or video's detections of `kinds` that
         some model has an embedding of (retired ones have none)."""
         col, owner = ("image_id", image_id) if image_id is not None else ("video_id", video_id)
         q = f"""SELECT id, kind, timestamp, x0, y0, x1, y1, label FROM detection d
                 WHERE {col} = ? AND kind IN ({marks(len(kinds))}) AND {_HAS_EMBEDDING.format(d="d.id")}"""
-        return [(did, kind, ts, (x0, y0, x1, y1), label)
-                for did, kind, ts, x0, y0, x1, y1, label in self.db.execute(q, (owner, *kinds))]
+        return [
+            (did, kind, ts, (x0, y0, x1, y1), label)
+            for did, kind, ts, x0, y0, x1, y1, label in self.db.execute(q, (owner, *kinds))
+        ]
 
-    def add_detection(self, *, image_id: int | None = None, video_id: int | None = None, kind: str,
-                      box: tuple[float, float, float, float], timestamp: float | None = None, label: str | None = None) -> int:
+    def add_detection(
+        self,
+        *,
+        image_id: int | None = None,
+        video_id: int | None = None,
+        kind: str,
+        box: tuple[float, float, float, float],
+        timestamp: float | None = None,
+        label: str | None = None,
+    ) -> int:
         x0, y0, x1, y1 = box
-        return int(self.db.execute(
-            """INSERT INTO detection(image_id, video_id, timestamp, x0, y0, x1, y1, kind, label)
+        return int(
+            self.db.execute(
+                """INSERT INTO detection(image_id, video_id, timestamp, x0, y0, x1, y1, kind, label)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
-            (image_id, video_id, timestamp, x0, y0, x1, y1, kind, label),
-        ).fetchone()[0])
+                (image_id, video_id, timestamp, x0, y0, x1, y1, kind, label),
+            ).fetchone()[0]
+        )
 
     def put_detection_embedding(self, model_id: int, detection_id: int, vector: np.ndarray) -> None:
         self.db.execute(
@@ -160,7 +188,9 @@ class MediaTables:
         `purge_orphan_detections` after the sync. Call inside a transaction."""
         for chunk in chunks(list(detection_ids)):
             m = marks(len(chunk))
-            self.db.execute(f"DELETE FROM embedding WHERE model_id IN (SELECT id FROM model) AND detection_id IN ({m})", chunk)
+            self.db.execute(
+                f"DELETE FROM embedding WHERE model_id IN (SELECT id FROM model) AND detection_id IN ({m})", chunk
+            )
             self.db.execute(
                 f"""DELETE FROM detection WHERE id IN ({m})
                     AND id NOT IN (SELECT detection_id FROM index_image WHERE detection_id IS NOT NULL)""",
@@ -180,7 +210,9 @@ class MediaTables:
     def photo_detection_ids(self, image_ids: Sequence[int] | None = None) -> list[int]:
         """Ids of the region detections of these photos (of every photo when None)."""
         if image_ids is None:
-            return [r[0] for r in self.db.execute("SELECT id FROM detection WHERE image_id IS NOT NULL AND kind != 'text'")]
+            return [
+                r[0] for r in self.db.execute("SELECT id FROM detection WHERE image_id IS NOT NULL AND kind != 'text'")
+            ]
         ids: list[int] = []
         for chunk in chunks(list(image_ids)):
             q = f"SELECT id FROM detection WHERE image_id IN ({marks(len(chunk))}) AND kind != 'text'"
@@ -188,8 +220,11 @@ class MediaTables:
         return ids
 
     def count_photos_with_detections(self) -> int:
-        return int(self.db.execute(
-            "SELECT COUNT(DISTINCT image_id) FROM detection WHERE image_id IS NOT NULL AND kind != 'text'").fetchone()[0])
+        return int(
+            self.db.execute(
+                "SELECT COUNT(DISTINCT image_id) FROM detection WHERE image_id IS NOT NULL AND kind != 'text'"
+            ).fetchone()[0]
+        )
 
     def count_detections(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM detection WHERE kind != 'text'").fetchone()[0])

@@ -26,23 +26,27 @@ class MetaTables:
         col, owner = ("image_id", image_id) if image_id is not None else ("video_id", video_id)
         values = [meta.get(c) for c in META_COLUMNS]
         self.db.execute(
-            f"""INSERT INTO media_meta({col}, {', '.join(META_COLUMNS)}) VALUES (?, {marks(len(META_COLUMNS))})
-                ON CONFLICT({col}) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in META_COLUMNS)}""",
+            f"""INSERT INTO media_meta({col}, {", ".join(META_COLUMNS)}) VALUES (?, {marks(len(META_COLUMNS))})
+                ON CONFLICT({col}) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in META_COLUMNS)}""",
             (owner, *values),
         )
 
     def images_without_meta(self) -> list[tuple[int, str, int]]:
         """(id, path, mtime_ns) of live photos with no metadata row (indexed before it was read)."""
-        return list(self.db.execute(
-            """SELECT i.id, i.path, i.mtime_ns FROM image i LEFT JOIN media_meta m ON m.image_id = i.id
+        return list(
+            self.db.execute(
+                """SELECT i.id, i.path, i.mtime_ns FROM image i LEFT JOIN media_meta m ON m.image_id = i.id
                WHERE i.deleted = 0 AND m.image_id IS NULL ORDER BY i.path"""
-        ))
+            )
+        )
 
     def videos_without_meta(self) -> list[tuple[int, str, int]]:
-        return list(self.db.execute(
-            """SELECT v.id, v.path, v.mtime_ns FROM video v LEFT JOIN media_meta m ON m.video_id = v.id
+        return list(
+            self.db.execute(
+                """SELECT v.id, v.path, v.mtime_ns FROM video v LEFT JOIN media_meta m ON m.video_id = v.id
                WHERE v.deleted = 0 AND m.video_id IS NULL ORDER BY v.path"""
-        ))
+            )
+        )
 
     def mark_stale_for_meta(self, image_ids: Sequence[int], video_ids: Sequence[int]) -> None:
         """Index entries of these photos and videos (their regions and frames too) must be added
@@ -53,16 +57,21 @@ class MetaTables:
                 m = marks(len(chunk))
                 if col == "image_id":
                     self.db.execute(f"UPDATE index_image SET stale = 1 WHERE image_id IN ({m})", chunk)
-                self.db.execute(f"""UPDATE index_image SET stale = 1 WHERE detection_id IN
-                                    (SELECT id FROM detection WHERE {col} IN ({m}))""", chunk)
+                self.db.execute(
+                    f"""UPDATE index_image SET stale = 1 WHERE detection_id IN
+                                    (SELECT id FROM detection WHERE {col} IN ({m}))""",
+                    chunk,
+                )
 
     def count_without_meta(self) -> int:
-        return int(self.db.execute(
-            """SELECT (SELECT COUNT(*) FROM image i WHERE i.deleted = 0
+        return int(
+            self.db.execute(
+                """SELECT (SELECT COUNT(*) FROM image i WHERE i.deleted = 0
                          AND NOT EXISTS (SELECT 1 FROM media_meta m WHERE m.image_id = i.id))
                     + (SELECT COUNT(*) FROM video v WHERE v.deleted = 0
                          AND NOT EXISTS (SELECT 1 FROM media_meta m WHERE m.video_id = v.id))"""
-        ).fetchone()[0])
+            ).fetchone()[0]
+        )
 
     def meta_of(
         self, image_ids: Sequence[int] = (), video_ids: Sequence[int] = ()

@@ -18,19 +18,22 @@ T = TypeVar("T")
 # deletes the row (a photo purged, text read again).
 HAS_TRIGRAM = sqlite3.sqlite_version_info >= (3, 34, 0)
 TEXT_INDEX_SQL = (
-    """
+    (
+        """
     CREATE VIRTUAL TABLE text_index USING fts5(text, tokenize = 'trigram');
     """
-    if HAS_TRIGRAM
-    else """
+        if HAS_TRIGRAM
+        else """
     CREATE TABLE text_index (rowid INTEGER PRIMARY KEY, text TEXT NOT NULL);
     """
-) + """
+    )
+    + """
     CREATE TRIGGER text_index_forget AFTER DELETE ON detection WHEN old.kind = 'text'
     BEGIN
         DELETE FROM text_index WHERE rowid = old.id;
     END;
 """
+)
 
 # Each entry migrates from version i to i+1. Never edit a released entry: append a new one.
 MIGRATIONS: list[str] = [

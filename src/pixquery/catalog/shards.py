@@ -18,8 +18,10 @@ class ShardTables:
         if row:
             self.db.execute("UPDATE shard_source SET uri = ? WHERE id = ?", (uri, row[0]))
             return int(row[0])
-        cur = self.db.execute("INSERT INTO shard_source(key, uri, fingerprint, added_at) VALUES (?, ?, ?, ?)",
-                              (key, uri, fingerprint, time.time()))
+        cur = self.db.execute(
+            "INSERT INTO shard_source(key, uri, fingerprint, added_at) VALUES (?, ?, ?, ?)",
+            (key, uri, fingerprint, time.time()),
+        )
         assert cur.lastrowid is not None  # an INSERT sets it
         return cur.lastrowid
 
@@ -35,7 +37,8 @@ class ShardTables:
     def mark_shard_loaded(self, source_id: int, partition: int, vectors: int, failed: int) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO shard_loaded(source_id, partition, vectors, failed, loaded_at) VALUES (?, ?, ?, ?, ?)",
-            (source_id, partition, vectors, failed, time.time()))
+            (source_id, partition, vectors, failed, time.time()),
+        )
 
     def unmark_shard(self, source_id: int, partition: int) -> None:
         """The collection lacks some of that shard's vectors: load it again."""
@@ -43,5 +46,7 @@ class ShardTables:
 
     def loaded_totals(self) -> tuple[int, int, int]:
         """(shards, vectors, failed rows) over every loaded shard."""
-        row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(vectors), 0), COALESCE(SUM(failed), 0) FROM shard_loaded").fetchone()
+        row = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(vectors), 0), COALESCE(SUM(failed), 0) FROM shard_loaded"
+        ).fetchone()
         return int(row[0]), int(row[1]), int(row[2])

@@ -88,7 +88,10 @@ class Catalog(MediaTables, ShardTables, TextTables, MetaTables, DuplicateTables)
         return row[0] if row else default
 
     def set_setting(self, key: str, value: str) -> None:
-        self.db.execute("INSERT INTO setting(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+        self.db.execute(
+            "INSERT INTO setting(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
 
     # -- folders --------------------------------------------------------------------------
 
@@ -133,7 +136,9 @@ class Catalog(MediaTables, ShardTables, TextTables, MetaTables, DuplicateTables)
             out.update({r[0]: ImageRow(*r) for r in self.db.execute(q, chunk)})
         return out
 
-    def upsert_image(self, path: str, size: int, mtime_ns: int, sha256: str | None, width: int | None, height: int | None) -> int:
+    def upsert_image(
+        self, path: str, size: int, mtime_ns: int, sha256: str | None, width: int | None, height: int | None
+    ) -> int:
         """Insert or refresh one image row (call inside a transaction). Returns its id."""
         row = self.db.execute(
             """INSERT INTO image(path, size, mtime_ns, sha256, width, height, indexed_at, deleted)
@@ -146,8 +151,12 @@ class Catalog(MediaTables, ShardTables, TextTables, MetaTables, DuplicateTables)
         ).fetchone()
         return int(row[0])
 
-    def add_photos(self, model_id: int, photos: Sequence[tuple[str, int, int, str | None, int | None, int | None]],
-                   vectors: np.ndarray) -> list[int]:
+    def add_photos(
+        self,
+        model_id: int,
+        photos: Sequence[tuple[str, int, int, str | None, int | None, int | None]],
+        vectors: np.ndarray,
+    ) -> list[int]:
         """Many photos at once: (path, size, mtime_ns, sha256, width, height) each, with this model's
         embedding of each (row i of `vectors`, made from that file version). The same rows as
         `upsert_image` + `put_image_embedding` one by one, in one statement per table (call inside
@@ -227,8 +236,10 @@ class Catalog(MediaTables, ShardTables, TextTables, MetaTables, DuplicateTables)
         for root in roots:
             prefix = root.rstrip("/") + "/"
             gone = [
-                p for (p,) in self.db.execute(
-                    "SELECT path FROM failure WHERE path = ? OR substr(path, 1, ?) = ?", (root, len(prefix), prefix))
+                p
+                for (p,) in self.db.execute(
+                    "SELECT path FROM failure WHERE path = ? OR substr(path, 1, ?) = ?", (root, len(prefix), prefix)
+                )
                 if p not in current
             ]
             for chunk in _chunks(gone, 900):
@@ -264,7 +275,9 @@ class Catalog(MediaTables, ShardTables, TextTables, MetaTables, DuplicateTables)
     def models(self) -> list[ModelRow]:
         return [ModelRow(*r) for r in self.db.execute("SELECT * FROM model ORDER BY id")]
 
-    def set_threshold(self, model_name: str, fingerprint: str, threshold: float, metric: str = "angular", source: str = "") -> None:
+    def set_threshold(
+        self, model_name: str, fingerprint: str, threshold: float, metric: str = "angular", source: str = ""
+    ) -> None:
         """Store the best threshold found by `pixquery eval` (angular distance: arccos(cos)/pi)."""
         with self.transaction():
             self.db.execute(
@@ -280,8 +293,9 @@ class Catalog(MediaTables, ShardTables, TextTables, MetaTables, DuplicateTables)
         row = self.db.execute("SELECT threshold FROM model WHERE fingerprint = ?", (fingerprint,)).fetchone()
         return row[0] if row else None
 
-    def put_image_embedding(self, model_id: int, image_id: int, vector: np.ndarray,
-                            source: tuple[int, int, str | None] | None = None) -> None:
+    def put_image_embedding(
+        self, model_id: int, image_id: int, vector: np.ndarray, source: tuple[int, int, str | None] | None = None
+    ) -> None:
         """Store this model's embedding of a photo, made from the file version `source` = (size,
         mtime_ns, sha256); None: the version the image row records now (call after upsert_image)."""
         if source is None:
@@ -309,7 +323,9 @@ class Catalog(MediaTables, ShardTables, TextTables, MetaTables, DuplicateTables)
         }
 
     def image_embedding(self, model_id: int, image_id: int) -> np.ndarray | None:
-        row = self.db.execute("SELECT vector FROM embedding WHERE model_id = ? AND image_id = ?", (model_id, image_id)).fetchone()
+        row = self.db.execute(
+            "SELECT vector FROM embedding WHERE model_id = ? AND image_id = ?", (model_id, image_id)
+        ).fetchone()
         return np.frombuffer(row[0], dtype=np.float32).copy() if row else None
 
     def live_items(self, model_id: int) -> list[tuple[int | None, int | None]]:
@@ -367,7 +383,7 @@ class Catalog(MediaTables, ShardTables, TextTables, MetaTables, DuplicateTables)
         for chunk in _chunks(list(det_pos), 900):
             q = f"""SELECT d.id, d.video_id IS NOT NULL, COALESCE(i.path, v.path), COALESCE(i.mtime_ns, v.mtime_ns)
                     FROM detection d LEFT JOIN image i ON i.id = d.image_id LEFT JOIN video v ON v.id = d.video_id
-                    WHERE d.id IN ({','.join('?' * len(chunk))})"""
+                    WHERE d.id IN ({",".join("?" * len(chunk))})"""
             for det_id, is_video, path, mtime_ns in self.db.execute(q, chunk):
                 pos = det_pos[det_id]
                 media[pos] = MEDIA_VIDEO if is_video else MEDIA_REGION
@@ -379,7 +395,9 @@ class Catalog(MediaTables, ShardTables, TextTables, MetaTables, DuplicateTables)
     # -- indexes --------------------------------------------------------------------------
 
     def active_index(self, model_id: int) -> IndexRow | None:
-        row = self.db.execute('SELECT * FROM "index" WHERE model_id = ? AND active = 1 ORDER BY id DESC', (model_id,)).fetchone()
+        row = self.db.execute(
+            'SELECT * FROM "index" WHERE model_id = ? AND active = 1 ORDER BY id DESC', (model_id,)
+        ).fetchone()
         return _index_row(row) if row else None
 
     def index_row(self, index_id: int) -> IndexRow | None:
@@ -405,11 +423,15 @@ class Catalog(MediaTables, ShardTables, TextTables, MetaTables, DuplicateTables)
         """Their embeddings were replaced: every index must drop and re-add them at its next sync."""
         for col, ids in (("image_id", list(image_ids)), ("detection_id", list(detection_ids))):
             for chunk in _chunks(ids, 900):
-                self.db.execute(f"UPDATE index_image SET stale = 1 WHERE {col} IN ({','.join('?' * len(chunk))})", chunk)
+                self.db.execute(
+                    f"UPDATE index_image SET stale = 1 WHERE {col} IN ({','.join('?' * len(chunk))})", chunk
+                )
 
     def index_items(self, index_id: int) -> dict[tuple[int | None, int | None], tuple[int, bool]]:
         """(image_id, detection_id) -> (index_ref_id, stale) for everything in this index."""
-        rows = self.db.execute("SELECT image_id, detection_id, index_ref_id, stale FROM index_image WHERE index_id = ?", (index_id,))
+        rows = self.db.execute(
+            "SELECT image_id, detection_id, index_ref_id, stale FROM index_image WHERE index_id = ?", (index_id,)
+        )
         return {(i, d): (r, bool(s)) for i, d, r, s in rows}
 
     def commit_index(
@@ -432,7 +454,9 @@ class Catalog(MediaTables, ShardTables, TextTables, MetaTables, DuplicateTables)
             row = self.db.execute('SELECT model_id FROM "index" WHERE id = ?', (index_id,)).fetchone()
             replaced = [
                 r[0]
-                for r in self.db.execute('SELECT path FROM "index" WHERE model_id = ? AND id != ? AND path IS NOT NULL', (row[0], index_id))
+                for r in self.db.execute(
+                    'SELECT path FROM "index" WHERE model_id = ? AND id != ? AND path IS NOT NULL', (row[0], index_id)
+                )
             ]
             self.db.execute('DELETE FROM "index" WHERE model_id = ? AND id != ?', (row[0], index_id))
             if clear:
@@ -449,7 +473,16 @@ class Catalog(MediaTables, ShardTables, TextTables, MetaTables, DuplicateTables)
             self.db.execute(
                 """UPDATE "index" SET path = ?, params = ?, size_bytes = ?, build_seconds = ?, built_at = ?,
                    next_ref_id = ?, recall = COALESCE(?, recall), active = 1 WHERE id = ?""",
-                (path, json.dumps(params, sort_keys=True), size_bytes, build_seconds, time.time(), next_ref_id, recall, index_id),
+                (
+                    path,
+                    json.dumps(params, sort_keys=True),
+                    size_bytes,
+                    build_seconds,
+                    time.time(),
+                    next_ref_id,
+                    recall,
+                    index_id,
+                ),
             )
         return replaced
 
@@ -460,14 +493,16 @@ class Catalog(MediaTables, ShardTables, TextTables, MetaTables, DuplicateTables)
         for chunk in _chunks(refs, 900):
             q = f"""SELECT ii.index_ref_id, ii.image_id, ii.detection_id FROM index_image ii
                     LEFT JOIN image i ON i.id = ii.image_id
-                    WHERE ii.index_id = ? AND ii.index_ref_id IN ({','.join('?' * len(chunk))})
+                    WHERE ii.index_id = ? AND ii.index_ref_id IN ({",".join("?" * len(chunk))})
                       AND (ii.image_id IS NULL OR i.deleted = 0)"""
             for ref, img, det in self.db.execute(q, (index_id, *chunk)):
                 out[ref] = Item(img, det)
         return out
 
     def ref_for_image(self, index_id: int, image_id: int) -> int | None:
-        row = self.db.execute("SELECT index_ref_id FROM index_image WHERE index_id = ? AND image_id = ?", (index_id, image_id)).fetchone()
+        row = self.db.execute(
+            "SELECT index_ref_id FROM index_image WHERE index_id = ? AND image_id = ?", (index_id, image_id)
+        ).fetchone()
         return row[0] if row else None
 
     def count_index_entries(self, index_id: int) -> int:
@@ -475,7 +510,9 @@ class Catalog(MediaTables, ShardTables, TextTables, MetaTables, DuplicateTables)
 
     # -- import ---------------------------------------------------------------------------
 
-    def image_versions_for_import(self, model_id: int, paths: Sequence[str]) -> dict[str, tuple[int, int, int, str | None, bool]]:
+    def image_versions_for_import(
+        self, model_id: int, paths: Sequence[str]
+    ) -> dict[str, tuple[int, int, int, str | None, bool]]:
         """For those of `paths` the catalog has: path -> (image id, size, mtime_ns, sha256, whether
         this model's embedding of it was made from that version). `pixquery import` skips them."""
         out: dict[str, tuple[int, int, int, str | None, bool]] = {}
@@ -484,7 +521,7 @@ class Catalog(MediaTables, ShardTables, TextTables, MetaTables, DuplicateTables)
                            e.image_id IS NOT NULL AND e.source_size = i.size AND e.source_mtime_ns = i.mtime_ns
                              AND e.source_sha256 IS i.sha256
                     FROM image i LEFT JOIN embedding e ON e.image_id = i.id AND e.model_id = ?
-                    WHERE i.deleted = 0 AND i.path IN ({','.join('?' * len(chunk))})"""
+                    WHERE i.deleted = 0 AND i.path IN ({",".join("?" * len(chunk))})"""
             for path, image_id, size, mtime_ns, sha, current in self.db.execute(q, (model_id, *chunk)):
                 out[path] = (image_id, size, mtime_ns, sha, bool(current))
         return out
@@ -494,4 +531,3 @@ def _index_row(row: Sequence[Any]) -> IndexRow:
     r = list(row)
     r[3] = json.loads(r[3] or "{}")
     return IndexRow(*r)
-

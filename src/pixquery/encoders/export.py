@@ -130,7 +130,9 @@ def _unreachable(tag_cfg: dict) -> str | None:
     if not parsed.hostname:
         return None
     try:
-        socket.create_connection((parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)), timeout=5).close()
+        socket.create_connection(
+            (parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)), timeout=5
+        ).close()
     except OSError as e:
         return f"cannot reach {parsed.hostname}: {e.strerror or e}"
     return None
@@ -217,8 +219,16 @@ def _hf_text(model_cfg: dict) -> bool:
     return "hf_tokenizer_name" in model_cfg.get("text_cfg", {})
 
 
-def _write_layout(model, model_cfg: dict, tmp: Path, dynamic_batch: bool, opset: int, save_torch: bool,
-                  tokenizer_dir: Path | None = None, preprocess_overrides: dict | None = None) -> None:
+def _write_layout(
+    model,
+    model_cfg: dict,
+    tmp: Path,
+    dynamic_batch: bool,
+    opset: int,
+    save_torch: bool,
+    tokenizer_dir: Path | None = None,
+    preprocess_overrides: dict | None = None,
+) -> None:
     torch, open_clip = require_torch()
     model.eval()
     for p in model.parameters():
@@ -266,9 +276,17 @@ def _write_layout(model, model_cfg: dict, tmp: Path, dynamic_batch: bool, opset:
         _write_hf_tokenizer(model_cfg, tmp / "textual", tokenizer_dir)
     else:
         build_clip_tokenizer().save(str(tmp / "textual" / "tokenizer.json"))
-        specials = {"bos_token": SOT, "eos_token": EOT, "unk_token": EOT, "pad_token": "!"}  # open_clip pads with id 0 = "!"
+        specials = {
+            "bos_token": SOT,
+            "eos_token": EOT,
+            "unk_token": EOT,
+            "pad_token": "!",
+        }  # open_clip pads with id 0 = "!"
         _write_json(tmp / "textual" / "special_tokens_map.json", specials)
-        _write_json(tmp / "textual" / "tokenizer_config.json", {**specials, "model_max_length": context_length, "do_lower_case": True})
+        _write_json(
+            tmp / "textual" / "tokenizer_config.json",
+            {**specials, "model_max_length": context_length, "do_lower_case": True},
+        )
     if save_torch:  # the same weights for open_clip's `local-dir:` loader (tests compare torch and ONNX)
         import shutil
 
@@ -316,9 +334,17 @@ def fetch_hf_tokenizer(name: str, dest: Path) -> None:
         raise PixqueryError(f"the tokenizer {name!r} has no fast (tokenizer.json) form; pixquery needs one")
 
 
-
-def export_model(model, model_cfg: dict, out_dir: Path, *, dynamic_batch: bool = True, opset: int = 17,
-                 save_torch: bool = False, tokenizer_dir: Path | None = None, preprocess_overrides: dict | None = None) -> Path:
+def export_model(
+    model,
+    model_cfg: dict,
+    out_dir: Path,
+    *,
+    dynamic_batch: bool = True,
+    opset: int = 17,
+    save_torch: bool = False,
+    tokenizer_dir: Path | None = None,
+    preprocess_overrides: dict | None = None,
+) -> Path:
     """Export an already-built open_clip model into `out_dir` (atomically). tokenizer_dir: a Hugging
     Face tokenizer folder for models whose text tower uses one (SigLIP, XLM-R, NLLB)."""
     require_torch()
@@ -335,8 +361,11 @@ def tag_preprocess(arch: str, pretrained: str | None) -> dict:
         return {}
     _, open_clip = require_torch()
     cfg = open_clip.get_pretrained_cfg(arch, pretrained) or {}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()
-            if k in ("mean", "std", "interpolation", "resize_mode")}
+    return {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in cfg.items()
+        if k in ("mean", "std", "interpolation", "resize_mode")
+    }
 
 
 def export_open_clip(
@@ -376,8 +405,16 @@ def export_open_clip(
             fetch_hf_tokenizer(text_cfg["hf_tokenizer_name"], fetched)
         model, cfg = _create_model(arch, pretrained, checkpoint, model_cfg, seed)
         overrides = tag_preprocess(arch, preprocess_from) if pretrained is None and preprocess_from else {}
-        path = export_model(model, cfg, out_dir, dynamic_batch=dynamic_batch, opset=opset, save_torch=save_torch,
-                            tokenizer_dir=tokenizer_dir, preprocess_overrides=overrides)
+        path = export_model(
+            model,
+            cfg,
+            out_dir,
+            dynamic_batch=dynamic_batch,
+            opset=opset,
+            save_torch=save_torch,
+            tokenizer_dir=tokenizer_dir,
+            preprocess_overrides=overrides,
+        )
     finally:
         if fetched is not None:
             import shutil

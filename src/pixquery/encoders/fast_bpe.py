@@ -36,22 +36,35 @@ def _layout(d: dict) -> dict | None:
     """What the fast path needs from a parsed tokenizer.json, or None when its layout is not CLIP's."""
     try:
         norm = d.get("normalizer") or {}
-        steps = [n.get("type") for n in norm.get("normalizers", [])] if norm.get("type") == "Sequence" else [norm.get("type")]
+        steps = (
+            [n.get("type") for n in norm.get("normalizers", [])]
+            if norm.get("type") == "Sequence"
+            else [norm.get("type")]
+        )
         if steps != ["NFC", "Replace", "Lowercase"]:
             return None
         pre = d["pre_tokenizer"]
         if pre.get("type") != "Sequence" or len(pre["pretokenizers"]) != 2:
             return None
         split, byte_level = pre["pretokenizers"]
-        if (split.get("type") != "Split" or split.get("behavior") != "Removed" or split.get("invert") is not True
-                or split.get("pattern", {}).get("Regex") not in KNOWN_SPLITS):
+        if (
+            split.get("type") != "Split"
+            or split.get("behavior") != "Removed"
+            or split.get("invert") is not True
+            or split.get("pattern", {}).get("Regex") not in KNOWN_SPLITS
+        ):
             return None
         if byte_level.get("type") != "ByteLevel" or byte_level.get("add_prefix_space") or byte_level.get("use_regex"):
             return None
         model = d["model"]
-        if (model.get("type") != "BPE" or model.get("dropout") is not None or model.get("end_of_word_suffix") != "</w>"
-                or model.get("continuing_subword_prefix") not in (None, "") or model.get("byte_fallback")
-                or model.get("ignore_merges")):
+        if (
+            model.get("type") != "BPE"
+            or model.get("dropout") is not None
+            or model.get("end_of_word_suffix") != "</w>"
+            or model.get("continuing_subword_prefix") not in (None, "")
+            or model.get("byte_fallback")
+            or model.get("ignore_merges")
+        ):
             return None
         post = d["post_processor"]
         if post.get("type") == "TemplateProcessing":
@@ -72,9 +85,15 @@ def _layout(d: dict) -> dict | None:
         if any(m.count(" ") != 1 for m in merges):
             return None
         vocab = model["vocab"]
-        return {"tokens": list(vocab), "ids": [int(i) for i in vocab.values()], "merges": merges, "sot": int(sot),
-                "eot": int(eot), "added": [t["content"] for t in d.get("added_tokens", [])],
-                "split": split["pattern"]["Regex"]}
+        return {
+            "tokens": list(vocab),
+            "ids": [int(i) for i in vocab.values()],
+            "merges": merges,
+            "sot": int(sot),
+            "eot": int(eot),
+            "added": [t["content"] for t in d.get("added_tokens", [])],
+            "split": split["pattern"]["Regex"],
+        }
     except (KeyError, TypeError, AttributeError, IndexError, ValueError):
         return None
 
@@ -104,7 +123,10 @@ def _paths(tokenizer_json: Path, cache_dir) -> list[Path]:
 
     fp = file_fingerprint([tokenizer_json], extra=f"fast-bpe{FORMAT}-py{sys.version_info[0]}.{sys.version_info[1]}")
     name = f"tokenizer.{fp}.bpe"
-    return [tokenizer_json.with_name(name), Path(cache_dir or default_cache_dir()) / f"{tokenizer_json.parent.parent.name}-{name}"]
+    return [
+        tokenizer_json.with_name(name),
+        Path(cache_dir or default_cache_dir()) / f"{tokenizer_json.parent.parent.name}-{name}",
+    ]
 
 
 def _load(path: Path) -> dict | None:
@@ -126,8 +148,13 @@ def _load(path: Path) -> dict | None:
             if not (isinstance(keys, list) and isinstance(values, list) and len(keys) == len(values)):
                 return None
             maps[name] = _SortedMap(keys, values)
-        return {**maps, "sot": int(data["sot"]), "eot": int(data["eot"]), "added": [str(a) for a in data["added"]],
-                "split": str(data["split"])}
+        return {
+            **maps,
+            "sot": int(data["sot"]),
+            "eot": int(data["eot"]),
+            "added": [str(a) for a in data["added"]],
+            "split": str(data["split"]),
+        }
     except (ValueError, EOFError, TypeError, KeyError):
         return None
 
@@ -138,8 +165,11 @@ def _compact(layout: dict | None) -> dict | None:
         return None
     vocab = _SortedMap.of(zip(layout["tokens"], layout["ids"]))
     ranks = _SortedMap.of((m, r) for r, m in enumerate(layout["merges"]))
-    return {"vocab": [vocab.keys, vocab.values], "ranks": [ranks.keys, ranks.values],
-            **{k: layout[k] for k in ("sot", "eot", "added", "split")}}
+    return {
+        "vocab": [vocab.keys, vocab.values],
+        "ranks": [ranks.keys, ranks.values],
+        **{k: layout[k] for k in ("sot", "eot", "added", "split")},
+    }
 
 
 def _write(path: Path, data: dict | None) -> bool:

@@ -29,9 +29,20 @@ import numpy as np
 from pixquery.encoders.base import PreprocessConfig, l2_normalize
 from pixquery.errors import PixqueryError
 
-REQUIRED = ("config.json", "visual/model.onnx", "visual/preprocess_cfg.json", "textual/model.onnx", "textual/tokenizer.json")
+REQUIRED = (
+    "config.json",
+    "visual/model.onnx",
+    "visual/preprocess_cfg.json",
+    "textual/model.onnx",
+    "textual/tokenizer.json",
+)
 log = logging.getLogger(__name__)
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+}
 
 
 @contextlib.contextmanager
@@ -151,10 +162,16 @@ def _short_context_graph(src: Path, context: int):
     dim.ClearField("dim_value")
     dim.dim_param = "context"
     inp = g.input[0].name
-    new = [helper.make_node("Shape", [inp], ["pq_len"], start=1, end=2, name="pq_len"),
-           helper.make_node("Concat", ["pq_len", "pq_len"], ["pq_len2"], axis=0, name="pq_len2")]
-    g.initializer.extend([numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
-                          (("pq_zero1", [0]), ("pq_zero2", [0, 0]), ("pq_axis0", [0]), ("pq_axes2", [-2, -1]))])
+    new = [
+        helper.make_node("Shape", [inp], ["pq_len"], start=1, end=2, name="pq_len"),
+        helper.make_node("Concat", ["pq_len", "pq_len"], ["pq_len2"], axis=0, name="pq_len2"),
+    ]
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(v, np.int64), n)
+            for n, v in (("pq_zero1", [0]), ("pq_zero2", [0, 0]), ("pq_axis0", [0]), ("pq_axes2", [-2, -1]))
+        ]
+    )
     rename: dict[str, str] = {}
     for init in g.initializer:
         if len(init.dims) == 2 and init.dims[0] == context and init.data_type == TensorProto.FLOAT:
@@ -167,10 +184,14 @@ def _short_context_graph(src: Path, context: int):
             continue
         t = node.attribute[0].t
         if list(t.dims)[-2:] == [context, context]:
-            new.append(helper.make_node("Slice", [node.output[0], "pq_zero2", "pq_len2", "pq_axes2"], [node.output[0] + "/pq"]))
+            new.append(
+                helper.make_node("Slice", [node.output[0], "pq_zero2", "pq_len2", "pq_axes2"], [node.output[0] + "/pq"])
+            )
             rename[node.output[0]] = node.output[0] + "/pq"
             masks += 1
-        elif t.data_type == TensorProto.INT64 and list(t.dims) == [1] and numpy_helper.to_array(t).tolist() == [context]:
+        elif (
+            t.data_type == TensorProto.INT64 and list(t.dims) == [1] and numpy_helper.to_array(t).tolist() == [context]
+        ):
             rename[node.output[0]] = "pq_len"
             dead.add(node.output[0])
             reshapes += 1
@@ -187,7 +208,9 @@ def _short_context_graph(src: Path, context: int):
     return model
 
 
-def derived_copy_paths(model: Path, tag: str, cache_dir: str | Path | None = None, stem: str | None = None) -> tuple[Path, Path]:
+def derived_copy_paths(
+    model: Path, tag: str, cache_dir: str | Path | None = None, stem: str | None = None
+) -> tuple[Path, Path]:
     """Where a copy made from `model` (tag "int8", "ctx") lives: beside it, or in the cache folder
     when the model's folder is read-only. The source's fingerprint in both names keeps a re-exported
     model from meeting a stale copy."""
@@ -231,7 +254,13 @@ def short_context_copy(text_model: Path, context: int, cache_dir: str | Path | N
             short = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
             inp = full.get_inputs()[0]
             ids = np.zeros((2, context), _ORT_DTYPES.get(inp.type, np.int64))
-            ids[0, :5] = [49406, 320, 1929, 530, 49407]  # <start> a dog on <end> (CLIP's ids; any ids with the max last work)
+            ids[0, :5] = [
+                49406,
+                320,
+                1929,
+                530,
+                49407,
+            ]  # <start> a dog on <end> (CLIP's ids; any ids with the max last work)
             ids[1, :3] = [49406, 1125, 49407]
             n = int(ids.argmax(1).max()) + 1
             a, b = full.run(None, {inp.name: ids})[0], short.run(None, {inp.name: ids[:, :n]})[0]
@@ -324,7 +353,11 @@ def _valid_optimized(folder: Path, source_key: str) -> bool:
         st = data.stat()
         # Any write to the weights since they were checked changes their ctime (which, unlike
         # the mtime, cannot be set back); the samples catch a file swapped in with its ctime.
-        if [st.st_size, st.st_ino, st.st_ctime_ns] != [manifest["data_size"], manifest["data_ino"], manifest["data_ctime_ns"]]:
+        if [st.st_size, st.st_ino, st.st_ctime_ns] != [
+            manifest["data_size"],
+            manifest["data_ino"],
+            manifest["data_ctime_ns"],
+        ]:
             return False
         return _data_sample(data, st.st_size) == manifest["data_sample"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -345,12 +378,17 @@ def _build_optimized(source: Path, tmp: Path, source_key: str) -> bool:
     opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", OPT_DATA)
     opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     ort.InferenceSession(str(source), opts, providers=["CPUExecutionProvider"])
-    reference = ort.InferenceSession(str(source), _session_options(GO.ORT_ENABLE_ALL), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(
+        str(source), _session_options(GO.ORT_ENABLE_ALL), providers=["CPUExecutionProvider"]
+    )
     name = reference.get_inputs()[0].name
     diff = 0.0
     for prepack in (True, False):
-        copy = ort.InferenceSession(str(tmp / OPT_GRAPH), _session_options(GO.ORT_DISABLE_ALL, prepack=prepack),
-                                    providers=["CPUExecutionProvider"])
+        copy = ort.InferenceSession(
+            str(tmp / OPT_GRAPH),
+            _session_options(GO.ORT_DISABLE_ALL, prepack=prepack),
+            providers=["CPUExecutionProvider"],
+        )
         for ids in _check_ids(reference).values():
             a, b = reference.run(None, {name: ids})[0], copy.run(None, {name: ids})[0]
             diff = max(diff, float(np.abs(a.astype(np.float64) - b).max()))
@@ -362,10 +400,17 @@ def _build_optimized(source: Path, tmp: Path, source_key: str) -> bool:
     if not data.is_file():  # a graph with no weight over 1 KiB: an empty weights file keeps one layout
         data.write_bytes(b"")
     st = data.stat()
-    manifest = {"source": source_key, "graph_size": graph.stat().st_size,
-                "graph_sha256": hashlib.sha256(graph.read_bytes()).hexdigest(), "data_size": st.st_size,
-                "data_ino": st.st_ino, "data_ctime_ns": st.st_ctime_ns, "data_sample": _data_sample(data, st.st_size),
-                "max_abs_diff": diff, "onnxruntime": ort.__version__}
+    manifest = {
+        "source": source_key,
+        "graph_size": graph.stat().st_size,
+        "graph_sha256": hashlib.sha256(graph.read_bytes()).hexdigest(),
+        "data_size": st.st_size,
+        "data_ino": st.st_ino,
+        "data_ctime_ns": st.st_ctime_ns,
+        "data_sample": _data_sample(data, st.st_size),
+        "max_abs_diff": diff,
+        "onnxruntime": ort.__version__,
+    }
     (tmp / OPT_MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return True
 
@@ -406,7 +451,9 @@ def optimized_copy(source: Path, cache_dir: str | Path | None = None) -> Path | 
                 log.info("no optimised copy of %s: %s", source, e)
                 ok = False
             if not ok:
-                _none_marker(target).write_text("the optimised copy did not give the same outputs; the model is loaded as it is\n")
+                _none_marker(target).write_text(
+                    "the optimised copy did not give the same outputs; the model is loaded as it is\n"
+                )
                 return None
             try:
                 os.replace(tmp, target)
@@ -425,10 +472,22 @@ class OnnxClipEncoder:
     """The Encoder protocol over ONNX Runtime. `precision="int8"` uses a dynamically quantised copy
     of each tower (made once and cached, see pixquery.encoders.quantize)."""
 
-    def __init__(self, model_dir: str | Path, *, name: str | None = None, precision: str = "fp32",
-                 threads: int | None = None, cache_dir: str | Path | None = None, text_cache_size: int = 256,
-                 text_threads: int | None = None, spin: bool | None = None, provider: str | None = None,
-                 short_context: bool = True, optimized_copy: bool | None = None, prepack: bool = True):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        name: str | None = None,
+        precision: str = "fp32",
+        threads: int | None = None,
+        cache_dir: str | Path | None = None,
+        text_cache_size: int = 256,
+        text_threads: int | None = None,
+        spin: bool | None = None,
+        provider: str | None = None,
+        short_context: bool = True,
+        optimized_copy: bool | None = None,
+        prepack: bool = True,
+    ):
         """threads: ONNX Runtime intra-op threads for images (default: physical cores, or
         $PIXQUERY_THREADS); text_threads: the same for the text tower (default: threads).
         spin: let idle ORT threads busy-wait between operators (default off, or $PIXQUERY_ORT_SPIN):
@@ -451,12 +510,16 @@ class OnnxClipEncoder:
             raise PixqueryError(f"precision must be 'fp32' or 'int8', not {precision!r}")
         self.precision = precision
         env_threads = os.environ.get("PIXQUERY_THREADS", "").strip()
-        self.threads = threads or (int(env_threads) if env_threads.isdigit() and int(env_threads) > 0 else physical_cores())
+        self.threads = threads or (
+            int(env_threads) if env_threads.isdigit() and int(env_threads) > 0 else physical_cores()
+        )
         self.text_threads = text_threads or self.threads
         self.spin = spin if spin is not None else bool(_env_flag("PIXQUERY_ORT_SPIN"))
         self.provider_preference = (provider or os.environ.get("PIXQUERY_PROVIDER") or "auto").lower()
         if self.provider_preference not in PROVIDER_CHOICES:
-            raise PixqueryError(f"provider must be one of {', '.join(PROVIDER_CHOICES)}, not {self.provider_preference!r}")
+            raise PixqueryError(
+                f"provider must be one of {', '.join(PROVIDER_CHOICES)}, not {self.provider_preference!r}"
+            )
         self.short_context = short_context
         env_copy = _env_flag("PIXQUERY_ORT_OPTIMIZED_COPY")
         self.optimized_copy = optimized_copy if optimized_copy is not None else env_copy is not False
@@ -492,7 +555,9 @@ class OnnxClipEncoder:
         self._text_cache_size = text_cache_size
 
     def __repr__(self) -> str:
-        return f"OnnxClipEncoder({self.name!r}, dim={self.dim}, precision={self.precision!r}, dir={str(self.model_dir)!r})"
+        return (
+            f"OnnxClipEncoder({self.name!r}, dim={self.dim}, precision={self.precision!r}, dir={str(self.model_dir)!r})"
+        )
 
     # -- sessions ---------------------------------------------------------------------------------
     def _session(self, tower: str):
@@ -583,10 +648,18 @@ class OnnxClipEncoder:
         session = self._session(tower)
         inp = session.get_inputs()[0]
         if inp.type not in _ORT_DTYPES:  # e.g. a graph that takes uint8 pixels and normalises itself
-            raise PixqueryError(f"{self.model_dir / tower / 'model.onnx'}: input {inp.name} is {inp.type}; "
-                                "pixquery feeds float images and integer token ids")
+            raise PixqueryError(
+                f"{self.model_dir / tower / 'model.onnx'}: input {inp.name} is {inp.type}; "
+                "pixquery feeds float images and integer token ids"
+            )
         x = x.astype(_ORT_DTYPES[inp.type], copy=False)
-        if tower == "textual" and self._causal_clip_text and len(inp.shape) == 2 and not isinstance(inp.shape[1], int) and len(x):
+        if (
+            tower == "textual"
+            and self._causal_clip_text
+            and len(inp.shape) == 2
+            and not isinstance(inp.shape[1], int)
+            and len(x)
+        ):
             # A short-context text tower: positions after the last end-of-text token (the highest id,
             # where CLIP reads its output) change nothing through the causal mask.
             x = np.ascontiguousarray(x[:, : int(x.argmax(axis=1).max()) + 1])
@@ -625,8 +698,12 @@ class OnnxClipEncoder:
         if self._tokenizer is None:
             from pixquery.encoders.tokenizer import tokenizer_for
 
-            self._tokenizer = tokenizer_for(self.model_dir / "textual", self.config.get("text_cfg", {}),
-                                            self.context_length, cache_dir=self._cache_dir)
+            self._tokenizer = tokenizer_for(
+                self.model_dir / "textual",
+                self.config.get("text_cfg", {}),
+                self.context_length,
+                cache_dir=self._cache_dir,
+            )
         return self._tokenizer(texts)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -39,7 +39,9 @@ def quantized_copy(model_path: Path, cache_dir: str | Path | None = None, stem: 
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as e:
-        raise PixqueryError(f"precision='int8' needs the onnx package ({e.name} is missing): pip install onnx") from None
+        raise PixqueryError(
+            f"precision='int8' needs the onnx package ({e.name} is missing): pip install onnx"
+        ) from None
     for target in (beside, cached):
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         try:
@@ -59,4 +61,6 @@ def quantized_copy(model_path: Path, cache_dir: str | Path | None = None, stem: 
                 raise PixqueryError(f"cannot write the int8 copy of {model_path} to {target}: {e}") from None
         finally:
             tmp.unlink(missing_ok=True)
-    raise PixqueryError(f"cannot write the int8 copy of {model_path}: {beside.parent} and {cached.parent} are read-only")
+    raise PixqueryError(
+        f"cannot write the int8 copy of {model_path}: {beside.parent} and {cached.parent} are read-only"
+    )

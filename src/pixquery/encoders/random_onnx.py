@@ -56,7 +56,9 @@ def _check_cfg(cfg: dict) -> tuple[dict, dict]:
         part = cfg if not where else cfg.get(where, {})
         extra = sorted(k for k, v in part.items() if k not in allowed and v is not None)
         if extra:
-            raise PixqueryError(f"random_onnx builds plain CLIP ViT/ModifiedResNet models; unsupported {where or 'config'} keys: {extra}")
+            raise PixqueryError(
+                f"random_onnx builds plain CLIP ViT/ModifiedResNet models; unsupported {where or 'config'} keys: {extra}"
+            )
     vision = {**_VISION_DEFAULTS, **{k: v for k, v in cfg["vision_cfg"].items() if v is not None}}
     text = {**_TEXT_DEFAULTS, **{k: v for k, v in cfg["text_cfg"].items() if v is not None}}
     return vision, text
@@ -216,7 +218,9 @@ class _Graph:
             return self.op("Mul", x, self.op("Sigmoid", self.op("Mul", x, self.const(1.702, np.float32))))
         # nn.GELU(): 0.5 x (1 + erf(x / sqrt 2)); ONNX's Gelu operator needs opset 20
         erf = self.op("Erf", self.op("Div", x, self.const(np.sqrt(2.0), np.float32)))
-        return self.op("Mul", self.op("Mul", x, self.const(0.5, np.float32)), self.op("Add", erf, self.const(1.0, np.float32)))
+        return self.op(
+            "Mul", self.op("Mul", x, self.const(0.5, np.float32)), self.op("Add", erf, self.const(1.0, np.float32))
+        )
 
     def attention(self, q: str, k: str, v: str, heads: int, width: int, mask: str | None = None) -> str:
         """Scaled dot-product attention over (B, L, width) projections, `heads` heads -> (B, Lq, width)."""
@@ -238,7 +242,9 @@ class _Graph:
         q, k, v = self.op("Split", qkv, self.const([width] * 3), n_out=3, axis=-1)
         a = self.linear(self.attention(q, k, v, heads, width, mask), f"{key}.attn.out_proj")
         x = self.op("Add", x, a)
-        h = self.linear(self.gelu(self.linear(self.layer_norm(x, f"{key}.ln_2"), f"{key}.mlp.c_fc")), f"{key}.mlp.c_proj")
+        h = self.linear(
+            self.gelu(self.linear(self.layer_norm(x, f"{key}.ln_2"), f"{key}.mlp.c_fc")), f"{key}.mlp.c_proj"
+        )
         return self.op("Add", x, h)
 
     def linear_packed(self, x: str, key: str) -> str:
@@ -248,8 +254,15 @@ class _Graph:
     def conv_bn(self, x: str, conv: str, bn: str, k: int, stride: int = 1, relu: bool = True) -> str:
         pad = k // 2
         y = self.op("Conv", x, self.w(conv), kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4)
-        y = self.op("BatchNormalization", y, self.w(f"{bn}.weight"), self.w(f"{bn}.bias"),
-                    self.w(f"{bn}.running_mean"), self.w(f"{bn}.running_var"), epsilon=1e-5)
+        y = self.op(
+            "BatchNormalization",
+            y,
+            self.w(f"{bn}.weight"),
+            self.w(f"{bn}.bias"),
+            self.w(f"{bn}.running_mean"),
+            self.w(f"{bn}.running_var"),
+            epsilon=1e-5,
+        )
         return self.op("Relu", y) if relu else y
 
     def avg_pool(self, x: str, k: int) -> str:
@@ -346,8 +359,11 @@ def textual_graph(cfg: dict, sd: dict[str, np.ndarray]):
     g = _Graph(sd, bool(cfg.get("quick_gelu")))
     inp = helper.make_tensor_value_info("text", TensorProto.INT32, ["batch", ctx])
     causal = np.triu(np.full((ctx, ctx), -np.inf, np.float32), 1)  # open_clip's build_causal_mask
-    g.nodes.append(helper.make_node("Constant", [], ["causal_mask"], name="causal_mask",
-                                    value=numpy_helper.from_array(causal, "causal_mask")))
+    g.nodes.append(
+        helper.make_node(
+            "Constant", [], ["causal_mask"], name="causal_mask", value=numpy_helper.from_array(causal, "causal_mask")
+        )
+    )
     x = g.op("Gather", g.w("token_embedding.weight"), "text", axis=0)  # B ctx width
     x = g.op("Add", x, g.w("positional_embedding"))
     for i in range(text["layers"]):
@@ -361,7 +377,13 @@ def textual_graph(cfg: dict, sd: dict[str, np.ndarray]):
 
 
 # -- the folder -------------------------------------------------------------------------------------
-LAYOUT = ("config.json", "visual/model.onnx", "visual/preprocess_cfg.json", "textual/model.onnx", "textual/tokenizer.json")
+LAYOUT = (
+    "config.json",
+    "visual/model.onnx",
+    "visual/preprocess_cfg.json",
+    "textual/model.onnx",
+    "textual/tokenizer.json",
+)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -371,19 +393,32 @@ def _write_json(path: Path, obj) -> None:
 def write_tokenizer_files(textual: Path, context_length: int, bpe_path: str | Path = BPE_VOCAB) -> None:
     """tokenizer.json, special_tokens_map.json and tokenizer_config.json, as `pixquery export` writes them."""
     build_clip_tokenizer(bpe_path).save(str(textual / "tokenizer.json"))
-    specials = {"bos_token": SOT, "eos_token": EOT, "unk_token": EOT, "pad_token": "!"}  # open_clip pads with id 0 = "!"
+    specials = {
+        "bos_token": SOT,
+        "eos_token": EOT,
+        "unk_token": EOT,
+        "pad_token": "!",
+    }  # open_clip pads with id 0 = "!"
     _write_json(textual / "special_tokens_map.json", specials)
-    _write_json(textual / "tokenizer_config.json", {**specials, "model_max_length": context_length, "do_lower_case": True})
+    _write_json(
+        textual / "tokenizer_config.json", {**specials, "model_max_length": context_length, "do_lower_case": True}
+    )
 
 
-def write_random_model(cfg: dict, out_dir: str | Path, *, seed: int = 0, save_weights: bool = True, force: bool = False) -> Path:
+def write_random_model(
+    cfg: dict, out_dir: str | Path, *, seed: int = 0, save_weights: bool = True, force: bool = False
+) -> Path:
     """Write a random-weight model of open_clip config `cfg` into `out_dir` in the immich layout
     (atomically: written beside it, then renamed). `save_weights` adds open_clip_model.safetensors
     and open_clip_config.json (open_clip's `local-dir:` files). Kept as is when complete, unless `force`."""
     import onnx
 
     out_dir = Path(out_dir)
-    if not force and all((out_dir / f).is_file() for f in LAYOUT) and (not save_weights or (out_dir / "open_clip_model.safetensors").is_file()):
+    if (
+        not force
+        and all((out_dir / f).is_file() for f in LAYOUT)
+        and (not save_weights or (out_dir / "open_clip_model.safetensors").is_file())
+    ):
         return out_dir
     vision, text = _check_cfg(cfg)
     if vision["image_size"] != OPENAI_PREPROCESS["size"][0]:

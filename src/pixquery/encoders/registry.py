@@ -28,8 +28,9 @@ from pixquery.encoders.base import Encoder
 from pixquery.errors import ModelNotAvailable, PixqueryError
 
 # Sources of the accuracy columns (ImageNet-1k zero-shot top-1 %, COCO 5k text->image recall@1 %).
-OPEN_CLIP_TABLES = ("open_clip docs/openclip_results.csv (ImageNet 1k) and "
-                    "docs/openclip_retrieval_results.csv (MSCOCO image retr. R@1)")
+OPEN_CLIP_TABLES = (
+    "open_clip docs/openclip_results.csv (ImageNet 1k) and docs/openclip_retrieval_results.csv (MSCOCO image retr. R@1)"
+)
 MOBILECLIP2_CARD = "Apple's MobileCLIP2 model cards (apple/MobileCLIP2-B on Hugging Face), Checkpoints table"
 SIGLIP2_PAPER = "SigLIP 2 paper (Tschannen et al. 2025, arXiv 2502.14786), Table 1, B/16 at 224 px"
 
@@ -73,53 +74,189 @@ _MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         # The study's five: OpenAI's weights, immich's exports.
-        _S("RN50", "immich-app/RN50__openai", 1024, "ResNet-50", arch="RN50", pretrained="openai",
-           imagenet_top1=59.8, coco_t2i_r1=28.5),
-        _S("RN50x4", "immich-app/RN50x4__openai", 640, "wider ResNet, 288 px input", arch="RN50x4",
-           pretrained="openai", image_size=288, imagenet_top1=66.3, coco_t2i_r1=33.4),
-        _S("ViT-B-32", "immich-app/ViT-B-32__openai", 512, "the study's default", arch="ViT-B-32",
-           pretrained="openai", imagenet_top1=63.3, coco_t2i_r1=30.4),
-        _S("ViT-B-16", "immich-app/ViT-B-16__openai", 512, "~4x the compute of ViT-B-32", arch="ViT-B-16",
-           pretrained="openai", imagenet_top1=68.3, coco_t2i_r1=33.1),
-        _S("ViT-L-14", "immich-app/ViT-L-14__openai", 768, "~15x ViT-B-32's compute: GPU", arch="ViT-L-14",
-           pretrained="openai", imagenet_top1=75.5, coco_t2i_r1=36.5),
+        _S(
+            "RN50",
+            "immich-app/RN50__openai",
+            1024,
+            "ResNet-50",
+            arch="RN50",
+            pretrained="openai",
+            imagenet_top1=59.8,
+            coco_t2i_r1=28.5,
+        ),
+        _S(
+            "RN50x4",
+            "immich-app/RN50x4__openai",
+            640,
+            "wider ResNet, 288 px input",
+            arch="RN50x4",
+            pretrained="openai",
+            image_size=288,
+            imagenet_top1=66.3,
+            coco_t2i_r1=33.4,
+        ),
+        _S(
+            "ViT-B-32",
+            "immich-app/ViT-B-32__openai",
+            512,
+            "the study's default",
+            arch="ViT-B-32",
+            pretrained="openai",
+            imagenet_top1=63.3,
+            coco_t2i_r1=30.4,
+        ),
+        _S(
+            "ViT-B-16",
+            "immich-app/ViT-B-16__openai",
+            512,
+            "~4x the compute of ViT-B-32",
+            arch="ViT-B-16",
+            pretrained="openai",
+            imagenet_top1=68.3,
+            coco_t2i_r1=33.1,
+        ),
+        _S(
+            "ViT-L-14",
+            "immich-app/ViT-L-14__openai",
+            768,
+            "~15x ViT-B-32's compute: GPU",
+            arch="ViT-L-14",
+            pretrained="openai",
+            imagenet_top1=75.5,
+            coco_t2i_r1=36.5,
+        ),
         # open_clip's LAION-2B and DataComp-XL weights of the same architectures (same compute).
-        _S("ViT-B-32-laion2b", "immich-app/ViT-B-32__laion2b-s34b-b79k", 512, "ViT-B/32 trained on LAION-2B",
-           family="open_clip", arch="ViT-B-32", pretrained="laion2b_s34b_b79k", licence=MIT_OPEN_CLIP,
-           imagenet_top1=66.6, coco_t2i_r1=39.3),
-        _S("ViT-B-32-datacomp", "", 512, "ViT-B/32 trained on DataComp-XL; immich publishes no export",
-           family="open_clip", arch="ViT-B-32", pretrained="datacomp_xl_s13b_b90k", licence=MIT_OPEN_CLIP,
-           imagenet_top1=69.2, coco_t2i_r1=37.1),
-        _S("ViT-B-16-laion2b", "", 512, "ViT-B/16 trained on LAION-2B; immich publishes no export",
-           family="open_clip", arch="ViT-B-16", pretrained="laion2b_s34b_b88k", licence=MIT_OPEN_CLIP,
-           imagenet_top1=70.2, coco_t2i_r1=42.3),
-        _S("ViT-B-16-datacomp", "", 512, "ViT-B/16 trained on DataComp-XL; immich publishes no export",
-           family="open_clip", arch="ViT-B-16", pretrained="datacomp_xl_s13b_b90k", licence=MIT_OPEN_CLIP,
-           imagenet_top1=73.5, coco_t2i_r1=40.2),
+        _S(
+            "ViT-B-32-laion2b",
+            "immich-app/ViT-B-32__laion2b-s34b-b79k",
+            512,
+            "ViT-B/32 trained on LAION-2B",
+            family="open_clip",
+            arch="ViT-B-32",
+            pretrained="laion2b_s34b_b79k",
+            licence=MIT_OPEN_CLIP,
+            imagenet_top1=66.6,
+            coco_t2i_r1=39.3,
+        ),
+        _S(
+            "ViT-B-32-datacomp",
+            "",
+            512,
+            "ViT-B/32 trained on DataComp-XL; immich publishes no export",
+            family="open_clip",
+            arch="ViT-B-32",
+            pretrained="datacomp_xl_s13b_b90k",
+            licence=MIT_OPEN_CLIP,
+            imagenet_top1=69.2,
+            coco_t2i_r1=37.1,
+        ),
+        _S(
+            "ViT-B-16-laion2b",
+            "",
+            512,
+            "ViT-B/16 trained on LAION-2B; immich publishes no export",
+            family="open_clip",
+            arch="ViT-B-16",
+            pretrained="laion2b_s34b_b88k",
+            licence=MIT_OPEN_CLIP,
+            imagenet_top1=70.2,
+            coco_t2i_r1=42.3,
+        ),
+        _S(
+            "ViT-B-16-datacomp",
+            "",
+            512,
+            "ViT-B/16 trained on DataComp-XL; immich publishes no export",
+            family="open_clip",
+            arch="ViT-B-16",
+            pretrained="datacomp_xl_s13b_b90k",
+            licence=MIT_OPEN_CLIP,
+            imagenet_top1=73.5,
+            coco_t2i_r1=40.2,
+        ),
         # SigLIP / SigLIP 2: sigmoid-trained (scores through the model's logit scale and bias),
         # their own tokenizers, squashed (not centre-cropped) 0.5-mean images.
-        _S("ViT-B-16-SigLIP", "immich-app/ViT-B-16-SigLIP__webli", 768, "SigLIP, English",
-           family="siglip", arch="ViT-B-16-SigLIP", pretrained="webli", licence=APACHE_SIGLIP,
-           imagenet_top1=76.0, coco_t2i_r1=47.8),
-        _S("ViT-B-32-SigLIP2-256", "immich-app/ViT-B-32-SigLIP2-256__webli", 768,
-           "SigLIP 2, multilingual, 256 px", family="siglip2", arch="ViT-B-32-SigLIP2-256", pretrained="webli",
-           image_size=256, licence=APACHE_SIGLIP, multilingual=True, accuracy_source=SIGLIP2_PAPER),
-        _S("ViT-B-16-SigLIP2", "immich-app/ViT-B-16-SigLIP2__webli", 768, "SigLIP 2, multilingual",
-           family="siglip2", arch="ViT-B-16-SigLIP2", pretrained="webli", licence=APACHE_SIGLIP,
-           multilingual=True, imagenet_top1=78.2, coco_t2i_r1=52.1, accuracy_source=SIGLIP2_PAPER),
+        _S(
+            "ViT-B-16-SigLIP",
+            "immich-app/ViT-B-16-SigLIP__webli",
+            768,
+            "SigLIP, English",
+            family="siglip",
+            arch="ViT-B-16-SigLIP",
+            pretrained="webli",
+            licence=APACHE_SIGLIP,
+            imagenet_top1=76.0,
+            coco_t2i_r1=47.8,
+        ),
+        _S(
+            "ViT-B-32-SigLIP2-256",
+            "immich-app/ViT-B-32-SigLIP2-256__webli",
+            768,
+            "SigLIP 2, multilingual, 256 px",
+            family="siglip2",
+            arch="ViT-B-32-SigLIP2-256",
+            pretrained="webli",
+            image_size=256,
+            licence=APACHE_SIGLIP,
+            multilingual=True,
+            accuracy_source=SIGLIP2_PAPER,
+        ),
+        _S(
+            "ViT-B-16-SigLIP2",
+            "immich-app/ViT-B-16-SigLIP2__webli",
+            768,
+            "SigLIP 2, multilingual",
+            family="siglip2",
+            arch="ViT-B-16-SigLIP2",
+            pretrained="webli",
+            licence=APACHE_SIGLIP,
+            multilingual=True,
+            imagenet_top1=78.2,
+            coco_t2i_r1=52.1,
+            accuracy_source=SIGLIP2_PAPER,
+        ),
         # immich's multilingual models.
-        _S("nllb-clip-base-siglip", "immich-app/nllb-clip-base-siglip__v1", 768,
-           "NLLB-200 text tower + SigLIP ViT-B/16 at 384 px; 200 languages", family="multilingual",
-           arch="nllb-clip-base-siglip", pretrained="v1", image_size=384, licence=CC_BY_NC_NLLB,
-           commercial=False, multilingual=True),
-        _S("XLM-Roberta-Base-ViT-B-32", "immich-app/XLM-Roberta-Base-ViT-B-32__laion5b_s13b_b90k", 512,
-           "XLM-RoBERTa-base text tower + ViT-B/32; ~100 languages", family="multilingual",
-           arch="xlm-roberta-base-ViT-B-32", pretrained="laion5b_s13b_b90k", licence=MIT_OPEN_CLIP,
-           multilingual=True, imagenet_top1=62.4, coco_t2i_r1=37.8),
+        _S(
+            "nllb-clip-base-siglip",
+            "immich-app/nllb-clip-base-siglip__v1",
+            768,
+            "NLLB-200 text tower + SigLIP ViT-B/16 at 384 px; 200 languages",
+            family="multilingual",
+            arch="nllb-clip-base-siglip",
+            pretrained="v1",
+            image_size=384,
+            licence=CC_BY_NC_NLLB,
+            commercial=False,
+            multilingual=True,
+        ),
+        _S(
+            "XLM-Roberta-Base-ViT-B-32",
+            "immich-app/XLM-Roberta-Base-ViT-B-32__laion5b_s13b_b90k",
+            512,
+            "XLM-RoBERTa-base text tower + ViT-B/32; ~100 languages",
+            family="multilingual",
+            arch="xlm-roberta-base-ViT-B-32",
+            pretrained="laion5b_s13b_b90k",
+            licence=MIT_OPEN_CLIP,
+            multilingual=True,
+            imagenet_top1=62.4,
+            coco_t2i_r1=37.8,
+        ),
         # Apple's MobileCLIP2: small re-parameterisable image tower; research-only weights.
-        _S("MobileCLIP2-S0", "", 512, "FastViT-MCi0 image tower, 256 px; `pixquery export` re-parameterises it",
-           family="mobileclip2", arch="MobileCLIP2-S0", pretrained="dfndr2b", image_size=256,
-           licence=APPLE_AMLR, commercial=False, imagenet_top1=71.5, accuracy_source=MOBILECLIP2_CARD),
+        _S(
+            "MobileCLIP2-S0",
+            "",
+            512,
+            "FastViT-MCi0 image tower, 256 px; `pixquery export` re-parameterises it",
+            family="mobileclip2",
+            arch="MobileCLIP2-S0",
+            pretrained="dfndr2b",
+            image_size=256,
+            licence=APPLE_AMLR,
+            commercial=False,
+            imagenet_top1=71.5,
+            accuracy_source=MOBILECLIP2_CARD,
+        ),
     )
 }
 
@@ -143,8 +280,12 @@ def known_models() -> list[dict]:
     for spec in _MODELS.values():
         row = asdict(spec)
         m = speeds.get(spec.name, {})
-        row.update(images_per_s=m.get("images_per_s"), text_ms=m.get("text_ms"), download_mb=m.get("download_mb"),
-                   licence_accepted=spec.commercial or spec.name in accepted_licences())
+        row.update(
+            images_per_s=m.get("images_per_s"),
+            text_ms=m.get("text_ms"),
+            download_mb=m.get("download_mb"),
+            licence_accepted=spec.commercial or spec.name in accepted_licences(),
+        )
         out.append(row)
     return out
 
@@ -162,7 +303,8 @@ def _canonical(name: str) -> str | None:
 # -- non-commercial licences: accepted once, remembered per user ------------------------------------
 def _licence_file() -> Path:
     base = os.environ.get("PIXQUERY_CONFIG_DIR") or os.path.join(
-        os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "pixquery")
+        os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "pixquery"
+    )
     return Path(base) / "accepted-licences.json"
 
 
@@ -234,8 +376,9 @@ def _load_named(spec: ModelSpec, precision: str, cache_dir) -> Encoder:
 
     folder = exported_dir(spec.name)
     if all((folder / f).is_file() for f in REQUIRED):
-        return OnnxClipEncoder(folder, name=f"{spec.arch}__{spec.pretrained}", precision=precision,
-                               cache_dir=_int8_dir(cache_dir))
+        return OnnxClipEncoder(
+            folder, name=f"{spec.arch}__{spec.pretrained}", precision=precision, cache_dir=_int8_dir(cache_dir)
+        )
     raise ModelNotAvailable(
         f"Model {spec.name!r} is not available: immich publishes no ONNX export of it, and none is in {folder}. "
         f"To fix: pixquery export {spec.name} (needs pixquery[torch] and open_clip's weights "
@@ -265,7 +408,9 @@ _SCHEMES: dict[str, Callable[[str, str, object], Encoder]] = {
 }
 
 
-def load_encoder(name_or_path: str | Path = DEFAULT_MODEL, *, precision: str = "fp32", cache_dir: str | Path | None = None) -> Encoder:
+def load_encoder(
+    name_or_path: str | Path = DEFAULT_MODEL, *, precision: str = "fp32", cache_dir: str | Path | None = None
+) -> Encoder:
     """An Encoder for a model name, a local model folder, or a `scheme:` spec (see module doc).
     Raises ModelNotAvailable when a hub model is neither cached nor downloadable, PixqueryError
     for anything else the user can fix (unknown name, incomplete folder, missing torch, a

@@ -55,7 +55,18 @@ def _light_tables() -> dict[int, str]:
         table[cp] = "'"
     for cp in (0x201C, 0x201D, 0x201E, 0x201F):
         table[cp] = '"'
-    for cp in [*range(0x00, 0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF, 0xFFF9, 0xFFFA, 0xFFFB, 0xFFFC]:
+    for cp in [
+        *range(0x00, 0x09),
+        0x0B,
+        *range(0x0E, 0x20),
+        0x7F,
+        *range(0x206A, 0x2070),
+        0xFEFF,
+        0xFFF9,
+        0xFFFA,
+        0xFFFB,
+        0xFFFC,
+    ]:
         table[cp] = ""
     return table
 
@@ -82,8 +93,15 @@ class ClipTokenizer:
     Plain ASCII text is tokenised by pixquery.encoders.fast_bpe (same ids, without the ~60-100 ms
     of loading `tokenizers` and its JSON); anything else by `tokenizers`, loaded on first need."""
 
-    def __init__(self, tokenizer_file: str | Path, context_length: int = 77, pad_id: int = 0, *, fast: bool | None = None,
-                 cache_dir: str | Path | None = None):
+    def __init__(
+        self,
+        tokenizer_file: str | Path,
+        context_length: int = 77,
+        pad_id: int = 0,
+        *,
+        fast: bool | None = None,
+        cache_dir: str | Path | None = None,
+    ):
         """fast: the pure Python path for ASCII text (default on; $PIXQUERY_FAST_TOKENIZER=0 turns it off)."""
         self.context_length = context_length
         self.pad_id = pad_id
@@ -180,8 +198,9 @@ class HfTokenizer:
     The special tokens (SigLIP's </s>, Gemma's <bos>, XLM-R's <s> ... </s>) come from the
     post-processor inside tokenizer.json, the pad token and sides from tokenizer_config.json."""
 
-    def __init__(self, textual_dir: str | Path, context_length: int, *, clean: str = "whitespace",
-                 strip_sep_token: bool = False):
+    def __init__(
+        self, textual_dir: str | Path, context_length: int, *, clean: str = "whitespace", strip_sep_token: bool = False
+    ):
         if clean not in CLEANERS:
             raise ValueError(f"unknown tokenizer clean mode {clean!r}; known: {', '.join(CLEANERS)}")
         self.textual_dir = Path(textual_dir)
@@ -210,8 +229,12 @@ class HfTokenizer:
             sep = token_of("sep_token")
             self.sep_id = tok.token_to_id(sep) if sep is not None else None
             tok.enable_truncation(max_length=self.context_length, direction=cfg.get("truncation_side", "right"))
-            tok.enable_padding(length=self.context_length, pad_id=self.pad_id, pad_token=pad or "",
-                               direction=cfg.get("padding_side", "right"))
+            tok.enable_padding(
+                length=self.context_length,
+                pad_id=self.pad_id,
+                pad_token=pad or "",
+                direction=cfg.get("padding_side", "right"),
+            )
             self._tok_obj = tok
         return self._tok_obj
 
@@ -228,8 +251,13 @@ def tokenizer_for(textual_dir: Path, text_cfg: dict, context_length: int, cache_
     unless its config names a Hugging Face tokenizer (hf_tokenizer_name), with open_clip's
     tokenizer_kwargs (clean mode, strip_sep_token)."""
     if "hf_tokenizer_name" not in text_cfg:
-        return ClipTokenizer(textual_dir / "tokenizer.json", context_length, pad_id_for(text_cfg, textual_dir),
-                             cache_dir=cache_dir)
+        return ClipTokenizer(
+            textual_dir / "tokenizer.json", context_length, pad_id_for(text_cfg, textual_dir), cache_dir=cache_dir
+        )
     kwargs = text_cfg.get("tokenizer_kwargs") or {}
-    return HfTokenizer(textual_dir, context_length, clean=kwargs.get("clean", "whitespace"),
-                       strip_sep_token=bool(kwargs.get("strip_sep_token", False)))
+    return HfTokenizer(
+        textual_dir,
+        context_length,
+        clean=kwargs.get("clean", "whitespace"),
+        strip_sep_token=bool(kwargs.get("strip_sep_token", False)),
+    )

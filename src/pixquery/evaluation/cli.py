@@ -54,7 +54,9 @@ def parse_index_params(specs: list[str] | None) -> dict[str, list[dict]]:
     for spec in specs or []:
         kind, sep, rest = spec.partition(":")
         if not sep or not kind.strip() or not rest.strip():
-            raise PixqueryError(f"--index-param {spec!r}: expected KIND:NAME=V1,V2[;NAME=...], e.g. hnsw:ef_search=16,64")
+            raise PixqueryError(
+                f"--index-param {spec!r}: expected KIND:NAME=V1,V2[;NAME=...], e.g. hnsw:ef_search=16,64"
+            )
         names, values = [], []
         for part in rest.split(";"):
             name, eq, vals = part.partition("=")
@@ -123,18 +125,35 @@ def run_eval(
     if not model_specs:
         raise PixqueryError("--models is empty: give one or more model names or folders, comma-separated")
     params = parse_index_params(index_param)
-    config = EvalConfig(templates=tpls, indexes=_index_kinds(indexes, params), index_params=params,
-                        index_k=index_k, index_queries=index_queries, batch_size=batch_size,
-                        workers=workers, seed=seed)
+    config = EvalConfig(
+        templates=tpls,
+        indexes=_index_kinds(indexes, params),
+        index_params=params,
+        index_k=index_k,
+        index_queries=index_queries,
+        batch_size=batch_size,
+        workers=workers,
+        seed=seed,
+    )
     s = ds.summary()
-    console.print(f"[bold]{escape(s['name'])}[/]: {s['items']} images, {s['classes']} classes ({s['kind']}); "
-                  f"models: {', '.join(model_specs)}; prompts: {', '.join(t.name for t in tpls)}")
+    console.print(
+        f"[bold]{escape(s['name'])}[/]: {s['items']} images, {s['classes']} classes ({s['kind']}); "
+        f"models: {', '.join(model_specs)}; prompts: {', '.join(t.name for t in tpls)}"
+    )
     for n in ds.notes:
         console.print(f"[yellow]note:[/] {n}")
 
-    with Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), RateColumn(),
-                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-                  transient=False) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=20),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         current = {"model": ""}
 
         def factory(label: str, total: int):
@@ -152,8 +171,10 @@ def run_eval(
     for m in report["models"]:
         if m["images"]["failed_count"]:
             first = m["images"]["failed"][0]
-            console.print(f"[yellow]{model_label(m)}: {m['images']['failed_count']} image(s) skipped[/] "
-                          f"(e.g. {first['path']}: {first['reason']})")
+            console.print(
+                f"[yellow]{model_label(m)}: {m['images']['failed_count']} image(s) skipped[/] "
+                f"(e.g. {first['path']}: {first['reason']})"
+            )
         if target is not None:
             run = m["runs"][0]
             thr = run["best_threshold"]["angular"]
@@ -166,8 +187,7 @@ def run_eval(
     report["wall_seconds"] = time.perf_counter() - t_start
     files = write_report(report, out, with_plots=plots)
     _print_summary(report, console)
-    console.print(f"report: {Path(out) / 'report.md'} ({len(files)} files, "
-                  f"{report['wall_seconds']:.0f} s)")
+    console.print(f"report: {Path(out) / 'report.md'} ({len(files)} files, {report['wall_seconds']:.0f} s)")
     return report
 
 
@@ -190,9 +210,17 @@ def _print_summary(report: dict, console: Console) -> None:
     for m in report["models"]:
         for r in m["runs"]:
             auc = r["auc"]
-            t.add_row(model_label(m), r["templates"], f"{r['top1']:.3f}", f"{r['top5']:.3f}",
-                      "n/a" if auc != auc else f"{auc:.3f}", f"{r['best_threshold']['angular']:.4f}",
-                      f"{r['best_threshold']['f1']:.3f}", f"{m['images']['images_per_s'] or 0:.1f}", str(m["dim"]))
+            t.add_row(
+                model_label(m),
+                r["templates"],
+                f"{r['top1']:.3f}",
+                f"{r['top5']:.3f}",
+                "n/a" if auc != auc else f"{auc:.3f}",
+                f"{r['best_threshold']['angular']:.4f}",
+                f"{r['best_threshold']['f1']:.3f}",
+                f"{m['images']['images_per_s'] or 0:.1f}",
+                str(m["dim"]),
+            )
     console.print(t)
 
 
@@ -203,43 +231,77 @@ def register(app: typer.Typer) -> None:
 
     @app.command("eval", cls=Command)
     def eval_command(
-        dataset: Path = typer.Argument(..., metavar="DATASET", help="Labelled photos: a folder with labels.csv (+ classes.csv), "
-                                       "a folder per class, a CSV of path,label[,label...], or an ImageNet DET "
-                                       "folder with XML annotations."),
-        models: str = typer.Option(DEFAULT_MODELS, "--models", "-m",
-                                   help="Comma-separated model names or model folders, e.g. ViT-B-32,RN50."),
-        templates: str = typer.Option("photo", "--templates", "-t",
-                                      help="Prompt templates: '{}', 'photo', 'ensemble' (CLIP's 80) or a file; "
-                                      "comma-separate several to compare them."),
+        dataset: Path = typer.Argument(
+            ...,
+            metavar="DATASET",
+            help="Labelled photos: a folder with labels.csv (+ classes.csv), "
+            "a folder per class, a CSV of path,label[,label...], or an ImageNet DET "
+            "folder with XML annotations.",
+        ),
+        models: str = typer.Option(
+            DEFAULT_MODELS, "--models", "-m", help="Comma-separated model names or model folders, e.g. ViT-B-32,RN50."
+        ),
+        templates: str = typer.Option(
+            "photo",
+            "--templates",
+            "-t",
+            help="Prompt templates: '{}', 'photo', 'ensemble' (CLIP's 80) or a file; "
+            "comma-separate several to compare them.",
+        ),
         out: Path = typer.Option(Path("pixquery-eval"), "--out", "-o", help="Report folder (JSON, Markdown, PNG)."),
         limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use a random sample of N images."),
-        indexes: str = typer.Option("all", "--indexes",
-                                    help="Index kinds to measure, comma-separated; 'all' or 'none'."),
-        index_param: Optional[list[str]] = typer.Option(None, "--index-param", metavar="SPEC",
-                                                        help="Sweep index parameters: KIND:NAME=V1,V2[;NAME=...] "
-                                                        "(repeatable), e.g. hnsw:ef_search=16,64."),
+        indexes: str = typer.Option(
+            "all", "--indexes", help="Index kinds to measure, comma-separated; 'all' or 'none'."
+        ),
+        index_param: Optional[list[str]] = typer.Option(
+            None,
+            "--index-param",
+            metavar="SPEC",
+            help="Sweep index parameters: KIND:NAME=V1,V2[;NAME=...] (repeatable), e.g. hnsw:ef_search=16,64.",
+        ),
         index_k: int = typer.Option(10, "--index-k", help="k for index recall."),
         index_queries: int = typer.Option(200, "--index-queries", help="Single queries per index."),
-        library: Optional[Path] = typer.Option(None, "--library", "-L",
-                                               help="Store each model's best threshold in this library's catalog "
-                                               "(used by `pixquery search --threshold auto`); default: the default "
-                                               "library, when it exists."),
+        library: Optional[Path] = typer.Option(
+            None,
+            "--library",
+            "-L",
+            help="Store each model's best threshold in this library's catalog "
+            "(used by `pixquery search --threshold auto`); default: the default "
+            "library, when it exists.",
+        ),
         store: bool = typer.Option(True, "--store/--no-store", help="Store the best thresholds in the library."),
         precision: str = typer.Option("fp32", "--precision", help="Encoder precision (fp32 or int8)."),
         batch_size: int = typer.Option(32, "--batch-size", help="Images per encoder batch."),
         workers: Optional[int] = typer.Option(None, "--workers", help="Decoding processes (default: cores - 1)."),
-        dataset_kind: str = typer.Option("auto", "--dataset-kind",
-                                         help="auto, labels-csv, csv, folder or imagenet-det."),
+        dataset_kind: str = typer.Option(
+            "auto", "--dataset-kind", help="auto, labels-csv, csv, folder or imagenet-det."
+        ),
         seed: int = typer.Option(0, "--seed", help="Seed for --limit sampling and index queries."),
         plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
     ) -> None:
         """Evaluate models on labelled photos: zero-shot accuracy, speed, ROC/F1 thresholds, indexes."""
         console = _console()
         try:
-            report = run_eval(dataset, models=models, templates=templates, out=out, limit=limit, indexes=indexes,
-                     index_param=index_param, index_k=index_k, index_queries=index_queries, library=library,
-                     store=store, precision=precision, batch_size=batch_size, workers=workers, dataset_kind=dataset_kind,
-                     seed=seed, plots=plots, console=console)
+            report = run_eval(
+                dataset,
+                models=models,
+                templates=templates,
+                out=out,
+                limit=limit,
+                indexes=indexes,
+                index_param=index_param,
+                index_k=index_k,
+                index_queries=index_queries,
+                library=library,
+                store=store,
+                precision=precision,
+                batch_size=batch_size,
+                workers=workers,
+                dataset_kind=dataset_kind,
+                seed=seed,
+                plots=plots,
+                console=console,
+            )
         except PixqueryError as e:
             console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None  # a user error, as everywhere in pixquery

@@ -91,14 +91,21 @@ class Dataset:
         if n <= 0:
             raise DatasetError(f"--limit must be positive, not {n}")
         keep = np.sort(np.random.default_rng(seed).permutation(len(self.items))[:n])
-        return replace(self, items=[self.items[i] for i in keep],
-                       notes=self.notes + [f"sampled {n} of {len(self.items)} items (seed {seed})"])
+        return replace(
+            self,
+            items=[self.items[i] for i in keep],
+            notes=self.notes + [f"sampled {n} of {len(self.items)} items (seed {seed})"],
+        )
 
     def summary(self) -> dict:
         counts = np.bincount([c for it in self.items for c in it.labels], minlength=self.n_classes)
         return {
-            "name": self.name, "kind": self.kind, "root": str(self.root), "items": len(self.items),
-            "classes": self.n_classes, "classes_present": int((counts > 0).sum()),
+            "name": self.name,
+            "kind": self.kind,
+            "root": str(self.root),
+            "items": len(self.items),
+            "classes": self.n_classes,
+            "classes_present": int((counts > 0).sum()),
             "multi_label": self.multi_label,
             "labels_per_item": float(np.mean([len(it.labels) for it in self.items])) if self.items else 0.0,
             "notes": list(self.notes),
@@ -264,8 +271,14 @@ def _load_headed_csv(csv_path: Path, header: list[str], rows: list[list[str]]) -
         items.append(Item(p, tuple(sorted({index[k] for k in keys}))))
     _check_files(items, csv_path)
     name = csv_path.parent.name if csv_path.name == "labels.csv" else csv_path.stem
-    return Dataset(name=name, kind="labels-csv", root=base, class_ids=[table[k][0] for k in order],
-                   class_names=[table[k][1] for k in order], items=items)
+    return Dataset(
+        name=name,
+        kind="labels-csv",
+        root=base,
+        class_ids=[table[k][0] for k in order],
+        class_names=[table[k][1] for k in order],
+        items=items,
+    )
 
 
 def _load_generic_csv(csv_path: Path, rows: list[list[str]]) -> Dataset:
@@ -291,8 +304,14 @@ def _load_generic_csv(csv_path: Path, rows: list[list[str]]) -> Dataset:
     items = [Item(p, tuple(sorted({index[x] for x in labs}))) for p, labs in raw]
     _check_files(items, csv_path)
     builtin = dict(IMAGENET_CLASSES)
-    return Dataset(name=csv_path.stem, kind="csv", root=base, class_ids=names,
-                   class_names=[builtin.get(k, _prompt_name(k)) for k in names], items=items)
+    return Dataset(
+        name=csv_path.stem,
+        kind="csv",
+        root=base,
+        class_ids=names,
+        class_names=[builtin.get(k, _prompt_name(k)) for k in names],
+        items=items,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,8 +393,10 @@ def _load_det(root: Path) -> Dataset:
             continue
         per_image.append((img, wnids))
     if not per_image:
-        raise DatasetError(f"{root}: the XML annotations name no image found below this folder "
-                           f"({len(xmls)} XML files, {len(images)} images)")
+        raise DatasetError(
+            f"{root}: the XML annotations name no image found below this folder "
+            f"({len(xmls)} XML files, {len(images)} images)"
+        )
     builtin = dict(IMAGENET_CLASSES)
     notes = []
     if mapping:
@@ -386,8 +407,10 @@ def _load_det(root: Path) -> Dataset:
         names = [builtin.get(w, w) for w in ids]
         unnamed = [w for w in ids if w not in builtin]
         if unnamed:
-            notes.append(f"no name for {len(unnamed)} synset(s) (e.g. {unnamed[0]}): put the devkit's "
-                         "map_det.txt in the dataset folder to name them")
+            notes.append(
+                f"no name for {len(unnamed)} synset(s) (e.g. {unnamed[0]}): put the devkit's "
+                "map_det.txt in the dataset folder to name them"
+            )
     index = {w: i for i, w in enumerate(ids)}
     items, outside = [], 0
     for img, ws in per_image:
@@ -401,8 +424,9 @@ def _load_det(root: Path) -> Dataset:
         notes.append(f"{no_image} annotation(s) whose image was not found left out")
     if outside:
         notes.append(f"{outside} object label(s) outside the class list ignored")
-    return Dataset(name=root.name, kind="imagenet-det", root=root, class_ids=ids, class_names=names,
-                   items=items, notes=notes)
+    return Dataset(
+        name=root.name, kind="imagenet-det", root=root, class_ids=ids, class_names=names, items=items, notes=notes
+    )
 
 
 # ----------------------------------------------------------------------------------------------

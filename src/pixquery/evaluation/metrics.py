@@ -155,8 +155,11 @@ def threshold_curve(distances: np.ndarray, positive: np.ndarray) -> ThresholdCur
     # last index of each run of equal distances
     last = np.flatnonzero(np.r_[d_sorted[1:] != d_sorted[:-1], True])
     return ThresholdCurve(
-        thresholds=d_sorted[last], tp=tp[last].astype(np.float64), fp=fp[last].astype(np.float64),
-        n_pos=int(pos.sum()), n_neg=int((~pos).sum()),
+        thresholds=d_sorted[last],
+        tp=tp[last].astype(np.float64),
+        fp=fp[last].astype(np.float64),
+        n_pos=int(pos.sum()),
+        n_neg=int((~pos).sum()),
     )
 
 
@@ -204,8 +207,13 @@ def best_f1_threshold(curve: ThresholdCurve) -> BestThreshold:
     i = int(np.argmax(f1))
     t_obs = float(curve.thresholds[i])
     t = (t_obs + float(curve.thresholds[i + 1])) / 2.0 if i + 1 < len(curve.thresholds) else t_obs
-    return BestThreshold(threshold=t, f1=float(f1[i]), precision=float(curve.precision[i]),
-                         recall=float(curve.recall[i]), at_observed=t_obs)
+    return BestThreshold(
+        threshold=t,
+        f1=float(f1[i]),
+        precision=float(curve.precision[i]),
+        recall=float(curve.recall[i]),
+        at_observed=t_obs,
+    )
 
 
 def counts_at(distances: np.ndarray, positive: np.ndarray, thresholds: Sequence[float]) -> dict[str, np.ndarray]:
@@ -263,7 +271,7 @@ def retrieval_metrics(scores: np.ndarray, relevant, ks: Sequence[int] = (1, 5, 1
     aps = []
     ranks = np.arange(1, ni + 1, dtype=np.float64)
     for start in range(0, len(qs), 256):  # chunks keep memory at 256 x n_images
-        sel = qs[start:start + 256]
+        sel = qs[start : start + 256]
         order = stable_rank_order(scores[sel])
         hits = np.take_along_axis(rel[sel], order, axis=1)  # relevance in ranked order
         n_rel = hits.sum(axis=1).astype(np.float64)
@@ -291,8 +299,13 @@ def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[
     return np.take_along_axis(sims, order, axis=1), order.astype(np.int64)
 
 
-def index_recall(found_ids: np.ndarray, exact_ids: np.ndarray, exact_scores: np.ndarray | None = None,
-                 found_true_scores: np.ndarray | None = None, tol: float = 1e-6) -> float:
+def index_recall(
+    found_ids: np.ndarray,
+    exact_ids: np.ndarray,
+    exact_scores: np.ndarray | None = None,
+    found_true_scores: np.ndarray | None = None,
+    tol: float = 1e-6,
+) -> float:
     """Recall@k of an approximate search against exact search, averaged over queries.
 
     Plain form: |found ∩ exact| / k per query. When ``exact_scores`` and ``found_true_scores``

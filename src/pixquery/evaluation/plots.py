@@ -93,8 +93,10 @@ def plot_accuracy_speed(report: dict, path: Path) -> Path:
             ax.plot([x], [r["top5"]], mk, mfc="none", color=col, ms=8)
         handles.append(Line2D([], [], color=col, marker="o", ls="", label=model_label(m)))
     if len(templates) > 1:
-        handles += [Line2D([], [], color="grey", marker=markers[k % len(markers)], ls="", label=f"prompts {t}")
-                    for k, t in enumerate(templates)]
+        handles += [
+            Line2D([], [], color="grey", marker=markers[k % len(markers)], ls="", label=f"prompts {t}")
+            for k, t in enumerate(templates)
+        ]
     ax.set_xlabel("images/s (image encoder, this machine)")
     ax.set_ylabel("zero-shot accuracy (filled: top-1, hollow: top-5)")
     ax.set_ylim(0, 1.05)
@@ -123,10 +125,16 @@ def plot_index(report: dict, path: Path) -> Path:
             by_kind.setdefault(x["kind"], []).append(x)
             k = x["k"]
         for kind, xs in by_kind.items():
-            ax.plot([x["query_ms"] for x in xs], [x["recall"] for x in xs],
-                    color=colors[all_kinds.index(kind) % len(colors)], marker=markers[mi % len(markers)],
-                    ls=styles[mi % len(styles)], ms=6, alpha=0.85,
-                    label=f"{model_label(m)} {kind}" if many else kind)
+            ax.plot(
+                [x["query_ms"] for x in xs],
+                [x["recall"] for x in xs],
+                color=colors[all_kinds.index(kind) % len(colors)],
+                marker=markers[mi % len(markers)],
+                ls=styles[mi % len(styles)],
+                ms=6,
+                alpha=0.85,
+                label=f"{model_label(m)} {kind}" if many else kind,
+            )
     ax.set_xscale("log")
     ax.set_xlabel("time per single query (ms, log scale)")
     ax.set_ylabel(f"recall@{k} against exact search")

@@ -69,8 +69,10 @@ def markdown(report: dict, plots: dict[str, str] | None = None) -> str:
         f"({ds['classes_present']} present), {'multi-label' if ds['multi_label'] else 'one label per image'}."
     )
     tpl = ", ".join(f"`{t['name']}` ({t['count']})" for t in report["config"]["templates"])
-    out.append(f"Prompt templates: {tpl}. Machine: {report['machine']['processor']}, "
-               f"{report['machine']['cpus']} CPUs, {report['machine']['platform']}.")
+    out.append(
+        f"Prompt templates: {tpl}. Machine: {report['machine']['processor']}, "
+        f"{report['machine']['cpus']} CPUs, {report['machine']['platform']}."
+    )
     for n in ds.get("notes", []):
         out.append(f"- note: {n}")
     for m in models:
@@ -84,26 +86,73 @@ def markdown(report: dict, plots: dict[str, str] | None = None) -> str:
         im = m["images"]
         for r in m["runs"]:
             label = model_label(m)
-            rows51.append([label, r["templates"], _f(r["top1"]), _f(r["top5"]), _g(im["ms_per_image"]),
-                           _g(im["images_per_s"]), _g(im["images_per_s_end_to_end"]),
-                           _g(r["texts_per_s"]), _mb(m["size_bytes"]), str(m["dim"])])
+            rows51.append(
+                [
+                    label,
+                    r["templates"],
+                    _f(r["top1"]),
+                    _f(r["top5"]),
+                    _g(im["ms_per_image"]),
+                    _g(im["images_per_s"]),
+                    _g(im["images_per_s_end_to_end"]),
+                    _g(r["texts_per_s"]),
+                    _mb(m["size_bytes"]),
+                    str(m["dim"]),
+                ]
+            )
             rows52.append([label, r["templates"], _f(r["auc"], 4)])
             b = r["best_threshold"]
-            rows_thr.append([label, r["templates"], _f(b["angular"], 4), _f(b["cosine"], 4), _f(b["f1"]),
-                             _f(b["precision"]), _f(b["recall"])])
+            rows_thr.append(
+                [
+                    label,
+                    r["templates"],
+                    _f(b["angular"], 4),
+                    _f(b["cosine"], 4),
+                    _f(b["f1"]),
+                    _f(b["precision"]),
+                    _f(b["recall"]),
+                ]
+            )
             ret = r["retrieval"]
-            rows_ret.append([label, r["templates"]] + [_f(ret[f"precision@{k}"]) for k in ks]
-                            + [_f(ret[f"recall@{k}"]) for k in ks] + [_f(ret["mAP"]), str(ret["queries"])])
+            rows_ret.append(
+                [label, r["templates"]]
+                + [_f(ret[f"precision@{k}"]) for k in ks]
+                + [_f(ret[f"recall@{k}"]) for k in ks]
+                + [_f(ret["mAP"]), str(ret["queries"])]
+            )
 
     out += ["## Table 5.1: model comparison (zero-shot classification)", ""]
-    out.append(_table(["Model", "Prompts", "Top-1", "Top-5", "Inference (ms/image)", "Images/s (encoder)",
-                       "Images/s (with decoding)", "Texts/s", "Model size (MB)", "Embedding size"], rows51))
-    out += ["", "Inference time is the image encoder's own time per image in batches of "
-            f"{report['config']['batch_size']}, measured during this run.", ""]
+    out.append(
+        _table(
+            [
+                "Model",
+                "Prompts",
+                "Top-1",
+                "Top-5",
+                "Inference (ms/image)",
+                "Images/s (encoder)",
+                "Images/s (with decoding)",
+                "Texts/s",
+                "Model size (MB)",
+                "Embedding size",
+            ],
+            rows51,
+        )
+    )
+    out += [
+        "",
+        "Inference time is the image encoder's own time per image in batches of "
+        f"{report['config']['batch_size']}, measured during this run.",
+        "",
+    ]
     out += ["## Table 5.2: area under the ROC curve (angular distance)", ""]
     out.append(_table(["Model", "Prompts", "AUC"], rows52))
-    out += ["", "Pairs: every (image, class) pair; positive when the class is one of the image's labels; "
-            "score = angular distance arccos(cos)/pi between image and class-prompt embeddings.", ""]
+    out += [
+        "",
+        "Pairs: every (image, class) pair; positive when the class is one of the image's labels; "
+        "score = angular distance arccos(cos)/pi between image and class-prompt embeddings.",
+        "",
+    ]
     out += ["## Best threshold (maximum of F1 over the angular-distance threshold)", ""]
     out.append(_table(["Model", "Prompts", "Threshold (angular)", "As cosine", "F1", "Precision", "Recall"], rows_thr))
     stored = [m for m in models if m.get("stored_threshold")]
@@ -111,26 +160,47 @@ def markdown(report: dict, plots: dict[str, str] | None = None) -> str:
         out.append("")
         for m in stored:
             s = m["stored_threshold"]
-            out.append(f"- stored for `{m['name']}` in {s['catalog']}: {_f(s['threshold'], 4)} "
-                       f"(from prompts `{s['templates']}`); `pixquery search --threshold auto` uses it")
+            out.append(
+                f"- stored for `{m['name']}` in {s['catalog']}: {_f(s['threshold'], 4)} "
+                f"(from prompts `{s['templates']}`); `pixquery search --threshold auto` uses it"
+            )
     out += ["", "## Text-to-image retrieval (one query per class present, class prompt as the query)", ""]
-    out.append(_table(["Model", "Prompts"] + [f"P@{k}" for k in ks] + [f"R@{k}" for k in ks] + ["mAP", "Queries"],
-                      rows_ret))
+    out.append(
+        _table(["Model", "Prompts"] + [f"P@{k}" for k in ks] + [f"R@{k}" for k in ks] + ["mAP", "Queries"], rows_ret)
+    )
     idx_rows = []
     for m in models:
         for x in m.get("indexes", []):
             shown = x.get("shown_params", x.get("params")) or {}
             params = ", ".join(f"{k}={v}" for k, v in shown.items()) or "defaults"
-            idx_rows.append([model_label(m), x["kind"], params, _f(x["recall"]), _g(x["build_s"]),
-                             _g(x["load_s"]), _g(x["query_ms"]), _mb(x["size_bytes"])])
+            idx_rows.append(
+                [
+                    model_label(m),
+                    x["kind"],
+                    params,
+                    _f(x["recall"]),
+                    _g(x["build_s"]),
+                    _g(x["load_s"]),
+                    _g(x["query_ms"]),
+                    _mb(x["size_bytes"]),
+                ]
+            )
     if idx_rows:
         k = models[0]["indexes"][0]["k"] if models and models[0].get("indexes") else report["config"]["index_k"]
         q = models[0]["indexes"][0]["queries"] if models and models[0].get("indexes") else 0
         out += ["", "## Section 5.3: indexes on the dataset's image vectors", ""]
-        out.append(_table(["Model", "Index", "Parameters", f"Recall@{k}", "Build (s)", "Load (s)",
-                           "Query (ms)", "Size (MB)"], idx_rows))
-        out += ["", f"Recall against exact search over {q} image vectors used as single queries; "
-                "query time is per single query (one thread policy of the index).", ""]
+        out.append(
+            _table(
+                ["Model", "Index", "Parameters", f"Recall@{k}", "Build (s)", "Load (s)", "Query (ms)", "Size (MB)"],
+                idx_rows,
+            )
+        )
+        out += [
+            "",
+            f"Recall against exact search over {q} image vectors used as single queries; "
+            "query time is per single query (one thread policy of the index).",
+            "",
+        ]
     if plots:
         out += ["", "## Plots", ""]
         for title, fn in plots.items():

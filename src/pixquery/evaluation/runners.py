@@ -71,8 +71,14 @@ class ImageEmbeddings:
     wall_seconds: float
 
 
-def embed_images(paths: Sequence[Path | str], encoder: Encoder, *, batch_size: int = 32,
-                 workers: int | None = None, progress: ProgressFactory | None = None) -> ImageEmbeddings:
+def embed_images(
+    paths: Sequence[Path | str],
+    encoder: Encoder,
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: ProgressFactory | None = None,
+) -> ImageEmbeddings:
     """Embed image files in order with the ingest pipeline; files that fail are skipped."""
     from pixquery.ingest.pipeline import embed_files
     from pixquery.ingest.scan import FileEntry
@@ -94,12 +100,18 @@ def embed_images(paths: Sequence[Path | str], encoder: Encoder, *, batch_size: i
 
     update = progress("embed images", len(entries))
     t0 = time.perf_counter()
-    stats = embed_files(entries, encoder, write, batch_size=batch_size, workers=workers,
-                        on_progress=lambda done, failed: update(done))
+    stats = embed_files(
+        entries, encoder, write, batch_size=batch_size, workers=workers, on_progress=lambda done, failed: update(done)
+    )
     wall = time.perf_counter() - t0
     update(len(entries))
-    return ImageEmbeddings(vectors=l2_normalize(vecs[ok]), ok=ok, failed=list(stats.failed),
-                           encode_seconds=stats.encode_seconds, wall_seconds=wall)
+    return ImageEmbeddings(
+        vectors=l2_normalize(vecs[ok]),
+        ok=ok,
+        failed=list(stats.failed),
+        encode_seconds=stats.encode_seconds,
+        wall_seconds=wall,
+    )
 
 
 @dataclass
@@ -109,8 +121,14 @@ class TextEmbeddings:
     seconds: float
 
 
-def embed_class_prompts(encoder: Encoder, class_names: Sequence[str], templates: Templates, *,
-                        batch_size: int = 128, progress: ProgressFactory | None = None) -> TextEmbeddings:
+def embed_class_prompts(
+    encoder: Encoder,
+    class_names: Sequence[str],
+    templates: Templates,
+    *,
+    batch_size: int = 128,
+    progress: ProgressFactory | None = None,
+) -> TextEmbeddings:
     """Per class: mean of the normalised embeddings of its prompts, renormalised."""
     progress = progress or _no_progress
     t = len(templates.templates)
@@ -119,7 +137,7 @@ def embed_class_prompts(encoder: Encoder, class_names: Sequence[str], templates:
     update = progress(f"embed prompts ({templates.name})", len(texts))
     t0 = time.perf_counter()
     for s in range(0, len(texts), batch_size):
-        out[s:s + batch_size] = encoder.encode_texts(texts[s:s + batch_size])
+        out[s : s + batch_size] = encoder.encode_texts(texts[s : s + batch_size])
         update(min(s + batch_size, len(texts)))
     seconds = time.perf_counter() - t0
     per_class = l2_normalize(out).reshape(len(class_names), t, encoder.dim).mean(axis=1)
@@ -130,8 +148,14 @@ def embed_class_prompts(encoder: Encoder, class_names: Sequence[str], templates:
 # scoring
 
 
-def score_run(image_vectors: np.ndarray, class_vectors: np.ndarray, labels: np.ndarray, *,
-              retrieval_ks: Sequence[int] = (1, 5, 10), curve_points: int = 400) -> dict:
+def score_run(
+    image_vectors: np.ndarray,
+    class_vectors: np.ndarray,
+    labels: np.ndarray,
+    *,
+    retrieval_ks: Sequence[int] = (1, 5, 10),
+    curve_points: int = 400,
+) -> dict:
     """All accuracy and threshold numbers for one (model, templates) pair.
 
     ``labels`` is the (n_images, n_classes) bool matrix of the embedded images.
@@ -153,22 +177,30 @@ def score_run(image_vectors: np.ndarray, class_vectors: np.ndarray, labels: np.n
     neg = dist[~labels]
     retrieval = M.retrieval_metrics(cos.T, labels.T, retrieval_ks)
     return {
-        "top1": top[1], "top5": top[5],
+        "top1": top[1],
+        "top5": top[5],
         "auc": auc,
         "best_threshold": {
-            "angular": best.threshold, "cosine": float(M.cosine_from_angular(best.threshold)),
-            "f1": best.f1, "precision": best.precision, "recall": best.recall,
+            "angular": best.threshold,
+            "cosine": float(M.cosine_from_angular(best.threshold)),
+            "f1": best.f1,
+            "precision": best.precision,
+            "recall": best.recall,
             "at_observed_distance": best.at_observed,
         },
         "pairs": {
-            "positive": curve.n_pos, "negative": curve.n_neg,
+            "positive": curve.n_pos,
+            "negative": curve.n_neg,
             "positive_distance_mean": float(pos.mean()) if pos.size else None,
             "negative_distance_mean": float(neg.mean()) if neg.size else None,
         },
         "retrieval": retrieval,
         "curves": {
-            "roc": {"fpr": fpr[sel].tolist(), "tpr": tpr[sel].tolist(),
-                    "threshold": [None if not np.isfinite(x) else float(x) for x in roc_thr[sel]]},
+            "roc": {
+                "fpr": fpr[sel].tolist(),
+                "tpr": tpr[sel].tolist(),
+                "threshold": [None if not np.isfinite(x) else float(x) for x in roc_thr[sel]],
+            },
             "threshold": {k: v.tolist() for k, v in at.items()},
         },
     }
@@ -191,8 +223,9 @@ def compact_params(kind: str, full: dict, requested: dict) -> dict:
 
     from pixquery.indexes import config_class
 
-    defaults = {f.name: f.default for f in dataclasses.fields(config_class(kind))
-                if f.default is not dataclasses.MISSING}
+    defaults = {
+        f.name: f.default for f in dataclasses.fields(config_class(kind)) if f.default is not dataclasses.MISSING
+    }
     out = {}
     for k, v in full.items():
         if isinstance(v, dict):
@@ -204,8 +237,14 @@ def compact_params(kind: str, full: dict, requested: dict) -> dict:
     return out
 
 
-def measure_index(kind: str, params: dict, vectors: np.ndarray, queries: np.ndarray, k: int,
-                  calibration_queries: np.ndarray | None = None) -> dict:
+def measure_index(
+    kind: str,
+    params: dict,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    calibration_queries: np.ndarray | None = None,
+) -> dict:
     """Build one index on `vectors`, save, load, query one at a time; recall@k against exact.
 
     Build time covers adding every vector and any lazy build step (an index's optional
@@ -236,9 +275,9 @@ def measure_index(kind: str, params: dict, vectors: np.ndarray, queries: np.ndar
         found = np.full((len(queries), k), -1, dtype=np.int64)
         t0 = time.perf_counter()
         for i in range(len(queries)):  # one query at a time: the online search case
-            _, got = loaded.search(queries[i:i + 1], k)
+            _, got = loaded.search(queries[i : i + 1], k)
             got = np.asarray(got).ravel()[:k]
-            found[i, :len(got)] = got
+            found[i, : len(got)] = got
         query_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         loaded.search(queries, k)
@@ -249,24 +288,35 @@ def measure_index(kind: str, params: dict, vectors: np.ndarray, queries: np.ndar
     true_scores[valid] = np.einsum("qd,qkd->qk", queries, vectors[np.where(valid, found, 0)])[valid]
     recall = M.index_recall(found, exact_ids, exact_scores, true_scores)
     return {
-        "kind": kind, "params": full_params, "requested": dict(params),
+        "kind": kind,
+        "params": full_params,
+        "requested": dict(params),
         "shown_params": compact_params(kind, full_params, params),
-        "k": k, "vectors": n, "queries": len(queries),
-        "recall": recall, "build_s": build_s, "save_s": save_s, "load_s": load_s,
+        "k": k,
+        "vectors": n,
+        "queries": len(queries),
+        "recall": recall,
+        "build_s": build_s,
+        "save_s": save_s,
+        "load_s": load_s,
         "query_ms": 1000.0 * query_s / max(len(queries), 1),
         "batch_query_ms": 1000.0 * batch_s / max(len(queries), 1),
         "size_bytes": size,
     }
 
 
-def measure_indexes(vectors: np.ndarray, config: EvalConfig, progress: ProgressFactory | None = None,
-                    calibration_queries: np.ndarray | None = None) -> list[dict]:
+def measure_indexes(
+    vectors: np.ndarray,
+    config: EvalConfig,
+    progress: ProgressFactory | None = None,
+    calibration_queries: np.ndarray | None = None,
+) -> list[dict]:
     progress = progress or _no_progress
     rng = np.random.default_rng(config.seed)
     n = len(vectors)
     if n == 0:
         return []
-    q = vectors[np.sort(rng.permutation(n)[:min(config.index_queries, n)])]
+    q = vectors[np.sort(rng.permutation(n)[: min(config.index_queries, n)])]
     jobs = [(kind, p) for kind in config.indexes for p in (config.index_params.get(kind) or [{}])]
     update = progress("indexes", len(jobs))
     out = []
@@ -308,8 +358,13 @@ def model_size_bytes(encoder: Encoder, spec: str) -> int | None:
 def machine_info() -> dict:
     import numpy
 
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(), "numpy": numpy.__version__}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "numpy": numpy.__version__,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,12 +381,18 @@ def warm_up(encoder: Encoder) -> float:
     return time.perf_counter() - t0
 
 
-def evaluate_model(dataset: Dataset, encoder: Encoder, config: EvalConfig, *, spec: str = "",
-                   load_seconds: float | None = None, progress: ProgressFactory | None = None) -> dict:
+def evaluate_model(
+    dataset: Dataset,
+    encoder: Encoder,
+    config: EvalConfig,
+    *,
+    spec: str = "",
+    load_seconds: float | None = None,
+    progress: ProgressFactory | None = None,
+) -> dict:
     """Everything for one model: image embedding once, then one run per template set, then indexes."""
     warmup_s = warm_up(encoder)
-    emb = embed_images(dataset.paths, encoder, batch_size=config.batch_size, workers=config.workers,
-                       progress=progress)
+    emb = embed_images(dataset.paths, encoder, batch_size=config.batch_size, workers=config.workers, progress=progress)
     n_ok = int(emb.ok.sum())
     if n_ok == 0:
         reason = emb.failed[0][1] if emb.failed else "no images"
@@ -340,16 +401,23 @@ def evaluate_model(dataset: Dataset, encoder: Encoder, config: EvalConfig, *, sp
     runs = []
     calibration = None
     for tpl in config.templates:
-        txt = embed_class_prompts(encoder, dataset.class_names, tpl, batch_size=config.text_batch_size,
-                                  progress=progress)
+        txt = embed_class_prompts(
+            encoder, dataset.class_names, tpl, batch_size=config.text_batch_size, progress=progress
+        )
         if calibration is None:  # the first template set's class prompts: text queries for `auto`
             calibration = txt.vectors
-        run = score_run(emb.vectors, txt.vectors, labels, retrieval_ks=config.retrieval_ks,
-                        curve_points=config.curve_points)
-        run.update({
-            "templates": tpl.name, "n_templates": len(tpl.templates), "texts": txt.n_texts,
-            "text_seconds": txt.seconds, "texts_per_s": txt.n_texts / txt.seconds if txt.seconds > 0 else None,
-        })
+        run = score_run(
+            emb.vectors, txt.vectors, labels, retrieval_ks=config.retrieval_ks, curve_points=config.curve_points
+        )
+        run.update(
+            {
+                "templates": tpl.name,
+                "n_templates": len(tpl.templates),
+                "texts": txt.n_texts,
+                "text_seconds": txt.seconds,
+                "texts_per_s": txt.n_texts / txt.seconds if txt.seconds > 0 else None,
+            }
+        )
         runs.append(run)
     indexes = measure_indexes(emb.vectors, config, progress, calibration) if config.indexes else []
     return {
@@ -361,9 +429,11 @@ def evaluate_model(dataset: Dataset, encoder: Encoder, config: EvalConfig, *, sp
         "load_seconds": load_seconds,
         "warmup_seconds": warmup_s,
         "images": {
-            "embedded": n_ok, "failed_count": len(emb.failed),
+            "embedded": n_ok,
+            "failed_count": len(emb.failed),
             "failed": [{"path": p, "reason": r} for p, r in emb.failed[:50]],
-            "encode_seconds": emb.encode_seconds, "wall_seconds": emb.wall_seconds,
+            "encode_seconds": emb.encode_seconds,
+            "wall_seconds": emb.wall_seconds,
             "images_per_s": n_ok / emb.encode_seconds if emb.encode_seconds > 0 else None,
             "images_per_s_end_to_end": n_ok / emb.wall_seconds if emb.wall_seconds > 0 else None,
             "ms_per_image": 1000.0 * emb.encode_seconds / n_ok,
@@ -373,9 +443,15 @@ def evaluate_model(dataset: Dataset, encoder: Encoder, config: EvalConfig, *, sp
     }
 
 
-def evaluate(dataset: Dataset, models: Sequence[str | Encoder], config: EvalConfig, *,
-             progress: ProgressFactory | None = None, precision: str = "fp32",
-             on_model: Callable[[dict], None] | None = None) -> dict:
+def evaluate(
+    dataset: Dataset,
+    models: Sequence[str | Encoder],
+    config: EvalConfig,
+    *,
+    progress: ProgressFactory | None = None,
+    precision: str = "fp32",
+    on_model: Callable[[dict], None] | None = None,
+) -> dict:
     """Evaluate each model (a name/path for `load_encoder`, or an Encoder object) on `dataset`."""
     results = []
     for m in models:
@@ -397,9 +473,12 @@ def evaluate(dataset: Dataset, models: Sequence[str | Encoder], config: EvalConf
         "dataset": dataset.summary(),
         "config": {
             "templates": [{"name": t.name, "count": len(t.templates)} for t in config.templates],
-            "indexes": list(config.indexes), "index_params": config.index_params,
-            "index_k": config.index_k, "index_queries": config.index_queries,
-            "retrieval_ks": list(config.retrieval_ks), "batch_size": config.batch_size,
+            "indexes": list(config.indexes),
+            "index_params": config.index_params,
+            "index_k": config.index_k,
+            "index_queries": config.index_queries,
+            "retrieval_ks": list(config.retrieval_ks),
+            "batch_size": config.batch_size,
             "seed": config.seed,
         },
         "machine": machine_info(),
@@ -419,8 +498,9 @@ def evaluate(dataset: Dataset, models: Sequence[str | Encoder], config: EvalConf
 # the threshold in the library's catalog
 
 
-def store_threshold(library: str | Path | None, model_name: str, fingerprint: str, threshold: float,
-                    source: str = "") -> Path:
+def store_threshold(
+    library: str | Path | None, model_name: str, fingerprint: str, threshold: float, source: str = ""
+) -> Path:
     """Store a model's best angular-distance threshold in a library's catalog (for `search
     --threshold auto`). Returns the catalog file. The one place that knows how to reach it."""
     from pixquery.catalog import Catalog

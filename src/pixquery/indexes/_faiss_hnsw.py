@@ -129,8 +129,14 @@ class FaissHnswIndex:
             faiss.write_index(self._g, str(tmp))
 
         with self._lock:  # graph and labels from the same moment
-            write_bundle(path, self.kind, self.dim, asdict(self.config), {},
-                         {"index.faiss": write_graph, "labels.npy": save_npy(self._labels)})
+            write_bundle(
+                path,
+                self.kind,
+                self.dim,
+                asdict(self.config),
+                {},
+                {"index.faiss": write_graph, "labels.npy": save_npy(self._labels)},
+            )
 
     @classmethod
     def from_bundle(cls, b, config) -> FaissHnswIndex:

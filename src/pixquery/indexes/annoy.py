@@ -82,7 +82,9 @@ class Index:
             return
         current = self._materialise()
         keep = ~np.isin(self._ids, ids) if len(self._ids) else np.ones(0, bool)
-        self._vectors = np.concatenate([current[keep], vectors]) if not keep.all() else np.concatenate([current, vectors])
+        self._vectors = (
+            np.concatenate([current[keep], vectors]) if not keep.all() else np.concatenate([current, vectors])
+        )
         self._ids = np.concatenate([self._ids[keep], ids])
         self._ann = None
 

@@ -150,8 +150,13 @@ class Index:
         n = len(ids)
         if n <= c.exact_max:
             self._inner = build_index("flat", self.dim, ids, vectors)
-            self._report = {"kind": "flat", "params": self._inner.params(), "recall": 1.0, "n": n,
-                            "reason": f"n <= exact_max ({c.exact_max}): exact search"}
+            self._report = {
+                "kind": "flat",
+                "params": self._inner.params(),
+                "recall": 1.0,
+                "n": n,
+                "reason": f"n <= exact_max ({c.exact_max}): exact search",
+            }
             self._n_decided = n
             return
         budget = c.memory_mb or _ram_mb() / 2
@@ -177,8 +182,14 @@ class Index:
         if 2 * c.exact_max <= n <= c.hnsw_max:
             # only libraries that can be imported: hnswlib is optional, faiss always installed
             backend = "hnswlib" if hnswlib_available() else "faiss"
-            candidates.append(("hnsw", {"M": 32, "ef_construction": 200, "backend": backend}, "ef_search",
-                               [32, 64, 128, 256, 512, 1024]))
+            candidates.append(
+                (
+                    "hnsw",
+                    {"M": 32, "ef_construction": 200, "backend": backend},
+                    "ef_search",
+                    [32, 64, 128, 256, 512, 1024],
+                )
+            )
         if n >= 50_000:
             for storage in ("float16", "int8", "pq"):
                 p = {"storage": storage}
@@ -230,9 +241,14 @@ class Index:
             v, r, ms = pick
             if knob is not None:
                 setattr(index.config, knob, v)
-            entry = {"kind": kind, "params": index.params(), "recall": round(r, 4), "p50_ms": round(ms, 4),
-                     "build_s": round(build_s, 2),
-                     "tried": [{"value": e[0], "recall": round(e[1], 4), "p50_ms": round(e[2], 4)} for e in seen]}
+            entry = {
+                "kind": kind,
+                "params": index.params(),
+                "recall": round(r, 4),
+                "p50_ms": round(ms, 4),
+                "build_s": round(build_s, 2),
+                "tried": [{"value": e[0], "recall": round(e[1], 4), "p50_ms": round(e[2], 4)} for e in seen],
+            }
             tried.append(entry)
             if best is None or score > best[0]:
                 best = (score, kind, index, r, ms)

@@ -221,14 +221,17 @@ def read_bundle(path: Path, kind: str | None = None) -> Bundle:
     """
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no index there" if not path.exists() else f"{path}: not a pixquery index folder")
+        raise FileNotFoundError(
+            f"{path}: no index there" if not path.exists() else f"{path}: not a pixquery index folder"
+        )
     names: list[str] = []
     for attempt in range(5):
         try:
             manifest = json.loads((path / MANIFEST).read_text())
         except FileNotFoundError:
             raise FileNotFoundError(
-                f"{path}: not a pixquery index (no {MANIFEST}; was its first save interrupted?)") from None
+                f"{path}: not a pixquery index (no {MANIFEST}; was its first save interrupted?)"
+            ) from None
         except (OSError, ValueError) as e:
             raise ValueError(f"{path}: unreadable index manifest ({e})") from e
         if manifest.get("format") != FORMAT:

@@ -64,8 +64,15 @@ def bitmap_selector(by_position: np.ndarray):
 class FilteredIndex:
     """`search(queries, k)` over the allowed ids of `index` only; `len()` is how many are allowed."""
 
-    def __init__(self, index, allowed: np.ndarray, *, strategy: str = "auto",
-                 exact: Callable[[np.ndarray], np.ndarray] | None = None, expression: str = ""):
+    def __init__(
+        self,
+        index,
+        allowed: np.ndarray,
+        *,
+        strategy: str = "auto",
+        exact: Callable[[np.ndarray], np.ndarray] | None = None,
+        expression: str = "",
+    ):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
         self.index, self.mask = index, np.asarray(allowed, bool)

@@ -184,8 +184,10 @@ class _Client:
         try:
             self._client = MilvusClient(uri=uri, timeout=timeout, **({"token": token} if token else {}))
         except MilvusException as e:
-            raise IndexStoreError(f"cannot connect to {self._where}: {_reason(e)}. Is the server running, "
-                                  "and is the uri right (--param uri=http://HOST:19530)?") from None
+            raise IndexStoreError(
+                f"cannot connect to {self._where}: {_reason(e)}. Is the server running, "
+                "and is the uri right (--param uri=http://HOST:19530)?"
+            ) from None
 
     def __getattr__(self, name: str):
         if self._client is None:  # the last reconnect failed: connect first (the server may be back)
@@ -321,8 +323,10 @@ class Index:
             # a collection made before the scalar fields existed keeps working without them
             self._fields = tuple(f["name"] for f in described if f["name"] in FIELDS or f["name"] in FILE_FIELDS)
             if self.config.store_paths and "path" not in self._fields:
-                raise IndexStoreError(f"Milvus collection {name!r} has no path field: it was not made for a "
-                                      "store-only library (give another collection)")
+                raise IndexStoreError(
+                    f"Milvus collection {name!r} has no path field: it was not made for a "
+                    "store-only library (give another collection)"
+                )
             field = next(f for f in described if f["name"] == VECTOR_FIELD)
             dim = int(field.get("params", {}).get("dim", self.dim))
             if dim != self.dim:
@@ -415,7 +419,10 @@ class Index:
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # the iterator warns when milvus-lite has no MVCC timestamp
         it = self._client.query_iterator(
-            self.config.collection, batch_size=MAX_TOPK, filter="", output_fields=[ID_FIELD],
+            self.config.collection,
+            batch_size=MAX_TOPK,
+            filter="",
+            output_fields=[ID_FIELD],
             consistency_level=self.config.consistency,
         )
         parts = []
@@ -436,8 +443,9 @@ class Index:
         ids = np.unique(as_ids(ids)).tolist()
         out: dict[int, dict] = {}
         for start in range(0, len(ids), MAX_BATCH):
-            rows = self._client.get(self.config.collection, ids=ids[start : start + MAX_BATCH],
-                                    output_fields=list(fields))
+            rows = self._client.get(
+                self.config.collection, ids=ids[start : start + MAX_BATCH], output_fields=list(fields)
+            )
             for r in rows:
                 out[int(r[ID_FIELD])] = {f: r.get(f) for f in fields}
         return out
@@ -452,11 +460,15 @@ class Index:
         deadline = time.monotonic() + timeout
         while True:
             d = self._client.describe_index(self.config.collection, VECTOR_FIELD)
-            if int(d.get("pending_index_rows", 0)) == 0 and int(d.get("indexed_rows", 0)) >= int(d.get("total_rows", 0)):
+            if int(d.get("pending_index_rows", 0)) == 0 and int(d.get("indexed_rows", 0)) >= int(
+                d.get("total_rows", 0)
+            ):
                 return
             if time.monotonic() > deadline:
-                raise IndexStoreError(f"Milvus at {self.config.uri}: the {self.config.index_type} index of "
-                                      f"{self.config.collection} is not built after {timeout:.0f} s: {d}")
+                raise IndexStoreError(
+                    f"Milvus at {self.config.uri}: the {self.config.index_type} index of "
+                    f"{self.config.collection} is not built after {timeout:.0f} s: {d}"
+                )
             time.sleep(0.5)
 
     def drop(self) -> None:

@@ -74,8 +74,13 @@ class RegionConfig:
         import os
 
         st = os.stat(self.detector)
-        return RegionConfig(**{**asdict(self), "detector": os.path.abspath(self.detector),
-                               "detector_fingerprint": f"{st.st_size}:{st.st_mtime_ns}"})
+        return RegionConfig(
+            **{
+                **asdict(self),
+                "detector": os.path.abspath(self.detector),
+                "detector_fingerprint": f"{st.st_size}:{st.st_mtime_ns}",
+            }
+        )
 
 
 # -- geometry -----------------------------------------------------------------------------
@@ -163,7 +168,9 @@ class Region:
         return (self.kind, ts, tuple(round(float(v), 4) for v in self.box), self.label)
 
 
-def regions_of(img: Image.Image, config: RegionConfig | None, detector=None, timestamp: float | None = None) -> list[Region]:
+def regions_of(
+    img: Image.Image, config: RegionConfig | None, detector=None, timestamp: float | None = None
+) -> list[Region]:
     """The tile and detector regions of one picture (not the whole picture itself)."""
     if config is None:
         return []
@@ -228,8 +235,15 @@ class Crop:
     pixels: np.ndarray
 
 
-def crops_of(img: Image.Image, cfg: PreprocessConfig, *, whole: bool = True, regions: RegionConfig | None = None,
-             timestamp: float | None = None, whole_kind: str = WHOLE) -> list[Crop]:
+def crops_of(
+    img: Image.Image,
+    cfg: PreprocessConfig,
+    *,
+    whole: bool = True,
+    regions: RegionConfig | None = None,
+    timestamp: float | None = None,
+    whole_kind: str = WHOLE,
+) -> list[Crop]:
     """The crops of one picture: the whole picture (kind `whole_kind`: WHOLE for a photo, 'frame'
     for a video frame) when `whole`, then its regions when `regions` is a config. A picture too
     small for any tile, with nothing detected, gets one whole-picture 'tile' that marks it done."""

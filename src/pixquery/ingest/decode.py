@@ -88,6 +88,7 @@ def _identify(fp, filename: str) -> Image.Image:
         raise PluginMissing(formats.not_decodable(formats.HEIF, f"pillow-heif {heif_problem}"))
     raise UnidentifiedImageError(f"cannot identify image file {filename or fp!r}")
 
+
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
@@ -168,8 +169,9 @@ class _IsDNG(Exception):
     """Pillow opened a TIFF that is a DNG: LibRaw must decode it."""
 
 
-def load_pillow(source, draft_size: int | None, max_pixels: int, name, rotate: bool = True,
-                dng_is_raw: bool = False) -> tuple[Image.Image, int, int]:
+def load_pillow(
+    source, draft_size: int | None, max_pixels: int, name, rotate: bool = True, dng_is_raw: bool = False
+) -> tuple[Image.Image, int, int]:
     """A picture Pillow (or a registered plugin: pillow-heif) reads: `_load` without RAW.
     rotate=False leaves the pixels as stored (a RAW preview, turned by its camera's own flag).
     dng_is_raw: raise _IsDNG for a TIFF that is a DNG (checked before anything is decoded)."""
@@ -181,7 +183,9 @@ def load_pillow(source, draft_size: int | None, max_pixels: int, name, rotate: b
                 raise _IsDNG()
             w, h = img.size
             if w * h > max_pixels:
-                raise BadImage(name, f"image is {w}x{h} pixels, above the {max_pixels:,}-pixel limit (decompression bomb?)")
+                raise BadImage(
+                    name, f"image is {w}x{h} pixels, above the {max_pixels:,}-pixel limit (decompression bomb?)"
+                )
             if rotate and img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 w, h = h, w
             if draft_size and img.format in ("JPEG", "HEIF"):
@@ -251,7 +255,9 @@ def preprocess(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     return normalize(resize_crop(_to_rgb(img), cfg)[None], cfg)[0]
 
 
-def load(source, draft_size: int | None = None, name=None, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, int, int]:
+def load(
+    source, draft_size: int | None = None, name=None, max_pixels: int = MAX_PIXELS
+) -> tuple[Image.Image, int, int]:
     """Decode a picture at `draft_size` or more (short side; None: in full), EXIF-rotated, RGB,
     and the photo's own size (width, height, EXIF rotation applied). Raises BadImage."""
     return _load(source, draft_size, max_pixels, name)

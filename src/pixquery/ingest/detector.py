@@ -91,7 +91,10 @@ class OnnxDetector:
         if len(shape) != 4:
             raise PixqueryError(f"{self.path}: the detector's input must be NCHW (1, 3, H, W), not {shape}")
         h, w = shape[2], shape[3]
-        self.size = (w if isinstance(w, int) and w > 0 else input_size[0], h if isinstance(h, int) and h > 0 else input_size[1])
+        self.size = (
+            w if isinstance(w, int) and w > 0 else input_size[0],
+            h if isinstance(h, int) and h > 0 else input_size[1],
+        )
         self.outputs = self._map_outputs([o.name for o in self.session.get_outputs()])
         self.labels = _load_labels(labels, self.path)
 

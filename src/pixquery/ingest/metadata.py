@@ -46,8 +46,15 @@ def from_mtime(mtime_ns: int) -> dict:
     """The fallback: the file's modification time, on this machine's clock and zone."""
     local = datetime.fromtimestamp(mtime_ns / 1e9).astimezone()
     offset = local.utcoffset()
-    return {"taken": wall_seconds(local), "utc_offset": int(offset.total_seconds() // 60) if offset is not None else None,
-            "taken_source": "mtime", "lat": None, "lon": None, "make": None, "model": None}
+    return {
+        "taken": wall_seconds(local),
+        "utc_offset": int(offset.total_seconds() // 60) if offset is not None else None,
+        "taken_source": "mtime",
+        "lat": None,
+        "lon": None,
+        "make": None,
+        "model": None,
+    }
 
 
 def _text(value) -> str | None:
@@ -64,7 +71,12 @@ def _exif_date(value) -> datetime | None:
     text = _text(value)
     if not text:
         return None
-    for fmt, n in (("%Y:%m:%d %H:%M:%S", 19), ("%Y-%m-%d %H:%M:%S", 19), ("%Y-%m-%dT%H:%M:%S", 19), ("%Y:%m:%d %H:%M", 16)):
+    for fmt, n in (
+        ("%Y:%m:%d %H:%M:%S", 19),
+        ("%Y-%m-%d %H:%M:%S", 19),
+        ("%Y-%m-%dT%H:%M:%S", 19),
+        ("%Y:%m:%d %H:%M", 16),
+    ):
         try:
             dt = datetime.strptime(text[:n], fmt)
             return dt if dt.year > 1900 else None
@@ -98,8 +110,11 @@ def from_exif(exif) -> dict:
     sub = exif.get_ifd(EXIF_IFD)
     taken = _exif_date(sub.get(TAG_DATETIME_ORIGINAL))
     if taken is not None:
-        out.update(taken=wall_seconds(taken), utc_offset=_offset_minutes(sub.get(TAG_OFFSET_TIME_ORIGINAL)),
-                   taken_source="exif")
+        out.update(
+            taken=wall_seconds(taken),
+            utc_offset=_offset_minutes(sub.get(TAG_OFFSET_TIME_ORIGINAL)),
+            taken_source="exif",
+        )
     gps = exif.get_ifd(GPS_IFD)
     if GPS_LAT in gps and GPS_LON in gps:
         lat, lon = _degrees(gps[GPS_LAT], gps.get(GPS_LAT_REF)), _degrees(gps[GPS_LON], gps.get(GPS_LON_REF))
@@ -144,8 +159,11 @@ def video_metadata(created: datetime | None, mtime_ns: int) -> dict:
     if created is not None:
         local = created.astimezone()
         offset = local.utcoffset()
-        meta.update(taken=wall_seconds(local), utc_offset=int(offset.total_seconds() // 60) if offset else 0,
-                    taken_source="quicktime")
+        meta.update(
+            taken=wall_seconds(local),
+            utc_offset=int(offset.total_seconds() // 60) if offset else 0,
+            taken_source="quicktime",
+        )
     return meta
 
 
@@ -175,7 +193,9 @@ def backfill(catalog, on_progress=None, batch: int = 500) -> tuple[list[int], li
         if rows:
             with catalog.transaction():
                 for is_photo, item_id, meta in rows:
-                    catalog.put_meta(meta, image_id=item_id if is_photo else None, video_id=None if is_photo else item_id)
+                    catalog.put_meta(
+                        meta, image_id=item_id if is_photo else None, video_id=None if is_photo else item_id
+                    )
             rows.clear()
 
     for is_photo, item_id, path, mtime_ns in work:

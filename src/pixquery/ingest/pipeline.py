@@ -39,9 +39,16 @@ def check_engine(engine: str) -> None:
         raise PixqueryError("--engine ray needs Ray, which is not installed: pip install 'pixquery[ray]'")
 
 
-def run(items: Sequence[MediaItem], encoder: Encoder, settings: DecodeSettings,
-        write: Callable[[list[EmbeddedItem]], None], *, engine: str = "local", address: str | None = None,
-        **kw) -> PipelineStats:
+def run(
+    items: Sequence[MediaItem],
+    encoder: Encoder,
+    settings: DecodeSettings,
+    write: Callable[[list[EmbeddedItem]], None],
+    *,
+    engine: str = "local",
+    address: str | None = None,
+    **kw,
+) -> PipelineStats:
     """Run the stages over `items` on an executor: "local" (this machine) or "ray" (a Ray
     cluster at `address`; None starts a local one for the run). Same results either way."""
     if engine == "local":
@@ -53,8 +60,9 @@ def run(items: Sequence[MediaItem], encoder: Encoder, settings: DecodeSettings,
     raise PixqueryError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
 
 
-def embed_picture(data: bytes, encoder: Encoder, *, name: str = "picture", draft: bool = True,
-                  max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def embed_picture(
+    data: bytes, encoder: Encoder, *, name: str = "picture", draft: bool = True, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
     """One picture's bytes -> its embedding, in this process, through the same decode and crop
     stage as indexing (the bomb guard included). Raises BadImage naming `name`."""
     item = MediaItem(name, len(data), 0, PHOTO)
@@ -73,8 +81,9 @@ class Embedded:
     vector: np.ndarray
 
 
-def embed_files(entries: Sequence[FileEntry], encoder: Encoder, write: Callable[[list[Embedded]], None], *,
-                draft: bool = True, **kw) -> PipelineStats:
+def embed_files(
+    entries: Sequence[FileEntry], encoder: Encoder, write: Callable[[list[Embedded]], None], *, draft: bool = True, **kw
+) -> PipelineStats:
     """Photo files -> their whole-picture embeddings, in input order, through the local executor
     (evaluation and benchmarks: no catalog). `write` gets lists of Embedded."""
     by_path = {e.path: e for e in entries}

@@ -35,8 +35,9 @@ def saved_config(catalog: Catalog) -> RegionConfig | None:
     return RegionConfig.from_json(catalog.get_setting(SETTING_IMAGE_REGIONS))
 
 
-def choose_config(catalog: Catalog, enabled: bool | RegionConfig | None = None,
-                  detector: str | None = None) -> RegionConfig | None:
+def choose_config(
+    catalog: Catalog, enabled: bool | RegionConfig | None = None, detector: str | None = None
+) -> RegionConfig | None:
     """The region settings for an index run, from the user's flags: `enabled` None keeps the
     library's (so a plain `pixquery index` never turns regions off), False turns them off, True
     turns them on (the saved settings, else the defaults), a RegionConfig uses it (other grids,
@@ -99,8 +100,14 @@ def store_detections(
     for region, vector in zip(regions, vectors):
         did = existing.pop(region.key(), None) if reuse else None
         if did is None:
-            did = catalog.add_detection(image_id=image_id, video_id=video_id, kind=region.kind, box=region.box,
-                                        timestamp=region.timestamp, label=region.label)
+            did = catalog.add_detection(
+                image_id=image_id,
+                video_id=video_id,
+                kind=region.kind,
+                box=region.box,
+                timestamp=region.timestamp,
+                label=region.label,
+            )
         elif did in had:
             restale.append(did)
         catalog.put_detection_embedding(model_id, did, vector)
@@ -132,5 +139,12 @@ def drop_image_regions(catalog: Catalog, image_ids: Sequence[int] | None = None)
     catalog.retire_detections(catalog.photo_detection_ids(image_ids))
 
 
-__all__ = ["SETTING_IMAGE_REGIONS", "saved_config", "choose_config", "apply_config", "store_detections",
-           "drop_regions_of_changed", "drop_image_regions"]
+__all__ = [
+    "SETTING_IMAGE_REGIONS",
+    "saved_config",
+    "choose_config",
+    "apply_config",
+    "store_detections",
+    "drop_regions_of_changed",
+    "drop_image_regions",
+]

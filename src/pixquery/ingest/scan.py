@@ -20,10 +20,15 @@ from pixquery.ingest import formats
 
 # Pillow's formats, plus HEIC/HEIF, AVIF and camera RAW (ingest/formats.py): found whether or not
 # their plugin is installed here, so that a missing one is reported, never a silent gap.
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
-) | formats.EXTENSIONS
-VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".3gp"})
+IMAGE_EXTENSIONS = (
+    frozenset(
+        {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
+    )
+    | formats.EXTENSIONS
+)
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".3gp"}
+)
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,13 @@ def normalize_root(path: str | Path) -> str:
     return os.path.abspath(os.path.expanduser(str(path)))
 
 
-def walk(root: str, extensions: frozenset[str], errors: list[tuple[str, str]], unreadable: list[str] | None = None,
-         exclude: Sequence[str] = ()) -> Iterable[FileEntry]:
+def walk(
+    root: str,
+    extensions: frozenset[str],
+    errors: list[tuple[str, str]],
+    unreadable: list[str] | None = None,
+    exclude: Sequence[str] = (),
+) -> Iterable[FileEntry]:
     """Yield media files under `root` (a folder or a single file), sorted, each real file once.
     Left out: what ingest/exclude.py skips by default, the `exclude` globs (relative to `root`)
     and what .pixqueryignore files say. A file given as `root` itself is never left out."""
@@ -122,7 +132,14 @@ def walk(root: str, extensions: frozenset[str], errors: list[tuple[str, str]], u
                 cst = child.stat()  # follows symlinks
             except OSError as e:
                 if child.is_symlink():
-                    errors.append((child.path, "broken symbolic link" if isinstance(e, FileNotFoundError) else f"cannot read: {e.strerror or e}"))
+                    errors.append(
+                        (
+                            child.path,
+                            "broken symbolic link"
+                            if isinstance(e, FileNotFoundError)
+                            else f"cannot read: {e.strerror or e}",
+                        )
+                    )
                     if unreadable is not None:
                         unreadable.append(child.path)  # maybe a disk that is not mounted now
                 elif Path(child.name).suffix.lower() in extensions:
@@ -140,8 +157,12 @@ def walk(root: str, extensions: frozenset[str], errors: list[tuple[str, str]], u
         stack.extend(reversed(subfolders))
 
 
-def scan(roots: Iterable[str], known: dict[str, tuple[int, int, int]], extensions: frozenset[str] = IMAGE_EXTENSIONS,
-         excludes: Mapping[str, Sequence[str]] | None = None) -> ScanResult:
+def scan(
+    roots: Iterable[str],
+    known: dict[str, tuple[int, int, int]],
+    extensions: frozenset[str] = IMAGE_EXTENSIONS,
+    excludes: Mapping[str, Sequence[str]] | None = None,
+) -> ScanResult:
     """Compare what is on disk under `roots` with `known` (path -> (id, size, mtime_ns) from the catalog).
     `excludes`: root -> its --exclude globs."""
     result = ScanResult()

@@ -65,7 +65,7 @@ class ShardDir:
 
         uri = str(uri)
         if uri.startswith("file://"):
-            uri = uri[len("file://"):]
+            uri = uri[len("file://") :]
         self.uri = uri
         if is_url(uri):
             try:
@@ -105,7 +105,9 @@ class ShardDir:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise PixqueryError(f"another pixquery embed is writing to {self.root}; wait for it to finish") from None
+                raise PixqueryError(
+                    f"another pixquery embed is writing to {self.root}; wait for it to finish"
+                ) from None
             self._sweep_temp()
             yield
         finally:
@@ -179,7 +181,7 @@ class ShardDir:
             self.fs.invalidate_cache()
         out = []
         for p in self.fs.glob(self.path(SHARD_GLOB)):
-            stem = p.rsplit("/", 1)[-1][len("part-"):-len(".parquet")]
+            stem = p.rsplit("/", 1)[-1][len("part-") : -len(".parquet")]
             if stem.isdigit():
                 out.append(int(stem))
         return sorted(out)
@@ -231,7 +233,7 @@ def list_source(source: str) -> Listing:
 
     source = str(source)
     if source.startswith("file://"):
-        source = source[len("file://"):]
+        source = source[len("file://") :]
     if not is_url(source):
         root = normalize_root(source)
         if os.path.isdir(root):
@@ -247,8 +249,16 @@ def list_source(source: str) -> Listing:
         with open(root, encoding="utf-8") as f:
             entries = _list_lines(f.read())
         base = os.path.dirname(root)
-        return Listing(source, "list", root, _sorted_unique(_stat_all(
-            [e if is_url(e) else os.path.normpath(os.path.join(base, os.path.expanduser(e))) for e in entries])))
+        return Listing(
+            source,
+            "list",
+            root,
+            _sorted_unique(
+                _stat_all(
+                    [e if is_url(e) else os.path.normpath(os.path.join(base, os.path.expanduser(e))) for e in entries]
+                )
+            ),
+        )
     try:
         fs, path = fsspec.core.url_to_fs(source)
     except (ImportError, ValueError) as e:
@@ -259,7 +269,7 @@ def list_source(source: str) -> Listing:
             found = fs.find(path, detail=True)
             rows = []
             for p, info in sorted(found.items()):
-                rel = p[len(path):].lstrip("/")
+                rel = p[len(path) :].lstrip("/")
                 if info.get("type", "file") != "file" or any(part.startswith(".") for part in rel.split("/")):
                     continue
                 if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS:
@@ -273,8 +283,12 @@ def list_source(source: str) -> Listing:
     except PermissionError as e:
         raise PixqueryError(f"{source}: permission denied ({e})") from None
     base = fs.unstrip_protocol(path).rsplit("/", 1)[0]
-    return Listing(source, "list", fs.unstrip_protocol(path),
-                   _sorted_unique(_stat_all([e if is_url(e) or e.startswith("/") else f"{base}/{e}" for e in entries])))
+    return Listing(
+        source,
+        "list",
+        fs.unstrip_protocol(path),
+        _sorted_unique(_stat_all([e if is_url(e) or e.startswith("/") else f"{base}/{e}" for e in entries])),
+    )
 
 
 def _list_lines(text: str) -> list[str]:
@@ -283,7 +297,7 @@ def _list_lines(text: str) -> list[str]:
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
-            out.append(line[len("file://"):] if line.startswith("file://") else line)
+            out.append(line[len("file://") :] if line.startswith("file://") else line)
     return out
 
 
@@ -321,16 +335,25 @@ def manifest_table(listing: Listing, partition_size: int):
     import pyarrow as pa
 
     rows = listing.rows
-    table = pa.table({
-        "partition": pa.array([i // partition_size for i in range(len(rows))], pa.int32()),
-        "path": pa.array([r[0] for r in rows], pa.string()),
-        "size": pa.array([r[1] for r in rows], pa.int64()),
-        "mtime_ns": pa.array([r[2] for r in rows], pa.int64()),
-        "error": pa.array([r[3] for r in rows], pa.string()),
-    })
-    meta = {"format": FORMAT, "source": listing.source, "kind": listing.kind, "root": listing.root,
-            "partition_size": partition_size, "files": len(rows),
-            "partitions": (len(rows) + partition_size - 1) // partition_size, "created": time.time()}
+    table = pa.table(
+        {
+            "partition": pa.array([i // partition_size for i in range(len(rows))], pa.int32()),
+            "path": pa.array([r[0] for r in rows], pa.string()),
+            "size": pa.array([r[1] for r in rows], pa.int64()),
+            "mtime_ns": pa.array([r[2] for r in rows], pa.int64()),
+            "error": pa.array([r[3] for r in rows], pa.string()),
+        }
+    )
+    meta = {
+        "format": FORMAT,
+        "source": listing.source,
+        "kind": listing.kind,
+        "root": listing.root,
+        "partition_size": partition_size,
+        "files": len(rows),
+        "partitions": (len(rows) + partition_size - 1) // partition_size,
+        "created": time.time(),
+    }
     return table.replace_schema_metadata({META: json.dumps(meta).encode()})
 
 
@@ -367,11 +390,18 @@ class EmbedReport:
         return self.embedded / self.embed_seconds if self.embed_seconds else 0.0
 
     def to_dict(self) -> dict:
-        return {"out": self.out, "files": self.files, "partitions": self.partitions,
-                "skipped_partitions": self.skipped_partitions, "skipped_files": self.skipped_files,
-                "written_partitions": self.written_partitions, "embedded": self.embedded,
-                "failed": [{"path": p, "reason": r} for p, r in self.failed],
-                "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 2)}
+        return {
+            "out": self.out,
+            "files": self.files,
+            "partitions": self.partitions,
+            "skipped_partitions": self.skipped_partitions,
+            "skipped_files": self.skipped_files,
+            "written_partitions": self.written_partitions,
+            "embedded": self.embedded,
+            "failed": [{"path": p, "reason": r} for p, r in self.failed],
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+        }
 
 
 def load_or_write_manifest(store: ShardDir, source: str, partition_size: int | None, on_stage=None):
@@ -383,11 +413,15 @@ def load_or_write_manifest(store: ShardDir, source: str, partition_size: int | N
         manifest = store.read_table(MANIFEST)
         meta = json.loads((manifest.schema.metadata or {}).get(META, b"{}"))
         if _same_source(meta.get("source", ""), source) is False:
-            raise PixqueryError(f"{store.uri} holds the shards of {meta.get('source')}, not of {source}: "
-                                "give another --out, or the same SOURCE to resume")
+            raise PixqueryError(
+                f"{store.uri} holds the shards of {meta.get('source')}, not of {source}: "
+                "give another --out, or the same SOURCE to resume"
+            )
         if partition_size and partition_size != meta.get("partition_size"):
-            raise PixqueryError(f"{store.uri} was started with --partition-size {meta.get('partition_size')}: "
-                                "resume with that size (or leave it out), or give another --out")
+            raise PixqueryError(
+                f"{store.uri} was started with --partition-size {meta.get('partition_size')}: "
+                "resume with that size (or leave it out), or give another --out"
+            )
         return manifest, meta, True
     (on_stage or (lambda s: None))(f"listing {source}")
     listing = list_source(source)
@@ -399,8 +433,9 @@ def load_or_write_manifest(store: ShardDir, source: str, partition_size: int | N
 
 def _same_source(a: str, b: str) -> bool:
     def norm(s: str) -> str:
-        s = s[len("file://"):] if s.startswith("file://") else s
+        s = s[len("file://") :] if s.startswith("file://") else s
         return s.rstrip("/") if is_url(s) else os.path.abspath(os.path.expanduser(s))
+
     return norm(a) == norm(b)
 
 
@@ -412,21 +447,30 @@ def shard_table(rows, info, partition: int):
     rows = rows.take(pc.sort_indices(rows, sort_keys=[("path", "ascending")]))
     n = rows.num_rows
     emb_type = pa.list_(pa.float32(), info.dim)
-    table = pa.table({
-        "path": rows.column("path").cast(pa.string()),
-        "size": rows.column("size").cast(pa.int64()),
-        "mtime_ns": rows.column("mtime_ns").cast(pa.int64()),
-        "sha256": rows.column("sha256").cast(pa.string()),
-        "width": rows.column("width").cast(pa.int32()),
-        "height": rows.column("height").cast(pa.int32()),
-        "model": pa.array([info.name] * n, pa.string()).dictionary_encode(),
-        "fingerprint": pa.array([info.fingerprint] * n, pa.string()).dictionary_encode(),
-        "embedding": rows.column("embedding").cast(emb_type),
-        "error": rows.column("error").cast(pa.string()),
-        "partition": pa.array([partition] * n, pa.int32()),
-    })
-    meta = {"format": FORMAT, "partition": partition, "model": info.name, "model_spec": info.spec,
-            "precision": info.precision, "fingerprint": info.fingerprint, "dim": info.dim}
+    table = pa.table(
+        {
+            "path": rows.column("path").cast(pa.string()),
+            "size": rows.column("size").cast(pa.int64()),
+            "mtime_ns": rows.column("mtime_ns").cast(pa.int64()),
+            "sha256": rows.column("sha256").cast(pa.string()),
+            "width": rows.column("width").cast(pa.int32()),
+            "height": rows.column("height").cast(pa.int32()),
+            "model": pa.array([info.name] * n, pa.string()).dictionary_encode(),
+            "fingerprint": pa.array([info.fingerprint] * n, pa.string()).dictionary_encode(),
+            "embedding": rows.column("embedding").cast(emb_type),
+            "error": rows.column("error").cast(pa.string()),
+            "partition": pa.array([partition] * n, pa.int32()),
+        }
+    )
+    meta = {
+        "format": FORMAT,
+        "partition": partition,
+        "model": info.name,
+        "model_spec": info.spec,
+        "precision": info.precision,
+        "fingerprint": info.fingerprint,
+        "dim": info.dim,
+    }
     return table.replace_schema_metadata({META: json.dumps(meta).encode()})
 
 
@@ -466,8 +510,10 @@ def embed_to_shards(
         if done:
             other = store.read_metadata(shard_name(min(done))).get("fingerprint")
             if other != info.fingerprint:
-                raise PixqueryError(f"{store.uri} holds shards of another model (fingerprint {other}, this "
-                                    f"model's is {info.fingerprint}): give another --out, or the same model to resume")
+                raise PixqueryError(
+                    f"{store.uri} holds shards of another model (fingerprint {other}, this "
+                    f"model's is {info.fingerprint}): give another --out, or the same model to resume"
+                )
         parts = manifest.column("partition").to_pylist()
         counts: dict[int, int] = {}
         for p in parts:
@@ -484,8 +530,9 @@ def embed_to_shards(
         shards = _Assembler(store, info, counts, report, progress)
         te = time.perf_counter()
         with ray_exec.connect(address) if stream is None else contextlib.nullcontext():
-            batches = (stream or ray_exec.embed_stream)(pending, info, batch_size=batch_size,
-                                                        concurrency=concurrency, num_gpus=num_gpus)
+            batches = (stream or ray_exec.embed_stream)(
+                pending, info, batch_size=batch_size, concurrency=concurrency, num_gpus=num_gpus
+            )
             # closing: Ray Data's executor stops before Ray does, also on Ctrl-C.
             with contextlib.closing(batches) if hasattr(batches, "close") else contextlib.nullcontext():
                 for batch in batches:
@@ -561,16 +608,30 @@ class ImportReport:
 
     def to_dict(self) -> dict:
         idx = self.index
-        return {"shards": self.shards, "imported": self.imported, "unchanged": self.unchanged,
-                "failed": [{"path": p, "reason": r} for p, r in self.failed],
-                "missing_partitions": self.missing_partitions, "model": self.model, "model_spec": self.model_spec,
-                "seconds": round(self.seconds, 3),
-                "index": None if idx is None else {"kind": idx.kind, "added": idx.added, "removed": idx.removed,
-                                                   "total": idx.total, "rebuilt": idx.rebuilt}}
+        return {
+            "shards": self.shards,
+            "imported": self.imported,
+            "unchanged": self.unchanged,
+            "failed": [{"path": p, "reason": r} for p, r in self.failed],
+            "missing_partitions": self.missing_partitions,
+            "model": self.model,
+            "model_spec": self.model_spec,
+            "seconds": round(self.seconds, 3),
+            "index": None
+            if idx is None
+            else {
+                "kind": idx.kind,
+                "added": idx.added,
+                "removed": idx.removed,
+                "total": idx.total,
+                "rebuilt": idx.rebuilt,
+            },
+        }
 
 
-def import_shards(lib, uri: str, *, on_stage: Callable[[str], None] | None = None,
-                  on_shard: Callable[[int, int], None] | None = None) -> ImportReport:
+def import_shards(
+    lib, uri: str, *, on_stage: Callable[[str], None] | None = None, on_shard: Callable[[int, int], None] | None = None
+) -> ImportReport:
     """Load the shards in `uri` into the Library `lib`: image rows, this model's embeddings (each
     recording the file version it was made from), then the index brought up to date. Idempotent:
     a file already in the library as the same version with this model's embedding is left alone,
@@ -666,8 +727,15 @@ def import_shards(lib, uri: str, *, on_stage: Callable[[str], None] | None = Non
 
             return load_encoder(first["model_spec"], precision=first.get("precision") or "fp32").encode_texts(QUERIES)
 
-        report.index = sync_index(cat, lib.path, model, saved["kind"], saved["params"], on_stage=stage,
-                                  calibration_queries=calibration_queries)
+        report.index = sync_index(
+            cat,
+            lib.path,
+            model,
+            saved["kind"],
+            saved["params"],
+            on_stage=stage,
+            calibration_queries=calibration_queries,
+        )
         with cat.transaction():
             cat.set_setting("index", json.dumps({"kind": saved["kind"], "params": saved["params"]}, sort_keys=True))
     report.seconds = time.perf_counter() - t0

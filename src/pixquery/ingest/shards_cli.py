@@ -55,9 +55,17 @@ class _RichEmbedProgress:
         # The rate is this run's files over the time since it started (Ray's start-up included):
         # results arrive in bursts, which makes rich's own estimate jump about.
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("[cyan]{task.fields[rate]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[failed]}"),
-            console=err, transient=False, disable=quiet,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("[cyan]{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[failed]}"),
+            console=err,
+            transient=False,
+            disable=quiet,
         )
         self.task = None
 
@@ -68,14 +76,16 @@ class _RichEmbedProgress:
         self.started, self.done_before = time.monotonic(), done_files
         if files > done_files:
             self.progress.start()
-            self.task = self.progress.add_task("embedding", total=files, completed=done_files, failed="",
-                                               rate="  ... img/s")
+            self.task = self.progress.add_task(
+                "embedding", total=files, completed=done_files, failed="", rate="  ... img/s"
+            )
 
     def advance(self, done, failed):
         if self.task is not None:
             rate = (done - self.done_before) / max(1e-9, time.monotonic() - self.started)
-            self.progress.update(self.task, completed=done, failed=f"[red]{failed} failed" if failed else "",
-                                 rate=f"{rate:5.1f} img/s")
+            self.progress.update(
+                self.task, completed=done, failed=f"[red]{failed} failed" if failed else "", rate=f"{rate:5.1f} img/s"
+            )
 
     def failure(self, path, reason):
         if not self.quiet:
@@ -103,16 +113,37 @@ def _print_failures(console, failed) -> None:
 
 
 def embed(
-    source: str = typer.Argument(..., metavar="SOURCE", help="A folder, one image, or a text file listing paths or URLs (one a line); local or s3://, gs://, file://"),
-    out: str = typer.Option(..., "--out", "-o", help="Folder (local or s3://, gs://) for the manifest and the Parquet shards"),
-    engine: str = typer.Option("ray", "--engine", help="Where to run: ray (a Ray cluster, or a local Ray for this run)"),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: 'auto' (this machine's), 'ray://HOST:PORT' or HOST:PORT [default: a local Ray for this run]"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name (see `pixquery models`) or a local model folder (the same path on every node)"),
+    source: str = typer.Argument(
+        ...,
+        metavar="SOURCE",
+        help="A folder, one image, or a text file listing paths or URLs (one a line); local or s3://, gs://, file://",
+    ),
+    out: str = typer.Option(
+        ..., "--out", "-o", help="Folder (local or s3://, gs://) for the manifest and the Parquet shards"
+    ),
+    engine: str = typer.Option(
+        "ray", "--engine", help="Where to run: ray (a Ray cluster, or a local Ray for this run)"
+    ),
+    address: Optional[str] = typer.Option(
+        None,
+        "--address",
+        help="Ray cluster: 'auto' (this machine's), 'ray://HOST:PORT' or HOST:PORT [default: a local Ray for this run]",
+    ),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Model name (see `pixquery models`) or a local model folder (the same path on every node)",
+    ),
     precision: str = typer.Option("fp32", help="fp32 or int8 (quantised copy, faster)"),
     batch_size: int = typer.Option(32, help="Images per encoder batch"),
-    partition_size: Optional[int] = typer.Option(None, help="Files per shard (default 10000; a resumed run keeps the first run's)"),
+    partition_size: Optional[int] = typer.Option(
+        None, help="Files per shard (default 10000; a resumed run keeps the first run's)"
+    ),
     concurrency: Optional[int] = typer.Option(None, help="Encoder actors [default: one per GPU, else one per node]"),
-    num_gpus: Optional[float] = typer.Option(None, help="GPUs per encoder actor [default: 1 where the cluster has GPUs, else 0]"),
+    num_gpus: Optional[float] = typer.Option(
+        None, help="GPUs per encoder actor [default: 1 where the cluster has GPUs, else 0]"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary and the failures"),
 ):
@@ -132,9 +163,18 @@ def embed(
         # Ray prints its workers' and raylets' log lines (a retried task, a dead node) on this
         # process's stdout: they go to stderr with the progress, so stdout holds only the results.
         with contextlib.redirect_stdout(sys.stderr):
-            report = embed_to_shards(source, out, model=model or DEFAULT_MODEL, precision=precision,
-                                     batch_size=batch_size, partition_size=partition_size, address=address,
-                                     concurrency=concurrency, num_gpus=num_gpus, progress=ui)
+            report = embed_to_shards(
+                source,
+                out,
+                model=model or DEFAULT_MODEL,
+                precision=precision,
+                batch_size=batch_size,
+                partition_size=partition_size,
+                address=address,
+                concurrency=concurrency,
+                num_gpus=num_gpus,
+                progress=ui,
+            )
     finally:
         ui.close()
     if as_json:
@@ -144,7 +184,9 @@ def embed(
         cli.console.print(
             f"[bold green]embedded {report.embedded}[/], [bold {'red' if report.failed else 'green'}]failed "
             f"{len(report.failed)}[/]: {report.written_partitions} shards written{skipped} of {report.partitions}, "
-            f"in {report.seconds:.1f}s ({report.images_per_second:.1f} images/s)", soft_wrap=True)
+            f"in {report.seconds:.1f}s ({report.images_per_second:.1f} images/s)",
+            soft_wrap=True,
+        )
         _print_failures(cli.console, report.failed)
     raise typer.Exit(cli.EXIT_FAILED_FILES if report.failed else cli.EXIT_OK)
 
@@ -157,15 +199,31 @@ STORE_ONLY_HELP = (
     "vector, with thresholds, but cannot: `pixquery index` (no file versions to rescan: embed and "
     "import new photos instead), regions or videos, search by image id, `reindex` to another kind "
     "(the vectors live only in the collection), or take an import without --store-only. "
-    "See docs/scale.md.")
+    "See docs/scale.md."
+)
 
 
 def import_(
-    shards: str = typer.Argument(..., metavar="DIR", help="The --out folder of `pixquery embed` (local or s3://, gs://)"),
-    library: Optional[Path] = typer.Option(None, "--library", "-L", help="Library folder [default: $PIXQUERY_LIBRARY or ~/.local/share/pixquery]", envvar="PIXQUERY_LIBRARY"),
+    shards: str = typer.Argument(
+        ..., metavar="DIR", help="The --out folder of `pixquery embed` (local or s3://, gs://)"
+    ),
+    library: Optional[Path] = typer.Option(
+        None,
+        "--library",
+        "-L",
+        help="Library folder [default: $PIXQUERY_LIBRARY or ~/.local/share/pixquery]",
+        envvar="PIXQUERY_LIBRARY",
+    ),
     store_only: bool = typer.Option(False, "--store-only", help=STORE_ONLY_HELP),
-    index_kind: Optional[str] = typer.Option(None, "--index", help="--store-only: the index kind (milvus, the default)"),
-    param: list[str] = typer.Option(None, "--param", metavar="KEY=VALUE", help="--store-only: a milvus parameter: uri, collection, index_type, nlist... (repeatable; fixed by the first import)"),
+    index_kind: Optional[str] = typer.Option(
+        None, "--index", help="--store-only: the index kind (milvus, the default)"
+    ),
+    param: list[str] = typer.Option(
+        None,
+        "--param",
+        metavar="KEY=VALUE",
+        help="--store-only: a milvus parameter: uri, collection, index_type, nlist... (repeatable; fixed by the first import)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary"),
 ):
@@ -177,8 +235,10 @@ def import_(
 
     cli = _cli()
     if not store_only and (index_kind or param):
-        raise PixqueryError("--index and --param go with --store-only: a catalog import uses the library's index "
-                            "(change it with pixquery reindex --index KIND)")
+        raise PixqueryError(
+            "--index and --param go with --store-only: a catalog import uses the library's index "
+            "(change it with pixquery reindex --index KIND)"
+        )
     params = cli._index_params({}, param)  # checked before the library is opened
     cli._state["on_interrupt"] = ": shards imported so far are kept; run the same command again"
     lib = cli._open(library, create=True)
@@ -193,16 +253,30 @@ def import_(
         print(json.dumps(report.to_dict(), indent=2))
     else:
         idx = report.index
-        cli.console.print(f"[bold green]imported {report.imported}[/] images from {report.shards} shards "
-                          f"({escape(report.model)}), {report.unchanged} unchanged, {len(report.failed)} had failed "
-                          f"in the embed run, in {report.seconds:.1f}s", soft_wrap=True)
+        cli.console.print(
+            f"[bold green]imported {report.imported}[/] images from {report.shards} shards "
+            f"({escape(report.model)}), {report.unchanged} unchanged, {len(report.failed)} had failed "
+            f"in the embed run, in {report.seconds:.1f}s",
+            soft_wrap=True,
+        )
         if idx:
-            cli.console.print(f"index: {idx.kind}, {idx.total} entries"
-                              + (" (rebuilt)" if idx.rebuilt else f" (+{idx.added} -{idx.removed})" if idx.changed else " (unchanged)"))
+            cli.console.print(
+                f"index: {idx.kind}, {idx.total} entries"
+                + (
+                    " (rebuilt)"
+                    if idx.rebuilt
+                    else f" (+{idx.added} -{idx.removed})"
+                    if idx.changed
+                    else " (unchanged)"
+                )
+            )
         _print_failures(cli.console, report.failed)
         if report.library_model:
-            cli.err.print(f"[yellow]note:[/] the library searches with {escape(report.library_model)}; these embeddings "
-                          f"are for {escape(report.model_spec)}: search them with -m {escape(report.model_spec)}", soft_wrap=True)
+            cli.err.print(
+                f"[yellow]note:[/] the library searches with {escape(report.library_model)}; these embeddings "
+                f"are for {escape(report.model_spec)}: search them with -m {escape(report.model_spec)}",
+                soft_wrap=True,
+            )
     _exit_missing(cli, report.missing_partitions)
 
 
@@ -225,14 +299,19 @@ def _import_store_only(cli, lib, shards, kind, params, as_json, quiet):
         cli.console.print(
             f"[bold green]loaded {report.vectors}[/] vectors from {report.shards} shards{skipped} ({escape(report.model)}) "
             f"into {report.kind} collection {escape(report.collection)} at {escape(report.uri)}: {report.total} in all; "
-            f"{len(report.failed) + report.failed_before} had failed in the embed run, in {report.seconds:.1f}s", soft_wrap=True)
+            f"{len(report.failed) + report.failed_before} had failed in the embed run, in {report.seconds:.1f}s",
+            soft_wrap=True,
+        )
         _print_failures(cli.console, report.failed)
     _exit_missing(cli, report.missing_partitions)
 
 
 def _exit_missing(cli, missing_partitions):
     if missing_partitions:
-        cli.err.print(f"[yellow]{len(missing_partitions)} partitions of the manifest have no shard yet "
-                      f"(the embed run has not finished): run it again, then import again[/]", soft_wrap=True)
+        cli.err.print(
+            f"[yellow]{len(missing_partitions)} partitions of the manifest have no shard yet "
+            f"(the embed run has not finished): run it again, then import again[/]",
+            soft_wrap=True,
+        )
         raise typer.Exit(cli.EXIT_FAILED_FILES)
     raise typer.Exit(cli.EXIT_OK)

@@ -39,8 +39,15 @@ class Plan:
         return sum(1 for i in self.items if i.whole)
 
 
-def plan(catalog: Catalog, roots: Sequence[str], model_id: int, *, regions: RegionConfig | None,
-         sampling: video_mod.SamplingConfig | None, videos: bool = True) -> Plan:
+def plan(
+    catalog: Catalog,
+    roots: Sequence[str],
+    model_id: int,
+    *,
+    regions: RegionConfig | None,
+    sampling: video_mod.SamplingConfig | None,
+    videos: bool = True,
+) -> Plan:
     """Scan `roots` and compare with the catalog: the items this model must embed. Marks files gone
     from disk (or now excluded) as deleted (soft: indexes drop them at their next sync) and applies
     the region settings (a change drops every photo's regions, to be made again)."""

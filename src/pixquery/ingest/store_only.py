@@ -42,17 +42,17 @@ FILE_FIELDS = ("path", "width", "height")
 # What a store-only library cannot do, and why: the message of each refusal.
 CANNOT = {
     "index": "it has no catalog row per file, so there are no file versions to rescan and nothing to add "
-             "regions or videos to: embed new photos with `pixquery embed FOLDER --out DIR`, then "
-             "`pixquery import DIR --store-only`",
+    "regions or videos to: embed new photos with `pixquery embed FOLDER --out DIR`, then "
+    "`pixquery import DIR --store-only`",
     "reindex": "its vectors live only in the collection (the catalog keeps no copy to build another index "
-               "from): to change the index, import the shards again into a new library "
-               "(`pixquery import DIR --store-only` with other --param values, or without --store-only)",
+    "from): to change the index, import the shards again into a new library "
+    "(`pixquery import DIR --store-only` with other --param values, or without --store-only)",
     "image_id": "it has no image ids (no catalog rows): search with --image PATH instead",
     "import": "its vectors live only in its collection: import shards with --store-only, or into another library",
     "filters and sort": "it keeps no dates, places or folders per file (no catalog rows): search it without "
-                        "filters, or import the shards into a library without --store-only",
+    "filters, or import the shards into a library without --store-only",
     "duplicates": "it has no catalog rows (no content hashes, no stored vectors) to compare: import the shards "
-                  "without --store-only to find duplicates",
+    "without --store-only to find duplicates",
 }
 
 
@@ -75,7 +75,11 @@ def refuse(lib, action: str) -> None:
 
 
 def vector_id(run: int, partition: int, row: np.ndarray) -> np.ndarray:
-    return (np.int64(run) << np.int64(PARTITION_BITS + ROW_BITS)) | (np.int64(partition) << np.int64(ROW_BITS)) | row.astype(np.int64)
+    return (
+        (np.int64(run) << np.int64(PARTITION_BITS + ROW_BITS))
+        | (np.int64(partition) << np.int64(ROW_BITS))
+        | row.astype(np.int64)
+    )
 
 
 def _shard_range(run: int, partition: int) -> tuple[int, int]:
@@ -160,9 +164,15 @@ def _fingerprint_and_key(store, ids: list[int]) -> tuple[dict, dict[int, int], s
     return footers[ids[0]][0], rows, key, missing
 
 
-def import_store_only(lib, uri: str, *, kind: str | None = None, params: dict | None = None,
-                      on_stage: Callable[[str], None] | None = None,
-                      on_load: Callable[[int, int], None] | None = None) -> StoreImportReport:
+def import_store_only(
+    lib,
+    uri: str,
+    *,
+    kind: str | None = None,
+    params: dict | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    on_load: Callable[[int, int], None] | None = None,
+) -> StoreImportReport:
     """Load the shards in `uri` into the collection of the store-only library `lib` (made store-only
     by its first such import: `kind` milvus, `params` its uri, collection, index type...). Resumes:
     shards already loaded are skipped. on_load(done, total): shard rows so far, for a progress bar."""
@@ -197,8 +207,10 @@ def import_store_only(lib, uri: str, *, kind: str | None = None, params: dict | 
                 raise PixqueryError(f"a store-only library holds at most {(1 << RUN_BITS) - 1} embed runs")
             for pid, n in rows.items():
                 if pid >= 1 << PARTITION_BITS or n >= 1 << ROW_BITS:
-                    raise PixqueryError(f"{store.uri}: shard {pid} ({n} rows) is past what a store-only id holds "
-                                        f"(partitions < 2^{PARTITION_BITS}, rows < 2^{ROW_BITS})")
+                    raise PixqueryError(
+                        f"{store.uri}: shard {pid} ({n} rows) is past what a store-only id holds "
+                        f"(partitions < 2^{PARTITION_BITS}, rows < 2^{ROW_BITS})"
+                    )
             loader = _Loader(cat, index, store, run, rows, dim, report, on_load)
             loader.load(ids)
             stage("checking the collection against the loaded shards")
@@ -212,8 +224,10 @@ def import_store_only(lib, uri: str, *, kind: str | None = None, params: dict | 
             if short:
                 sources = {r: u for r, u, _ in cat.shard_sources()}
                 where = sorted({sources.get(r, "?") for r, _ in short})
-                raise IndexStoreError(f"the collection lacks vectors of {len(short)} loaded shards of "
-                                      f"{', '.join(where)}: run pixquery import --store-only on each again")
+                raise IndexStoreError(
+                    f"the collection lacks vectors of {len(short)} loaded shards of "
+                    f"{', '.join(where)}: run pixquery import --store-only on each again"
+                )
             report.total = len(index)
         finally:
             close_store(lib, index)
@@ -228,12 +242,15 @@ def _make_store_only(lib, kind: str | None, params: dict, first: dict, token: st
     cat = lib.catalog
     kind = kind or "milvus"
     if "store_paths" not in {f.name for f in dataclasses.fields(indexes.config_class(kind))}:
-        raise PixqueryError(f"--store-only needs an index kind that keeps each file's path beside its vector "
-                            f"(milvus), not {kind!r}")
+        raise PixqueryError(
+            f"--store-only needs an index kind that keeps each file's path beside its vector (milvus), not {kind!r}"
+        )
     images, embedded = cat.count_images(), sum(cat.count_embeddings(m.id) for m in cat.models())
     if images or embedded or cat.folders():
-        raise LibraryError(f"the library at {lib.path} has {images} images in its catalog: a store-only library "
-                           "starts empty (give a new --library), or import without --store-only")
+        raise LibraryError(
+            f"the library at {lib.path} has {images} images in its catalog: a store-only library "
+            "starts empty (give a new --library), or import without --store-only"
+        )
     params = {**params, "store_paths": True}
     params.pop("token", None)
     opened = _resolved(lib, params)
@@ -244,8 +261,14 @@ def _make_store_only(lib, kind: str | None, params: dict, first: dict, token: st
         index.close()
     saved_params = {k: v for k, v in made.items() if k in params or k in ("collection", "index_type", "uri")}
     saved_params["uri"] = params.get("uri", "")  # "": the library's own file, wherever the folder moves
-    store = {"kind": kind, "params": saved_params, "dim": int(first["dim"]), "model": first.get("model_spec", ""),
-             "precision": first.get("precision") or "fp32", "fingerprint": first["fingerprint"]}
+    store = {
+        "kind": kind,
+        "params": saved_params,
+        "dim": int(first["dim"]),
+        "model": first.get("model_spec", ""),
+        "precision": first.get("precision") or "fp32",
+        "fingerprint": first["fingerprint"],
+    }
     with cat.transaction():
         model = cat.ensure_model(first["model"], first["fingerprint"], int(first["dim"]))
         if model.dim == 0:
@@ -258,15 +281,19 @@ def _make_store_only(lib, kind: str | None, params: dict, first: dict, token: st
 
 def _check_same_store(lib, saved: dict, kind: str | None, params: dict, fingerprint: str) -> None:
     if fingerprint != saved["fingerprint"]:
-        raise PixqueryError(f"{describe(lib)} of vectors of {saved['model']} (fingerprint {saved['fingerprint']}); "
-                            f"these shards were made with another model ({fingerprint}): import them into another library")
+        raise PixqueryError(
+            f"{describe(lib)} of vectors of {saved['model']} (fingerprint {saved['fingerprint']}); "
+            f"these shards were made with another model ({fingerprint}): import them into another library"
+        )
     if kind and kind != saved["kind"]:
         raise PixqueryError(f"{describe(lib)}: its index kind is {saved['kind']}, not {kind}")
     fixed = {k: v for k, v in params.items() if k not in ("timeout", "batch")}
     differ = {k: v for k, v in fixed.items() if str(saved["params"].get(k, "")) != str(v) and k != "store_paths"}
     if differ:
-        raise PixqueryError(f"{describe(lib)}, made with {json.dumps(saved['params'], sort_keys=True)}: "
-                            f"leave out --param {', '.join(sorted(differ))} (or import into a new library)")
+        raise PixqueryError(
+            f"{describe(lib)}, made with {json.dumps(saved['params'], sort_keys=True)}: "
+            f"leave out --param {', '.join(sorted(differ))} (or import into a new library)"
+        )
 
 
 class _Loader:
@@ -289,7 +316,9 @@ class _Loader:
                 self.report.skipped_shards += 1
                 self.report.failed_before += loaded[pid][1]
                 continue
-            table = self.store.read_table(shard_name(pid), columns=["path", "mtime_ns", "width", "height", "embedding", "error"])
+            table = self.store.read_table(
+                shard_name(pid), columns=["path", "mtime_ns", "width", "height", "embedding", "error"]
+            )
             vectors, failed = self._send(pid, table)
             _failpoints.hit("store_only/after_shard_load")  # loaded, not yet recorded: a re-run loads it again
             with self.cat.transaction():
@@ -314,10 +343,14 @@ class _Loader:
         start_done = self.done
         for start in range(0, len(ok), LOAD_BATCH):
             rows = ok[start : start + LOAD_BATCH]
-            fields = {"media": np.zeros(len(rows), np.int8), "folder": np.full(len(rows), -1, np.int64),
-                      "taken": np.maximum(mtimes[rows], 0) // 1_000_000_000,
-                      "path": np.asarray([paths[i] for i in rows], object),
-                      "width": widths[rows], "height": heights[rows]}
+            fields = {
+                "media": np.zeros(len(rows), np.int8),
+                "folder": np.full(len(rows), -1, np.int64),
+                "taken": np.maximum(mtimes[rows], 0) // 1_000_000_000,
+                "path": np.asarray([paths[i] for i in rows], object),
+                "width": widths[rows],
+                "height": heights[rows],
+            }
             self.index.add(ids[start : start + LOAD_BATCH], flat[pos[rows]], fields=fields)
             self.done = start_done + int(rows[-1]) + 1
             self.on_load(self.done, self.total)

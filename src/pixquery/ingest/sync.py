@@ -85,7 +85,9 @@ def sync_index(
             index = None  # `auto` chose for a collection a quarter of today's size: choose again
         if index is not None and hasattr(index, "calibration_queries"):
             index.calibration_queries = calibration_queries  # `auto` may measure again on add
-    reconcile = _settle_crashed_writes(catalog, model, _manifest_store(library_dir / row.path) if row and row.path else None, stage)
+    reconcile = _settle_crashed_writes(
+        catalog, model, _manifest_store(library_dir / row.path) if row and row.path else None, stage
+    )
     wanted = catalog.live_items(model.id)
     bulk = getattr(indexes.config_class(kind), "bulk_load", False)  # filled add after add (Milvus)
 
@@ -110,8 +112,9 @@ def sync_index(
         if row is None or rebuild or row.kind != kind:
             row = catalog.create_index(model.id, kind, params)
         vectors = catalog.vectors_for(model.id, wanted, model.dim)
-        index = indexes.build_index(kind, model.dim, np.arange(len(wanted), dtype=np.int64), vectors,
-                                    queries=calibration_queries, **params)
+        index = indexes.build_index(
+            kind, model.dim, np.arange(len(wanted), dtype=np.int64), vectors, queries=calibration_queries, **params
+        )
         added = list(enumerate(wanted))
         removed_refs = []
         clear, next_ref, rebuilt = True, len(wanted), True
@@ -129,8 +132,10 @@ def sync_index(
             _sweep(catalog, library_dir)
             _clear_writing(catalog, model)
             return SyncReport(row.kind, 0, 0, len(index), False, time.perf_counter() - t0, row.size_bytes or 0, False)
-        stage(f"updating {row.kind} index: +{len(new_items)} -{len(removed_refs)}"
-              + (f" (restoring {len(restore)})" if restore else ""))
+        stage(
+            f"updating {row.kind} index: +{len(new_items)} -{len(removed_refs)}"
+            + (f" (restoring {len(restore)})" if restore else "")
+        )
         if getattr(index, "shared", False):
             _mark_writing(catalog, model, index)
         index.remove(np.asarray(removed_refs, dtype=np.int64))
@@ -167,7 +172,9 @@ def sync_index(
         _unlink(library_dir / path)
     _clear_writing(catalog, model)
     _sweep(catalog, library_dir)
-    return SyncReport(row.kind, len(added), len(removed_refs), len(index), rebuilt, time.perf_counter() - t0, size, True)
+    return SyncReport(
+        row.kind, len(added), len(removed_refs), len(index), rebuilt, time.perf_counter() - t0, size, True
+    )
 
 
 # -- shared stores (a Milvus collection): crash marks, reconcile, batched loads -------------------
@@ -289,15 +296,23 @@ def _load_matching(catalog: Catalog, library_dir: Path, row: IndexRow):
     try:
         index = indexes.load_index(row.kind, path)
     except Exception as e:  # unreadable: rebuilt from the stored embeddings (hours at 10^6+: say why)
-        log.warning("%s: cannot load the %s index (%s); rebuilding it from the stored embeddings", path, row.kind,
-                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+        log.warning(
+            "%s: cannot load the %s index (%s); rebuilding it from the stored embeddings",
+            path,
+            row.kind,
+            str(e).splitlines()[0] if str(e) else type(e).__name__,
+        )
         return None
     if getattr(index, "shared", False):
         return index  # a shared store is reconciled with the catalog, never rebuilt for a mismatch
     expected = catalog.count_index_entries(row.id)
     if len(index) != expected:
-        log.warning("%s: the index holds %d vectors where the catalog maps %d; rebuilding it from the stored embeddings",
-                    path, len(index), expected)
+        log.warning(
+            "%s: the index holds %d vectors where the catalog maps %d; rebuilding it from the stored embeddings",
+            path,
+            len(index),
+            expected,
+        )
         return None
     return index
 

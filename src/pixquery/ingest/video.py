@@ -117,8 +117,16 @@ def _info(container, stream) -> VideoInfo:
     cc = stream.codec_context
     from pixquery.ingest.metadata import quicktime_time
 
-    return VideoInfo(duration, fps, cc.width, cc.height, frames, cc.name, start,
-                     created=quicktime_time({**dict(stream.metadata or {}), **dict(container.metadata or {})}))
+    return VideoInfo(
+        duration,
+        fps,
+        cc.width,
+        cc.height,
+        frames,
+        cc.name,
+        start,
+        created=quicktime_time({**dict(stream.metadata or {}), **dict(container.metadata or {})}),
+    )
 
 
 def _rotated(info: VideoInfo, rotation: int) -> VideoInfo:
@@ -174,7 +182,9 @@ class SamplingConfig:
     scene_threshold: float = 0.10  # mean abs difference (0..1) of thumbnails that is a cut; 0: off
     analysis_fps: float = 4.0  # how often frames are compared for cuts
     min_scene_seconds: float = 0.5  # cuts closer than this to the last one are ignored (flashes)
-    static_threshold: float = 0.02  # skip a periodic sample whose every part is this close to the last embedded one; 0: off
+    static_threshold: float = (
+        0.02  # skip a periodic sample whose every part is this close to the last embedded one; 0: off
+    )
     max_static_seconds: float = 60.0  # ... but never for longer than this
     skip_nonref: bool = True  # do not decode frames no other frame needs (B-frames)
     keyframes_only: bool = False  # decode key frames only (fast; coarse cuts)
@@ -225,8 +235,10 @@ class DecodeStats:
         cut = dur is not None and self.last_timestamp is not None and self.decoded_seconds < dur - max(1.0, 2.0 / fps)
         if self.stopped_early or cut:
             span = f"{_clock(self.decoded_seconds)} of {_clock(dur)}" if dur else _clock(self.decoded_seconds)
-            parts.append(f"indexed {span} only; the rest is unreadable (truncated or corrupt)"
-                         + (f": {self.stopped_early}" if self.stopped_early else ""))
+            parts.append(
+                f"indexed {span} only; the rest is unreadable (truncated or corrupt)"
+                + (f": {self.stopped_early}" if self.stopped_early else "")
+            )
         if self.decode_errors:
             parts.append(f"{self.decode_errors} damaged packet(s) skipped ({self.first_error})")
         return "; ".join(parts) or None
@@ -237,7 +249,9 @@ def _clock(seconds: float | None) -> str:
 
 
 def _thumb(frame, width: int, height: int) -> np.ndarray:
-    return frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray().astype(np.float32) * (1.0 / 255.0)
+    return frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray().astype(
+        np.float32
+    ) * (1.0 / 255.0)
 
 
 def _diff(a: np.ndarray | None, b: np.ndarray) -> float | None:
@@ -351,7 +365,9 @@ def sample_frames(
                     diff = _diff(prev_thumb, thumb)
                     prev_thumb = thumb
                     next_analysis = (int(t / step + eps) + 1) * step
-                    cut = diff is not None and diff >= config.scene_threshold and t - last_cut >= config.min_scene_seconds
+                    cut = (
+                        diff is not None and diff >= config.scene_threshold and t - last_cut >= config.min_scene_seconds
+                    )
                 first = last_sample < -1e17
                 if not (cut or due_clock or first):
                     continue
@@ -529,7 +545,22 @@ def describe_location(result) -> str:
 
 
 __all__ = [
-    "VideoError", "VideoInfo", "SamplingConfig", "Frame", "DecodeStats",
-    "have_av", "is_video_path", "probe", "sample_frames", "extract_frame", "scan_videos", "merge_video_hits", "format_timestamp", "describe_location", "DEFAULT_MERGE_GAP",
-    "saved_sampling", "choose_sampling", "merge_gap_for",
+    "VideoError",
+    "VideoInfo",
+    "SamplingConfig",
+    "Frame",
+    "DecodeStats",
+    "have_av",
+    "is_video_path",
+    "probe",
+    "sample_frames",
+    "extract_frame",
+    "scan_videos",
+    "merge_video_hits",
+    "format_timestamp",
+    "describe_location",
+    "DEFAULT_MERGE_GAP",
+    "saved_sampling",
+    "choose_sampling",
+    "merge_gap_for",
 ]

@@ -18,7 +18,9 @@ import typer
 
 from pixquery._cli_usage import Command
 
-video_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Inspect videos: headers, sampled frames, scene changes.")
+video_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Inspect videos: headers, sampled frames, scene changes."
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -40,8 +42,10 @@ def parse_time(text: str) -> float:
 
 
 @video_app.command("info", cls=Command)
-def info(files: list[Path] = typer.Argument(..., metavar="FILES", help="Video files"),
-         as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON")):
+def info(
+    files: list[Path] = typer.Argument(..., metavar="FILES", help="Video files"),
+    as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON"),
+):
     """Duration, frame rate, size and codec, from the file's headers."""
     from pixquery.ingest.video import VideoError, format_timestamp, probe
 
@@ -68,8 +72,12 @@ def info(files: list[Path] = typer.Argument(..., metavar="FILES", help="Video fi
 def frames(
     file: Path = typer.Argument(..., metavar="FILE", help="A video file"),
     every: float = typer.Option(2.0, "--every", help="A frame at least every N seconds (0: cuts only)"),
-    scene_threshold: float = typer.Option(0.10, "--scene-threshold", help="Thumbnail difference (0..1) that is a cut; 0: off"),
-    static_threshold: float = typer.Option(0.02, "--static-threshold", help="Skip clock samples this close to the last one; 0: off"),
+    scene_threshold: float = typer.Option(
+        0.10, "--scene-threshold", help="Thumbnail difference (0..1) that is a cut; 0: off"
+    ),
+    static_threshold: float = typer.Option(
+        0.02, "--static-threshold", help="Skip clock samples this close to the last one; 0: off"
+    ),
     keyframes_only: bool = typer.Option(False, "--keyframes-only", help="Decode key frames only (fast, coarse)"),
     save: Optional[Path] = typer.Option(None, "--save", help="Write the sampled frames as JPEGs into this folder"),
     as_json: bool = typer.Option(False, "--json", help="Print the frames and a summary as JSON"),
@@ -77,16 +85,23 @@ def frames(
     """The frames pixquery would embed from a video, and why (clock or cut)."""
     from pixquery.ingest.video import DecodeStats, SamplingConfig, VideoError, format_timestamp, sample_frames
 
-    cfg = SamplingConfig(every_seconds=every, scene_threshold=scene_threshold, static_threshold=static_threshold,
-                         keyframes_only=keyframes_only)
+    cfg = SamplingConfig(
+        every_seconds=every,
+        scene_threshold=scene_threshold,
+        static_threshold=static_threshold,
+        keyframes_only=keyframes_only,
+    )
     stats = DecodeStats()
     rows = []
     if save:
         save.mkdir(parents=True, exist_ok=True)
     try:
         for fr in sample_frames(file, cfg, stats):
-            row = {"timestamp": round(fr.timestamp, 3), "why": "cut" if fr.scene_change else "clock",
-                   "difference": None if fr.difference is None else round(fr.difference, 4)}
+            row = {
+                "timestamp": round(fr.timestamp, 3),
+                "why": "cut" if fr.scene_change else "clock",
+                "difference": None if fr.difference is None else round(fr.difference, 4),
+            }
             if save:
                 name = save / f"{file.stem}_{fr.timestamp:010.3f}.jpg"
                 fr.image.save(name, quality=90)
@@ -99,14 +114,22 @@ def frames(
         typer.echo(f"{file}: {e.reason}", err=True)
         raise typer.Exit(1) from None
     total = (stats.info.frame_count if stats.info else None) or stats.decoded
-    summary = {"sampled": stats.sampled, "frames": total, "decoded": stats.decoded, "cuts": stats.scene_changes,
-               "static_skipped": stats.static_skipped, "problem": stats.problem()}
+    summary = {
+        "sampled": stats.sampled,
+        "frames": total,
+        "decoded": stats.decoded,
+        "cuts": stats.scene_changes,
+        "static_skipped": stats.static_skipped,
+        "problem": stats.problem(),
+    }
     if as_json:
         typer.echo(json.dumps({"path": str(file), "frames": rows, "summary": summary}, indent=2))
     else:
         share = f" ({100 * stats.sampled / total:.2f}% of {total})" if total else ""
-        typer.echo(f"{stats.sampled} frames sampled{share}: {stats.scene_changes} at cuts, "
-                   f"{stats.static_skipped} clock samples skipped as unchanged; {stats.decoded} frames decoded")
+        typer.echo(
+            f"{stats.sampled} frames sampled{share}: {stats.scene_changes} at cuts, "
+            f"{stats.static_skipped} clock samples skipped as unchanged; {stats.decoded} frames decoded"
+        )
         if stats.problem():
             typer.echo(f"{file}: {stats.problem()}", err=True)
 

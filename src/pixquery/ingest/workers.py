@@ -60,8 +60,15 @@ def photo_piece(item: MediaItem, data: bytes, settings: DecodeSettings, *, max_p
     pixels = normalize(np.stack([c.pixels for c in crops]), cfg)
     # Date taken, GPS, camera from the same bytes (the header only: nothing decoded twice).
     meta = photo_metadata(data, item.mtime_ns)
-    piece = Piece(item, [c.region for c in crops], pixels, sha256=hashlib.sha256(data).hexdigest(), width=width,
-                  height=height, info={"meta": meta})
+    piece = Piece(
+        item,
+        [c.region for c in crops],
+        pixels,
+        sha256=hashlib.sha256(data).hexdigest(),
+        width=width,
+        height=height,
+        info={"meta": meta},
+    )
     if ocr is not None:
         t = time.perf_counter()
         piece.text = read_text(item, data, img, max(width, height), ocr, max_pixels)
@@ -128,7 +135,9 @@ def decode_video(item: MediaItem, settings: DecodeSettings) -> Iterator[Piece]:
     stopped = None
     try:
         for frame in sample_frames(item.path, settings.sampling, stats):
-            for c in crops_of(frame.image, cfg, regions=settings.regions, timestamp=frame.timestamp, whole_kind="frame"):
+            for c in crops_of(
+                frame.image, cfg, regions=settings.regions, timestamp=frame.timestamp, whole_kind="frame"
+            ):
                 regions.append(c.region)
                 pixels.append(c.pixels)
             if len(pixels) >= VIDEO_PIECE_CROPS:
@@ -156,12 +165,27 @@ def decode_video(item: MediaItem, settings: DecodeSettings) -> Iterator[Piece]:
     info = stats.info
     problem = stats.problem()
     duration = stats.decoded_seconds if problem and stats.stopped_early else (info.duration or stats.decoded_seconds)
-    facts = {"width": info.width, "height": info.height, "duration": duration, "fps": info.fps,
-             "frame_count": info.frame_count, "decoded_frames": stats.decoded,
-             "total_frames": info.frame_count or stats.decoded, "decode_seconds": stats.seconds,
-             "meta": video_metadata(info.created, item.mtime_ns)}
-    yield Piece(item, regions, normalize(np.stack(pixels), cfg) if pixels else None, final=True,
-                width=info.width, height=info.height, problem=problem, info=facts)
+    facts = {
+        "width": info.width,
+        "height": info.height,
+        "duration": duration,
+        "fps": info.fps,
+        "frame_count": info.frame_count,
+        "decoded_frames": stats.decoded,
+        "total_frames": info.frame_count or stats.decoded,
+        "decode_seconds": stats.seconds,
+        "meta": video_metadata(info.created, item.mtime_ns),
+    }
+    yield Piece(
+        item,
+        regions,
+        normalize(np.stack(pixels), cfg) if pixels else None,
+        final=True,
+        width=info.width,
+        height=info.height,
+        problem=problem,
+        info=facts,
+    )
 
 
 def decode_item(item: MediaItem, settings: DecodeSettings) -> Iterator[Piece]:

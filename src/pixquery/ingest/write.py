@@ -58,16 +58,31 @@ class CatalogWriter:
                 regions = [n for n, r in enumerate(e.regions) if r.kind in REGION_KINDS]
                 for n, r in enumerate(e.regions):
                     if r.kind == WHOLE:
-                        cat.put_image_embedding(self.model_id, image_id, e.vectors[n], source=(it.size, it.mtime_ns, e.sha256))
+                        cat.put_image_embedding(
+                            self.model_id, image_id, e.vectors[n], source=(it.size, it.mtime_ns, e.sha256)
+                        )
                         restale.append(image_id)
                         counts.photos += 1
                 if regions:
-                    store_detections(cat, self.model_id, image_id=image_id, regions=[e.regions[n] for n in regions],
-                                     vectors=e.vectors[regions], kinds=REGION_KINDS, reuse=True)
+                    store_detections(
+                        cat,
+                        self.model_id,
+                        image_id=image_id,
+                        regions=[e.regions[n] for n in regions],
+                        vectors=e.vectors[regions],
+                        kinds=REGION_KINDS,
+                        reuse=True,
+                    )
                     counts.regions += len(regions)
                 if e.text is not None and self.ocr_key is not None:
-                    cat.replace_photo_text(image_id, [(b.text, b.box, b.score) for b in e.text], size=it.size,
-                                           mtime_ns=it.mtime_ns, config=self.ocr_key, seconds=e.text_seconds)
+                    cat.replace_photo_text(
+                        image_id,
+                        [(b.text, b.box, b.score) for b in e.text],
+                        size=it.size,
+                        mtime_ns=it.mtime_ns,
+                        config=self.ocr_key,
+                        seconds=e.text_seconds,
+                    )
                     counts.text_photos += 1
                     counts.text_lines += len(e.text)
                     counts.text_seconds += e.text_seconds
@@ -81,13 +96,27 @@ class CatalogWriter:
 
     def _video(self, e: EmbeddedItem, counts: WriteCounts) -> None:
         it, info = e.item, e.info or {}
-        video_id = self.catalog.upsert_video(it.path, it.size, it.mtime_ns, width=info.get("width", e.width),
-                                             height=info.get("height", e.height), duration=info.get("duration"),
-                                             fps=info.get("fps"), frame_count=info.get("frame_count"))
+        video_id = self.catalog.upsert_video(
+            it.path,
+            it.size,
+            it.mtime_ns,
+            width=info.get("width", e.width),
+            height=info.get("height", e.height),
+            duration=info.get("duration"),
+            fps=info.get("fps"),
+            frame_count=info.get("frame_count"),
+        )
         if info.get("meta"):
             self.catalog.put_meta(info["meta"], video_id=video_id)
-        store_detections(self.catalog, self.model_id, video_id=video_id, regions=e.regions, vectors=e.vectors,
-                         kinds=VIDEO_KINDS, reuse=it.reuse)
+        store_detections(
+            self.catalog,
+            self.model_id,
+            video_id=video_id,
+            regions=e.regions,
+            vectors=e.vectors,
+            kinds=VIDEO_KINDS,
+            reuse=it.reuse,
+        )
         counts.videos += 1
         counts.frames += sum(1 for r in e.regions if r.kind == "frame")
         counts.regions += sum(1 for r in e.regions if r.kind != "frame")

@@ -36,8 +36,19 @@ from pixquery.server.routers import duplicates, images, page, search, status, vi
 from pixquery.server.state import Server
 
 __all__ = [  # the names other modules and tests import from here
-    "ApiError", "Guard", "LibraryPool", "MAX_ID", "Server", "ServerBusy", "ServerConfig", "TextEncoder", "UploadCache",
-    "_loopback_host_header", "check_bind", "create_app", "is_loopback",
+    "ApiError",
+    "Guard",
+    "LibraryPool",
+    "MAX_ID",
+    "Server",
+    "ServerBusy",
+    "ServerConfig",
+    "TextEncoder",
+    "UploadCache",
+    "_loopback_host_header",
+    "check_bind",
+    "create_app",
+    "is_loopback",
 ]
 
 
@@ -55,9 +66,13 @@ def create_app(config: ServerConfig) -> FastAPI:
     # FastAPIOffline: FastAPI whose /api/docs page loads Swagger UI from this server, not from a CDN
     # (a photo server often runs where the internet is not, and the page is behind the token).
     app = FastAPIOffline(
-        title="pixquery", version=__version__,
+        title="pixquery",
+        version=__version__,
         description="Search a photo library with words or with a photo. All errors are JSON: {error, status}.",
-        docs_url="/api/docs", redoc_url=None, static_url="/api/docs-static", openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        static_url="/api/docs-static",
+        openapi_url="/api/openapi.json",
         lifespan=lifespan,
     )
     app.state.server = server  # for the CLI's start-up messages

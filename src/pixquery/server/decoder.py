@@ -101,8 +101,9 @@ class DecodeWorkers:
             if self._pool is None:
                 ctx = mp.get_context("forkserver")
                 ctx.set_forkserver_preload(["pixquery.server.decoder", "pixquery.server.thumbnails"])
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                                 initargs=(os.getpid(),))
+                self._pool = ProcessPoolExecutor(
+                    self.workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)
+                )
             return self._pool
 
     def _restart(self, broken: ProcessPoolExecutor, kill: bool = False) -> None:

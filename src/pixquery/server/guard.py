@@ -38,7 +38,6 @@ def check_bind(host: str, token: str | None, allow_public: bool) -> None:
         )
 
 
-
 _LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>pixquery: token needed</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
 <body><main><h1>pixquery</h1><p>{message}</p>
@@ -79,7 +78,9 @@ class Guard:
                     cookie = f"{TOKEN_COOKIE}={quote(qs['token'][0], safe='')}; Path=/; HttpOnly; SameSite=Strict"
                     rest = urlencode([(k, v) for k, vs in qs.items() if k != "token" for v in vs])  # e.g. q=dog
                     where = ("/?" + rest if rest else "/").encode("latin-1", "replace")
-                    return await _send(send, 303, b"", "text/plain", extra=[(b"location", where), (b"set-cookie", cookie.encode())])
+                    return await _send(
+                        send, 303, b"", "text/plain", extra=[(b"location", where), (b"set-cookie", cookie.encode())]
+                    )
                 return await self._refuse(send, path, "That token is wrong.")
             supplied = _supplied_token(headers)
             if supplied is None:
@@ -110,10 +111,19 @@ class Guard:
     async def _refuse(self, send, path: str, message: str) -> None:
         if path == "/":
             body = _LOGIN_PAGE.format(message=html.escape(message)).encode()
-            return await _send(send, 401, body, "text/html; charset=utf-8",
-                               extra=[(b"content-security-policy", b"default-src 'none'; form-action 'self'")])
-        return await _send_json(send, 401, message.lower().rstrip(".") + " (send it as 'Authorization: Bearer TOKEN')",
-                                extra=[(b"www-authenticate", b'Bearer realm="pixquery"')])
+            return await _send(
+                send,
+                401,
+                body,
+                "text/html; charset=utf-8",
+                extra=[(b"content-security-policy", b"default-src 'none'; form-action 'self'")],
+            )
+        return await _send_json(
+            send,
+            401,
+            message.lower().rstrip(".") + " (send it as 'Authorization: Bearer TOKEN')",
+            extra=[(b"www-authenticate", b'Bearer realm="pixquery"')],
+        )
 
 
 _SECURITY_HEADERS = [
@@ -149,8 +159,13 @@ def _supplied_token(headers: Headers) -> str | None:
 
 
 async def _send(send, status: int, body: bytes, ctype: str, extra: list | None = None) -> None:
-    headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode()),
-               (b"cache-control", b"no-store"), *_SECURITY_HEADERS, *(extra or [])]
+    headers = [
+        (b"content-type", ctype.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        *_SECURITY_HEADERS,
+        *(extra or []),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -30,15 +30,18 @@ def etag_matches(request: Request, etag: str) -> bool:
     return bool(inm) and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")])
 
 
-
 def file_response(request: Request, opened: files.OpenedImage) -> Response:
     """Stream an opened, checked file: ETag / 304, one byte range (206) for players, 416 when no range fits."""
     st = opened.stat
     etag = f'"{st.st_size}-{st.st_mtime_ns}"'
     ctype = mimetypes.guess_type(opened.real_path)[0] or "application/octet-stream"
-    headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Content-Security-Policy": FILE_CSP,
-               "Accept-Ranges": "bytes",
-               "Last-Modified": datetime.fromtimestamp(st.st_mtime, timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT")}
+    headers = {
+        "ETag": etag,
+        "Cache-Control": "private, no-cache",
+        "Content-Security-Policy": FILE_CSP,
+        "Accept-Ranges": "bytes",
+        "Last-Modified": datetime.fromtimestamp(st.st_mtime, timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT"),
+    }
     if etag_matches(request, etag):
         opened.close()
         return Response(status_code=304, headers=headers)
@@ -57,8 +60,13 @@ def file_response(request: Request, opened: files.OpenedImage) -> Response:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{st.st_size}"
     headers["Content-Length"] = str(max(0, end - start + 1))
-    return StreamingResponse(chunks(opened, start, end - start + 1), status_code=status, media_type=ctype, headers=headers,
-                             background=BackgroundTask(opened.close))
+    return StreamingResponse(
+        chunks(opened, start, end - start + 1),
+        status_code=status,
+        media_type=ctype,
+        headers=headers,
+        background=BackgroundTask(opened.close),
+    )
 
 
 class RangeNotSatisfiable(Exception):
@@ -103,7 +111,9 @@ def byte_range(header: str, size: int) -> tuple[int, int] | None:
     return satisfiable[0] if len(spans) == 1 else None
 
 
-def chunks(opened: files.OpenedImage, start: int = 0, length: int | None = None, size: int = 256 * 1024) -> Iterator[bytes]:
+def chunks(
+    opened: files.OpenedImage, start: int = 0, length: int | None = None, size: int = 256 * 1024
+) -> Iterator[bytes]:
     try:
         opened.file.seek(start)
         left = opened.stat.st_size - start if length is None else length
@@ -115,4 +125,3 @@ def chunks(opened: files.OpenedImage, start: int = 0, length: int | None = None,
             yield block
     finally:
         opened.close()
-

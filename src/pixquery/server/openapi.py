@@ -21,8 +21,12 @@ SIZE_SCHEMA = {"enum": list(thumbnails.SIZES)}
 SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "the server's token: `Authorization: Bearer TOKEN`"},
     "tokenHeader": {"type": "apiKey", "in": "header", "name": TOKEN_HEADER, "description": "the token in a header"},
-    "tokenCookie": {"type": "apiKey", "in": "cookie", "name": TOKEN_COOKIE,
-                    "description": "the token in the cookie that opening `/?token=TOKEN` sets"},
+    "tokenCookie": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": TOKEN_COOKIE,
+        "description": "the token in the cookie that opening `/?token=TOKEN` sets",
+    },
 }
 
 

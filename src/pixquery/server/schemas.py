@@ -34,7 +34,9 @@ class Hit(BaseModel):
     video_id: Optional[int] = None
     timestamp: Optional[float] = Field(None, description="video: seconds into the video of the best frame")
     time_range: Optional[list[float]] = Field(None, description="video: first and last second of the matching stretch")
-    box: Optional[list[float]] = Field(None, description="the matching region, relative x0, y0, x1, y1 (null: the whole picture)")
+    box: Optional[list[float]] = Field(
+        None, description="the matching region, relative x0, y0, x1, y1 (null: the whole picture)"
+    )
     width: Optional[int] = None
     height: Optional[int] = None
     size: Optional[int] = Field(None, description="file size in bytes (as indexed)")
@@ -42,19 +44,29 @@ class Hit(BaseModel):
     thumbnail: Optional[str] = Field(None, description="URL of a 256 px JPEG thumbnail (of the frame, for a video)")
     original: Optional[str] = Field(None, description="URL of the original file")
     found_by: Optional[str] = Field(None, description="libraries with OCR on: semantic, text or semantic+text")
-    matched: Optional[list[MatchedText]] = Field(None, description="the lines of text in the photo that matched the query")
-    taken: Optional[str] = Field(None, description="when it was taken, ISO 8601 wall-clock time where it was taken (no zone)")
-    taken_source: Optional[str] = Field(None, description="where `taken` comes from: exif, quicktime (a video's container) or mtime")
+    matched: Optional[list[MatchedText]] = Field(
+        None, description="the lines of text in the photo that matched the query"
+    )
+    taken: Optional[str] = Field(
+        None, description="when it was taken, ISO 8601 wall-clock time where it was taken (no zone)"
+    )
+    taken_source: Optional[str] = Field(
+        None, description="where `taken` comes from: exif, quicktime (a video's container) or mtime"
+    )
     lat: Optional[float] = Field(None, description="GPS latitude, decimal degrees (EXIF)")
     lon: Optional[float] = Field(None, description="GPS longitude, decimal degrees (EXIF)")
     camera: Optional[str] = Field(None, description="camera make and model (EXIF)")
     map: Optional[str] = Field(None, description="OpenStreetMap URL of where it was taken (photos with GPS)")
-    duplicates: Optional[list[str]] = Field(None, description="collapse: paths of the near-duplicates folded into this hit")
+    duplicates: Optional[list[str]] = Field(
+        None, description="collapse: paths of the near-duplicates folded into this hit"
+    )
 
 
 class SearchPage(BaseModel):
-    query: dict = Field(description="what was searched: {text}, {image_id} or {upload_id}; with `filters` "
-                                    "(as understood: after, before, in, type, camera, near, within) and `sort` when given")
+    query: dict = Field(
+        description="what was searched: {text}, {image_id} or {upload_id}; with `filters` "
+        "(as understood: after, before, in, type, camera, near, within) and `sort` when given"
+    )
     k: int = Field(description="page size actually used (requests above max_k are capped)")
     offset: int
     results: list[Hit]
@@ -62,7 +74,9 @@ class SearchPage(BaseModel):
     threshold: Optional[float] = Field(None, description="angular-distance threshold applied, null for none")
     dropped: int = Field(0, description="hits the threshold removed while filling this page")
     took_ms: float
-    upload_id: Optional[str] = Field(None, description="for image uploads: pass as upload_id to GET /api/search for more pages")
+    upload_id: Optional[str] = Field(
+        None, description="for image uploads: pass as upload_id to GET /api/search for more pages"
+    )
 
 
 class ImageInfo(BaseModel):
@@ -78,7 +92,9 @@ class ImageInfo(BaseModel):
     indexed: Optional[str] = None
     content_type: str
     thumbnail: str
-    preview: str = Field(description="URL to show in a browser: the original when browsers can show it, else a 1024 px JPEG")
+    preview: str = Field(
+        description="URL to show in a browser: the original when browsers can show it, else a 1024 px JPEG"
+    )
     original: str
     similar: str = Field(description="URL of a 'more like this' search")
 
@@ -100,7 +116,9 @@ class LibraryInfo(BaseModel):
     images: int
     folders: list[str]
     index: Optional[IndexInfo] = None
-    calibrated_threshold: Optional[float] = Field(None, description="angular distance stored by `pixquery eval`, null if none")
+    calibrated_threshold: Optional[float] = Field(
+        None, description="angular distance stored by `pixquery eval`, null if none"
+    )
     indexing: Optional[dict] = Field(None, description="progress of an index run going on now, null when none")
     limits: dict
     version: str
@@ -117,7 +135,10 @@ ERRORS = {
     401: {"model": ErrorBody, "description": "missing or wrong token"},
     404: {"model": ErrorBody, "description": "no such image (or not servable)"},
     422: {"model": ErrorBody, "description": "invalid parameter"},
-    503: {"model": ErrorBody, "description": "no index yet, the vector store does not answer, or the server is busy (Retry-After)"},
+    503: {
+        "model": ErrorBody,
+        "description": "no index yet, the vector store does not answer, or the server is busy (Retry-After)",
+    },
 }
 NOT_MODIFIED = {304: {"description": "not modified (If-None-Match matched the ETag)"}}
 FILE_RESPONSES = {
@@ -125,8 +146,6 @@ FILE_RESPONSES = {
     206: {"description": "the byte range asked for (one range; a request for several gets the whole file)"},
     416: {"description": "no range asked for lies within the file"},
 }
-
-
 
 
 class DuplicateMember(BaseModel):
@@ -137,7 +156,9 @@ class DuplicateMember(BaseModel):
     width: Optional[int] = None
     height: Optional[int] = None
     modified: str = Field(description="file modification time (as indexed), ISO 8601 UTC")
-    date_iso: str = Field(description="the date the keep rules use: when it was taken (wall clock there, no zone) or else `modified`")
+    date_iso: str = Field(
+        description="the date the keep rules use: when it was taken (wall clock there, no zone) or else `modified`"
+    )
     date_source: str = Field(description="taken (EXIF or a video's container) or modified")
     sha256: Optional[str] = None
     distance: Optional[float] = Field(None, description="angular distance to the photo suggested to keep")
@@ -163,7 +184,9 @@ class DuplicatesPage(BaseModel):
     near: bool = Field(description="false: exact copies only")
     photos: int = Field(description="photos whose embeddings were compared")
     method: str = Field(description="how the near pairs were searched")
-    seconds: float = Field(description="time the search took (when it ran; answers are cached until the library changes)")
+    seconds: float = Field(
+        description="time the search took (when it ran; answers are cached until the library changes)"
+    )
     groups_count: int
     duplicates: int = Field(description="photos beyond the one to keep, in all groups")
     reclaimable_bytes: int

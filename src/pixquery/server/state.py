@@ -63,8 +63,11 @@ class Server:
         self.pool = LibraryPool(lib_path, config.model, config.pool_size)
         self.encoder = self.pool.encoder
         self.decoders = DecodeWorkers(config.thumbnail_concurrency) if config.decode_in_workers else None
-        self.thumbs = thumbnails.Thumbnails(config.thumbnail_dir or lib_path / "thumbnails",
-                                            concurrency=config.thumbnail_concurrency, workers=self.decoders)
+        self.thumbs = thumbnails.Thumbnails(
+            config.thumbnail_dir or lib_path / "thumbnails",
+            concurrency=config.thumbnail_concurrency,
+            workers=self.decoders,
+        )
         self.uploads = UploadCache(config.upload_cache)
         self.texts = TextEncoder(self.encoder, config.text_cache, config.text_batch)
         self._upload_slots = threading.BoundedSemaphore(max(1, config.upload_concurrency))
@@ -96,11 +99,27 @@ class Server:
 
     # -- search -----------------------------------------------------------------------------
 
-    def search(self, *, text: str | None = None, image_id: int | None = None, upload_id: str | None = None,
-               vector: np.ndarray | None = None, k: int, offset: int, threshold: str | None,
-               add: list[str] = (), subtract: list[str] = (), like: list[int] = (), unlike: list[int] = (),
-               image_weight: float = 1.0, match: str = "both", filters: dict | None = None,
-               sort: str = "score", collapse: bool = False, collapse_threshold: float | None = None) -> dict:
+    def search(
+        self,
+        *,
+        text: str | None = None,
+        image_id: int | None = None,
+        upload_id: str | None = None,
+        vector: np.ndarray | None = None,
+        k: int,
+        offset: int,
+        threshold: str | None,
+        add: list[str] = (),
+        subtract: list[str] = (),
+        like: list[int] = (),
+        unlike: list[int] = (),
+        image_weight: float = 1.0,
+        match: str = "both",
+        filters: dict | None = None,
+        sort: str = "score",
+        collapse: bool = False,
+        collapse_threshold: float | None = None,
+    ) -> dict:
         """One page of results for a combined query (pixquery.query): the text `q` in the inline
         syntax, phrases added / subtracted, photos of the library liked / unliked, and one image
         (`image_id`, an upload, or a vector) weighted `image_weight`. match: "both" (meaning and, in
@@ -118,15 +137,22 @@ class Server:
             sort = check_sort(sort)
         except PixqueryError as e:
             raise ApiError(422, str(e)) from None
-        if text is None and not (add or subtract or like or unlike) and image_id is None and upload_id is None \
-                and vector is None:
+        if (
+            text is None
+            and not (add or subtract or like or unlike)
+            and image_id is None
+            and upload_id is None
+            and vector is None
+        ):
             raise ApiError(422, "give a query: q (text), add, subtract, like, unlike, image_id or upload_id")
         k = min(int(k), cfg.max_k)
         if offset >= cfg.max_results:
             raise ApiError(422, f"offset must be below {cfg.max_results} (the most results a search returns)")
         want = min(offset + k, cfg.max_results)
         th = self._parse_threshold(threshold)
-        parts, query, words = self._query_parts(text, add, subtract, like, unlike, image_id, upload_id, vector, image_weight)
+        parts, query, words = self._query_parts(
+            text, add, subtract, like, unlike, image_id, upload_id, vector, image_weight
+        )
         photo_ids = {p.value for p in parts if p.kind == query_mod.IMAGE_ID}
         with self.pool.get() as lib:
             for pid in sorted(photo_ids):
@@ -135,16 +161,29 @@ class Server:
                     raise ApiError(404, f"no image with id {pid}")
             try:
                 # the texts reach the Library encoded (cached): their words go beside for the text side
-                folded = (cfg.duplicate_threshold if collapse_threshold is None else collapse_threshold) if collapse else False
-                res = lib.search(parts, k=want + 1, threshold=th, text_terms=words, text_only=match == "text",
-                                 semantic_only=match == "semantic", filter=flt, sort=sort, collapse=folded)
+                folded = (
+                    (cfg.duplicate_threshold if collapse_threshold is None else collapse_threshold)
+                    if collapse
+                    else False
+                )
+                res = lib.search(
+                    parts,
+                    k=want + 1,
+                    threshold=th,
+                    text_terms=words,
+                    text_only=match == "text",
+                    semantic_only=match == "semantic",
+                    filter=flt,
+                    sort=sort,
+                    collapse=folded,
+                )
             except LibraryError as e:
                 raise ApiError(503, str(e)) from None
             except IndexStoreError as e:  # the vector store (a Milvus server) is down or refused
                 raise ApiError(503, str(e), {"Retry-After": "5"}) from None
             except PixqueryError as e:
                 raise ApiError(404 if str(e).startswith("no image with id") else 400, str(e)) from None
-            page = list(res)[offset: want]
+            page = list(res)[offset:want]
             rows = lib.catalog.images([r.image_id for r in page if r.image_id is not None and r.video_id is None])
             videos = lib.catalog.video_versions([r.video_id for r in page if r.video_id is not None])
         more = len(res) > want and want < cfg.max_results
@@ -154,8 +193,13 @@ class Server:
         if sort != "score":
             query["sort"] = sort
         return {
-            "query": query, "k": k, "offset": offset, "results": hits,
-            "next_offset": want if more else None, "threshold": res.threshold, "dropped": res.dropped,
+            "query": query,
+            "k": k,
+            "offset": offset,
+            "results": hits,
+            "next_offset": want if more else None,
+            "threshold": res.threshold,
+            "dropped": res.dropped,
             "took_ms": round((time.perf_counter() - t0) * 1000, 2),
         }
 
@@ -207,24 +251,44 @@ class Server:
         if len(parsed) > 1 or add or subtract or like or unlike:
             described["parts"] = parsed.to_dicts()
             if upload_id is not None:  # the upload's part is the last one: name it by its id, not as a vector
-                described["parts"][-1] = {"kind": query_mod.UPLOAD, "value": upload_id, "weight": parsed.parts[-1].weight}
+                described["parts"][-1] = {
+                    "kind": query_mod.UPLOAD,
+                    "value": upload_id,
+                    "weight": parsed.parts[-1].weight,
+                }
         # text parts -> their vectors: cached, so that paging does not re-encode (the text tower
         # is most of a search's time)
-        encoded = query_mod.Query(query_mod.Part(query_mod.VECTOR, self.texts.encode(p.value), p.weight)
-                                  if p.kind == query_mod.TEXT else p for p in parsed)
+        encoded = query_mod.Query(
+            query_mod.Part(query_mod.VECTOR, self.texts.encode(p.value), p.weight) if p.kind == query_mod.TEXT else p
+            for p in parsed
+        )
         return encoded, described, parsed.text_terms()
 
     @staticmethod
     def _hit(r, row, video: tuple[int, int] | None = None) -> dict:
         d = {
-            "rank": r.rank, "score": round(r.score, 6), "distance": round(r.distance, 6), "path": r.path,
-            "name": os.path.basename(r.path), "kind": "video" if r.video_id is not None else "photo",
-            "image_id": r.image_id, "video_id": r.video_id, "timestamp": r.timestamp,
+            "rank": r.rank,
+            "score": round(r.score, 6),
+            "distance": round(r.distance, 6),
+            "path": r.path,
+            "name": os.path.basename(r.path),
+            "kind": "video" if r.video_id is not None else "photo",
+            "image_id": r.image_id,
+            "video_id": r.video_id,
+            "timestamp": r.timestamp,
             "time_range": list(r.time_range) if getattr(r, "time_range", None) else None,
-            "box": list(r.box) if r.box else None, "width": r.width, "height": r.height,
-            "found_by": r.found_by, "matched": r.matched,
-            "taken": r.taken, "taken_source": r.taken_source, "lat": r.lat, "lon": r.lon, "camera": r.camera,
-            "map": map_url(r.lat, r.lon), "duplicates": r.duplicates,
+            "box": list(r.box) if r.box else None,
+            "width": r.width,
+            "height": r.height,
+            "found_by": r.found_by,
+            "matched": r.matched,
+            "taken": r.taken,
+            "taken_source": r.taken_source,
+            "lat": r.lat,
+            "lon": r.lon,
+            "camera": r.camera,
+            "map": map_url(r.lat, r.lon),
+            "duplicates": r.duplicates,
         }
         if r.video_id is not None:
             version = f"{video[0]}-{video[1]}" if video else "0"
@@ -248,7 +312,9 @@ class Server:
             return None
         if value == "auto":
             if self.calibrated_threshold() is None:
-                raise ApiError(400, "threshold=auto: no calibrated threshold is stored for this model (run pixquery eval)")
+                raise ApiError(
+                    400, "threshold=auto: no calibrated threshold is stored for this model (run pixquery eval)"
+                )
             return "auto"
         if not JSON_NUMBER.fullmatch(value):
             raise ApiError(422, f"threshold must be a number between 0 and 1, or 'auto', not {value[:40]!r}")
@@ -299,12 +365,21 @@ class Server:
         base = f"/api/images/{image_id}"
         version = f"{st.st_size}-{st.st_mtime_ns}"
         return {
-            "image_id": image_id, "path": row.path, "name": os.path.basename(row.path), "folder": os.path.dirname(row.path),
-            "size": st.st_size, "width": row.width, "height": row.height, "modified": _iso(st.st_mtime),
-            "taken": taken, "indexed": _iso(row.indexed_at), "content_type": ctype,
+            "image_id": image_id,
+            "path": row.path,
+            "name": os.path.basename(row.path),
+            "folder": os.path.dirname(row.path),
+            "size": st.st_size,
+            "width": row.width,
+            "height": row.height,
+            "modified": _iso(st.st_mtime),
+            "taken": taken,
+            "indexed": _iso(row.indexed_at),
+            "content_type": ctype,
             "thumbnail": f"{base}/thumbnail?v={version}",
             "preview": f"{base}/original" if ctype in BROWSER_TYPES else f"{base}/thumbnail?size=1024&v={version}",
-            "original": f"{base}/original", "similar": f"/api/search?image_id={image_id}",
+            "original": f"{base}/original",
+            "similar": f"/api/search?image_id={image_id}",
         }
 
     def info(self) -> dict:
@@ -314,16 +389,33 @@ class Server:
         mine = next((m for m in raw["models"] if m["fingerprint"] == enc.fingerprint), None)
         idx = mine and mine.get("index")
         return {
-            "library": raw["library"], "model": enc.name, "model_fingerprint": enc.fingerprint, "dim": enc.dim,
-            "images": raw["images"], "folders": raw["folders"],
-            "index": None if not idx else {
-                "kind": idx["kind"], "entries": idx["entries"], "params": idx["params"] or {},
-                "size_bytes": idx["size_bytes"], "built_at": _iso(idx["built_at"]), "recall": idx["recall"]},
+            "library": raw["library"],
+            "model": enc.name,
+            "model_fingerprint": enc.fingerprint,
+            "dim": enc.dim,
+            "images": raw["images"],
+            "folders": raw["folders"],
+            "index": None
+            if not idx
+            else {
+                "kind": idx["kind"],
+                "entries": idx["entries"],
+                "params": idx["params"] or {},
+                "size_bytes": idx["size_bytes"],
+                "built_at": _iso(idx["built_at"]),
+                "recall": idx["recall"],
+            },
             "calibrated_threshold": mine["threshold"] if mine else None,
             "indexing": self.indexing(),
-            "limits": {"page_size": self.config.page_size, "max_k": self.config.max_k, "max_results": self.config.max_results,
-                       "max_query_chars": self.config.max_query_chars, "max_upload_bytes": self.config.max_upload_bytes,
-                       "max_upload_pixels": self.config.max_upload_pixels, "thumbnail_sizes": list(thumbnails.SIZES)},
+            "limits": {
+                "page_size": self.config.page_size,
+                "max_k": self.config.max_k,
+                "max_results": self.config.max_results,
+                "max_query_chars": self.config.max_query_chars,
+                "max_upload_bytes": self.config.max_upload_bytes,
+                "max_upload_pixels": self.config.max_upload_pixels,
+                "thumbnail_sizes": list(thumbnails.SIZES),
+            },
             "version": __version__,
         }
 
@@ -368,7 +460,6 @@ def _claims_too_many_pixels(data: bytes, limit: int) -> bool:
     return w * h > limit
 
 
-
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -391,7 +482,6 @@ def _exif_date(f) -> str | None:
         return datetime.strptime(value[:19], "%Y:%m:%d %H:%M:%S").isoformat()
     except ValueError:
         return None
-
 
 
 async def get_server(request: Request) -> Server:

@@ -34,8 +34,15 @@ QUALITY = 82
 
 
 class Thumbnails:
-    def __init__(self, root: str | Path, *, quality: int = QUALITY, max_pixels: int = MAX_PIXELS, concurrency: int = 2,
-                 workers=None):
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        quality: int = QUALITY,
+        max_pixels: int = MAX_PIXELS,
+        concurrency: int = 2,
+        workers=None,
+    ):
         self.root = Path(root)
         self.workers = workers  # a pixquery.server.decoder.DecodeWorkers, or None: decode here
         self.quality = quality
@@ -52,8 +59,9 @@ class Thumbnails:
     def path_for(self, image_id: int, key: str) -> Path:
         return self.root / f"{int(image_id) % 256:02x}" / f"{key}.jpg"
 
-    def get(self, image_id: int, source: BinaryIO | str, st: os.stat_result, size: int = DEFAULT_SIZE,
-            name: str = "image") -> tuple[bytes, str]:
+    def get(
+        self, image_id: int, source: BinaryIO | str, st: os.stat_result, size: int = DEFAULT_SIZE, name: str = "image"
+    ) -> tuple[bytes, str]:
         """(JPEG bytes, key) of the thumbnail of `source`: an open file (decoded in this process), or
         a path to it (decoder.shared_path of the server's safe open: decoded in a worker when there are workers).
 
@@ -63,14 +71,23 @@ class Thumbnails:
             raise ValueError(f"thumbnail size must be one of {SIZES}")
         key = self.key(image_id, st, size)
         path = self.path_for(image_id, key)
-        return self._cached(path, key, lambda: self._make(source, size, name), (f"{int(image_id)}-", f"-{size}.jpg")), key
+        return self._cached(
+            path, key, lambda: self._make(source, size, name), (f"{int(image_id)}-", f"-{size}.jpg")
+        ), key
 
     @staticmethod
     def frame_key(video_id: int, st: os.stat_result, timestamp: float, size: int) -> str:
         return f"v{int(video_id)}-{st.st_size}-{st.st_mtime_ns}-{round(float(timestamp) * 1000)}-{int(size)}"
 
-    def get_frame(self, video_id: int, source_path: str, st: os.stat_result, timestamp: float,
-                  size: int = DEFAULT_SIZE, name: str = "video") -> tuple[bytes, str]:
+    def get_frame(
+        self,
+        video_id: int,
+        source_path: str,
+        st: os.stat_result,
+        timestamp: float,
+        size: int = DEFAULT_SIZE,
+        name: str = "video",
+    ) -> tuple[bytes, str]:
         """(JPEG bytes, key) of the frame shown `timestamp` seconds into a video (the frame of a hit).
 
         Raises pixquery.ingest.video.VideoError when the video cannot be decoded there."""
@@ -121,7 +138,11 @@ class Thumbnails:
                 with open(source, "rb") as f:
                     return self._make(f, size, name)
             # the file's name: its extension tells a camera RAW file (NEF, ARW, ...) from a TIFF
-            return encode_jpeg(load_image(source, draft_size=size, max_pixels=self.max_pixels, name=name or "image"), size, self.quality)
+            return encode_jpeg(
+                load_image(source, draft_size=size, max_pixels=self.max_pixels, name=name or "image"),
+                size,
+                self.quality,
+            )
         from pixquery.server.decoder import thumbnail_job
 
         status, out = self.workers.run(thumbnail_job, source, name, size, self.max_pixels, self.quality)

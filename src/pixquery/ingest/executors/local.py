@@ -156,10 +156,12 @@ class _Decoders:
 
     def _new_pool(self):
         if self.kind == "thread":
-            return ThreadPoolExecutor(self.workers, thread_name_prefix="pixquery-decode",
-                                      initializer=_lower_priority, initargs=(self.nice,))
-        return ProcessPoolExecutor(self.workers, mp_context=_context(), initializer=_init_decode_process,
-                                   initargs=(self.nice, os.getpid()))
+            return ThreadPoolExecutor(
+                self.workers, thread_name_prefix="pixquery-decode", initializer=_lower_priority, initargs=(self.nice,)
+            )
+        return ProcessPoolExecutor(
+            self.workers, mp_context=_context(), initializer=_init_decode_process, initargs=(self.nice, os.getpid())
+        )
 
     def submit(self, item: MediaItem) -> Future:
         """Start decoding a photo. concurrent.futures marks a pool broken on its own thread once a
@@ -212,13 +214,18 @@ class _VideoStream:
         self.item, self.sent = item, 0
         if kind == "thread":
             self.queue: queue.Queue = queue.Queue(maxsize=2)
-            self.worker = threading.Thread(target=self._thread, args=(settings, nice), daemon=True,
-                                           name="pixquery-video-decode")
+            self.worker = threading.Thread(
+                target=self._thread, args=(settings, nice), daemon=True, name="pixquery-video-decode"
+            )
         else:
             ctx = _context()
             self.queue = ctx.Queue(maxsize=2)
-            self.worker = ctx.Process(target=_stream_video, args=(item, settings, self.queue, nice, os.getpid()),
-                                      daemon=True, name="pixquery-video-decode")
+            self.worker = ctx.Process(
+                target=_stream_video,
+                args=(item, settings, self.queue, nice, os.getpid()),
+                daemon=True,
+                name="pixquery-video-decode",
+            )
         self.worker.start()
 
     def _thread(self, settings, nice):
@@ -243,8 +250,12 @@ class _VideoStream:
                         pass
                     if not self.sent:
                         return failed(self.item, DIED)
-                    return Piece(self.item, final=True, problem="the decoder process died part way; the frames before "
-                                 "that are indexed", info={})
+                    return Piece(
+                        self.item,
+                        final=True,
+                        problem="the decoder process died part way; the frames before that are indexed",
+                        info={},
+                    )
 
     def close(self) -> None:
         if isinstance(self.worker, threading.Thread):
@@ -309,7 +320,9 @@ def run_local(
     held = [0]  # items in flight (submitted and not yet completely encoded)
     held_lock = threading.Lock()
     stop = threading.Event()
-    ready: queue.Queue = queue.Queue()  # feeder -> this thread: ("batch", parts, pixels), ("failed", item, reason), ("error", e), None
+    ready: queue.Queue = (
+        queue.Queue()
+    )  # feeder -> this thread: ("batch", parts, pixels), ("failed", item, reason), ("error", e), None
     writes: queue.Queue = queue.Queue(maxsize=2)
     writer_error: list[BaseException] = []
 
@@ -490,10 +503,25 @@ def run_local(
                 if g.last is not None and g.last.final and hi >= piece.n:
                     del gathering[seq]
                     last = g.last
-                    vecs = np.concatenate(g.vectors) if g.vectors else np.zeros((0, getattr(encoder, "dim", 0)), np.float32)
-                    finished.append(EmbeddedItem(last.item, g.regions, vecs, sha256=last.sha256, width=last.width,
-                                                 height=last.height, problem=last.problem, info=last.info,
-                                                 text=last.text, text_seconds=last.text_seconds))
+                    vecs = (
+                        np.concatenate(g.vectors)
+                        if g.vectors
+                        else np.zeros((0, getattr(encoder, "dim", 0)), np.float32)
+                    )
+                    finished.append(
+                        EmbeddedItem(
+                            last.item,
+                            g.regions,
+                            vecs,
+                            sha256=last.sha256,
+                            width=last.width,
+                            height=last.height,
+                            problem=last.problem,
+                            info=last.info,
+                            text=last.text,
+                            text_seconds=last.text_seconds,
+                        )
+                    )
             give_slots(len(finished))
             if finished:
                 tw = time.perf_counter()

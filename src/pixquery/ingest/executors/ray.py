@@ -94,8 +94,12 @@ def _connect(address: str | None, num_cpus: int | None):
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     # log_to_driver off: Ray would print its workers' and raylets' log lines (a retried task, a lost
     # node) on this process's stdout, inside `--json` output. Failures still come back as errors.
-    kw = dict(runtime_env={"env_vars": env} if env else None, logging_level=logging.WARNING,
-              log_to_driver=False, include_dashboard=False)
+    kw = dict(
+        runtime_env={"env_vars": env} if env else None,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        include_dashboard=False,
+    )
     try:
         if address is None:
             # A local Ray's workers inherit this process's environment: no runtime_env, whose
@@ -112,7 +116,9 @@ def _connect(address: str | None, num_cpus: int | None):
         raise
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = "start a local Ray" if address is None else f"connect to the Ray cluster at {address}"
-        raise PixqueryError(f"cannot {where}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        raise PixqueryError(
+            f"cannot {where}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+        ) from None
     try:
         _quiet_ray_data()
         yield ray
@@ -216,8 +222,10 @@ def load_checked_encoder(spec: str, precision: str, fingerprint: str):
 
     encoder = load_encoder(spec, precision=precision)
     if encoder.fingerprint != fingerprint:
-        raise PixqueryError(f"model {spec} on this node has fingerprint {encoder.fingerprint}, "
-                            f"the driver's has {fingerprint}: the nodes must have the same model files")
+        raise PixqueryError(
+            f"model {spec} on this node has fingerprint {encoder.fingerprint}, "
+            f"the driver's has {fingerprint}: the nodes must have the same model files"
+        )
     warm_up = getattr(encoder, "warm_up", None)
     if warm_up is not None:
         warm_up(("visual",))
@@ -242,8 +250,13 @@ def _decode_batch(batch, cfg, draft: bool):
             sha.append(None), width.append(None), height.append(None), pixels.append(None), error.append(payload)
     if "error" in batch.column_names:
         batch = batch.drop_columns(["error"])
-    for name, values, typ in (("sha256", sha, pa.string()), ("width", width, pa.int32()), ("height", height, pa.int32()),
-                              ("pixels", pixels, pa.large_binary()), ("error", error, pa.string())):
+    for name, values, typ in (
+        ("sha256", sha, pa.string()),
+        ("width", width, pa.int32()),
+        ("height", height, pa.int32()),
+        ("pixels", pixels, pa.large_binary()),
+        ("error", error, pa.string()),
+    ):
         batch = batch.append_column(name, pa.array(values, type=typ))
     return batch
 
@@ -272,7 +285,9 @@ class _Encode:
             pixels = np.stack([np.frombuffer(column[i].as_py(), np.float32) for i in ok])
             vectors[ok] = self.encoder.encode_images(pixels.reshape(len(ok), 3, self.size, self.size))
         mask = pa.array([e is not None for e in errors], type=pa.bool_())
-        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), self.dim, mask=mask)
+        embedding = pa.FixedSizeListArray.from_arrays(
+            pa.array(vectors.reshape(-1), type=pa.float32()), self.dim, mask=mask
+        )
         return batch.drop_columns(["pixels"]).append_column("embedding", embedding)
 
 
@@ -287,9 +302,13 @@ def as_file_table(files):
     if isinstance(files, pa.Table):
         return files
     files = list(files)
-    return pa.table({"path": pa.array([f.path for f in files], pa.string()),
-                     "size": pa.array([f.size for f in files], pa.int64()),
-                     "mtime_ns": pa.array([f.mtime_ns for f in files], pa.int64())})
+    return pa.table(
+        {
+            "path": pa.array([f.path for f in files], pa.string()),
+            "size": pa.array([f.size for f in files], pa.int64()),
+            "mtime_ns": pa.array([f.mtime_ns for f in files], pa.int64()),
+        }
+    )
 
 
 def default_concurrency(num_gpus: float) -> int:
@@ -336,19 +355,33 @@ def embed_stream(
     n = rows_per_block or max(4, min(64, table.num_rows // (8 * max(1, concurrency)) or 4))
     blocks = [table.slice(i, n) for i in range(0, table.num_rows, n)]
     ds = ray.data.from_arrow(blocks)
-    ds = ds.map_batches(_decode_batch, fn_kwargs={"cfg": info.preprocess_cfg, "draft": draft},
-                        batch_format="pyarrow", batch_size=DECODE_BATCH, num_cpus=1,
-                        # A reservation of its own also keeps Ray Data from fusing decoding into the
-                        # encode actors, where it would run one file at a time beside the encoder
-                        # instead of on every CPU. Ray retries a task whose worker or node died.
-                        memory=DECODE_MEMORY)
-    ds = ds.map_batches(_Encode, fn_constructor_kwargs={"spec": info.spec, "precision": info.precision,
-                                                        "fingerprint": info.fingerprint, "threads": threads},
-                        batch_format="pyarrow", batch_size=batch_size,
-                        # Ray Data restarts a dead actor; min 1 and half a CPU each let a pool
-                        # that lost a node go on beside the decode tasks (see ray_run.py)
-                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency),
-                        num_cpus=actor_cpus, num_gpus=num_gpus or None)
+    ds = ds.map_batches(
+        _decode_batch,
+        fn_kwargs={"cfg": info.preprocess_cfg, "draft": draft},
+        batch_format="pyarrow",
+        batch_size=DECODE_BATCH,
+        num_cpus=1,
+        # A reservation of its own also keeps Ray Data from fusing decoding into the
+        # encode actors, where it would run one file at a time beside the encoder
+        # instead of on every CPU. Ray retries a task whose worker or node died.
+        memory=DECODE_MEMORY,
+    )
+    ds = ds.map_batches(
+        _Encode,
+        fn_constructor_kwargs={
+            "spec": info.spec,
+            "precision": info.precision,
+            "fingerprint": info.fingerprint,
+            "threads": threads,
+        },
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        # Ray Data restarts a dead actor; min 1 and half a CPU each let a pool
+        # that lost a node go on beside the decode tasks (see ray_run.py)
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency),
+        num_cpus=actor_cpus,
+        num_gpus=num_gpus or None,
+    )
     batches = iter(ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=1))
     try:
         for batch in batches:

@@ -33,8 +33,10 @@ def _decode_rows(row: dict, settings: DecodeSettings) -> list[dict]:
 
     nice_decode_worker()
     item = pickle.loads(row["item"])
-    return [{"seq": row["seq"], "idx": i, "piece": pickle.dumps(piece, protocol=5)}
-            for i, piece in enumerate(decode_item(item, settings))]
+    return [
+        {"seq": row["seq"], "idx": i, "piece": pickle.dumps(piece, protocol=5)}
+        for i, piece in enumerate(decode_item(item, settings))
+    ]
 
 
 class _EncodePieces:
@@ -53,8 +55,10 @@ class _EncodePieces:
         vectors = []
         if with_pixels:
             pixels = np.concatenate([p.pixels for p in with_pixels])
-            vectors = [self.encoder.encode_images(pixels[i : i + self.batch_size])
-                       for i in range(0, len(pixels), self.batch_size)]
+            vectors = [
+                self.encoder.encode_images(pixels[i : i + self.batch_size])
+                for i in range(0, len(pixels), self.batch_size)
+            ]
         flat = np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32)
         out, at = [], 0
         for p in pieces:
@@ -98,21 +102,29 @@ def run_ray(
             num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         rows = [{"seq": n, "item": pickle.dumps(item, protocol=5)} for n, item in enumerate(items)]
         ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), max(1, len(rows) // 4)))
-        ds = ds.flat_map(_decode_rows, fn_kwargs={"settings": settings}, num_cpus=1,
-                         **({"concurrency": workers} if workers else {}))
-        ds = ds.map_batches(_EncodePieces, fn_constructor_kwargs={
-                                "spec": spec, "precision": getattr(encoder, "precision", "fp32"),
-                                "fingerprint": encoder.fingerprint, "batch_size": batch_size},
-                            # rows are pieces: a photo alone is one crop, with regions ~20, a
-                            # video's piece 16; the actor re-cuts them into batches of batch_size
-                            batch_size=batch_size if settings.regions is None else max(1, batch_size // 8),
-                            batch_format="numpy",
-                            # min 1: a pool that lost a node's actor goes on with the others.
-                            # Half a CPU each: an actor computes on all of its node's cores anyway
-                            # (ONNX Runtime threads), and a node that must also host a lost node's
-                            # actor keeps a CPU for decode tasks (a full CPU each deadlocked here).
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency or default_concurrency(num_gpus)),
-                            num_cpus=0.5, num_gpus=num_gpus or None)
+        ds = ds.flat_map(
+            _decode_rows, fn_kwargs={"settings": settings}, num_cpus=1, **({"concurrency": workers} if workers else {})
+        )
+        ds = ds.map_batches(
+            _EncodePieces,
+            fn_constructor_kwargs={
+                "spec": spec,
+                "precision": getattr(encoder, "precision", "fp32"),
+                "fingerprint": encoder.fingerprint,
+                "batch_size": batch_size,
+            },
+            # rows are pieces: a photo alone is one crop, with regions ~20, a
+            # video's piece 16; the actor re-cuts them into batches of batch_size
+            batch_size=batch_size if settings.regions is None else max(1, batch_size // 8),
+            batch_format="numpy",
+            # min 1: a pool that lost a node's actor goes on with the others.
+            # Half a CPU each: an actor computes on all of its node's cores anyway
+            # (ONNX Runtime threads), and a node that must also host a lost node's
+            # actor keeps a CPU for decode tasks (a full CPU each deadlocked here).
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency or default_concurrency(num_gpus)),
+            num_cpus=0.5,
+            num_gpus=num_gpus or None,
+        )
         gathering: dict[int, dict[int, tuple[Piece, np.ndarray]]] = {}
         finished: dict[int, EmbeddedItem | None] = {}  # seq -> item (None: failed), until written in order
         next_seq, done, nfailed = 0, 0, 0
@@ -141,10 +153,17 @@ def run_ray(
                 vecs = [v for _, v in ordered if len(v)]
                 first = ordered[0][0]
                 finished[int(seq)] = EmbeddedItem(
-                    final.item, regions, np.concatenate(vecs) if vecs else np.zeros((0, encoder.dim), np.float32),
-                    sha256=first.sha256, width=first.width if first.width is not None else final.width,
-                    height=first.height if first.height is not None else final.height, problem=final.problem,
-                    info=final.info, text=final.text, text_seconds=final.text_seconds)
+                    final.item,
+                    regions,
+                    np.concatenate(vecs) if vecs else np.zeros((0, encoder.dim), np.float32),
+                    sha256=first.sha256,
+                    width=first.width if first.width is not None else final.width,
+                    height=first.height if first.height is not None else final.height,
+                    problem=final.problem,
+                    info=final.info,
+                    text=final.text,
+                    text_seconds=final.text_seconds,
+                )
                 if final.problem:
                     stats.problems.append((final.item.path, final.problem))
                     if on_failure:

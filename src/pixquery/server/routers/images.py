@@ -25,28 +25,43 @@ router = APIRouter()
 
 
 # OpenAPI links: what a client (or schemathesis' stateful phase) can do next with this image's id.
-_IMAGE_LINKS = {name: {"operationId": op, "parameters": {"image_id": "$response.body#/image_id"}} for name, op in (
-    ("Thumbnail", "thumbnail_api_images__image_id__thumbnail_get"),
-    ("Original", "original_api_images__image_id__original_get"),
-    ("MoreLikeThis", "search_api_search_get"),
-)}
+_IMAGE_LINKS = {
+    name: {"operationId": op, "parameters": {"image_id": "$response.body#/image_id"}}
+    for name, op in (
+        ("Thumbnail", "thumbnail_api_images__image_id__thumbnail_get"),
+        ("Original", "original_api_images__image_id__original_get"),
+        ("MoreLikeThis", "search_api_search_get"),
+    )
+}
 
 
-@router.get("/api/images/{image_id:int}", response_model=ImageInfo, tags=["images"],
-            responses={**ERRORS, 200: {"links": _IMAGE_LINKS}})
+@router.get(
+    "/api/images/{image_id:int}",
+    response_model=ImageInfo,
+    tags=["images"],
+    responses={**ERRORS, 200: {"links": _IMAGE_LINKS}},
+)
 def image(server: ServerDep, image_id: int = PathParam(..., ge=0, le=MAX_ID)):
     """Metadata of one image: path, size, pixel size, dates, and the URLs of its files."""
     return server.image_info(image_id)
 
 
-@router.get("/api/images/{image_id:int}/thumbnail", tags=["images"], response_class=Response,
-            responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "a JPEG thumbnail"}, **NOT_MODIFIED})
+@router.get(
+    "/api/images/{image_id:int}/thumbnail",
+    tags=["images"],
+    response_class=Response,
+    responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "a JPEG thumbnail"}, **NOT_MODIFIED},
+)
 def thumbnail(
     request: Request,
     server: ServerDep,
     image_id: int = PathParam(..., ge=0, le=MAX_ID),
-    size: int = Query(thumbnails.DEFAULT_SIZE, description=f"one of {list(thumbnails.SIZES)}", json_schema_extra=SIZE_SCHEMA),
-    v: Optional[str] = Query(None, max_length=64, description="version from a search result; makes the answer cacheable for a year"),
+    size: int = Query(
+        thumbnails.DEFAULT_SIZE, description=f"one of {list(thumbnails.SIZES)}", json_schema_extra=SIZE_SCHEMA
+    ),
+    v: Optional[str] = Query(
+        None, max_length=64, description="version from a search result; makes the answer cacheable for a year"
+    ),
 ):
     """A JPEG thumbnail (made once, cached on disk; ETag and Cache-Control set)."""
     if size not in thumbnails.SIZES:
@@ -67,8 +82,16 @@ def thumbnail(
     return Response(data, media_type="image/jpeg", headers=headers)
 
 
-@router.get("/api/images/{image_id:int}/original", tags=["images"], response_class=Response,
-            responses={**ERRORS, 200: {"content": {"image/*": {}}, "description": "the file as it is on disk"}, **FILE_RESPONSES})
+@router.get(
+    "/api/images/{image_id:int}/original",
+    tags=["images"],
+    response_class=Response,
+    responses={
+        **ERRORS,
+        200: {"content": {"image/*": {}}, "description": "the file as it is on disk"},
+        **FILE_RESPONSES,
+    },
+)
 def original(request: Request, server: ServerDep, image_id: int = PathParam(..., ge=0, le=MAX_ID)):
     """The original file, as it is on disk (single byte ranges supported)."""
     return file_response(request, server.open_image(image_id))

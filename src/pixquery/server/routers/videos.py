@@ -23,16 +23,28 @@ log = logging.getLogger("pixquery.server")
 router = APIRouter()
 
 
-@router.get("/api/videos/{video_id:int}/frame", tags=["videos"], response_class=Response,
-            responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "a JPEG of the frame"}, **NOT_MODIFIED})
+@router.get(
+    "/api/videos/{video_id:int}/frame",
+    tags=["videos"],
+    response_class=Response,
+    responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "a JPEG of the frame"}, **NOT_MODIFIED},
+)
 def video_frame(
     request: Request,
     server: ServerDep,
     video_id: int = PathParam(..., ge=0, le=MAX_ID),
-    t: float = Query(0.0, ge=0, le=1e7, description="seconds into the video (a search result's timestamp); "
-                                                    "the nearest frame the index stored is shown"),
-    size: int = Query(thumbnails.DEFAULT_SIZE, description=f"one of {list(thumbnails.SIZES)}", json_schema_extra=SIZE_SCHEMA),
-    v: Optional[str] = Query(None, max_length=64, description="version from a search result; makes the answer cacheable for a year"),
+    t: float = Query(
+        0.0,
+        ge=0,
+        le=1e7,
+        description="seconds into the video (a search result's timestamp); the nearest frame the index stored is shown",
+    ),
+    size: int = Query(
+        thumbnails.DEFAULT_SIZE, description=f"one of {list(thumbnails.SIZES)}", json_schema_extra=SIZE_SCHEMA
+    ),
+    v: Optional[str] = Query(
+        None, max_length=64, description="version from a search result; makes the answer cacheable for a year"
+    ),
 ):
     """The frame shown `t` seconds into a video, as a JPEG thumbnail (made once, cached on disk).
 
@@ -54,7 +66,9 @@ def video_frame(
         else:
             source = f"/dev/fd/{opened.file.fileno()}" if os.path.exists("/dev/fd") else opened.real_path
         try:
-            data, _ = server.thumbs.get_frame(video_id, source, opened.stat, t, size, name=os.path.basename(opened.real_path))
+            data, _ = server.thumbs.get_frame(
+                video_id, source, opened.stat, t, size, name=os.path.basename(opened.real_path)
+            )
         except VideoError as e:
             raise ApiError(422, f"cannot show that frame: {e}") from None
         except DecoderCrashed as e:
@@ -63,8 +77,16 @@ def video_frame(
     return Response(data, media_type="image/jpeg", headers=headers)
 
 
-@router.get("/api/videos/{video_id:int}/original", tags=["videos"], response_class=Response,
-            responses={**ERRORS, 200: {"content": {"video/*": {}}, "description": "the video file (byte ranges supported)"}, **FILE_RESPONSES})
+@router.get(
+    "/api/videos/{video_id:int}/original",
+    tags=["videos"],
+    response_class=Response,
+    responses={
+        **ERRORS,
+        200: {"content": {"video/*": {}}, "description": "the video file (byte ranges supported)"},
+        **FILE_RESPONSES,
+    },
+)
 def video_original(request: Request, server: ServerDep, video_id: int = PathParam(..., ge=0, le=MAX_ID)):
     """The video file, as it is on disk (single byte ranges supported, so that players can seek)."""
     return file_response(request, server.open_video(video_id))
