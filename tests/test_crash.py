@@ -1,6 +1,6 @@
 """kill -9 during `pixquery index`, at several points, then re-run: the library is consistent.
 
-Points: while embedding (once the catalog shows 4, 28 or 52 of the 60 photos committed), right
+Points: while embedding (once the catalog shows 4, 28 or 44 of the 60 photos committed), right
 after a batch commit, after the new index file is written but before the catalog points at it,
 and after the commit before the old file is removed.
 """
@@ -76,7 +76,8 @@ def _embedded(catalog) -> int:
         return 0
 
 
-@pytest.mark.parametrize("kill_after", [4, 28, 52])  # the first batch, the middle, near the end
+# the first batch, the middle, the last third (at 52 a busy machine let the run finish before the kill)
+@pytest.mark.parametrize("kill_after", [4, 28, 44])
 def test_kill_mid_run_then_resume(photo_dir, tmp_path, tiny_model, kill_after):
     lib = tmp_path / "lib"
     cmd = [
