@@ -627,10 +627,17 @@ def test_milvus_contract_against_a_server_process(milvus_server, params, tmp_pat
     again = open_index(path)
     assert len(again) == n and again.params() == index.params()
     after = again.search(QUERIES, k)
-    # the same ranked scores; ids may swap only between hits of equal score (milvus-lite 3 answers
-    # from its brute-force path or its IVF path, whichever its background build has reached)
-    assert np.allclose(after[0], before[0], atol=1e-5)
-    assert (after[1] == before[1]).mean() > 0.98
+    # The same collection answers, with the same score for every hit both answers hold. milvus-lite 3
+    # answers from its brute-force path or its IVF path, whichever its background build has reached
+    # (seen twice in CI: a hit near the k-th missing from one of two answers), so the sets must
+    # overlap, not be equal; an index attached to another or an empty collection shares nothing.
+    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(after[1], before[1])])
+    assert overlap > 0.9, overlap
+    for a_ids, a_scores, b_ids, b_scores in zip(after[1], after[0], before[1], before[0]):
+        scores = dict(zip(b_ids.tolist(), b_scores.tolist()))
+        for i, score in zip(a_ids.tolist(), a_scores.tolist()):
+            if i in scores:
+                assert abs(scores[i] - score) < 1e-5
     again.remove(ids[:1])  # shared: the saving index sees it
     assert len(index) == n - 1
 
