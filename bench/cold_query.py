@@ -46,28 +46,10 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from ingest import load_avg  # noqa: E402
 from machine import describe, markdown  # noqa: E402
+from query_words import WORDS  # noqa: E402
 
 PEERS = Path(os.environ.get("PIXQUERY_PEERS", "/work/peers"))
 RCLIP_SUBDIR = "ViT-B-32-256-datacomp_s34b_b86k"
-WORDS = [
-    "dog",
-    "cat",
-    "beach",
-    "mountain",
-    "car",
-    "red",
-    "blue",
-    "old",
-    "city",
-    "night",
-    "snow",
-    "birthday",
-    "cake",
-    "tree",
-    "river",
-    "bridge",
-    "child",
-]
 
 
 def pct(values, q):

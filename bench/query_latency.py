@@ -25,28 +25,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from ingest import load_avg  # noqa: E402
 from machine import describe, markdown  # noqa: E402
+from query_words import WORDS  # noqa: E402
 
 from pixquery.encoders.onnx import OnnxClipEncoder  # noqa: E402
-
-WORDS = [
-    "dog",
-    "cat",
-    "beach",
-    "mountain",
-    "car",
-    "red",
-    "blue",
-    "old",
-    "city",
-    "night",
-    "snow",
-    "birthday",
-    "cake",
-    "tree",
-    "river",
-    "bridge",
-    "child",
-]
 
 
 def main() -> int:
