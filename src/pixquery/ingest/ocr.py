@@ -35,9 +35,9 @@ from pixquery.catalog import Catalog
 from pixquery.catalog.text import SETTING_OCR
 from pixquery.errors import BadImage, PixqueryError
 from pixquery.ingest.decode import load_image
+from pixquery.ingest.ocr_engines import ENGINES, INSTALL_HINT, make_engine
 
 ENGINE = "rapidocr-onnxruntime"
-INSTALL_HINT = "pip install 'pixquery[ocr]'"
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,13 @@ class OcrConfig:
         """The same settings naming the installed engine's version."""
         if "==" in self.engine:
             return self
+        if self.engine not in ENGINES:
+            raise PixqueryError(f"unknown OCR engine {self.engine!r}: one of {', '.join(ENGINES)}")
         try:
-            version = metadata.version(ENGINE)
+            version = metadata.version(self.engine)
         except metadata.PackageNotFoundError:
-            raise PixqueryError(f"--ocr needs {ENGINE}, which is not installed: {INSTALL_HINT}") from None
-        return OcrConfig(**{**asdict(self), "engine": f"{ENGINE}=={version}"})
+            raise PixqueryError(f"--ocr needs {self.engine}, which is not installed: {INSTALL_HINT}") from None
+        return OcrConfig(**{**asdict(self), "engine": f"{self.engine}=={version}"})
 
 
 @dataclass(frozen=True)
@@ -102,19 +104,9 @@ class TextReader:
             raise PixqueryError(f"OCR contrast must be one of {', '.join(CONTRASTS)}, not {self.config.contrast!r}")
         if self.config.rec_contrast not in ("none", "stretch"):
             raise PixqueryError(f"OCR rec_contrast must be none or stretch, not {self.config.rec_contrast!r}")
-        try:
-            from rapidocr_onnxruntime import RapidOCR
-        except ImportError:
-            raise PixqueryError(f"--ocr needs {ENGINE}, which is not installed: {INSTALL_HINT}") from None
-        # limit_type "max": never upscale (the picture handed over is already det_side at most).
-        self._ocr = RapidOCR(
-            det_limit_type="max",
-            det_limit_side_len=self.config.det_side,
-            print_verbose=False,
-            det_thresh=self.config.det_thresh,
-            det_box_thresh=self.config.box_thresh,
-            det_unclip_ratio=self.config.unclip,
-            **({"intra_op_num_threads": threads, "inter_op_num_threads": 1} if threads else {}),
+        c = self.config
+        self._engine = make_engine(
+            c.engine, det_side=c.det_side, det_thresh=c.det_thresh, box_thresh=c.box_thresh, unclip=c.unclip, threads=threads
         )
 
     def detect(self, image: Image.Image) -> np.ndarray:
@@ -132,14 +124,11 @@ class TextReader:
         boxes = np.concatenate(quads) if len(quads) > 1 else quads[0]
         if not len(boxes):
             return np.zeros((0, 4, 2), np.float32)
-        boxes = np.asarray(self._ocr.sorted_boxes(boxes), dtype=np.float32)
+        boxes = np.asarray(self._engine.sort(boxes), dtype=np.float32)
         return boxes / np.array([small.width, small.height], dtype=np.float32)
 
     def _detect_pixels(self, rgb: np.ndarray) -> np.ndarray:
-        boxes, _ = self._ocr.text_det(np.ascontiguousarray(rgb[:, :, ::-1]))
-        if boxes is None or len(boxes) == 0:
-            return np.zeros((0, 4, 2), np.float32)
-        return np.asarray(boxes, dtype=np.float32)
+        return self._engine.detect(np.ascontiguousarray(rgb[:, :, ::-1]))
 
     def read(self, image: Image.Image) -> list[TextBox]:
         """The lines of text in an RGB picture, top to bottom; detection, then recognition of the
@@ -155,10 +144,10 @@ class TextReader:
         big = _scaled(image, self.config.rec_side)
         bgr = np.ascontiguousarray(np.asarray(big)[:, :, ::-1])
         pixels = (quads * np.array([big.width, big.height], dtype=np.float32)).astype(np.float32)
-        crops = self._ocr.get_crop_img_list(bgr, list(pixels))
+        crops = self._engine.crop(bgr, pixels)
         if self.config.rec_contrast == "stretch":
             crops = [_stretched(c) for c in crops]
-        texts, _ = self._ocr.text_rec(crops)
+        texts = self._engine.recognise(crops)
         out = []
         for quad, (text, score) in zip(quads, texts):
             text = " ".join(str(text).split())
