@@ -137,3 +137,54 @@ def rotated_copy(src: str | Path, dst: str | Path) -> Path:
     dst = Path(dst)
     dst.write_bytes(bytes(data))
     return dst
+
+
+FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
+
+
+def make_text_video(
+    path: str | Path,
+    word: str | None,
+    shown: tuple[float, float] = (4.0, 8.0),
+    *,
+    seconds: float = 12.0,
+    fps: int = 5,
+    size: tuple[int, int] = (320, 192),
+    seed: int = 0,
+) -> tuple[Path, tuple[float, float, float, float] | None]:
+    """A video of one background picture (a small square moving on it) with `word` written on it
+    (yellow, black outline, readable) from shown[0] to shown[1] seconds, plain frames elsewhere.
+    Returns the path and the word's relative box (None without a word)."""
+    import av
+    from PIL import Image, ImageDraw, ImageFont
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    font = ImageFont.truetype(str(FONT), h // 5) if FONT.exists() else ImageFont.load_default(h // 5)
+    xy = (w // 10, h // 3)
+    box = None
+    if word:
+        probe = ImageDraw.Draw(Image.new("RGB", size))
+        x0, y0, x1, y1 = probe.textbbox(xy, word, font=font, stroke_width=2)
+        box = (x0 / w, y0 / h, x1 / w, y1 / h)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = Fraction(1, fps)
+        stream.options = {"preset": "ultrafast", "tune": "zerolatency"}
+        for n in range(int(round(seconds * fps))):
+            t = n / fps
+            img = Image.fromarray(scene_frame(seed, size, t))
+            if word and shown[0] <= t < shown[1]:
+                ImageDraw.Draw(img).text(
+                    xy, word, font=font, fill=(255, 230, 0), stroke_width=2, stroke_fill=(0, 0, 0)
+                )
+            frame = av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")
+            frame.pts = n
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path, box

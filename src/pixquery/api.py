@@ -89,6 +89,10 @@ class IndexReport:
     text_photos: int = 0  # photos whose text was read (OCR) in this run
     text_lines: int = 0  # lines of text found in them
     ocr_seconds: float = 0.0  # reading text: the decode workers' time (summed) and the OCR pass's
+    text_videos: int = 0  # videos whose frames' text was read (OCR) in this run
+    text_video_frames: int = 0  # sampled frames read in them
+    text_video_lines: int = 0  # text rows stored for them: one per line and run of frames it stays on
+    ocr_video_seconds: float = 0.0  # reading their text (decode processes' time summed, and the pass's)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     # The failures that are new: not the same file failing for the same reason in an earlier run.
     new_failures: list[tuple[str, str]] = field(default_factory=list)
@@ -115,6 +119,10 @@ class IndexReport:
             "text_photos": self.text_photos,
             "text_lines": self.text_lines,
             "ocr_seconds": round(self.ocr_seconds, 3),
+            "text_videos": self.text_videos,
+            "text_video_frames": self.text_video_frames,
+            "text_video_lines": self.text_video_lines,
+            "ocr_video_seconds": round(self.ocr_video_seconds, 3),
             "failed": [{"path": p, "reason": r, "new": (p, r) in new} for p, r in self.failed],
             "new_failures": len(self.new_failures),
             "seconds": round(self.seconds, 3),
@@ -350,9 +358,12 @@ class Library:
                 # changed files, and unread ones): detection on the same pixels, beside the encoder.
                 # Photos not embedded in this run are read by the OCR pass below.
                 unread = {path for _, path, _, _ in self.catalog.photos_to_read(ocr_cfg.to_json())}
+                # Videos likewise: those whose frames change (new, changed, other sampling) or
+                # whose text was not read with these settings (ingest/video_text.py).
+                unread |= {path for _, path, _, _ in self.catalog.videos_to_read(ocr_cfg.to_json())}
                 items = [
                     dataclasses.replace(it, read_text=True)
-                    if it.kind != VIDEO and (it.whole or it.path in unread)
+                    if (it.whole if it.kind != VIDEO else not it.reuse) or it.path in unread
                     else it
                     for it in items
                 ]
@@ -405,6 +416,19 @@ class Library:
                 report.text_lines = counts.text_lines + text.lines
                 report.ocr_seconds = counts.text_seconds + text.seconds  # the workers' time summed
                 report.failed.extend(text.failed)
+                if videos:
+                    from pixquery.ingest import video_text
+
+                    if self.catalog.videos_to_read(ocr_cfg.to_json()):
+                        progress.stage("reading text in videos indexed before")
+                    vtext = video_text.read_videos(
+                        self.catalog, ocr_cfg, sampling, on_progress=progress.reading_text, on_failure=progress.failure
+                    )
+                    report.text_videos = counts.text_videos + vtext.videos
+                    report.text_video_frames = counts.text_video_frames + vtext.frames
+                    report.text_video_lines = counts.text_video_lines + vtext.lines
+                    report.ocr_video_seconds = counts.text_video_seconds + vtext.seconds
+                    report.failed.extend(vtext.failed)
 
             report.index = sync_index(
                 self.catalog,
@@ -709,7 +733,14 @@ class Library:
                         found[image_id] = float(np.dot(v, q.reshape(-1)))
                 return found
 
-            results = fuse_with_text(self.catalog, semantic, hits, k, cosine_of)
+            def frame_cosine_of(video_id: int, timestamp: float) -> float | None:
+                """The query's cosine with this model's embedding of the frame nearest `timestamp`."""
+                v = self.catalog.frame_embedding_near(row.model_id, int(video_id), float(timestamp))
+                return None if v is None else float(np.dot(v, q.reshape(-1)))
+
+            results = fuse_with_text(
+                self.catalog, semantic, hits, k, cosine_of, frame_cosine_of=frame_cosine_of, merge_gap=merge_gap
+            )
             with_meta(self.catalog, results)
         if len(results) > k:
             del results[k:]
@@ -718,11 +749,12 @@ class Library:
         return results
 
     def _passing(self, hits: list[Any], flt: Filter) -> list[Any]:
-        """The text side's hits (photos) whose photo passes the filter."""
+        """The text side's hits (photos and videos) whose photo or video passes the filter."""
         if not flt.active:
             return hits
-        passing = self.catalog.image_ids_passing([h.image_id for h in hits], flt)
-        return [h for h in hits if h.image_id in passing]
+        photos = self.catalog.image_ids_passing([h.image_id for h in hits if h.video_id is None], flt)
+        videos = self.catalog.video_ids_passing([h.video_id for h in hits if h.video_id is not None], flt)
+        return [h for h in hits if (h.image_id in photos if h.video_id is None else h.video_id in videos)]
 
     def _has_text(self) -> bool:
         """Whether OCR is on for this library (text was read, or will be at the next index run)."""

@@ -395,6 +395,12 @@ def index(
                 f"text: read {report.text_photos} photos, {report.text_lines} lines found "
                 f"in {report.ocr_seconds:.1f}s ({report.text_photos / max(report.ocr_seconds, 1e-9):.1f} photos/s)"
             )
+        if report.text_videos:
+            console.print(
+                f"text: read {report.text_videos} videos ({report.text_video_frames} frames), "
+                f"{report.text_video_lines} lines found in {report.ocr_video_seconds:.1f}s "
+                f"({report.text_video_frames / max(report.ocr_video_seconds, 1e-9):.1f} frames/s)"
+            )
         if idx:
             console.print(
                 f"index: {idx.kind}, {idx.total} entries, {idx.size_bytes / 1e6:.2f} MB"

@@ -308,14 +308,25 @@ def _with_paths(catalog: Catalog, results: list[SearchResult], k: int) -> list[S
 
 
 def _matched(hit) -> list[dict]:
-    return [
-        {
+    out = []
+    for ln in hit.lines:
+        m = {
             "text": ln.text,
             "box": tuple(round(v, 4) for v in ln.box),
             "score": None if ln.score is None else round(float(ln.score), 4),
         }
-        for ln in hit.lines
-    ]
+        if getattr(ln, "timestamp", None) is not None:  # a video's line: the frames it is on
+            m["timestamp"] = ln.timestamp
+            m["timestamp_end"] = ln.timestamp_end
+        out.append(m)
+    return out
+
+
+def _text_hit_fields(h) -> dict:
+    """The SearchResult fields of a text hit's photo or video (and the time its words are on screen)."""
+    if getattr(h, "video_id", None) is None:
+        return {"image_id": h.image_id}
+    return {"video_id": h.video_id, "timestamp": h.timestamp, "time_range": h.time_range}
 
 
 def text_only_results(catalog: Catalog, hits: list, k: int) -> Results:
@@ -327,9 +338,9 @@ def text_only_results(catalog: Catalog, hits: list, k: int) -> Results:
             score=round(h.score, 6),
             distance=round(1.0 - h.score, 6),
             path="",
-            image_id=h.image_id,
             found_by="text",
             matched=_matched(h),
+            **_text_hit_fields(h),
         )
         for h in hits
     ]
@@ -339,36 +350,79 @@ def text_only_results(catalog: Catalog, hits: list, k: int) -> Results:
     return Results(results)
 
 
-def fuse_with_text(catalog: Catalog, semantic: Results, hits: list, k: int, cosine_of) -> Results:
+def _video_result_of(semantic: Results, hit, gap: float) -> int | None:
+    """The position of the semantic result of `hit`'s video (a text hit) whose time span meets the
+    span the hit's words are on screen (within `gap` seconds), if any: the same moment, found by
+    both sides."""
+    s, e = hit.time_range or (hit.timestamp, hit.timestamp)
+    for n, r in enumerate(semantic):
+        if r.video_id == hit.video_id and r.timestamp is not None:
+            a, b = r.time_range or (r.timestamp, r.timestamp)
+            if s is None or (s <= b + gap and a <= e + gap):
+                return n
+    return None
+
+
+def fuse_with_text(
+    catalog: Catalog,
+    semantic: Results,
+    hits: list,
+    k: int,
+    cosine_of,
+    *,
+    frame_cosine_of=None,
+    merge_gap: float | None = None,
+) -> Results:
     """The semantic results and the text hits of one query fused into one ranking (fusion.py),
     each result saying which side found it and the lines that matched. `cosine_of(image_ids)`
     gives the query's cosine with those photos' stored embeddings, so a photo found by its text
-    alone still shows a real score and distance. The threshold applies to the semantic side
-    only: text found in a photo is evidence of its own."""
+    alone still shows a real score and distance; `frame_cosine_of(video_id, timestamp)` the same
+    for a video found by its text (its frame nearest the words). A video's text hit and its
+    semantic result are one when their time spans meet (within `merge_gap`); the result then
+    points at where the words are on screen (timestamp and time range). The threshold applies to the semantic side
+    only: text found in a photo or video is evidence of its own."""
     from pixquery.fusion import TEXT_WEIGHT, fuse
+    from pixquery.ingest.video import DEFAULT_MERGE_GAP
 
+    gap = DEFAULT_MERGE_GAP if merge_gap is None else merge_gap
     by_key: dict = {}
     sem_list = []
     for n, r in enumerate(semantic):
         key = ("image", r.image_id) if r.image_id is not None and r.video_id is None else ("result", n)
         by_key[key] = r
         sem_list.append((key, 1.0))
-    text_list = [(("image", h.image_id), h.score) for h in hits]
-    text_hit = {("image", h.image_id): h for h in hits}
+    text_hit: dict = {}
+    for h in hits:
+        key = h.key
+        if h.video_id is not None:
+            n = _video_result_of(semantic, h, gap)
+            key = ("result", n) if n is not None else key
+        text_hit[key] = h
+    text_list = [(key, h.score) for key, h in text_hit.items()]
     fused = fuse({"semantic": sem_list, "text": text_list}, weights={"text": TEXT_WEIGHT})[: max(1, k)]
-    missing = [f.key[1] for f in fused if f.key not in by_key]
+    missing = [f.key[1] for f in fused if f.key not in by_key and f.key[0] == "image"]
     cosines = cosine_of(missing) if missing else {}
     results: list[SearchResult] = []
     for f in fused:
         r = by_key.get(f.key)
-        if r is None:
+        h = text_hit.get(f.key)
+        if r is None and f.key[0] == "video":
+            cos = frame_cosine_of(h.video_id, h.timestamp or 0.0) if frame_cosine_of else None
+            if cos is None:
+                continue  # no frame embedded with this model: not searchable with it
+            r = SearchResult(rank=0, score=float(cos), distance=angular_distance(cos), path="", **_text_hit_fields(h))
+        elif r is None:
             cos = cosines.get(f.key[1])
             if cos is None:
                 continue  # not embedded with this model yet (a library shared by models): not searchable
             r = SearchResult(rank=0, score=float(cos), distance=angular_distance(cos), path="", image_id=f.key[1])
+        elif h is not None and h.video_id is not None and h.timestamp is not None:
+            # Found by both: point at where the words are on screen (the thumbnail shows them, the
+            # player starts there), as precise as the words are; the semantic span may be a scene.
+            r.timestamp, r.time_range, r.box = h.timestamp, h.time_range, None
         r.found_by = "+".join(name for name in ("semantic", "text") if name in f.ranks)
-        if f.key in text_hit:
-            r.matched = _matched(text_hit[f.key])
+        if h is not None:
+            r.matched = _matched(h)
         results.append(r)
     _with_paths(catalog, [r for r in results if not r.path], len(results))  # fills them in; gone files stay ""
     results = [r for r in results if r.path]

@@ -1,4 +1,5 @@
-"""The lexical side of a query: photos whose text (read by OCR, ingest/ocr.py) matches its words.
+"""The lexical side of a query: photos and videos whose text (read by OCR, ingest/ocr.py and
+ingest/video_text.py) matches its words.
 
 A query is folded (lower case, no accents) and split into words; short words (< 3 characters)
 and common English words are ignored, so "a dog on the beach" asks for "dog" and "beach". Each
@@ -13,6 +14,10 @@ A photo's text score is the share of the query's words it matches (weighted by t
 words run together are matched too, against lines without their spaces, so "RE16 TGX" (a code
 with a misread 3-letter part) still finds "RE16 TGK". Each hit
 keeps the lines that matched, with their boxes: the "why" shown to the user.
+
+A video is matched as a whole (its lines of every frame), like a photo, and its hit points at the
+first time its matched lines are on screen (`timestamp`), with the span they stay on together
+(`time_range`): one hit per video, as one result per photo.
 """
 
 from __future__ import annotations
@@ -37,10 +42,43 @@ STOPWORDS = frozenset(_COMMON.split())
 
 @dataclass
 class TextHit:
-    image_id: int
+    image_id: int | None  # the photo, or None for a video
     score: float  # share of the query matched, 0..1 (fuzzy matches count FUZZY_WEIGHT)
     lines: list[TextLine] = field(default_factory=list)  # the lines that matched, best first
     words: dict = field(default_factory=dict)  # query word -> "exact" | "fuzzy"
+    video_id: int | None = None
+    timestamp: float | None = None  # a video: seconds where the matched lines are first on screen
+    time_range: tuple[float, float] | None = None  # ... and the span they stay on
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return ("image", self.image_id) if self.video_id is None else ("video", self.video_id)
+
+
+def _owner(line: TextLine) -> tuple[str, int]:
+    """The photo or video a line is in, as TextHit.key."""
+    return ("image", line.image_id) if line.video_id is None else ("video", line.video_id)
+
+
+def _hit_of(line: TextLine) -> TextHit:
+    return TextHit(line.image_id, 0.0, video_id=line.video_id)
+
+
+def _place_in_video(hit: TextHit) -> None:
+    """A video hit's timestamp: the first start of its matched lines; its time range: from there
+    to the end of the matched lines whose runs overlap that span (not a later reappearance)."""
+    runs = sorted(
+        (ln.timestamp, ln.timestamp_end if ln.timestamp_end is not None else ln.timestamp)
+        for ln in hit.lines
+        if ln.timestamp is not None
+    )
+    if not runs:
+        return
+    start, end = runs[0]
+    for s, e in runs[1:]:
+        if s <= end:
+            end = max(end, e)
+    hit.timestamp, hit.time_range = start, (start, end)
 
 
 def query_words(query: str) -> list[str]:
@@ -97,7 +135,7 @@ def _fuzzy_matches(word: str, lines: list[TextLine]) -> list[tuple[int, TextLine
     return out
 
 
-def _match_phrase(catalog: Catalog, phrase: str, per_photo: dict[int, TextHit], limit: int) -> None:
+def _match_phrase(catalog: Catalog, phrase: str, per_photo: dict[tuple, TextHit], limit: int) -> None:
     """The query's words run together ("re16tgx") against lines with their spaces dropped: a
     misread short word of a code ("TGK" as "TGX": too short to match fuzzily alone) or a space
     the recogniser lost or added still finds the line. Raises a photo's score to 1 (exact) or
@@ -107,7 +145,7 @@ def _match_phrase(catalog: Catalog, phrase: str, per_photo: dict[int, TextHit], 
         d = misreadings(phrase, fold(line.text).replace(" ", ""), edits)
         if d is None:
             continue
-        hit = per_photo.setdefault(line.image_id, TextHit(line.image_id, 0.0))
+        hit = per_photo.setdefault(_owner(line), _hit_of(line))
         strength = 1.0 if d == 0 else FUZZY_WEIGHT
         if strength > hit.score:
             hit.score = strength
@@ -119,24 +157,24 @@ def _match_phrase(catalog: Catalog, phrase: str, per_photo: dict[int, TextHit], 
 def search_text(
     catalog: Catalog, query: str, *, limit: int = 200, fuzzy: bool = True, min_coverage: float = MIN_COVERAGE
 ) -> list[TextHit]:
-    """Photos whose text matches `query`, best first (score, then confidence of the lines)."""
+    """Photos and videos whose text matches `query`, best first (score, then confidence of the lines)."""
     words = query_words(query)
     if not words:
         return []
     total = sum(len(w) for w in words)
-    per_photo: dict[int, TextHit] = {}
+    per_photo: dict[tuple, TextHit] = {}  # TextHit.key -> hit
     for word in words:
-        found: dict[int, tuple[float, list[TextLine]]] = {}
+        found: dict[tuple, tuple[float, list[TextLine]]] = {}
         for line in catalog.lines_containing(word, limit=limit * 5):
-            found.setdefault(line.image_id, (1.0, []))[1].append(line)
+            found.setdefault(_owner(line), (1.0, []))[1].append(line)
         if fuzzy and _allowed_edits(word):
             candidates = [
-                ln for ln in catalog.lines_sharing_trigrams(word, limit=limit * 5) if ln.image_id not in found
+                ln for ln in catalog.lines_sharing_trigrams(word, limit=limit * 5) if _owner(ln) not in found
             ]
             for _, line in sorted(_fuzzy_matches(word, candidates), key=lambda x: x[0]):
-                found.setdefault(line.image_id, (FUZZY_WEIGHT, []))[1].append(line)
-        for image_id, (strength, lines) in found.items():
-            hit = per_photo.setdefault(image_id, TextHit(image_id, 0.0))
+                found.setdefault(_owner(line), (FUZZY_WEIGHT, []))[1].append(line)
+        for owner, (strength, lines) in found.items():
+            hit = per_photo.setdefault(owner, _hit_of(lines[0]))
             hit.score += strength * len(word) / total
             hit.words[word] = "exact" if strength == 1.0 else "fuzzy"
             for line in lines:
@@ -148,7 +186,9 @@ def search_text(
     for h in hits:
         h.score = min(1.0, h.score)
         h.lines.sort(key=lambda ln: -(ln.score or 0.0))
-    hits.sort(key=lambda h: (-h.score, -max((ln.score or 0.0) for ln in h.lines), h.image_id))
+        if h.video_id is not None:
+            _place_in_video(h)
+    hits.sort(key=lambda h: (-h.score, -max((ln.score or 0.0) for ln in h.lines), h.key))
     return hits[:limit]
 
 

@@ -123,6 +123,16 @@ class MediaTables:
         ).fetchone()
         return row[0] if row else None
 
+    def frame_embedding_near(self, model_id: int, video_id: int, timestamp: float) -> np.ndarray | None:
+        """This model's embedding of the video's whole frame nearest `timestamp` (a text hit's
+        time: its cosine with the query), or None when the model has none."""
+        row = self.db.execute(
+            """SELECT e.vector FROM detection d JOIN embedding e ON e.detection_id = d.id AND e.model_id = ?
+               WHERE d.video_id = ? AND d.kind = 'frame' ORDER BY ABS(d.timestamp - ?), d.timestamp LIMIT 1""",
+            (int(model_id), int(video_id), float(timestamp)),
+        ).fetchone()
+        return None if row is None else np.frombuffer(row[0], dtype=np.float32)
+
     def count_videos(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM video WHERE deleted = 0").fetchone()[0])
 

@@ -137,12 +137,19 @@ class MetaTables:
     def image_ids_passing(self, image_ids: Sequence[int], flt: Filter) -> set[int]:
         """Those of these photos that pass `flt` (the text side of a search: photos found by the
         text read in them, pixquery.text_search)."""
+        return self._ids_passing("image", image_ids, flt)
+
+    def video_ids_passing(self, video_ids: Sequence[int], flt: Filter) -> set[int]:
+        """Those of these videos that pass `flt` (videos found by the text read in their frames)."""
+        return self._ids_passing("video", video_ids, flt)
+
+    def _ids_passing(self, table: str, ids: Sequence[int], flt: Filter) -> set[int]:
         out: set[int] = set()
-        if flt.media == "video":
+        if flt.media == ("video" if table == "image" else "photo"):
             return out
-        for chunk in chunks(list(image_ids), 500):
-            conds, args, cols, needs_meta = _conditions("image", flt)
-            source = "image f JOIN media_meta m ON m.image_id = f.id" if needs_meta else "image f"
+        for chunk in chunks(list(ids), 500):
+            conds, args, cols, needs_meta = _conditions(table, flt)
+            source = f"{table} f JOIN media_meta m ON m.{table}_id = f.id" if needs_meta else f"{table} f"
             q = f"SELECT {cols.replace('ii.index_ref_id', 'f.id')} FROM {source} WHERE f.id IN ({marks(len(chunk))}) AND {' AND '.join(conds)}"
             rows = self.db.execute(q, [*chunk, *args]).fetchall()
             if flt.near is not None:

@@ -226,6 +226,25 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX media_meta_taken ON media_meta(taken);
     """,
+    # 8 -> 9: text in video frames (OCR). A line of text read in a video is a detection of kind
+    # 'text' with video_id, shown from `timestamp` to `timestamp_end` (seconds: the first and last
+    # sampled frame of the run of frames it stays on, ingest/video_text.py): one row per run, not
+    # per frame, so a logo on screen for an hour is one row. `ocr_video_scan` records which file
+    # version of each video was read with which OCR settings, as `ocr_scan` does for photos.
+    """
+    ALTER TABLE detection ADD COLUMN timestamp_end REAL;
+    CREATE INDEX detection_video_text ON detection(video_id) WHERE kind = 'text';
+    CREATE TABLE ocr_video_scan (
+        video_id INTEGER PRIMARY KEY REFERENCES video(id) ON DELETE CASCADE,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        config TEXT NOT NULL,        -- the OCR settings it was read with (ingest/ocr.py OcrConfig)
+        frames INTEGER NOT NULL,     -- sampled frames read
+        lines INTEGER NOT NULL,      -- text rows stored (one per line and run of frames)
+        seconds REAL NOT NULL,
+        scanned_at REAL NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

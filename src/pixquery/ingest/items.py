@@ -30,7 +30,7 @@ class MediaItem:
     whole: bool = True  # photos: embed the whole picture (this model has no current embedding of it)
     regions: bool = False  # photos: embed its regions too (tiles, detector boxes)
     reuse: bool = False  # the file is unchanged (another model embedded it): keep its detection ids
-    read_text: bool = False  # photos: read its text too (OCR on, and not read at this version)
+    read_text: bool = False  # read its text too (OCR on, and not read at this version): a photo's, a video's frames
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class DecodeSettings:
     draft: bool = True  # JPEG draft mode: decode at the smallest scale that keeps full resolution
     regions: RegionConfig | None = None  # resolved (detector fingerprint filled in), or None: off
     sampling: object | None = None  # video.SamplingConfig (videos only)
-    ocr: object | None = None  # ocr.OcrConfig (resolved): photos with `read_text` are read, or None
+    ocr: object | None = None  # ocr.OcrConfig (resolved): items with `read_text` are read, or None
 
 
 @dataclass
@@ -59,7 +59,8 @@ class Piece:
     failure: str | None = None  # the item failed: nothing of it is written (with `final`)
     problem: str | None = None  # a video that decoded in part: what decoded is kept, this is reported
     info: dict | None = None  # videos (final piece): duration, fps, frame_count, and decode figures
-    text: list | None = None  # photos read (`read_text`): ocr.TextBox lines, maybe none; None: not read
+    text: list | None = None  # read (`read_text`), maybe none; None: not read. Photos: ocr.TextBox
+    # lines; videos (final piece): video_text.TextRun lines, each with the frames it stays on
     text_seconds: float = 0.0  # the worker's time reading it
 
     @property

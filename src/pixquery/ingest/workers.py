@@ -5,7 +5,8 @@ function of its arguments. A photo is read once (hashed and decoded from the sam
 decoded once, at the smallest JPEG draft scale that still gives every crop full resolution (and,
 with OCR on, text detection its `det_side`); text detection runs here on those same pixels, in
 parallel with the encoder, and only a photo where it found text is decoded again, bigger, for
-recognition (ingest/ocr.py); a video is sampled with PyAV and comes out as pieces of a few frames each, as it decodes.
+recognition (ingest/ocr.py); a video is sampled with PyAV and comes out as pieces of a few frames each, as it decodes
+(with OCR on, each frame kept is read too, its lines folded into runs: ingest/video_text.py).
 Failures never raise: they come back as a piece with `failure` (or, for a video that decoded in
 part, `problem`), the reason naming what went wrong.
 """
@@ -124,8 +125,9 @@ def decode_photo(item: MediaItem, settings: DecodeSettings) -> Piece:
 
 def decode_video(item: MediaItem, settings: DecodeSettings) -> Iterator[Piece]:
     """One video -> pieces of sampled frames (each with its regions when regions are on), the last
-    one `final`, carrying the video's facts (`info`) and what could not be decoded (`problem`).
-    A video that yields no frame at all is one final piece with `failure`."""
+    one `final`, carrying the video's facts (`info`) and what could not be decoded (`problem`)
+    and, when asked (`item.read_text`), the text read in its frames (`text`: video_text.TextRun
+    each). A video that yields no frame at all is one final piece with `failure`."""
     from pixquery.ingest.video import DecodeStats, VideoError, sample_frames
 
     cfg = settings.preprocess
@@ -133,8 +135,11 @@ def decode_video(item: MediaItem, settings: DecodeSettings) -> Iterator[Piece]:
     regions, pixels = [], []
     sent = 0
     stopped = None
+    text = _VideoText(settings.ocr) if item.read_text and settings.ocr is not None else None
     try:
         for frame in sample_frames(item.path, settings.sampling, stats):
+            if text is not None:
+                text.read(frame)
             for c in crops_of(
                 frame.image, cfg, regions=settings.regions, timestamp=frame.timestamp, whole_kind="frame"
             ):
@@ -176,6 +181,8 @@ def decode_video(item: MediaItem, settings: DecodeSettings) -> Iterator[Piece]:
         "decode_seconds": stats.seconds,
         "meta": video_metadata(info.created, item.mtime_ns),
     }
+    if text is not None:
+        facts["text_frames"] = text.runs.frames
     yield Piece(
         item,
         regions,
@@ -185,7 +192,33 @@ def decode_video(item: MediaItem, settings: DecodeSettings) -> Iterator[Piece]:
         height=info.height,
         problem=problem,
         info=facts,
+        text=text.result() if text is not None else None,
+        text_seconds=text.seconds if text is not None else 0.0,
     )
+
+
+class _VideoText:
+    """The text of one video's frames as they are decoded: each frame read (ocr.TextReader), its
+    lines folded into runs (video_text.TextRuns). A reading failure stops reading this video
+    (`result()` None: the OCR pass after the run tries again and says why), never its embedding."""
+
+    def __init__(self, config):
+        from pixquery.ingest.video_text import TextRuns
+
+        self.config, self.runs, self.seconds, self.failed = config, TextRuns(), 0.0, False
+
+    def read(self, frame) -> None:
+        if self.failed:
+            return
+        t = time.perf_counter()
+        try:
+            self.runs.add(frame.timestamp, _reader(self.config).read(frame.image))
+        except Exception:
+            self.failed = True
+        self.seconds += time.perf_counter() - t
+
+    def result(self) -> list | None:
+        return None if self.failed else self.runs.runs()
 
 
 def decode_item(item: MediaItem, settings: DecodeSettings) -> Iterator[Piece]:

@@ -3,7 +3,8 @@
 A photo: its `image` row (file version, content hash, size) and metadata (date taken, GPS, camera), this model's embedding of the whole
 picture (tied to that file version), its regions as detections and, when the decode worker read
 it (OCR on), its text lines (replacing what an older version of the file said). A video: its `video` row and
-its frames (and their regions) as detections, replacing the old ones. A killed run keeps every
+its frames (and their regions) as detections, replacing the old ones, and, when its decode process
+read it (OCR on), the text of its frames (ingest/video_text.py), in the same transaction. A killed run keeps every
 batch it committed; the next run finds those files done and embeds only the rest.
 """
 
@@ -33,6 +34,10 @@ class WriteCounts:
     text_photos: int = 0  # photos whose text the decode workers read (OCR on)
     text_lines: int = 0
     text_seconds: float = 0.0  # the workers' time reading it, summed
+    text_videos: int = 0  # videos whose frames' text the decode processes read (OCR on)
+    text_video_frames: int = 0
+    text_video_lines: int = 0  # text rows stored: one per line and run of frames
+    text_video_seconds: float = 0.0
 
 
 class CatalogWriter:
@@ -117,6 +122,23 @@ class CatalogWriter:
             kinds=VIDEO_KINDS,
             reuse=it.reuse,
         )
+        if self.ocr_key is not None and e.text is not None:
+            frames = info.get("text_frames", 0)
+            self.catalog.replace_video_text(
+                video_id,
+                [run.row() for run in e.text],
+                size=it.size,
+                mtime_ns=it.mtime_ns,
+                config=self.ocr_key,
+                frames=frames,
+                seconds=e.text_seconds,
+            )
+            counts.text_videos += 1
+            counts.text_video_frames += frames
+            counts.text_video_lines += len(e.text)
+            counts.text_video_seconds += e.text_seconds
+        elif not it.reuse:  # changed: the old file's text must not stay (the OCR pass reads it, when on)
+            self.catalog.forget_video_text(video_id)
         counts.videos += 1
         counts.frames += sum(1 for r in e.regions if r.kind == "frame")
         counts.regions += sum(1 for r in e.regions if r.kind != "frame")

@@ -18,9 +18,13 @@ class Health(BaseModel):
 
 
 class MatchedText(BaseModel):
-    text: str = Field(description="a line of text read in the photo (OCR) that matched the query's words")
+    text: str = Field(description="a line of text read in the photo or video (OCR) that matched the query's words")
     box: list[float] = Field(description="where it is: relative x0, y0, x1, y1")
     score: Optional[float] = Field(None, description="the OCR's confidence in reading it, 0..1")
+    timestamp: Optional[float] = Field(None, description="a video: seconds where the line is first on screen")
+    timestamp_end: Optional[float] = Field(
+        None, description="a video: seconds of the last sampled frame the line is still on"
+    )
 
 
 class Hit(BaseModel):
