@@ -62,10 +62,10 @@ def _catalog(tmp_path) -> tuple[Catalog, int, int]:
     cat = Catalog(tmp_path / "catalog.sqlite")
     with cat.transaction():
         photo = cat.upsert_image("/p/a.jpg", 10, 1, None, 100, 100)
-        cat.replace_photo_text(photo, [("ZEBRA CROSSING", (0, 0, 1, 0.2), 0.9)], size=10, mtime_ns=1, config="c", seconds=0)
-        video = cat.upsert_video(
-            "/v/a.mp4", 20, 2, width=320, height=192, duration=12.0, fps=5.0, frame_count=60
+        cat.replace_photo_text(
+            photo, [("ZEBRA CROSSING", (0, 0, 1, 0.2), 0.9)], size=10, mtime_ns=1, config="c", seconds=0
         )
+        video = cat.upsert_video("/v/a.mp4", 20, 2, width=320, height=192, duration=12.0, fps=5.0, frame_count=60)
         cat.replace_video_text(
             video,
             [("ZEBRA 42", (0.1, 0.3, 0.8, 0.5), 0.99, 4.0, 6.0), ("NEWS", (0, 0, 0.2, 0.1), 0.8, 0.0, 10.0)],

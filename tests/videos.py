@@ -178,9 +178,7 @@ def make_text_video(
             t = n / fps
             img = Image.fromarray(scene_frame(seed, size, t))
             if word and shown[0] <= t < shown[1]:
-                ImageDraw.Draw(img).text(
-                    xy, word, font=font, fill=(255, 230, 0), stroke_width=2, stroke_fill=(0, 0, 0)
-                )
+                ImageDraw.Draw(img).text(xy, word, font=font, fill=(255, 230, 0), stroke_width=2, stroke_fill=(0, 0, 0))
             frame = av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")
             frame.pts = n
             for packet in stream.encode(frame):

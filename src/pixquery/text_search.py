@@ -168,9 +168,7 @@ def search_text(
         for line in catalog.lines_containing(word, limit=limit * 5):
             found.setdefault(_owner(line), (1.0, []))[1].append(line)
         if fuzzy and _allowed_edits(word):
-            candidates = [
-                ln for ln in catalog.lines_sharing_trigrams(word, limit=limit * 5) if _owner(ln) not in found
-            ]
+            candidates = [ln for ln in catalog.lines_sharing_trigrams(word, limit=limit * 5) if _owner(ln) not in found]
             for _, line in sorted(_fuzzy_matches(word, candidates), key=lambda x: x[0]):
                 found.setdefault(_owner(line), (FUZZY_WEIGHT, []))[1].append(line)
         for owner, (strength, lines) in found.items():

@@ -212,6 +212,7 @@ class TextTables:
             q = f"""SELECT {_LINE_COLUMNS} FROM detection d WHERE d.kind = ? AND d.image_id IN ({marks(len(chunk))})
                     ORDER BY d.image_id, d.y0, d.x0"""
             for line in _lines(self.db.execute(q, (TEXT, *chunk))):
+                assert line.image_id is not None  # photos' lines only
                 out.setdefault(line.image_id, []).append(line)
         return out
 
