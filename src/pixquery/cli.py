@@ -293,7 +293,7 @@ def index(
     ocr: Optional[bool] = typer.Option(
         None,
         "--ocr/--no-ocr",
-        help="Also read the text in photos, so searches match it (needs pixquery[ocr]). Kept for later runs",
+        help="Also read the text in photos and video frames, so searches match it (needs pixquery[ocr]). Kept for later runs",
     ),
     ocr_size: Optional[int] = typer.Option(
         None,

@@ -17,7 +17,8 @@ pixels and the cost; bench/results/ocr-accuracy.md has recall and cost for 480 a
 recognition reads each box from the photo at up to `rec_side`, so small text keeps its pixels. The angle classifier
 (upside-down lines) is skipped: photo text is near upright, and it would cost a pass per box.
 
-Video frames are not read (yet): see docs/ocr.md.
+Video frames are read by ingest/video_text.py (the same TextReader, a line stored once per run of
+frames it stays on).
 """
 
 from __future__ import annotations
