@@ -339,12 +339,15 @@ def text_only_results(catalog: Catalog, hits: list, k: int) -> Results:
     return Results(results)
 
 
-def fuse_with_text(catalog: Catalog, semantic: Results, hits: list, k: int, cosine_of) -> Results:
+def fuse_with_text(
+    catalog: Catalog, semantic: Results, hits: list, k: int, cosine_of, demoted: Collection[int] = ()
+) -> Results:
     """The semantic results and the text hits of one query fused into one ranking (fusion.py),
     each result saying which side found it and the lines that matched. `cosine_of(image_ids)`
     gives the query's cosine with those photos' stored embeddings, so a photo found by its text
     alone still shows a real score and distance. The threshold applies to the semantic side
-    only: text found in a photo is evidence of its own."""
+    only: text found in a photo is evidence of its own. `demoted`: photos whose text holds a
+    subtracted phrase (text_search.holding_phrases), listed after all the others."""
     from pixquery.fusion import TEXT_WEIGHT, fuse
 
     by_key: dict = {}
@@ -355,7 +358,11 @@ def fuse_with_text(catalog: Catalog, semantic: Results, hits: list, k: int, cosi
         sem_list.append((key, 1.0))
     text_list = [(("image", h.image_id), h.score) for h in hits]
     text_hit = {("image", h.image_id): h for h in hits}
-    fused = fuse({"semantic": sem_list, "text": text_list}, weights={"text": TEXT_WEIGHT})[: max(1, k)]
+    fused = fuse(
+        {"semantic": sem_list, "text": text_list},
+        weights={"text": TEXT_WEIGHT},
+        demoted={("image", image_id) for image_id in demoted},
+    )[: max(1, k)]
     missing = [f.key[1] for f in fused if f.key not in by_key]
     cosines = cosine_of(missing) if missing else {}
     results: list[SearchResult] = []
