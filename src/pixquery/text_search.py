@@ -161,9 +161,7 @@ def search_text(
     return hits[:limit]
 
 
-def holding_phrases(
-    catalog: Catalog, phrases: Sequence[str], image_ids: Iterable[int]
-) -> dict[int, list[TextLine]]:
+def holding_phrases(catalog: Catalog, phrases: Sequence[str], image_ids: Iterable[int]) -> dict[int, list[TextLine]]:
     """Which of `image_ids` hold a subtracted phrase in their text: image id -> the lines that
     hold its words. A photo holds a phrase when every word of it (query_words: folded, common and
     short words dropped) starts a word somewhere in the photo's lines, exactly as read."""
