@@ -157,6 +157,8 @@ def test_fused_results_put_photos_holding_a_subtracted_phrase_last(texted, tiny_
         assert set(names(every)[:3]) == {"photo_0000.jpg", "copy_0000.jpg", "photo_0003.jpg"}  # the text hits left
         assert all("text" in r.found_by for r in every[:3])
         assert every[-1].matched is None and every[-2].matched is None  # no longer text hits
+        why = {name: [m["text"] for m in r.demoted_by] for name, r in zip(names(every), every) if r.demoted_by}
+        assert why == {"photo_0001.jpg": ["DRAFT"], "photo_0002.jpg": ["Drafts folder"]}  # and say why
         # a page shorter than the library: they fall off it, whether or not the query's words were found
         assert not {"photo_0001.jpg", "photo_0002.jpg"} & set(names(lib.search("invoice -draft", k=5)))
         assert not {"photo_0001.jpg", "photo_0002.jpg"} & set(names(lib.search("sunset -draft", k=5)))
@@ -221,6 +223,8 @@ def test_cli_and_http_exclude_by_text_and_collapse_text_only(texted, tiny_model,
     with running_server(lib_path, tiny_model, tmp_path / "server.log") as server, server.client() as api:
         both = api.get("/api/search", params={"q": "invoice -draft", "k": 9}).json()["results"]
         assert set(names(both)[-2:]) == {"photo_0001.jpg", "photo_0002.jpg"}
+        assert [bool(h["demoted_by"]) for h in both] == [False] * 7 + [True] * 2
+        assert both[-1]["demoted_by"][0]["box"] and "draft" in both[-1]["demoted_by"][0]["text"].lower()
         page = api.get("/api/search", params={"q": "invoice", "subtract": "draft", "k": 5}).json()["results"]
         assert not {"photo_0001.jpg", "photo_0002.jpg"} & set(names(page))
         text = api.get("/api/search", params={"q": "invoice -draft", "match": "text"}).json()["results"]
@@ -287,3 +291,48 @@ def test_real_ocr_a_subtracted_word_drops_the_photo_holding_both(tmp_path, tiny_
     assert len(rows) == 2 and "(+1 near-duplicates)" in rows[0][3]
     assert Path(rows[0][3].split(" (+")[0]).name in {"invoice.jpg", "invoice_small.jpg"}
     assert Path(rows[1][3]).name == "draft.jpg"
+
+
+@pytest.mark.ocr
+def test_the_page_puts_photos_holding_a_subtracted_word_last_and_says_why(texted, tiny_model, tmp_path):
+    """The search page's typed syntax, in a real Chromium: "invoice -draft" shows the photos whose
+    text holds "draft" last, and the viewer says why."""
+    from test_browser import CHROMIUM_ARGS, _chromium
+    from test_server_support import TOKEN, running_server
+
+    executable = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    lib_path = texted[0]
+    # no folding on the page (on by default): the tiny random model puts these synthetic photos
+    # closer than the default threshold, which is meant for real CLIP
+    with (
+        running_server(lib_path, tiny_model, tmp_path / "server.log", extra=("--duplicate-threshold", "0")) as server,
+        sync_api.sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1000, "height": 650}).new_page()
+            page.set_default_timeout(20_000)
+            problems: list[str] = []
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(f"{server.url}/?token={TOKEN}")
+            page.fill("#q", "invoice -draft")
+            page.press("#q", "Enter")
+            page.wait_for_function("() => document.querySelectorAll('#grid .tile').length === 9")
+            shown = page.eval_on_selector_all("#grid .tile img", "els => els.map(e => e.alt)")
+            assert set(shown[-2:]) == {"photo_0001.jpg", "photo_0002.jpg"}, shown
+            page.locator("#grid .tile").nth(8).click()
+            page.wait_for_selector("#viewer[open]")
+            assert page.inner_text("#v-name") == shown[8]
+            assert "moved down: its text holds a subtracted phrase" in page.inner_text("#v-text")
+            assert page.locator("#v-text-boxes .text-box").count() == 0  # outlines are for matches only
+            page.keyboard.press("Escape")
+            page.wait_for_selector("#viewer", state="hidden")
+            page.locator("#grid .tile").first.click()  # a text hit: its words, outlined, and no "moved down"
+            page.wait_for_selector("#viewer[open]")
+            page.wait_for_function("(n) => document.getElementById('v-name').textContent === n", arg=shown[0])
+            assert "INVOICE" in page.inner_text("#v-text").upper() and "moved down" not in page.inner_text("#v-text")
+            assert page.locator("#v-text-boxes .text-box").count() >= 1
+            assert not problems, problems
+        finally:
+            browser.close()

@@ -752,10 +752,10 @@ class Library:
             sort="score",
             strategy=strategy,
         )
-        demoted: set[int] = set()
+        demoted: dict[int, list[Any]] = {}
         if excluding:
             candidates = [r.image_id for r in semantic if r.image_id is not None and r.video_id is None]
-            demoted = set(holding_phrases(self.catalog, excluding, candidates + [h.image_id for h in hits]))
+            demoted = holding_phrases(self.catalog, excluding, candidates + [h.image_id for h in hits])
             hits = [h for h in hits if h.image_id not in demoted]
         if not hits and not demoted:
             results = semantic

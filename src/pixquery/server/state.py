@@ -285,6 +285,7 @@ class Server:
             "height": r.height,
             "found_by": r.found_by,
             "matched": r.matched,
+            "demoted_by": r.demoted_by,
             "taken": r.taken,
             "taken_source": r.taken_source,
             "lat": r.lat,
