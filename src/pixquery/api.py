@@ -671,7 +671,8 @@ class Library:
     ) -> Results:
         """The text side alone (`--text-only`): photos whose text matches `words`, less those whose
         text holds a phrase of `excluding`; near-duplicates folded when `collapse` is not None
-        (by the stored embeddings of this library's model: its identity is read, no session made)."""
+        (by the stored embeddings of this library's model: its identity is read; for an ONNX
+        model that is a fingerprint of its files, no session is made)."""
         from pixquery.search import by_date, text_only_results, with_meta
         from pixquery.text_search import holding_phrases, search_text
 
