@@ -191,6 +191,7 @@ def test_collapse_folds_text_only_and_fused_results(texted, tiny_model):
         assert keeper.found_by == "text" and keeper.matched  # still says why
         assert lib.search("invoice", text_only=True, collapse=0.0)[0].duplicates is None  # nothing that close
         assert len(lib.search("invoice", text_only=True, k=2, collapse=threshold)) == 2
+        assert not lib.encoder._sessions  # folded by stored embeddings: no model session was made
 
         fused = lib.search("invoice -draft", k=8, collapse=threshold)
         assert len(fused) == 8  # 9 photos, one pair folded
