@@ -44,6 +44,9 @@ class SearchResult:
     # the query's words, each {"text", "box", "score"}: the why of a text hit.
     found_by: str | None = None
     matched: list[dict[str, Any]] | None = None
+    # The lines of text in the photo that hold a phrase the query subtracted ("invoice -draft"):
+    # why it comes after every result without them (fuse_with_text).
+    demoted_by: list[dict[str, Any]] | None = None
     taken: str | None = None  # when it was taken, wall clock where taken (ISO 8601, no zone)
     taken_source: str | None = None  # where the date comes from: exif | quicktime | mtime
     lat: float | None = None  # GPS position, decimal degrees
@@ -307,14 +310,15 @@ def _with_paths(catalog: Catalog, results: list[SearchResult], k: int) -> list[S
 # -- the text side (OCR) -------------------------------------------------------------------
 
 
-def _matched(hit) -> list[dict]:
+def _matched(lines) -> list[dict]:
+    """Lines of text (catalog.text.TextLine) as a result shows them: {text, box, score}."""
     return [
         {
             "text": ln.text,
             "box": tuple(round(v, 4) for v in ln.box),
             "score": None if ln.score is None else round(float(ln.score), 4),
         }
-        for ln in hit.lines
+        for ln in lines
     ]
 
 
@@ -329,7 +333,7 @@ def text_only_results(catalog: Catalog, hits: list, k: int) -> Results:
             path="",
             image_id=h.image_id,
             found_by="text",
-            matched=_matched(h),
+            matched=_matched(h.lines),
         )
         for h in hits
     ]
@@ -339,14 +343,18 @@ def text_only_results(catalog: Catalog, hits: list, k: int) -> Results:
     return Results(results)
 
 
-def fuse_with_text(catalog: Catalog, semantic: Results, hits: list, k: int, cosine_of) -> Results:
+def fuse_with_text(
+    catalog: Catalog, semantic: Results, hits: list, k: int, cosine_of, demoted: dict[int, list] | None = None
+) -> Results:
     """The semantic results and the text hits of one query fused into one ranking (fusion.py),
     each result saying which side found it and the lines that matched. `cosine_of(image_ids)`
     gives the query's cosine with those photos' stored embeddings, so a photo found by its text
     alone still shows a real score and distance. The threshold applies to the semantic side
-    only: text found in a photo is evidence of its own."""
+    only: text found in a photo is evidence of its own. `demoted`: photos whose text holds a
+    subtracted phrase -> those lines (text_search.holding_phrases), listed after all the others."""
     from pixquery.fusion import TEXT_WEIGHT, fuse
 
+    demoted = demoted or {}
     by_key: dict = {}
     sem_list = []
     for n, r in enumerate(semantic):
@@ -355,7 +363,11 @@ def fuse_with_text(catalog: Catalog, semantic: Results, hits: list, k: int, cosi
         sem_list.append((key, 1.0))
     text_list = [(("image", h.image_id), h.score) for h in hits]
     text_hit = {("image", h.image_id): h for h in hits}
-    fused = fuse({"semantic": sem_list, "text": text_list}, weights={"text": TEXT_WEIGHT})[: max(1, k)]
+    fused = fuse(
+        {"semantic": sem_list, "text": text_list},
+        weights={"text": TEXT_WEIGHT},
+        demoted={("image", image_id) for image_id in demoted},
+    )[: max(1, k)]
     missing = [f.key[1] for f in fused if f.key not in by_key]
     cosines = cosine_of(missing) if missing else {}
     results: list[SearchResult] = []
@@ -368,7 +380,9 @@ def fuse_with_text(catalog: Catalog, semantic: Results, hits: list, k: int, cosi
             r = SearchResult(rank=0, score=float(cos), distance=angular_distance(cos), path="", image_id=f.key[1])
         r.found_by = "+".join(name for name in ("semantic", "text") if name in f.ranks)
         if f.key in text_hit:
-            r.matched = _matched(text_hit[f.key])
+            r.matched = _matched(text_hit[f.key].lines)
+        if f.key[0] == "image" and f.key[1] in demoted:
+            r.demoted_by = _matched(demoted[f.key[1]])
         results.append(r)
     _with_paths(catalog, [r for r in results if not r.path], len(results))  # fills them in; gone files stay ""
     results = [r for r in results if r.path]
