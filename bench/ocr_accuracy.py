@@ -260,11 +260,11 @@ def build_set(n: int, folder: Path, seed: int) -> list[dict]:
     return truths
 
 
-def time_costs(lib: Library, paths: list[Path], sides=(480, 640, 960)) -> dict:
+def time_costs(lib: Library, paths: list[Path], engine: str, sides=(480, 640, 960)) -> dict:
     """Median seconds per photo (photos without text), measured interleaved photo by photo so that
     the load of a shared machine falls on all alike: embedding one photo (`Library.embed_image`:
     decode, crop, encode) and text detection alone at each det_side (decode included)."""
-    readers = {side: TextReader(OcrConfig(det_side=side)) for side in sides}
+    readers = {side: TextReader(OcrConfig(det_side=side, engine=engine)) for side in sides}
     lib.embed_image(paths[0])
     for r in readers.values():
         r.detect(load_image(paths[0]))
@@ -292,6 +292,7 @@ def main() -> None:
     ap.add_argument(
         "--det-side", type=int, default=OcrConfig().det_side, help="OCR detection size (default: pixquery's)"
     )
+    ap.add_argument("--engine", default=OcrConfig().engine, help="OCR engine (default: pixquery's)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     ap.add_argument("--keep", type=Path, default=None, help="build the set and library here (kept)")
     args = ap.parse_args()
@@ -306,7 +307,7 @@ def main() -> None:
     )
 
     lib = Library.open(work / "lib", model=args.model)
-    config = OcrConfig(det_side=args.det_side)
+    config = OcrConfig(det_side=args.det_side, engine=args.engine)
     report = lib.index([work / "photos"], ocr=config)
     photos = report.indexed
     print(f"indexed {photos} photos: embedding {report.embed_seconds:.1f}s, OCR {report.ocr_seconds:.1f}s", flush=True)
@@ -314,7 +315,7 @@ def main() -> None:
     plain = [s for p, (_, s) in scans.items() if "/plain/" in p]
     texty = [s for p, (_, s) in scans.items() if "/text/" in p]
     embed_per_photo = report.embed_seconds / max(photos, 1)
-    costs = time_costs(lib, sorted((work / "photos" / "plain").iterdir())[:40])
+    costs = time_costs(lib, sorted((work / "photos" / "plain").iterdir())[:40], args.engine)
 
     # OCR word recall: the text is in what was read (case, accents and spaces ignored)
     read = defaultdict(str)

@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--det-side", type=int, default=OcrConfig().det_side)
     ap.add_argument("--contrast", default=OcrConfig().contrast)
+    ap.add_argument("--engine", default=OcrConfig().engine, help="OCR engine (default: pixquery's)")
     ap.add_argument(
         "--nice",
         type=int,
@@ -49,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.nice is not None:
         local_executor.OCR_NICE = args.nice
-    config = OcrConfig(det_side=args.det_side, contrast=args.contrast)
+    config = OcrConfig(det_side=args.det_side, contrast=args.contrast, engine=args.engine)
     n = len(list(args.folder.iterdir()))
     work = Path(tempfile.mkdtemp(prefix="pixquery-ocr-cost-"))
     times: dict[str, list[float]] = {"none": [], "workers": [], "after": []}

@@ -560,6 +560,7 @@ class Library:
         text_only: bool = False,
         semantic_only: bool = False,
         text_terms: Sequence[str] | None = None,
+        excluded_text_terms: Sequence[str] | None = None,
         after: str | date | None = None,
         before: str | date | None = None,
         folders: Sequence[str | Path] | str | Path = (),
@@ -586,7 +587,8 @@ class Library:
         threshold `pixquery eval` stored for this model, or for a sigmoid-trained model (SigLIP)
         "p=0.5": the lowest match probability kept (the same meaning for every query and model).
         collapse: fold near-duplicate photos into the best-ranked one of them (its `duplicates`
-        lists their paths), so k results are k different pictures. True uses the near-duplicate
+        lists their paths), so k results are k different pictures (text_only results and fused
+        ones too, by the photos' stored embeddings of this library's model). True uses the near-duplicate
         threshold of `duplicates` (pixquery.duplicates.DEFAULT_THRESHOLD), a number sets it (an
         angular distance).
 
@@ -600,10 +602,13 @@ class Library:
 
         In a library with OCR on (`index(ocr=True)`), a sentence is also matched against the text
         read in the photos and the two rankings are fused (fusion.py); results then say which side
-        found them (`found_by`) and the lines of text that matched (`matched`). text_only skips the
-        model (score: the share of the query's words found), semantic_only the text. text_terms:
-        the phrases the text side looks for, when the query's texts come already encoded (the
-        server caches text vectors); default: the query's added phrases.
+        found them (`found_by`) and the lines of text that matched (`matched`). A subtracted
+        phrase leaves out of the text hits the photos whose text holds all its words, and puts them
+        below every other result (text_search.holding_phrases; docs/ocr.md). text_only skips the
+        model (score: the share of the query's words found), semantic_only the text (both ways).
+        text_terms / excluded_text_terms: the phrases the text side looks for / leaves out, when
+        the query's texts come already encoded (the server caches text vectors); default: the
+        query's added / subtracted phrases.
         """
         parts = self.query_of(
             query, image=image, image_id=image_id, vector=vector, add=add, subtract=subtract, image_weight=image_weight
@@ -620,34 +625,32 @@ class Library:
         )
         if flt.active or sort != "score":
             store_only.refuse(self, "filters and sort")
-        # The text side (OCR) looks for the words of the phrases added; subtracted ones and image
-        # parts are the semantic side's alone.
+        # The text side (OCR) looks for the words of the phrases added, and leaves out the photos
+        # whose text holds a phrase subtracted; image parts are the semantic side's alone.
         words = " ".join(parts.text_terms() if text_terms is None else text_terms)
-        text_side = bool(words.strip()) and not semantic_only and self._has_text()
+        excluded = list(parts.excluded_text_terms() if excluded_text_terms is None else excluded_text_terms)
+        text_on = not semantic_only and self._has_text()
+        text_side = bool(words.strip()) and text_on
+        excluding = excluded if text_on else []
+        folding = collapse is not False and collapse is not None
         if text_only:
             if not words.strip():
-                raise PixqueryError("--text-only needs a text query")
-            if not text_side:
+                raise PixqueryError(
+                    "--text-only needs a phrase to look for in the photos' text: a subtracted one "
+                    "(-draft) only leaves out photos that an added one finds"
+                    if excluded
+                    else "--text-only needs a text query"
+                )
+            if not text_on:
                 raise PixqueryError(
                     f"the library at {self.path} has no text read from its photos: run pixquery index --ocr first"
                 )
-            from pixquery.search import by_date, text_only_results, with_meta
-            from pixquery.text_search import search_text
-
-            hits = [
-                h for h in search_text(self.catalog, words, limit=max(k, 50)) if h.image_id not in parts.liked_photos()
-            ]
-            text_results = text_only_results(self.catalog, self._passing(hits, flt), k)
-            with_meta(self.catalog, text_results)
-            if sort == "date":
-                by_date(text_results)
-            return text_results
+            return self._text_only_query(parts, words, excluding, k, flt, sort, collapse if folding else None)
         if any(p.kind == query_mod.IMAGE_ID for p in parts):
             store_only.refuse(self, "image_id")
         index, row = self._index()
         threshold = self._threshold(threshold)
         q = query_mod.combine(self.encoder, parts, lambda part: self._part_vector(part, row))
-        folding = collapse is not False and collapse is not None
         if row is None:  # store-only: the paths come from the collection, not from catalog rows
             if folding:
                 raise PixqueryError(
@@ -657,11 +660,22 @@ class Library:
             results = run_store_query(index, q, k, threshold)
         elif folding:
             results = self._collapsed_query(
-                parts, words if text_side else "", index, row, q, k, threshold, flt, sort, strategy, collapse
+                parts,
+                words if text_side else "",
+                excluding,
+                index,
+                row,
+                q,
+                k,
+                threshold,
+                flt,
+                sort,
+                strategy,
+                collapse,
             )
         else:
             results = self._run_query(
-                parts, words if text_side else "", index, row, q, k, threshold, flt, sort, strategy
+                parts, words if text_side else "", excluding, index, row, q, k, threshold, flt, sort, strategy
             )
         probability = getattr(self.encoder, "match_probability", None)
         if probability is not None and results and probability(0.0) is not None:
@@ -669,10 +683,47 @@ class Library:
                 r.probability = float(p)
         return results
 
+    def _text_only_query(
+        self,
+        parts: Query,
+        words: str,
+        excluding: Sequence[str],
+        k: int,
+        flt: Filter,
+        sort: str,
+        collapse: bool | float | None,
+    ) -> Results:
+        """The text side alone (`--text-only`): photos whose text matches `words`, less those whose
+        text holds a phrase of `excluding`; near-duplicates folded when `collapse` is not None
+        (by the stored embeddings of this library's model: its identity is read; for an ONNX
+        model that is a fingerprint of its files, no session is made)."""
+        from pixquery.search import by_date, text_only_results, with_meta
+        from pixquery.text_search import holding_phrases, search_text
+
+        liked = parts.liked_photos()
+
+        def found(limit: int) -> Results:
+            hits = [h for h in search_text(self.catalog, words, limit=max(limit, 50)) if h.image_id not in liked]
+            if excluding:
+                held = holding_phrases(self.catalog, excluding, [h.image_id for h in hits if h.image_id is not None])
+                hits = [h for h in hits if h.image_id not in held]
+            return text_only_results(self.catalog, self._passing(hits, flt), limit)
+
+        if collapse is None:
+            results = found(k)
+        else:
+            model = self._model_row(create=False)
+            results = self._folded(found, k, model.id if model else None, collapse, size=None)
+        with_meta(self.catalog, results)
+        if sort == "date":
+            by_date(results)
+        return results
+
     def _run_query(
         self,
         parts: Query,
         words: str,
+        excluding: Sequence[str],
         index: Any,
         row: Any,
         q: np.ndarray,
@@ -684,12 +735,13 @@ class Library:
     ) -> Results:
         """The semantic search of `q` (only what passes `flt`), fused with the text side's hits for
         `words` when there are any (a library with OCR, a query with words: text_search.py,
-        fusion.py); sort="date" orders the results by date taken."""
+        fusion.py), photos whose text holds a phrase of `excluding` out of the text hits and after
+        every other result; sort="date" orders the results by date taken."""
         from pixquery.ingest import video as video_mod
 
         liked = parts.liked_photos()
         merge_gap = video_mod.merge_gap_for(self.catalog)
-        if not words:
+        if not words and not excluding:
             return run_query(
                 self.catalog,
                 index,
@@ -704,16 +756,20 @@ class Library:
                 strategy=strategy,
             )
         from pixquery.search import by_date, fuse_with_text, with_meta
-        from pixquery.text_search import search_text
+        from pixquery.text_search import holding_phrases, search_text
 
-        depth = max(2 * k, 50)  # fusion needs both lists deeper than the page
-        hits = self._passing([h for h in search_text(self.catalog, words, limit=depth) if h.image_id not in liked], flt)
+        depth = max(2 * k, 50)  # fusion needs both lists deeper than the page, and demoting photos too
+        hits = (
+            self._passing([h for h in search_text(self.catalog, words, limit=depth) if h.image_id not in liked], flt)
+            if words
+            else []
+        )
         semantic = run_query(
             self.catalog,
             index,
             row,
             q,
-            depth if hits else k,
+            depth if hits or excluding else k,
             threshold,
             exclude_image=liked,
             merge_gap=merge_gap,
@@ -721,7 +777,14 @@ class Library:
             sort="score",
             strategy=strategy,
         )
-        if not hits:
+        demoted: dict[int, list[Any]] = {}
+        if excluding:
+            candidates = [r.image_id for r in semantic if r.image_id is not None and r.video_id is None]
+            demoted = holding_phrases(
+                self.catalog, excluding, candidates + [h.image_id for h in hits if h.image_id is not None]
+            )
+            hits = [h for h in hits if h.image_id not in demoted]
+        if not hits and not demoted:
             results = semantic
         else:
 
@@ -739,7 +802,14 @@ class Library:
                 return None if v is None else float(np.dot(v, q.reshape(-1)))
 
             results = fuse_with_text(
-                self.catalog, semantic, hits, k, cosine_of, frame_cosine_of=frame_cosine_of, merge_gap=merge_gap
+                self.catalog,
+                semantic,
+                hits,
+                k,
+                cosine_of,
+                demoted,
+                frame_cosine_of=frame_cosine_of,
+                merge_gap=merge_gap,
             )
             with_meta(self.catalog, results)
         if len(results) > k:
@@ -766,6 +836,7 @@ class Library:
         self,
         parts: Query,
         words: str,
+        excluding: Sequence[str],
         index: Any,
         row: Any,
         q: np.ndarray,
@@ -776,18 +847,46 @@ class Library:
         strategy: str,
         collapse: bool | float,
     ) -> Results:
-        """_run_query, then near-duplicates folded into the best of them; fetches more (x4 each
-        time) while fewer than k distinct pictures remain and the index has more."""
+        """_run_query (semantic, or fused with the text side), then near-duplicates folded into
+        the best of them; sort="date" orders the k pictures kept, not a deeper fetch."""
+        from pixquery.search import by_date
+
+        results = self._folded(
+            lambda fetch: self._run_query(
+                parts, words, excluding, index, row, q, fetch, threshold, flt, "score", strategy
+            ),
+            k,
+            row.model_id,
+            collapse,
+            size=len(index),
+        )
+        if sort == "date":
+            by_date(results)
+        return results
+
+    def _folded(
+        self,
+        run: Callable[[int], Results],
+        k: int,
+        model_id: int | None,
+        collapse: bool | float,
+        size: int | None,
+    ) -> Results:
+        """The first k of `run(fetch)`'s results (best first) with near-duplicates folded into the
+        best of them, by the photos' stored embeddings of `model_id`; fetches more (x4 each time)
+        while fewer than k distinct pictures remain and there are more: `run` gave all it was asked
+        for, and fewer than `size` (None: no bound but what run finds)."""
         from pixquery import duplicates
 
         near = duplicates.check_threshold(None if collapse is True else collapse)
         k = max(1, int(k))
         fetch = k * 3 + 8
         while True:
-            found = self._run_query(parts, words, index, row, q, fetch, threshold, flt, sort, strategy)
-            vectors = self.catalog.photo_vectors(row.model_id, [r.image_id for r in found if r.image_id is not None])
+            found = run(fetch)
+            ids = [r.image_id for r in found if r.image_id is not None]
+            vectors = self.catalog.photo_vectors(model_id, ids) if model_id is not None else {}
             kept = duplicates.collapse_results(list(found), vectors, near)
-            if len(kept) >= k or len(found) < fetch or fetch >= len(index):
+            if len(kept) >= k or len(found) < fetch or (size is not None and fetch >= size):
                 break
             fetch *= 4
         kept = kept[:k]

@@ -485,7 +485,10 @@ def search(
     ),
     add: list[str] = typer.Option([], "--add", metavar="TEXT", help="Also look for this phrase (repeatable)"),
     subtract: list[str] = typer.Option(
-        [], "--subtract", metavar="TEXT", help="Push photos like this phrase down (repeatable)"
+        [],
+        "--subtract",
+        metavar="TEXT",
+        help="Push photos like this phrase down; with --ocr, photos whose text holds it go last (repeatable)",
     ),
     image: list[Path] = typer.Option(
         [],

@@ -11,11 +11,17 @@ either alone. Plain RRF (both weights 1) ties a text hit at rank 1 with the sema
 loses the tie to it: in bench/ocr_accuracy.py (105 photos with text, the same 105 without) it put
 the photo with the queried word first for 0.12 of full-word queries, the weighted fusion for 0.54,
 as often as the text side alone (0.55), while keeping semantic hits below: bench/results/ocr-accuracy.md.
+
+A subtracted phrase the text of a photo holds ("invoice -draft", a photo reading "DRAFT") is
+evidence against it as strong as a text match is for it, and no rank-sum can state it (a minus
+term would depend on how deep the lists go): such photos are `demoted`, listed after every
+photo that is not, in their fused order. They stay in the list, below the others, because the
+text read can be wrong, and a page with fewer results than asked would hide that they exist.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
 
 K = 60
@@ -30,11 +36,15 @@ class Fused:
 
 
 def fuse(
-    lists: dict[str, Sequence[tuple[Hashable, float]]], weights: dict[str, float] | None = None, k: int = K
+    lists: dict[str, Sequence[tuple[Hashable, float]]],
+    weights: dict[str, float] | None = None,
+    k: int = K,
+    demoted: Collection[Hashable] = (),
 ) -> list[Fused]:
-    """`lists`: name -> [(key, strength)] best first. Returns every key once, best fused first;
-    ties keep the order of the first list that has them."""
+    """`lists`: name -> [(key, strength)] best first. Returns every key once, best fused first,
+    the `demoted` keys after all others; ties keep the order of the first list that has them."""
     weights = weights or {}
+    demoted = frozenset(demoted)
     out: dict[Hashable, Fused] = {}
     order: list[Hashable] = []
     for name, items in lists.items():
@@ -49,7 +59,7 @@ def fuse(
             f.ranks[name] = rank
             f.score += w * strength / (k + rank)
     position = {key: n for n, key in enumerate(order)}
-    return sorted(out.values(), key=lambda f: (-f.score, position[f.key]))
+    return sorted(out.values(), key=lambda f: (f.key in demoted, -f.score, position[f.key]))
 
 
 __all__ = ["Fused", "fuse", "K", "TEXT_WEIGHT"]

@@ -132,7 +132,8 @@ class Query:
         return [p.value for p in self.parts if p.kind == TEXT and p.weight > 0]
 
     def excluded_text_terms(self) -> list[str]:
-        """The phrases subtracted (negative weight)."""
+        """The phrases subtracted (negative weight): a text search (OCR) leaves out the photos whose
+        text holds one (pixquery.text_search.holding_phrases)."""
         return [p.value for p in self.parts if p.kind == TEXT and p.weight < 0]
 
     def liked_photos(self) -> set[int]:

@@ -44,6 +44,9 @@ class SearchResult:
     # the query's words, each {"text", "box", "score"}: the why of a text hit.
     found_by: str | None = None
     matched: list[dict[str, Any]] | None = None
+    # The lines of text in the photo that hold a phrase the query subtracted ("invoice -draft"):
+    # why it comes after every result without them (fuse_with_text).
+    demoted_by: list[dict[str, Any]] | None = None
     taken: str | None = None  # when it was taken, wall clock where taken (ISO 8601, no zone)
     taken_source: str | None = None  # where the date comes from: exif | quicktime | mtime
     lat: float | None = None  # GPS position, decimal degrees
@@ -307,15 +310,17 @@ def _with_paths(catalog: Catalog, results: list[SearchResult], k: int) -> list[S
 # -- the text side (OCR) -------------------------------------------------------------------
 
 
-def _matched(hit) -> list[dict]:
+def _matched(lines) -> list[dict]:
+    """Lines of text (catalog.text.TextLine) as a result shows them: {text, box, score}, and for a
+    video's line {timestamp, timestamp_end}: the frames it is on screen."""
     out = []
-    for ln in hit.lines:
+    for ln in lines:
         m = {
             "text": ln.text,
             "box": tuple(round(v, 4) for v in ln.box),
             "score": None if ln.score is None else round(float(ln.score), 4),
         }
-        if getattr(ln, "timestamp", None) is not None:  # a video's line: the frames it is on
+        if getattr(ln, "timestamp", None) is not None:
             m["timestamp"] = ln.timestamp
             m["timestamp_end"] = ln.timestamp_end
         out.append(m)
@@ -339,7 +344,7 @@ def text_only_results(catalog: Catalog, hits: list, k: int) -> Results:
             distance=round(1.0 - h.score, 6),
             path="",
             found_by="text",
-            matched=_matched(h),
+            matched=_matched(h.lines),
             **_text_hit_fields(h),
         )
         for h in hits
@@ -369,6 +374,7 @@ def fuse_with_text(
     hits: list,
     k: int,
     cosine_of,
+    demoted: dict[int, list] | None = None,
     *,
     frame_cosine_of=None,
     merge_gap: float | None = None,
@@ -379,11 +385,14 @@ def fuse_with_text(
     alone still shows a real score and distance; `frame_cosine_of(video_id, timestamp)` the same
     for a video found by its text (its frame nearest the words). A video's text hit and its
     semantic result are one when their time spans meet (within `merge_gap`); the result then
-    points at where the words are on screen (timestamp and time range). The threshold applies to the semantic side
-    only: text found in a photo or video is evidence of its own."""
+    points at where the words are on screen (timestamp and time range). The threshold applies
+    to the semantic side only: text found in a photo or video is evidence of its own.
+    `demoted`: photos whose text holds a subtracted phrase -> those lines
+    (text_search.holding_phrases), listed after all the others."""
     from pixquery.fusion import TEXT_WEIGHT, fuse
     from pixquery.ingest.video import DEFAULT_MERGE_GAP
 
+    demoted = demoted or {}
     gap = DEFAULT_MERGE_GAP if merge_gap is None else merge_gap
     by_key: dict = {}
     sem_list = []
@@ -399,7 +408,11 @@ def fuse_with_text(
             key = ("result", n) if n is not None else key
         text_hit[key] = h
     text_list = [(key, h.score) for key, h in text_hit.items()]
-    fused = fuse({"semantic": sem_list, "text": text_list}, weights={"text": TEXT_WEIGHT})[: max(1, k)]
+    fused = fuse(
+        {"semantic": sem_list, "text": text_list},
+        weights={"text": TEXT_WEIGHT},
+        demoted={("image", image_id) for image_id in demoted},
+    )[: max(1, k)]
     missing = [f.key[1] for f in fused if f.key not in by_key and f.key[0] == "image"]
     cosines = cosine_of(missing) if missing else {}
     results: list[SearchResult] = []
@@ -422,7 +435,9 @@ def fuse_with_text(
             r.timestamp, r.time_range, r.box = h.timestamp, h.time_range, None
         r.found_by = "+".join(name for name in ("semantic", "text") if name in f.ranks)
         if h is not None:
-            r.matched = _matched(h)
+            r.matched = _matched(h.lines)
+        if f.key[0] == "image" and f.key[1] in demoted:
+            r.demoted_by = _matched(demoted[f.key[1]])
         results.append(r)
     _with_paths(catalog, [r for r in results if not r.path], len(results))  # fills them in; gone files stay ""
     results = [r for r in results if r.path]

@@ -18,10 +18,19 @@ keeps the lines that matched, with their boxes: the "why" shown to the user.
 A video is matched as a whole (its lines of every frame), like a photo, and its hit points at the
 first time its matched lines are on screen (`timestamp`), with the span they stay on together
 (`time_range`): one hit per video, as one result per photo.
+
+A subtracted phrase ("invoice -draft") works the other way (`holding_phrases`): a photo whose
+text holds every word of it is no text hit, and fusion puts it below every photo that does not
+hold it (fusion.py, docs/ocr.md). Stricter than finding, because leaving a photo out on a guess
+hides what was asked for: each word must be found exactly as read (no misreadings forgiven:
+"-draft" must not hide "CRAFT BEER") at the start of a word of the text ("-draft" holds "DRAFT"
+and "Drafts", not "redraft"; "-art" not "START").
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from pixquery.catalog import Catalog
@@ -190,4 +199,26 @@ def search_text(
     return hits[:limit]
 
 
-__all__ = ["TextHit", "query_words", "search_text", "STOPWORDS"]
+def holding_phrases(catalog: Catalog, phrases: Sequence[str], image_ids: Iterable[int]) -> dict[int, list[TextLine]]:
+    """Which of `image_ids` hold a subtracted phrase in their text: image id -> the lines that
+    hold its words. A photo holds a phrase when every word of it (query_words: folded, common and
+    short words dropped) starts a word somewhere in the photo's lines, exactly as read."""
+    wanted = [words for words in (query_words(p) for p in phrases) if words]
+    ids = list(dict.fromkeys(int(i) for i in image_ids))
+    if not wanted or not ids:
+        return {}
+    patterns = {w: re.compile(r"(?<!\w)" + re.escape(w)) for words in wanted for w in words}
+    out: dict[int, list[TextLine]] = {}
+    for image_id, lines in catalog.text_of_photos(ids).items():
+        folded = [(line, fold(line.text)) for line in lines]
+        for words in wanted:
+            holding = [[line for line, text in folded if patterns[w].search(text)] for w in words]
+            if all(holding):
+                found = out.setdefault(image_id, [])
+                for line in (ln for per_word in holding for ln in per_word):
+                    if all(line.detection_id != seen.detection_id for seen in found):
+                        found.append(line)
+    return out
+
+
+__all__ = ["TextHit", "holding_phrases", "query_words", "search_text", "STOPWORDS"]

@@ -51,6 +51,11 @@ class Hit(BaseModel):
     matched: Optional[list[MatchedText]] = Field(
         None, description="the lines of text in the photo that matched the query"
     )
+    demoted_by: Optional[list[MatchedText]] = Field(
+        None,
+        description="the lines of text in the photo that hold a phrase the query subtracted: "
+        "why it comes after every hit without them",
+    )
     taken: Optional[str] = Field(
         None, description="when it was taken, ISO 8601 wall-clock time where it was taken (no zone)"
     )

@@ -150,7 +150,7 @@ class Server:
             raise ApiError(422, f"offset must be below {cfg.max_results} (the most results a search returns)")
         want = min(offset + k, cfg.max_results)
         th = self._parse_threshold(threshold)
-        parts, query, words = self._query_parts(
+        parts, query, (words, excluded_words) = self._query_parts(
             text, add, subtract, like, unlike, image_id, upload_id, vector, image_weight
         )
         photo_ids = {p.value for p in parts if p.kind == query_mod.IMAGE_ID}
@@ -160,7 +160,8 @@ class Server:
                 if row is None or row.deleted:
                     raise ApiError(404, f"no image with id {pid}")
             try:
-                # the texts reach the Library encoded (cached): their words go beside for the text side
+                # the texts reach the Library encoded (cached): their words go beside for the text
+                # side, the added ones to look for and the subtracted ones to leave out
                 folded = (
                     (cfg.duplicate_threshold if collapse_threshold is None else collapse_threshold)
                     if collapse
@@ -171,6 +172,7 @@ class Server:
                     k=want + 1,
                     threshold=th,
                     text_terms=words,
+                    excluded_text_terms=excluded_words,
                     text_only=match == "text",
                     semantic_only=match == "semantic",
                     filter=flt,
@@ -204,8 +206,9 @@ class Server:
         }
 
     def _query_parts(self, text, add, subtract, like, unlike, image_id, upload_id, vector, image_weight):
-        """(the Query to search, the `query` object the answer describes it with). Texts are
-        encoded here, through the server's cache and batching, and go to the Library as vectors."""
+        """(the Query to search, the `query` object the answer describes it with, (the phrases
+        added, the phrases subtracted) for the text side). Texts are encoded here, through the
+        server's cache and batching, and go to the Library as vectors."""
         cfg = self.config
         if len(add) + len(subtract) + len(like) + len(unlike) > MAX_EXTRA_PARTS:
             raise ApiError(422, f"at most {MAX_EXTRA_PARTS} add, subtract, like and unlike parameters in all")
@@ -262,7 +265,7 @@ class Server:
             query_mod.Part(query_mod.VECTOR, self.texts.encode(p.value), p.weight) if p.kind == query_mod.TEXT else p
             for p in parsed
         )
-        return encoded, described, parsed.text_terms()
+        return encoded, described, (parsed.text_terms(), parsed.excluded_text_terms())
 
     @staticmethod
     def _hit(r, row, video: tuple[int, int] | None = None) -> dict:
@@ -282,6 +285,7 @@ class Server:
             "height": r.height,
             "found_by": r.found_by,
             "matched": r.matched,
+            "demoted_by": r.demoted_by,
             "taken": r.taken,
             "taken_source": r.taken_source,
             "lat": r.lat,

@@ -144,7 +144,8 @@ def router(config: ServerConfig) -> APIRouter:
         ),
         subtract: list[str] = Query(
             [],
-            description="a phrase to subtract: photos like it go down (repeatable)",
+            description="a phrase to subtract: photos like it go down, and in a library indexed with OCR "
+            "photos whose text holds it go after all others (repeatable)",
             json_schema_extra={"items": phrase_schema},
         ),
         like: list[int] = Query(
@@ -195,7 +196,9 @@ def router(config: ServerConfig) -> APIRouter:
 
         In a library indexed with OCR (`pixquery index --ocr`), the phrases added are also matched
         against the text read in the photos; each hit then says `found_by` and, when its text
-        matched, the lines (`matched`: text, box, confidence)."""
+        matched, the lines (`matched`: text, box, confidence). A photo whose text holds every word
+        of a subtracted phrase (`invoice -draft`: a photo reading "DRAFT") is no text hit, and comes
+        after every other result (with `match=text`: not at all). `collapse` folds text hits too."""
         return server.search(
             text=q,
             image_id=image_id,

@@ -485,12 +485,17 @@
     els.vBox.style.height = `${(y1 - y0) * 100}%`;
   }
 
-  // The lines of text (OCR) that matched the query: outlined on the picture, and listed.
-  function showMatchedText(matched) {
+  // The lines of text (OCR) that matched the query: outlined on the picture, and listed; and those
+  // that hold a phrase the query subtracted ("invoice -draft"), listed: why the photo came last.
+  function showMatchedText(matched, demotedBy) {
     els.vTextBoxes.replaceChildren();
     const lines = matched || [];
-    els.vText.hidden = els.vTextLabel.hidden = !lines.length;
-    els.vText.textContent = lines.map((m) => `“${m.text}”`).join(" · ");
+    const held = demotedBy || [];
+    const quote = (ls) => ls.map((m) => `“${m.text}”`).join(" · ");
+    els.vText.hidden = els.vTextLabel.hidden = !lines.length && !held.length;
+    els.vText.textContent = [lines.length ? quote(lines) : "",
+                             held.length ? `moved down: its text holds a subtracted phrase (${quote(held)})` : ""]
+      .filter(Boolean).join("; ");
     for (const m of lines) {
       const [x0, y0, x1, y1] = m.box;
       const div = document.createElement("div");
@@ -534,7 +539,7 @@
     els.vImg.alt = r.name;
     els.vImg.src = r.thumbnail || "";
     showBox(r.box);
-    showMatchedText(r.matched);
+    showMatchedText(r.matched, r.demoted_by);
     const at = video ? `#t=${(r.time_range ? r.time_range[0] : r.timestamp || 0).toFixed(1)}` : "";
     els.vOriginal.href = (r.original || "#") + at;
     els.vSimilar.hidden = els.vMore.hidden = els.vLess.hidden = r.image_id == null || video;
