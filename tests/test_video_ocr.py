@@ -252,6 +252,9 @@ def test_ocr_turned_on_reads_videos_indexed_before_and_the_api_and_http_return_t
         fused = lib.search("zebra", k=5)
         assert Path(fused[0].path).name == "sign.mp4" and "text" in fused[0].found_by
         assert SHOWN[0] <= fused[0].timestamp < SHOWN[1]
+        # a subtracted phrase consults photos' text only: the video stays a text hit
+        for found in (lib.search("zebra -draft", k=5), lib.search("zebra -draft", k=5, text_only=True)):
+            assert Path(found[0].path).name == "sign.mp4" and "text" in found[0].found_by
 
     with running_server(lib_path, tiny_model, tmp_path / "server.log") as server, server.client() as api:
         hits = api.get("/api/search", params={"q": "ZEBRA"}).json()["results"]
