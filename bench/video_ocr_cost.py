@@ -75,7 +75,12 @@ def make_video(path: Path, seconds: float, fps: int = 30) -> None:
             draw.text((1060, 30), "PXQ TV", font=small, fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0))
             if seconds / 3 <= t < 2 * seconds / 3:
                 draw.text(
-                    (120, 560), "RIVER FLOODS 2024", font=font, fill=(255, 230, 0), stroke_width=3, stroke_fill=(0, 0, 0)
+                    (120, 560),
+                    "RIVER FLOODS 2024",
+                    font=font,
+                    fill=(255, 230, 0),
+                    stroke_width=3,
+                    stroke_fill=(0, 0, 0),
                 )
             arr = np.asarray(img).astype(np.int16) + rng.integers(-3, 4, (SIZE[1], SIZE[0], 1), dtype=np.int16)
             frame = av.VideoFrame.from_ndarray(np.clip(arr, 0, 255).astype(np.uint8), format="rgb24")
