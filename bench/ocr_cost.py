@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--det-side", type=int, default=OcrConfig().det_side)
     ap.add_argument("--contrast", default=OcrConfig().contrast)
     ap.add_argument("--engine", default=OcrConfig().engine, help="OCR engine (default: pixquery's)")
+    ap.add_argument("--extend", type=float, default=OcrConfig().extend, help="box lengthening (default: pixquery's)")
     ap.add_argument(
         "--nice",
         type=int,
@@ -50,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.nice is not None:
         local_executor.OCR_NICE = args.nice
-    config = OcrConfig(det_side=args.det_side, contrast=args.contrast, engine=args.engine)
+    config = OcrConfig(det_side=args.det_side, contrast=args.contrast, engine=args.engine, extend=args.extend)
     n = len(list(args.folder.iterdir()))
     work = Path(tempfile.mkdtemp(prefix="pixquery-ocr-cost-"))
     times: dict[str, list[float]] = {"none": [], "workers": [], "after": []}

@@ -31,7 +31,7 @@ OPTIONAL = {
         "the [milvus] extra: pip install 'pixquery[milvus]' "
         "(or [milvus-lite3] in a venv of its own: bash scripts/test-milvus-lite3.sh)",
     ),
-    "ocr": (("rapidocr_onnxruntime", "rapidfuzz"), "the [ocr] extra: pip install 'pixquery[ocr]'"),
+    "ocr": (("rapidocr", "rapidfuzz"), "the [ocr] extra: pip install 'pixquery[ocr]'"),
     "milvus_standalone": (
         ("pymilvus", "milvus"),
         "a Milvus standalone server: pip install 'pixquery[milvus,milvus-standalone]' (linux x86_64)",

@@ -1,5 +1,6 @@
-"""The OCR stage: text in photos, read with RapidOCR (PP-OCRv4 detection + recognition as ONNX
-models that ship inside the `rapidocr-onnxruntime` wheel: offline, no download), into the catalog.
+"""The OCR stage: text in photos, read with RapidOCR (PP-OCRv6 small detection + recognition as
+ONNX models that ship inside the `rapidocr` wheel: offline, no download), into the catalog.
+ocr_engines.py has the engines; bench/results/ocr-accuracy.md why this one.
 
 Opt-in per library (`pixquery index PATH --ocr`, remembered like regions). The photos an index
 run embeds are read in their decode workers (ingest/workers.py `read_text`): detection on the
@@ -14,7 +15,8 @@ runs on every photo and is most of the cost; recognition runs only on the boxes 
 with no text pay for detection alone. Detection sees the photo scaled down to `det_side` pixels
 on its long side (480 by default: PP-OCR's default upscales a photo's short side to 736, ~8x the
 pixels and the cost; bench/results/ocr-accuracy.md has recall and cost for 480 and 960);
-recognition reads each box from the photo at up to `rec_side`, so small text keeps its pixels. The angle classifier
+recognition reads each box, lengthened along its line (`extend`), from the photo decoded only as
+big as the smallest box needs (`rec_side` at most), so small text keeps its pixels. The angle classifier
 (upside-down lines) is skipped: photo text is near upright, and it would cost a pass per box.
 
 Video frames are read by ingest/video_text.py (the same TextReader, a line stored once per run of
@@ -38,7 +40,7 @@ from pixquery.errors import BadImage, PixqueryError
 from pixquery.ingest.decode import load_image
 from pixquery.ingest.ocr_engines import ENGINES, INSTALL_HINT, make_engine
 
-ENGINE = "rapidocr-onnxruntime"
+ENGINE = "rapidocr"  # PP-OCRv6 small (ocr_engines.py); measured against PP-OCRv4 in bench/results/ocr-accuracy.md
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class OcrConfig:
     # the full range (faint text on a plain background reads like printed text). Costs ~nothing:
     # boxes only.
     rec_contrast: str = "none"
+    # Each box is lengthened by this many times its height at both ends of its line before
+    # recognition: faint text is often found only in part (the letters over a background of
+    # their own colour drop out), and the recogniser reads the faint ends a box cut off.
+    extend: float = 1.0
     engine: str = ENGINE  # with its version, once `resolved()`: a new engine reads every photo again
 
     def to_json(self) -> str:
@@ -107,7 +113,12 @@ class TextReader:
             raise PixqueryError(f"OCR rec_contrast must be none or stretch, not {self.config.rec_contrast!r}")
         c = self.config
         self._engine = make_engine(
-            c.engine, det_side=c.det_side, det_thresh=c.det_thresh, box_thresh=c.box_thresh, unclip=c.unclip, threads=threads
+            c.engine,
+            det_side=c.det_side,
+            det_thresh=c.det_thresh,
+            box_thresh=c.box_thresh,
+            unclip=c.unclip,
+            threads=threads,
         )
 
     def detect(self, image: Image.Image) -> np.ndarray:
@@ -139,12 +150,28 @@ class TextReader:
             return []
         return self.recognise(image, quads)
 
+    def recognition_short_side(self, quads: np.ndarray, size: tuple[int, int], own_side: int) -> int:
+        """The short side (pixels) a picture of this photo needs for its smallest box (relative
+        quadrilaterals) to be REC_TEXT_PX tall, the height the recogniser reads lines at (a bigger
+        decode adds nothing to it), within `rec_side` and the photo's own long side `own_side`.
+        A decode for recognition costs as much as the detection itself on a 12 MP photo: false
+        boxes on textures, common, are mostly tall enough in the picture already decoded."""
+        w, h = size
+        px = quads * np.array([w, h], dtype=np.float32)
+        tall = np.linalg.norm(px[:, 3] - px[:, 0], axis=1)  # the left edges, in pixels of `size`
+        scale = REC_TEXT_PX / max(float(tall.min()), 1.0)
+        longest = min(self.config.rec_side, own_side)
+        scale = min(scale, longest / max(w, h))
+        return int(np.ceil(min(w, h) * scale))
+
     def recognise(self, image: Image.Image, quads: np.ndarray) -> list[TextBox]:
         """The text in each box found by `detect` (relative quadrilaterals), read from `image`
         (which may be a bigger decode of the same photo than the one detection saw)."""
         big = _scaled(image, self.config.rec_side)
         bgr = np.ascontiguousarray(np.asarray(big)[:, :, ::-1])
         pixels = (quads * np.array([big.width, big.height], dtype=np.float32)).astype(np.float32)
+        if self.config.extend:
+            pixels = _lengthened(pixels, self.config.extend, big.width, big.height)
         crops = self._engine.crop(bgr, pixels)
         if self.config.rec_contrast == "stretch":
             crops = [_stretched(c) for c in crops]
@@ -152,7 +179,9 @@ class TextReader:
         out = []
         for quad, (text, score) in zip(quads, texts):
             text = " ".join(str(text).split())
-            if not text or float(score) < self.config.min_score:
+            # One character is no line anyone can search for (a query word has 3 or more); PP-OCRv6's
+            # detector sometimes boxes a whole textured picture, read as a lone confident letter.
+            if len(text.replace(" ", "")) < 2 or float(score) < self.config.min_score:
                 continue
             x0, y0 = np.clip(quad.min(0), 0.0, 1.0)
             x1, y1 = np.clip(quad.max(0), 0.0, 1.0)
@@ -161,6 +190,7 @@ class TextReader:
 
 
 CONTRASTS = ("none", "clahe", "both")
+REC_TEXT_PX = 48  # PP-OCR's recognisers read a line scaled to 48 pixels tall
 
 
 def _equalised(rgb: np.ndarray) -> np.ndarray:
@@ -171,6 +201,19 @@ def _equalised(rgb: np.ndarray) -> np.ndarray:
     lab = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2LAB)
     lab[:, :, 0] = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(8, 8)).apply(lab[:, :, 0])
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+def _lengthened(quads: np.ndarray, factor: float, width: int, height: int) -> np.ndarray:
+    """Pixel quadrilaterals (n, 4, 2; top-left, top-right, bottom-right, bottom-left) lengthened
+    along their top edge's direction by `factor` x their height at each end, kept in the picture."""
+    along = quads[:, 1] - quads[:, 0]
+    along /= np.linalg.norm(along, axis=1, keepdims=True) + 1e-6
+    tall = (np.linalg.norm(quads[:, 3] - quads[:, 0], axis=1) + np.linalg.norm(quads[:, 2] - quads[:, 1], axis=1)) / 2
+    step = along * (factor * tall)[:, None]
+    out = quads + np.stack([-step, step, step, -step], axis=1)
+    out[..., 0] = out[..., 0].clip(0, width - 1)
+    out[..., 1] = out[..., 1].clip(0, height - 1)
+    return out.astype(np.float32)
 
 
 def _stretched(bgr: np.ndarray) -> np.ndarray:

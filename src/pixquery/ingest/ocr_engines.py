@@ -86,6 +86,8 @@ class RapidOcr3:
         return list(self._ocr.crop_text_regions(bgr, quads))
 
     def recognise(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
+        if not crops:  # the package fails on an empty batch
+            return []
         out = self._rec(self._rec_input(img=crops))
         return [(str(t), float(s)) for t, s in zip(out.txts or (), out.scores or ())]
 
@@ -133,6 +135,17 @@ ENGINES: dict[str, type[RapidOcr3] | type[RapidOcrOnnxruntime]] = {
 }
 
 
+# What a worker process imports to use each engine: preloaded by the decode workers' process server.
+_MODULES = {
+    "rapidocr": ["rapidocr", "rapidocr.ch_ppocr_det", "rapidocr.ch_ppocr_rec", "rapidocr.inference_engine.onnxruntime"],
+    "rapidocr-onnxruntime": ["rapidocr_onnxruntime"],
+}
+
+
+def modules_to_preload(name: str) -> list[str]:
+    return _MODULES.get(name.split("==")[0], [])
+
+
 def make_engine(
     name: str, *, det_side: int, det_thresh: float, box_thresh: float, unclip: float, threads: int | None
 ) -> OcrEngine:
@@ -140,4 +153,6 @@ def make_engine(
     base = name.split("==")[0]
     if base not in ENGINES:
         raise PixqueryError(f"unknown OCR engine {base!r}: one of {', '.join(ENGINES)}")
-    return ENGINES[base](det_side=det_side, det_thresh=det_thresh, box_thresh=box_thresh, unclip=unclip, threads=threads)
+    return ENGINES[base](
+        det_side=det_side, det_thresh=det_thresh, box_thresh=box_thresh, unclip=unclip, threads=threads
+    )

@@ -92,7 +92,8 @@ def _reader(config):
 
 def read_text(item: MediaItem, data: bytes, img, own_side: int, config, max_pixels: int = MAX_PIXELS) -> list | None:
     """The photo's lines of text (ocr.TextBox): detection on `img` (the pixels already decoded
-    for the crops), then, only where it found boxes, recognition from a bigger decode of `data`.
+    for the crops), then, only where it found boxes, recognition, from a bigger decode of `data`
+    only when the smallest box is too small in `img` for the recogniser.
     None when reading failed: the OCR pass after the run reads it again and reports why."""
     try:
         reader = _reader(config)
@@ -100,8 +101,9 @@ def read_text(item: MediaItem, data: bytes, img, own_side: int, config, max_pixe
         if not len(quads):
             return []
         big = img
-        if max(img.size) < min(config.rec_side, own_side):  # decoded small (JPEG draft): again, bigger
-            big, _, _ = load(io.BytesIO(data), config.rec_side // 2, name=item.path, max_pixels=max_pixels)
+        short = reader.recognition_short_side(quads, img.size, own_side)
+        if short > min(img.size):  # decoded small (JPEG draft) for text this small: again, bigger
+            big, _, _ = load(io.BytesIO(data), short, name=item.path, max_pixels=max_pixels)
         return reader.recognise(big, quads)
     except Exception:  # a reading failure must not lose the photo's embedding
         return None

@@ -136,11 +136,19 @@ def _init_decode_process(nice: int, owner: int) -> None:
     _lower_priority(nice)
 
 
-def _context():
+def _context(settings: DecodeSettings):
     # forkserver: workers start from a clean process, never from a fork of one that already runs
-    # ONNX Runtime threads (or holds the catalog's locks).
+    # ONNX Runtime threads (or holds the catalog's locks). What it preloads, every worker starts
+    # with: with OCR on, the engine's modules too (rapidocr 3 takes ~0.4 s to import, which each
+    # worker would pay again). The server process is started once per process, with the list of
+    # the first run that starts it; a name that does not import is skipped.
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["pixquery.ingest.workers", "pixquery.ingest.executors.local"])
+    preload = ["pixquery.ingest.workers", "pixquery.ingest.executors.local"]
+    if settings.ocr is not None:
+        from pixquery.ingest.ocr_engines import modules_to_preload
+
+        preload += modules_to_preload(getattr(settings.ocr, "engine", ""))
+    ctx.set_forkserver_preload(preload)
     return ctx
 
 
@@ -160,7 +168,10 @@ class _Decoders:
                 self.workers, thread_name_prefix="pixquery-decode", initializer=_lower_priority, initargs=(self.nice,)
             )
         return ProcessPoolExecutor(
-            self.workers, mp_context=_context(), initializer=_init_decode_process, initargs=(self.nice, os.getpid())
+            self.workers,
+            mp_context=_context(self.settings),
+            initializer=_init_decode_process,
+            initargs=(self.nice, os.getpid()),
         )
 
     def submit(self, item: MediaItem) -> Future:
@@ -218,7 +229,7 @@ class _VideoStream:
                 target=self._thread, args=(settings, nice), daemon=True, name="pixquery-video-decode"
             )
         else:
-            ctx = _context()
+            ctx = _context(settings)
             self.queue = ctx.Queue(maxsize=2)
             self.worker = ctx.Process(
                 target=_stream_video,
