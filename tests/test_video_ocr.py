@@ -176,6 +176,104 @@ def test_fusion_joins_a_videos_text_hit_with_its_semantic_result_at_the_same_mom
     assert [(r.found_by, r.timestamp, r.score) for r in fused] == [("text", 40.0, 0.25), ("semantic", 2.0, 0.3)]
 
 
+# -- a subtracted phrase and videos: held at the moment of the hit ------------------------------
+
+
+def _store_video_text(cat: Catalog, video: int, lines: list[tuple[str, float, float]]) -> None:
+    """`video`'s text: (text, first second, last second) each, as ingest/video_text.py stores runs."""
+    cat.replace_video_text(
+        video,
+        [(t, (0.1, 0.1 + 0.2 * n, 0.8, 0.25 + 0.2 * n), 0.95, a, b) for n, (t, a, b) in enumerate(lines)],
+        size=1,
+        mtime_ns=1,
+        config="test",
+        frames=6,
+        seconds=0.0,
+    )
+
+
+def test_a_video_holds_a_subtracted_phrase_only_where_its_words_are_on_screen_at_the_hits_time(tmp_path):
+    from pixquery.text_search import held_in_videos
+
+    cat = Catalog(tmp_path / "catalog.sqlite")
+    with cat.transaction():
+        video = cat.upsert_video("/v/a.mp4", 1, 1, width=320, height=192, duration=60.0, fps=5.0, frame_count=300)
+        other = cat.upsert_video("/v/b.mp4", 1, 1, width=320, height=192, duration=60.0, fps=5.0, frame_count=300)
+        _store_video_text(cat, video, [("INVOICE", 0.0, 20.0), ("DRAFT copy", 4.0, 8.0), ("for SALE", 30.0, 30.0)])
+        _store_video_text(cat, other, [("Redraft", 0.0, 60.0)])
+    held = held_in_videos(cat, ["draft"], [video, other])
+    assert [ln.text for ln in held.at(video, 6.0, (4.0, 10.0))] == ["DRAFT copy"]  # the spans meet
+    assert [ln.text for ln in held.at(video, 8.0)] == ["DRAFT copy"]  # one frame: the run's last one counts
+    assert held.at(video, 10.0, (10.0, 20.0)) == []  # on screen earlier only: not held now
+    assert held.at(video, 2.0) == []
+    assert [ln.text for ln in held.at(video, None)] == ["DRAFT copy"]  # no time: anywhere in the video
+    assert held.at(other, 6.0) == []  # "Redraft" is not the word "draft"
+    assert held.at(None, 6.0) == [] and held_in_videos(cat, ["draft"], []).at(video, 6.0) == []
+    # every word of a phrase on screen at that time, in one line or several
+    both = held_in_videos(cat, ["draft invoice"], [video])
+    assert {ln.text for ln in both.at(video, 5.0)} == {"INVOICE", "DRAFT copy"}
+    assert both.at(video, 12.0) == []  # "invoice" without "draft"
+    assert held_in_videos(cat, ["sale draft"], [video]).at(video, 0.0, (0.0, 60.0)) != []  # both in the span
+    assert held_in_videos(cat, ["sale draft"], [video]).at(video, 6.0) == []
+    assert held_in_videos(cat, ["the", "a"], [video]).lines == {}  # no words left to hold: nothing is held
+
+
+@pytest.fixture(scope="module")
+def zebra_videos(tmp_path_factory, tiny_model):
+    """(library, name -> video id): three real videos indexed with the tiny model (no OCR run), and
+    text stored for them through the catalog as ingest/video_text.py stores what it reads: all
+    three show ZEBRA from 4 s to 8 s; "draft.mp4" shows DRAFT then too, "later.mp4" only at 10 s."""
+    from pixquery.api import Library
+    from pixquery.catalog.text import SETTING_OCR
+    from pixquery.ingest.ocr import OcrConfig
+
+    root = tmp_path_factory.mktemp("video-subtract")
+    media = root / "media"
+    for seed, name in enumerate(("plain.mp4", "draft.mp4", "later.mp4")):
+        make_text_video(media / name, None, seed=seed, seconds=10.0)
+    lib_path = root / "lib"
+    with Library.open(lib_path, model=str(tiny_model)) as lib:
+        assert lib.index([media], workers=1).videos == 3
+        ids = {Path(p).name: row[0] for p, row in lib.catalog.videos_under(str(media)).items()}
+        with lib.catalog.transaction():
+            lib.catalog.set_setting(SETTING_OCR, OcrConfig().to_json())
+            _store_video_text(lib.catalog, ids["plain.mp4"], [("ZEBRA crossing", 4.0, 8.0)])
+            _store_video_text(lib.catalog, ids["draft.mp4"], [("ZEBRA crossing", 4.0, 8.0), ("DRAFT", 4.0, 8.0)])
+            _store_video_text(lib.catalog, ids["later.mp4"], [("ZEBRA crossing", 4.0, 8.0), ("DRAFT", 10.0, 10.0)])
+    return lib_path, ids
+
+
+@pytest.mark.ocr
+def test_a_video_holding_a_subtracted_phrase_when_found_comes_last_and_is_no_text_hit(zebra_videos, tiny_model):
+    from pixquery.api import Library
+
+    lib_path, ids = zebra_videos
+    with Library.open(lib_path, model=str(tiny_model), create=False) as lib:
+        plain = lib.search("zebra", k=5)
+        assert sorted(Path(r.path).name for r in plain) == ["draft.mp4", "later.mp4", "plain.mp4"]
+        assert all("text" in r.found_by and r.demoted_by is None for r in plain)
+
+        fused = lib.search("zebra -draft", k=5)
+        got = [(Path(r.path).name, r.found_by, bool(r.demoted_by)) for r in fused]
+        # "later.mp4" shows DRAFT at 10 s, not while ZEBRA is on screen: a hit like any other
+        assert sorted(got[:2]) == [("later.mp4", "semantic+text", False), ("plain.mp4", "semantic+text", False)]
+        assert got[2] == ("draft.mp4", "semantic", True)  # after the others, found by meaning only
+        last = fused[2]
+        assert last.matched is None
+        assert [(m["text"], m["timestamp"], m["timestamp_end"]) for m in last.demoted_by] == [("DRAFT", 4.0, 8.0)]
+        assert fused[0].timestamp == 4.0 and fused[0].time_range == (4.0, 8.0)  # where the words are
+        assert [Path(r.path).name for r in lib.search("zebra", subtract=["draft"], k=5)] == [r[0] for r in got]
+
+        only = lib.search("zebra -draft", k=5, text_only=True)
+        assert sorted(Path(r.path).name for r in only) == ["later.mp4", "plain.mp4"]  # dropped
+        assert sorted(Path(r.path).name for r in lib.search("zebra", k=5, text_only=True)) == sorted(ids)
+        # a phrase none holds whole at that time, and --semantic-only: nobody demoted
+        assert not any(r.demoted_by for r in lib.search("zebra -draft sale", k=5))
+        assert len(lib.search("zebra -draft sale", k=5, text_only=True)) == 3
+        assert len(lib.search("zebra -draft crossing", k=5, text_only=True)) == 2  # both words then, two lines
+        assert not any(r.demoted_by for r in lib.search("zebra -draft", k=5, semantic_only=True))
+
+
 # -- end to end: real videos, real OCR weights, the real command -------------------------------
 
 
@@ -252,7 +350,7 @@ def test_ocr_turned_on_reads_videos_indexed_before_and_the_api_and_http_return_t
         fused = lib.search("zebra", k=5)
         assert Path(fused[0].path).name == "sign.mp4" and "text" in fused[0].found_by
         assert SHOWN[0] <= fused[0].timestamp < SHOWN[1]
-        # a subtracted phrase consults photos' text only: the video stays a text hit
+        # a subtracted phrase its text does not hold at that time leaves it a text hit
         for found in (lib.search("zebra -draft", k=5), lib.search("zebra -draft", k=5, text_only=True)):
             assert Path(found[0].path).name == "sign.mp4" and "text" in found[0].found_by
 

@@ -603,8 +603,9 @@ class Library:
         In a library with OCR on (`index(ocr=True)`), a sentence is also matched against the text
         read in the photos and the two rankings are fused (fusion.py); results then say which side
         found them (`found_by`) and the lines of text that matched (`matched`). A subtracted
-        phrase leaves out of the text hits the photos whose text holds all its words, and puts them
-        below every other result (text_search.holding_phrases; docs/ocr.md). text_only skips the
+        phrase leaves out of the text hits the photos whose text holds all its words (and the video
+        moments whose text on screen does), and puts them below every other result
+        (text_search.holding_phrases, held_in_videos; docs/search.md). text_only skips the
         model (score: the share of the query's words found), semantic_only the text (both ways).
         text_terms / excluded_text_terms: the phrases the text side looks for / leaves out, when
         the query's texts come already encoded (the server caches text vectors); default: the
@@ -693,20 +694,32 @@ class Library:
         sort: str,
         collapse: bool | float | None,
     ) -> Results:
-        """The text side alone (`--text-only`): photos whose text matches `words`, less those whose
-        text holds a phrase of `excluding`; near-duplicates folded when `collapse` is not None
-        (by the stored embeddings of this library's model: its identity is read; for an ONNX
-        model that is a fingerprint of its files, no session is made)."""
+        """The text side alone (`--text-only`): photos and videos whose text matches `words`, less
+        those whose text holds a phrase of `excluding` (a video: at the hit's moment);
+        near-duplicates folded when `collapse` is not None (by the stored embeddings of this
+        library's model: its identity is read; for an ONNX model that is a fingerprint of its
+        files, no session is made)."""
         from pixquery.search import by_date, text_only_results, with_meta
-        from pixquery.text_search import holding_phrases, search_text
+        from pixquery.text_search import held_in_videos, holding_phrases, search_text
 
         liked = parts.liked_photos()
 
         def found(limit: int) -> Results:
             hits = [h for h in search_text(self.catalog, words, limit=max(limit, 50)) if h.image_id not in liked]
             if excluding:
-                held = holding_phrases(self.catalog, excluding, [h.image_id for h in hits if h.image_id is not None])
-                hits = [h for h in hits if h.image_id not in held]
+                held = holding_phrases(self.catalog, excluding, [h.image_id for h in hits if h.video_id is None])
+                in_videos = held_in_videos(
+                    self.catalog, excluding, [h.video_id for h in hits if h.video_id is not None]
+                )
+                hits = [
+                    h
+                    for h in hits
+                    if (
+                        h.image_id not in held
+                        if h.video_id is None
+                        else not in_videos.at(h.video_id, h.timestamp, h.time_range)
+                    )
+                ]
             return text_only_results(self.catalog, self._passing(hits, flt), limit)
 
         if collapse is None:
@@ -735,8 +748,9 @@ class Library:
     ) -> Results:
         """The semantic search of `q` (only what passes `flt`), fused with the text side's hits for
         `words` when there are any (a library with OCR, a query with words: text_search.py,
-        fusion.py), photos whose text holds a phrase of `excluding` out of the text hits and after
-        every other result; sort="date" orders the results by date taken."""
+        fusion.py), photos whose text holds a phrase of `excluding` (and video moments whose text on
+        screen does) out of the text hits and after every other result; sort="date" orders the
+        results by date taken."""
         from pixquery.ingest import video as video_mod
 
         liked = parts.liked_photos()
@@ -756,7 +770,7 @@ class Library:
                 strategy=strategy,
             )
         from pixquery.search import by_date, fuse_with_text, with_meta
-        from pixquery.text_search import holding_phrases, search_text
+        from pixquery.text_search import HeldInVideos, held_in_videos, holding_phrases, search_text
 
         depth = max(2 * k, 50)  # fusion needs both lists deeper than the page, and demoting photos too
         hits = (
@@ -778,13 +792,29 @@ class Library:
             strategy=strategy,
         )
         demoted: dict[int, list[Any]] = {}
+        in_videos = HeldInVideos([], {})
         if excluding:
             candidates = [r.image_id for r in semantic if r.image_id is not None and r.video_id is None]
             demoted = holding_phrases(
-                self.catalog, excluding, candidates + [h.image_id for h in hits if h.image_id is not None]
+                self.catalog, excluding, candidates + [h.image_id for h in hits if h.video_id is None]
             )
-            hits = [h for h in hits if h.image_id not in demoted]
-        if not hits and not demoted:
+            # videos: at each hit's moment (HeldInVideos says why not anywhere in the video)
+            in_videos = held_in_videos(
+                self.catalog,
+                excluding,
+                [r.video_id for r in semantic if r.video_id is not None]
+                + [h.video_id for h in hits if h.video_id is not None],
+            )
+            hits = [
+                h
+                for h in hits
+                if (
+                    h.image_id not in demoted
+                    if h.video_id is None
+                    else not in_videos.at(h.video_id, h.timestamp, h.time_range)
+                )
+            ]
+        if not hits and not demoted and not in_videos:
             results = semantic
         else:
 
@@ -810,6 +840,7 @@ class Library:
                 demoted,
                 frame_cosine_of=frame_cosine_of,
                 merge_gap=merge_gap,
+                held=in_videos,
             )
             with_meta(self.catalog, results)
         if len(results) > k:

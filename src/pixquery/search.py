@@ -378,6 +378,7 @@ def fuse_with_text(
     *,
     frame_cosine_of=None,
     merge_gap: float | None = None,
+    held=None,
 ) -> Results:
     """The semantic results and the text hits of one query fused into one ranking (fusion.py),
     each result saying which side found it and the lines that matched. `cosine_of(image_ids)`
@@ -388,7 +389,9 @@ def fuse_with_text(
     points at where the words are on screen (timestamp and time range). The threshold applies
     to the semantic side only: text found in a photo or video is evidence of its own.
     `demoted`: photos whose text holds a subtracted phrase -> those lines
-    (text_search.holding_phrases), listed after all the others."""
+    (text_search.holding_phrases), listed after all the others; `held`: the same for videos,
+    asked at the moment each video result points at (text_search.HeldInVideos: the text hits' own
+    moments are the caller's to leave out, as photos holding a phrase are)."""
     from pixquery.fusion import TEXT_WEIGHT, fuse
     from pixquery.ingest.video import DEFAULT_MERGE_GAP
 
@@ -407,11 +410,23 @@ def fuse_with_text(
             n = _video_result_of(semantic, h, gap)
             key = ("result", n) if n is not None else key
         text_hit[key] = h
+    held_videos: dict = {}  # the key of a video result -> the lines on screen then holding a subtracted phrase
+    for n, r in enumerate(semantic):
+        if held and r.video_id is not None:
+            h = text_hit.get(("result", n))
+            # the moment the result will point at: where its words are when the text side found it too
+            lines = held.at(
+                r.video_id,
+                *((h.timestamp, h.time_range) if h and h.timestamp is not None else (r.timestamp, r.time_range)),
+            )
+            if lines:
+                held_videos[("result", n)] = lines
+                text_hit.pop(("result", n), None)  # not a text hit, as a photo holding it is not
     text_list = [(key, h.score) for key, h in text_hit.items()]
     fused = fuse(
         {"semantic": sem_list, "text": text_list},
         weights={"text": TEXT_WEIGHT},
-        demoted={("image", image_id) for image_id in demoted},
+        demoted={("image", image_id) for image_id in demoted} | set(held_videos),
     )[: max(1, k)]
     missing = [f.key[1] for f in fused if f.key not in by_key and f.key[0] == "image"]
     cosines = cosine_of(missing) if missing else {}
@@ -438,6 +453,8 @@ def fuse_with_text(
             r.matched = _matched(h.lines)
         if f.key[0] == "image" and f.key[1] in demoted:
             r.demoted_by = _matched(demoted[f.key[1]])
+        elif f.key in held_videos:
+            r.demoted_by = _matched(held_videos[f.key])
         results.append(r)
     _with_paths(catalog, [r for r in results if not r.path], len(results))  # fills them in; gone files stay ""
     results = [r for r in results if r.path]

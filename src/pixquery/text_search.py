@@ -24,11 +24,13 @@ text holds every word of it is no text hit, and fusion puts it below every photo
 hold it (fusion.py, docs/ocr.md). Stricter than finding, because leaving a photo out on a guess
 hides what was asked for: each word must be found exactly as read (no misreadings forgiven:
 "-draft" must not hide "CRAFT BEER") at the start of a word of the text ("-draft" holds "DRAFT"
-and "Drafts", not "redraft"; "-art" not "START").
+and "Drafts", not "redraft"; "-art" not "START"). A video is asked the same at the moment of its
+hit (`held_in_videos`): the lines on screen then, not those of the whole video.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -199,26 +201,103 @@ def search_text(
     return hits[:limit]
 
 
+def _subtracted(phrases: Sequence[str]) -> tuple[list[list[str]], dict[str, re.Pattern]]:
+    """The words of each subtracted phrase (query_words; phrases with none dropped), and for each
+    word the pattern of a word of text starting with it."""
+    wanted = [words for words in (query_words(p) for p in phrases) if words]
+    return wanted, {w: re.compile(r"(?<!\w)" + re.escape(w)) for words in wanted for w in words}
+
+
+def _holding(wanted: list[list[str]], found: list[tuple[TextLine, set[str]]]) -> list[TextLine]:
+    """The lines of `found` ((line, the subtracted words it holds)) that hold a phrase of `wanted`
+    whose every word is in one of them; [] when none is held whole."""
+    out: list[TextLine] = []
+    for words in wanted:
+        holding = [[line for line, has in found if w in has] for w in words]
+        if all(holding):
+            for line in (ln for per_word in holding for ln in per_word):
+                if all(line.detection_id != seen.detection_id for seen in out):
+                    out.append(line)
+    return out
+
+
 def holding_phrases(catalog: Catalog, phrases: Sequence[str], image_ids: Iterable[int]) -> dict[int, list[TextLine]]:
     """Which of `image_ids` hold a subtracted phrase in their text: image id -> the lines that
     hold its words. A photo holds a phrase when every word of it (query_words: folded, common and
     short words dropped) starts a word somewhere in the photo's lines, exactly as read."""
-    wanted = [words for words in (query_words(p) for p in phrases) if words]
+    wanted, patterns = _subtracted(phrases)
     ids = list(dict.fromkeys(int(i) for i in image_ids))
     if not wanted or not ids:
         return {}
-    patterns = {w: re.compile(r"(?<!\w)" + re.escape(w)) for words in wanted for w in words}
     out: dict[int, list[TextLine]] = {}
     for image_id, lines in catalog.text_of_photos(ids).items():
-        folded = [(line, fold(line.text)) for line in lines]
-        for words in wanted:
-            holding = [[line for line, text in folded if patterns[w].search(text)] for w in words]
-            if all(holding):
-                found = out.setdefault(image_id, [])
-                for line in (ln for per_word in holding for ln in per_word):
-                    if all(line.detection_id != seen.detection_id for seen in found):
-                        found.append(line)
+        found = [(line, {w for w, p in patterns.items() if p.search(fold(line.text))}) for line in lines]
+        held = _holding(wanted, found)
+        if held:
+            out[image_id] = held
     return out
 
 
-__all__ = ["TextHit", "holding_phrases", "query_words", "search_text", "STOPWORDS"]
+@dataclass
+class HeldInVideos:
+    """The lines of some videos that hold words of subtracted phrases, asked moment by moment.
+
+    A video result is a moment, not the file: the player starts there, the thumbnail is that
+    frame, and one video (a screen recording, a walk down a street of shop signs) gives several
+    results at different times. So a video holds a phrase at the time of a hit when every word of
+    it starts a word of a line on screen then: a line whose run of frames [timestamp,
+    timestamp_end] meets the hit's time (its time range, or its one frame). "invoice -draft" then
+    still finds the moment a video shows a final invoice, though a draft was on screen a minute
+    earlier; holding it anywhere in the video would hide every moment of a long video for one
+    sign seen once. The runs are of the very frames the embeddings are of (ingest/video_text.py),
+    so the two meet exactly, with no tolerance."""
+
+    wanted: list[list[str]]
+    lines: dict[int, list[tuple[TextLine, set[str]]]]  # video id -> (line, the subtracted words it holds)
+
+    def __bool__(self) -> bool:
+        return bool(self.lines)
+
+    def at(
+        self, video_id: int | None, timestamp: float | None, time_range: tuple[float, float] | None = None
+    ) -> list[TextLine]:
+        """The lines on screen in `video_id` at a hit's time (`time_range`, else its one frame at
+        `timestamp`; neither: the whole video) that hold a subtracted phrase; [] when none does."""
+        if video_id is None or video_id not in self.lines:
+            return []
+        if time_range is not None:
+            start, end = time_range
+        elif timestamp is not None:
+            start = end = timestamp
+        else:
+            start, end = -math.inf, math.inf
+        on_screen = [
+            (line, has)
+            for line, has in self.lines[video_id]
+            if line.timestamp is None
+            or (
+                line.timestamp <= end
+                and start <= (line.timestamp_end if line.timestamp_end is not None else line.timestamp)
+            )
+        ]
+        return _holding(self.wanted, on_screen)
+
+
+def held_in_videos(catalog: Catalog, phrases: Sequence[str], video_ids: Iterable[int]) -> HeldInVideos:
+    """The lines of `video_ids` holding any word of a subtracted phrase (the same rule as
+    holding_phrases: a word starting a word of the line, exactly as read), to ask at each hit's
+    moment (HeldInVideos.at)."""
+    wanted, patterns = _subtracted(phrases)
+    ids = list(dict.fromkeys(int(i) for i in video_ids if i is not None))
+    lines: dict[int, list[tuple[TextLine, set[str]]]] = {}
+    if wanted and ids:
+        for video_id, found in catalog.text_of_videos(ids).items():
+            for line in found:
+                text = fold(line.text)
+                has = {w for w, p in patterns.items() if p.search(text)}
+                if has:
+                    lines.setdefault(video_id, []).append((line, has))
+    return HeldInVideos(wanted, lines)
+
+
+__all__ = ["HeldInVideos", "TextHit", "held_in_videos", "holding_phrases", "query_words", "search_text", "STOPWORDS"]

@@ -216,6 +216,17 @@ class TextTables:
                 out.setdefault(line.image_id, []).append(line)
         return out
 
+    def text_of_videos(self, video_ids: Sequence[int]) -> dict[int, list[TextLine]]:
+        """video id -> its lines of text (one per run of frames), by time, then top to bottom."""
+        out: dict[int, list[TextLine]] = {}
+        for chunk in chunks(list(video_ids)):
+            q = f"""SELECT {_LINE_COLUMNS} FROM detection d WHERE d.kind = ? AND d.video_id IN ({marks(len(chunk))})
+                    ORDER BY d.video_id, d.timestamp, d.y0, d.x0"""
+            for line in _lines(self.db.execute(q, (TEXT, *chunk))):
+                assert line.video_id is not None  # videos' lines only
+                out.setdefault(line.video_id, []).append(line)
+        return out
+
     def ocr_scans(self) -> list[tuple[str, int, float]]:
         """(path, lines found, seconds spent reading) of every live photo read (benchmarks)."""
         return list(
