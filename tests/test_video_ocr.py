@@ -274,6 +274,20 @@ def test_a_video_holding_a_subtracted_phrase_when_found_comes_last_and_is_no_tex
         assert not any(r.demoted_by for r in lib.search("zebra -draft", k=5, semantic_only=True))
 
 
+@pytest.mark.ocr
+def test_http_demotes_a_video_holding_a_subtracted_phrase_at_the_hits_time(zebra_videos, tiny_model, tmp_path):
+    from test_server_support import running_server
+
+    lib_path, _ = zebra_videos
+    with running_server(lib_path, tiny_model, tmp_path / "server.log") as server, server.client() as api:
+        hits = api.get("/api/search", params={"q": "zebra", "subtract": "draft", "k": 5}).json()["results"]
+        assert [(h["name"], bool(h.get("demoted_by"))) for h in hits][2] == ("draft.mp4", True)
+        assert [(m["text"], m["timestamp"], m["timestamp_end"]) for m in hits[2]["demoted_by"]] == [("DRAFT", 4.0, 8.0)]
+        assert not any(h.get("demoted_by") for h in hits[:2])
+        text = api.get("/api/search", params={"q": "zebra -draft", "match": "text"}).json()["results"]
+        assert sorted(h["name"] for h in text) == ["later.mp4", "plain.mp4"]
+
+
 # -- end to end: real videos, real OCR weights, the real command -------------------------------
 
 
@@ -328,6 +342,30 @@ def test_index_ocr_then_search_finds_the_video_where_the_word_is_on_screen(tmp_p
     with Catalog(lib / "catalog.sqlite") as cat:
         assert cat.ocr_video_counts() == (0, 0)
         assert cat.db.execute("SELECT COUNT(*) FROM text_index").fetchone()[0] == 0
+
+
+@pytest.mark.ocr
+def test_cli_a_video_reading_a_subtracted_word_where_the_query_is_found_goes_last(tmp_path, tiny_model):
+    media = tmp_path / "media"
+    make_text_video(media / "draft.mp4", "ZEBRA DRAFT", SHOWN, seconds=10.0)
+    make_text_video(media / "sign.mp4", "ZEBRA 42", SHOWN, seed=2, seconds=10.0)
+    lib = tmp_path / "lib"
+    r = pixquery("index", media, "-L", lib, "-m", tiny_model, "--ocr")
+    assert r.returncode == 0, r.stderr
+
+    r = pixquery("search", "zebra", "-L", lib, "-m", tiny_model, "--text-only", "--json")
+    assert sorted(Path(h["path"]).name for h in json.loads(r.stdout)["results"]) == ["draft.mp4", "sign.mp4"]
+    r = pixquery("search", "zebra -draft", "-L", lib, "-m", tiny_model, "--text-only", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [Path(h["path"]).name for h in json.loads(r.stdout)["results"]] == ["sign.mp4"]
+
+    r = pixquery("search", "zebra -draft", "-L", lib, "-m", tiny_model, "--json", "-k", "5")
+    assert r.returncode == 0, r.stderr
+    first, last = json.loads(r.stdout)["results"]
+    assert Path(first["path"]).name == "sign.mp4" and "text" in first["found_by"] and "demoted_by" not in first
+    assert Path(last["path"]).name == "draft.mp4" and last["found_by"] == "semantic" and "matched" not in last
+    (why,) = last["demoted_by"]  # the line, and when it is on screen
+    assert "DRAFT" in why["text"] and SHOWN[0] <= why["timestamp"] <= why["timestamp_end"] < SHOWN[1]
 
 
 @pytest.mark.ocr
