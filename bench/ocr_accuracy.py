@@ -365,7 +365,7 @@ def main() -> None:
         "",
         f"{len(truths)} real photos (imagenet-sample-images, scaled to {LONG_SIDE} px long side) with one text each, "
         f"and the same {len(truths)} photos without text as distractors: {photos} photos in the library. "
-        f"Engine: RapidOCR (rapidocr-onnxruntime, PP-OCRv4 det + rec ONNX weights from the wheel), "
+        f"Engine: RapidOCR, ONNX weights from the wheel, "
         f"settings {config.resolved().to_json()}. Semantic side: `{args.model}`"
         + (" (random weights: its ranking is noise, the worst case for fusion)" if "random" in args.model else "")
         + ".",
@@ -447,7 +447,7 @@ def main() -> None:
     lines += [
         "## Machine",
         "",
-        markdown(describe(("numpy", "pillow", "onnxruntime", "rapidocr-onnxruntime", "rapidfuzz", "opencv-python"))),
+        markdown(describe(("numpy", "pillow", "onnxruntime", "rapidocr", "rapidocr-onnxruntime", "rapidfuzz", "opencv-python"))),
     ]
     text = "\n".join(lines) + "\n"
     print(text)

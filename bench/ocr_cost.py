@@ -95,7 +95,7 @@ def main() -> None:
             f"(median {statistics.median(per_round):.2f})"
         )
     print(f"\nphotos where detection found a (false) box, so recognition ran: {boxed} of {n}")
-    print(markdown(describe(("numpy", "pillow", "onnxruntime", "rapidocr-onnxruntime", "opencv-python"))))
+    print(markdown(describe(("numpy", "pillow", "onnxruntime", "rapidocr", "rapidocr-onnxruntime", "opencv-python"))))
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ def main() -> None:
         f"({report.text_video_frames} frames, in the decode process); lines read frame by frame: {read} "
         f"over {frames} frames; text rows stored (one per line and run of frames): {rows}"
     )
-    print(markdown(describe(("numpy", "pillow", "onnxruntime", "rapidocr-onnxruntime", "av"))))
+    print(markdown(describe(("numpy", "pillow", "onnxruntime", "rapidocr", "rapidocr-onnxruntime", "av"))))
 
 
 if __name__ == "__main__":

@@ -379,3 +379,61 @@ def test_index_reads_text_in_the_decode_workers_and_the_ocr_pass_only_what_was_n
     assert report.indexed == 0 and (report.text_photos, report.text_lines) == (4, 1)
     assert [Path(h.path).name for h in other.search("TGK", k=1, text_only=True)] == ["car.jpg"]
     other.close()
+
+
+# -- the engine and its settings ----------------------------------------------------------
+
+
+def test_boxes_are_lengthened_along_their_line_and_kept_in_the_picture():
+    import numpy as np
+
+    from pixquery.ingest.ocr import _lengthened
+
+    flat = np.array([[[100, 50], [200, 50], [200, 70], [100, 70]]], np.float32)  # 20 px tall
+    out = _lengthened(flat.copy(), 1.0, 1000, 1000)
+    assert np.allclose(out[0], [[80, 50], [220, 50], [220, 70], [80, 70]])  # 20 px more at each end
+    tilted = np.array([[[100, 100], [180, 160], [168, 176], [88, 116]]], np.float32)  # 20 px tall, along (0.8, 0.6)
+    out = _lengthened(tilted.copy(), 1.0, 1000, 1000)
+    assert np.allclose(out[0, 0], [84, 88], atol=0.01) and np.allclose(out[0, 1], [196, 172], atol=0.01)
+    edge = _lengthened(np.array([[[5, 5], [50, 5], [50, 25], [5, 25]]], np.float32), 1.0, 60, 60)
+    assert edge[..., 0].min() == 0 and edge[..., 0].max() == 59  # clipped to the picture
+
+
+def test_recognition_decodes_again_only_when_the_smallest_box_is_too_small():
+    import numpy as np
+
+    from pixquery.ingest.ocr import REC_TEXT_PX, OcrConfig, TextReader
+
+    reader = TextReader.__new__(TextReader)  # the sizing needs no engine loaded
+    reader.config = OcrConfig()
+
+    def quad(x0, y0, x1, y1):
+        return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+
+    size = (500, 375)  # a 4000x3000 photo decoded at 1/8 for its crops and detection
+    tall = np.array([quad(0.1, 0.1, 0.6, 0.3)], np.float32)  # 75 px tall in it: read from it
+    assert reader.recognition_short_side(tall, size, 4000) <= 375
+    small = np.array([quad(0.1, 0.1, 0.6, 0.3), quad(0.1, 0.5, 0.3, 0.55)], np.float32)  # 18.75 px tall
+    short = reader.recognition_short_side(small, size, 4000)
+    assert short == round(375 * REC_TEXT_PX / 18.75) == 960  # the smallest box REC_TEXT_PX tall
+    tiny = np.array([quad(0.1, 0.5, 0.3, 0.501)], np.float32)
+    assert reader.recognition_short_side(tiny, size, 4000) == 1500  # at most rec_side (2000) long
+    assert reader.recognition_short_side(tiny, size, 800) == 600  # never above the photo's own size
+
+
+def test_a_library_read_with_an_engine_no_longer_installed_switches_to_the_current_one(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from pixquery.ingest import ocr as ocr_mod
+
+    cat = Catalog(tmp_path / "catalog.sqlite")
+    old = replace(ocr_mod.OcrConfig(), engine="rapidocr-onnxruntime==1.4.4", extend=0.0)
+    ocr_mod.apply_config(cat, old)
+    monkeypatch.setattr(ocr_mod, "engine_installed", lambda engine: True)
+    assert ocr_mod.choose_config(cat, None) == old  # installed: the library keeps what it was read with
+    monkeypatch.setattr(ocr_mod, "engine_installed", lambda engine: not engine.startswith("rapidocr-onnxruntime"))
+    for enabled in (None, True):
+        chosen = ocr_mod.choose_config(cat, enabled)
+        assert chosen.engine == ocr_mod.ENGINE and chosen.extend == 0.0 and chosen.det_side == old.det_side
+    assert ocr_mod.choose_config(cat, False) is None
+    cat.close()

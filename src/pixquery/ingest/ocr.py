@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 
 import numpy as np
@@ -251,6 +251,15 @@ def _scaled(image: Image.Image, long_side: int) -> Image.Image:
 # -- settings -----------------------------------------------------------------------------
 
 
+def engine_installed(engine: str) -> bool:
+    """Whether the package of an engine setting ("name" or "name==version") is installed."""
+    try:
+        metadata.version(engine.split("==")[0])
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def saved_config(catalog: Catalog) -> OcrConfig | None:
     return OcrConfig.from_json(catalog.get_setting(SETTING_OCR))
 
@@ -261,6 +270,10 @@ def choose_config(catalog: Catalog, enabled: bool | OcrConfig | None) -> OcrConf
     if isinstance(enabled, OcrConfig):
         return enabled
     saved = saved_config(catalog)
+    if saved is not None and not engine_installed(saved.engine):
+        # Read with an engine pixquery[ocr] no longer installs (PP-OCRv4's rapidocr-onnxruntime,
+        # before PP-OCRv6): the current one reads the library's photos again.
+        saved = replace(saved, engine=ENGINE)
     if enabled is None:
         return saved
     if enabled is False:
