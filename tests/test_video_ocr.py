@@ -218,6 +218,26 @@ def test_a_video_holds_a_subtracted_phrase_only_where_its_words_are_on_screen_at
     assert held_in_videos(cat, ["the", "a"], [video]).lines == {}  # no words left to hold: nothing is held
 
 
+@pytest.mark.ocr
+def test_a_videos_text_hit_moves_to_where_its_words_are_on_screen_without_the_subtracted_phrase(tmp_path):
+    from pixquery.text_search import held_in_videos, search_text, without_held
+
+    cat, photo, video = _catalog(tmp_path)
+    with cat.transaction():
+        always = cat.upsert_video("/v/b.mp4", 1, 1, width=320, height=192, duration=60.0, fps=5.0, frame_count=300)
+        _store_video_text(cat, video, [("ZEBRA 42", 4.0, 6.0), ("DRAFT", 4.0, 4.0), ("zebra 42", 30.0, 32.0)])
+        _store_video_text(cat, always, [("ZEBRA 42", 4.0, 6.0), ("zebra 42", 30.0, 32.0), ("DRAFT", 0.0, 60.0)])
+    hits = {h.key: h for h in search_text(cat, "zebra")}
+    assert hits[("video", video)].time_range == (4.0, 6.0)  # first on screen with DRAFT
+    held = held_in_videos(cat, ["draft"], [video, always])
+    moved = without_held(hits[("video", video)], held)
+    assert (moved.timestamp, moved.time_range, [ln.text for ln in moved.lines]) == (30.0, (30.0, 32.0), ["zebra 42"])
+    assert moved.score == hits[("video", video)].score
+    assert without_held(hits[("video", always)], held) is None  # DRAFT on screen whenever the words are
+    assert without_held(hits[("image", photo)], held) is hits[("image", photo)]  # photos: holding_phrases'
+    assert without_held(hits[("video", video)], held_in_videos(cat, ["sale"], [video])) is hits[("video", video)]
+
+
 @pytest.fixture(scope="module")
 def zebra_videos(tmp_path_factory, tiny_model):
     """(library, name -> video id): three real videos indexed with the tiny model (no OCR run), and

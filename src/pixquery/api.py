@@ -700,7 +700,7 @@ class Library:
         library's model: its identity is read; for an ONNX model that is a fingerprint of its
         files, no session is made)."""
         from pixquery.search import by_date, text_only_results, with_meta
-        from pixquery.text_search import held_in_videos, holding_phrases, search_text
+        from pixquery.text_search import held_in_videos, holding_phrases, search_text, without_held
 
         liked = parts.liked_photos()
 
@@ -711,15 +711,8 @@ class Library:
                 in_videos = held_in_videos(
                     self.catalog, excluding, [h.video_id for h in hits if h.video_id is not None]
                 )
-                hits = [
-                    h
-                    for h in hits
-                    if (
-                        h.image_id not in held
-                        if h.video_id is None
-                        else not in_videos.at(h.video_id, h.timestamp, h.time_range)
-                    )
-                ]
+                hits = [h for h in hits if h.video_id is not None or h.image_id not in held]
+                hits = [moved for moved in (without_held(h, in_videos) for h in hits) if moved is not None]
             return text_only_results(self.catalog, self._passing(hits, flt), limit)
 
         if collapse is None:
@@ -770,7 +763,7 @@ class Library:
                 strategy=strategy,
             )
         from pixquery.search import by_date, fuse_with_text, with_meta
-        from pixquery.text_search import HeldInVideos, held_in_videos, holding_phrases, search_text
+        from pixquery.text_search import HeldInVideos, held_in_videos, holding_phrases, search_text, without_held
 
         depth = max(2 * k, 50)  # fusion needs both lists deeper than the page, and demoting photos too
         hits = (
@@ -805,15 +798,8 @@ class Library:
                 [r.video_id for r in semantic if r.video_id is not None]
                 + [h.video_id for h in hits if h.video_id is not None],
             )
-            hits = [
-                h
-                for h in hits
-                if (
-                    h.image_id not in demoted
-                    if h.video_id is None
-                    else not in_videos.at(h.video_id, h.timestamp, h.time_range)
-                )
-            ]
+            hits = [h for h in hits if h.video_id is not None or h.image_id not in demoted]
+            hits = [moved for moved in (without_held(h, in_videos) for h in hits) if moved is not None]
         if not hits and not demoted and not in_videos:
             results = semantic
         else:

@@ -25,7 +25,8 @@ hold it (fusion.py, docs/ocr.md). Stricter than finding, because leaving a photo
 hides what was asked for: each word must be found exactly as read (no misreadings forgiven:
 "-draft" must not hide "CRAFT BEER") at the start of a word of the text ("-draft" holds "DRAFT"
 and "Drafts", not "redraft"; "-art" not "START"). A video is asked the same at the moment of its
-hit (`held_in_videos`): the lines on screen then, not those of the whole video.
+hit (`held_in_videos`): the lines on screen then, not those of the whole video; its text hit
+moves to a moment of its words without the phrase, if there is one (`without_held`).
 """
 
 from __future__ import annotations
@@ -283,6 +284,30 @@ class HeldInVideos:
         return _holding(self.wanted, on_screen)
 
 
+def _run_of(line: TextLine) -> tuple[float | None, tuple[float, float] | None]:
+    """(timestamp, time range) of a video's line: the run of frames it is on screen."""
+    if line.timestamp is None:
+        return None, None
+    return line.timestamp, (line.timestamp, line.timestamp_end if line.timestamp_end is not None else line.timestamp)
+
+
+def without_held(hit: TextHit, held: HeldInVideos) -> TextHit | None:
+    """A text hit once the video moments holding a subtracted phrase are out: the hit itself when
+    its moment holds none (a photo's hit too: holding_phrases judges those); a video's hit moved to
+    its matched lines on screen without one (the words also show at 30 s, where DRAFT is not:
+    that moment is the hit, as search_text would place it with only those lines); None when every
+    moment of its words holds one. Its score stays: a video is matched as a whole (search_text)."""
+    if hit.video_id is None or not held.at(hit.video_id, hit.timestamp, hit.time_range):
+        return hit
+    clear = [line for line in hit.lines if not held.at(hit.video_id, *_run_of(line))]
+    if not clear:
+        return None
+    moved = TextHit(hit.image_id, hit.score, clear, dict(hit.words), hit.video_id)
+    _place_in_video(moved)
+    # runs clear one by one can still hold a phrase together, its words in two of them
+    return None if held.at(moved.video_id, moved.timestamp, moved.time_range) else moved
+
+
 def held_in_videos(catalog: Catalog, phrases: Sequence[str], video_ids: Iterable[int]) -> HeldInVideos:
     """The lines of `video_ids` holding any word of a subtracted phrase (the same rule as
     holding_phrases: a word starting a word of the line, exactly as read), to ask at each hit's
@@ -300,4 +325,13 @@ def held_in_videos(catalog: Catalog, phrases: Sequence[str], video_ids: Iterable
     return HeldInVideos(wanted, lines)
 
 
-__all__ = ["HeldInVideos", "TextHit", "held_in_videos", "holding_phrases", "query_words", "search_text", "STOPWORDS"]
+__all__ = [
+    "HeldInVideos",
+    "TextHit",
+    "held_in_videos",
+    "holding_phrases",
+    "query_words",
+    "search_text",
+    "without_held",
+    "STOPWORDS",
+]
