@@ -447,7 +447,11 @@ def main() -> None:
     lines += [
         "## Machine",
         "",
-        markdown(describe(("numpy", "pillow", "onnxruntime", "rapidocr", "rapidocr-onnxruntime", "rapidfuzz", "opencv-python"))),
+        markdown(
+            describe(
+                ("numpy", "pillow", "onnxruntime", "rapidocr", "rapidocr-onnxruntime", "rapidfuzz", "opencv-python")
+            )
+        ),
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -707,7 +707,7 @@ class Library:
         def found(limit: int) -> Results:
             hits = [h for h in search_text(self.catalog, words, limit=max(limit, 50)) if h.image_id not in liked]
             if excluding:
-                held = holding_phrases(self.catalog, excluding, [h.image_id for h in hits if h.video_id is None])
+                held = holding_phrases(self.catalog, excluding, [h.image_id for h in hits if h.image_id is not None])
                 in_videos = held_in_videos(
                     self.catalog, excluding, [h.video_id for h in hits if h.video_id is not None]
                 )
