@@ -1,5 +1,5 @@
 """Text in photos (OCR): the catalog's text tables and trigram index, the text side of a query,
-fusion, and `pixquery index --ocr` / `search` end to end with RapidOCR's real PP-OCRv4 weights."""
+fusion, and `pixquery index --ocr` / `search` end to end with RapidOCR's real PP-OCRv6 weights."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ text holds it ("invoice -draft"), and near-duplicates fold in text-only and fuse
 Most tests run on a real library (the tiny random-weight model, real SQLite and its trigram text
 index) whose text rows are stored through the catalog, as ingest/ocr.py stores what it reads, so
 what each photo "says" is known exactly; the last test reads the text with RapidOCR's real
-PP-OCRv4 weights through the real `pixquery index --ocr` and `pixquery search` commands.
+PP-OCRv6 weights through the real `pixquery index --ocr` and `pixquery search` commands.
 """
 
 from __future__ import annotations

@@ -196,7 +196,7 @@ REC_TEXT_PX = 48  # PP-OCR's recognisers read a line scaled to 48 pixels tall
 def _equalised(rgb: np.ndarray) -> np.ndarray:
     """The picture with its luminance equalised locally (CLAHE on L of L*a*b*, 8x8 tiles), colour
     kept: faint text (a few levels off its background) gets the contrast the detector needs."""
-    import cv2  # comes with rapidocr-onnxruntime
+    import cv2  # comes with rapidocr
 
     lab = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2LAB)
     lab[:, :, 0] = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(8, 8)).apply(lab[:, :, 0])
