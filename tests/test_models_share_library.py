@@ -145,6 +145,12 @@ def test_upgrade_keeps_single_model_embeddings_and_redoes_unknown_ones(tmp_path,
             db.execute(statement)
         db.execute("ALTER TABLE folder DROP COLUMN exclude")  # migration 7 (--exclude globs per folder)
         db.execute("DROP TABLE media_meta")  # migration 8 (date taken, GPS, camera)
+        for statement in (  # migration 9 (text in video frames)
+            "DROP TABLE ocr_video_scan",
+            "DROP INDEX detection_video_text",
+            "ALTER TABLE detection DROP COLUMN timestamp_end",
+        ):
+            db.execute(statement)
         db.execute("PRAGMA user_version = 2")
         db.close()
         with Library.open(library, model=str(models[0])) as lib:  # opening migrates it
