@@ -83,10 +83,9 @@ class OcrConfig:
             return self
         if self.engine not in ENGINES:
             raise PixqueryError(f"unknown OCR engine {self.engine!r}: one of {', '.join(ENGINES)}")
-        try:
-            version = metadata.version(self.engine)
-        except metadata.PackageNotFoundError:
-            raise PixqueryError(f"--ocr needs {self.engine}, which is not installed: {INSTALL_HINT}") from None
+        version = installed_version(self.engine)
+        if version is None:
+            raise PixqueryError(f"--ocr needs {self.engine}, which is not installed: {INSTALL_HINT}")
         return OcrConfig(**{**asdict(self), "engine": f"{self.engine}=={version}"})
 
 
@@ -157,8 +156,7 @@ class TextReader:
         A decode for recognition costs as much as the detection itself on a 12 MP photo: false
         boxes on textures, common, are mostly tall enough in the picture already decoded."""
         w, h = size
-        px = quads * np.array([w, h], dtype=np.float32)
-        tall = np.linalg.norm(px[:, 3] - px[:, 0], axis=1)  # the left edges, in pixels of `size`
+        tall = _heights(quads * np.array([w, h], dtype=np.float32))  # in pixels of `size`
         scale = REC_TEXT_PX / max(float(tall.min()), 1.0)
         longest = min(self.config.rec_side, own_side)
         scale = min(scale, longest / max(w, h))
@@ -208,12 +206,17 @@ def _lengthened(quads: np.ndarray, factor: float, width: int, height: int) -> np
     along their top edge's direction by `factor` x their height at each end, kept in the picture."""
     along = quads[:, 1] - quads[:, 0]
     along /= np.linalg.norm(along, axis=1, keepdims=True) + 1e-6
-    tall = (np.linalg.norm(quads[:, 3] - quads[:, 0], axis=1) + np.linalg.norm(quads[:, 2] - quads[:, 1], axis=1)) / 2
-    step = along * (factor * tall)[:, None]
+    step = along * (factor * _heights(quads))[:, None]
     out = quads + np.stack([-step, step, step, -step], axis=1)
     out[..., 0] = out[..., 0].clip(0, width - 1)
     out[..., 1] = out[..., 1].clip(0, height - 1)
     return out.astype(np.float32)
+
+
+def _heights(quads: np.ndarray) -> np.ndarray:
+    """Each quadrilateral's height (n, 4, 2; top-left, top-right, bottom-right, bottom-left): the
+    mean of its left and right edges."""
+    return (np.linalg.norm(quads[:, 3] - quads[:, 0], axis=1) + np.linalg.norm(quads[:, 2] - quads[:, 1], axis=1)) / 2
 
 
 def _stretched(bgr: np.ndarray) -> np.ndarray:
@@ -251,13 +254,17 @@ def _scaled(image: Image.Image, long_side: int) -> Image.Image:
 # -- settings -----------------------------------------------------------------------------
 
 
-def engine_installed(engine: str) -> bool:
-    """Whether the package of an engine setting ("name" or "name==version") is installed."""
+def installed_version(engine: str) -> str | None:
+    """The installed version of the package of an engine setting ("name" or "name==version"),
+    None when it is not installed."""
     try:
-        metadata.version(engine.split("==")[0])
+        return metadata.version(engine.split("==")[0])
     except metadata.PackageNotFoundError:
-        return False
-    return True
+        return None
+
+
+def engine_installed(engine: str) -> bool:
+    return installed_version(engine) is not None
 
 
 def saved_config(catalog: Catalog) -> OcrConfig | None:
