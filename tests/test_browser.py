@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -39,8 +40,9 @@ def _chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextmanager
+def chromium():
+    """Debian's Chromium, driven by playwright; the test skips, saying why, where either is missing."""
     executable = _chromium()
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
     with sync_api.sync_playwright() as p:
@@ -49,6 +51,29 @@ def browser():
             yield b
         finally:
             b.close()
+
+
+@contextmanager
+def opened_page(browser, width: int = 1000, height: int = 650, console_errors: bool = False):
+    """A page in a context of its own (closed after), with `page.problems`: its uncaught errors
+    and, with console_errors, what it logs as errors."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    pg = context.new_page()
+    pg.set_default_timeout(20_000)
+    pg.problems = []
+    if console_errors:
+        pg.on("console", lambda m: pg.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    pg.on("pageerror", lambda e: pg.problems.append(f"page error: {e}"))
+    try:
+        yield pg
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +90,8 @@ def served(tmp_path_factory, tiny_model):
 
 @pytest.fixture
 def page(browser, served):
-    context = browser.new_context(viewport={"width": 1000, "height": 650})
-    pg = context.new_page()
-    pg.set_default_timeout(20_000)
-    pg.problems = []
-    pg.on("console", lambda m: pg.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-    pg.on("pageerror", lambda e: pg.problems.append(f"page error: {e}"))
-    try:
+    with opened_page(browser, console_errors=True) as pg:
         yield pg
-    finally:
-        context.close()
 
 
 def _tiles(page) -> int:
@@ -544,60 +561,55 @@ def test_duplicates_page_and_folded_search(browser, tmp_path, tiny_model):
         lib.index([str(photos)], workers=1)
         original = min(planted["resized"], key=len)
     threshold = _calibrate(lib_path, tiny_model, planted)
-    with running_server(
-        lib_path, tiny_model, tmp_path / "server.log", extra=("--duplicate-threshold", f"{threshold:.6f}")
-    ) as served:
-        context = browser.new_context(viewport={"width": 1100, "height": 800})
-        page = context.new_page()
-        page.set_default_timeout(20_000)
-        problems = []
-        page.on("pageerror", lambda e: problems.append(str(e)))
-        try:
-            page.goto(f"{served.url}/?token={TOKEN}")
-            page.click("#duplicates-link")
-            page.wait_for_selector("#groups[data-loaded='3']")
-            assert page.url == served.url + "/duplicates"
-            assert "3 groups, 4 copies" in page.inner_text("#summary")
-            groups = page.locator(".dup-group")
-            first = groups.nth(0)
-            assert first.locator(".dup-member").count() == 3 and first.get_attribute("data-kind") == "near"
-            keep = first.locator(".dup-member.keep")
-            assert keep.count() == 1 and keep.locator(".name").inner_text() == Path(original).name
-            assert "keep (suggested)" in keep.inner_text()
-            text = first.inner_text()
-            assert "320 × 240 px" in text and "160 × 120 px" in text  # pixel sizes, side by side
-            assert "2020" in text and "2023" in text  # the dates (originals 2020, copies 2023)
-            assert "KB" in text and "near-duplicate · distance 0.0" in text
-            exact = page.locator(".dup-group[data-kind='exact']")
-            assert exact.count() == 1 and "same bytes" in exact.inner_text()
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('.dup-member img')].every(i => i.complete && i.naturalWidth > 0)"
-            )
-            page.screenshot(path=str(OUT / "duplicates-page.png"), full_page=True)
+    with (
+        running_server(
+            lib_path, tiny_model, tmp_path / "server.log", extra=("--duplicate-threshold", f"{threshold:.6f}")
+        ) as served,
+        opened_page(browser, 1100, 800) as page,
+    ):
+        page.goto(f"{served.url}/?token={TOKEN}")
+        page.click("#duplicates-link")
+        page.wait_for_selector("#groups[data-loaded='3']")
+        assert page.url == served.url + "/duplicates"
+        assert "3 groups, 4 copies" in page.inner_text("#summary")
+        groups = page.locator(".dup-group")
+        first = groups.nth(0)
+        assert first.locator(".dup-member").count() == 3 and first.get_attribute("data-kind") == "near"
+        keep = first.locator(".dup-member.keep")
+        assert keep.count() == 1 and keep.locator(".name").inner_text() == Path(original).name
+        assert "keep (suggested)" in keep.inner_text()
+        text = first.inner_text()
+        assert "320 × 240 px" in text and "160 × 120 px" in text  # pixel sizes, side by side
+        assert "2020" in text and "2023" in text  # the dates (originals 2020, copies 2023)
+        assert "KB" in text and "near-duplicate · distance 0.0" in text
+        exact = page.locator(".dup-group[data-kind='exact']")
+        assert exact.count() == 1 and "same bytes" in exact.inner_text()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.dup-member img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
+        page.screenshot(path=str(OUT / "duplicates-page.png"), full_page=True)
 
-            page.select_option("#keep", "newest")  # another rule: a copy (2023) is kept
-            page.wait_for_function(
-                "() => location.hash.includes('keep=newest') && document.getElementById('groups').dataset.loaded === '3' && document.querySelector('.dup-member.keep .name')?.textContent.includes('_')"
-            )
-            assert "copies" in page.locator(".dup-group").nth(0).locator(".dup-member.keep .path").inner_text()
-            page.check("#exact")
-            page.wait_for_selector("#groups[data-loaded='1']")
-            assert page.locator(".dup-group").count() == 1 and "exact copies" in page.inner_text(".dup-group h2")
+        page.select_option("#keep", "newest")  # another rule: a copy (2023) is kept
+        page.wait_for_function(
+            "() => location.hash.includes('keep=newest') && document.getElementById('groups').dataset.loaded === '3' && document.querySelector('.dup-member.keep .name')?.textContent.includes('_')"
+        )
+        assert "copies" in page.locator(".dup-group").nth(0).locator(".dup-member.keep .path").inner_text()
+        page.check("#exact")
+        page.wait_for_selector("#groups[data-loaded='1']")
+        assert page.locator(".dup-group").count() == 1 and "exact copies" in page.inner_text(".dup-group h2")
 
-            # The search page folds near-duplicates by default: 10 photos, 6 different pictures.
-            page.goto(f"{served.url}/#q=a+photo")
-            page.wait_for_function("() => document.getElementById('message').textContent.includes('results for')")
-            names = page.eval_on_selector_all("#grid .tile img", "els => els.map(e => e.alt)")
-            assert len(names) == 6 and len(set(names)) == 6
-            for group in planted.values():  # one photo of each group is shown, the others folded into it
-                assert len({Path(p).name for p in group} & set(names)) == 1
-            badges = page.eval_on_selector_all("#grid .tile .dups", "els => els.map(e => e.textContent)")
-            assert sorted(badges) == ["+1", "+1", "+2"]
-            page.screenshot(path=str(OUT / "duplicates-folded-search.png"))
-            page.uncheck("#collapse")
-            page.wait_for_function("() => document.querySelectorAll('#grid .tile').length === 10")
-            assert page.locator("#grid .tile .dups").count() == 0
-            assert "c=0" in page.url
-            assert not problems, problems
-        finally:
-            context.close()
+        # The search page folds near-duplicates by default: 10 photos, 6 different pictures.
+        page.goto(f"{served.url}/#q=a+photo")
+        page.wait_for_function("() => document.getElementById('message').textContent.includes('results for')")
+        names = page.eval_on_selector_all("#grid .tile img", "els => els.map(e => e.alt)")
+        assert len(names) == 6 and len(set(names)) == 6
+        for group in planted.values():  # one photo of each group is shown, the others folded into it
+            assert len({Path(p).name for p in group} & set(names)) == 1
+        badges = page.eval_on_selector_all("#grid .tile .dups", "els => els.map(e => e.textContent)")
+        assert sorted(badges) == ["+1", "+1", "+2"]
+        page.screenshot(path=str(OUT / "duplicates-folded-search.png"))
+        page.uncheck("#collapse")
+        page.wait_for_function("() => document.querySelectorAll('#grid .tile').length === 10")
+        assert page.locator("#grid .tile .dups").count() == 0
+        assert "c=0" in page.url
+        assert not page.problems, page.problems

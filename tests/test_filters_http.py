@@ -112,25 +112,16 @@ def test_openapi_documents_the_filters(api):
 
 @pytest.fixture(scope="module")
 def browser():
-    from test_browser import CHROMIUM_ARGS, _chromium
+    from test_browser import chromium
 
-    executable = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def test_page_date_range_folder_and_map_link(browser, served):
-    context = browser.new_context(viewport={"width": 1100, "height": 750})
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    problems = []
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    try:
+    from test_browser import opened_page
+
+    with opened_page(browser, 1100, 750) as page:
         page.goto(f"{served.url}/?token={TOKEN}")
         page.wait_for_function("() => document.getElementById('lib-images').textContent.includes('24')")
         # the folder picker lists the indexed folders
@@ -178,6 +169,4 @@ def test_page_date_range_folder_and_map_link(browser, served):
         page.reload()
         page.wait_for_function("() => document.querySelectorAll('#grid .tile').length === 8")
         assert page.input_value("#folder") == str(served.photos / "trip") and page.input_value("#sort") == "date"
-        assert not problems, problems
-    finally:
-        context.close()
+        assert not page.problems, page.problems

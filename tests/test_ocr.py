@@ -265,11 +265,9 @@ def test_http_search_says_which_text_matched_and_where(tmp_path, tiny_model):
 @pytest.mark.ocr
 def test_the_viewer_outlines_the_words_that_matched(tmp_path, tiny_model):
     from pixquery.api import Library
-    from test_browser import CHROMIUM_ARGS, _chromium
+    from test_browser import chromium, opened_page
     from test_server_support import TOKEN, running_server
 
-    executable = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
     photos = tmp_path / "photos"
     photos.mkdir()
     sign, sign_box = with_text(background(3), "Bäckerei", xy=(60, 120), size=44)
@@ -283,40 +281,33 @@ def test_the_viewer_outlines_the_words_that_matched(tmp_path, tiny_model):
     # closer than the default threshold (meant for real CLIP)
     with (
         running_server(lib_path, tiny_model, tmp_path / "server.log", extra=("--duplicate-threshold", "0")) as server,
-        sync_api.sync_playwright() as p,
+        chromium() as browser,
+        opened_page(browser) as page,
     ):
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(viewport={"width": 1000, "height": 650}).new_page()
-            page.set_default_timeout(20_000)
-            problems = []
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.goto(f"{server.url}/?token={TOKEN}")
-            page.fill("#q", "backerei")
-            page.press("#q", "Enter")
-            page.wait_for_function("() => document.querySelectorAll('#grid .tile').length >= 4")
-            page.locator("#grid .tile").first.click()
-            page.wait_for_selector("#viewer[open]")
-            assert page.inner_text("#v-name") == "bakery.jpg"
-            assert "ckerei" in page.inner_text("#v-text")  # as read: "Bäckerei" (or "Backerei")
-            page.wait_for_function(
-                "() => { const i = document.getElementById('v-img'); return i.complete && i.naturalWidth > 0; }"
-            )
-            img = page.locator("#v-img").bounding_box()
-            box = page.locator("#v-text-boxes .text-box").first.bounding_box()
-            shown = (
-                (box["x"] - img["x"]) / img["width"],
-                (box["y"] - img["y"]) / img["height"],
-                (box["x"] + box["width"] - img["x"]) / img["width"],
-                (box["y"] + box["height"] - img["y"]) / img["height"],
-            )
-            assert overlap(shown, sign_box) > 0.4, (shown, sign_box)
-            page.keyboard.press("ArrowRight")  # the next result matched by meaning only: no outline, no text
-            page.wait_for_function("() => document.getElementById('v-name').textContent !== 'bakery.jpg'")
-            assert page.locator("#v-text-boxes .text-box").count() == 0 and page.is_hidden("#v-text")
-            assert not problems, problems
-        finally:
-            browser.close()
+        page.goto(f"{server.url}/?token={TOKEN}")
+        page.fill("#q", "backerei")
+        page.press("#q", "Enter")
+        page.wait_for_function("() => document.querySelectorAll('#grid .tile').length >= 4")
+        page.locator("#grid .tile").first.click()
+        page.wait_for_selector("#viewer[open]")
+        assert page.inner_text("#v-name") == "bakery.jpg"
+        assert "ckerei" in page.inner_text("#v-text")  # as read: "Bäckerei" (or "Backerei")
+        page.wait_for_function(
+            "() => { const i = document.getElementById('v-img'); return i.complete && i.naturalWidth > 0; }"
+        )
+        img = page.locator("#v-img").bounding_box()
+        box = page.locator("#v-text-boxes .text-box").first.bounding_box()
+        shown = (
+            (box["x"] - img["x"]) / img["width"],
+            (box["y"] - img["y"]) / img["height"],
+            (box["x"] + box["width"] - img["x"]) / img["width"],
+            (box["y"] + box["height"] - img["y"]) / img["height"],
+        )
+        assert overlap(shown, sign_box) > 0.4, (shown, sign_box)
+        page.keyboard.press("ArrowRight")  # the next result matched by meaning only: no outline, no text
+        page.wait_for_function("() => document.getElementById('v-name').textContent !== 'bakery.jpg'")
+        assert page.locator("#v-text-boxes .text-box").count() == 0 and page.is_hidden("#v-text")
+        assert not page.problems, page.problems
 
 
 @pytest.mark.ocr

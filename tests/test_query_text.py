@@ -298,42 +298,33 @@ def test_real_ocr_a_subtracted_word_drops_the_photo_holding_both(tmp_path, tiny_
 def test_the_page_puts_photos_holding_a_subtracted_word_last_and_says_why(texted, tiny_model, tmp_path):
     """The search page's typed syntax, in a real Chromium: "invoice -draft" shows the photos whose
     text holds "draft" last, and the viewer says why."""
-    from test_browser import CHROMIUM_ARGS, _chromium
+    from test_browser import chromium, opened_page
     from test_server_support import TOKEN, running_server
 
-    executable = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
     lib_path = texted[0]
     # no folding on the page (on by default): the tiny random model puts these synthetic photos
     # closer than the default threshold, which is meant for real CLIP
     with (
         running_server(lib_path, tiny_model, tmp_path / "server.log", extra=("--duplicate-threshold", "0")) as server,
-        sync_api.sync_playwright() as p,
+        chromium() as browser,
+        opened_page(browser) as page,
     ):
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(viewport={"width": 1000, "height": 650}).new_page()
-            page.set_default_timeout(20_000)
-            problems: list[str] = []
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.goto(f"{server.url}/?token={TOKEN}")
-            page.fill("#q", "invoice -draft")
-            page.press("#q", "Enter")
-            page.wait_for_function("() => document.querySelectorAll('#grid .tile').length === 9")
-            shown = page.eval_on_selector_all("#grid .tile img", "els => els.map(e => e.alt)")
-            assert set(shown[-2:]) == {"photo_0001.jpg", "photo_0002.jpg"}, shown
-            page.locator("#grid .tile").nth(8).click()
-            page.wait_for_selector("#viewer[open]")
-            assert page.inner_text("#v-name") == shown[8]
-            assert "moved down: its text holds a subtracted phrase" in page.inner_text("#v-text")
-            assert page.locator("#v-text-boxes .text-box").count() == 0  # outlines are for matches only
-            page.keyboard.press("Escape")
-            page.wait_for_selector("#viewer", state="hidden")
-            page.locator("#grid .tile").first.click()  # a text hit: its words, outlined, and no "moved down"
-            page.wait_for_selector("#viewer[open]")
-            page.wait_for_function("(n) => document.getElementById('v-name').textContent === n", arg=shown[0])
-            assert "INVOICE" in page.inner_text("#v-text").upper() and "moved down" not in page.inner_text("#v-text")
-            assert page.locator("#v-text-boxes .text-box").count() >= 1
-            assert not problems, problems
-        finally:
-            browser.close()
+        page.goto(f"{server.url}/?token={TOKEN}")
+        page.fill("#q", "invoice -draft")
+        page.press("#q", "Enter")
+        page.wait_for_function("() => document.querySelectorAll('#grid .tile').length === 9")
+        shown = page.eval_on_selector_all("#grid .tile img", "els => els.map(e => e.alt)")
+        assert set(shown[-2:]) == {"photo_0001.jpg", "photo_0002.jpg"}, shown
+        page.locator("#grid .tile").nth(8).click()
+        page.wait_for_selector("#viewer[open]")
+        assert page.inner_text("#v-name") == shown[8]
+        assert "moved down: its text holds a subtracted phrase" in page.inner_text("#v-text")
+        assert page.locator("#v-text-boxes .text-box").count() == 0  # outlines are for matches only
+        page.keyboard.press("Escape")
+        page.wait_for_selector("#viewer", state="hidden")
+        page.locator("#grid .tile").first.click()  # a text hit: its words, outlined, and no "moved down"
+        page.wait_for_selector("#viewer[open]")
+        page.wait_for_function("(n) => document.getElementById('v-name').textContent === n", arg=shown[0])
+        assert "INVOICE" in page.inner_text("#v-text").upper() and "moved down" not in page.inner_text("#v-text")
+        assert page.locator("#v-text-boxes .text-box").count() >= 1
+        assert not page.problems, page.problems

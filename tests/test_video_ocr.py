@@ -426,49 +426,43 @@ def test_ocr_turned_on_reads_videos_indexed_before_and_the_api_and_http_return_t
 @pytest.mark.ocr
 def test_the_viewer_shows_a_video_found_by_its_text_at_the_words_time(tmp_path, tiny_model):
     from pixquery.api import Library
-    from test_browser import CHROMIUM_ARGS, _chromium
+    from test_browser import chromium, opened_page
     from test_ocr import overlap
     from test_server_support import TOKEN, running_server
 
-    executable = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
     media = tmp_path / "media"
     _, box = make_text_video(media / "sign.mp4", "ZEBRA 42", SHOWN)
     make_text_video(media / "plain.mp4", None, seed=3)
     lib_path = tmp_path / "lib"
     with Library.open(lib_path, model=str(tiny_model)) as lib:
         lib.index([media], workers=1, ocr=True)
-    with running_server(lib_path, tiny_model, tmp_path / "server.log") as server, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(viewport={"width": 1000, "height": 650}).new_page()
-            page.set_default_timeout(20_000)
-            problems = []
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.goto(f"{server.url}/?token={TOKEN}")
-            page.fill("#q", "zebra")
-            page.press("#q", "Enter")
-            page.wait_for_function("() => document.querySelectorAll('#grid .tile').length >= 2")
-            assert "▶ 0:04" in page.locator("#grid .tile").first.inner_text()
-            page.locator("#grid .tile").first.click()
-            page.wait_for_selector("#viewer[open]")
-            assert page.inner_text("#v-name") == "sign.mp4"
-            assert page.inner_text("#v-when").startswith("0:04")
-            assert "ZEBRA" in page.inner_text("#v-text")
-            # the frame at the words' time, then the player in its place: the outline stays on the words
-            page.wait_for_function("() => !document.getElementById('v-video').hidden")
-            frame = page.locator("#v-video").bounding_box()
-            outline = page.locator("#v-text-boxes .text-box").first.bounding_box()
-            shown = (
-                (outline["x"] - frame["x"]) / frame["width"],
-                (outline["y"] - frame["y"]) / frame["height"],
-                (outline["x"] + outline["width"] - frame["x"]) / frame["width"],
-                (outline["y"] + outline["height"] - frame["y"]) / frame["height"],
-            )
-            assert overlap(shown, box) > 0.4, (shown, box)
-            page.keyboard.press("ArrowRight")  # the other video, found by meaning only: no words shown
-            page.wait_for_function("() => document.getElementById('v-name').textContent === 'plain.mp4'")
-            assert page.locator("#v-text-boxes .text-box").count() == 0 and page.is_hidden("#v-text")
-            assert not problems, problems
-        finally:
-            browser.close()
+    with (
+        running_server(lib_path, tiny_model, tmp_path / "server.log") as server,
+        chromium() as browser,
+        opened_page(browser) as page,
+    ):
+        page.goto(f"{server.url}/?token={TOKEN}")
+        page.fill("#q", "zebra")
+        page.press("#q", "Enter")
+        page.wait_for_function("() => document.querySelectorAll('#grid .tile').length >= 2")
+        assert "▶ 0:04" in page.locator("#grid .tile").first.inner_text()
+        page.locator("#grid .tile").first.click()
+        page.wait_for_selector("#viewer[open]")
+        assert page.inner_text("#v-name") == "sign.mp4"
+        assert page.inner_text("#v-when").startswith("0:04")
+        assert "ZEBRA" in page.inner_text("#v-text")
+        # the frame at the words' time, then the player in its place: the outline stays on the words
+        page.wait_for_function("() => !document.getElementById('v-video').hidden")
+        frame = page.locator("#v-video").bounding_box()
+        outline = page.locator("#v-text-boxes .text-box").first.bounding_box()
+        shown = (
+            (outline["x"] - frame["x"]) / frame["width"],
+            (outline["y"] - frame["y"]) / frame["height"],
+            (outline["x"] + outline["width"] - frame["x"]) / frame["width"],
+            (outline["y"] + outline["height"] - frame["y"]) / frame["height"],
+        )
+        assert overlap(shown, box) > 0.4, (shown, box)
+        page.keyboard.press("ArrowRight")  # the other video, found by meaning only: no words shown
+        page.wait_for_function("() => document.getElementById('v-name').textContent === 'plain.mp4'")
+        assert page.locator("#v-text-boxes .text-box").count() == 0 and page.is_hidden("#v-text")
+        assert not page.problems, page.problems
